@@ -1,0 +1,9 @@
+//! The protocol core: pure functions and types, no I/O, clock or randomness
+//! (time and keys are arguments). Modules depend only on those listed
+//! above them: ids → json → crypto → event → rooms.
+
+pub mod crypto;
+pub mod event;
+pub mod ids;
+pub mod json;
+pub mod rooms;

@@ -1,0 +1,12 @@
+//! Room rules over events: state, auth events selection, authorization,
+//! and the linked-list append check.
+
+pub mod append;
+pub mod auth;
+pub mod selection;
+pub mod state;
+
+pub use append::{auth_events_match, check_append, AppendError};
+pub use auth::{authorize, check_auth_events, AuthError, PowerLevels};
+pub use selection::{auth_types, select_auth_events, EventSketch};
+pub use state::{StateMap, StateView};
