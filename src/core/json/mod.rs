@@ -31,8 +31,10 @@ pub enum NumberPolicy {
     MatrixStrict,
     /// RFC 8785 input: any finite number, read as an IEEE-754 double.
     Ieee754,
-    /// LM event parser: as `Ieee754`, but integer literals must be within
-    /// ±(2^53−1) since larger ones cannot round-trip (OQ-5 local policy).
+    /// LM event parser: as `Ieee754`, but an integer literal beyond
+    /// ±(2^53−1) must be written as ECMAScript writes its double (so
+    /// `100000000000000000000` passes and `9007199254740993` does not): the
+    /// others cannot round-trip (OQ-5 local policy).
     LmStrict,
 }
 
@@ -246,6 +248,15 @@ mod tests {
             "[9007199254740992]"
         );
         assert!(canon("[9007199254740993]", LmStrict, Canonical::Rfc8785).is_err());
+        assert_eq!(
+            canon(
+                "[-13205975240798362000,100000000000000000000]",
+                LmStrict,
+                Canonical::Rfc8785
+            )
+            .unwrap(),
+            "[-13205975240798362000,100000000000000000000]"
+        );
         assert_eq!(
             canon("[0.5]", LmStrict, Canonical::Rfc8785).unwrap(),
             "[0.5]"

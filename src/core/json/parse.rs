@@ -300,15 +300,24 @@ impl Parser<'_> {
         if integer_literal && !negative_zero {
             match text.parse::<i64>() {
                 Ok(i) if i.unsigned_abs() <= MAX_SAFE_INTEGER => return Ok(Number::from(i)),
-                _ if self.policy != NumberPolicy::Ieee754 => {
-                    return Err(bad("integer outside ±(2^53−1)"))
-                }
-                Ok(i) => return Ok(Number::from(i)),
-                Err(_) => {
-                    if let Ok(u) = text.parse::<u64>() {
-                        return Ok(Number::from(u));
+                _ => match self.policy {
+                    NumberPolicy::MatrixLenient | NumberPolicy::MatrixStrict => {
+                        return Err(bad("integer outside ±(2^53−1)"))
                     }
-                }
+                    // Beyond 2^53 an integer is a double; LM refuses the ones
+                    // a double cannot carry, which would not round-trip (OQ-5).
+                    NumberPolicy::LmStrict => {
+                        let f: f64 = text.parse().map_err(|_| bad("unparsable number"))?;
+                        let mut rendered = Vec::new();
+                        super::write_ecmascript_number(&mut rendered, f);
+                        if rendered != text.as_bytes() {
+                            return Err(bad(
+                                "integer cannot round-trip through an IEEE-754 double",
+                            ));
+                        }
+                    }
+                    NumberPolicy::Ieee754 => {}
+                },
             }
         }
         match self.policy {
