@@ -1,7 +1,17 @@
 //! lmx: a Linearized Matrix homeserver.
 //!
 //! `core` is the pure protocol (identifiers, canonical JSON, crypto, events,
-//! room rules); `cli` exposes it on the command line.
+//! room rules). Around it: `store` (durable state), `room` (one writer task
+//! per room, hub and participant roles), `federation` and `client_api` (the
+//! two HTTP surfaces), `app` (composition) and `cli`.
 
+pub mod app;
 pub mod cli;
+pub mod client_api;
+pub mod config;
 pub mod core;
+pub mod federation;
+pub mod http;
+pub mod node;
+pub mod room;
+pub mod store;

@@ -7,6 +7,13 @@ use lmx::cli::{inspect, Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve { config } => match serve(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "lmx: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Inspect(cmd) => match inspect::run(cmd, &mut std::io::stdin().lock()) {
             inspect::Outcome::Ok(out) => {
                 let _ = writeln!(std::io::stdout(), "{out}");
@@ -22,4 +29,36 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn serve(config: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LMX_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = lmx::config::Config::load(config.as_deref())?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let app = lmx::app::App::build(config).await?;
+        let bound = app.addresses();
+        tracing::info!(federation = %bound.federation, client = %bound.client, "listening");
+        app.run(shutdown_signal()).await
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }

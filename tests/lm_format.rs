@@ -14,12 +14,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 fn key(server: &str, seed: u8) -> SigningKey {
-    SigningKey::from_seed(
-        ServerName::parse(server).unwrap(),
-        KeyId::parse("ed25519:1").unwrap(),
-        &[seed; 32],
-    )
-    .unwrap()
+    SigningKey::from_seed(ServerName::parse(server).unwrap(), KeyId::parse("ed25519:1").unwrap(), &[seed; 32]).unwrap()
 }
 
 fn b64_sha256(text: &str) -> String {
@@ -28,11 +23,7 @@ fn b64_sha256(text: &str) -> String {
 
 fn verifies(key: &SigningKey, signed_text: &str, sig_b64: &str) -> bool {
     let vk = ed25519_dalek::VerifyingKey::from_bytes(
-        &STANDARD_NO_PAD
-            .decode(key.public_key().to_base64())
-            .unwrap()
-            .try_into()
-            .unwrap(),
+        &STANDARD_NO_PAD.decode(key.public_key().to_base64()).unwrap().try_into().unwrap(),
     )
     .unwrap();
     let sig = Signature::from_slice(&STANDARD_NO_PAD.decode(sig_b64).unwrap()).unwrap();
@@ -94,17 +85,12 @@ fn participant_signs_the_redacted_lpdu() {
     let signed = format!(
         r#"{{"content":{{}},"hashes":{{"lpdu":{{"sha256":"{h}"}}}},"hub_server":"hub.example","origin_server_ts":1681340188825,"room_id":"!abc:hub.example","sender":"@bob:part.example","type":"m.room.message"}}"#
     );
-    let sig = lpdu["signatures"]["part.example"]["ed25519:1"]
-        .as_str()
-        .unwrap();
+    let sig = lpdu["signatures"]["part.example"]["ed25519:1"].as_str().unwrap();
     assert!(verifies(&key("part.example", 2), &signed, sig));
     let parsed = Lpdu::from_object(lm(), lpdu.clone()).unwrap();
     assert_eq!(parsed.hub_server().as_str(), "hub.example");
     // The LPDU's own id (failed_pdus key) is the reference hash of it.
-    let id = format!(
-        "${}",
-        URL_SAFE_NO_PAD.encode(Sha256::digest(signed.as_bytes()))
-    );
+    let id = format!("${}", URL_SAFE_NO_PAD.encode(Sha256::digest(signed.as_bytes())));
     assert_eq!(parsed.lpdu_id().as_str(), id);
 }
 
@@ -124,30 +110,17 @@ fn hub_hashes_and_signs_the_full_pdu() {
     );
     let c = b64_sha256(&hashed);
     assert_eq!(pdu["hashes"]["sha256"], json!(c));
-    let sig = pdu["signatures"]["hub.example"]["ed25519:1"]
-        .as_str()
-        .unwrap();
-    assert!(verifies(
-        &key("hub.example", 1),
-        &pdu_redacted_text(&h, &c),
-        sig
-    ));
+    let sig = pdu["signatures"]["hub.example"]["ed25519:1"].as_str().unwrap();
+    assert!(verifies(&key("hub.example", 1), &pdu_redacted_text(&h, &c), sig));
     // The participant's signature is untouched and still verifies over the
     // LPDU view of the PDU.
-    assert_eq!(
-        pdu["signatures"]["part.example"],
-        participant_lpdu()["signatures"]["part.example"]
-    );
+    assert_eq!(pdu["signatures"]["part.example"], participant_lpdu()["signatures"]["part.example"]);
     let pk = key("part.example", 2).public_key();
     event::verify_event_signature(lm(), &pdu, "part.example", "ed25519:1", &pk).unwrap();
     let hub_pk = key("hub.example", 1).public_key();
     event::verify_event_signature(lm(), &pdu, "hub.example", "ed25519:1", &hub_pk).unwrap();
     assert_eq!(event::check_hashes(lm(), &pdu).unwrap(), HashCheck::Match);
-    let signers: Vec<String> = event::required_signers(&pdu)
-        .unwrap()
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let signers: Vec<String> = event::required_signers(&pdu).unwrap().iter().map(|s| s.to_string()).collect();
     assert_eq!(signers, ["part.example", "hub.example"]);
 }
 
@@ -156,10 +129,7 @@ fn event_id_is_the_reference_hash_of_the_redacted_pdu() {
     let pdu = hub_pdu();
     let h = b64_sha256(LPDU_HASHED);
     let c = pdu["hashes"]["sha256"].as_str().unwrap();
-    let want = format!(
-        "${}",
-        URL_SAFE_NO_PAD.encode(Sha256::digest(pdu_redacted_text(&h, c).as_bytes()))
-    );
+    let want = format!("${}", URL_SAFE_NO_PAD.encode(Sha256::digest(pdu_redacted_text(&h, c).as_bytes())));
     assert_eq!(event::event_id(lm(), &pdu).unwrap().as_str(), want);
     let parsed = Pdu::from_object(lm(), pdu.clone(), Schema::Full).unwrap();
     assert_eq!(parsed.event_id().as_str(), want);
@@ -168,10 +138,7 @@ fn event_id_is_the_reference_hash_of_the_redacted_pdu() {
     with_id.insert("event_id".into(), json!(want));
     with_id.insert("unsigned".into(), json!({"age": 5}));
     assert_eq!(event::event_id(lm(), &with_id).unwrap().as_str(), want);
-    assert_eq!(
-        event::check_hashes(lm(), &with_id).unwrap(),
-        HashCheck::Match
-    );
+    assert_eq!(event::check_hashes(lm(), &with_id).unwrap(), HashCheck::Match);
 }
 
 #[test]
@@ -204,23 +171,11 @@ fn redaction_keeps_hub_server_and_both_hashes() {
     let pl = obj(
         json!({"type": "m.room.power_levels", "state_key": "", "content": {"invite": 3, "notifications": {"room": 1}, "users": {"@a:b.c": 1}}}),
     );
-    assert_eq!(
-        event::redact(lm(), &pl)["content"],
-        json!({"invite": 3, "users": {"@a:b.c": 1}})
-    );
-    let jr = obj(
-        json!({"type": "m.room.join_rules", "content": {"join_rule": "restricted", "allow": []}}),
-    );
-    assert_eq!(
-        event::redact(lm(), &jr)["content"],
-        json!({"join_rule": "restricted"})
-    );
-    let create =
-        obj(json!({"type": "m.room.create", "content": {"room_version": "x", "other": 1}}));
-    assert_eq!(
-        event::redact(lm(), &create)["content"],
-        json!({"room_version": "x", "other": 1})
-    );
+    assert_eq!(event::redact(lm(), &pl)["content"], json!({"invite": 3, "users": {"@a:b.c": 1}}));
+    let jr = obj(json!({"type": "m.room.join_rules", "content": {"join_rule": "restricted", "allow": []}}));
+    assert_eq!(event::redact(lm(), &jr)["content"], json!({"join_rule": "restricted"}));
+    let create = obj(json!({"type": "m.room.create", "content": {"room_version": "x", "other": 1}}));
+    assert_eq!(event::redact(lm(), &create)["content"], json!({"room_version": "x", "other": 1}));
 }
 
 #[test]
@@ -246,10 +201,7 @@ fn tampering_is_caught_by_hashes_and_signatures() {
     let pdu = hub_pdu();
     let mut changed = pdu.clone();
     changed["content"]["body"] = json!("bye");
-    assert_eq!(
-        event::check_hashes(lm(), &changed).unwrap(),
-        HashCheck::Mismatch("hashes.lpdu.sha256")
-    );
+    assert_eq!(event::check_hashes(lm(), &changed).unwrap(), HashCheck::Mismatch("hashes.lpdu.sha256"));
     // Redacted content still carries valid signatures: the hub keeps a
     // redacted copy instead of dropping it (receive step 3).
     let pk = key("part.example", 2).public_key();
@@ -257,9 +209,7 @@ fn tampering_is_caught_by_hashes_and_signatures() {
     let mut moved = pdu.clone();
     moved["prev_events"] = json!(["$other"]);
     let hub_pk = key("hub.example", 1).public_key();
-    assert!(
-        event::verify_event_signature(lm(), &moved, "hub.example", "ed25519:1", &hub_pk).is_err()
-    );
+    assert!(event::verify_event_signature(lm(), &moved, "hub.example", "ed25519:1", &hub_pk).is_err());
     // The participant's signature does not cover the hub's choices.
     event::verify_event_signature(lm(), &moved, "part.example", "ed25519:1", &pk).unwrap();
 }
@@ -298,14 +248,9 @@ fn event_shape_rules() {
     // passes, one byte more does not.
     let mut big = hub_pdu();
     big["content"]["pad"] = json!("");
-    let len = lmx::core::json::object_to_canonical(&big, lmx::core::json::Canonical::Rfc8785)
-        .unwrap()
-        .len();
+    let len = lmx::core::json::object_to_canonical(&big, lmx::core::json::Canonical::Rfc8785).unwrap().len();
     big["content"]["pad"] = json!("x".repeat(65_536 - len));
     assert!(Pdu::from_object(lm(), big.clone(), Schema::Full).is_ok());
     big["content"]["pad"] = json!("x".repeat(65_537 - len));
-    assert!(matches!(
-        Pdu::from_object(lm(), big, Schema::Full),
-        Err(event::EventError::TooLarge(65_537))
-    ));
+    assert!(matches!(Pdu::from_object(lm(), big, Schema::Full), Err(event::EventError::TooLarge(65_537))));
 }

@@ -3,9 +3,7 @@
 use lmx::core::crypto::{verify_object, SigningKey};
 use lmx::core::event::{self, RoomVersion};
 use lmx::core::ids::{KeyId, ServerName};
-use lmx::core::json::{
-    self, object_to_canonical, to_canonical, Canonical, NumberPolicy, Object, MAX_SAFE_INTEGER,
-};
+use lmx::core::json::{self, object_to_canonical, to_canonical, Canonical, NumberPolicy, Object, MAX_SAFE_INTEGER};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -30,9 +28,7 @@ fn json_value(floats: bool) -> impl Strategy<Value = Value> {
     let number = if floats {
         prop_oneof![
             (-SAFE..=SAFE).prop_map(Value::from),
-            any::<f64>()
-                .prop_filter("finite", |f| f.is_finite())
-                .prop_map(Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
         ]
         .boxed()
     } else {
@@ -47,8 +43,7 @@ fn json_value(floats: bool) -> impl Strategy<Value = Value> {
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::vec((key_string(), inner), 0..6)
-                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            prop::collection::vec((key_string(), inner), 0..6).prop_map(|kv| Value::Object(kv.into_iter().collect())),
         ]
     })
 }
@@ -56,9 +51,7 @@ fn json_value(floats: bool) -> impl Strategy<Value = Value> {
 /// Writes `v` as valid but non-canonical JSON: whitespace, shuffled keys and
 /// `\u` escapes chosen by a small generator seeded from `seed`.
 fn step(seed: &mut u64) -> usize {
-    *seed = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (*seed >> 33) as usize
 }
 

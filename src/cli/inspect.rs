@@ -130,9 +130,7 @@ fn dispatch(cmd: Inspect, input: &[u8]) -> Result<Outcome, String> {
         }
         Inspect::EventId(a) => {
             let v = version(&a.room_version)?;
-            event::event_id(v, &object(input, v.numbers)?)
-                .map_err(|e| e.to_string())?
-                .into_string()
+            event::event_id(v, &object(input, v.numbers)?).map_err(|e| e.to_string())?.into_string()
         }
         Inspect::LpduHash => {
             let v = RoomVersion::lm();
@@ -143,29 +141,11 @@ fn dispatch(cmd: Inspect, input: &[u8]) -> Result<Outcome, String> {
             let redacted = event::redact(v, &object(input, v.numbers)?);
             canonical_text(&Value::Object(redacted), v.canonical)?
         }
-        Inspect::Sign {
-            server,
-            key_id,
-            seed,
-            room_version,
-            matrix,
-        } => sign(
-            input,
-            &server,
-            &key_id,
-            &seed,
-            room_version.as_deref(),
-            matrix,
-        )?,
-        Inspect::Verify {
-            keys,
-            room_version,
-            matrix,
-        } => return verify(input, &keys, room_version.as_deref(), matrix),
-        Inspect::Auth {
-            room_version,
-            state,
-        } => return auth(input, &room_version, &state),
+        Inspect::Sign { server, key_id, seed, room_version, matrix } => {
+            sign(input, &server, &key_id, &seed, room_version.as_deref(), matrix)?
+        }
+        Inspect::Verify { keys, room_version, matrix } => return verify(input, &keys, room_version.as_deref(), matrix),
+        Inspect::Auth { room_version, state } => return auth(input, &room_version, &state),
     };
     Ok(Outcome::Ok(text))
 }
@@ -209,19 +189,13 @@ fn sign(
     }
 }
 
-fn verify(
-    input: &[u8],
-    keys: &[String],
-    room_version: Option<&str>,
-    matrix: bool,
-) -> Result<Outcome, String> {
+fn verify(input: &[u8], keys: &[String], room_version: Option<&str>, matrix: bool) -> Result<Outcome, String> {
     let mut named = Vec::new();
     for k in keys.chunks(3) {
         let [name, key_id, public] = k else {
             return Err("--key takes NAME KEY_ID PUBKEY".into());
         };
-        let public =
-            PublicKey::from_base64(public).map_err(|e| format!("public key of {name}: {e}"))?;
+        let public = PublicKey::from_base64(public).map_err(|e| format!("public key of {name}: {e}"))?;
         named.push((name.as_str(), key_id.as_str(), public));
     }
     let Some(id) = room_version else {
@@ -244,16 +218,13 @@ fn verify(
     }
     Ok(match check_hashes(v, &obj).map_err(|e| e.to_string())? {
         HashCheck::Match => Outcome::Ok("ok".into()),
-        HashCheck::Mismatch(_) => {
-            Outcome::Ok("ok: content hash mismatch, would be redacted".into())
-        }
+        HashCheck::Mismatch(_) => Outcome::Ok("ok: content hash mismatch, would be redacted".into()),
     })
 }
 
 fn auth(input: &[u8], room_version: &str, state_path: &std::path::Path) -> Result<Outcome, String> {
     let v = version(room_version)?;
-    let state_text =
-        std::fs::read(state_path).map_err(|e| format!("{}: {e}", state_path.display()))?;
+    let state_text = std::fs::read(state_path).map_err(|e| format!("{}: {e}", state_path.display()))?;
     let state_json = json::parse(&state_text, v.numbers).map_err(|e| format!("state: {e}"))?;
     let Value::Array(items) = state_json else {
         return Err("state: expected a JSON array of events".into());
@@ -266,8 +237,7 @@ fn auth(input: &[u8], room_version: &str, state_path: &std::path::Path) -> Resul
         let pdu = Pdu::from_object(v, o, Schema::Loose).map_err(|e| format!("state[{i}]: {e}"))?;
         state.apply(Arc::new(pdu));
     }
-    let event = Pdu::from_object(v, object(input, v.numbers)?, Schema::Loose)
-        .map_err(|e| format!("event: {e}"))?;
+    let event = Pdu::from_object(v, object(input, v.numbers)?, Schema::Loose).map_err(|e| format!("event: {e}"))?;
     Ok(match authorize(&event, &state) {
         Ok(()) => Outcome::Ok("allow".into()),
         Err(e) => Outcome::Reject(format!("reject: {e}")),

@@ -84,11 +84,7 @@ impl SigningKey {
     /// From a 32-byte RFC 8032 seed (the caller supplies the randomness).
     pub fn from_seed(server: ServerName, key_id: KeyId, seed: &[u8]) -> Result<Self, CryptoError> {
         let seed: [u8; 32] = seed.try_into().map_err(|_| CryptoError::SeedLength)?;
-        Ok(Self {
-            server,
-            key_id,
-            key: ed25519_dalek::SigningKey::from_bytes(&seed),
-        })
+        Ok(Self { server, key_id, key: ed25519_dalek::SigningKey::from_bytes(&seed) })
     }
 
     pub fn server(&self) -> &ServerName {
@@ -132,12 +128,8 @@ impl std::fmt::Debug for PublicKey {
 
 impl PublicKey {
     pub fn from_base64(s: &str) -> Result<Self, CryptoError> {
-        let bytes: [u8; 32] = b64_decode(s)?
-            .try_into()
-            .map_err(|_| CryptoError::PublicKeyLength)?;
-        ed25519_dalek::VerifyingKey::from_bytes(&bytes)
-            .map(Self)
-            .map_err(|_| CryptoError::PublicKeyLength)
+        let bytes: [u8; 32] = b64_decode(s)?.try_into().map_err(|_| CryptoError::PublicKeyLength)?;
+        ed25519_dalek::VerifyingKey::from_bytes(&bytes).map(Self).map_err(|_| CryptoError::PublicKeyLength)
     }
 
     pub fn to_base64(&self) -> String {
@@ -170,16 +162,12 @@ pub fn signing_bytes(obj: &Object, form: Canonical) -> Result<Vec<u8>, JsonError
 }
 
 pub fn insert_signature(obj: &mut Object, server: &ServerName, key_id: &KeyId, sig: String) {
-    let sigs = obj
-        .entry("signatures")
-        .or_insert_with(|| Value::Object(Object::new()));
+    let sigs = obj.entry("signatures").or_insert_with(|| Value::Object(Object::new()));
     if !sigs.is_object() {
         *sigs = Value::Object(Object::new());
     }
     if let Value::Object(sigs) = sigs {
-        let mine = sigs
-            .entry(server.as_str())
-            .or_insert_with(|| Value::Object(Object::new()));
+        let mine = sigs.entry(server.as_str()).or_insert_with(|| Value::Object(Object::new()));
         if !mine.is_object() {
             *mine = Value::Object(Object::new());
         }
@@ -190,24 +178,13 @@ pub fn insert_signature(obj: &mut Object, server: &ServerName, key_id: &KeyId, s
 }
 
 /// Looks up `signatures[server][key_id]` (item 40's failure cases).
-pub fn find_signature<'a>(
-    obj: &'a Object,
-    server: &str,
-    key_id: &str,
-) -> Result<&'a str, CryptoError> {
+pub fn find_signature<'a>(obj: &'a Object, server: &str, key_id: &str) -> Result<&'a str, CryptoError> {
     let sigs = obj.get("signatures").ok_or(CryptoError::NoSignatures)?;
     let sigs = sigs.as_object().ok_or(CryptoError::MalformedSignatures)?;
-    let missing = || CryptoError::MissingSignature {
-        server: server.to_owned(),
-        key_id: key_id.to_owned(),
-    };
+    let missing = || CryptoError::MissingSignature { server: server.to_owned(), key_id: key_id.to_owned() };
     let entity = sigs.get(server).ok_or_else(missing)?;
     let entity = entity.as_object().ok_or(CryptoError::MalformedSignatures)?;
-    entity
-        .get(key_id)
-        .ok_or_else(missing)?
-        .as_str()
-        .ok_or(CryptoError::MalformedSignatures)
+    entity.get(key_id).ok_or_else(missing)?.as_str().ok_or(CryptoError::MalformedSignatures)
 }
 
 /// Key ids `server` signed `obj` with, in the order they appear.
@@ -233,10 +210,7 @@ pub fn verify_object(
     if key.verify(&signing_bytes(obj, form)?, sig) {
         Ok(())
     } else {
-        Err(CryptoError::BadSignature {
-            server: server.to_owned(),
-            key_id: key_id.to_owned(),
-        })
+        Err(CryptoError::BadSignature { server: server.to_owned(), key_id: key_id.to_owned() })
     }
 }
 

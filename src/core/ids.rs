@@ -34,11 +34,7 @@ fn err(kind: &'static str, value: &str, reason: &'static str) -> IdError {
         value.truncate(cut);
         value.push('…');
     }
-    IdError {
-        kind,
-        value,
-        reason,
-    }
+    IdError { kind, value, reason }
 }
 
 macro_rules! string_id {
@@ -227,11 +223,7 @@ impl ServerName {
     pub fn validate_own(s: &str) -> Result<Self, IdError> {
         let name = Self::parse_lm(s)?;
         if is_ipv4(name.host()) {
-            return Err(err(
-                "server name",
-                s,
-                "a server must not use an IP literal as its name",
-            ));
+            return Err(err("server name", s, "a server must not use an IP literal as its name"));
         }
         Ok(name)
     }
@@ -242,9 +234,7 @@ impl ServerName {
     }
 
     pub fn port(&self) -> Option<u16> {
-        split_host_port(&self.0)
-            .and_then(|(_, p)| p)
-            .and_then(|p| p.parse().ok())
+        split_host_port(&self.0).and_then(|(_, p)| p).and_then(|p| p.parse().ok())
     }
 
     pub fn is_ip_literal(&self) -> bool {
@@ -263,19 +253,12 @@ fn is_historical_user_char(c: u8) -> bool {
 }
 
 /// Splits `sigil local ":" server` at the first colon.
-fn split_sigil<'a>(
-    kind: &'static str,
-    s: &'a str,
-    sigil: char,
-) -> Result<(&'a str, &'a str), IdError> {
+fn split_sigil<'a>(kind: &'static str, s: &'a str, sigil: char) -> Result<(&'a str, &'a str), IdError> {
     if s.len() > MAX_ID_LEN {
         return Err(err(kind, s, "longer than 255 bytes"));
     }
-    let rest = s
-        .strip_prefix(sigil)
-        .ok_or_else(|| err(kind, s, "wrong sigil"))?;
-    rest.split_once(':')
-        .ok_or_else(|| err(kind, s, "missing ':server'"))
+    let rest = s.strip_prefix(sigil).ok_or_else(|| err(kind, s, "wrong sigil"))?;
+    rest.split_once(':').ok_or_else(|| err(kind, s, "missing ':server'"))
 }
 
 impl UserId {
@@ -299,8 +282,7 @@ impl UserId {
     }
 
     pub fn is_lm_valid(&self) -> bool {
-        self.localpart().bytes().all(is_lm_user_char)
-            && ServerName::parse_lm(self.server_name_str()).is_ok()
+        self.localpart().bytes().all(is_lm_user_char) && ServerName::parse_lm(self.server_name_str()).is_ok()
     }
 
     pub fn localpart(&self) -> &str {
@@ -332,9 +314,7 @@ impl RoomId {
         if s.len() > MAX_ID_LEN {
             return Err(err(K, s, "longer than 255 bytes"));
         }
-        let rest = s
-            .strip_prefix('!')
-            .ok_or_else(|| err(K, s, "wrong sigil"))?;
+        let rest = s.strip_prefix('!').ok_or_else(|| err(K, s, "wrong sigil"))?;
         match rest.split_once(':') {
             Some((local, server)) => {
                 if local.is_empty() || local.bytes().any(|c| c.is_ascii_control()) {
@@ -352,9 +332,7 @@ impl RoomId {
     /// LM grammar: `"!" 1*opaque ":" server_name`.
     pub fn is_lm_valid(&self) -> bool {
         match self.0[1..].split_once(':') {
-            Some((local, server)) => {
-                local.bytes().all(is_lm_opaque) && ServerName::parse_lm(server).is_ok()
-            }
+            Some((local, server)) => local.bytes().all(is_lm_opaque) && ServerName::parse_lm(server).is_ok(),
             None => false,
         }
     }
@@ -382,17 +360,13 @@ impl EventId {
         if s.len() > MAX_ID_LEN {
             return Err(err(K, s, "longer than 255 bytes"));
         }
-        let rest = s
-            .strip_prefix('$')
-            .ok_or_else(|| err(K, s, "wrong sigil"))?;
+        let rest = s.strip_prefix('$').ok_or_else(|| err(K, s, "wrong sigil"))?;
         if rest.is_empty() {
             return Err(err(K, s, "empty"));
         }
         let ok = rest.bytes().all(is_urlsafe_b64_char)
             || rest.bytes().all(is_std_b64_char)
-            || rest
-                .split_once(':')
-                .is_some_and(|(l, d)| !l.is_empty() && ServerName::parse(d).is_ok());
+            || rest.split_once(':').is_some_and(|(l, d)| !l.is_empty() && ServerName::parse(d).is_ok());
         if !ok {
             return Err(err(K, s, "not a reference hash or $local:server"));
         }
@@ -420,15 +394,9 @@ impl KeyId {
         if s.len() > MAX_ID_LEN {
             return Err(err(K, s, "longer than 255 bytes"));
         }
-        let (alg, ver) = s
-            .split_once(':')
-            .ok_or_else(|| err(K, s, "expected algorithm:version"))?;
+        let (alg, ver) = s.split_once(':').ok_or_else(|| err(K, s, "expected algorithm:version"))?;
         if alg.is_empty() || ver.is_empty() || !ver.bytes().all(is_key_version_char) {
-            return Err(err(
-                K,
-                s,
-                "expected algorithm:version with [A-Za-z0-9_] version",
-            ));
+            return Err(err(K, s, "expected algorithm:version with [A-Za-z0-9_] version"));
         }
         Ok(Self(s.to_owned()))
     }
@@ -466,8 +434,7 @@ impl RoomVersionId {
         }
         let ok = !s.is_empty()
             && s.len() <= MAX_ROOM_VERSION_LEN
-            && s.bytes()
-                .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase() || c == b'-' || c == b'.');
+            && s.bytes().all(|c| c.is_ascii_digit() || c.is_ascii_lowercase() || c == b'-' || c == b'.');
         if !ok {
             return Err(err("room version", s, "expected 1-128 of [0-9a-z.-]"));
         }
@@ -481,27 +448,10 @@ mod tests {
 
     #[test]
     fn server_names() {
-        for ok in [
-            "example.org",
-            "example.org:8448",
-            "127.0.0.1:3000",
-            "a-b.c",
-            "[::1]:80",
-            "[2001:db8::1]",
-        ] {
+        for ok in ["example.org", "example.org:8448", "127.0.0.1:3000", "a-b.c", "[::1]:80", "[2001:db8::1]"] {
             assert!(ServerName::parse(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "-a.org",
-            "a-.org",
-            "a..org",
-            "ex ample",
-            "a.org:",
-            "a.org:123456",
-            "[::zz]",
-            "a_b.org",
-        ] {
+        for bad in ["", "-a.org", "a-.org", "a..org", "ex ample", "a.org:", "a.org:123456", "[::zz]", "a_b.org"] {
             assert!(ServerName::parse(bad).is_err(), "{bad}");
         }
         assert!(ServerName::parse_lm("[::1]").is_err());

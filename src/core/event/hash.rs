@@ -32,11 +32,7 @@ pub fn content_hash(version: &RoomVersion, event: &Object) -> Result<String, Eve
     copy.remove("unsigned");
     if version.lm {
         strip_lm_metadata(&mut copy);
-        let lpdu = copy
-            .get("hashes")
-            .and_then(Value::as_object)
-            .and_then(|h| h.get("lpdu"))
-            .cloned();
+        let lpdu = copy.get("hashes").and_then(Value::as_object).and_then(|h| h.get("lpdu")).cloned();
         match lpdu {
             Some(l) => {
                 let mut h = Object::new();
@@ -72,11 +68,7 @@ pub fn lpdu_view(event: &Object) -> Object {
     let mut copy = event.clone();
     copy.remove("auth_events");
     copy.remove("prev_events");
-    let lpdu = copy
-        .get("hashes")
-        .and_then(Value::as_object)
-        .and_then(|h| h.get("lpdu"))
-        .cloned();
+    let lpdu = copy.get("hashes").and_then(Value::as_object).and_then(|h| h.get("lpdu")).cloned();
     if let Some(l) = lpdu {
         let mut h = Object::new();
         h.insert("lpdu".into(), l);
@@ -87,10 +79,7 @@ pub fn lpdu_view(event: &Object) -> Object {
 
 /// Canonical bytes of the redacted event without `signatures`/`unsigned`:
 /// what signatures cover and what the reference hash digests.
-pub fn redacted_signing_bytes(
-    version: &RoomVersion,
-    event: &Object,
-) -> Result<Vec<u8>, EventError> {
+pub fn redacted_signing_bytes(version: &RoomVersion, event: &Object) -> Result<Vec<u8>, EventError> {
     let mut r = redact(version, event);
     r.remove("signatures");
     r.remove("unsigned");
@@ -102,10 +91,7 @@ pub fn redacted_signing_bytes(
 pub fn event_id(version: &RoomVersion, event: &Object) -> Result<EventId, EventError> {
     let encode = match version.event_ids {
         EventIdFormat::InEvent => {
-            let id = event
-                .get("event_id")
-                .and_then(Value::as_str)
-                .ok_or(EventError::Missing("event_id"))?;
+            let id = event.get("event_id").and_then(Value::as_str).ok_or(EventError::Missing("event_id"))?;
             return EventId::parse(id).map_err(EventError::Id);
         }
         EventIdFormat::HashStd => b64_encode,

@@ -11,8 +11,8 @@ pub use hash::{content_hash, event_id, lpdu_hash, lpdu_view, redacted_signing_by
 pub use pdu::{Lpdu, Pdu, Schema};
 pub use redact::redact;
 pub use sign::{
-    check_hashes, required_signers, sign_event, sign_in_role, sign_lpdu, signed_bytes_for,
-    verify_event_signature, HashCheck,
+    check_hashes, required_signers, sign_event, sign_in_role, sign_lpdu, signed_bytes_for, verify_event_signature,
+    HashCheck,
 };
 pub use version::{RoomVersion, LM_VERSION, LM_VERSION_ALIAS};
 

@@ -44,10 +44,7 @@ fn limited(o: &Object, k: &'static str) -> Result<Option<String>, EventError> {
     match o.get(k) {
         None => Ok(None),
         Some(Value::String(s)) if s.chars().count() <= MAX_FIELD_CHARS => Ok(Some(s.clone())),
-        Some(Value::String(_)) => Err(EventError::TooLong {
-            field: k,
-            max: MAX_FIELD_CHARS,
-        }),
+        Some(Value::String(_)) => Err(EventError::TooLong { field: k, max: MAX_FIELD_CHARS }),
         Some(_) => Err(EventError::Missing(k)),
     }
 }
@@ -72,11 +69,7 @@ fn event_refs(o: &Object, k: &'static str, required: bool) -> Result<Vec<EventId
             // v1/v2 reference events as `[event_id, {hashes}]`.
             let s = item
                 .as_str()
-                .or_else(|| {
-                    item.as_array()
-                        .and_then(|a| a.first())
-                        .and_then(Value::as_str)
-                })
+                .or_else(|| item.as_array().and_then(|a| a.first()).and_then(Value::as_str))
                 .ok_or(EventError::Missing(k))?;
             EventId::parse(s).map_err(EventError::Id)
         })
@@ -95,9 +88,7 @@ impl Header {
             Some(Value::String(s)) => RoomId::parse(s)?,
             Some(_) => return Err(EventError::Missing("room_id")),
             // v12 create events carry no room id: it is their own hash.
-            None if version.room_id_from_create && event_type == "m.room.create" => {
-                event_id(version, o)?.to_room_id()
-            }
+            None if version.room_id_from_create && event_type == "m.room.create" => event_id(version, o)?.to_room_id(),
             None => return Err(EventError::Missing("room_id")),
         };
         if version.lm && schema == Schema::Full && !room_id.is_lm_valid() {
@@ -125,22 +116,12 @@ impl Header {
                 }
             }
         }
-        Ok(Header {
-            room_id,
-            sender,
-            event_type,
-            state_key,
-            origin_server_ts,
-            hub_server,
-        })
+        Ok(Header { room_id, sender, event_type, state_key, origin_server_ts, hub_server })
     }
 }
 
 fn has_lpdu_hash(o: &Object) -> bool {
-    o.get("hashes")
-        .and_then(|h| h.get("lpdu"))
-        .and_then(|l| l.get("sha256"))
-        .is_some_and(Value::is_string)
+    o.get("hashes").and_then(|h| h.get("lpdu")).and_then(|l| l.get("sha256")).is_some_and(Value::is_string)
 }
 
 /// A fully formed event: `auth_events`, `prev_events`, `hashes.sha256` and
@@ -158,21 +139,13 @@ pub struct Pdu {
 
 impl Pdu {
     /// Parses event JSON text with the room version's number rules.
-    pub fn from_bytes(
-        version: &'static RoomVersion,
-        bytes: &[u8],
-        schema: Schema,
-    ) -> Result<Self, EventError> {
+    pub fn from_bytes(version: &'static RoomVersion, bytes: &[u8], schema: Schema) -> Result<Self, EventError> {
         let json = json::parse_object(bytes, version.numbers)?;
         Self::from_object(version, json, schema)
     }
 
     /// Checks the event format (receive step 1) and computes the event id.
-    pub fn from_object(
-        version: &'static RoomVersion,
-        mut json: Object,
-        schema: Schema,
-    ) -> Result<Self, EventError> {
+    pub fn from_object(version: &'static RoomVersion, mut json: Object, schema: Schema) -> Result<Self, EventError> {
         // Never hashed or signed; served fresh by whoever serves the event.
         json.remove("unsigned");
         if version.lm {
@@ -183,11 +156,7 @@ impl Pdu {
         let prev_events = event_refs(&json, "prev_events", full)?;
         let auth_events = event_refs(&json, "auth_events", full)?;
         let depth = match json.get("depth") {
-            Some(v) => Some(
-                v.as_i64()
-                    .filter(|d| *d >= 0)
-                    .ok_or(EventError::Missing("depth"))?,
-            ),
+            Some(v) => Some(v.as_i64().filter(|d| *d >= 0).ok_or(EventError::Missing("depth"))?),
             None if full && !version.lm => return Err(EventError::Missing("depth")),
             None => None,
         };
@@ -201,35 +170,30 @@ impl Pdu {
                 }
                 // Item 215: hub-built events extend the list by one link.
                 if header.hub_server.is_some() && prev_events.len() != 1 {
-                    return Err(EventError::Invalid(
-                        "hub_server events need exactly one prev_event",
-                    ));
+                    return Err(EventError::Invalid("hub_server events need exactly one prev_event"));
                 }
             }
             if prev_events.len() > MAX_PREV_EVENTS {
-                return Err(EventError::TooLong {
-                    field: "prev_events",
-                    max: MAX_PREV_EVENTS,
-                });
+                return Err(EventError::TooLong { field: "prev_events", max: MAX_PREV_EVENTS });
             }
             if auth_events.len() > MAX_AUTH_EVENTS {
-                return Err(EventError::TooLong {
-                    field: "auth_events",
-                    max: MAX_AUTH_EVENTS,
-                });
+                return Err(EventError::TooLong { field: "auth_events", max: MAX_AUTH_EVENTS });
             }
         }
         check_size(&json, version)?;
         let event_id = event_id(version, &json)?;
-        Ok(Pdu {
-            version,
-            json,
-            event_id,
-            header,
-            prev_events,
-            auth_events,
-            depth,
-        })
+        Ok(Pdu { version, json, event_id, header, prev_events, auth_events, depth })
+    }
+
+    /// Re-reads an event this server checked and stored earlier: the id is
+    /// taken as stored, not recomputed (hashing every read would dominate
+    /// sync and history reads).
+    pub fn from_trusted(version: &'static RoomVersion, json: Object, event_id: EventId) -> Result<Self, EventError> {
+        let header = Header::parse(version, &json, Schema::Loose)?;
+        let prev_events = event_refs(&json, "prev_events", false)?;
+        let auth_events = event_refs(&json, "auth_events", false)?;
+        let depth = json.get("depth").and_then(Value::as_i64);
+        Ok(Pdu { version, json, event_id, header, prev_events, auth_events, depth })
     }
 
     pub fn version(&self) -> &'static RoomVersion {
@@ -283,11 +247,7 @@ impl Pdu {
     }
     /// `hashes.lpdu.sha256`, which identifies the LPDU a hub built this from.
     pub fn lpdu_hash(&self) -> Option<&str> {
-        self.json
-            .get("hashes")
-            .and_then(|h| h.get("lpdu"))
-            .and_then(|l| l.get("sha256"))
-            .and_then(Value::as_str)
+        self.json.get("hashes").and_then(|h| h.get("lpdu")).and_then(|l| l.get("sha256")).and_then(Value::as_str)
     }
 }
 
@@ -309,10 +269,7 @@ impl Lpdu {
             && o.get("hashes").is_none_or(|h| h.get("sha256").is_none())
     }
 
-    pub fn from_object(
-        version: &'static RoomVersion,
-        mut json: Object,
-    ) -> Result<Self, EventError> {
+    pub fn from_object(version: &'static RoomVersion, mut json: Object) -> Result<Self, EventError> {
         if !version.lm {
             return Err(EventError::Invalid("LPDUs exist only in LM rooms"));
         }
@@ -327,9 +284,7 @@ impl Lpdu {
         if header.hub_server.is_none() {
             return Err(EventError::Missing("hub_server"));
         }
-        let hashes = json["hashes"]
-            .as_object()
-            .expect("checked by Header::parse");
+        let hashes = json["hashes"].as_object().expect("checked by Header::parse");
         if hashes.keys().any(|k| k != "lpdu") {
             return Err(EventError::Forbidden("hashes other than lpdu"));
         }
@@ -338,12 +293,7 @@ impl Lpdu {
         }
         check_size(&json, version)?;
         let lpdu_id = event_id(version, &json)?;
-        Ok(Lpdu {
-            version,
-            json,
-            lpdu_id,
-            header,
-        })
+        Ok(Lpdu { version, json, lpdu_id, header })
     }
 
     pub fn version(&self) -> &'static RoomVersion {
@@ -375,9 +325,7 @@ impl Lpdu {
         self.json["content"].as_object().expect("checked at parse")
     }
     pub fn lpdu_hash(&self) -> &str {
-        self.json["hashes"]["lpdu"]["sha256"]
-            .as_str()
-            .expect("checked at parse")
+        self.json["hashes"]["lpdu"]["sha256"].as_str().expect("checked at parse")
     }
     pub fn json(&self) -> &Object {
         &self.json

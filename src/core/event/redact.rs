@@ -21,11 +21,7 @@ pub fn redact(version: &RoomVersion, event: &Object) -> Object {
     }
     let content = event.get("content").and_then(Value::as_object);
     let event_type = event.get("type").and_then(Value::as_str).unwrap_or("");
-    let keep = rules
-        .content
-        .iter()
-        .find(|(t, _)| *t == event_type)
-        .map(|(_, k)| *k);
+    let keep = rules.content.iter().find(|(t, _)| *t == event_type).map(|(_, k)| *k);
     let kept = match (content, keep) {
         (Some(c), Some(ContentKeep::All)) => c.clone(),
         (Some(c), Some(ContentKeep::Keys(keys))) => keep_keys(c, keys),

@@ -11,9 +11,7 @@ use crate::core::ids::{ServerName, UserId};
 use crate::core::json::Object;
 
 fn hashes_mut(event: &mut Object) -> &mut Object {
-    let h = event
-        .entry("hashes")
-        .or_insert_with(|| Value::Object(Object::new()));
+    let h = event.entry("hashes").or_insert_with(|| Value::Object(Object::new()));
     if !h.is_object() {
         *h = Value::Object(Object::new());
     }
@@ -29,11 +27,7 @@ fn sha256_entry(hash: String) -> Value {
 /// Signs a full event as its origin or hub: sets `hashes.sha256`, then signs
 /// the redacted event. In LM rooms this is the hub's step 4-5 of digest 3.8
 /// (an existing `hashes.lpdu` stays, and is covered).
-pub fn sign_event(
-    version: &RoomVersion,
-    key: &SigningKey,
-    event: &mut Object,
-) -> Result<(), EventError> {
+pub fn sign_event(version: &RoomVersion, key: &SigningKey, event: &mut Object) -> Result<(), EventError> {
     let hash = content_hash(version, event)?;
     hashes_mut(event).insert("sha256".into(), Value::String(hash));
     let sig = key.sign_bytes(&redacted_signing_bytes(version, event)?);
@@ -43,11 +37,7 @@ pub fn sign_event(
 
 /// Signs an LPDU as the participant: `hashes = {"lpdu": {"sha256": …}}`,
 /// then signs the redacted LPDU (items 32-33).
-pub fn sign_lpdu(
-    version: &RoomVersion,
-    key: &SigningKey,
-    lpdu: &mut Object,
-) -> Result<(), EventError> {
+pub fn sign_lpdu(version: &RoomVersion, key: &SigningKey, lpdu: &mut Object) -> Result<(), EventError> {
     let hash = lpdu_hash(version, lpdu)?;
     let mut hashes = Object::new();
     hashes.insert("lpdu".into(), sha256_entry(hash));
@@ -60,11 +50,7 @@ pub fn sign_lpdu(
 /// Signs `event` the way `key`'s server signs it in its role: an LM
 /// participant signs its LPDU (or, given the PDU built from it, the LPDU
 /// view); a hub, a DAG origin or an invitee's server signs the full event.
-pub fn sign_in_role(
-    version: &RoomVersion,
-    key: &SigningKey,
-    event: &mut Object,
-) -> Result<(), EventError> {
+pub fn sign_in_role(version: &RoomVersion, key: &SigningKey, event: &mut Object) -> Result<(), EventError> {
     if version.lm && super::Lpdu::looks_like_lpdu(event) {
         return sign_lpdu(version, key, event);
     }
@@ -91,11 +77,7 @@ fn hub_server(event: &Object) -> Option<&str> {
 
 /// The bytes `signer`'s signature on `event` covers. In LM rooms the
 /// sender's server signed the LPDU view when a different hub built the PDU.
-pub fn signed_bytes_for(
-    version: &RoomVersion,
-    event: &Object,
-    signer: &str,
-) -> Result<Vec<u8>, EventError> {
+pub fn signed_bytes_for(version: &RoomVersion, event: &Object, signer: &str) -> Result<Vec<u8>, EventError> {
     if version.lm {
         if let Some(hub) = hub_server(event) {
             let is_sender_server = sender_server(event).is_some_and(|s| s.as_str() == signer);
@@ -119,11 +101,7 @@ pub fn verify_event_signature(
     if key.verify(&signed_bytes_for(version, event, server)?, sig) {
         Ok(())
     } else {
-        Err(CryptoError::BadSignature {
-            server: server.to_owned(),
-            key_id: key_id.to_owned(),
-        }
-        .into())
+        Err(CryptoError::BadSignature { server: server.to_owned(), key_id: key_id.to_owned() }.into())
     }
 }
 
@@ -163,8 +141,7 @@ fn stated_hash<'a>(event: &'a Object, path: &[&str]) -> Option<&'a str> {
 pub fn check_hashes(version: &RoomVersion, event: &Object) -> Result<HashCheck, EventError> {
     let is_lpdu = version.lm && stated_hash(event, &["sha256"]).is_none();
     if version.lm && (hub_server(event).is_some() || is_lpdu) {
-        let stated = stated_hash(event, &["lpdu", "sha256"])
-            .ok_or(EventError::Missing("hashes.lpdu.sha256"))?;
+        let stated = stated_hash(event, &["lpdu", "sha256"]).ok_or(EventError::Missing("hashes.lpdu.sha256"))?;
         if lpdu_hash(version, event)? != stated {
             return Ok(HashCheck::Mismatch("hashes.lpdu.sha256"));
         }

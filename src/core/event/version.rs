@@ -167,17 +167,11 @@ const PL_KEYS_INVITE: &[KeepKey] = &[
 ];
 const MEMBER: &[KeepKey] = &[Key("membership")];
 const MEMBER_V9: &[KeepKey] = &[Key("membership"), Key("join_authorised_via_users_server")];
-const MEMBER_V11: &[KeepKey] = &[
-    Key("membership"),
-    Key("join_authorised_via_users_server"),
-    Child("third_party_invite", "signed"),
-];
+const MEMBER_V11: &[KeepKey] =
+    &[Key("membership"), Key("join_authorised_via_users_server"), Child("third_party_invite", "signed")];
 const JOIN_RULE: &[KeepKey] = &[Key("join_rule")];
 const JOIN_RULE_ALLOW: &[KeepKey] = &[Key("join_rule"), Key("allow")];
-const HISTORY: (&str, ContentKeep) = (
-    "m.room.history_visibility",
-    ContentKeep::Keys(&[Key("history_visibility")]),
-);
+const HISTORY: (&str, ContentKeep) = ("m.room.history_visibility", ContentKeep::Keys(&[Key("history_visibility")]));
 const CREATOR: (&str, ContentKeep) = ("m.room.create", ContentKeep::Keys(&[Key("creator")]));
 
 static REDACT_V1: RedactionRules = RedactionRules {
@@ -273,11 +267,7 @@ const fn matrix(id: &'static str, v: u8, redaction: &'static RedactionRules) -> 
         id,
         lm: false,
         canonical: Canonical::Matrix,
-        numbers: if v >= 6 {
-            NumberPolicy::MatrixStrict
-        } else {
-            NumberPolicy::MatrixLenient
-        },
+        numbers: if v >= 6 { NumberPolicy::MatrixStrict } else { NumberPolicy::MatrixLenient },
         event_ids: match v {
             1 | 2 => EventIdFormat::InEvent,
             3 => EventIdFormat::HashStd,
@@ -319,9 +309,7 @@ static V12: RoomVersion = matrix("12", 12, &REDACT_V11);
 static LM: RoomVersion = lm(LM_VERSION);
 static LM_ALIAS: RoomVersion = lm(LM_VERSION_ALIAS);
 
-static ALL: &[&RoomVersion] = &[
-    &V1, &V2, &V3, &V4, &V5, &V6, &V7, &V8, &V9, &V10, &V11, &V12, &LM, &LM_ALIAS,
-];
+static ALL: &[&RoomVersion] = &[&V1, &V2, &V3, &V4, &V5, &V6, &V7, &V8, &V9, &V10, &V11, &V12, &LM, &LM_ALIAS];
 
 #[cfg(test)]
 mod tests {
@@ -334,9 +322,6 @@ mod tests {
         assert!(RoomVersion::find("I.1").unwrap().lm);
         assert!(RoomVersion::find(LM_VERSION).unwrap().lm);
         assert!(RoomVersion::find("13").is_none());
-        assert_eq!(
-            RoomVersion::find("3").unwrap().event_ids,
-            EventIdFormat::HashStd
-        );
+        assert_eq!(RoomVersion::find("3").unwrap().event_ids, EventIdFormat::HashStd);
     }
 }

@@ -54,11 +54,7 @@ pub enum JsonError {
     #[error("duplicate key {key:?} at byte {offset}")]
     DuplicateKey { offset: usize, key: String },
     #[error("number {text} at byte {offset}: {why}")]
-    Number {
-        offset: usize,
-        text: String,
-        why: String,
-    },
+    Number { offset: usize, text: String, why: String },
     #[error("number {0} has no Matrix canonical form (integers within ±(2^53−1) only)")]
     NotCanonicalNumber(String),
 }
@@ -72,10 +68,7 @@ pub fn parse(input: &[u8], policy: NumberPolicy) -> Result<Value, JsonError> {
 pub fn parse_object(input: &[u8], policy: NumberPolicy) -> Result<Object, JsonError> {
     match parse(input, policy)? {
         Value::Object(o) => Ok(o),
-        _ => Err(JsonError::Syntax {
-            offset: 0,
-            msg: "expected a JSON object".into(),
-        }),
+        _ => Err(JsonError::Syntax { offset: 0, msg: "expected a JSON object".into() }),
     }
 }
 
@@ -146,11 +139,7 @@ pub fn utf16_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     a.encode_utf16().cmp(b.encode_utf16())
 }
 
-fn write_number(
-    out: &mut Vec<u8>,
-    n: &serde_json::Number,
-    form: Canonical,
-) -> Result<(), JsonError> {
+fn write_number(out: &mut Vec<u8>, n: &serde_json::Number, form: Canonical) -> Result<(), JsonError> {
     match form {
         Canonical::Matrix => match integer_value(n) {
             Some(i) => {
@@ -227,40 +216,20 @@ mod tests {
     #[test]
     fn numbers_by_policy() {
         use NumberPolicy::*;
-        assert_eq!(
-            canon("[-0,1e10,2.0]", MatrixLenient, Canonical::Matrix).unwrap(),
-            "[0,10000000000,2]"
-        );
+        assert_eq!(canon("[-0,1e10,2.0]", MatrixLenient, Canonical::Matrix).unwrap(), "[0,10000000000,2]");
         assert!(canon("[1.5]", MatrixLenient, Canonical::Matrix).is_err());
         assert!(canon("[-0]", MatrixStrict, Canonical::Matrix).is_err());
         assert!(canon("[1e5]", MatrixStrict, Canonical::Matrix).is_err());
         assert!(canon("[9007199254740992]", MatrixStrict, Canonical::Matrix).is_err());
-        assert_eq!(
-            canon("[-9007199254740991]", MatrixStrict, Canonical::Matrix).unwrap(),
-            "[-9007199254740991]"
-        );
-        assert_eq!(
-            canon("[1E30,4.50,2e-3,-0]", Ieee754, Canonical::Rfc8785).unwrap(),
-            "[1e+30,4.5,0.002,0]"
-        );
-        assert_eq!(
-            canon("[9007199254740993]", Ieee754, Canonical::Rfc8785).unwrap(),
-            "[9007199254740992]"
-        );
+        assert_eq!(canon("[-9007199254740991]", MatrixStrict, Canonical::Matrix).unwrap(), "[-9007199254740991]");
+        assert_eq!(canon("[1E30,4.50,2e-3,-0]", Ieee754, Canonical::Rfc8785).unwrap(), "[1e+30,4.5,0.002,0]");
+        assert_eq!(canon("[9007199254740993]", Ieee754, Canonical::Rfc8785).unwrap(), "[9007199254740992]");
         assert!(canon("[9007199254740993]", LmStrict, Canonical::Rfc8785).is_err());
         assert_eq!(
-            canon(
-                "[-13205975240798362000,100000000000000000000]",
-                LmStrict,
-                Canonical::Rfc8785
-            )
-            .unwrap(),
+            canon("[-13205975240798362000,100000000000000000000]", LmStrict, Canonical::Rfc8785).unwrap(),
             "[-13205975240798362000,100000000000000000000]"
         );
-        assert_eq!(
-            canon("[0.5]", LmStrict, Canonical::Rfc8785).unwrap(),
-            "[0.5]"
-        );
+        assert_eq!(canon("[0.5]", LmStrict, Canonical::Rfc8785).unwrap(), "[0.5]");
         assert!(canon("[1e400]", Ieee754, Canonical::Rfc8785).is_err());
     }
 
@@ -283,10 +252,7 @@ mod tests {
             "[\"\\udead\"]",
             "[\"\\ud800\\u0041\"]",
         ] {
-            assert!(
-                parse(bad.as_bytes(), NumberPolicy::Ieee754).is_err(),
-                "{bad:?}"
-            );
+            assert!(parse(bad.as_bytes(), NumberPolicy::Ieee754).is_err(), "{bad:?}");
         }
         assert!(parse(b"\"\xff\"", NumberPolicy::Ieee754).is_err());
         let deep = "[".repeat(MAX_DEPTH + 1);

@@ -10,12 +10,7 @@ use serde_json::{Map, Number, Value};
 use super::{JsonError, NumberPolicy, MAX_DEPTH, MAX_SAFE_INTEGER};
 
 pub(super) fn parse(input: &[u8], policy: NumberPolicy) -> Result<Value, JsonError> {
-    let mut p = Parser {
-        s: input,
-        i: 0,
-        policy,
-        depth: 0,
-    };
+    let mut p = Parser { s: input, i: 0, policy, depth: 0 };
     p.skip_ws();
     let v = p.value()?;
     p.skip_ws();
@@ -34,10 +29,7 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn err(&self, msg: impl Into<String>) -> JsonError {
-        JsonError::Syntax {
-            offset: self.i,
-            msg: msg.into(),
-        }
+        JsonError::Syntax { offset: self.i, msg: msg.into() }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -152,15 +144,10 @@ impl Parser<'_> {
     }
 
     fn hex4(&mut self) -> Result<u16, JsonError> {
-        let digits = self
-            .s
-            .get(self.i..self.i + 4)
-            .ok_or_else(|| self.err("truncated \\u escape"))?;
+        let digits = self.s.get(self.i..self.i + 4).ok_or_else(|| self.err("truncated \\u escape"))?;
         let mut v = 0u16;
         for &d in digits {
-            let n = (d as char)
-                .to_digit(16)
-                .ok_or_else(|| self.err("invalid \\u escape"))?;
+            let n = (d as char).to_digit(16).ok_or_else(|| self.err("invalid \\u escape"))?;
             v = v * 16 + n as u16;
         }
         self.i += 4;
@@ -179,11 +166,8 @@ impl Parser<'_> {
                 }
                 self.i += 1;
             }
-            let run =
-                std::str::from_utf8(&self.s[start..self.i]).map_err(|e| JsonError::Syntax {
-                    offset: start + e.valid_up_to(),
-                    msg: "invalid UTF-8".into(),
-                })?;
+            let run = std::str::from_utf8(&self.s[start..self.i])
+                .map_err(|e| JsonError::Syntax { offset: start + e.valid_up_to(), msg: "invalid UTF-8".into() })?;
             out.push_str(run);
             match self.peek() {
                 None => return Err(self.err("unterminated string")),
@@ -292,11 +276,7 @@ impl Parser<'_> {
         negative_zero: bool,
         offset: usize,
     ) -> Result<Number, JsonError> {
-        let bad = |why: &str| JsonError::Number {
-            offset,
-            text: text.to_owned(),
-            why: why.to_owned(),
-        };
+        let bad = |why: &str| JsonError::Number { offset, text: text.to_owned(), why: why.to_owned() };
         if integer_literal && !negative_zero {
             match text.parse::<i64>() {
                 Ok(i) if i.unsigned_abs() <= MAX_SAFE_INTEGER => return Ok(Number::from(i)),
@@ -311,9 +291,7 @@ impl Parser<'_> {
                         let mut rendered = Vec::new();
                         super::write_ecmascript_number(&mut rendered, f);
                         if rendered != text.as_bytes() {
-                            return Err(bad(
-                                "integer cannot round-trip through an IEEE-754 double",
-                            ));
+                            return Err(bad("integer cannot round-trip through an IEEE-754 double"));
                         }
                     }
                     NumberPolicy::Ieee754 => {}
@@ -322,9 +300,7 @@ impl Parser<'_> {
         }
         match self.policy {
             NumberPolicy::MatrixStrict if negative_zero => Err(bad("-0 is not canonical")),
-            NumberPolicy::MatrixStrict => {
-                Err(bad("only integers are allowed (no fraction or exponent)"))
-            }
+            NumberPolicy::MatrixStrict => Err(bad("only integers are allowed (no fraction or exponent)")),
             NumberPolicy::MatrixLenient => {
                 let f: f64 = text.parse().map_err(|_| bad("unparsable number"))?;
                 if f.fract() != 0.0 || !f.is_finite() || f.abs() > MAX_SAFE_INTEGER as f64 {

@@ -24,11 +24,7 @@ pub enum AppendError {
 /// Checks that `pdu` may be appended after `tail` given `state`, the state
 /// after `tail`: one prev event (the tail), the auth events the selection
 /// picks from that state (compared as a set), and the authorization rules.
-pub fn check_append(
-    tail: Option<&EventId>,
-    state: &impl StateView,
-    pdu: &Pdu,
-) -> Result<(), AppendError> {
+pub fn check_append(tail: Option<&EventId>, state: &impl StateView, pdu: &Pdu) -> Result<(), AppendError> {
     let Some(tail) = tail else {
         if pdu.event_type() != "m.room.create" || pdu.state_key() != Some("") {
             return Err(AppendError::NotCreate);
@@ -37,9 +33,7 @@ pub fn check_append(
         return Ok(());
     };
     if pdu.prev_events() != std::slice::from_ref(tail) {
-        return Err(AppendError::NotOnTail {
-            expected: tail.clone(),
-        });
+        return Err(AppendError::NotOnTail { expected: tail.clone() });
     }
     if !auth_events_match(state, pdu) {
         return Err(AppendError::AuthEventsMismatch);
@@ -56,16 +50,12 @@ pub fn auth_events_match(state: &impl StateView, pdu: &Pdu) -> bool {
         return false;
     }
     let version = pdu.version();
-    let required: BTreeSet<&EventId> =
-        super::selection::auth_types(version, EventSketch::of(pdu), false)
-            .iter()
-            .filter_map(|(t, k)| state.get(t, k))
-            .map(Pdu::event_id)
-            .collect();
-    let tolerated: BTreeSet<&EventId> = auth_types_for(pdu, true)
+    let required: BTreeSet<&EventId> = super::selection::auth_types(version, EventSketch::of(pdu), false)
         .iter()
         .filter_map(|(t, k)| state.get(t, k))
         .map(Pdu::event_id)
         .collect();
+    let tolerated: BTreeSet<&EventId> =
+        auth_types_for(pdu, true).iter().filter_map(|(t, k)| state.get(t, k)).map(Pdu::event_id).collect();
     required.is_subset(&named) && named.is_subset(&tolerated)
 }

@@ -31,11 +31,7 @@ impl<'a> EventSketch<'a> {
 /// The (`type`, `state_key`) pairs an event's auth events may have, in the
 /// order events are listed when building. With `receiving`, LM knocks may
 /// also name the join rules, as Matrix servers build them (OQ-8).
-pub fn auth_types(
-    version: &RoomVersion,
-    e: EventSketch<'_>,
-    receiving: bool,
-) -> Vec<(String, String)> {
+pub fn auth_types(version: &RoomVersion, e: EventSketch<'_>, receiving: bool) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::with_capacity(5);
     let mut push = |t: &str, k: &str| {
         if !out.iter().any(|(a, b)| a == t && b == k) {
@@ -88,11 +84,7 @@ fn matrix_extras(
         }
     }
     if version.auth.restricted && membership == Some("join") {
-        if let Some(via) = e
-            .content
-            .get("join_authorised_via_users_server")
-            .and_then(Value::as_str)
-        {
+        if let Some(via) = e.content.get("join_authorised_via_users_server").and_then(Value::as_str) {
             push("m.room.member", via);
         }
     }
@@ -104,14 +96,6 @@ pub fn auth_types_for(pdu: &Pdu, receiving: bool) -> Vec<(String, String)> {
 
 /// The ids of the current state events an event being built must list
 /// (those that exist), in selection order.
-pub fn select_auth_events(
-    version: &RoomVersion,
-    state: &impl StateView,
-    e: EventSketch<'_>,
-) -> Vec<EventId> {
-    auth_types(version, e, false)
-        .iter()
-        .filter_map(|(t, k)| state.get(t, k))
-        .map(|ev| ev.event_id().clone())
-        .collect()
+pub fn select_auth_events(version: &RoomVersion, state: &impl StateView, e: EventSketch<'_>) -> Vec<EventId> {
+    auth_types(version, e, false).iter().filter_map(|(t, k)| state.get(t, k)).map(|ev| ev.event_id().clone()).collect()
 }

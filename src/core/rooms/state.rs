@@ -27,9 +27,7 @@ pub trait StateView {
 
     /// Current membership of `user`; no member event means `leave`.
     fn membership(&self, user: &str) -> &str {
-        self.member(user)
-            .and_then(Pdu::membership)
-            .unwrap_or("leave")
+        self.member(user).and_then(Pdu::membership).unwrap_or("leave")
     }
 
     /// `join_rule` of the current join rules; absent means `invite` (OQ-9).
@@ -66,10 +64,7 @@ impl StateMap {
     pub fn apply(&mut self, event: Arc<Pdu>) {
         if let Some(sk) = event.state_key() {
             let sk = sk.to_owned();
-            self.events
-                .entry(event.event_type().to_owned())
-                .or_default()
-                .insert(sk, event);
+            self.events.entry(event.event_type().to_owned()).or_default().insert(sk, event);
         }
     }
 

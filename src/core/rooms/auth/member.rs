@@ -11,27 +11,12 @@ fn reject(lm: &'static str, mx: &'static str, msg: impl Into<String>) -> Result<
     Err(AuthError::new(Rule::new(lm, mx), msg))
 }
 
-pub fn check_member(
-    event: &Pdu,
-    state: &impl StateView,
-    version: &'static RoomVersion,
-) -> Result<(), AuthError> {
+pub fn check_member(event: &Pdu, state: &impl StateView, version: &'static RoomVersion) -> Result<(), AuthError> {
     let (Some(target), Some(membership)) = (event.state_key(), event.membership()) else {
-        return reject(
-            "5.1",
-            "4.1",
-            "member event needs a state_key and content.membership",
-        );
+        return reject("5.1", "4.1", "member event needs a state_key and content.membership");
     };
     let pl = PowerLevels::from_state(state, version);
-    let ctx = Ctx {
-        event,
-        state,
-        version,
-        pl,
-        sender: event.sender().as_str(),
-        target,
-    };
+    let ctx = Ctx { event, state, version, pl, sender: event.sender().as_str(), target };
     match membership {
         "join" => ctx.join(),
         "invite" => ctx.invite(),
@@ -83,41 +68,22 @@ impl<S: StateView> Ctx<'_, S> {
         let auth = self.version.auth;
         let invited_or_joined = current == "invite" || current == "join";
         match rule {
-            "invite" => self.allow_if(
-                invited_or_joined,
-                ("5.2.4", "4.3.4"),
-                "the room is invite-only",
-            ),
-            "knock" if auth.knocking => self.allow_if(
-                invited_or_joined,
-                ("5.2.4", "4.3.4"),
-                "the room requires an invite (knock to ask)",
-            ),
+            "invite" => self.allow_if(invited_or_joined, ("5.2.4", "4.3.4"), "the room is invite-only"),
+            "knock" if auth.knocking => {
+                self.allow_if(invited_or_joined, ("5.2.4", "4.3.4"), "the room requires an invite (knock to ask)")
+            }
             "restricted" if auth.restricted => self.restricted_join(invited_or_joined),
             "knock_restricted" if auth.knock_restricted => self.restricted_join(invited_or_joined),
             "public" => Ok(()),
-            other => reject(
-                "5.2.6",
-                "4.3.7",
-                format!("join rule {other:?} does not allow joining"),
-            ),
+            other => reject("5.2.6", "4.3.7", format!("join rule {other:?} does not allow joining")),
         }
     }
 
-    fn allow_if(
-        &self,
-        ok: bool,
-        rule: (&'static str, &'static str),
-        msg: &str,
-    ) -> Result<(), AuthError> {
+    fn allow_if(&self, ok: bool, rule: (&'static str, &'static str), msg: &str) -> Result<(), AuthError> {
         if ok {
             Ok(())
         } else {
-            reject(
-                rule.0,
-                rule.1,
-                format!("{msg}, and the user is not invited"),
-            )
+            reject(rule.0, rule.1, format!("{msg}, and the user is not invited"))
         }
     }
 
@@ -126,17 +92,9 @@ impl<S: StateView> Ctx<'_, S> {
         if invited_or_joined {
             return Ok(());
         }
-        let via = self
-            .event
-            .content()
-            .get("join_authorised_via_users_server")
-            .and_then(Value::as_str);
+        let via = self.event.content().get("join_authorised_via_users_server").and_then(Value::as_str);
         let Some(via) = via else {
-            return reject(
-                "5.2.6",
-                "4.3.5.2",
-                "restricted join without join_authorised_via_users_server",
-            );
+            return reject("5.2.6", "4.3.5.2", "restricted join without join_authorised_via_users_server");
         };
         if self.state.membership(via) != "join" {
             return reject("5.2.6", "4.3.5.2", "the authorising user is not joined");
@@ -164,18 +122,11 @@ impl<S: StateView> Ctx<'_, S> {
             "ban" => return reject("5.3.2", "4.4.3", "the target is banned"),
             _ => {}
         }
-        let (have, need) = (
-            self.pl.user_level(self.sender),
-            self.pl.action_level("invite"),
-        );
+        let (have, need) = (self.pl.user_level(self.sender), self.pl.action_level("invite"));
         if have >= need {
             Ok(())
         } else {
-            reject(
-                "5.3.4",
-                "4.4.5",
-                format!("inviter level {have} is below the invite level {need}"),
-            )
+            reject("5.3.4", "4.4.5", format!("inviter level {have} is below the invite level {need}"))
         }
     }
 
@@ -186,11 +137,7 @@ impl<S: StateView> Ctx<'_, S> {
             return if current == "join" || current == "invite" || knock_counts {
                 Ok(())
             } else {
-                reject(
-                    "5.4.1",
-                    "4.5.1",
-                    format!("cannot leave from membership {current:?}"),
-                )
+                reject("5.4.1", "4.5.1", format!("cannot leave from membership {current:?}"))
             };
         }
         if self.sender_membership() != "join" {
@@ -204,11 +151,7 @@ impl<S: StateView> Ctx<'_, S> {
         if sender_level >= self.pl.action_level("kick") && target_level < sender_level {
             Ok(())
         } else {
-            reject(
-                "5.4.5",
-                "4.5.5",
-                format!("kick needs the kick level and a target below {sender_level}"),
-            )
+            reject("5.4.5", "4.5.5", format!("kick needs the kick level and a target below {sender_level}"))
         }
     }
 
@@ -221,41 +164,24 @@ impl<S: StateView> Ctx<'_, S> {
         if sender_level >= self.pl.action_level("ban") && target_level < sender_level {
             Ok(())
         } else {
-            reject(
-                "5.5.3",
-                "4.6.3",
-                format!("ban needs the ban level and a target below {sender_level}"),
-            )
+            reject("5.5.3", "4.6.3", format!("ban needs the ban level and a target below {sender_level}"))
         }
     }
 
     fn knock(&self) -> Result<(), AuthError> {
         let rule = self.state.join_rule();
-        let rule_ok =
-            rule == "knock" || (self.version.auth.knock_restricted && rule == "knock_restricted");
+        let rule_ok = rule == "knock" || (self.version.auth.knock_restricted && rule == "knock_restricted");
         if !rule_ok {
-            return reject(
-                "5.6.1",
-                "4.7.1",
-                format!("join rule {rule:?} does not allow knocking"),
-            );
+            return reject("5.6.1", "4.7.1", format!("join rule {rule:?} does not allow knocking"));
         }
         if self.sender != self.target {
-            return reject(
-                "5.6.2",
-                "4.7.2",
-                "a knock must be sent by the knocking user",
-            );
+            return reject("5.6.2", "4.7.2", "a knock must be sent by the knocking user");
         }
         let current = self.sender_membership();
         // The draft lets an invited user knock (5.6.3); Matrix does not.
         let blocked = current == "ban" || current == "join" || (!self.lm() && current == "invite");
         if blocked {
-            reject(
-                "5.6.4",
-                "4.7.4",
-                format!("cannot knock from membership {current:?}"),
-            )
+            reject("5.6.4", "4.7.4", format!("cannot knock from membership {current:?}"))
         } else {
             Ok(())
         }

@@ -43,11 +43,7 @@ pub struct AuthError {
 
 impl AuthError {
     pub fn new(rule: Rule, reason: impl Into<String>) -> Self {
-        AuthError {
-            rule,
-            reason: reason.into(),
-            lm: false,
-        }
+        AuthError { rule, reason: reason.into(), lm: false }
     }
 
     fn in_version(mut self, version: &RoomVersion) -> Self {
@@ -82,11 +78,7 @@ pub fn authorize(event: &Pdu, state: &impl StateView) -> Result<(), AuthError> {
     rules(event, state, version).map_err(|e| e.in_version(version))
 }
 
-fn rules(
-    event: &Pdu,
-    state: &impl StateView,
-    version: &'static RoomVersion,
-) -> Result<(), AuthError> {
+fn rules(event: &Pdu, state: &impl StateView, version: &'static RoomVersion) -> Result<(), AuthError> {
     if event.event_type() == "m.room.create" {
         return check_create(event, version);
     }
@@ -100,11 +92,7 @@ fn rules(
         // OQ-6: only the room's hub may turn LPDUs into events.
         if let Some(hub) = event.hub_server() {
             if !create.sender().is_on(hub) {
-                return reject(
-                    "hub_server (OQ-6)",
-                    "-",
-                    format!("hub_server {hub} is not the room's hub"),
-                );
+                return reject("hub_server (OQ-6)", "-", format!("hub_server {hub} is not the room's hub"));
             }
         }
     }
@@ -126,21 +114,13 @@ fn rules(
         return if sender_level >= need {
             Ok(())
         } else {
-            reject(
-                "-",
-                "6",
-                format!("sender level {sender_level} is below the invite level {need}"),
-            )
+            reject("-", "6", format!("sender level {sender_level} is below the invite level {need}"))
         };
     }
     let need = pl.send_level(event.event_type(), event.is_state());
     if need > sender_level {
         let ty = event.event_type();
-        return reject(
-            "7",
-            "7",
-            format!("sending {ty} needs level {need}, the sender has {sender_level}"),
-        );
+        return reject("7", "7", format!("sending {ty} needs level {need}, the sender has {sender_level}"));
     }
     if let Some(sk) = event.state_key() {
         if sk.starts_with('@') && sk != sender {
@@ -162,27 +142,15 @@ fn check_create(event: &Pdu, version: &'static RoomVersion) -> Result<(), AuthEr
     }
     if version.room_id_from_create {
         if event.json().contains_key("room_id") {
-            return reject(
-                "-",
-                "1.2",
-                "a version 12 m.room.create must not have a room_id",
-            );
+            return reject("-", "1.2", "a version 12 m.room.create must not have a room_id");
         }
     } else if event.room_id().domain() != Some(event.sender().server_name().as_str()) {
-        return reject(
-            "3.2",
-            "1.2",
-            "the room id's domain differs from the sender's",
-        );
+        return reject("3.2", "1.2", "the room id's domain differs from the sender's");
     }
     let room_version = event.content().get("room_version");
     if version.auth.lm {
         if room_version.and_then(Value::as_str) != Some(version.id) {
-            return reject(
-                "3.3",
-                "-",
-                format!("content.room_version must be {:?}", version.id),
-            );
+            return reject("3.3", "-", format!("content.room_version must be {:?}", version.id));
         }
     } else if let Some(v) = room_version {
         if v.as_str().and_then(RoomVersion::find).is_none() {
@@ -190,11 +158,7 @@ fn check_create(event: &Pdu, version: &'static RoomVersion) -> Result<(), AuthEr
         }
     }
     if version.auth.creator_in_content && !event.content().contains_key("creator") {
-        return reject(
-            "-",
-            "1.4",
-            "content.creator is required in this room version",
-        );
+        return reject("-", "1.4", "content.creator is required in this room version");
     }
     Ok(())
 }
@@ -210,21 +174,12 @@ pub fn check_auth_events(event: &Pdu, auth_events: &[&Pdu]) -> Result<(), AuthEr
     for a in auth_events {
         let key = (a.event_type(), a.state_key().unwrap_or(""));
         if a.state_key().is_none() || seen.contains(&key) {
-            return reject(
-                "4.1",
-                "2.1",
-                format!("duplicate or non-state auth event {}", a.event_id()),
-            )
-            .map_err(|e| e.in_version(version));
+            return reject("4.1", "2.1", format!("duplicate or non-state auth event {}", a.event_id()))
+                .map_err(|e| e.in_version(version));
         }
         seen.push(key);
         if !allowed.iter().any(|(t, k)| t == key.0 && k == key.1) {
-            let msg = format!(
-                "auth event {} ({} {:?}) is not one the selection picks",
-                a.event_id(),
-                key.0,
-                key.1
-            );
+            let msg = format!("auth event {} ({} {:?}) is not one the selection picks", a.event_id(), key.0, key.1);
             return reject("4.2", "2.2", msg).map_err(|e| e.in_version(version));
         }
         if a.room_id() != event.room_id() {
@@ -234,8 +189,7 @@ pub fn check_auth_events(event: &Pdu, auth_events: &[&Pdu]) -> Result<(), AuthEr
         has_create |= key.0 == "m.room.create";
     }
     if !has_create && !version.room_id_from_create {
-        return reject("4.3", "2.4", "auth_events lack the m.room.create event")
-            .map_err(|e| e.in_version(version));
+        return reject("4.3", "2.4", "auth_events lack the m.room.create event").map_err(|e| e.in_version(version));
     }
     Ok(())
 }

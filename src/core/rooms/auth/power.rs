@@ -14,15 +14,7 @@ use crate::core::rooms::state::StateView;
 /// and the reference implementation use "greater than or equal".
 pub const OTHER_USER_LEVEL_AT_OR_ABOVE_IS_PROTECTED: bool = true;
 
-const SCALAR_KEYS: [&str; 7] = [
-    "users_default",
-    "events_default",
-    "state_default",
-    "ban",
-    "redact",
-    "kick",
-    "invite",
-];
+const SCALAR_KEYS: [&str; 7] = ["users_default", "events_default", "state_default", "ban", "redact", "kick", "invite"];
 
 /// Reads a power level value. Versions before 10 also accepted strings.
 fn level_of(v: &Value, version: &RoomVersion) -> Option<i64> {
@@ -44,27 +36,17 @@ impl<'a> PowerLevels<'a> {
     pub fn from_state(state: &'a impl StateView, version: &'static RoomVersion) -> Self {
         let content = state.power_levels().map(Pdu::content);
         let creator = state.create().and_then(|c| creator_of(c, version));
-        PowerLevels {
-            version,
-            content,
-            creator,
-        }
+        PowerLevels { version, content, creator }
     }
 
     fn get(&self, key: &str) -> Option<i64> {
-        self.content?
-            .get(key)
-            .and_then(|v| level_of(v, self.version))
+        self.content?.get(key).and_then(|v| level_of(v, self.version))
     }
 
     pub fn user_level(&self, user: &str) -> i64 {
         let Some(content) = self.content else {
             // No power levels at all: the creator has 100 (item 55).
-            return if self.creator.as_deref() == Some(user) {
-                100
-            } else {
-                0
-            };
+            return if self.creator.as_deref() == Some(user) { 100 } else { 0 };
         };
         content
             .get("users")
@@ -99,11 +81,7 @@ impl<'a> PowerLevels<'a> {
 /// The room creator: `content.creator` before v11, the create `sender` after.
 pub fn creator_of(create: &Pdu, version: &RoomVersion) -> Option<String> {
     if version.auth.creator_in_content {
-        create
-            .content()
-            .get("creator")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
+        create.content().get("creator").and_then(Value::as_str).map(str::to_owned)
     } else {
         Some(create.sender().as_str().to_owned())
     }
@@ -114,8 +92,7 @@ fn is_level(v: &Value, version: &RoomVersion) -> bool {
 }
 
 fn is_level_map(v: &Value, version: &RoomVersion) -> bool {
-    v.as_object()
-        .is_some_and(|m| m.values().all(|x| is_level(x, version)))
+    v.as_object().is_some_and(|m| m.values().all(|x| is_level(x, version)))
 }
 
 /// Rule 9: a new `m.room.power_levels` event.
@@ -128,10 +105,7 @@ pub fn check_power_levels_event(
     let content = event.content();
     for key in SCALAR_KEYS {
         if content.get(key).is_some_and(|v| !is_level(v, version)) {
-            return Err(AuthError::new(
-                Rule::new("9.1", "9.1"),
-                format!("power_levels `{key}` is not an integer"),
-            ));
+            return Err(AuthError::new(Rule::new("9.1", "9.1"), format!("power_levels `{key}` is not an integer")));
         }
     }
     let mut maps = vec!["events"];
@@ -151,9 +125,7 @@ pub fn check_power_levels_event(
             Ok(id) => !lm || id.is_lm_valid(),
             Err(_) => false,
         };
-        let ok = users
-            .as_object()
-            .is_some_and(|m| m.iter().all(|(k, v)| valid_user(k) && is_level(v, version)));
+        let ok = users.as_object().is_some_and(|m| m.iter().all(|(k, v)| valid_user(k) && is_level(v, version)));
         if !ok {
             return Err(AuthError::new(
                 Rule::new("9.3", "9.3"),
@@ -177,13 +149,7 @@ pub fn check_power_levels_event(
 
     for key in SCALAR_KEYS {
         let (o, n) = (read(old, None, key), read(content, None, key));
-        check_change(
-            o,
-            n,
-            sender_level,
-            (Rule::new("9.5", "9.5"), Rule::new("9.5", "9.5")),
-            key,
-        )?;
+        check_change(o, n, sender_level, (Rule::new("9.5", "9.5"), Rule::new("9.5", "9.5")), key)?;
     }
     for map in &maps {
         for key in union_keys(old, content, map) {
@@ -193,10 +159,7 @@ pub fn check_power_levels_event(
         }
     }
     for user in union_keys(old, content, "users") {
-        let (o, n) = (
-            read(old, Some("users"), &user),
-            read(content, Some("users"), &user),
-        );
+        let (o, n) = (read(old, Some("users"), &user), read(content, Some("users"), &user));
         if o.is_some() && o == n {
             continue;
         }

@@ -12,19 +12,13 @@ fn reject(rule: &'static str, msg: &str) -> Result<(), AuthError> {
     Err(AuthError::new(Rule::new("5.3", rule), msg))
 }
 
-pub fn check(
-    event: &Pdu,
-    tpi: &Value,
-    state: &impl StateView,
-    target: &str,
-) -> Result<(), AuthError> {
+pub fn check(event: &Pdu, tpi: &Value, state: &impl StateView, target: &str) -> Result<(), AuthError> {
     let Some(signed) = tpi.get("signed").and_then(Value::as_object) else {
         return reject("4.4.1.2", "third_party_invite has no `signed` object");
     };
-    let (Some(mxid), Some(token)) = (
-        signed.get("mxid").and_then(Value::as_str),
-        signed.get("token").and_then(Value::as_str),
-    ) else {
+    let (Some(mxid), Some(token)) =
+        (signed.get("mxid").and_then(Value::as_str), signed.get("token").and_then(Value::as_str))
+    else {
         return reject("4.4.1.3", "`signed` needs `mxid` and `token`");
     };
     if mxid != target {
@@ -39,10 +33,7 @@ pub fn check(
     if any_signature_verifies(signed, &public_keys(invite.content())) {
         Ok(())
     } else {
-        reject(
-            "4.4.1.8",
-            "no signature in `signed` matches the invite's public keys",
-        )
+        reject("4.4.1.8", "no signature in `signed` matches the invite's public keys")
     }
 }
 

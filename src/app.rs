@@ -1,0 +1,138 @@
+//! The composition root: `App::build(config)` opens the store, keys and
+//! certificates, binds the listeners (port 0 works, for tests) and loads
+//! every room; `run(shutdown)` serves until the future resolves.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::client_api::{ClientHandler, RegistrationNonces};
+use crate::config::Config;
+use crate::core::ids::RoomId;
+use crate::federation::client::FedClient;
+use crate::federation::inbound::FedHandler;
+use crate::federation::keyring::load_or_create_signing_key;
+use crate::http::{serve, tls, Handler};
+use crate::node::Node;
+use crate::room::load_room;
+use crate::store::{KvStore, Positions, SledKv, Store};
+
+pub struct App {
+    node: Arc<Node>,
+    federation: TcpListener,
+    client: TcpListener,
+    tls: Option<TlsAcceptor>,
+}
+
+/// Where the listeners ended up.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub federation: SocketAddr,
+    pub client: SocketAddr,
+}
+
+fn in_data_dir(config: &Config, p: &Option<PathBuf>, default: &str) -> PathBuf {
+    p.clone().unwrap_or_else(|| config.data_dir.join(default))
+}
+
+/// sled locks its directory; a previous instance in this process may still
+/// be releasing it (tests restart servers in place).
+async fn open_store(dir: &Path, cache_bytes: u64) -> anyhow::Result<SledKv> {
+    let mut last = None;
+    for _ in 0..50 {
+        match SledKv::open(dir, cache_bytes) {
+            Ok(kv) => return Ok(kv),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last.map(anyhow::Error::from).unwrap_or_else(|| anyhow::anyhow!("cannot open store")))
+        .with_context(|| format!("opening the store in {}", dir.display()))
+}
+
+impl App {
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        config.validate()?;
+        let name = config.server_name();
+        std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+        let key = load_or_create_signing_key(&config.signing_key_path(), &name)?;
+        let kv = open_store(&config.data_dir.join("db"), config.storage.cache_mb << 20).await?;
+        let store: Arc<dyn Store> = Arc::new(KvStore::new(kv));
+        let positions = Positions::open(store.clone())?;
+
+        let fed_conf = &config.federation;
+        let tls = if fed_conf.insecure_plaintext {
+            tracing::warn!("federation runs over plain HTTP (federation.insecure_plaintext)");
+            None
+        } else {
+            let cert = in_data_dir(&config, &fed_conf.tls_cert, "tls/cert.pem");
+            let key_path = in_data_dir(&config, &fed_conf.tls_key, "tls/key.pem");
+            if fed_conf.tls_cert.is_none() {
+                let host = name.host().to_owned();
+                tls::ensure_self_signed(&cert, &key_path, vec![host, "localhost".into(), "127.0.0.1".into()])?;
+            }
+            let sc = tls::server_config(tls::load_certs(&cert)?, tls::load_key(&key_path)?)?;
+            Some(TlsAcceptor::from(Arc::new(sc)))
+        };
+        let client_tls = if fed_conf.insecure_plaintext {
+            None
+        } else {
+            Some(tls::client_config(fed_conf.trust_self_signed, fed_conf.extra_ca_file.as_deref())?)
+        };
+        let resolve = fed_conf.resolve.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let timeout = Duration::from_millis(fed_conf.request_timeout_ms);
+        let fed = Arc::new(FedClient::new(key.clone(), client_tls, resolve, timeout));
+
+        let federation =
+            TcpListener::bind(fed_conf.listen).await.with_context(|| format!("binding {}", fed_conf.listen))?;
+        let client = TcpListener::bind(config.client.listen)
+            .await
+            .with_context(|| format!("binding {}", config.client.listen))?;
+
+        let node = Node::new(config, key, store, positions, fed);
+        for rec in node.store.rooms()? {
+            let id = RoomId::parse(&rec.room_id).context("stored room id")?;
+            load_room(&node, &id).map_err(|e| anyhow::anyhow!("loading {id}: {e}"))?;
+        }
+        tracing::info!(server = %node.name, rooms = node.rooms.len(), "lmx ready");
+        Ok(App { node, federation, client, tls })
+    }
+
+    pub fn addresses(&self) -> Bound {
+        Bound {
+            federation: self.federation.local_addr().expect("bound"),
+            client: self.client.local_addr().expect("bound"),
+        }
+    }
+
+    pub fn node(&self) -> Arc<Node> {
+        self.node.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops every task and makes
+    /// sure everything written is on disk.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let fed_handler: Arc<dyn Handler> = Arc::new(FedHandler { node: self.node.clone() });
+        let client_handler: Arc<dyn Handler> =
+            Arc::new(ClientHandler { node: self.node.clone(), nonces: Arc::new(RegistrationNonces::default()) });
+        let fed_task = tokio::spawn(serve(self.federation, self.tls, fed_handler, stop_rx.clone()));
+        let client_task = tokio::spawn(serve(self.client, None, client_handler, stop_rx));
+        self.node.outbound.resume_all(&self.node)?;
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+        let _ = fed_task.await;
+        let _ = client_task.await;
+        self.node.stop_tasks().await;
+        self.node.store.flush().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,259 @@
+//! Accounts: versions, registration (open with `m.login.dummy`, or
+//! Synapse-style shared-secret admin registration), login, whoami, logout.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use hmac::{Hmac, Mac};
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use super::Call;
+use crate::core::ids::UserId;
+use crate::http::ApiError;
+use crate::node::{now_ms, random_string, Node};
+use crate::store::records::{AccessToken, UserRecord};
+use crate::store::{Batch, Op};
+
+pub fn versions() -> Value {
+    json!({
+        "versions": ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11"],
+        "unstable_features": {},
+    })
+}
+
+pub fn capabilities() -> Value {
+    json!({"capabilities": {
+        "m.change_password": {"enabled": false},
+        "m.room_versions": {"default": crate::core::event::LM_VERSION, "available": {crate::core::event::LM_VERSION: "unstable"}},
+        "m.set_displayname": {"enabled": false},
+        "m.set_avatar_url": {"enabled": false},
+        "m.3pid_changes": {"enabled": false},
+    }})
+}
+
+pub fn login_flows() -> Value {
+    json!({"flows": [{"type": "m.login.password"}]})
+}
+
+fn hash_password(password: &str) -> Result<String, ApiError> {
+    let mut salt = [0u8; 16];
+    getrandom::getrandom(&mut salt).map_err(|e| ApiError::unknown(e.to_string()))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| ApiError::unknown(e.to_string()))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| ApiError::unknown(e.to_string()))
+}
+
+fn password_ok(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+}
+
+/// `@localpart:us`, with the LM localpart grammar (item 15).
+fn local_user(node: &Node, localpart: &str) -> Result<UserId, ApiError> {
+    let localpart = localpart.to_lowercase();
+    let invalid = || {
+        ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_USERNAME", "User names may contain only a-z, 0-9 and ._=-/+")
+    };
+    if localpart.is_empty() {
+        return Err(invalid());
+    }
+    UserId::parse_lm(&format!("@{localpart}:{}", node.name)).map_err(|_| invalid())
+}
+
+/// Creates a user and, unless `inhibit_login`, a device with a token.
+fn create_user(
+    node: &Node,
+    user: &UserId,
+    password: Option<&str>,
+    admin: bool,
+    device: Option<&str>,
+    login: bool,
+) -> Result<Value, ApiError> {
+    if node.store.user(user)?.is_some() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_USER_IN_USE", "User ID already taken"));
+    }
+    let hash = match password {
+        Some(p) => hash_password(p)?,
+        None => String::new(),
+    };
+    let mut b = Batch::new();
+    b.push(Op::PutUser(UserRecord {
+        user_id: user.to_string(),
+        password_hash: hash,
+        admin,
+        displayname: user.localpart().to_owned(),
+        created_ts: now_ms(),
+    }));
+    let mut out = json!({"user_id": user.as_str(), "home_server": node.name.as_str()});
+    if login {
+        let (token, device) = new_token(&mut b, user, device);
+        out["access_token"] = json!(token);
+        out["device_id"] = json!(device);
+    }
+    node.store.write(b)?;
+    Ok(out)
+}
+
+fn new_token(b: &mut Batch, user: &UserId, device: Option<&str>) -> (String, String) {
+    let token = format!("lmx_{}", random_string(32));
+    let device = device.map(str::to_owned).unwrap_or_else(|| random_string(10).to_uppercase());
+    b.push(Op::PutToken {
+        token: token.clone(),
+        record: AccessToken { user_id: user.to_string(), device_id: device.clone() },
+    });
+    (token, device)
+}
+
+fn str_field<'a>(call: &'a Call, key: &str) -> Option<&'a str> {
+    call.body.get(key).and_then(Value::as_str)
+}
+
+/// `POST /register`: open registration with the `m.login.dummy` stage,
+/// shaped as a user-interactive auth exchange.
+pub async fn register(call: Call) -> Result<Value, ApiError> {
+    let node = call.node.clone();
+    if !node.config.registration.enabled {
+        return Err(ApiError::forbidden("Registration is disabled on this server"));
+    }
+    if call.query.iter().any(|(k, v)| k == "kind" && v == "guest") {
+        return Err(ApiError::forbidden("Guest access is disabled"));
+    }
+    let auth_type = call.body.get("auth").and_then(|a| a.get("type")).and_then(Value::as_str);
+    if auth_type != Some("m.login.dummy") {
+        let session = random_string(16);
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "M_FORBIDDEN", "Authentication required")
+            .with("flows", json!([{"stages": ["m.login.dummy"]}]))
+            .with("params", json!({}))
+            .with("session", json!(session)));
+    }
+    let localpart = match str_field(&call, "username") {
+        Some(u) => u.to_owned(),
+        None => random_string(12).to_lowercase(),
+    };
+    let user = local_user(&node, &localpart)?;
+    let password = str_field(&call, "password");
+    let inhibit = call.body.get("inhibit_login").and_then(Value::as_bool).unwrap_or(false);
+    create_user(&node, &user, password, false, str_field(&call, "device_id"), !inhibit)
+}
+
+pub fn available(call: Call) -> Result<Value, ApiError> {
+    let name = crate::http::query_get(&call.query, "username").unwrap_or_default();
+    let user = local_user(&call.node, name)?;
+    if call.node.store.user(&user)?.is_some() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_USER_IN_USE", "User ID already taken"));
+    }
+    Ok(json!({"available": true}))
+}
+
+pub async fn login(call: Call) -> Result<Value, ApiError> {
+    if str_field(&call, "type") != Some("m.login.password") {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", "Only m.login.password is supported"));
+    }
+    let name = call
+        .body
+        .get("identifier")
+        .and_then(|i| i.get("user"))
+        .and_then(Value::as_str)
+        .or_else(|| str_field(&call, "user"))
+        .ok_or_else(|| ApiError::bad_json("identifier.user is required"))?;
+    let localpart = name.strip_prefix('@').map(|n| n.split(':').next().unwrap_or(n)).unwrap_or(name);
+    let bad = || ApiError::forbidden("Invalid username or password");
+    let user = local_user(&call.node, localpart).map_err(|_| bad())?;
+    let rec = call.node.store.user(&user)?.ok_or_else(bad)?;
+    let password = str_field(&call, "password").ok_or_else(bad)?;
+    if rec.password_hash.is_empty() || !password_ok(&rec.password_hash, password) {
+        return Err(bad());
+    }
+    let mut b = Batch::new();
+    let (token, device) = new_token(&mut b, &user, str_field(&call, "device_id"));
+    call.node.store.write(b)?;
+    Ok(
+        json!({"user_id": user.as_str(), "access_token": token, "device_id": device, "home_server": call.node.name.as_str()}),
+    )
+}
+
+pub fn whoami(call: Call) -> Result<Value, ApiError> {
+    let (user, device) = call.who()?;
+    Ok(json!({"user_id": user.as_str(), "device_id": device, "is_guest": false}))
+}
+
+pub fn logout(call: Call) -> Result<Value, ApiError> {
+    call.who()?;
+    let token = call.token.clone().unwrap_or_default();
+    let mut b = Batch::new();
+    b.push(Op::DeleteToken(token));
+    call.node.store.write(b)?;
+    Ok(json!({}))
+}
+
+/// Single-use nonces for shared-secret registration, valid one minute.
+#[derive(Default)]
+pub struct RegistrationNonces {
+    issued: Mutex<HashMap<String, i64>>,
+}
+
+impl RegistrationNonces {
+    fn issue(&self) -> String {
+        let nonce = random_string(32);
+        let mut map = self.issued.lock().expect("poisoned");
+        let now = now_ms();
+        map.retain(|_, t| now - *t < 60_000);
+        map.insert(nonce.clone(), now);
+        nonce
+    }
+
+    fn take(&self, nonce: &str) -> bool {
+        let mut map = self.issued.lock().expect("poisoned");
+        map.remove(nonce).is_some_and(|t| now_ms() - t < 60_000)
+    }
+}
+
+/// `/_synapse/admin/v1/register`: GET issues a nonce; POST checks
+/// `mac = HMAC-SHA1(secret, nonce\0user\0password\0admin|notadmin)` as
+/// Synapse does, so its `register_new_matrix_user` works against lmx.
+pub async fn shared_secret_register(method: &Method, call: Call) -> Result<Value, ApiError> {
+    let Some(secret) = call.node.config.registration.shared_secret.clone() else {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", "Shared secret registration is not enabled"));
+    };
+    if *method == Method::GET {
+        return Ok(json!({"nonce": call.nonces.issue()}));
+    }
+    if *method != Method::POST {
+        return Err(ApiError::method_not_allowed());
+    }
+    let field = |k: &str| str_field(&call, k).ok_or_else(|| ApiError::bad_json(format!("{k} is required")));
+    let nonce = field("nonce")?;
+    let username = field("username")?;
+    let password = field("password")?;
+    let mac = field("mac")?;
+    let admin = call.body.get("admin").and_then(Value::as_bool).unwrap_or(false);
+    if !call.nonces.take(nonce) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unrecognised nonce"));
+    }
+    let mut h = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).map_err(|e| ApiError::unknown(e.to_string()))?;
+    h.update(nonce.as_bytes());
+    h.update(b"\0");
+    h.update(username.as_bytes());
+    h.update(b"\0");
+    h.update(password.as_bytes());
+    h.update(b"\0");
+    h.update(if admin { b"admin" as &[u8] } else { b"notadmin" });
+    if let Some(t) = str_field(&call, "user_type") {
+        h.update(b"\0");
+        h.update(t.as_bytes());
+    }
+    let want: String = h.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    if !constant_time_eq(want.as_bytes(), mac.to_ascii_lowercase().as_bytes()) {
+        return Err(ApiError::forbidden("HMAC incorrect"));
+    }
+    let user = local_user(&call.node, username)?;
+    create_user(&call.node, &user, Some(password), admin, None, true)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,299 @@
+//! Room writes: create, join, invite, leave, send, state.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::{json, Value};
+
+use super::Call;
+use crate::core::event::{RoomVersion, LM_VERSION};
+use crate::core::ids::{EventId, RoomId, ServerName, UserId};
+use crate::core::json::Object;
+use crate::http::ApiError;
+use crate::node::{now_ms, random_string};
+use crate::room::{spawn_room, Draft, LocalOutcome, RoomCmd, RoomError, RoomView};
+use crate::store::records::Membership;
+use crate::store::{Batch, Op, StreamEntry};
+
+fn room_id(s: &str) -> Result<RoomId, ApiError> {
+    if s.starts_with('#') {
+        return Err(ApiError::not_found("Room aliases are not supported yet"));
+    }
+    RoomId::parse(s).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string()))
+}
+
+/// Hands a local user's event to its room and waits until it is sequenced:
+/// at once on a hub; on a participant when the hub's echo arrives, or a
+/// retryable error after `client.send_wait_ms` (the LPDU stays queued and a
+/// retry with the same transaction id picks it up).
+pub async fn submit(call: &Call, room: &RoomId, draft: Draft) -> Result<EventId, ApiError> {
+    let handle = call.node.rooms.get(room).ok_or_else(|| ApiError::forbidden("You are not in this room"))?;
+    let outcome = handle.ask(|reply| RoomCmd::Local { draft, reply }).await?;
+    match outcome {
+        LocalOutcome::Done(id) => Ok(id),
+        LocalOutcome::Waiting { done, .. } => {
+            let wait = Duration::from_millis(call.node.config.client.send_wait_ms);
+            match tokio::time::timeout(wait, done).await {
+                Ok(Ok(r)) => r.map_err(ApiError::from),
+                Ok(Err(_)) => Err(RoomError::Gone.into()),
+                Err(_) => Err(RoomError::Pending.into()),
+            }
+        }
+    }
+}
+
+fn draft(user: &UserId, event_type: &str, state_key: Option<&str>, content: Object) -> Draft {
+    Draft {
+        sender: user.clone(),
+        event_type: event_type.to_owned(),
+        state_key: state_key.map(str::to_owned),
+        content,
+        txn: None,
+    }
+}
+
+fn obj(v: Value) -> Object {
+    v.as_object().cloned().unwrap_or_default()
+}
+
+/// Merges `over` into `base`, one level deep for objects (as Synapse merges
+/// `power_level_content_override`).
+fn merge(base: &mut Object, over: &Object) {
+    for (k, v) in over {
+        match (base.get_mut(k), v) {
+            (Some(Value::Object(b)), Value::Object(o)) => {
+                for (k2, v2) in o {
+                    b.insert(k2.clone(), v2.clone());
+                }
+            }
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+pub async fn create_room(call: Call) -> Result<Value, ApiError> {
+    let (user, _) = call.who()?;
+    let user = user.clone();
+    let node = call.node.clone();
+    if node.config.mode == crate::config::Mode::Follower && !node.config.follower.host_rooms {
+        return Err(ApiError::forbidden(
+            "This server runs in follower mode with follower.host_rooms = false: it does not host rooms",
+        ));
+    }
+    let body = &call.body;
+    let version_id = body.get("room_version").and_then(Value::as_str).unwrap_or(LM_VERSION);
+    let version = RoomVersion::find(version_id).filter(|v| v.hostable && v.lm).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "M_UNSUPPORTED_ROOM_VERSION",
+            format!("Room version {version_id} is not supported"),
+        )
+    })?;
+    let visibility = body.get("visibility").and_then(Value::as_str).unwrap_or("private");
+    let default_preset = if visibility == "public" { "public_chat" } else { "private_chat" };
+    let preset = body.get("preset").and_then(Value::as_str).unwrap_or(default_preset);
+    let invites: Vec<UserId> = body
+        .get("invite")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).filter_map(|u| UserId::parse(u).ok()).collect())
+        .unwrap_or_default();
+    let room = RoomId::parse(&format!("!{}:{}", random_string(18), node.name))
+        .map_err(|e| ApiError::unknown(e.to_string()))?;
+
+    let mut create = body.get("creation_content").and_then(Value::as_object).cloned().unwrap_or_default();
+    create.insert("room_version".into(), json!(version.id));
+    let mut pl = obj(json!({
+        "users": { user.as_str(): 100 },
+        "users_default": 0,
+        "events": {
+            "m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
+            "m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
+            "m.room.server_acl": 100, "m.room.encryption": 100,
+        },
+        "events_default": 0, "state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": 0,
+    }));
+    if preset == "trusted_private_chat" {
+        for i in &invites {
+            pl["users"][i.as_str()] = json!(100);
+        }
+    }
+    if let Some(o) = body.get("power_level_content_override").and_then(Value::as_object) {
+        merge(&mut pl, o);
+    }
+    let join_rule = if preset == "public_chat" { "public" } else { "invite" };
+    let mut drafts = vec![
+        draft(&user, "m.room.create", Some(""), create),
+        draft(
+            &user,
+            "m.room.member",
+            Some(user.as_str()),
+            obj(json!({"membership": "join", "displayname": user.localpart()})),
+        ),
+        draft(&user, "m.room.power_levels", Some(""), pl),
+        draft(&user, "m.room.join_rules", Some(""), obj(json!({ "join_rule": join_rule }))),
+        draft(&user, "m.room.history_visibility", Some(""), obj(json!({"history_visibility": "shared"}))),
+    ];
+    for s in body.get("initial_state").and_then(Value::as_array).into_iter().flatten() {
+        let (Some(t), Some(c)) = (s.get("type").and_then(Value::as_str), s.get("content").and_then(Value::as_object))
+        else {
+            return Err(ApiError::bad_json("initial_state entries need type and content"));
+        };
+        let sk = s.get("state_key").and_then(Value::as_str).unwrap_or("");
+        drafts.push(draft(&user, t, Some(sk), c.clone()));
+    }
+    if let Some(name) = body.get("name").and_then(Value::as_str) {
+        drafts.push(draft(&user, "m.room.name", Some(""), obj(json!({ "name": name }))));
+    }
+    if let Some(topic) = body.get("topic").and_then(Value::as_str) {
+        drafts.push(draft(&user, "m.room.topic", Some(""), obj(json!({ "topic": topic }))));
+    }
+    let is_direct = body.get("is_direct").and_then(Value::as_bool).unwrap_or(false);
+    for i in &invites {
+        let mut c = obj(json!({"membership": "invite"}));
+        if is_direct {
+            c.insert("is_direct".into(), json!(true));
+        }
+        drafts.push(draft(&user, "m.room.member", Some(i.as_str()), c));
+    }
+    let view = RoomView {
+        room_id: room.clone(),
+        version,
+        hub: node.name.clone(),
+        state: Default::default(),
+        tail: None,
+        length: 0,
+    };
+    let handle = spawn_room(&node, view);
+    node.rooms.insert(room.clone(), handle);
+    for d in drafts {
+        submit(&call, &room, d).await?;
+    }
+    Ok(json!({ "room_id": room.as_str() }))
+}
+
+/// Whether this server takes part in the room (hubs it or has a joined user).
+fn participating(call: &Call, view: &RoomView) -> bool {
+    view.is_hub(&call.node.name) || view.state.joined_members().any(|u| u.is_on(&call.node.name))
+}
+
+fn named_servers(call: &Call) -> Vec<ServerName> {
+    call.query
+        .iter()
+        .filter(|(k, _)| k == "server_name" || k == "via")
+        .filter_map(|(_, v)| ServerName::parse(v).ok())
+        .collect()
+}
+
+pub async fn join(call: Call, room: &str) -> Result<Value, ApiError> {
+    let (user, _) = call.who()?;
+    let user = user.clone();
+    let room = room_id(room)?;
+    let content = obj(json!({"membership": "join", "displayname": user.localpart()}));
+    if let Some(h) = call.node.rooms.get(&room) {
+        if participating(&call, &h.view()) {
+            submit(&call, &room, draft(&user, "m.room.member", Some(user.as_str()), content)).await?;
+            return Ok(json!({ "room_id": room.as_str() }));
+        }
+    }
+    let mut servers = named_servers(&call);
+    if let Some(m) = call.node.store.membership(&user, &room)? {
+        if let Ok(s) = ServerName::parse(&m.via_server) {
+            servers.push(s);
+        }
+    }
+    let candidates = crate::federation::join::candidates(&room, &servers);
+    let mut extra = content;
+    extra.remove("membership");
+    crate::federation::join::join_remote(&call.node, &room, &user, &candidates, &extra).await?;
+    Ok(json!({ "room_id": room.as_str() }))
+}
+
+pub async fn invite(call: Call, room: &str) -> Result<Value, ApiError> {
+    let (user, _) = call.who()?;
+    let user = user.clone();
+    let room = room_id(room)?;
+    let target = call
+        .body
+        .get("user_id")
+        .and_then(Value::as_str)
+        .and_then(|u| UserId::parse(u).ok())
+        .ok_or_else(|| ApiError::bad_json("user_id must be a user id"))?;
+    let mut content = obj(json!({"membership": "invite"}));
+    if let Some(r) = call.body.get("reason") {
+        content.insert("reason".into(), r.clone());
+    }
+    submit(&call, &room, draft(&user, "m.room.member", Some(target.as_str()), content)).await?;
+    Ok(json!({}))
+}
+
+pub async fn leave(call: Call, room: &str) -> Result<Value, ApiError> {
+    let (user, _) = call.who()?;
+    let user = user.clone();
+    let room = room_id(room)?;
+    if let Some(h) = call.node.rooms.get(&room) {
+        if participating(&call, &h.view()) {
+            submit(
+                &call,
+                &room,
+                draft(&user, "m.room.member", Some(user.as_str()), obj(json!({"membership": "leave"}))),
+            )
+            .await?;
+            return Ok(json!({}));
+        }
+    }
+    // Rejecting an invite to a room this server does not take part in.
+    let m = call.node.store.membership(&user, &room)?.ok_or_else(|| ApiError::forbidden("You are not in this room"))?;
+    if m.membership != "invite" && m.membership != "knock" {
+        return Ok(json!({}));
+    }
+    let mut servers = named_servers(&call);
+    if let Ok(s) = ServerName::parse(&m.via_server) {
+        servers.push(s);
+    }
+    let candidates = crate::federation::join::candidates(&room, &servers);
+    crate::federation::join::leave_remote(&call.node, &room, &user, &candidates).await?;
+    let alloc = call.node.positions.allocate(1)?;
+    let mut b = Batch::new();
+    b.push(Op::PutMembership {
+        user: user.clone(),
+        room: room.clone(),
+        membership: Membership {
+            membership: "leave".into(),
+            stream: alloc.first(),
+            via_server: m.via_server,
+            room_version: m.room_version,
+            ..Default::default()
+        },
+    });
+    if let Ok(id) = EventId::parse(&m.event_id) {
+        b.push(Op::StreamEntry(StreamEntry { pos: alloc.first(), room, event: id }));
+    }
+    call.node.store.write(b)?;
+    call.node.store.flush().await?;
+    drop(alloc);
+    Ok(json!({}))
+}
+
+pub async fn send(call: Call, room: &str, event_type: &str, txn: &str) -> Result<Value, ApiError> {
+    let (user, device) = call.who()?;
+    let mut d = draft(user, event_type, None, call.body.clone());
+    d.txn = Some((device.to_owned(), txn.to_owned()));
+    let room = room_id(room)?;
+    let id = submit(&call, &room, d).await?;
+    Ok(json!({ "event_id": id.as_str() }))
+}
+
+pub async fn put_state(call: Call, room: &str, event_type: &str, state_key: &str) -> Result<Value, ApiError> {
+    let (user, _) = call.who()?;
+    let d = draft(user, event_type, Some(state_key), call.body.clone());
+    let room = room_id(room)?;
+    let id = submit(&call, &room, d).await?;
+    Ok(json!({ "event_id": id.as_str() }))
+}
+
+/// The time an event's age is measured from, for `unsigned.age`.
+pub fn age_of(ts: i64) -> i64 {
+    (now_ms() - ts).max(0)
+}

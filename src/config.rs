@@ -1,0 +1,192 @@
+//! Configuration: an embedded default, an optional TOML file, then `LMX_`
+//! environment variables (`__` separates nesting levels, e.g.
+//! `LMX_FEDERATION__LISTEN=0.0.0.0:8448`). Every key is documented in
+//! `config.example.toml`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::core::ids::ServerName;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A full server: hubs its users' rooms, keeps full history.
+    Hub,
+    /// A small server: bounded timeline cache for rooms hubbed elsewhere.
+    Follower,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server_name: String,
+    pub mode: Mode,
+    pub data_dir: PathBuf,
+    /// Ed25519 signing key; generated on first start. Default:
+    /// `<data_dir>/signing.key`.
+    pub signing_key_path: Option<PathBuf>,
+    pub federation: Federation,
+    pub client: Client,
+    pub registration: Registration,
+    pub storage: Storage,
+    pub follower: Follower,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Federation {
+    pub listen: SocketAddr,
+    /// PEM certificate chain and key. Default: a self-signed pair generated
+    /// under `<data_dir>/tls/` on first start.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Plain HTTP in and out, for loopback test set-ups with peers that speak
+    /// only HTTP. Refused unless `listen` is a loopback address.
+    pub insecure_plaintext: bool,
+    /// Server name (or `name:port`) → `ip:port`, like curl's `--resolve`.
+    pub resolve: BTreeMap<String, SocketAddr>,
+    /// Accept any certificate from peers (test set-ups only).
+    pub trust_self_signed: bool,
+    /// One more CA to trust, PEM (e.g. a test CA).
+    pub extra_ca_file: Option<PathBuf>,
+    /// Value served at `/.well-known/matrix/server`, if any.
+    pub well_known_server: Option<String>,
+    /// First retry delay towards an unreachable server; doubles up to
+    /// `retry_max_ms`.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// Timeout of one outbound request.
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Client {
+    pub listen: SocketAddr,
+    /// How long a participant's `send` waits for the hub to sequence the
+    /// event before answering with a retryable error.
+    pub send_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    /// Open registration with the `m.login.dummy` stage.
+    pub enabled: bool,
+    /// Enables Synapse-style `/_synapse/admin/v1/register` (nonce + HMAC).
+    pub shared_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    /// sled page cache, in MiB.
+    pub cache_mb: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Follower {
+    /// Whether a follower may create (and so hub) rooms.
+    pub host_rooms: bool,
+    /// Recent events kept per room hubbed elsewhere.
+    pub timeline_cache: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server_name: "localhost:8448".into(),
+            mode: Mode::Hub,
+            data_dir: PathBuf::from("./lmx-data"),
+            signing_key_path: None,
+            federation: Federation {
+                listen: ([127, 0, 0, 1], 8448).into(),
+                tls_cert: None,
+                tls_key: None,
+                insecure_plaintext: false,
+                resolve: BTreeMap::new(),
+                trust_self_signed: false,
+                extra_ca_file: None,
+                well_known_server: None,
+                retry_base_ms: 10_000,
+                retry_max_ms: 3_600_000,
+                request_timeout_ms: 30_000,
+            },
+            client: Client { listen: ([127, 0, 0, 1], 8008).into(), send_wait_ms: 10_000 },
+            registration: Registration { enabled: false, shared_secret: None },
+            storage: Storage { cache_mb: 64 },
+            follower: Follower { host_rooms: true, timeline_cache: 500 },
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("server_name: {0}")]
+    ServerName(#[from] crate::core::ids::IdError),
+    #[error("federation.insecure_plaintext needs a loopback federation.listen address, not {0}")]
+    PlaintextNotLoopback(SocketAddr),
+    #[error("federation.resolve[{0:?}]: not a server name")]
+    ResolveName(String),
+}
+
+impl Config {
+    /// Default, then the file (if given), then `LMX_` variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        let config: Config = fig.merge(Env::prefixed("LMX_").split("__")).extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ServerName::validate_own(&self.server_name)?;
+        let fed = &self.federation;
+        if fed.insecure_plaintext && !fed.listen.ip().is_loopback() {
+            return Err(ConfigError::PlaintextNotLoopback(fed.listen));
+        }
+        for name in fed.resolve.keys() {
+            ServerName::parse(name).map_err(|_| ConfigError::ResolveName(name.clone()))?;
+        }
+        Ok(())
+    }
+
+    pub fn server_name(&self) -> ServerName {
+        ServerName::validate_own(&self.server_name).expect("validated at load")
+    }
+
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.signing_key_path.clone().unwrap_or_else(|| self.data_dir.join("signing.key"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_plaintext_needs_loopback() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.server_name().as_str(), "localhost:8448");
+        let mut bad = c.clone();
+        bad.federation.insecure_plaintext = true;
+        bad.federation.listen = ([0, 0, 0, 0], 8448).into();
+        assert!(matches!(bad.validate(), Err(ConfigError::PlaintextNotLoopback(_))));
+        let mut ip = c;
+        ip.server_name = "127.0.0.1:8448".into();
+        assert!(ip.validate().is_err(), "item 2: no IP literal as own name");
+    }
+}

@@ -1,0 +1,157 @@
+//! E6-E9: single events, room state and backfill (items 172-182).
+//!
+//! Visibility (OQ-10, simplified): a server may read a room's history when
+//! the room is world-readable or one of its users has any membership in
+//! the room; otherwise the room "does not exist" for it (404).
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::{known_room, require_hub};
+use crate::core::event::Pdu;
+use crate::core::ids::{EventId, RoomId, ServerName};
+use crate::core::rooms::{StateMap, StateView};
+use crate::federation::inbound::Req;
+use crate::http::{query_get, ApiError};
+use crate::node::Node;
+use crate::room::load::load_pdu;
+use crate::room::RoomView;
+
+/// Largest backfill page served (item 181).
+pub const MAX_BACKFILL: usize = 100;
+
+pub fn server_can_see(view: &RoomView, server: &ServerName) -> bool {
+    let world = view
+        .state
+        .get("m.room.history_visibility", "")
+        .and_then(|e| e.content().get("history_visibility"))
+        .and_then(Value::as_str)
+        == Some("world_readable");
+    world
+        || view.state.iter().any(|e| {
+            e.event_type() == "m.room.member" && e.state_key().is_some_and(|k| k.ends_with(&format!(":{server}")))
+        })
+}
+
+fn visible(req: &Req, view: &RoomView) -> Result<(), ApiError> {
+    if server_can_see(view, &req.origin) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("Unknown room"))
+    }
+}
+
+fn pdu(node: &Node, view: &RoomView, id: &EventId) -> Result<Arc<Pdu>, ApiError> {
+    load_pdu(node, view.version, id)?.ok_or_else(|| ApiError::not_found("Unknown event"))
+}
+
+/// E6: the bare event (LM), never an LPDU (we never store those).
+pub async fn event(req: Req, id: &str) -> Result<Value, ApiError> {
+    let id = EventId::parse(id).map_err(|_| ApiError::not_found("Unknown event"))?;
+    let rec = req.node.store.event(&id)?.ok_or_else(|| ApiError::not_found("Unknown event"))?;
+    let room = RoomId::parse(&rec.room_id).map_err(|e| ApiError::unknown(e.to_string()))?;
+    let view = req.node.rooms.get(&room).map(|h| h.view()).ok_or_else(|| ApiError::not_found("Unknown event"))?;
+    visible(&req, &view)?;
+    Ok(Value::Object(pdu(&req.node, &view, &id)?.json().clone()))
+}
+
+/// The state in force before the event at list position `index`.
+fn state_before(node: &Node, view: &RoomView, index: u64) -> Result<StateMap, ApiError> {
+    let mut state = StateMap::new();
+    const PAGE: u64 = 1000;
+    let mut from = 0;
+    while from < index {
+        let to = (from + PAGE).min(index);
+        for id in node.store.list(&view.room_id, from, to)? {
+            let rec = node.store.event(&id)?;
+            if rec.as_ref().is_some_and(|r| r.soft_failed) {
+                continue;
+            }
+            let p = pdu(node, view, &id)?;
+            if p.is_state() {
+                state.apply(p);
+            }
+        }
+        from = to;
+    }
+    Ok(state)
+}
+
+/// Every auth event reachable from `roots`, recursively (item 177).
+pub fn auth_chain(
+    node: &Node,
+    view: &RoomView,
+    roots: impl IntoIterator<Item = Arc<Pdu>>,
+) -> Result<Vec<Arc<Pdu>>, ApiError> {
+    let mut seen: BTreeSet<EventId> = BTreeSet::new();
+    let mut queue: VecDeque<EventId> = roots.into_iter().flat_map(|p| p.auth_events().to_vec()).collect();
+    let mut out = Vec::new();
+    while let Some(id) = queue.pop_front() {
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        if let Some(p) = load_pdu(node, view.version, &id)? {
+            queue.extend(p.auth_events().iter().cloned());
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// E7 and E8: `?event_id=` names the event whose prior state is wanted.
+pub async fn state(req: Req, room: &str, ids_only: bool) -> Result<Value, ApiError> {
+    let (_, view) = known_room(&req, room)?;
+    require_hub(&req, &view)?;
+    visible(&req, &view)?;
+    let at = query_get(&req.query, "event_id").ok_or_else(|| ApiError::bad_json("event_id is required"))?;
+    let at = EventId::parse(at).map_err(|_| ApiError::not_found("Unknown event"))?;
+    let rec = req.node.store.event(&at)?.ok_or_else(|| ApiError::not_found("Unknown event"))?;
+    if rec.room_id != view.room_id.as_str() || rec.outlier {
+        return Err(ApiError::not_found("The event is not in this room"));
+    }
+    let state = state_before(&req.node, &view, rec.index)?;
+    let pdus: Vec<Arc<Pdu>> = state.iter().cloned().collect();
+    let chain = auth_chain(&req.node, &view, pdus.iter().cloned())?;
+    Ok(if ids_only {
+        json!({
+            "pdu_ids": pdus.iter().map(|p| p.event_id().as_str()).collect::<Vec<_>>(),
+            "auth_chain_ids": chain.iter().map(|p| p.event_id().as_str()).collect::<Vec<_>>(),
+        })
+    } else {
+        json!({
+            "pdus": pdus.iter().map(|p| p.json()).collect::<Vec<_>>(),
+            "auth_chain": chain.iter().map(|p| p.json()).collect::<Vec<_>>(),
+        })
+    })
+}
+
+/// E9: the events before `v` and `v` itself, oldest first; with several
+/// `v` the newest list position counts (OQ-22).
+pub async fn backfill(req: Req, room: &str) -> Result<Value, ApiError> {
+    let (_, view) = known_room(&req, room)?;
+    require_hub(&req, &view)?;
+    visible(&req, &view)?;
+    let limit =
+        query_get(&req.query, "limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(10).clamp(1, MAX_BACKFILL);
+    let mut newest: Option<u64> = None;
+    for (k, v) in &req.query {
+        if k != "v" {
+            continue;
+        }
+        let Ok(id) = EventId::parse(v) else { continue };
+        if let Some(rec) = req.node.store.event(&id)? {
+            if rec.room_id == view.room_id.as_str() && !rec.outlier {
+                newest = Some(newest.map_or(rec.index, |n| n.max(rec.index)));
+            }
+        }
+    }
+    let end = newest.ok_or_else(|| ApiError::not_found("None of the events named by v is in the room"))? + 1;
+    let start = end.saturating_sub(limit as u64);
+    let mut pdus = Vec::new();
+    for id in req.node.store.list(&view.room_id, start, end)? {
+        pdus.push(Value::Object(pdu(&req.node, &view, &id)?.json().clone()));
+    }
+    Ok(json!({ "origin": req.node.name.as_str(), "pdus": pdus }))
+}

@@ -1,0 +1,72 @@
+//! E1-E4 and `/version`: well-known, our keys, the notary.
+
+use std::sync::Arc;
+
+use http::Response;
+use serde_json::{json, Value};
+
+use crate::core::ids::ServerName;
+use crate::core::json::Canonical;
+use crate::federation::keyring::own_key_response;
+use crate::http::{ok_json, query_get, ApiError, Body};
+use crate::node::{now_ms, Node};
+
+pub fn well_known(node: &Node) -> Result<Response<Body>, ApiError> {
+    match &node.config.federation.well_known_server {
+        Some(s) => Ok(ok_json(&json!({ "m.server": s }))),
+        None => Err(ApiError::not_found("No delegation configured")),
+    }
+}
+
+pub fn server_keys(node: &Node) -> Response<Body> {
+    ok_json(&own_key_response(&node.key, now_ms()))
+}
+
+pub fn version() -> Response<Body> {
+    ok_json(&json!({"server": {"name": "lmx", "version": env!("CARGO_PKG_VERSION")}}))
+}
+
+/// A key response countersigned by us, if it satisfies `min_valid`.
+async fn notarised(node: &Node, server: &ServerName, min_valid: i64) -> Option<Value> {
+    let now = now_ms();
+    let info = node.keyring.info(server, None, now).await?;
+    if info.valid_until_ts < min_valid {
+        return None;
+    }
+    let mut raw = info.raw.clone();
+    node.key.sign_object(&mut raw, Canonical::Matrix).ok()?;
+    Some(Value::Object(raw))
+}
+
+/// E3.
+pub async fn query_one(node: &Arc<Node>, server: &str, query: &[(String, String)]) -> Result<Response<Body>, ApiError> {
+    let server = ServerName::parse(server).map_err(|e| ApiError::bad_json(e.to_string()))?;
+    let min = query_get(query, "minimum_valid_until_ts").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let keys: Vec<Value> = notarised(node, &server, min).await.into_iter().collect();
+    Ok(ok_json(&json!({ "server_keys": keys })))
+}
+
+/// E4: `{"server_keys": {server: {key_id: {minimum_valid_until_ts}}}}`.
+pub async fn query_batch(node: &Arc<Node>, body: crate::core::json::Object) -> Result<Response<Body>, ApiError> {
+    let asked = body
+        .get("server_keys")
+        .and_then(Value::as_object)
+        .ok_or_else(|| ApiError::bad_json("server_keys must be an object"))?;
+    let mut out = Vec::new();
+    for (server, wanted) in asked {
+        let Ok(name) = ServerName::parse(server) else {
+            continue;
+        };
+        let min = wanted
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(|k| k.get("minimum_valid_until_ts").and_then(Value::as_i64))
+            .max()
+            .unwrap_or(0);
+        if let Some(v) = notarised(node, &name, min).await {
+            out.push(v);
+        }
+    }
+    Ok(ok_json(&json!({ "server_keys": out })))
+}

@@ -1,0 +1,229 @@
+//! E10-E16: invites, and the make/send handshakes for join, leave and knock
+//! (items 183-201; OQ-23, OQ-25, OQ-39, OQ-40, OQ-41).
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::events::auth_chain;
+use super::send::accept_lpdu;
+use super::{incompatible, known_room, require_hub, supported};
+use crate::core::event::{sign_event, Lpdu, Pdu, Schema};
+use crate::core::ids::{RoomId, UserId};
+use crate::core::json::Object;
+use crate::core::rooms::{authorize, select_auth_events, EventSketch};
+use crate::federation::inbound::Req;
+use crate::federation::invite::stripped_state;
+use crate::http::ApiError;
+use crate::node::now_ms;
+use crate::room::{Appended, RoomCmd};
+use crate::store::records::{EventRecord, Membership, TxnResponse};
+use crate::store::{Batch, Op, StreamEntry};
+
+/// E11/E13/E15: a template for a server whose user wants to join, leave or
+/// knock, after checking the change would pass the rules now.
+pub async fn make(req: Req, membership: &'static str, room: &str, user: &str) -> Result<Value, ApiError> {
+    let (_, view) = known_room(&req, room)?;
+    require_hub(&req, &view)?;
+    let user = UserId::parse(user).map_err(|e| ApiError::bad_json(e.to_string()))?;
+    if !user.is_on(&req.origin) {
+        return Err(ApiError::forbidden("The user does not belong to the requesting server"));
+    }
+    if membership != "leave" {
+        let vers: Vec<&str> = req.query.iter().filter(|(k, _)| k == "ver").map(|(_, v)| v.as_str()).collect();
+        if !vers.contains(&view.version.id) {
+            return Err(incompatible(view.version.id));
+        }
+    }
+    let mut content = Object::new();
+    content.insert("membership".into(), json!(membership));
+    let sketch = EventSketch {
+        event_type: "m.room.member",
+        sender: user.as_str(),
+        state_key: Some(user.as_str()),
+        content: &content,
+    };
+    let auth_ids: Vec<String> =
+        select_auth_events(view.version, &view.state, sketch).iter().map(|e| e.to_string()).collect();
+    let template = json!({
+        "room_id": view.room_id.as_str(),
+        "type": "m.room.member",
+        "state_key": user.as_str(),
+        "sender": user.as_str(),
+        "origin_server_ts": now_ms(),
+        "hub_server": req.node.name.as_str(),
+        "content": content,
+        "auth_events": auth_ids,
+        "prev_events": view.tail.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+    });
+    // Would the change pass the rules against the current state?
+    let probe = Pdu::from_object(view.version, template.as_object().cloned().unwrap_or_default(), Schema::Loose)
+        .map_err(|e| ApiError::unknown(e.to_string()))?;
+    authorize(&probe, &view.state).map_err(|e| ApiError::forbidden(e.to_string()))?;
+    // OQ-25: always `{event, room_version}`.
+    Ok(json!({ "event": template, "room_version": view.version.id }))
+}
+
+fn replayed(req: &Req, endpoint: &str, txn: &str) -> Result<Option<Value>, ApiError> {
+    Ok(req
+        .node
+        .store
+        .txn_response(req.origin.as_str(), endpoint, txn)?
+        .and_then(|r| serde_json::from_slice(&r.body).ok()))
+}
+
+fn remember(req: &Req, endpoint: &str, txn: &str, answer: &Value) -> Result<(), ApiError> {
+    let mut b = Batch::new();
+    b.push(Op::PutTxnResponse {
+        origin: req.origin.to_string(),
+        endpoint: endpoint.into(),
+        txn: txn.into(),
+        response: TxnResponse {
+            received_ts: now_ms(),
+            status: 200,
+            body: serde_json::to_vec(answer).unwrap_or_default(),
+        },
+    });
+    Ok(req.node.store.write(b)?)
+}
+
+/// E12/E14/E16: the body is the LPDU built from the template. The rules are
+/// checked again against the state at append time (item 199).
+pub async fn send(req: Req, membership: &'static str, txn: &str) -> Result<Value, ApiError> {
+    let endpoint = format!("send_{membership}");
+    if let Some(answer) = replayed(&req, &endpoint, txn)? {
+        return Ok(answer);
+    }
+    let room = req.body.get("room_id").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let (handle, view) = known_room(&req, &room)?;
+    require_hub(&req, &view)?;
+    let lpdu = accept_lpdu(&req, view.version, &req.body).await.map_err(ApiError::bad_json)?;
+    check_membership_lpdu(&lpdu, membership)?;
+    let appended: Appended = handle.ask(|reply| RoomCmd::Lpdu { lpdu, reply }).await?;
+    let answer = match membership {
+        "join" => {
+            // OQ-40: the state before the join, and the auth chain of that
+            // state and of the join event.
+            let state: Vec<Arc<Pdu>> = appended.state_before.iter().cloned().collect();
+            let roots = state.iter().cloned().chain(std::iter::once(appended.pdu.clone()));
+            let chain = auth_chain(&req.node, &view, roots)?;
+            json!({
+                "event": appended.pdu.json(),
+                "state": state.iter().map(|p| p.json()).collect::<Vec<_>>(),
+                "auth_chain": chain.iter().map(|p| p.json()).collect::<Vec<_>>(),
+                "members_omitted": false,
+                "origin": req.node.name.as_str(),
+            })
+        }
+        "knock" => {
+            let stripped = stripped_state(&handle.view(), None);
+            json!({ "stripped_state": stripped, "knock_room_state": stripped })
+        }
+        _ => json!({}),
+    };
+    remember(&req, &endpoint, txn, &answer)?;
+    Ok(answer)
+}
+
+fn check_membership_lpdu(lpdu: &Lpdu, membership: &str) -> Result<(), ApiError> {
+    let ok = lpdu.event_type() == "m.room.member"
+        && lpdu.state_key() == Some(lpdu.sender().as_str())
+        && lpdu.content().get("membership").and_then(Value::as_str) == Some(membership);
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_json(format!("expected the sender's own m.room.member event with membership {membership}")))
+    }
+}
+
+/// E10. Two roles: as the room's hub, an invite LPDU from a participant
+/// (the hub forwards it to the invitee's server when needed); as the
+/// invitee's server, a PDU from the hub to counter-sign.
+pub async fn invite(req: Req, txn: &str) -> Result<Value, ApiError> {
+    if let Some(answer) = replayed(&req, "invite", txn)? {
+        return Ok(answer);
+    }
+    let event = req
+        .body
+        .get("event")
+        .and_then(Value::as_object)
+        .ok_or_else(|| ApiError::bad_json("`event` must be an object"))?
+        .clone();
+    let version_id = req.body.get("room_version").and_then(Value::as_str).unwrap_or("");
+    let version = supported(version_id).ok_or_else(|| incompatible(version_id))?;
+    let is_invite = event.get("type").and_then(Value::as_str) == Some("m.room.member")
+        && event.get("content").and_then(|c| c.get("membership")).and_then(Value::as_str) == Some("invite");
+    if !is_invite {
+        return Err(ApiError::bad_json("the event must be an m.room.member invite"));
+    }
+    let room = event.get("room_id").and_then(Value::as_str).unwrap_or_default();
+    let hubbed_here =
+        RoomId::parse(room).ok().and_then(|r| req.node.rooms.get(&r)).is_some_and(|h| h.view().is_hub(&req.node.name));
+    let answer = if hubbed_here && Lpdu::looks_like_lpdu(&event) {
+        let (handle, view) = known_room(&req, room)?;
+        let lpdu = accept_lpdu(&req, view.version, &event).await.map_err(ApiError::bad_json)?;
+        let appended = handle.ask(|reply| RoomCmd::Lpdu { lpdu, reply }).await?;
+        json!({ "pdu": appended.pdu.json(), "event": appended.pdu.json() })
+    } else {
+        countersign(&req, version, event).await?
+    };
+    remember(&req, "invite", txn, &answer)?;
+    Ok(answer)
+}
+
+/// The invitee's server checks the hub's invite, signs it without changing
+/// anything else, and records the pending invite for its user.
+async fn countersign(
+    req: &Req,
+    version: &'static crate::core::event::RoomVersion,
+    event: Object,
+) -> Result<Value, ApiError> {
+    let checked =
+        crate::federation::fetch::checked_pdu(&req.node, version, event).await.map_err(ApiError::forbidden)?;
+    let target = checked
+        .state_key()
+        .and_then(|s| UserId::parse(s).ok())
+        .filter(|u| u.is_on(&req.node.name))
+        .ok_or_else(|| ApiError::bad_json("the invitee is not a user of this server"))?;
+    let mut signed = checked.json().clone();
+    sign_event(version, &req.node.key, &mut signed).map_err(|e| ApiError::unknown(e.to_string()))?;
+    let signed_pdu = Pdu::from_object(version, signed, Schema::Full).map_err(|e| ApiError::unknown(e.to_string()))?;
+    let stripped = req.body.get("invite_room_state").cloned().unwrap_or_else(|| json!([]));
+    let mut state = stripped.as_array().cloned().unwrap_or_default();
+    let own = crate::federation::invite::strip(&signed_pdu);
+    state.push(own);
+    // The hub is whoever sent the invite (digest 7.1).
+    let via = checked.hub_server().cloned().unwrap_or_else(|| req.origin.clone());
+    let alloc = req.node.positions.allocate(1)?;
+    let pos = alloc.first();
+    let id = signed_pdu.event_id().clone();
+    let room = signed_pdu.room_id().clone();
+    let mut b = Batch::new();
+    b.push(Op::PutEvent(
+        id.clone(),
+        EventRecord {
+            json: serde_json::to_vec(signed_pdu.json()).unwrap_or_default(),
+            room_id: room.to_string(),
+            stream: pos,
+            outlier: true,
+            ..Default::default()
+        },
+    ))
+    .push(Op::StreamEntry(StreamEntry { pos, room: room.clone(), event: id.clone() }))
+    .push(Op::PutMembership {
+        user: target,
+        room,
+        membership: Membership {
+            membership: "invite".into(),
+            stream: pos,
+            event_id: id.to_string(),
+            invite_state_json: serde_json::to_vec(&state).unwrap_or_default(),
+            via_server: via.to_string(),
+            room_version: version.id.to_owned(),
+        },
+    });
+    req.node.store.write(b)?;
+    req.node.store.flush().await?;
+    drop(alloc);
+    Ok(json!({ "pdu": signed_pdu.json(), "event": signed_pdu.json() }))
+}

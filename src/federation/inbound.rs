@@ -1,0 +1,262 @@
+//! The federation listener: routing (stable and `.02` unstable paths),
+//! request authentication, and one transaction in flight per origin.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::Value;
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+use super::handlers;
+use super::xmatrix;
+use crate::core::ids::ServerName;
+use crate::core::json::{NumberPolicy, Object};
+use crate::http::{
+    json_object, path_segments, query_pairs, read_body, ApiError, Body, Handler, MAX_BODY, MAX_SEND_BODY,
+};
+use crate::node::{now_ms, Node};
+use crate::store::BoxFuture;
+
+/// One transaction in flight per origin (digest E5; OQ-38).
+#[derive(Default)]
+pub struct InboundTxns {
+    inflight: Mutex<HashMap<String, (String, Arc<Notify>)>>,
+}
+
+pub enum Begin<'a> {
+    Started(TxnGuard<'a>),
+    /// The same transaction is being processed: wait, then read its answer.
+    Running(Arc<Notify>),
+    /// Another transaction of this origin is being processed.
+    Busy,
+}
+
+pub struct TxnGuard<'a> {
+    owner: &'a InboundTxns,
+    origin: String,
+}
+
+impl Drop for TxnGuard<'_> {
+    fn drop(&mut self) {
+        if let Some((_, n)) = self.owner.inflight.lock().expect("poisoned").remove(&self.origin) {
+            n.notify_waiters();
+        }
+    }
+}
+
+impl InboundTxns {
+    pub fn begin(&self, origin: &str, txn: &str) -> Begin<'_> {
+        let mut map = self.inflight.lock().expect("poisoned");
+        match map.get(origin) {
+            Some((t, n)) if t == txn => Begin::Running(n.clone()),
+            Some(_) => Begin::Busy,
+            None => {
+                map.insert(origin.to_owned(), (txn.to_owned(), Arc::new(Notify::new())));
+                Begin::Started(TxnGuard { owner: self, origin: origin.to_owned() })
+            }
+        }
+    }
+}
+
+/// An authenticated request, as handlers see it.
+pub struct Req {
+    pub node: Arc<Node>,
+    pub origin: ServerName,
+    pub query: Vec<(String, String)>,
+    pub body: Object,
+}
+
+pub struct FedHandler {
+    pub node: Arc<Node>,
+}
+
+impl Handler for FedHandler {
+    fn handle(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> BoxFuture<'static, Response<Body>> {
+        let span = tracing::debug_span!("federation", method = %req.method(), path = %req.uri().path(), %remote);
+        Box::pin(
+            async move {
+                match self.route(req).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::debug!(errcode = e.errcode, error = %e.message, "federation request refused");
+                        e.into_response()
+                    }
+                }
+            }
+            .instrument(span),
+        )
+    }
+}
+
+fn segs_after<'a>(segs: &'a [String], prefix: &[&str]) -> Option<Vec<&'a str>> {
+    if segs.len() < prefix.len() || segs.iter().zip(prefix).any(|(a, b)| a != b) {
+        return None;
+    }
+    Some(segs[prefix.len()..].iter().map(String::as_str).collect())
+}
+
+/// Which authenticated endpoint a path names, with its parameters.
+enum Endpoint {
+    Send(String),
+    Event(String),
+    State(String, bool),
+    Backfill(String),
+    Invite(String),
+    Make(&'static str, String, String),
+    SendMembership(&'static str, String),
+}
+
+fn allow(method: &Method, want: Method) -> Result<(), ApiError> {
+    if *method == want {
+        Ok(())
+    } else {
+        Err(ApiError::method_not_allowed())
+    }
+}
+
+fn endpoint(method: &Method, segs: &[String]) -> Result<Option<Endpoint>, ApiError> {
+    use Endpoint::*;
+    // The LM unstable paths and the stable ones of the digest (E5-E16).
+    let unstable = segs_after(segs, &super::UNSTABLE_SEGMENTS);
+    let fed = segs_after(segs, &["_matrix", "federation"]);
+    let m = |x: &str| -> &'static str {
+        match x {
+            "make_join" | "send_join" => "join",
+            "make_leave" | "send_leave" => "leave",
+            _ => "knock",
+        }
+    };
+    let ep = match (unstable.as_deref(), fed.as_deref()) {
+        (Some(["send", txn]), _) | (_, Some(["v2", "send", txn])) => {
+            allow(method, Method::PUT)?;
+            Send(txn.to_string())
+        }
+        (Some(["event", id]), _) | (_, Some(["v2", "event", id])) => {
+            allow(method, Method::GET)?;
+            Event(id.to_string())
+        }
+        (_, Some(["v1", "state", room])) => {
+            allow(method, Method::GET)?;
+            State(room.to_string(), false)
+        }
+        (_, Some(["v1", "state_ids", room])) => {
+            allow(method, Method::GET)?;
+            State(room.to_string(), true)
+        }
+        (Some(["backfill", room]), _) | (_, Some(["v2", "backfill", room])) => {
+            allow(method, Method::GET)?;
+            Backfill(room.to_string())
+        }
+        (Some(["invite", txn]), _) | (_, Some(["v3", "invite", txn])) => {
+            allow(method, Method::POST)?;
+            Invite(txn.to_string())
+        }
+        (_, Some(["v1", which @ ("make_join" | "make_leave" | "make_knock"), room, user])) => {
+            allow(method, Method::GET)?;
+            Make(m(which), room.to_string(), user.to_string())
+        }
+        (Some([which @ ("send_join" | "send_leave" | "send_knock"), txn]), _)
+        | (_, Some(["v3", which @ ("send_join" | "send_leave" | "send_knock"), txn])) => {
+            allow(method, Method::POST)?;
+            SendMembership(m(which), txn.to_string())
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(ep))
+}
+
+impl FedHandler {
+    async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+        let (parts, body) = req.into_parts();
+        let segs = path_segments(parts.uri.path()).ok_or_else(ApiError::unrecognized)?;
+        let segs_ref: Vec<&str> = segs.iter().map(String::as_str).collect();
+        let node = &self.node;
+        // Unauthenticated endpoints (E1-E4, version): `Authorization` is
+        // ignored there (item 157).
+        match segs_ref.as_slice() {
+            [".well-known", "matrix", "server"] => {
+                allow(&parts.method, Method::GET)?;
+                return handlers::keys::well_known(node);
+            }
+            ["_matrix", "key", "v2", "server"] | ["_matrix", "key", "v2", "server", _] => {
+                allow(&parts.method, Method::GET)?;
+                return Ok(handlers::keys::server_keys(node));
+            }
+            ["_matrix", "key", "v2", "query", server] => {
+                allow(&parts.method, Method::GET)?;
+                let q = query_pairs(parts.uri.query());
+                return handlers::keys::query_one(node, server, &q).await;
+            }
+            ["_matrix", "key", "v2", "query"] => {
+                allow(&parts.method, Method::POST)?;
+                let bytes = read_body(body, MAX_BODY).await?;
+                return handlers::keys::query_batch(node, json_object(&bytes, NumberPolicy::Ieee754, false)?).await;
+            }
+            ["_matrix", "federation", "v1", "version"] => {
+                allow(&parts.method, Method::GET)?;
+                return Ok(handlers::keys::version());
+            }
+            _ => {}
+        }
+        let Some(ep) = endpoint(&parts.method, &segs)? else {
+            // E17-E18 arrive with end-to-end encryption; until then, and for
+            // every other path: unknown endpoint (item 127).
+            return Err(ApiError::unrecognized());
+        };
+        let limit = if matches!(ep, Endpoint::Send(_)) { MAX_SEND_BODY } else { MAX_BODY };
+        let bytes = read_body(body, limit).await?;
+        let has_body = !bytes.iter().all(u8::is_ascii_whitespace);
+        let body = json_object(&bytes, NumberPolicy::Ieee754, !matches!(parts.method, Method::PUT | Method::POST))?;
+        let body_value = has_body.then(|| Value::Object(body.clone()));
+        let origin = authenticate(node, &parts, body_value.as_ref()).await?;
+        let req = Req { node: node.clone(), origin, query: query_pairs(parts.uri.query()), body };
+        let answer = match ep {
+            Endpoint::Send(txn) => handlers::send::send(req, &txn).await,
+            Endpoint::Event(id) => handlers::events::event(req, &id).await,
+            Endpoint::State(room, ids_only) => handlers::events::state(req, &room, ids_only).await,
+            Endpoint::Backfill(room) => handlers::events::backfill(req, &room).await,
+            Endpoint::Invite(txn) => handlers::membership::invite(req, &txn).await,
+            Endpoint::Make(kind, room, user) => handlers::membership::make(req, kind, &room, &user).await,
+            Endpoint::SendMembership(kind, txn) => handlers::membership::send(req, kind, &txn).await,
+        }?;
+        Ok(crate::http::json_response(StatusCode::OK, &answer))
+    }
+}
+
+/// Checks every `X-Matrix` header (items 151-157). A success also tells
+/// the delivery worker for that server that it is back (backoff reset).
+async fn authenticate(node: &Arc<Node>, parts: &Parts, body: Option<&Value>) -> Result<ServerName, ApiError> {
+    let refuse = |why: &str| {
+        ApiError::new(StatusCode::UNAUTHORIZED, "M_FORBIDDEN", format!("Signature error on request: {why}"))
+    };
+    let headers: Vec<xmatrix::XMatrix> = parts
+        .headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(xmatrix::parse_header)
+        .collect();
+    let first = headers.first().ok_or_else(|| refuse("no X-Matrix authorization"))?;
+    let origin = ServerName::parse(&first.origin).map_err(|_| refuse("bad origin"))?;
+    // The request target exactly as sent: path and query, no re-encoding.
+    let uri = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    for h in &headers {
+        if h.origin != origin.as_str() {
+            return Err(refuse("headers name different origins"));
+        }
+        if h.destination.as_deref().is_some_and(|d| d != node.name.as_str()) {
+            return Err(refuse("destination is not this server"));
+        }
+        let key = node.keyring.request_key(&origin, &h.key, now_ms()).await.map_err(|e| refuse(&e.to_string()))?;
+        if !xmatrix::verify_request(h, &key, parts.method.as_str(), uri, node.name.as_str(), body) {
+            return Err(refuse("signature does not verify"));
+        }
+    }
+    node.outbound.wake_now(node, &origin);
+    Ok(origin)
+}

@@ -1,0 +1,100 @@
+//! Invites to servers that do not take part in a room yet (E10, digest
+//! 7.2; items 184-190; OQ-23, OQ-24, OQ-41).
+
+use http::Method;
+use serde_json::{json, Value};
+
+use crate::core::crypto::signature_key_ids;
+use crate::core::event::{verify_event_signature, Pdu, Schema};
+use crate::core::ids::UserId;
+use crate::core::rooms::StateView;
+use crate::http::encode_segment;
+use crate::node::{now_ms, Node};
+use crate::room::{RoomError, RoomView};
+
+/// State an invitee sees before joining (item 49): each entry only
+/// `type`, `state_key`, `sender`, `content` (item 50).
+pub fn stripped_state(room: &RoomView, inviter: Option<&UserId>) -> Vec<Value> {
+    let mut keys: Vec<(&str, String)> = [
+        "m.room.create",
+        "m.room.name",
+        "m.room.avatar",
+        "m.room.topic",
+        "m.room.join_rules",
+        "m.room.canonical_alias",
+        "m.room.encryption",
+    ]
+    .into_iter()
+    .map(|t| (t, String::new()))
+    .collect();
+    if let Some(i) = inviter {
+        keys.push(("m.room.member", i.to_string()));
+    }
+    keys.iter().filter_map(|(t, k)| room.state.get(t, k)).map(strip).collect()
+}
+
+pub fn strip(e: &Pdu) -> Value {
+    json!({
+        "type": e.event_type(),
+        "state_key": e.state_key().unwrap_or(""),
+        "sender": e.sender().as_str(),
+        "content": e.content(),
+    })
+}
+
+/// The invite answer's event: `pdu` (the draft) or `event` (Matrix, the
+/// reference implementation): accept both, prefer `pdu`.
+pub fn invite_answer_event(body: &Value) -> Option<&serde_json::Map<String, Value>> {
+    body.get("pdu").or_else(|| body.get("event")).and_then(Value::as_object)
+}
+
+/// The hub sends an invite PDU to the invitee's server and returns the
+/// counter-signed event after checking it is the same event, signed by that
+/// server (OQ-24).
+pub async fn send_invite(node: &Node, room: &RoomView, pdu: Pdu) -> Result<Pdu, RoomError> {
+    let target = pdu
+        .state_key()
+        .and_then(|s| UserId::parse(s).ok())
+        .ok_or_else(|| RoomError::BadEvent("invite without a user as state_key".into()))?;
+    let server = target.server_name();
+    let body = json!({
+        "event": pdu.json(),
+        "invite_room_state": stripped_state(room, Some(pdu.sender())),
+        "room_version": room.version.id,
+    });
+    let path = format!("{}/invite/{}", super::UNSTABLE, encode_segment(pdu.event_id().as_str()));
+    let lm = super::fetch::lm_peer(node, &server).await;
+    let resp = node.fed.request(&server, Method::POST, &path, Some(&body), lm).await.map_err(|e| {
+        match (e.status().map(|s| s.as_u16()), e.errcode()) {
+            (Some(403), _) => RoomError::Forbidden(format!("{server} refused the invite")),
+            (_, Some(code)) => RoomError::Remote(format!("{server} refused the invite: {code}")),
+            _ => RoomError::Remote(e.to_string()),
+        }
+    })?;
+    let answer = resp.json(server.as_str()).map_err(|e| RoomError::Remote(e.to_string()))?;
+    let mut returned = invite_answer_event(&answer)
+        .ok_or_else(|| RoomError::Remote(format!("{server} answered the invite without an event")))?
+        .clone();
+    returned.remove("unsigned");
+    let signed =
+        Pdu::from_object(room.version, returned, Schema::Full).map_err(|e| RoomError::Remote(e.to_string()))?;
+    if signed.event_id() != pdu.event_id() {
+        return Err(RoomError::Remote(format!("{server} changed the invite event")));
+    }
+    let ids = signature_key_ids(signed.json(), server.as_str());
+    let info = node.keyring.info(&server, ids.first().map(String::as_str), now_ms()).await;
+    let verified = ids.iter().any(|id| {
+        let pk = info
+            .as_ref()
+            .and_then(|i| i.raw.get("verify_keys"))
+            .and_then(|k| k.get(id))
+            .and_then(|k| k.get("key"))
+            .and_then(Value::as_str);
+        pk.and_then(|k| crate::core::crypto::PublicKey::from_base64(k).ok())
+            .is_some_and(|pk| verify_event_signature(room.version, signed.json(), server.as_str(), id, &pk).is_ok())
+    });
+    if !verified {
+        return Err(RoomError::Remote(format!("{server} did not sign the invite")));
+    }
+    Ok(signed)
+}

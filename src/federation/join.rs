@@ -1,0 +1,278 @@
+//! Joining (or leaving, knocking on) a room hubbed elsewhere when no local
+//! user takes part: the make/send handshake with the hub (digest 7.3-7.5;
+//! items 191-201; OQ-25, OQ-27, OQ-40).
+
+use std::sync::Arc;
+
+use http::Method;
+use serde_json::{json, Value};
+
+use super::fetch::{checked_pdu, checked_pdus, lm_peer};
+use crate::core::event::{sign_lpdu, Lpdu, Pdu, RoomVersion};
+use crate::core::ids::{RoomId, ServerName, UserId};
+use crate::core::json::Object;
+use crate::core::rooms::{authorize, StateMap};
+use crate::http::encode_segment;
+use crate::node::{now_ms, Node};
+use crate::room::{spawn_room, RoomCmd, RoomError, RoomView};
+use crate::store::records::{EventRecord, Membership, RoomRecord};
+use crate::store::{Batch, Op, StreamEntry};
+
+/// Versions we can join, for `ver=` (item 195).
+fn supported_versions() -> Vec<&'static str> {
+    RoomVersion::all().iter().filter(|v| v.hostable && v.lm).map(|v| v.id).collect()
+}
+
+/// The template of a `make_*` answer, in either shape (OQ-25).
+fn template_of(body: &Value) -> Option<(Object, Option<String>)> {
+    let version = body.get("room_version").and_then(Value::as_str).map(str::to_owned);
+    let t = match body.get("event").and_then(Value::as_object) {
+        Some(e) => e.clone(),
+        None if body.get("type").is_some() => body.as_object()?.clone(),
+        None => return None,
+    };
+    Some((t, version))
+}
+
+/// What a make/send handshake is about.
+struct Handshake<'a> {
+    hub: &'a ServerName,
+    room: &'a RoomId,
+    user: &'a UserId,
+    membership: &'a str,
+    version: &'static RoomVersion,
+}
+
+/// Builds and signs our LPDU from a hub's template, keeping only the fields
+/// we expect and checking their values (items 193-194).
+fn lpdu_from_template(node: &Node, h: &Handshake<'_>, template: &Object, extra: &Object) -> Result<Lpdu, RoomError> {
+    let Handshake { hub, room, user, membership, version } = *h;
+    let bad = |what: &str| RoomError::Remote(format!("{hub}'s template has a wrong {what}"));
+    if template.get("type").and_then(Value::as_str) != Some("m.room.member") {
+        return Err(bad("type"));
+    }
+    for k in ["state_key", "sender"] {
+        if template.get(k).and_then(Value::as_str) != Some(user.as_str()) {
+            return Err(bad(k));
+        }
+    }
+    if template.get("content").and_then(|c| c.get("membership")).and_then(Value::as_str) != Some(membership) {
+        return Err(bad("membership"));
+    }
+    if template.get("room_id").and_then(Value::as_str).is_some_and(|r| r != room.as_str()) {
+        return Err(bad("room_id"));
+    }
+    let mut content = extra.clone();
+    content.insert("membership".into(), json!(membership));
+    let mut o = Object::new();
+    o.insert("room_id".into(), json!(room.as_str()));
+    o.insert("type".into(), json!("m.room.member"));
+    o.insert("state_key".into(), json!(user.as_str()));
+    o.insert("sender".into(), json!(user.as_str()));
+    o.insert("origin_server_ts".into(), json!(now_ms()));
+    o.insert("hub_server".into(), json!(hub.as_str()));
+    o.insert("content".into(), Value::Object(content));
+    sign_lpdu(version, &node.key, &mut o).map_err(|e| RoomError::BadEvent(e.to_string()))?;
+    Lpdu::from_object(version, o).map_err(|e| RoomError::BadEvent(e.to_string()))
+}
+
+/// Candidate hubs in order (OQ-27): servers named by the caller (invite
+/// origin, `via`), then the room id's domain.
+pub fn candidates(room: &RoomId, named: &[ServerName]) -> Vec<ServerName> {
+    let mut out: Vec<ServerName> = Vec::new();
+    let domain = room.domain().and_then(|d| ServerName::parse(d).ok());
+    for s in named.iter().cloned().chain(domain) {
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// Asks each candidate for a template until one (the hub) answers.
+async fn make(
+    node: &Node,
+    endpoint: &str,
+    room: &RoomId,
+    user: &UserId,
+    servers: &[ServerName],
+) -> Result<(ServerName, Object, &'static RoomVersion), RoomError> {
+    let mut last = RoomError::Remote(format!("no server to ask about {room}"));
+    for server in servers {
+        if node.is_me(server) {
+            continue;
+        }
+        let vers: String = supported_versions().iter().map(|v| format!("&ver={}", encode_segment(v))).collect();
+        let path = format!(
+            "/_matrix/federation/v1/{endpoint}/{}/{}?{}",
+            encode_segment(room.as_str()),
+            encode_segment(user.as_str()),
+            vers.trim_start_matches('&')
+        );
+        let lm = lm_peer(node, server).await;
+        match node.fed.request(server, Method::GET, &path, None, lm).await {
+            Ok(resp) => {
+                let body = resp.json(server.as_str()).map_err(|e| RoomError::Remote(e.to_string()))?;
+                let (template, version) =
+                    template_of(&body).ok_or_else(|| RoomError::Remote(format!("{server}: no template")))?;
+                let version = version
+                    .as_deref()
+                    .and_then(RoomVersion::find)
+                    .filter(|v| v.hostable && v.lm)
+                    .ok_or_else(|| RoomError::Remote(format!("{server}: unsupported room version")))?;
+                return Ok((server.clone(), template, version));
+            }
+            Err(e) => {
+                tracing::info!(%server, error = %e, endpoint, "candidate hub refused");
+                last = match e.status().map(|s| s.as_u16()) {
+                    Some(403) => RoomError::Forbidden(format!("{server}: {}", e.errcode().unwrap_or_default())),
+                    _ => RoomError::Remote(e.to_string()),
+                };
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Joins `user` to a room hubbed elsewhere and starts following it.
+pub async fn join_remote(
+    node: &Arc<Node>,
+    room: &RoomId,
+    user: &UserId,
+    servers: &[ServerName],
+    content: &Object,
+) -> Result<crate::core::ids::EventId, RoomError> {
+    let (hub, template, version) = make(node, "make_join", room, user, servers).await?;
+    let h = Handshake { hub: &hub, room, user, membership: "join", version };
+    let lpdu = lpdu_from_template(node, &h, &template, content)?;
+    let path = format!("{}/send_join/{}", super::UNSTABLE, encode_segment(lpdu.lpdu_id().as_str()));
+    let lm = lm_peer(node, &hub).await;
+    let resp =
+        node.fed.request(&hub, Method::POST, &path, Some(&Value::Object(lpdu.json().clone())), lm).await.map_err(
+            |e| match e.status().map(|s| s.as_u16()) {
+                Some(403) => RoomError::Forbidden(format!("{hub} refused the join")),
+                _ => RoomError::Remote(e.to_string()),
+            },
+        )?;
+    let body = resp.json(hub.as_str()).map_err(|e| RoomError::Remote(e.to_string()))?;
+    let event_obj =
+        body.get("event").and_then(Value::as_object).ok_or_else(|| RoomError::Remote("send_join: no event".into()))?;
+    let event = checked_pdu(node, version, event_obj.clone()).await.map_err(RoomError::Remote)?;
+    if event.lpdu_hash() != Some(lpdu.lpdu_hash()) {
+        return Err(RoomError::Remote(format!("{hub} returned another event than our join")));
+    }
+    // Already following the room (a local user was here before): the join
+    // continues our list; the room task fills any gap from the hub.
+    if let Some(handle) = node.rooms.get(room) {
+        let id = event.event_id().clone();
+        let results = handle.ask(|reply| RoomCmd::FromHub { pdus: vec![event], reply }).await?;
+        return results.into_iter().next().unwrap_or(Ok(())).map(|_| id);
+    }
+    let empty = Vec::new();
+    let state_items = body.get("state").and_then(Value::as_array).unwrap_or(&empty);
+    let chain_items = body.get("auth_chain").and_then(Value::as_array).unwrap_or(&empty);
+    let state_events = checked_pdus(node, version, state_items).await.map_err(RoomError::Remote)?;
+    let chain = checked_pdus(node, version, chain_items).await.map_err(RoomError::Remote)?;
+    // A `state` that is the whole timeline folds to the same state (OQ-40).
+    let state = StateMap::from_events(state_events.iter().cloned().map(Arc::new));
+    authorize(&event, &state).map_err(|e| RoomError::Remote(format!("{hub}'s join fails the rules here: {e}")))?;
+    start_following(node, room, &hub, version, state, chain.into_iter().chain(state_events), event).await
+}
+
+/// Records a room we now follow: the state and auth chain as outliers, the
+/// join as the first event of our copy of the list.
+async fn start_following(
+    node: &Arc<Node>,
+    room: &RoomId,
+    hub: &ServerName,
+    version: &'static RoomVersion,
+    mut state: StateMap,
+    outliers: impl Iterator<Item = Pdu>,
+    join: Pdu,
+) -> Result<crate::core::ids::EventId, RoomError> {
+    let mut batch = Batch::new();
+    for e in outliers {
+        let json = serde_json::to_vec(e.json()).unwrap_or_default();
+        batch.push(Op::PutEvent(
+            e.event_id().clone(),
+            EventRecord { json, room_id: room.to_string(), outlier: true, ..Default::default() },
+        ));
+    }
+    for e in state.iter() {
+        batch.push(Op::SetState {
+            room: room.clone(),
+            event_type: e.event_type().to_owned(),
+            state_key: e.state_key().unwrap_or("").to_owned(),
+            event: e.event_id().clone(),
+        });
+    }
+    let alloc = node.positions.allocate(1)?;
+    let pos = alloc.first();
+    let id = join.event_id().clone();
+    let user = UserId::parse(join.sender().as_str()).expect("parsed");
+    batch
+        .push(Op::PutEvent(
+            id.clone(),
+            EventRecord {
+                json: serde_json::to_vec(join.json()).unwrap_or_default(),
+                room_id: room.to_string(),
+                index: 0,
+                stream: pos,
+                ..Default::default()
+            },
+        ))
+        .push(Op::ListEntry { room: room.clone(), index: 0, event: id.clone() })
+        .push(Op::SetState {
+            room: room.clone(),
+            event_type: "m.room.member".into(),
+            state_key: user.to_string(),
+            event: id.clone(),
+        })
+        .push(Op::StreamEntry(StreamEntry { pos, room: room.clone(), event: id.clone() }))
+        .push(Op::PutMembership {
+            user,
+            room: room.clone(),
+            membership: Membership {
+                membership: "join".into(),
+                stream: pos,
+                event_id: id.to_string(),
+                via_server: hub.to_string(),
+                room_version: version.id.to_owned(),
+                ..Default::default()
+            },
+        })
+        .push(Op::PutRoom(RoomRecord {
+            room_id: room.to_string(),
+            room_version: version.id.to_owned(),
+            hub_server: hub.to_string(),
+            length: 1,
+            tail: id.to_string(),
+        }));
+    node.store.write(batch)?;
+    node.store.flush().await?;
+    state.apply(Arc::new(join));
+    let view = RoomView { room_id: room.clone(), version, hub: hub.clone(), state, tail: Some(id.clone()), length: 1 };
+    let handle = spawn_room(node, view);
+    node.rooms.insert(room.clone(), handle);
+    drop(alloc);
+    Ok(id)
+}
+
+/// Leaves (or rejects an invite to) a room we do not take part in.
+pub async fn leave_remote(
+    node: &Arc<Node>,
+    room: &RoomId,
+    user: &UserId,
+    servers: &[ServerName],
+) -> Result<(), RoomError> {
+    let (hub, template, version) = make(node, "make_leave", room, user, servers).await?;
+    let h = Handshake { hub: &hub, room, user, membership: "leave", version };
+    let lpdu = lpdu_from_template(node, &h, &template, &Object::new())?;
+    let path = format!("{}/send_leave/{}", super::UNSTABLE, encode_segment(lpdu.lpdu_id().as_str()));
+    let lm = lm_peer(node, &hub).await;
+    node.fed
+        .request(&hub, Method::POST, &path, Some(&Value::Object(lpdu.json().clone())), lm)
+        .await
+        .map_err(|e| RoomError::Remote(e.to_string()))?;
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! Server-server API: the endpoints lmx serves (digest E1-E16 and the
+//! Matrix ones listed in README), the calls it makes, request signing,
+//! discovery, keys, and durable delivery.
+
+pub mod client;
+pub mod discovery;
+pub mod fetch;
+mod handlers;
+pub mod inbound;
+pub mod invite;
+pub mod join;
+pub mod keyring;
+pub mod outbound;
+pub mod xmatrix;
+
+/// Path prefix of the `.02` room version's unstable endpoints (digest 6.0).
+pub const UNSTABLE: &str = "/_matrix/federation/unstable/org.matrix.i-d.ralston-mimi-linearized-matrix.02";
+/// The same prefix as path segments, for routing.
+pub const UNSTABLE_SEGMENTS: [&str; 4] =
+    ["_matrix", "federation", "unstable", "org.matrix.i-d.ralston-mimi-linearized-matrix.02"];

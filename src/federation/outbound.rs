@@ -1,0 +1,245 @@
+//! Durable delivery: one worker per destination reads its queue from the
+//! persisted cursor, sends transactions of at most 50 PDUs and 100 EDUs in
+//! queue order (one in flight), and backs off on failure: 10 s, doubling,
+//! jittered ×0.8-1.4, capped at 1 h, cut short by any signed request from
+//! that server or a 429's `retry_after_ms` (items 160-161, 168).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::Method;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+use super::handlers::send::{MAX_EDUS, MAX_PDUS};
+use crate::core::event::{Lpdu, RoomVersion};
+use crate::core::ids::{RoomId, ServerName};
+use crate::core::json::{self, NumberPolicy};
+use crate::http::encode_segment;
+use crate::node::Node;
+use crate::room::RoomCmd;
+use crate::store::records::queue_item::Item;
+use crate::store::records::DestinationState;
+use crate::store::{Batch, Op};
+
+struct Worker {
+    notify: Notify,
+    /// Set by a signed request from the destination: retry now.
+    reset: AtomicBool,
+}
+
+pub struct Outbound {
+    base_ms: u64,
+    max_ms: u64,
+    workers: Mutex<HashMap<ServerName, Arc<Worker>>>,
+}
+
+impl Outbound {
+    pub fn new(base_ms: u64, max_ms: u64) -> Self {
+        Outbound { base_ms, max_ms, workers: Mutex::new(HashMap::new()) }
+    }
+
+    fn worker(&self, node: &Arc<Node>, dest: &ServerName) -> Arc<Worker> {
+        let mut map = self.workers.lock().expect("poisoned");
+        if let Some(w) = map.get(dest) {
+            return w.clone();
+        }
+        let w = Arc::new(Worker { notify: Notify::new(), reset: AtomicBool::new(false) });
+        map.insert(dest.clone(), w.clone());
+        let span = tracing::info_span!("deliver", dest = %dest);
+        node.spawn(deliver(node.clone(), dest.clone(), w.clone()).instrument(span));
+        w
+    }
+
+    /// New work for `dest`.
+    pub fn wake(&self, node: &Arc<Node>, dest: &ServerName) {
+        if node.is_me(dest) {
+            return;
+        }
+        self.worker(node, dest).notify.notify_one();
+    }
+
+    /// `dest` just reached us: cut any backoff short. Starts no worker.
+    pub fn wake_now(&self, _node: &Arc<Node>, dest: &ServerName) {
+        let map = self.workers.lock().expect("poisoned");
+        if let Some(w) = map.get(dest) {
+            w.reset.store(true, Ordering::SeqCst);
+            w.notify.notify_one();
+        }
+    }
+
+    /// Resumes delivery to every destination with queued work (start-up).
+    pub fn resume_all(&self, node: &Arc<Node>) -> Result<(), crate::store::StoreError> {
+        for dest in node.store.destinations_with_work()? {
+            self.wake(node, &dest);
+        }
+        Ok(())
+    }
+
+    fn delay(&self, failures: u32) -> Duration {
+        let exp = self.base_ms.saturating_mul(1u64 << failures.saturating_sub(1).min(20));
+        let mut b = [0u8; 1];
+        let _ = getrandom::getrandom(&mut b);
+        let jitter = 0.8 + 0.6 * (b[0] as f64 / 255.0);
+        Duration::from_millis(((exp.min(self.max_ms)) as f64 * jitter) as u64)
+    }
+}
+
+/// One transaction's contents, with the LPDUs it carries (to map
+/// `failed_pdus` back to the rooms that wait on them).
+struct Txn {
+    id: String,
+    last: u64,
+    body: Value,
+    lpdus: Vec<(String, RoomId, String)>,
+}
+
+async fn deliver(node: Arc<Node>, dest: ServerName, worker: Arc<Worker>) {
+    let mut failures: u32 = 0;
+    let mut positions = node.positions.subscribe();
+    loop {
+        let txn = match next_txn(&node, &dest) {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                tokio::select! {
+                    _ = worker.notify.notified() => {}
+                    _ = positions.changed() => {}
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the outbound queue");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let path = format!("{}/send/{}", super::UNSTABLE, encode_segment(&txn.id));
+        let lm = super::fetch::lm_peer(&node, &dest).await;
+        match node.fed.request(&dest, Method::PUT, &path, Some(&txn.body), lm).await {
+            Ok(resp) => {
+                failures = 0;
+                let answer = resp.json(dest.as_str()).unwrap_or_else(|_| json!({}));
+                report_refused_lpdus(&node, &txn, &answer).await;
+                let mut b = Batch::new();
+                b.push(Op::Dequeue { dest: dest.clone(), up_to: txn.last }).push(Op::PutDestination {
+                    dest: dest.clone(),
+                    state: DestinationState { acked: txn.last, ..Default::default() },
+                });
+                if let Err(e) = node.store.write(b) {
+                    tracing::error!(error = %e, "cannot record delivery");
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                let retry_after = e
+                    .error_body()
+                    .and_then(|b| b.get("retry_after_ms").and_then(Value::as_u64))
+                    .filter(|_| e.status().map(|s| s.as_u16()) == Some(429));
+                let wait = retry_after.map(Duration::from_millis).unwrap_or_else(|| node.outbound.delay(failures));
+                tracing::info!(error = %e, failures, wait_ms = wait.as_millis() as u64, "delivery failed; backing off");
+                worker.reset.store(false, Ordering::SeqCst);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = async {
+                        loop {
+                            worker.notify.notified().await;
+                            if worker.reset.swap(false, Ordering::SeqCst) { break; }
+                        }
+                    } => { failures = 0; }
+                }
+            }
+        }
+    }
+}
+
+/// The transaction to send next: the one in flight (same id, same body,
+/// even after a restart), or a new one from the queue.
+fn next_txn(node: &Node, dest: &ServerName) -> Result<Option<Txn>, crate::store::StoreError> {
+    let state = node.store.destination(dest)?;
+    let watermark = node.positions.watermark();
+    let retrying = !state.inflight_txn.is_empty() && state.inflight_last > state.acked;
+    let items = node.store.queue(dest, state.acked, MAX_PDUS + MAX_EDUS)?;
+    let mut pdus = Vec::new();
+    let mut edus = Vec::new();
+    let mut lpdus = Vec::new();
+    let mut last = state.acked;
+    for (pos, item) in items {
+        let in_range = if retrying { pos <= state.inflight_last } else { pos <= watermark };
+        if !in_range {
+            break;
+        }
+        match item.item {
+            Some(Item::EventId(id)) => {
+                if pdus.len() == MAX_PDUS && !retrying {
+                    break;
+                }
+                let Ok(id) = crate::core::ids::EventId::parse(&id) else {
+                    continue;
+                };
+                if let Some(rec) = node.store.event(&id)? {
+                    if let Ok(v) = json::parse(&rec.json, NumberPolicy::Ieee754) {
+                        pdus.push(v);
+                    }
+                }
+            }
+            Some(Item::LpduJson(bytes)) => {
+                if pdus.len() == MAX_PDUS && !retrying {
+                    break;
+                }
+                if let Ok(Value::Object(o)) = json::parse(&bytes, NumberPolicy::Ieee754) {
+                    if let Ok(l) = Lpdu::from_object(RoomVersion::lm(), o.clone()) {
+                        lpdus.push((l.lpdu_id().to_string(), l.room_id().clone(), l.lpdu_hash().to_owned()));
+                    }
+                    pdus.push(Value::Object(o));
+                }
+            }
+            Some(Item::EduJson(bytes)) => {
+                if edus.len() == MAX_EDUS && !retrying {
+                    break;
+                }
+                if let Ok(v) = json::parse(&bytes, NumberPolicy::Ieee754) {
+                    edus.push(v);
+                }
+            }
+            None => {}
+        }
+        last = pos;
+    }
+    if last == state.acked {
+        return Ok(None);
+    }
+    let id = if retrying { state.inflight_txn.clone() } else { format!("{}.{}", state.acked + 1, last) };
+    if !retrying {
+        let mut b = Batch::new();
+        b.push(Op::PutDestination {
+            dest: dest.clone(),
+            state: DestinationState { acked: state.acked, inflight_txn: id.clone(), inflight_last: last },
+        });
+        node.store.write(b)?;
+    }
+    let mut body = json!({ "pdus": pdus });
+    if !edus.is_empty() {
+        body["edus"] = Value::Array(edus);
+    }
+    Ok(Some(Txn { id, last, body, lpdus }))
+}
+
+/// A hub refused some of our LPDUs: tell the rooms, which tell the clients.
+async fn report_refused_lpdus(node: &Node, txn: &Txn, answer: &Value) {
+    let Some(failed) = answer.get("failed_pdus").and_then(Value::as_object) else {
+        return;
+    };
+    for (lpdu_id, room, hash) in &txn.lpdus {
+        let Some(f) = failed.get(lpdu_id) else {
+            continue;
+        };
+        let error = f.get("error").and_then(Value::as_str).unwrap_or("refused").to_owned();
+        tracing::info!(%room, lpdu = %lpdu_id, %error, "the hub refused an LPDU");
+        if let Some(h) = node.rooms.get(room) {
+            let _ = h.send(RoomCmd::LpduRefused { lpdu_hash: hash.clone(), error }).await;
+        }
+    }
+}

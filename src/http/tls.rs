@@ -1,0 +1,147 @@
+//! TLS for both directions: the server's certificate (configured, or a
+//! self-signed pair generated on first start) and the trust used when
+//! calling peers (system roots, an extra CA, or, for tests, anything).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{ring, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName as TlsName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {msg}")]
+    File { path: PathBuf, msg: String },
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+    #[error("certificate generation: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+fn file_err(path: &Path, msg: impl ToString) -> TlsError {
+    TlsError::File { path: path.to_owned(), msg: msg.to_string() }
+}
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(ring::default_provider())
+}
+
+const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path).map_err(|e| file_err(path, e))?.collect();
+    let certs = certs.map_err(|e| file_err(path, e))?;
+    if certs.is_empty() {
+        return Err(file_err(path, "no certificate found"));
+    }
+    Ok(certs)
+}
+
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| file_err(path, e))
+}
+
+/// Writes a self-signed certificate for `names` unless one exists already.
+pub fn ensure_self_signed(cert: &Path, key: &Path, names: Vec<String>) -> Result<(), TlsError> {
+    if cert.exists() && key.exists() {
+        return Ok(());
+    }
+    let generated = rcgen::generate_simple_self_signed(names)?;
+    if let Some(dir) = cert.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    }
+    write_private(key, generated.key_pair.serialize_pem().as_bytes())?;
+    std::fs::write(cert, generated.cert.pem()).map_err(|e| file_err(cert, e))?;
+    Ok(())
+}
+
+/// Writes a file readable by its owner only.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path).map_err(|e| file_err(path, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| file_err(path, e))
+}
+
+pub fn server_config(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<ServerConfig, TlsError> {
+    // TLS 1.2 is accepted inbound for Matrix peers (OQ-36).
+    let mut c = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    c.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(c)
+}
+
+/// Trust for outbound calls.
+pub fn client_config(trust_self_signed: bool, extra_ca: Option<&Path>) -> Result<ClientConfig, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let mut c = if trust_self_signed {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
+            .with_no_client_auth()
+    } else {
+        let mut roots = RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        if let Some(path) = extra_ca {
+            for cert in load_certs(path)? {
+                roots.add(cert).map_err(|e| file_err(path, e))?;
+            }
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    c.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(c)
+}
+
+/// `federation.trust_self_signed`: any certificate passes; handshake
+/// signatures are still checked so the session keys are sound.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &TlsName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

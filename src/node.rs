@@ -1,0 +1,94 @@
+//! The running server's shared parts, built once by `App::build` and handed
+//! to every surface and task. Each field is one explicit service; nothing is
+//! looked up by name.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::core::crypto::SigningKey;
+use crate::core::ids::ServerName;
+use crate::federation::client::FedClient;
+use crate::federation::inbound::InboundTxns;
+use crate::federation::keyring::KeyRing;
+use crate::federation::outbound::Outbound;
+use crate::room::Rooms;
+use crate::store::{Positions, Store};
+
+pub struct Node {
+    pub name: ServerName,
+    pub key: SigningKey,
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub positions: Arc<Positions>,
+    pub fed: Arc<FedClient>,
+    pub keyring: KeyRing,
+    pub rooms: Rooms,
+    pub outbound: Outbound,
+    pub inbound: InboundTxns,
+    tasks: Mutex<Option<JoinSet<()>>>,
+}
+
+/// Milliseconds since the Unix epoch: the only clock lmx reads.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Random URL-safe text (tokens, device ids, room ids).
+pub fn random_string(len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = vec![0u8; len];
+    getrandom::getrandom(&mut bytes).expect("the OS has randomness");
+    bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+}
+
+impl Node {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Config,
+        key: SigningKey,
+        store: Arc<dyn Store>,
+        positions: Arc<Positions>,
+        fed: Arc<FedClient>,
+    ) -> Arc<Node> {
+        let name = config.server_name();
+        let keyring = KeyRing::new(key.clone(), fed.clone(), store.clone());
+        let outbound = Outbound::new(config.federation.retry_base_ms, config.federation.retry_max_ms);
+        Arc::new(Node {
+            name,
+            key,
+            config,
+            store,
+            positions,
+            fed,
+            keyring,
+            rooms: Rooms::default(),
+            outbound,
+            inbound: InboundTxns::default(),
+            tasks: Mutex::new(Some(JoinSet::new())),
+        })
+    }
+
+    /// Runs a background task that stops with the server.
+    pub fn spawn<F: Future<Output = ()> + Send + 'static>(&self, fut: F) {
+        if let Some(set) = self.tasks.lock().expect("poisoned").as_mut() {
+            set.spawn(fut);
+            // Reap finished tasks so the set does not grow for ever.
+            while set.try_join_next().is_some() {}
+        }
+    }
+
+    /// Stops every background task (room writers, delivery workers).
+    pub async fn stop_tasks(&self) {
+        let set = self.tasks.lock().expect("poisoned").take();
+        if let Some(mut set) = set {
+            set.shutdown().await;
+        }
+    }
+
+    pub fn is_me(&self, server: &ServerName) -> bool {
+        server == &self.name
+    }
+}

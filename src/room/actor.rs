@@ -1,0 +1,514 @@
+//! The writer task of one room. Commands are taken from the inbox in
+//! batches; every event of a batch is staged on the in-memory tail, the
+//! batch is written and flushed once (group commit), and only then are the
+//! callers answered and the view published (durable before acknowledged).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use super::build::{self, Draft};
+use super::fanout::{destinations, JoinedServers};
+use super::{Appended, LocalOutcome, RoomCmd, RoomError, RoomHandle, RoomView};
+use crate::core::event::{Lpdu, Pdu};
+use crate::core::ids::{EventId, ServerName, UserId};
+use crate::core::rooms::StateView;
+use crate::node::{now_ms, Node};
+use crate::store::records::{ClientTxn, EventRecord, Membership, PendingLpdu, QueueItem, RoomRecord};
+use crate::store::{Allocation, Batch, Op, StreamEntry};
+
+/// Commands taken from the inbox per batch.
+const MAX_BATCH: usize = 128;
+
+type Done = Box<dyn FnOnce(Result<(), RoomError>) + Send>;
+
+/// What one batch will write, and whom to answer once it is durable.
+#[derive(Default)]
+pub(super) struct Work {
+    pub batch: Batch,
+    allocations: Vec<Allocation>,
+    done: Vec<Done>,
+    wake: BTreeSet<ServerName>,
+    /// LPDU hashes staged in this batch (hub: replay detection, OQ-43).
+    staged_lpdus: HashMap<String, Arc<Pdu>>,
+    staged_ids: BTreeSet<EventId>,
+    /// Echoes of our own LPDUs (participant): hash → event id.
+    echoes: Vec<(String, EventId)>,
+    appended: bool,
+}
+
+impl Work {
+    pub fn on_done(&mut self, f: impl FnOnce(Result<(), RoomError>) + Send + 'static) {
+        self.done.push(Box::new(f));
+    }
+}
+
+pub(super) struct RoomActor {
+    pub node: Arc<Node>,
+    pub cur: RoomView,
+    pub joined: JoinedServers,
+    pub view: Arc<RwLock<Arc<RoomView>>>,
+    /// Participant: clients waiting for the hub to sequence an LPDU.
+    pub waiters: HashMap<String, Vec<oneshot::Sender<Result<EventId, RoomError>>>>,
+}
+
+/// Starts the writer task of a room whose state is `view`.
+pub fn spawn_room(node: &Arc<Node>, view: RoomView) -> RoomHandle {
+    let (tx, rx) = mpsc::channel(1024);
+    let shared = Arc::new(RwLock::new(Arc::new(view.clone())));
+    let actor = RoomActor {
+        node: node.clone(),
+        joined: JoinedServers::from_state(&view.state),
+        cur: view,
+        view: shared.clone(),
+        waiters: HashMap::new(),
+    };
+    let span = tracing::info_span!("room", room = %actor.cur.room_id);
+    node.spawn(actor.run(rx).instrument(span));
+    RoomHandle { tx, view: shared }
+}
+
+impl RoomActor {
+    fn is_hub(&self) -> bool {
+        self.node.is_me(&self.cur.hub)
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<RoomCmd>) {
+        while let Some(first) = rx.recv().await {
+            let mut cmds = vec![first];
+            while cmds.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(c) => cmds.push(c),
+                    Err(_) => break,
+                }
+            }
+            let mut work = Work::default();
+            for cmd in cmds {
+                self.handle(cmd, &mut work).await;
+            }
+            self.commit(work).await;
+        }
+    }
+
+    async fn handle(&mut self, cmd: RoomCmd, work: &mut Work) {
+        match cmd {
+            RoomCmd::Local { draft, reply } => {
+                if self.is_hub() {
+                    self.hub_local(draft, reply, work).await
+                } else {
+                    self.participant_local(draft, reply, work)
+                }
+            }
+            RoomCmd::Lpdu { lpdu, reply } => self.hub_lpdu(lpdu, reply, work).await,
+            RoomCmd::FromHub { pdus, reply } => {
+                let results = self.take_from_hub(pdus, work).await;
+                work.on_done(move |r| {
+                    let _ = reply.send(r.map(|_| results));
+                });
+            }
+            RoomCmd::LpduRefused { lpdu_hash, error } => self.lpdu_refused(lpdu_hash, error, work),
+            RoomCmd::AwaitLpdu { lpdu_hash, reply } => self.await_lpdu(lpdu_hash, reply),
+        }
+    }
+
+    // ---- hub ----
+
+    async fn hub_local(&mut self, draft: Draft, reply: super::Reply<LocalOutcome>, work: &mut Work) {
+        // A client retrying a send gets the event it already made.
+        if let Some((device, txn)) = &draft.txn {
+            if let Ok(Some(t)) = self.node.store.client_txn(&draft.sender, device, txn) {
+                if let Ok(id) = EventId::parse(&t.event_id) {
+                    let _ = reply.send(Ok(LocalOutcome::Done(id)));
+                    return;
+                }
+            }
+        }
+        let built = build::hub_event_from_draft(&self.cur, &self.node.key, &draft, now_ms());
+        let pdu = match built {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let pdu = match self.countersign_remote_invite(pdu, work).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        match self.stage(work, pdu) {
+            Ok(p) => {
+                let id = p.event_id().clone();
+                if let Some((device, txn)) = draft.txn {
+                    work.batch.push(Op::PutClientTxn {
+                        user: draft.sender,
+                        device,
+                        txn,
+                        record: ClientTxn {
+                            event_id: id.to_string(),
+                            room_id: self.cur.room_id.to_string(),
+                            ..Default::default()
+                        },
+                    });
+                }
+                work.on_done(move |r| {
+                    let _ = reply.send(r.map(|_| LocalOutcome::Done(id)));
+                });
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    async fn hub_lpdu(&mut self, lpdu: Lpdu, reply: super::Reply<Appended>, work: &mut Work) {
+        if !self.is_hub() {
+            let _ = reply.send(Err(RoomError::NotHub));
+            return;
+        }
+        let state_before = self.cur.state.clone();
+        // A replayed LPDU is not appended twice (OQ-43).
+        let hash = lpdu.lpdu_hash().to_owned();
+        let existing = match work.staged_lpdus.get(&hash) {
+            Some(p) => Some(p.clone()),
+            None => self.load_sequenced(&hash),
+        };
+        if let Some(pdu) = existing {
+            let appended = Appended { event_id: pdu.event_id().clone(), pdu, state_before };
+            work.on_done(move |r| {
+                let _ = reply.send(r.map(|_| appended));
+            });
+            return;
+        }
+        let built = build::hub_event_from_lpdu(&self.cur, &self.node.key, &lpdu);
+        let pdu = match built {
+            Ok(p) => self.countersign_remote_invite(p, work).await,
+            Err(e) => Err(e),
+        };
+        match pdu.and_then(|p| self.stage(work, p)) {
+            Ok(pdu) => {
+                work.staged_lpdus.insert(hash, pdu.clone());
+                let appended = Appended { event_id: pdu.event_id().clone(), pdu, state_before };
+                work.on_done(move |r| {
+                    let _ = reply.send(r.map(|_| appended));
+                });
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    fn load_sequenced(&self, lpdu_hash: &str) -> Option<Arc<Pdu>> {
+        let id = self.node.store.lpdu_event(&self.cur.room_id, lpdu_hash).ok()??;
+        crate::room::load::load_pdu(&self.node, self.cur.version, &id).ok().flatten()
+    }
+
+    /// An invite for a server that does not take part yet goes to that
+    /// server first (E10); it signs the event, which is then appended. The
+    /// room waits for the answer: the event is built on the current tail.
+    async fn countersign_remote_invite(&mut self, pdu: Pdu, work: &mut Work) -> Result<Pdu, RoomError> {
+        let Some(target) = invite_target(&pdu) else {
+            return Ok(pdu);
+        };
+        let server = target.server_name();
+        if self.node.is_me(&server) || self.joined.contains(&server) {
+            return Ok(pdu);
+        }
+        // Make what is staged durable first: the invitee must be able to
+        // fetch the events this one references.
+        let staged = std::mem::take(work);
+        self.commit(staged).await;
+        crate::federation::invite::send_invite(&self.node, &self.cur, pdu).await
+    }
+
+    // ---- participant ----
+
+    fn participant_local(&mut self, draft: Draft, reply: super::Reply<LocalOutcome>, work: &mut Work) {
+        if let Some((device, txn)) = &draft.txn {
+            match self.node.store.client_txn(&draft.sender, device, txn) {
+                Ok(Some(t)) if !t.event_id.is_empty() => {
+                    let id = EventId::parse(&t.event_id).map_err(|e| RoomError::Storage(e.to_string()));
+                    let _ = reply.send(id.map(LocalOutcome::Done));
+                    return;
+                }
+                Ok(Some(t)) if !t.error.is_empty() => {
+                    let _ = reply.send(Err(RoomError::Forbidden(t.error)));
+                    return;
+                }
+                Ok(Some(t)) => {
+                    let (tx, rx) = oneshot::channel();
+                    self.waiters.entry(t.lpdu_hash.clone()).or_default().push(tx);
+                    let _ = reply.send(Ok(LocalOutcome::Waiting { lpdu_hash: t.lpdu_hash, done: rx }));
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                    return;
+                }
+            }
+        }
+        let lpdu = match build::lpdu_from_draft(&self.cur, &self.node.key, &draft, now_ms()) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let hash = lpdu.lpdu_hash().to_owned();
+        let json = serde_json::to_vec(lpdu.json()).unwrap_or_default();
+        let alloc = match self.node.positions.allocate(1) {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+                return;
+            }
+        };
+        let (user, device, txn) = match &draft.txn {
+            Some((d, t)) => (draft.sender.to_string(), d.clone(), t.clone()),
+            None => Default::default(),
+        };
+        let hub = self.cur.hub.clone();
+        work.batch
+            .push(Op::PutPending {
+                lpdu_hash: hash.clone(),
+                pending: PendingLpdu {
+                    room_id: self.cur.room_id.to_string(),
+                    json: json.clone(),
+                    created_ts: now_ms(),
+                    txn_user: user,
+                    txn_device: device.clone(),
+                    txn_id: txn.clone(),
+                },
+            })
+            .push(Op::Enqueue {
+                dest: hub.clone(),
+                pos: alloc.first(),
+                item: QueueItem { item: Some(crate::store::records::queue_item::Item::LpduJson(json)) },
+            });
+        if let Some((d, t)) = &draft.txn {
+            work.batch.push(Op::PutClientTxn {
+                user: draft.sender.clone(),
+                device: d.clone(),
+                txn: t.clone(),
+                record: ClientTxn {
+                    lpdu_hash: hash.clone(),
+                    room_id: self.cur.room_id.to_string(),
+                    ..Default::default()
+                },
+            });
+        }
+        work.allocations.push(alloc);
+        work.wake.insert(hub);
+        let (tx, rx) = oneshot::channel();
+        self.waiters.entry(hash.clone()).or_default().push(tx);
+        work.on_done(move |r| {
+            let _ = reply.send(r.map(|_| LocalOutcome::Waiting { lpdu_hash: hash, done: rx }));
+        });
+    }
+
+    fn lpdu_refused(&mut self, hash: String, error: String, work: &mut Work) {
+        if let Ok(Some(p)) = self.node.store.pending_lpdu(&hash) {
+            work.batch.push(Op::DeletePending(hash.clone()));
+            if let Ok(user) = UserId::parse(&p.txn_user) {
+                work.batch.push(Op::PutClientTxn {
+                    user,
+                    device: p.txn_device,
+                    txn: p.txn_id,
+                    record: ClientTxn {
+                        lpdu_hash: hash.clone(),
+                        room_id: p.room_id,
+                        error: error.clone(),
+                        ..Default::default()
+                    },
+                });
+            }
+        }
+        for w in self.waiters.remove(&hash).unwrap_or_default() {
+            let _ = w.send(Err(RoomError::Forbidden(format!("the hub refused the event: {error}"))));
+        }
+    }
+
+    fn await_lpdu(&mut self, hash: String, reply: oneshot::Sender<Result<EventId, RoomError>>) {
+        self.waiters.entry(hash).or_default().push(reply);
+    }
+
+    // ---- both roles ----
+
+    /// Puts a checked event on the in-memory tail and its writes in the
+    /// batch: event, list entry, state, stream position, memberships of our
+    /// users, and (hub) the outbound queue of every destination.
+    pub(super) fn stage(&mut self, work: &mut Work, pdu: Pdu) -> Result<Arc<Pdu>, RoomError> {
+        self.stage_with(work, pdu, false)
+    }
+
+    pub(super) fn stage_with(&mut self, work: &mut Work, pdu: Pdu, soft_failed: bool) -> Result<Arc<Pdu>, RoomError> {
+        let alloc = self.node.positions.allocate(1)?;
+        let pos = alloc.first();
+        work.allocations.push(alloc);
+        let pdu = Arc::new(pdu);
+        let id = pdu.event_id().clone();
+        let room = self.cur.room_id.clone();
+        let index = self.cur.length;
+        let json = serde_json::to_vec(pdu.json()).unwrap_or_default();
+        let stream = if soft_failed { 0 } else { pos };
+        work.batch
+            .push(Op::PutEvent(
+                id.clone(),
+                EventRecord { json, room_id: room.to_string(), index, stream, soft_failed, ..Default::default() },
+            ))
+            .push(Op::ListEntry { room: room.clone(), index, event: id.clone() });
+        if !soft_failed {
+            work.batch.push(Op::StreamEntry(StreamEntry { pos, room: room.clone(), event: id.clone() }));
+        }
+        let is_member = pdu.event_type() == "m.room.member";
+        let old_membership = match (is_member, pdu.state_key()) {
+            (true, Some(t)) => Some(self.cur.state.membership(t).to_owned()),
+            _ => None,
+        };
+        if !soft_failed {
+            if let Some(sk) = pdu.state_key() {
+                work.batch.push(Op::SetState {
+                    room: room.clone(),
+                    event_type: pdu.event_type().to_owned(),
+                    state_key: sk.to_owned(),
+                    event: id.clone(),
+                });
+                self.cur.state.apply(pdu.clone());
+            }
+            if let (true, Some(target), Some(new)) = (is_member, pdu.state_key(), pdu.membership()) {
+                if let Ok(user) = UserId::parse(target) {
+                    self.joined.update(&user, old_membership.as_deref().unwrap_or("leave"), new);
+                    if user.is_on(&self.node.name) {
+                        work.batch.push(Op::PutMembership {
+                            user,
+                            room: room.clone(),
+                            membership: Membership {
+                                membership: new.to_owned(),
+                                stream: pos,
+                                event_id: id.to_string(),
+                                via_server: self.cur.hub.to_string(),
+                                room_version: self.cur.version.id.to_owned(),
+                                ..Default::default()
+                            },
+                        });
+                    }
+                }
+            }
+        }
+        if self.is_hub() {
+            if let Some(hash) = pdu.lpdu_hash() {
+                work.batch.push(Op::LpduIndex { room: room.clone(), lpdu_hash: hash.to_owned(), event: id.clone() });
+            }
+            for dest in destinations(&self.node.name, &self.joined, &pdu, old_membership.as_deref()) {
+                let item = QueueItem { item: Some(crate::store::records::queue_item::Item::EventId(id.to_string())) };
+                work.batch.push(Op::Enqueue { dest: dest.clone(), pos, item });
+                work.wake.insert(dest);
+            }
+        } else if let Some(hash) = pdu.lpdu_hash() {
+            self.note_echo(work, hash, &id);
+        }
+        self.cur.tail = Some(id.clone());
+        self.cur.length += 1;
+        work.staged_ids.insert(id);
+        work.appended = true;
+        Ok(pdu)
+    }
+
+    /// A participant sees its own LPDU come back sequenced.
+    fn note_echo(&mut self, work: &mut Work, hash: &str, id: &EventId) {
+        let Ok(Some(p)) = self.node.store.pending_lpdu(hash) else {
+            if self.waiters.contains_key(hash) {
+                work.echoes.push((hash.to_owned(), id.clone()));
+            }
+            return;
+        };
+        work.batch.push(Op::DeletePending(hash.to_owned()));
+        if let Ok(user) = UserId::parse(&p.txn_user) {
+            work.batch.push(Op::PutClientTxn {
+                user,
+                device: p.txn_device,
+                txn: p.txn_id,
+                record: ClientTxn {
+                    event_id: id.to_string(),
+                    lpdu_hash: hash.to_owned(),
+                    room_id: p.room_id,
+                    error: String::new(),
+                },
+            });
+        }
+        work.echoes.push((hash.to_owned(), id.clone()));
+    }
+
+    pub(super) fn knows(&self, work: &Work, id: &EventId) -> bool {
+        work.staged_ids.contains(id) || matches!(self.node.store.event(id), Ok(Some(r)) if !r.outlier)
+    }
+
+    /// Writes and flushes a batch, then answers everyone waiting on it.
+    pub(super) async fn commit(&mut self, mut work: Work) {
+        if work.appended {
+            work.batch.push(Op::PutRoom(RoomRecord {
+                room_id: self.cur.room_id.to_string(),
+                room_version: self.cur.version.id.to_owned(),
+                hub_server: self.cur.hub.to_string(),
+                length: self.cur.length,
+                tail: self.cur.tail.as_ref().map(|t| t.to_string()).unwrap_or_default(),
+            }));
+        }
+        let result = if work.batch.is_empty() {
+            Ok(())
+        } else {
+            let store = self.node.store.clone();
+            match store.write(std::mem::take(&mut work.batch)) {
+                Ok(()) => store.flush().await,
+                Err(e) => Err(e),
+            }
+        };
+        let result = result.map_err(|e| {
+            tracing::error!(error = %e, "room write failed; reloading the room");
+            RoomError::from(e)
+        });
+        if result.is_err() {
+            self.reload();
+        } else if work.appended {
+            *self.view.write().expect("poisoned") = Arc::new(self.cur.clone());
+        }
+        // Publishing positions before waking readers lets them see it all.
+        drop(std::mem::take(&mut work.allocations));
+        for dest in &work.wake {
+            self.node.outbound.wake(&self.node, dest);
+        }
+        for (hash, id) in work.echoes.drain(..) {
+            for w in self.waiters.remove(&hash).unwrap_or_default() {
+                let _ = w.send(result.clone().map(|_| id.clone()));
+            }
+        }
+        for done in work.done {
+            done(result.clone());
+        }
+    }
+
+    /// After a failed write the in-memory state may be ahead of the disk:
+    /// read the room back.
+    fn reload(&mut self) {
+        match crate::room::load::load_view(&self.node, &self.cur.room_id) {
+            Ok(Some(view)) => {
+                self.joined = JoinedServers::from_state(&view.state);
+                self.cur = view;
+            }
+            other => tracing::error!(?other, "room could not be reloaded"),
+        }
+    }
+}
+
+fn invite_target(pdu: &Pdu) -> Option<UserId> {
+    if pdu.event_type() != "m.room.member" || pdu.membership() != Some("invite") {
+        return None;
+    }
+    pdu.state_key().and_then(|s| UserId::parse(s).ok())
+}

@@ -1,0 +1,149 @@
+//! Rooms at run time: one writer task per room owns its list tail and state
+//! (hub or participant role), and publishes a read-only view after every
+//! batch. Everything that changes a room goes through its task's inbox.
+
+mod actor;
+mod build;
+mod fanout;
+pub mod load;
+mod receive;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::{mpsc, oneshot};
+
+pub use actor::spawn_room;
+pub use build::Draft;
+pub use load::load_room;
+
+use crate::core::event::{Lpdu, Pdu, RoomVersion};
+use crate::core::ids::{EventId, RoomId, ServerName};
+use crate::core::rooms::StateMap;
+
+/// Why a room refused or failed an operation.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RoomError {
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    BadEvent(String),
+    #[error("event is too large: {0}")]
+    TooLarge(String),
+    #[error("this server is not the room's hub")]
+    NotHub,
+    #[error("the room's hub has not sequenced the event yet")]
+    Pending,
+    #[error("{0}")]
+    Remote(String),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("room task stopped")]
+    Gone,
+}
+
+impl From<crate::store::StoreError> for RoomError {
+    fn from(e: crate::store::StoreError) -> Self {
+        RoomError::Storage(e.to_string())
+    }
+}
+
+/// What readers may see of a room without asking its task.
+#[derive(Debug, Clone)]
+pub struct RoomView {
+    pub room_id: RoomId,
+    pub version: &'static RoomVersion,
+    pub hub: ServerName,
+    pub state: StateMap,
+    pub tail: Option<EventId>,
+    pub length: u64,
+}
+
+impl RoomView {
+    pub fn is_hub(&self, me: &ServerName) -> bool {
+        &self.hub == me
+    }
+}
+
+/// The result of an accepted event.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub event_id: EventId,
+    pub pdu: Arc<Pdu>,
+    /// Room state before the event (for `send_join` answers).
+    pub state_before: StateMap,
+}
+
+pub type Reply<T> = oneshot::Sender<Result<T, RoomError>>;
+
+/// The outcome of a local user's send.
+pub enum LocalOutcome {
+    /// Sequenced (on a hub at once; on a participant when the echo came).
+    Done(EventId),
+    /// A participant's LPDU is on its way; resolves when the hub echoes it.
+    Waiting { lpdu_hash: String, done: oneshot::Receiver<Result<EventId, RoomError>> },
+}
+
+pub enum RoomCmd {
+    /// A local user's event.
+    Local { draft: Draft, reply: Reply<LocalOutcome> },
+    /// An LPDU from a participant (we are the hub); signatures checked.
+    Lpdu { lpdu: Lpdu, reply: Reply<Appended> },
+    /// PDUs from the hub (we participate); signatures checked.
+    FromHub { pdus: Vec<Pdu>, reply: Reply<Vec<Result<(), RoomError>>> },
+    /// A participant learns the hub refused one of its LPDUs.
+    LpduRefused { lpdu_hash: String, error: String },
+    /// A participant waits for an LPDU it sent earlier (a client retry).
+    AwaitLpdu { lpdu_hash: String, reply: oneshot::Sender<Result<EventId, RoomError>> },
+}
+
+#[derive(Clone)]
+pub struct RoomHandle {
+    tx: mpsc::Sender<RoomCmd>,
+    view: Arc<RwLock<Arc<RoomView>>>,
+}
+
+impl RoomHandle {
+    pub fn view(&self) -> Arc<RoomView> {
+        self.view.read().expect("poisoned").clone()
+    }
+
+    pub async fn send(&self, cmd: RoomCmd) -> Result<(), RoomError> {
+        self.tx.send(cmd).await.map_err(|_| RoomError::Gone)
+    }
+
+    /// Sends a command built around a reply channel and awaits the reply.
+    pub async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> RoomCmd) -> Result<T, RoomError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx)).await?;
+        rx.await.map_err(|_| RoomError::Gone)?
+    }
+}
+
+/// The rooms this server knows, by id.
+#[derive(Default)]
+pub struct Rooms {
+    map: Mutex<HashMap<RoomId, RoomHandle>>,
+}
+
+impl Rooms {
+    pub fn get(&self, id: &RoomId) -> Option<RoomHandle> {
+        self.map.lock().expect("poisoned").get(id).cloned()
+    }
+
+    pub fn insert(&self, id: RoomId, handle: RoomHandle) {
+        self.map.lock().expect("poisoned").insert(id, handle);
+    }
+
+    pub fn ids(&self) -> Vec<RoomId> {
+        self.map.lock().expect("poisoned").keys().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().expect("poisoned").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

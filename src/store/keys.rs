@@ -1,0 +1,177 @@
+//! Every key layout of the key-value store, in one place.
+//!
+//! A key is a one-byte table tag followed by its parts. Strings are written
+//! with a two-byte length prefix so no character (not even NUL in a state
+//! key) can make two keys collide; numbers are big-endian so byte order is
+//! numeric order.
+
+/// Table tags.
+pub mod table {
+    pub const ROOM: u8 = b'r';
+    pub const EVENT: u8 = b'e';
+    pub const LIST: u8 = b'l';
+    pub const STATE: u8 = b's';
+    pub const STREAM: u8 = b't';
+    pub const LPDU_INDEX: u8 = b'h';
+    pub const USER: u8 = b'u';
+    pub const TOKEN: u8 = b'a';
+    pub const MEMBERSHIP: u8 = b'm';
+    pub const QUEUE: u8 = b'q';
+    pub const DESTINATION: u8 = b'c';
+    pub const TXN: u8 = b'x';
+    pub const PENDING: u8 = b'p';
+    pub const CLIENT_TXN: u8 = b'n';
+    pub const SERVER_KEYS: u8 = b'k';
+    pub const POSITION: u8 = b'z';
+}
+
+/// Builds a key part by part.
+#[derive(Debug, Clone)]
+pub struct Key(Vec<u8>);
+
+impl Key {
+    pub fn new(table: u8) -> Self {
+        let mut v = Vec::with_capacity(64);
+        v.push(table);
+        Key(v)
+    }
+
+    pub fn s(mut self, part: &str) -> Self {
+        let len = u16::try_from(part.len()).unwrap_or(u16::MAX);
+        self.0.extend_from_slice(&len.to_be_bytes());
+        self.0.extend_from_slice(&part.as_bytes()[..len as usize]);
+        self
+    }
+
+    pub fn n(mut self, n: u64) -> Self {
+        self.0.extend_from_slice(&n.to_be_bytes());
+        self
+    }
+
+    pub fn build(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+/// Reads the parts of a key back, in the order they were written.
+pub struct KeyReader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> KeyReader<'a> {
+    /// Skips the table tag.
+    pub fn new(key: &'a [u8]) -> Self {
+        KeyReader { rest: key.get(1..).unwrap_or_default() }
+    }
+
+    pub fn s(&mut self) -> Option<&'a str> {
+        let len = u16::from_be_bytes(self.rest.get(..2)?.try_into().ok()?) as usize;
+        let part = self.rest.get(2..2 + len)?;
+        self.rest = &self.rest[2 + len..];
+        std::str::from_utf8(part).ok()
+    }
+
+    pub fn n(&mut self) -> Option<u64> {
+        let n = u64::from_be_bytes(self.rest.get(..8)?.try_into().ok()?);
+        self.rest = &self.rest[8..];
+        Some(n)
+    }
+}
+
+pub fn room(room: &str) -> Vec<u8> {
+    Key::new(table::ROOM).s(room).build()
+}
+
+pub fn event(id: &str) -> Vec<u8> {
+    Key::new(table::EVENT).s(id).build()
+}
+
+/// `(room, index) → event id`: the room's list.
+pub fn list(room: &str, index: u64) -> Vec<u8> {
+    Key::new(table::LIST).s(room).n(index).build()
+}
+
+/// `(room, type, state_key) → event id`: current state.
+pub fn state(room: &str, event_type: &str, state_key: &str) -> Vec<u8> {
+    Key::new(table::STATE).s(room).s(event_type).s(state_key).build()
+}
+
+pub fn state_prefix(room: &str) -> Vec<u8> {
+    Key::new(table::STATE).s(room).build()
+}
+
+/// `position → (room, event id)`: this server's stream, for /sync.
+pub fn stream(pos: u64) -> Vec<u8> {
+    Key::new(table::STREAM).n(pos).build()
+}
+
+/// `(room, lpdu hash) → event id`: LPDUs a hub already sequenced (OQ-43).
+pub fn lpdu_index(room: &str, lpdu_hash: &str) -> Vec<u8> {
+    Key::new(table::LPDU_INDEX).s(room).s(lpdu_hash).build()
+}
+
+pub fn user(user: &str) -> Vec<u8> {
+    Key::new(table::USER).s(user).build()
+}
+
+pub fn token(token: &str) -> Vec<u8> {
+    Key::new(table::TOKEN).s(token).build()
+}
+
+pub fn membership(user: &str, room: &str) -> Vec<u8> {
+    Key::new(table::MEMBERSHIP).s(user).s(room).build()
+}
+
+pub fn membership_prefix(user: &str) -> Vec<u8> {
+    Key::new(table::MEMBERSHIP).s(user).build()
+}
+
+/// `(destination, position) → item`: outbound queue.
+pub fn queue(dest: &str, pos: u64) -> Vec<u8> {
+    Key::new(table::QUEUE).s(dest).n(pos).build()
+}
+
+pub fn queue_prefix(dest: &str) -> Vec<u8> {
+    Key::new(table::QUEUE).s(dest).build()
+}
+
+pub fn destination(dest: &str) -> Vec<u8> {
+    Key::new(table::DESTINATION).s(dest).build()
+}
+
+pub fn txn(origin: &str, endpoint: &str, txn: &str) -> Vec<u8> {
+    Key::new(table::TXN).s(origin).s(endpoint).s(txn).build()
+}
+
+pub fn pending(lpdu_hash: &str) -> Vec<u8> {
+    Key::new(table::PENDING).s(lpdu_hash).build()
+}
+
+pub fn client_txn(user: &str, device: &str, txn: &str) -> Vec<u8> {
+    Key::new(table::CLIENT_TXN).s(user).s(device).s(txn).build()
+}
+
+pub fn server_keys(server: &str) -> Vec<u8> {
+    Key::new(table::SERVER_KEYS).s(server).build()
+}
+
+/// The highest position handed out, so a restart never reuses one.
+pub fn position_high_water() -> Vec<u8> {
+    Key::new(table::POSITION).build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_round_trip_and_order() {
+        let k = state("!r:a", "m.room.member", "@u:\0x");
+        let mut r = KeyReader::new(&k);
+        assert_eq!((r.s(), r.s(), r.s()), (Some("!r:a"), Some("m.room.member"), Some("@u:\0x")));
+        assert!(list("!r:a", 2) < list("!r:a", 10));
+        let prefix = Key::new(table::LIST).s("!r:a").build();
+        assert!(list("!r:a", 255).starts_with(&prefix));
+        assert!(!list("!r:ab", 1).starts_with(&prefix));
+    }
+}

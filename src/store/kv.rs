@@ -1,0 +1,87 @@
+//! The ordered key-value layer under `KvStore`: sled on disk, a BTreeMap in
+//! memory for unit tests. Both apply a batch of writes atomically.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::ops::Bound;
+use std::pin::Pin;
+use std::sync::Mutex;
+
+use super::StoreError;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// Key-value pairs read from a range.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+#[derive(Debug, Clone)]
+pub enum KvWrite {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+pub trait Kv: Send + Sync + 'static {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Entries with keys in `[start, end)`, ascending (or descending), at
+    /// most `limit` of them.
+    fn range(&self, start: &[u8], end: &[u8], reverse: bool, limit: usize) -> Result<Entries, StoreError>;
+    /// Applies every write or none.
+    fn apply(&self, writes: Vec<KvWrite>) -> Result<(), StoreError>;
+    /// Resolves once everything applied before the call is on disk.
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xff; prefix.len() + 1]
+}
+
+/// In-memory store for unit tests.
+#[derive(Default)]
+pub struct MemKv {
+    map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl MemKv {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Kv for MemKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.map.lock().expect("poisoned").get(key).cloned())
+    }
+
+    fn range(&self, start: &[u8], end: &[u8], reverse: bool, limit: usize) -> Result<Entries, StoreError> {
+        let map = self.map.lock().expect("poisoned");
+        let r = map.range::<[u8], _>((Bound::Included(start), Bound::Excluded(end)));
+        let clone = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());
+        Ok(if reverse { r.rev().take(limit).map(clone).collect() } else { r.take(limit).map(clone).collect() })
+    }
+
+    fn apply(&self, writes: Vec<KvWrite>) -> Result<(), StoreError> {
+        let mut map = self.map.lock().expect("poisoned");
+        for w in writes {
+            match w {
+                KvWrite::Put(k, v) => {
+                    map.insert(k, v);
+                }
+                KvWrite::Delete(k) => {
+                    map.remove(&k);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+}

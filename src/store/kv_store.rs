@@ -1,0 +1,268 @@
+//! `Store` over an ordered key-value layer; records are protobuf messages.
+
+use prost::Message;
+
+use super::keys::{self, table, Key, KeyReader};
+use super::kv::{prefix_end, BoxFuture, Entries, Kv, KvWrite};
+use super::records::{
+    AccessToken, ClientTxn, DestinationState, EventRecord, Membership, PendingLpdu, QueueItem, RoomRecord, ServerKeys,
+    TxnResponse, UserRecord,
+};
+use super::{Batch, Op, Store, StoreError, StoreResult, StreamEntry};
+use crate::core::ids::{EventId, RoomId, ServerName, UserId};
+
+pub struct KvStore<K> {
+    kv: K,
+}
+
+impl<K: Kv> KvStore<K> {
+    pub fn new(kv: K) -> Self {
+        KvStore { kv }
+    }
+
+    pub fn kv(&self) -> &K {
+        &self.kv
+    }
+
+    fn get<M: Message + Default>(&self, key: &[u8]) -> StoreResult<Option<M>> {
+        match self.kv.get(key)? {
+            None => Ok(None),
+            Some(bytes) => M::decode(bytes.as_slice())
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt(String::from_utf8_lossy(key).into_owned())),
+        }
+    }
+
+    fn prefix(&self, prefix: &[u8], reverse: bool, limit: usize) -> StoreResult<Entries> {
+        self.kv.range(prefix, &prefix_end(prefix), reverse, limit)
+    }
+
+    fn get_str(&self, key: &[u8]) -> StoreResult<Option<String>> {
+        Ok(self.kv.get(key)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    fn event_id_at(&self, key: &[u8]) -> StoreResult<Option<EventId>> {
+        self.get_str(key)?.map(|s| EventId::parse(&s).map_err(|_| corrupt(key))).transpose()
+    }
+}
+
+fn corrupt(key: &[u8]) -> StoreError {
+    StoreError::Corrupt(String::from_utf8_lossy(key).into_owned())
+}
+
+fn put<M: Message>(key: Vec<u8>, m: &M) -> KvWrite {
+    KvWrite::Put(key, m.encode_to_vec())
+}
+
+fn put_str(key: Vec<u8>, s: &str) -> KvWrite {
+    KvWrite::Put(key, s.as_bytes().to_vec())
+}
+
+fn decode<M: Message + Default>(key: &[u8], v: &[u8]) -> StoreResult<M> {
+    M::decode(v).map_err(|_| corrupt(key))
+}
+
+fn stream_entry(key: &[u8], v: &[u8]) -> StoreResult<StreamEntry> {
+    let pos = KeyReader::new(key).n().ok_or_else(|| corrupt(key))?;
+    let mut r = KeyReader::new(v);
+    let bad = || corrupt(key);
+    // The value is laid out like a key: tag byte, then room and event.
+    let room = RoomId::parse(r.s().ok_or_else(bad)?).map_err(|_| bad())?;
+    let event = EventId::parse(r.s().ok_or_else(bad)?).map_err(|_| bad())?;
+    Ok(StreamEntry { pos, room, event })
+}
+
+impl<K: Kv> Store for KvStore<K> {
+    fn room(&self, room: &RoomId) -> StoreResult<Option<RoomRecord>> {
+        self.get(&keys::room(room.as_str()))
+    }
+
+    fn rooms(&self) -> StoreResult<Vec<RoomRecord>> {
+        self.prefix(&[table::ROOM], false, usize::MAX)?.iter().map(|(k, v)| decode(k, v)).collect()
+    }
+
+    fn event(&self, id: &EventId) -> StoreResult<Option<EventRecord>> {
+        self.get(&keys::event(id.as_str()))
+    }
+
+    fn list(&self, room: &RoomId, from: u64, to: u64) -> StoreResult<Vec<EventId>> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let start = keys::list(room.as_str(), from);
+        let end = keys::list(room.as_str(), to);
+        self.kv
+            .range(&start, &end, false, (to - from) as usize)?
+            .iter()
+            .map(|(k, v)| EventId::parse(&String::from_utf8_lossy(v)).map_err(|_| corrupt(k)))
+            .collect()
+    }
+
+    fn state_ids(&self, room: &RoomId) -> StoreResult<Vec<EventId>> {
+        self.prefix(&keys::state_prefix(room.as_str()), false, usize::MAX)?
+            .iter()
+            .map(|(k, v)| EventId::parse(&String::from_utf8_lossy(v)).map_err(|_| corrupt(k)))
+            .collect()
+    }
+
+    fn lpdu_event(&self, room: &RoomId, lpdu_hash: &str) -> StoreResult<Option<EventId>> {
+        self.event_id_at(&keys::lpdu_index(room.as_str(), lpdu_hash))
+    }
+
+    fn stream_after(&self, after: u64, limit: usize) -> StoreResult<Vec<StreamEntry>> {
+        let start = keys::stream(after.saturating_add(1));
+        let end = prefix_end(&[table::STREAM]);
+        self.kv.range(&start, &end, false, limit)?.iter().map(|(k, v)| stream_entry(k, v)).collect()
+    }
+
+    fn stream_before(&self, before: u64, limit: usize) -> StoreResult<Vec<StreamEntry>> {
+        let start = [table::STREAM];
+        let end = keys::stream(before);
+        self.kv.range(&start, &end, true, limit)?.iter().map(|(k, v)| stream_entry(k, v)).collect()
+    }
+
+    fn position_high_water(&self) -> StoreResult<u64> {
+        let key = keys::position_high_water();
+        Ok(match self.kv.get(&key)? {
+            Some(v) => u64::from_be_bytes(v.as_slice().try_into().map_err(|_| corrupt(&key))?),
+            None => 0,
+        })
+    }
+
+    fn user(&self, user: &UserId) -> StoreResult<Option<UserRecord>> {
+        self.get(&keys::user(user.as_str()))
+    }
+
+    fn access_token(&self, token: &str) -> StoreResult<Option<AccessToken>> {
+        self.get(&keys::token(token))
+    }
+
+    fn memberships(&self, user: &UserId) -> StoreResult<Vec<(RoomId, Membership)>> {
+        self.prefix(&keys::membership_prefix(user.as_str()), false, usize::MAX)?
+            .iter()
+            .map(|(k, v)| {
+                let mut r = KeyReader::new(k);
+                r.s();
+                let room = r.s().and_then(|s| RoomId::parse(s).ok()).ok_or_else(|| corrupt(k))?;
+                Ok((room, decode(k, v)?))
+            })
+            .collect()
+    }
+
+    fn membership(&self, user: &UserId, room: &RoomId) -> StoreResult<Option<Membership>> {
+        self.get(&keys::membership(user.as_str(), room.as_str()))
+    }
+
+    fn client_txn(&self, user: &UserId, device: &str, txn: &str) -> StoreResult<Option<ClientTxn>> {
+        self.get(&keys::client_txn(user.as_str(), device, txn))
+    }
+
+    fn queue(&self, dest: &ServerName, after: u64, limit: usize) -> StoreResult<Vec<(u64, QueueItem)>> {
+        let start = keys::queue(dest.as_str(), after.saturating_add(1));
+        let end = prefix_end(&keys::queue_prefix(dest.as_str()));
+        self.kv
+            .range(&start, &end, false, limit)?
+            .iter()
+            .map(|(k, v)| {
+                let mut r = KeyReader::new(k);
+                r.s();
+                let pos = r.n().ok_or_else(|| corrupt(k))?;
+                Ok((pos, decode(k, v)?))
+            })
+            .collect()
+    }
+
+    fn destination(&self, dest: &ServerName) -> StoreResult<DestinationState> {
+        Ok(self.get(&keys::destination(dest.as_str()))?.unwrap_or_default())
+    }
+
+    fn destinations_with_work(&self) -> StoreResult<Vec<ServerName>> {
+        let mut out: Vec<ServerName> = Vec::new();
+        let mut start = vec![table::QUEUE];
+        let end = prefix_end(&[table::QUEUE]);
+        // Hop from destination to destination instead of reading every entry.
+        while let Some((k, _)) = self.kv.range(&start, &end, false, 1)?.pop() {
+            let name = KeyReader::new(&k).s().ok_or_else(|| corrupt(&k))?.to_owned();
+            start = prefix_end(&keys::queue_prefix(&name));
+            out.push(ServerName::parse(&name).map_err(|_| corrupt(&k))?);
+        }
+        Ok(out)
+    }
+
+    fn txn_response(&self, origin: &str, endpoint: &str, txn: &str) -> StoreResult<Option<TxnResponse>> {
+        self.get(&keys::txn(origin, endpoint, txn))
+    }
+
+    fn pending_lpdus(&self) -> StoreResult<Vec<(String, PendingLpdu)>> {
+        self.prefix(&[table::PENDING], false, usize::MAX)?
+            .iter()
+            .map(|(k, v)| {
+                let hash = KeyReader::new(k).s().ok_or_else(|| corrupt(k))?.to_owned();
+                Ok((hash, decode(k, v)?))
+            })
+            .collect()
+    }
+
+    fn pending_lpdu(&self, lpdu_hash: &str) -> StoreResult<Option<PendingLpdu>> {
+        self.get(&keys::pending(lpdu_hash))
+    }
+
+    fn server_keys(&self, server: &ServerName) -> StoreResult<Option<ServerKeys>> {
+        self.get(&keys::server_keys(server.as_str()))
+    }
+
+    fn write(&self, batch: Batch) -> StoreResult<()> {
+        let mut writes = Vec::with_capacity(batch.ops.len());
+        for op in batch.ops {
+            match op {
+                Op::PutRoom(r) => writes.push(put(keys::room(&r.room_id), &r)),
+                Op::PutEvent(id, r) => writes.push(put(keys::event(id.as_str()), &r)),
+                Op::ListEntry { room, index, event } => {
+                    writes.push(put_str(keys::list(room.as_str(), index), event.as_str()))
+                }
+                Op::SetState { room, event_type, state_key, event } => {
+                    writes.push(put_str(keys::state(room.as_str(), &event_type, &state_key), event.as_str()))
+                }
+                Op::StreamEntry(e) => {
+                    let value = Key::new(table::STREAM).s(e.room.as_str()).s(e.event.as_str()).build();
+                    writes.push(KvWrite::Put(keys::stream(e.pos), value));
+                }
+                Op::LpduIndex { room, lpdu_hash, event } => {
+                    writes.push(put_str(keys::lpdu_index(room.as_str(), &lpdu_hash), event.as_str()))
+                }
+                Op::PutMembership { user, room, membership } => {
+                    writes.push(put(keys::membership(user.as_str(), room.as_str()), &membership))
+                }
+                Op::PutUser(u) => writes.push(put(keys::user(&u.user_id), &u)),
+                Op::PutToken { token, record } => writes.push(put(keys::token(&token), &record)),
+                Op::DeleteToken(token) => writes.push(KvWrite::Delete(keys::token(&token))),
+                Op::Enqueue { dest, pos, item } => writes.push(put(keys::queue(dest.as_str(), pos), &item)),
+                Op::Dequeue { dest, up_to } => {
+                    let start = keys::queue_prefix(dest.as_str());
+                    let end = keys::queue(dest.as_str(), up_to.saturating_add(1));
+                    for (k, _) in self.kv.range(&start, &end, false, usize::MAX)? {
+                        writes.push(KvWrite::Delete(k));
+                    }
+                }
+                Op::PutDestination { dest, state } => writes.push(put(keys::destination(dest.as_str()), &state)),
+                Op::PutTxnResponse { origin, endpoint, txn, response } => {
+                    writes.push(put(keys::txn(&origin, &endpoint, &txn), &response))
+                }
+                Op::PutPending { lpdu_hash, pending } => writes.push(put(keys::pending(&lpdu_hash), &pending)),
+                Op::DeletePending(hash) => writes.push(KvWrite::Delete(keys::pending(&hash))),
+                Op::PutClientTxn { user, device, txn, record } => {
+                    writes.push(put(keys::client_txn(user.as_str(), &device, &txn), &record))
+                }
+                Op::PutServerKeys { server, keys: k } => writes.push(put(keys::server_keys(server.as_str()), &k)),
+                Op::PositionHighWater(pos) => {
+                    writes.push(KvWrite::Put(keys::position_high_water(), pos.to_be_bytes().to_vec()))
+                }
+            }
+        }
+        self.kv.apply(writes)
+    }
+
+    fn flush(&self) -> BoxFuture<'_, StoreResult<()>> {
+        self.kv.flush()
+    }
+}

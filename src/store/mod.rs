@@ -1,0 +1,177 @@
+//! Storage in domain terms. `Store` is the seam: roles talk to it, never to
+//! sled. `KvStore` implements it over an ordered key-value layer (`SledKv`
+//! on disk, `MemKv` for unit tests); a server-grade backend would implement
+//! `Store` directly.
+
+mod keys;
+mod kv;
+mod kv_store;
+mod positions;
+mod sled_kv;
+
+pub use kv::{BoxFuture, Kv, MemKv};
+pub use kv_store::KvStore;
+pub use positions::{Allocation, Positions};
+pub use sled_kv::SledKv;
+
+/// The records kept in the store (generated from `proto/lmx/store.proto`).
+pub mod records {
+    include!(concat!(env!("OUT_DIR"), "/lmx.store.rs"));
+}
+
+use records::{
+    AccessToken, ClientTxn, DestinationState, EventRecord, Membership, PendingLpdu, QueueItem, RoomRecord, ServerKeys,
+    TxnResponse, UserRecord,
+};
+
+use crate::core::ids::{EventId, RoomId, ServerName, UserId};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage backend: {0}")]
+    Backend(String),
+    #[error("corrupt record at {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// An event in this server's stream (what /sync reads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    pub pos: u64,
+    pub room: RoomId,
+    pub event: EventId,
+}
+
+/// One write in an atomic batch.
+#[derive(Debug, Clone)]
+pub enum Op {
+    PutRoom(RoomRecord),
+    PutEvent(EventId, EventRecord),
+    ListEntry {
+        room: RoomId,
+        index: u64,
+        event: EventId,
+    },
+    SetState {
+        room: RoomId,
+        event_type: String,
+        state_key: String,
+        event: EventId,
+    },
+    StreamEntry(StreamEntry),
+    LpduIndex {
+        room: RoomId,
+        lpdu_hash: String,
+        event: EventId,
+    },
+    PutMembership {
+        user: UserId,
+        room: RoomId,
+        membership: Membership,
+    },
+    PutUser(UserRecord),
+    PutToken {
+        token: String,
+        record: AccessToken,
+    },
+    DeleteToken(String),
+    Enqueue {
+        dest: ServerName,
+        pos: u64,
+        item: QueueItem,
+    },
+    /// Removes queue entries up to and including `up_to`.
+    Dequeue {
+        dest: ServerName,
+        up_to: u64,
+    },
+    PutDestination {
+        dest: ServerName,
+        state: DestinationState,
+    },
+    PutTxnResponse {
+        origin: String,
+        endpoint: String,
+        txn: String,
+        response: TxnResponse,
+    },
+    PutPending {
+        lpdu_hash: String,
+        pending: PendingLpdu,
+    },
+    DeletePending(String),
+    PutClientTxn {
+        user: UserId,
+        device: String,
+        txn: String,
+        record: ClientTxn,
+    },
+    PutServerKeys {
+        server: ServerName,
+        keys: ServerKeys,
+    },
+    /// Records the highest position handed out (see `Positions`).
+    PositionHighWater(u64),
+}
+
+/// Writes applied together or not at all.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    pub ops: Vec<Op>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, op: Op) -> &mut Self {
+        self.ops.push(op);
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+pub trait Store: Send + Sync + 'static {
+    // Rooms and events.
+    fn room(&self, room: &RoomId) -> StoreResult<Option<RoomRecord>>;
+    fn rooms(&self) -> StoreResult<Vec<RoomRecord>>;
+    fn event(&self, id: &EventId) -> StoreResult<Option<EventRecord>>;
+    /// Event ids at list positions `[from, to)`.
+    fn list(&self, room: &RoomId, from: u64, to: u64) -> StoreResult<Vec<EventId>>;
+    fn state_ids(&self, room: &RoomId) -> StoreResult<Vec<EventId>>;
+    fn lpdu_event(&self, room: &RoomId, lpdu_hash: &str) -> StoreResult<Option<EventId>>;
+    /// Stream entries after `after`, ascending, at most `limit`.
+    fn stream_after(&self, after: u64, limit: usize) -> StoreResult<Vec<StreamEntry>>;
+    /// Stream entries before `before`, descending, at most `limit`.
+    fn stream_before(&self, before: u64, limit: usize) -> StoreResult<Vec<StreamEntry>>;
+    fn position_high_water(&self) -> StoreResult<u64>;
+
+    // Accounts.
+    fn user(&self, user: &UserId) -> StoreResult<Option<UserRecord>>;
+    fn access_token(&self, token: &str) -> StoreResult<Option<AccessToken>>;
+    fn memberships(&self, user: &UserId) -> StoreResult<Vec<(RoomId, Membership)>>;
+    fn membership(&self, user: &UserId, room: &RoomId) -> StoreResult<Option<Membership>>;
+    fn client_txn(&self, user: &UserId, device: &str, txn: &str) -> StoreResult<Option<ClientTxn>>;
+
+    // Federation.
+    /// Queue entries for `dest` after position `after`, ascending.
+    fn queue(&self, dest: &ServerName, after: u64, limit: usize) -> StoreResult<Vec<(u64, QueueItem)>>;
+    fn destination(&self, dest: &ServerName) -> StoreResult<DestinationState>;
+    /// Destinations with undelivered queue entries.
+    fn destinations_with_work(&self) -> StoreResult<Vec<ServerName>>;
+    fn txn_response(&self, origin: &str, endpoint: &str, txn: &str) -> StoreResult<Option<TxnResponse>>;
+    fn pending_lpdus(&self) -> StoreResult<Vec<(String, PendingLpdu)>>;
+    fn pending_lpdu(&self, lpdu_hash: &str) -> StoreResult<Option<PendingLpdu>>;
+    fn server_keys(&self, server: &ServerName) -> StoreResult<Option<ServerKeys>>;
+
+    /// Applies a batch atomically.
+    fn write(&self, batch: Batch) -> StoreResult<()>;
+    /// Resolves when every write made before the call is durable.
+    fn flush(&self) -> BoxFuture<'_, StoreResult<()>>;
+}
