@@ -186,6 +186,7 @@ mod tests {
         let header = sign_request(&key, "PUT", "/s", "b.example", Some(&body), true);
         let h = parse_header(&header).unwrap();
         assert!(verify_request(&h, &key.public_key(), "PUT", "/s", "b.example", Some(&body)));
-        assert!(!verify_request(&h, &key.public_key(), "PUT", "/s", "c.example", Some(&body)));
+        let other = json!({"pdus": [{"x": 0.25}]});
+        assert!(!verify_request(&h, &key.public_key(), "PUT", "/s", "b.example", Some(&other)));
     }
 }
