@@ -1,0 +1,291 @@
+//! Whole lmx servers in one test process: real sled directories, real TLS
+//! with a throwaway CA, real sockets on 127.0.0.1, host names resolved with
+//! `federation.resolve`. Plus a small Client-Server API client.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
+use lmx::app::App;
+use lmx::config::Config;
+use lmx::core::ids::{EventId, RoomId};
+use lmx::node::Node;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A test certificate authority issuing server certificates.
+pub struct Ca {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+    pub pem_path: PathBuf,
+    dir: PathBuf,
+}
+
+impl Ca {
+    pub fn new(dir: &Path) -> Ca {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "lmx test CA");
+        let cert = params.self_signed(&key).unwrap();
+        let pem_path = dir.join("ca.pem");
+        std::fs::write(&pem_path, cert.pem()).unwrap();
+        Ca { cert, key, pem_path, dir: dir.to_owned() }
+    }
+
+    /// A certificate for `hosts`, written as PEM files; returns their paths.
+    pub fn issue(&self, hosts: &[&str]) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>()).unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let cert_path = self.dir.join(format!("{}.crt", hosts[0]));
+        let key_path = self.dir.join(format!("{}.key", hosts[0]));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    }
+}
+
+/// Addresses of every server of a test network, known before any starts.
+pub struct Net {
+    pub dir: tempfile::TempDir,
+    pub ca: Ca,
+    pub resolve: BTreeMap<String, SocketAddr>,
+}
+
+impl Net {
+    pub fn new() -> Net {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new(dir.path());
+        Net { dir, ca, resolve: BTreeMap::new() }
+    }
+
+    /// Reserves a federation port for `host`; the server name is
+    /// `host:8448`, found through `federation.resolve`.
+    pub fn reserve(&mut self, host: &str) -> SocketAddr {
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        self.resolve.insert(host.to_owned(), addr);
+        addr
+    }
+
+    /// A configuration for `host` (call `reserve` for every host first).
+    pub fn config(&self, host: &str) -> Config {
+        let (cert, key) = self.ca.issue(&[host]);
+        let mut c = Config::default();
+        c.server_name = format!("{host}:8448");
+        c.data_dir = self.dir.path().join(host);
+        c.federation.listen = self.resolve[host];
+        c.federation.tls_cert = Some(cert);
+        c.federation.tls_key = Some(key);
+        c.federation.extra_ca_file = Some(self.ca.pem_path.clone());
+        c.federation.resolve = self.resolve.clone();
+        c.federation.retry_base_ms = 200;
+        c.federation.retry_max_ms = 2_000;
+        c.federation.request_timeout_ms = 10_000;
+        c.client.listen = ([127, 0, 0, 1], 0).into();
+        c.client.send_wait_ms = 10_000;
+        c.registration.enabled = true;
+        c.registration.shared_secret = Some("test-secret".into());
+        c
+    }
+}
+
+/// A running server; `stop` drops it the way a shutdown does.
+pub struct Server {
+    pub config: Config,
+    pub client: SocketAddr,
+    node: Option<Arc<Node>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Server {
+    pub async fn start(mut config: Config) -> Server {
+        let app = App::build(config.clone()).await.expect("server starts");
+        let bound = app.addresses();
+        // A restart keeps the client port.
+        config.client.listen = bound.client;
+        let node = app.node();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run(async move {
+            let _ = rx.await;
+        }));
+        Server { config, client: bound.client, node: Some(node), stop: Some(tx), task: Some(task) }
+    }
+
+    /// The running server's parts (store, rooms, keys).
+    pub fn node(&self) -> &Arc<Node> {
+        self.node.as_ref().expect("the server is running")
+    }
+
+    pub fn name(&self) -> String {
+        self.config.server_name.clone()
+    }
+
+    pub async fn stop(&mut self) {
+        // Our handle on the node must go too, or sled stays locked.
+        self.node = None;
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let config = self.config.clone();
+        *self = Server::start(config).await;
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.client)
+    }
+
+    /// This server's copy of a room's list, as event ids.
+    pub fn list(&self, room: &str) -> Vec<EventId> {
+        let room = RoomId::parse(room).unwrap();
+        let store = &self.node().store;
+        let len = store.room(&room).unwrap().map_or(0, |r| r.length);
+        store.list(&room, 0, len).unwrap()
+    }
+}
+
+/// A minimal Client-Server API client over plain HTTP.
+#[derive(Clone)]
+pub struct Client {
+    base: SocketAddr,
+    http: HttpClient<HttpConnector, Full<Bytes>>,
+    pub token: Option<String>,
+    pub user_id: String,
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Client {
+    pub fn new(base: SocketAddr) -> Client {
+        Client { base, http: HttpClient::builder(TokioExecutor::new()).build_http(), token: None, user_id: String::new() }
+    }
+
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
+        let mut req = http::Request::builder().method(method).uri(format!("http://{}{}", self.base, path));
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let resp = self.http.request(req.body(Full::new(bytes)).unwrap()).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Answer { status, body: serde_json::from_slice(&body).unwrap_or(Value::Null) }
+    }
+
+    pub async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let a = self.call(method, path, body).await;
+        assert_eq!(a.status, 200, "{method} {path}: {}", a.body);
+        a.body
+    }
+
+    pub async fn register(mut self, name: &str) -> Client {
+        let body = json!({"username": name, "password": "secret-pw", "auth": {"type": "m.login.dummy"}});
+        let r = self.ok("POST", "/_matrix/client/v3/register", Some(body)).await;
+        self.token = r["access_token"].as_str().map(str::to_owned);
+        self.user_id = r["user_id"].as_str().unwrap().to_owned();
+        self
+    }
+
+    pub async fn create_room(&self, body: Value) -> String {
+        let r = self.ok("POST", "/_matrix/client/v3/createRoom", Some(body)).await;
+        r["room_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn invite(&self, room: &str, user: &str) {
+        self.ok("POST", &format!("/_matrix/client/v3/rooms/{}/invite", enc(room)), Some(json!({ "user_id": user }))).await;
+    }
+
+    pub async fn join(&self, room: &str, via: &str) -> Answer {
+        self.call("POST", &format!("/_matrix/client/v3/join/{}?server_name={}", enc(room), enc(via)), Some(json!({}))).await
+    }
+
+    pub async fn send_text(&self, room: &str, txn: &str, body: &str) -> Answer {
+        let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{}", enc(room), enc(txn));
+        self.call("PUT", &path, Some(json!({"msgtype": "m.text", "body": body}))).await
+    }
+
+    pub async fn send_ok(&self, room: &str, txn: &str, body: &str) -> String {
+        let a = self.send_text(room, txn, body).await;
+        assert_eq!(a.status, 200, "send {body}: {}", a.body);
+        a.body["event_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn put_state(&self, room: &str, ty: &str, key: &str, content: Value) -> Answer {
+        self.call("PUT", &format!("/_matrix/client/v3/rooms/{}/state/{}/{}", enc(room), ty, enc(key)), Some(content)).await
+    }
+
+    pub async fn sync(&self, since: Option<&str>, timeout_ms: u64) -> Value {
+        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
+        if let Some(s) = since {
+            path.push_str(&format!("&since={s}"));
+        }
+        self.ok("GET", &path, None).await
+    }
+
+    /// Every timeline event of `room` seen through incremental syncs until
+    /// `done` holds (or the deadline passes).
+    pub async fn sync_until(&self, room: &str, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
+        let mut seen: Vec<Value> = Vec::new();
+        let mut since: Option<String> = None;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::time::Instant::now() < deadline {
+            let r = self.sync(since.as_deref(), 1000).await;
+            if let Some(events) = r["rooms"]["join"][room]["timeline"]["events"].as_array() {
+                seen.extend(events.iter().cloned());
+            }
+            since = r["next_batch"].as_str().map(str::to_owned);
+            if done(&seen) {
+                break;
+            }
+        }
+        seen
+    }
+}
+
+pub fn enc(s: &str) -> String {
+    lmx::http::encode_segment(s)
+}
+
+/// Bodies of `m.room.message` events, in order.
+pub fn bodies(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Waits until `check` holds, polling.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}

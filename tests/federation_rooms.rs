@@ -1,0 +1,107 @@
+//! A hub and two participants on loopback, each a whole lmx server with its
+//! own sled directory and TLS certificate from a test CA, names resolved
+//! through `federation.resolve`.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+const HUB: &str = "hub.test:8448";
+
+/// The participant's list is the hub's from the participant's join on.
+fn assert_same_list(hub: &Server, other: &Server, room: &str) {
+    let h = hub.list(room);
+    let o = other.list(room);
+    let start = h.iter().position(|id| Some(id) == o.first()).expect("participant's first event is on the hub");
+    assert_eq!(&h[start..], &o[..], "{} diverges from the hub", other.name());
+}
+
+async fn wait_converged(hub: &Server, others: &[&Server], room: &str) {
+    eventually("every server to hold the hub's tail", || {
+        let tail = hub.list(room).last().cloned();
+        others.iter().all(|s| s.list(room).last().cloned() == tail)
+    })
+    .await;
+    for o in others {
+        assert_same_list(hub, o, room);
+    }
+}
+
+async fn wait_invite(c: &Client, room: &str) {
+    let mut since: Option<String> = None;
+    for _ in 0..30 {
+        let r = c.sync(since.as_deref(), 1000).await;
+        if r["rooms"]["invite"].get(room).is_some() {
+            let state = r["rooms"]["invite"][room]["invite_state"]["events"].as_array().cloned().unwrap_or_default();
+            assert!(state.iter().any(|e| e["type"] == "m.room.create"), "stripped state has the create event");
+            return;
+        }
+        since = r["next_batch"].as_str().map(str::to_owned);
+    }
+    panic!("{} never saw the invite", c.user_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_and_two_participants_converge() {
+    let mut net = Net::new();
+    for h in ["hub.test", "p1.test", "p2.test"] {
+        net.reserve(h);
+    }
+    let hub = Server::start(net.config("hub.test")).await;
+    let p1 = Server::start(net.config("p1.test")).await;
+    let p2 = Server::start(net.config("p2.test")).await;
+    let alice = hub.client().register("alice").await;
+    let bob = p1.client().register("bob").await;
+    let carol = p2.client().register("carol").await;
+
+    let room = alice.create_room(json!({"name": "linear", "preset": "private_chat"})).await;
+    // Invites to servers not yet in the room go through E10.
+    alice.invite(&room, &bob.user_id).await;
+    wait_invite(&bob, &room).await;
+    let j = bob.join(&room, HUB).await;
+    assert_eq!(j.status, 200, "bob joins via make_join/send_join: {}", j.body);
+    // A participant invites a user of a third server.
+    bob.invite(&room, &carol.user_id).await;
+    wait_invite(&carol, &room).await;
+    assert_eq!(carol.join(&room, HUB).await.status, 200);
+
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        for (c, who) in [(&alice, "alice"), (&bob, "bob"), (&carol, "carol")] {
+            let body = format!("{who} {i}");
+            c.send_ok(&room, &format!("{who}-{i}"), &body).await;
+            sent.push(body);
+        }
+    }
+    // State changes: the hub's user may, a participant without power may not.
+    assert_eq!(alice.put_state(&room, "m.room.topic", "", json!({"topic": "lm"})).await.status, 200);
+    let refused = bob.put_state(&room, "m.room.name", "", json!({"name": "mine"})).await;
+    assert_eq!((refused.status, refused.body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{}", refused.body);
+    let pl = json!({"users": {alice.user_id.clone(): 100, bob.user_id.clone(): 50}});
+    assert_eq!(alice.put_state(&room, "m.room.power_levels", "", pl).await.status, 200);
+    let named = bob.put_state(&room, "m.room.name", "", json!({"name": "ours"})).await;
+    assert_eq!(named.status, 200, "{}", named.body);
+    carol.send_ok(&room, "carol-last", "last").await;
+    sent.push("last".into());
+
+    wait_converged(&hub, &[&p1, &p2], &room).await;
+    eprintln!("lists: hub {} p1 {} p2 {}", hub.list(&room).len(), p1.list(&room).len(), p2.list(&room).len());
+
+    // Every client sees the messages in the hub's order.
+    for c in [&alice, &bob, &carol] {
+        let events = c.sync_until(&room, |ev| bodies(ev).last().map(String::as_str) == Some("last")).await;
+        let seen: Vec<String> = bodies(&events).into_iter().filter(|b| sent.contains(b)).collect();
+        assert_eq!(seen, sent, "{} sees the messages in order", c.user_id);
+        let names: Vec<&Value> = events.iter().filter(|e| e["type"] == "m.room.name").collect();
+        assert_eq!(names.last().unwrap()["content"]["name"], "ours");
+    }
+    // Sending again with the same transaction id gives the same event.
+    let again = bob.send_ok(&room, "bob-0", "bob 0").await;
+    let first = bob.send_ok(&room, "bob-0", "bob 0").await;
+    assert_eq!(again, first);
+    // History pages back through the list.
+    let page = bob.ok("GET", &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=5", enc(&room)), None).await;
+    assert_eq!(page["chunk"].as_array().unwrap().len(), 5);
+    assert!(page["end"].is_string());
+}
