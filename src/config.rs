@@ -1,6 +1,7 @@
 //! Configuration: an embedded default, an optional TOML file, then `LMX_`
 //! environment variables (`__` separates nesting levels, e.g.
-//! `LMX_FEDERATION__LISTEN=0.0.0.0:8448`). Every key is documented in
+//! `LMX_FEDERATION__LISTEN=0.0.0.0:8448`; `LMX_LOG` is the log filter, not a
+//! key). Every key is documented in
 //! `config.example.toml`.
 
 use std::collections::BTreeMap;
@@ -146,7 +147,8 @@ impl Config {
         if let Some(f) = file {
             fig = fig.merge(Toml::file_exact(f));
         }
-        let config: Config = fig.merge(Env::prefixed("LMX_").split("__")).extract().map_err(Box::new)?;
+        let config: Config =
+            fig.merge(Env::prefixed("LMX_").ignore(&["LOG"]).split("__")).extract().map_err(Box::new)?;
         config.validate()?;
         Ok(config)
     }

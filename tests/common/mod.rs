@@ -180,7 +180,19 @@ pub struct Answer {
 
 impl Client {
     pub fn new(base: SocketAddr) -> Client {
-        Client { base, http: HttpClient::builder(TokioExecutor::new()).build_http(), token: None, user_id: String::new() }
+        Client {
+            base,
+            http: HttpClient::builder(TokioExecutor::new()).build_http(),
+            token: None,
+            user_id: String::new(),
+        }
+    }
+
+    /// The same account through another connection (after a restart).
+    pub fn as_user(mut self, of: &Client) -> Client {
+        self.token = of.token.clone();
+        self.user_id = of.user_id.clone();
+        self
     }
 
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
@@ -215,11 +227,13 @@ impl Client {
     }
 
     pub async fn invite(&self, room: &str, user: &str) {
-        self.ok("POST", &format!("/_matrix/client/v3/rooms/{}/invite", enc(room)), Some(json!({ "user_id": user }))).await;
+        self.ok("POST", &format!("/_matrix/client/v3/rooms/{}/invite", enc(room)), Some(json!({ "user_id": user })))
+            .await;
     }
 
     pub async fn join(&self, room: &str, via: &str) -> Answer {
-        self.call("POST", &format!("/_matrix/client/v3/join/{}?server_name={}", enc(room), enc(via)), Some(json!({}))).await
+        self.call("POST", &format!("/_matrix/client/v3/join/{}?server_name={}", enc(room), enc(via)), Some(json!({})))
+            .await
     }
 
     pub async fn send_text(&self, room: &str, txn: &str, body: &str) -> Answer {
@@ -234,7 +248,8 @@ impl Client {
     }
 
     pub async fn put_state(&self, room: &str, ty: &str, key: &str, content: Value) -> Answer {
-        self.call("PUT", &format!("/_matrix/client/v3/rooms/{}/state/{}/{}", enc(room), ty, enc(key)), Some(content)).await
+        self.call("PUT", &format!("/_matrix/client/v3/rooms/{}/state/{}/{}", enc(room), ty, enc(key)), Some(content))
+            .await
     }
 
     pub async fn sync(&self, since: Option<&str>, timeout_ms: u64) -> Value {
@@ -288,4 +303,33 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("timed out waiting for {what}");
+}
+
+/// A raw HTTPS request to a server's federation listener (HTTP/1.1),
+/// trusting the test CA: for requests a well-behaved client never makes.
+pub async fn raw_federation(
+    net: &Net,
+    server: &Server,
+    method: &str,
+    path: &str,
+    authorization: Option<String>,
+    body: Vec<u8>,
+) -> Answer {
+    let mut tls = lmx::http::tls::client_config(false, Some(&net.ca.pem_path)).unwrap();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let addr = server.config.federation.listen;
+    let host = server.config.server_name.split(':').next().unwrap().to_owned();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let stream = connector.connect(rustls::pki_types::ServerName::try_from(host.clone()).unwrap(), tcp).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::builder().method(method).uri(path).header("host", &server.config.server_name);
+    if let Some(a) = authorization {
+        req = req.header("authorization", a);
+    }
+    let resp = send.send_request(req.body(Full::new(Bytes::from(body))).unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    Answer { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
 }

@@ -1,0 +1,127 @@
+//! Every acknowledged event survives `kill -9`, and outbound delivery
+//! resumes from the persisted queue: real `lmx serve` processes.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+struct Proc {
+    config_path: std::path::PathBuf,
+    child: Option<Child>,
+    client: std::net::SocketAddr,
+}
+
+impl Proc {
+    fn start(net: &Net, host: &str) -> Proc {
+        let mut config = net.config(host);
+        config.client.listen = ([127, 0, 0, 1], free_port()).into();
+        let config_path = net.dir.path().join(format!("{host}.toml"));
+        std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
+        let mut p = Proc { config_path, child: None, client: config.client.listen };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_lmx"))
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .env("LMX_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    async fn ready(&self) -> Client {
+        let c = Client::new(self.client);
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(self.client).await.is_ok() {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server at {} did not start", self.client);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn with_token(c: Client, of: &Client) -> Client {
+    c.as_user(of)
+}
+
+async fn history(c: &Client, room: &str) -> Vec<String> {
+    let page = c.ok("GET", &format!("/_matrix/client/v3/rooms/{}/messages?dir=f&limit=1000", enc(room)), None).await;
+    page["chunk"].as_array().unwrap().iter().filter_map(|e| e["event_id"].as_str().map(str::to_owned)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_survive_kill_9_and_delivery_resumes() {
+    let mut net = Net::new();
+    net.reserve("hub.test");
+    net.reserve("p1.test");
+    let mut hub = Proc::start(&net, "hub.test");
+    let mut p1 = Proc::start(&net, "p1.test");
+    let alice = hub.ready().await.register("alice").await;
+    let bob = p1.ready().await.register("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    assert_eq!(bob.join(&room, "hub.test:8448").await.status, 200);
+
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        acked.push(alice.send_ok(&room, &format!("a{i}"), &format!("a {i}")).await);
+        acked.push(bob.send_ok(&room, &format!("b{i}"), &format!("b {i}")).await);
+    }
+    hub.kill9();
+    hub.spawn();
+    let alice = with_token(hub.ready().await, &alice);
+    let after = history(&alice, &room).await;
+    for id in &acked {
+        assert!(after.contains(id), "{id} was acknowledged before kill -9");
+    }
+
+    // The participant is down while the hub goes on; then the hub dies too.
+    p1.kill9();
+    for i in 0..20 {
+        acked.push(alice.send_ok(&room, &format!("c{i}"), &format!("c {i}")).await);
+    }
+    hub.kill9();
+    hub.spawn();
+    p1.spawn();
+    let alice = with_token(hub.ready().await, &alice);
+    let bob = with_token(p1.ready().await, &bob);
+    // Delivery to p1 resumes from the hub's persisted queue.
+    let mut seen = Vec::new();
+    for _ in 0..300 {
+        seen = history(&bob, &room).await;
+        if seen.last() == acked.last() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen.last(), acked.last(), "p1 caught up after both restarts");
+    let hub_history = history(&alice, &room).await;
+    assert!(hub_history.ends_with(&seen), "p1's list is the hub's tail");
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "nothing delivered twice");
+}
