@@ -65,7 +65,7 @@ impl Drop for Proc {
 }
 
 fn with_token(c: Client, of: &Client) -> Client {
-    c.as_user(of)
+    c.with_user_of(of)
 }
 
 async fn history(c: &Client, room: &str) -> Vec<String> {

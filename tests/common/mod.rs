@@ -83,9 +83,8 @@ impl Net {
     /// A configuration for `host` (call `reserve` for every host first).
     pub fn config(&self, host: &str) -> Config {
         let (cert, key) = self.ca.issue(&[host]);
-        let mut c = Config::default();
-        c.server_name = format!("{host}:8448");
-        c.data_dir = self.dir.path().join(host);
+        let mut c =
+            Config { server_name: format!("{host}:8448"), data_dir: self.dir.path().join(host), ..Default::default() };
         c.federation.listen = self.resolve[host];
         c.federation.tls_cert = Some(cert);
         c.federation.tls_key = Some(key);
@@ -189,7 +188,7 @@ impl Client {
     }
 
     /// The same account through another connection (after a restart).
-    pub fn as_user(mut self, of: &Client) -> Client {
+    pub fn with_user_of(mut self, of: &Client) -> Client {
         self.token = of.token.clone();
         self.user_id = of.user_id.clone();
         self
