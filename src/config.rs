@@ -179,6 +179,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_file_is_the_default() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
+        let from_file: Config =
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::file_exact(path)).extract().unwrap();
+        let want = serde_json::to_value(Config::default()).unwrap();
+        assert_eq!(serde_json::to_value(from_file).unwrap(), want);
+        // Every key of the file is a key of the configuration.
+        let bare: Result<Config, _> = Figment::from(Toml::file_exact(path)).extract();
+        assert!(bare.is_ok(), "{bare:?}");
+    }
+
+    #[test]
     fn defaults_validate_and_plaintext_needs_loopback() {
         let c = Config::default();
         c.validate().unwrap();

@@ -60,6 +60,7 @@ impl FedError {
     }
 }
 
+#[derive(Debug)]
 pub struct FedResponse {
     pub status: StatusCode,
     pub body: Bytes,

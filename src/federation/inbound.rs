@@ -260,3 +260,22 @@ async fn authenticate(node: &Arc<Node>, parts: &Parts, body: Option<&Value>) -> 
     node.outbound.wake_now(node, &origin);
     Ok(origin)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_transaction_in_flight_per_origin() {
+        let t = InboundTxns::default();
+        let guard = match t.begin("a.test", "1") {
+            Begin::Started(g) => g,
+            _ => panic!("first transaction starts"),
+        };
+        assert!(matches!(t.begin("a.test", "1"), Begin::Running(_)), "a retry waits for the running one");
+        assert!(matches!(t.begin("a.test", "2"), Begin::Busy), "another one gets M_BAD_STATE");
+        assert!(matches!(t.begin("b.test", "2"), Begin::Started(_)), "other origins are independent");
+        drop(guard);
+        assert!(matches!(t.begin("a.test", "2"), Begin::Started(_)));
+    }
+}

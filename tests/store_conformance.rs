@@ -1,0 +1,216 @@
+//! One conformance suite for every `Store`: the in-memory store and the
+//! sled store on disk must behave alike.
+
+use std::sync::Arc;
+
+use lmx::core::ids::{EventId, RoomId, ServerName, UserId};
+use lmx::store::records::queue_item::Item;
+use lmx::store::records::*;
+use lmx::store::{Batch, KvStore, MemKv, Op, Positions, SledKv, Store, StreamEntry};
+
+fn room() -> RoomId {
+    RoomId::parse("!r:hub.test").unwrap()
+}
+fn ev(n: u32) -> EventId {
+    EventId::parse(&format!("$event{n}")).unwrap()
+}
+fn server(s: &str) -> ServerName {
+    ServerName::parse(s).unwrap()
+}
+fn user(s: &str) -> UserId {
+    UserId::parse(s).unwrap()
+}
+
+fn write(store: &dyn Store, ops: Vec<Op>) {
+    store.write(Batch { ops }).unwrap();
+}
+
+fn rooms_and_events(store: &dyn Store) {
+    let r = room();
+    let mut ops = vec![Op::PutRoom(RoomRecord {
+        room_id: r.to_string(),
+        room_version: "v".into(),
+        hub_server: "hub.test".into(),
+        length: 3,
+        tail: ev(2).to_string(),
+    })];
+    for i in 0..3u32 {
+        ops.push(Op::PutEvent(
+            ev(i),
+            EventRecord {
+                json: format!("{{\"n\":{i}}}").into_bytes(),
+                room_id: r.to_string(),
+                index: i as u64,
+                stream: 10 + i as u64,
+                ..Default::default()
+            },
+        ));
+        ops.push(Op::ListEntry { room: r.clone(), index: i as u64, event: ev(i) });
+        ops.push(Op::StreamEntry(StreamEntry { pos: 10 + i as u64, room: r.clone(), event: ev(i) }));
+    }
+    ops.push(Op::SetState { room: r.clone(), event_type: "m.room.create".into(), state_key: "".into(), event: ev(0) });
+    ops.push(Op::SetState {
+        room: r.clone(),
+        event_type: "m.room.member".into(),
+        state_key: "@a:hub.test".into(),
+        event: ev(1),
+    });
+    ops.push(Op::SetState {
+        room: r.clone(),
+        event_type: "m.room.member".into(),
+        state_key: "@a:hub.test".into(),
+        event: ev(2),
+    });
+    ops.push(Op::LpduIndex { room: r.clone(), lpdu_hash: "h1".into(), event: ev(2) });
+    write(store, ops);
+
+    assert_eq!(store.room(&r).unwrap().unwrap().length, 3);
+    assert_eq!(store.rooms().unwrap().len(), 1);
+    assert_eq!(store.event(&ev(1)).unwrap().unwrap().index, 1);
+    assert!(store.event(&ev(9)).unwrap().is_none());
+    assert_eq!(store.list(&r, 0, 3).unwrap(), vec![ev(0), ev(1), ev(2)]);
+    assert_eq!(store.list(&r, 1, 2).unwrap(), vec![ev(1)]);
+    assert!(store.list(&r, 2, 1).unwrap().is_empty());
+    let mut state = store.state_ids(&r).unwrap();
+    state.sort();
+    assert_eq!(state, vec![ev(0), ev(2)], "a later state event replaces an earlier one");
+    assert_eq!(store.lpdu_event(&r, "h1").unwrap(), Some(ev(2)));
+    assert_eq!(store.lpdu_event(&r, "h2").unwrap(), None);
+    let after: Vec<u64> = store.stream_after(10, 10).unwrap().iter().map(|e| e.pos).collect();
+    assert_eq!(after, vec![11, 12]);
+    assert_eq!(store.stream_after(0, 1).unwrap()[0].event, ev(0));
+    let before: Vec<u64> = store.stream_before(12, 10).unwrap().iter().map(|e| e.pos).collect();
+    assert_eq!(before, vec![11, 10]);
+    // Another room with a longer id sharing a prefix stays separate.
+    let other = RoomId::parse("!r:hub.test2").unwrap();
+    write(store, vec![Op::ListEntry { room: other.clone(), index: 0, event: ev(7) }]);
+    assert_eq!(store.list(&r, 0, 10).unwrap().len(), 3);
+    assert_eq!(store.list(&other, 0, 10).unwrap(), vec![ev(7)]);
+}
+
+fn accounts(store: &dyn Store) {
+    let u = user("@a:hub.test");
+    write(
+        store,
+        vec![
+            Op::PutUser(UserRecord { user_id: u.to_string(), password_hash: "h".into(), ..Default::default() }),
+            Op::PutToken { token: "t1".into(), record: AccessToken { user_id: u.to_string(), device_id: "D".into() } },
+            Op::PutMembership {
+                user: u.clone(),
+                room: room(),
+                membership: Membership { membership: "join".into(), stream: 5, ..Default::default() },
+            },
+            Op::PutClientTxn {
+                user: u.clone(),
+                device: "D".into(),
+                txn: "x".into(),
+                record: ClientTxn { event_id: ev(1).to_string(), ..Default::default() },
+            },
+        ],
+    );
+    assert_eq!(store.user(&u).unwrap().unwrap().password_hash, "h");
+    assert!(store.user(&user("@b:hub.test")).unwrap().is_none());
+    assert_eq!(store.access_token("t1").unwrap().unwrap().device_id, "D");
+    let ms = store.memberships(&u).unwrap();
+    assert_eq!((ms.len(), ms[0].0.clone(), ms[0].1.membership.as_str()), (1, room(), "join"));
+    assert_eq!(store.membership(&u, &room()).unwrap().unwrap().stream, 5);
+    assert_eq!(store.client_txn(&u, "D", "x").unwrap().unwrap().event_id, ev(1).to_string());
+    assert!(store.client_txn(&u, "E", "x").unwrap().is_none());
+    write(store, vec![Op::DeleteToken("t1".into())]);
+    assert!(store.access_token("t1").unwrap().is_none());
+}
+
+fn federation(store: &dyn Store) {
+    let (a, b) = (server("a.test"), server("b.test"));
+    let item = |n: u32| QueueItem { item: Some(Item::EventId(ev(n).to_string())) };
+    write(
+        store,
+        vec![
+            Op::Enqueue { dest: a.clone(), pos: 3, item: item(3) },
+            Op::Enqueue { dest: a.clone(), pos: 7, item: QueueItem { item: Some(Item::LpduJson(b"{}".to_vec())) } },
+            Op::Enqueue { dest: a.clone(), pos: 9, item: item(9) },
+            Op::Enqueue { dest: b.clone(), pos: 4, item: item(4) },
+        ],
+    );
+    let q: Vec<u64> = store.queue(&a, 0, 10).unwrap().iter().map(|(p, _)| *p).collect();
+    assert_eq!(q, vec![3, 7, 9]);
+    assert_eq!(store.queue(&a, 3, 1).unwrap()[0].0, 7);
+    let mut with_work = store.destinations_with_work().unwrap();
+    with_work.sort();
+    assert_eq!(with_work, vec![a.clone(), b.clone()]);
+    write(
+        store,
+        vec![
+            Op::Dequeue { dest: a.clone(), up_to: 7 },
+            Op::PutDestination {
+                dest: a.clone(),
+                state: DestinationState { acked: 7, inflight_txn: "t".into(), inflight_last: 9 },
+            },
+        ],
+    );
+    assert_eq!(store.queue(&a, 0, 10).unwrap().len(), 1);
+    assert_eq!(store.destination(&a).unwrap().acked, 7);
+    assert_eq!(store.destination(&b).unwrap(), DestinationState::default());
+    write(store, vec![Op::Dequeue { dest: b.clone(), up_to: 100 }]);
+    assert_eq!(store.destinations_with_work().unwrap(), vec![a.clone()]);
+
+    write(
+        store,
+        vec![
+            Op::PutTxnResponse {
+                origin: "a.test".into(),
+                endpoint: "send".into(),
+                txn: "1".into(),
+                response: TxnResponse { received_ts: 1, status: 200, body: b"{}".to_vec() },
+            },
+            Op::PutPending {
+                lpdu_hash: "h".into(),
+                pending: PendingLpdu { room_id: room().to_string(), ..Default::default() },
+            },
+            Op::PutServerKeys { server: a.clone(), keys: ServerKeys { fetched_ts: 5, ..Default::default() } },
+        ],
+    );
+    assert_eq!(store.txn_response("a.test", "send", "1").unwrap().unwrap().status, 200);
+    assert!(store.txn_response("a.test", "invite", "1").unwrap().is_none());
+    assert_eq!(store.pending_lpdus().unwrap().len(), 1);
+    assert!(store.pending_lpdu("h").unwrap().is_some());
+    write(store, vec![Op::DeletePending("h".into())]);
+    assert!(store.pending_lpdus().unwrap().is_empty());
+    assert_eq!(store.server_keys(&a).unwrap().unwrap().fetched_ts, 5);
+}
+
+fn positions(store: Arc<dyn Store>) {
+    let p = Positions::open(store.clone()).unwrap();
+    let a = p.allocate(3).unwrap();
+    let first = a.first();
+    drop(a);
+    assert_eq!(p.watermark(), first + 2);
+    let reopened = Positions::open(store).unwrap();
+    assert!(reopened.allocate(1).unwrap().first() > first + 2, "positions are never reused");
+}
+
+fn suite(store: Arc<dyn Store>) {
+    rooms_and_events(store.as_ref());
+    accounts(store.as_ref());
+    federation(store.as_ref());
+    positions(store);
+}
+
+#[test]
+fn memory_store_conforms() {
+    suite(Arc::new(KvStore::new(MemKv::new())));
+}
+
+#[test]
+fn sled_store_conforms_and_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store: Arc<dyn Store> = Arc::new(KvStore::new(SledKv::open(dir.path(), 8 << 20).unwrap()));
+        suite(store.clone());
+        tokio::runtime::Runtime::new().unwrap().block_on(store.flush()).unwrap();
+    }
+    let reopened = KvStore::new(SledKv::open(dir.path(), 8 << 20).unwrap());
+    assert_eq!(reopened.list(&room(), 0, 3).unwrap(), vec![ev(0), ev(1), ev(2)]);
+    assert!(reopened.user(&user("@a:hub.test")).unwrap().is_some());
+    assert_eq!(reopened.destination(&server("a.test")).unwrap().acked, 7);
+}
