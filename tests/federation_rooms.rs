@@ -105,3 +105,29 @@ async fn hub_and_two_participants_converge() {
     assert_eq!(page["chunk"].as_array().unwrap().len(), 5);
     assert!(page["end"].is_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_federation_on_loopback() {
+    // `federation.insecure_plaintext`: for peers that only speak HTTP.
+    let mut net = Net::new();
+    net.reserve("hub.test");
+    net.reserve("p1.test");
+    let plain = |host: &str| {
+        let mut c = net.config(host);
+        c.federation.insecure_plaintext = true;
+        c
+    };
+    let hub = Server::start(plain("hub.test")).await;
+    let p1 = Server::start(plain("p1.test")).await;
+    let alice = hub.client().register("alice").await;
+    let bob = p1.client().register("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    assert_eq!(bob.join(&room, HUB).await.status, 200);
+    bob.send_ok(&room, "1", "over http").await;
+    wait_converged(&hub, &[&p1], &room).await;
+    // Refused unless the listener is on loopback.
+    let mut open = net.config("p1.test");
+    open.federation.insecure_plaintext = true;
+    open.federation.listen = ([0, 0, 0, 0], 0).into();
+    assert!(open.validate().is_err());
+}
