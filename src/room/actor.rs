@@ -101,7 +101,7 @@ impl RoomActor {
                     self.participant_local(draft, reply, work)
                 }
             }
-            RoomCmd::Lpdu { lpdu, reply } => self.hub_lpdu(lpdu, reply, work).await,
+            RoomCmd::Lpdu { lpdu, with_state, reply } => self.hub_lpdu(lpdu, with_state, reply, work).await,
             RoomCmd::FromHub { pdus, reply } => {
                 let results = self.take_from_hub(pdus, work).await;
                 work.on_done(move |r| {
@@ -165,12 +165,12 @@ impl RoomActor {
         }
     }
 
-    async fn hub_lpdu(&mut self, lpdu: Lpdu, reply: super::Reply<Appended>, work: &mut Work) {
+    async fn hub_lpdu(&mut self, lpdu: Lpdu, with_state: bool, reply: super::Reply<Appended>, work: &mut Work) {
         if !self.is_hub() {
             let _ = reply.send(Err(RoomError::NotHub));
             return;
         }
-        let state_before = self.cur.state.clone();
+        let state_before = with_state.then(|| self.cur.state.clone());
         // A replayed LPDU is not appended twice (OQ-43).
         let hash = lpdu.lpdu_hash().to_owned();
         let existing = match work.staged_lpdus.get(&hash) {

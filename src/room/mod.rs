@@ -70,8 +70,8 @@ impl RoomView {
 pub struct Appended {
     pub event_id: EventId,
     pub pdu: Arc<Pdu>,
-    /// Room state before the event (for `send_join` answers).
-    pub state_before: StateMap,
+    /// Room state before the event, when asked for (`send_join` answers).
+    pub state_before: Option<StateMap>,
 }
 
 pub type Reply<T> = oneshot::Sender<Result<T, RoomError>>;
@@ -88,7 +88,8 @@ pub enum RoomCmd {
     /// A local user's event.
     Local { draft: Draft, reply: Reply<LocalOutcome> },
     /// An LPDU from a participant (we are the hub); signatures checked.
-    Lpdu { lpdu: Lpdu, reply: Reply<Appended> },
+    /// `with_state`: also return the state before the event.
+    Lpdu { lpdu: Lpdu, with_state: bool, reply: Reply<Appended> },
     /// PDUs from the hub (we participate); signatures checked.
     FromHub { pdus: Vec<Pdu>, reply: Reply<Vec<Result<(), RoomError>>> },
     /// A participant learns the hub refused one of its LPDUs.

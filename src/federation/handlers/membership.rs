@@ -99,12 +99,13 @@ pub async fn send(req: Req, membership: &'static str, txn: &str) -> Result<Value
     require_hub(&req, &view)?;
     let lpdu = accept_lpdu(&req, view.version, &req.body).await.map_err(ApiError::bad_json)?;
     check_membership_lpdu(&lpdu, membership)?;
-    let appended: Appended = handle.ask(|reply| RoomCmd::Lpdu { lpdu, reply }).await?;
+    let with_state = membership == "join";
+    let appended: Appended = handle.ask(|reply| RoomCmd::Lpdu { lpdu, with_state, reply }).await?;
     let answer = match membership {
         "join" => {
             // OQ-40: the state before the join, and the auth chain of that
             // state and of the join event.
-            let state: Vec<Arc<Pdu>> = appended.state_before.iter().cloned().collect();
+            let state: Vec<Arc<Pdu>> = appended.state_before.iter().flat_map(|s| s.iter().cloned()).collect();
             let roots = state.iter().cloned().chain(std::iter::once(appended.pdu.clone()));
             let chain = auth_chain(&req.node, &view, roots)?;
             json!({
@@ -162,7 +163,7 @@ pub async fn invite(req: Req, txn: &str) -> Result<Value, ApiError> {
     let answer = if hubbed_here && Lpdu::looks_like_lpdu(&event) {
         let (handle, view) = known_room(&req, room)?;
         let lpdu = accept_lpdu(&req, view.version, &event).await.map_err(ApiError::bad_json)?;
-        let appended = handle.ask(|reply| RoomCmd::Lpdu { lpdu, reply }).await?;
+        let appended = handle.ask(|reply| RoomCmd::Lpdu { lpdu, with_state: false, reply }).await?;
         json!({ "pdu": appended.pdu.json(), "event": appended.pdu.json() })
     } else {
         countersign(&req, version, event).await?

@@ -125,7 +125,7 @@ async fn process_pdus(req: &Req, pdus: &[Value]) -> BTreeMap<String, Value> {
                 continue; // item 165: LPDUs for rooms we do not hub are dropped
             }
             match accept_lpdu(req, version, obj).await {
-                Ok(lpdu) => match handle.ask(|reply| RoomCmd::Lpdu { lpdu, reply }).await {
+                Ok(lpdu) => match handle.ask(|reply| RoomCmd::Lpdu { lpdu, with_state: false, reply }).await {
                     Ok(_) => {}
                     Err(e) => fail(&mut failed, id_of(version, obj), e.to_string()),
                 },
