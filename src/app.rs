@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::client_api::{ClientHandler, RegistrationNonces};
+use crate::client_api::ClientHandler;
 use crate::config::Config;
 use crate::core::ids::RoomId;
 use crate::federation::client::FedClient;
@@ -121,8 +121,7 @@ impl App {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let fed_handler: Arc<dyn Handler> = Arc::new(FedHandler { node: self.node.clone() });
-        let client_handler: Arc<dyn Handler> =
-            Arc::new(ClientHandler { node: self.node.clone(), nonces: Arc::new(RegistrationNonces::default()) });
+        let client_handler: Arc<dyn Handler> = Arc::new(ClientHandler::new(self.node.clone()));
         let fed_task = tokio::spawn(serve(self.federation, self.tls, fed_handler, stop_rx.clone()));
         let client_task = tokio::spawn(serve(self.client, None, client_handler, stop_rx));
         self.node.outbound.resume_all(&self.node)?;

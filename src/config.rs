@@ -73,6 +73,12 @@ pub struct Client {
     /// How long a participant's `send` waits for the hub to sequence the
     /// event before answering with a retryable error.
     pub send_wait_ms: u64,
+    /// Event sends per second per user, and the burst allowed (0: no limit).
+    pub send_per_second: f64,
+    pub send_burst: f64,
+    /// Logins and registrations per second per remote address, and burst.
+    pub login_per_second: f64,
+    pub login_burst: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,7 +126,14 @@ impl Default for Config {
                 retry_max_ms: 3_600_000,
                 request_timeout_ms: 30_000,
             },
-            client: Client { listen: ([127, 0, 0, 1], 8008).into(), send_wait_ms: 10_000 },
+            client: Client {
+                listen: ([127, 0, 0, 1], 8008).into(),
+                send_wait_ms: 10_000,
+                send_per_second: 200.0,
+                send_burst: 1000.0,
+                login_per_second: 5.0,
+                login_burst: 50.0,
+            },
             registration: Registration { enabled: false, shared_secret: None },
             storage: Storage { cache_mb: 64 },
             follower: Follower { host_rooms: true, timeline_cache: 500 },

@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::core::crypto::SigningKey;
 use crate::core::ids::ServerName;
+use crate::ephemeral::Ephemeral;
 use crate::federation::client::FedClient;
 use crate::federation::inbound::InboundTxns;
 use crate::federation::keyring::KeyRing;
@@ -26,6 +27,7 @@ pub struct Node {
     pub fed: Arc<FedClient>,
     pub keyring: KeyRing,
     pub rooms: Rooms,
+    pub ephemeral: Ephemeral,
     pub outbound: Outbound,
     pub inbound: InboundTxns,
     tasks: Mutex<Option<JoinSet<()>>>,
@@ -65,6 +67,7 @@ impl Node {
             fed,
             keyring,
             rooms: Rooms::default(),
+            ephemeral: Ephemeral::default(),
             outbound,
             inbound: InboundTxns::default(),
             tasks: Mutex::new(Some(JoinSet::new())),

@@ -111,12 +111,58 @@ fn accounts(store: &dyn Store) {
     assert_eq!(store.user(&u).unwrap().unwrap().password_hash, "h");
     assert!(store.user(&user("@b:hub.test")).unwrap().is_none());
     assert_eq!(store.access_token("t1").unwrap().unwrap().device_id, "D");
+    assert_eq!(store.device_token(&u, "D").unwrap().as_deref(), Some("t1"));
+    write(
+        store,
+        vec![
+            Op::PutDevice {
+                user: u.clone(),
+                device: "D".into(),
+                record: DeviceRecord { display_name: "phone".into(), ..Default::default() },
+            },
+            Op::PutAccountData { user: u.clone(), room: None, kind: "m.x".into(), content: b"{}".to_vec() },
+            Op::PutAccountData {
+                user: u.clone(),
+                room: Some(room()),
+                kind: "m.y".into(),
+                content: b"{\"a\":1}".to_vec(),
+            },
+            Op::PutFilter { user: u.clone(), id: "f1".into(), json: b"{}".to_vec() },
+            Op::PutReceipt {
+                room: room(),
+                kind: "m.read".into(),
+                user: u.clone(),
+                receipt: Receipt { event_id: ev(1).to_string(), stream: 9, ..Default::default() },
+            },
+            Op::PutAlias {
+                alias: "#a:hub.test".into(),
+                record: AliasRecord { room_id: room().to_string(), creator: u.to_string() },
+            },
+            Op::SideEntry {
+                pos: 12,
+                entry: SideEntry { kind: Some(side_entry::Kind::TypingRoom(room().to_string())) },
+            },
+        ],
+    );
+    assert_eq!(store.devices(&u).unwrap()[0].1.display_name, "phone");
+    assert_eq!(store.account_data_all(&u, None).unwrap().len(), 1);
+    assert_eq!(store.account_data(&u, Some(&room()), "m.y").unwrap().unwrap(), b"{\"a\":1}".to_vec());
+    assert!(store.account_data(&u, None, "m.y").unwrap().is_none(), "room and global data are apart");
+    assert!(store.filter(&u, "f1").unwrap().is_some());
+    assert_eq!(store.receipts(&room()).unwrap()[0].2.stream, 9);
+    assert_eq!(store.alias("#a:hub.test").unwrap().unwrap().room_id, room().to_string());
+    assert_eq!(store.side_after(11, 10).unwrap().len(), 1);
+    assert!(store.side_after(12, 10).unwrap().is_empty());
+    write(store, vec![Op::DeleteDevice { user: u.clone(), device: "D".into() }, Op::DeleteAlias("#a:hub.test".into())]);
+    assert!(store.devices(&u).unwrap().is_empty());
+    assert!(store.alias("#a:hub.test").unwrap().is_none());
     let ms = store.memberships(&u).unwrap();
     assert_eq!((ms.len(), ms[0].0.clone(), ms[0].1.membership.as_str()), (1, room(), "join"));
     assert_eq!(store.membership(&u, &room()).unwrap().unwrap().stream, 5);
     assert_eq!(store.client_txn(&u, "D", "x").unwrap().unwrap().event_id, ev(1).to_string());
     assert!(store.client_txn(&u, "E", "x").unwrap().is_none());
-    write(store, vec![Op::DeleteToken("t1".into())]);
+    write(store, vec![Op::DeleteToken { token: "t1".into(), user: u.clone(), device: "D".into() }]);
+    assert!(store.device_token(&u, "D").unwrap().is_none());
     assert!(store.access_token("t1").unwrap().is_none());
 }
 

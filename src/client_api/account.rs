@@ -14,7 +14,7 @@ use super::Call;
 use crate::core::ids::UserId;
 use crate::http::ApiError;
 use crate::node::{now_ms, random_string, Node};
-use crate::store::records::{AccessToken, UserRecord};
+use crate::store::records::{AccessToken, DeviceRecord, UserRecord};
 use crate::store::{Batch, Op};
 
 pub fn versions() -> Value {
@@ -48,7 +48,7 @@ fn hash_password(password: &str) -> Result<String, ApiError> {
         .map_err(|e| ApiError::unknown(e.to_string()))
 }
 
-fn password_ok(hash: &str, password: &str) -> bool {
+pub(super) fn password_ok(hash: &str, password: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
 }
 
@@ -64,19 +64,21 @@ fn local_user(node: &Node, localpart: &str) -> Result<UserId, ApiError> {
     UserId::parse_lm(&format!("@{localpart}:{}", node.name)).map_err(|_| invalid())
 }
 
-/// Creates a user and, unless `inhibit_login`, a device with a token.
-fn create_user(
-    node: &Node,
-    user: &UserId,
-    password: Option<&str>,
+/// What a new account starts with.
+struct NewUser<'a> {
+    password: Option<&'a str>,
     admin: bool,
-    device: Option<&str>,
+    device: Option<&'a str>,
+    device_name: Option<&'a str>,
     login: bool,
-) -> Result<Value, ApiError> {
+}
+
+/// Creates a user and, unless `inhibit_login`, a device with a token.
+fn create_user(node: &Node, user: &UserId, new: NewUser<'_>) -> Result<Value, ApiError> {
     if node.store.user(user)?.is_some() {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_USER_IN_USE", "User ID already taken"));
     }
-    let hash = match password {
+    let hash = match new.password {
         Some(p) => hash_password(p)?,
         None => String::new(),
     };
@@ -84,13 +86,14 @@ fn create_user(
     b.push(Op::PutUser(UserRecord {
         user_id: user.to_string(),
         password_hash: hash,
-        admin,
+        admin: new.admin,
         displayname: user.localpart().to_owned(),
         created_ts: now_ms(),
+        avatar_url: String::new(),
     }));
     let mut out = json!({"user_id": user.as_str(), "home_server": node.name.as_str()});
-    if login {
-        let (token, device) = new_token(&mut b, user, device);
+    if new.login {
+        let (token, device) = new_token(node, &mut b, user, new.device, new.device_name)?;
         out["access_token"] = json!(token);
         out["device_id"] = json!(device);
     }
@@ -98,14 +101,26 @@ fn create_user(
     Ok(out)
 }
 
-fn new_token(b: &mut Batch, user: &UserId, device: Option<&str>) -> (String, String) {
+/// A new session on `device` (a new device when none is given); a device
+/// that logs in again gets a new token, the old one stops working.
+fn new_token(
+    node: &Node,
+    b: &mut Batch,
+    user: &UserId,
+    device: Option<&str>,
+    display_name: Option<&str>,
+) -> Result<(String, String), ApiError> {
     let token = format!("lmx_{}", random_string(32));
     let device = device.map(str::to_owned).unwrap_or_else(|| random_string(10).to_uppercase());
-    b.push(Op::PutToken {
-        token: token.clone(),
-        record: AccessToken { user_id: user.to_string(), device_id: device.clone() },
-    });
-    (token, device)
+    if let Some(old) = node.store.device_token(user, &device)? {
+        b.push(Op::DeleteToken { token: old, user: user.clone(), device: device.clone() });
+    }
+    let record = AccessToken { user_id: user.to_string(), device_id: device.clone() };
+    b.push(Op::PutToken { token: token.clone(), record });
+    let name = display_name.unwrap_or_default().to_owned();
+    let record = DeviceRecord { display_name: name, last_seen_ts: now_ms(), ..Default::default() };
+    b.push(Op::PutDevice { user: user.clone(), device: device.clone(), record });
+    Ok((token, device))
 }
 
 fn str_field<'a>(call: &'a Call, key: &str) -> Option<&'a str> {
@@ -137,7 +152,15 @@ pub async fn register(call: Call) -> Result<Value, ApiError> {
     let user = local_user(&node, &localpart)?;
     let password = str_field(&call, "password");
     let inhibit = call.body.get("inhibit_login").and_then(Value::as_bool).unwrap_or(false);
-    create_user(&node, &user, password, false, str_field(&call, "device_id"), !inhibit)
+    let display = str_field(&call, "initial_device_display_name");
+    let new = NewUser {
+        password,
+        admin: false,
+        device: str_field(&call, "device_id"),
+        device_name: display,
+        login: !inhibit,
+    };
+    create_user(&node, &user, new)
 }
 
 pub fn available(call: Call) -> Result<Value, ApiError> {
@@ -169,7 +192,8 @@ pub async fn login(call: Call) -> Result<Value, ApiError> {
         return Err(bad());
     }
     let mut b = Batch::new();
-    let (token, device) = new_token(&mut b, &user, str_field(&call, "device_id"));
+    let display = str_field(&call, "initial_device_display_name");
+    let (token, device) = new_token(&call.node, &mut b, &user, str_field(&call, "device_id"), display)?;
     call.node.store.write(b)?;
     Ok(
         json!({"user_id": user.as_str(), "access_token": token, "device_id": device, "home_server": call.node.name.as_str()}),
@@ -182,10 +206,23 @@ pub fn whoami(call: Call) -> Result<Value, ApiError> {
 }
 
 pub fn logout(call: Call) -> Result<Value, ApiError> {
-    call.who()?;
+    let (user, device) = call.who()?;
     let token = call.token.clone().unwrap_or_default();
     let mut b = Batch::new();
-    b.push(Op::DeleteToken(token));
+    b.push(Op::DeleteToken { token, user: user.clone(), device: device.to_owned() });
+    call.node.store.write(b)?;
+    Ok(json!({}))
+}
+
+/// Ends every session of the user (devices stay listed, without tokens).
+pub fn logout_all(call: Call) -> Result<Value, ApiError> {
+    let (user, _) = call.who()?;
+    let mut b = Batch::new();
+    for (device, _) in call.node.store.devices(user)? {
+        if let Some(token) = call.node.store.device_token(user, &device)? {
+            b.push(Op::DeleteToken { token, user: user.clone(), device });
+        }
+    }
     call.node.store.write(b)?;
     Ok(json!({}))
 }
@@ -251,7 +288,8 @@ pub async fn shared_secret_register(method: &Method, call: Call) -> Result<Value
         return Err(ApiError::forbidden("HMAC incorrect"));
     }
     let user = local_user(&call.node, username)?;
-    create_user(&call.node, &user, Some(password), admin, None, true)
+    let new = NewUser { password: Some(password), admin, device: None, device_name: None, login: true };
+    create_user(&call.node, &user, new)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -1,15 +1,15 @@
-//! Room reads for clients: state, history (`/messages`), joined rooms, and
-//! the client event format.
+//! Room reads for clients: state, single events, context, members, joined
+//! rooms, and the client event format.
 //!
-//! History tokens are `t<list position>`; a user may read a room's history
-//! when they have (or had) any membership in it.
+//! A user may read a room when they have (or had) any membership in it.
+
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 
 use super::Call;
 use crate::core::ids::{EventId, RoomId};
 use crate::core::json::{self, NumberPolicy, Object};
-use crate::core::rooms::StateView;
 use crate::http::{query_get, ApiError};
 use crate::node::Node;
 use crate::room::RoomView;
@@ -30,16 +30,27 @@ pub fn client_event(obj: &Object, id: &EventId) -> Value {
 }
 
 pub fn record_event(rec: &EventRecord, id: &EventId) -> Option<Value> {
+    if rec.pruned {
+        return None;
+    }
     let obj = json::parse_object(&rec.json, NumberPolicy::Ieee754).ok()?;
     Some(client_event(&obj, id))
 }
 
-/// A stored event in client format, unless it is hidden (soft-failed).
+/// A stored event in client format; `None` when hidden (soft-failed) or
+/// not held here (pruned by a follower). A redacted event says why.
 pub fn load_client_event(node: &Node, id: &EventId) -> Result<Option<Value>, ApiError> {
-    Ok(node.store.event(id)?.filter(|r| !r.soft_failed).and_then(|r| record_event(&r, id)))
+    let Some(rec) = node.store.event(id)?.filter(|r| !r.soft_failed) else { return Ok(None) };
+    let Some(mut e) = record_event(&rec, id) else { return Ok(None) };
+    if let Ok(by) = EventId::parse(&rec.redacted_by) {
+        if let Some(because) = node.store.event(&by)?.and_then(|r| record_event(&r, &by)) {
+            e["unsigned"]["redacted_because"] = because;
+        }
+    }
+    Ok(Some(e))
 }
 
-fn readable_room(call: &Call, room: &str) -> Result<std::sync::Arc<RoomView>, ApiError> {
+pub fn readable_room(call: &Call, room: &str) -> Result<Arc<RoomView>, ApiError> {
     let (user, _) = call.who()?;
     let room = RoomId::parse(room)
         .map_err(|e| ApiError::new(http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string()))?;
@@ -57,6 +68,7 @@ pub fn full_state(call: Call, room: &str) -> Result<Value, ApiError> {
 }
 
 pub fn state_event(call: Call, room: &str, ty: &str, key: &str) -> Result<Value, ApiError> {
+    use crate::core::rooms::StateView;
     let view = readable_room(&call, room)?;
     let e = view.state.get(ty, key).ok_or_else(|| ApiError::not_found("Event not found"))?;
     Ok(Value::Object(e.content().clone()))
@@ -75,43 +87,79 @@ pub fn joined_rooms(call: Call) -> Result<Value, ApiError> {
     Ok(json!({ "joined_rooms": rooms }))
 }
 
-pub fn parse_index_token(t: &str) -> Option<u64> {
-    t.strip_prefix('t')?.parse().ok()
+/// `GET /rooms/{roomId}/event/{eventId}`.
+pub async fn event(call: Call, room: &str, id: &str) -> Result<Value, ApiError> {
+    let view = readable_room(&call, room)?;
+    let id = EventId::parse(id).map_err(|_| ApiError::not_found("Event not found"))?;
+    let rec = call.node.store.event(&id)?.filter(|r| r.room_id == view.room_id.as_str());
+    if rec.is_some_and(|r| r.pruned) {
+        let got = super::messages::fetch_from_hub(&call.node, &view, std::slice::from_ref(&id)).await?;
+        return got.into_iter().next().map(|(_, e)| e).ok_or_else(|| ApiError::not_found("Event not found"));
+    }
+    load_client_event(&call.node, &id)?.ok_or_else(|| ApiError::not_found("Event not found"))
 }
 
-/// `GET /rooms/{id}/messages`: `dir=b` walks back from `from` (exclusive),
-/// `dir=f` forward from it (inclusive); `end` is absent when nothing more.
-pub fn messages(call: Call, room: &str) -> Result<Value, ApiError> {
+/// `GET /rooms/{roomId}/context/{eventId}`: events around one, and the
+/// state at the end.
+pub fn context(call: Call, room: &str, id: &str) -> Result<Value, ApiError> {
     let view = readable_room(&call, room)?;
-    let forward = query_get(&call.query, "dir") == Some("f");
-    let limit = query_get(&call.query, "limit").and_then(|l| l.parse::<u64>().ok()).unwrap_or(10).clamp(1, 1000);
-    let from = match query_get(&call.query, "from") {
-        Some(t) => parse_index_token(t)
-            .ok_or_else(|| ApiError::new(http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "Unknown token"))?,
-        None if forward => 0,
-        None => view.length,
-    }
-    .min(view.length);
-    let to = query_get(&call.query, "to").and_then(parse_index_token);
-    let (start, end) = if forward {
-        (from, (from + limit).min(to.unwrap_or(u64::MAX)).min(view.length))
-    } else {
-        (from.saturating_sub(limit).max(to.unwrap_or(0)), from)
-    };
-    let ids = call.node.store.list(&view.room_id, start, end)?;
-    let mut chunk = Vec::with_capacity(ids.len());
-    for id in &ids {
-        if let Some(e) = load_client_event(&call.node, id)? {
-            chunk.push(e);
+    let id = EventId::parse(id).map_err(|_| ApiError::not_found("Event not found"))?;
+    let rec = call.node.store.event(&id)?.filter(|r| r.room_id == view.room_id.as_str() && !r.outlier);
+    let rec = rec.ok_or_else(|| ApiError::not_found("Event not found"))?;
+    let event = load_client_event(&call.node, &id)?.ok_or_else(|| ApiError::not_found("Event not found"))?;
+    let limit = query_get(&call.query, "limit").and_then(|l| l.parse::<u64>().ok()).unwrap_or(10).min(100);
+    let before_n = limit / 2;
+    let after_n = limit - before_n;
+    let load = |ids: Vec<EventId>| -> Result<Vec<Value>, ApiError> {
+        let mut out = Vec::new();
+        for i in &ids {
+            if let Some(e) = load_client_event(&call.node, i)? {
+                out.push(e);
+            }
         }
+        Ok(out)
+    };
+    let start = rec.index.saturating_sub(before_n);
+    let mut before = load(call.node.store.list(&view.room_id, start, rec.index)?)?;
+    before.reverse();
+    let end = (rec.index + 1 + after_n).min(view.length);
+    let after = load(call.node.store.list(&view.room_id, rec.index + 1, end)?)?;
+    let state: Vec<Value> = view.state.iter().map(|p| client_event(p.json(), p.event_id())).collect();
+    Ok(json!({
+        "event": event,
+        "events_before": before,
+        "events_after": after,
+        "start": format!("t{start}"),
+        "end": format!("t{end}"),
+        "state": state,
+    }))
+}
+
+/// `GET /rooms/{roomId}/members` (`membership`, `not_membership`).
+pub fn members(call: Call, room: &str) -> Result<Value, ApiError> {
+    let view = readable_room(&call, room)?;
+    let only = query_get(&call.query, "membership");
+    let not = query_get(&call.query, "not_membership");
+    let chunk: Vec<Value> = view
+        .state
+        .iter()
+        .filter(|p| p.event_type() == "m.room.member")
+        .filter(|p| only.is_none_or(|m| p.membership() == Some(m)) && not.is_none_or(|m| p.membership() != Some(m)))
+        .map(|p| client_event(p.json(), p.event_id()))
+        .collect();
+    Ok(json!({ "chunk": chunk }))
+}
+
+/// `GET /rooms/{roomId}/joined_members`.
+pub fn joined_members(call: Call, room: &str) -> Result<Value, ApiError> {
+    let view = readable_room(&call, room)?;
+    let mut joined = serde_json::Map::new();
+    for p in view.state.iter().filter(|p| p.event_type() == "m.room.member" && p.membership() == Some("join")) {
+        let c = p.content();
+        joined.insert(
+            p.state_key().unwrap_or_default().to_owned(),
+            json!({"display_name": c.get("displayname"), "avatar_url": c.get("avatar_url")}),
+        );
     }
-    if !forward {
-        chunk.reverse();
-    }
-    let mut out = json!({ "chunk": chunk, "start": format!("t{from}") });
-    let more = if forward { end < view.length && to.is_none_or(|t| end < t) } else { start > to.unwrap_or(0) };
-    if more {
-        out["end"] = json!(format!("t{}", if forward { end } else { start }));
-    }
-    Ok(out)
+    Ok(json!({ "joined": joined }))
 }

@@ -1,9 +1,17 @@
-//! The Matrix Client-Server API lmx serves (a first subset; see README for
-//! the list). Every endpoint but `versions`, `login` and `register` needs
-//! an access token.
+//! The Matrix Client-Server API (README lists what is served). Every
+//! endpoint but `versions`, `login` and `register` needs an access token.
 
 mod account;
+mod account_data;
+mod devices;
+mod directory;
 mod events;
+mod filter;
+mod membership;
+mod messages;
+mod presence;
+mod profile;
+mod ratelimit;
 mod rooms;
 mod sync;
 
@@ -22,6 +30,7 @@ use crate::node::Node;
 use crate::store::BoxFuture;
 
 pub use account::RegistrationNonces;
+use ratelimit::Limiter;
 
 /// A request after routing: the caller (if authenticated) and its inputs.
 pub struct Call {
@@ -44,8 +53,22 @@ impl Call {
 }
 
 pub struct ClientHandler {
-    pub node: Arc<Node>,
-    pub nonces: Arc<RegistrationNonces>,
+    node: Arc<Node>,
+    nonces: Arc<RegistrationNonces>,
+    sends: Limiter,
+    logins: Limiter,
+}
+
+impl ClientHandler {
+    pub fn new(node: Arc<Node>) -> Self {
+        let c = &node.config.client;
+        ClientHandler {
+            sends: Limiter::new(c.send_per_second, c.send_burst),
+            logins: Limiter::new(c.login_per_second, c.login_burst),
+            nonces: Arc::new(RegistrationNonces::default()),
+            node,
+        }
+    }
 }
 
 impl Handler for ClientHandler {
@@ -53,7 +76,7 @@ impl Handler for ClientHandler {
         let span = tracing::debug_span!("client", method = %req.method(), path = %req.uri().path(), %remote);
         Box::pin(
             async move {
-                let mut resp = match self.route(req).await {
+                let mut resp = match self.route(req, remote).await {
                     Ok(v) => ok_json(&v),
                     Err(e) => e.into_response(),
                 };
@@ -86,7 +109,7 @@ fn token_of(req: &Request<Incoming>, query: &[(String, String)]) -> Option<Strin
 }
 
 impl ClientHandler {
-    async fn route(&self, req: Request<Incoming>) -> Result<Value, ApiError> {
+    async fn route(&self, req: Request<Incoming>, remote: SocketAddr) -> Result<Value, ApiError> {
         if req.method() == Method::OPTIONS {
             return Ok(serde_json::json!({}));
         }
@@ -116,6 +139,15 @@ impl ClientHandler {
             ["_matrix", "client", "v3" | "r0", rest @ ..] => rest,
             _ => return Err(ApiError::unrecognized()),
         };
+        match rest {
+            ["login"] | ["register"] if method == Method::POST => self.logins.check(&remote.ip().to_string())?,
+            ["rooms", _, "send" | "state" | "redact", ..] if method == Method::PUT => {
+                if let Some((u, _)) = &call.user {
+                    self.sends.check(u.as_str())?;
+                }
+            }
+            _ => {}
+        }
         dispatch(&method, rest, call).await
     }
 }
@@ -131,31 +163,79 @@ fn only(method: &Method, want: Method) -> Result<(), ApiError> {
 async fn dispatch(method: &Method, rest: &[&str], call: Call) -> Result<Value, ApiError> {
     use Method as M;
     match (rest, method) {
+        // Accounts, devices, profiles.
         (["login"], &M::GET) => Ok(account::login_flows()),
         (["login"], &M::POST) => account::login(call).await,
         (["register"], &M::POST) => account::register(call).await,
         (["register", "available"], &M::GET) => account::available(call),
         (["account", "whoami"], &M::GET) => account::whoami(call),
         (["logout"], &M::POST) => account::logout(call),
+        (["logout", "all"], &M::POST) => account::logout_all(call),
         (["capabilities"], &M::GET) => Ok(account::capabilities()),
+        (["devices"], &M::GET) => devices::list(call),
+        (["devices", id], &M::GET) => devices::get(call, id),
+        (["devices", id], &M::PUT) => devices::update(call, id),
+        (["devices", id], &M::DELETE) => devices::delete(call, id),
+        (["delete_devices"], &M::POST) => devices::delete_many(call),
+        (["profile", user], &M::GET) => profile::get(call, user, None),
+        (["profile", user, field], &M::GET) => profile::get(call, user, Some(field)),
+        (["profile", user, field], &M::PUT) => profile::put(call, user, field).await,
+        // Account data, filters, push rules, presence.
+        (["user", user, "account_data", kind], &M::GET) => account_data::get(call, user, None, kind),
+        (["user", user, "account_data", kind], &M::PUT) => account_data::put(call, user, None, kind).await,
+        (["user", user, "rooms", room, "account_data", kind], &M::GET) => {
+            account_data::get(call, user, Some(room), kind)
+        }
+        (["user", user, "rooms", room, "account_data", kind], &M::PUT) => {
+            account_data::put(call, user, Some(room), kind).await
+        }
+        (["user", user, "filter"], &M::POST) => filter::create(call, user),
+        (["user", user, "filter", id], &M::GET) => filter::get(call, user, id),
+        (["pushrules", rest @ ..], &M::GET) if rest.first().is_none_or(|s| s.is_empty() || *s == "global") => {
+            account_data::push_rules(call, rest)
+        }
+        (["pushrules", "global", kind, id], &M::PUT) => account_data::put_push_rule(call, kind, id, None).await,
+        (["pushrules", "global", kind, id, attr @ ("enabled" | "actions")], &M::PUT) => {
+            account_data::put_push_rule(call, kind, id, Some(attr)).await
+        }
+        (["pushrules", "global", kind, id], &M::DELETE) => account_data::delete_push_rule(call, kind, id).await,
+        (["presence", user, "status"], &M::GET) => presence::get_status(call, user),
+        (["presence", user, "status"], &M::PUT) => presence::put_status(call, user),
+        // Rooms.
         (["createRoom"], &M::POST) => rooms::create_room(call).await,
-        (["join", room], &M::POST) | (["rooms", room, "join"], &M::POST) => rooms::join(call, room).await,
-        (["rooms", room, "invite"], &M::POST) => rooms::invite(call, room).await,
-        (["rooms", room, "leave"], &M::POST) => rooms::leave(call, room).await,
+        (["join", room], &M::POST) | (["rooms", room, "join"], &M::POST) => membership::join(call, room).await,
+        (["knock", room], &M::POST) => membership::knock(call, room).await,
+        (["rooms", room, "invite"], &M::POST) => membership::change_other(call, room, "invite").await,
+        (["rooms", room, "kick"], &M::POST) => membership::change_other(call, room, "leave").await,
+        (["rooms", room, "ban"], &M::POST) => membership::change_other(call, room, "ban").await,
+        (["rooms", room, "unban"], &M::POST) => membership::change_other(call, room, "unban").await,
+        (["rooms", room, "leave"], &M::POST) => membership::leave(call, room).await,
+        (["rooms", room, "forget"], &M::POST) => membership::forget(call, room).await,
         (["rooms", room, "send", ty, txn], &M::PUT) => rooms::send(call, room, ty, txn).await,
+        (["rooms", room, "redact", event, txn], &M::PUT) => rooms::redact(call, room, event, txn).await,
         (["rooms", room, "state", ty], &M::PUT) => rooms::put_state(call, room, ty, "").await,
         (["rooms", room, "state", ty, key], &M::PUT) => rooms::put_state(call, room, ty, key).await,
         (["rooms", room, "state"], &M::GET) => events::full_state(call, room),
         (["rooms", room, "state", ty], &M::GET) => events::state_event(call, room, ty, ""),
         (["rooms", room, "state", ty, key], &M::GET) => events::state_event(call, room, ty, key),
-        (["rooms", room, "messages"], &M::GET) => events::messages(call, room),
-        (["sync"], &M::GET) => sync::sync(call).await,
+        (["rooms", room, "event", id], &M::GET) => events::event(call, room, id).await,
+        (["rooms", room, "context", id], &M::GET) => events::context(call, room, id),
+        (["rooms", room, "members"], &M::GET) => events::members(call, room),
+        (["rooms", room, "joined_members"], &M::GET) => events::joined_members(call, room),
+        (["rooms", room, "messages"], &M::GET) => messages::messages(call, room).await,
+        (["rooms", room, "typing", user], &M::PUT) => presence::typing(call, room, user),
+        (["rooms", room, "receipt", kind, event], &M::POST) => presence::receipt(call, room, kind, event).await,
+        (["rooms", room, "read_markers"], &M::POST) => presence::read_markers(call, room).await,
+        (["directory", "room", alias], &M::GET) => directory::get(call, alias),
+        (["directory", "room", alias], &M::PUT) => directory::put(call, alias),
+        (["directory", "room", alias], &M::DELETE) => directory::delete(call, alias),
         (["joined_rooms"], &M::GET) => events::joined_rooms(call),
+        (["sync"], &M::GET) => sync::sync(call).await,
         // Known paths with another method.
-        (["login"] | ["register"] | ["createRoom"] | ["sync"] | ["joined_rooms"], _) => {
+        (["login"] | ["register"] | ["createRoom"] | ["sync"] | ["joined_rooms"] | ["devices", ..], _) => {
             Err(ApiError::method_not_allowed())
         }
-        (["rooms", _, "send" | "state" | "messages" | "invite" | "leave" | "join", ..], _) => {
+        (["rooms", _, "send" | "state" | "messages" | "invite" | "leave" | "join" | "kick" | "ban", ..], _) => {
             Err(ApiError::method_not_allowed())
         }
         _ => Err(ApiError::unrecognized()),

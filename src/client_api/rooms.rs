@@ -7,18 +7,13 @@ use serde_json::{json, Value};
 
 use super::Call;
 use crate::core::event::{RoomVersion, LM_VERSION};
-use crate::core::ids::{EventId, RoomId, ServerName, UserId};
+use crate::core::ids::{EventId, RoomId, UserId};
 use crate::core::json::Object;
 use crate::http::ApiError;
 use crate::node::{now_ms, random_string};
 use crate::room::{spawn_room, Draft, LocalOutcome, RoomCmd, RoomError, RoomView};
-use crate::store::records::Membership;
-use crate::store::{Batch, Op, StreamEntry};
 
-fn room_id(s: &str) -> Result<RoomId, ApiError> {
-    if s.starts_with('#') {
-        return Err(ApiError::not_found("Room aliases are not supported yet"));
-    }
+pub(super) fn room_id(s: &str) -> Result<RoomId, ApiError> {
     RoomId::parse(s).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string()))
 }
 
@@ -42,7 +37,7 @@ pub async fn submit(call: &Call, room: &RoomId, draft: Draft) -> Result<EventId,
     }
 }
 
-fn draft(user: &UserId, event_type: &str, state_key: Option<&str>, content: Object) -> Draft {
+pub(super) fn draft(user: &UserId, event_type: &str, state_key: Option<&str>, content: Object) -> Draft {
     Draft {
         sender: user.clone(),
         event_type: event_type.to_owned(),
@@ -52,7 +47,7 @@ fn draft(user: &UserId, event_type: &str, state_key: Option<&str>, content: Obje
     }
 }
 
-fn obj(v: Value) -> Object {
+pub(super) fn obj(v: Value) -> Object {
     v.as_object().cloned().unwrap_or_default()
 }
 
@@ -143,6 +138,17 @@ pub async fn create_room(call: Call) -> Result<Value, ApiError> {
         let sk = s.get("state_key").and_then(Value::as_str).unwrap_or("");
         drafts.push(draft(&user, t, Some(sk), c.clone()));
     }
+    let alias = match body.get("room_alias_name").and_then(Value::as_str) {
+        Some(local) => {
+            let alias = format!("#{local}:{}", node.name);
+            if node.store.alias(&alias)?.is_some() {
+                return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_ROOM_IN_USE", "Room alias already taken"));
+            }
+            drafts.push(draft(&user, "m.room.canonical_alias", Some(""), obj(json!({ "alias": alias }))));
+            Some(alias)
+        }
+        None => None,
+    };
     if let Some(name) = body.get("name").and_then(Value::as_str) {
         drafts.push(draft(&user, "m.room.name", Some(""), obj(json!({ "name": name }))));
     }
@@ -167,113 +173,13 @@ pub async fn create_room(call: Call) -> Result<Value, ApiError> {
     };
     let handle = spawn_room(&node, view);
     node.rooms.insert(room.clone(), handle);
+    if let Some(a) = &alias {
+        super::directory::create(&call, a, &room)?;
+    }
     for d in drafts {
         submit(&call, &room, d).await?;
     }
     Ok(json!({ "room_id": room.as_str() }))
-}
-
-/// Whether this server takes part in the room (hubs it or has a joined user).
-fn participating(call: &Call, view: &RoomView) -> bool {
-    view.is_hub(&call.node.name) || view.state.joined_members().any(|u| u.is_on(&call.node.name))
-}
-
-fn named_servers(call: &Call) -> Vec<ServerName> {
-    call.query
-        .iter()
-        .filter(|(k, _)| k == "server_name" || k == "via")
-        .filter_map(|(_, v)| ServerName::parse(v).ok())
-        .collect()
-}
-
-pub async fn join(call: Call, room: &str) -> Result<Value, ApiError> {
-    let (user, _) = call.who()?;
-    let user = user.clone();
-    let room = room_id(room)?;
-    let content = obj(json!({"membership": "join", "displayname": user.localpart()}));
-    if let Some(h) = call.node.rooms.get(&room) {
-        if participating(&call, &h.view()) {
-            submit(&call, &room, draft(&user, "m.room.member", Some(user.as_str()), content)).await?;
-            return Ok(json!({ "room_id": room.as_str() }));
-        }
-    }
-    let mut servers = named_servers(&call);
-    if let Some(m) = call.node.store.membership(&user, &room)? {
-        if let Ok(s) = ServerName::parse(&m.via_server) {
-            servers.push(s);
-        }
-    }
-    let candidates = crate::federation::join::candidates(&room, &servers);
-    let mut extra = content;
-    extra.remove("membership");
-    crate::federation::join::join_remote(&call.node, &room, &user, &candidates, &extra).await?;
-    Ok(json!({ "room_id": room.as_str() }))
-}
-
-pub async fn invite(call: Call, room: &str) -> Result<Value, ApiError> {
-    let (user, _) = call.who()?;
-    let user = user.clone();
-    let room = room_id(room)?;
-    let target = call
-        .body
-        .get("user_id")
-        .and_then(Value::as_str)
-        .and_then(|u| UserId::parse(u).ok())
-        .ok_or_else(|| ApiError::bad_json("user_id must be a user id"))?;
-    let mut content = obj(json!({"membership": "invite"}));
-    if let Some(r) = call.body.get("reason") {
-        content.insert("reason".into(), r.clone());
-    }
-    submit(&call, &room, draft(&user, "m.room.member", Some(target.as_str()), content)).await?;
-    Ok(json!({}))
-}
-
-pub async fn leave(call: Call, room: &str) -> Result<Value, ApiError> {
-    let (user, _) = call.who()?;
-    let user = user.clone();
-    let room = room_id(room)?;
-    if let Some(h) = call.node.rooms.get(&room) {
-        if participating(&call, &h.view()) {
-            submit(
-                &call,
-                &room,
-                draft(&user, "m.room.member", Some(user.as_str()), obj(json!({"membership": "leave"}))),
-            )
-            .await?;
-            return Ok(json!({}));
-        }
-    }
-    // Rejecting an invite to a room this server does not take part in.
-    let m = call.node.store.membership(&user, &room)?.ok_or_else(|| ApiError::forbidden("You are not in this room"))?;
-    if m.membership != "invite" && m.membership != "knock" {
-        return Ok(json!({}));
-    }
-    let mut servers = named_servers(&call);
-    if let Ok(s) = ServerName::parse(&m.via_server) {
-        servers.push(s);
-    }
-    let candidates = crate::federation::join::candidates(&room, &servers);
-    crate::federation::join::leave_remote(&call.node, &room, &user, &candidates).await?;
-    let alloc = call.node.positions.allocate(1)?;
-    let mut b = Batch::new();
-    b.push(Op::PutMembership {
-        user: user.clone(),
-        room: room.clone(),
-        membership: Membership {
-            membership: "leave".into(),
-            stream: alloc.first(),
-            via_server: m.via_server,
-            room_version: m.room_version,
-            ..Default::default()
-        },
-    });
-    if let Ok(id) = EventId::parse(&m.event_id) {
-        b.push(Op::StreamEntry(StreamEntry { pos: alloc.first(), room, event: id }));
-    }
-    call.node.store.write(b)?;
-    call.node.store.flush().await?;
-    drop(alloc);
-    Ok(json!({}))
 }
 
 pub async fn send(call: Call, room: &str, event_type: &str, txn: &str) -> Result<Value, ApiError> {
@@ -296,4 +202,20 @@ pub async fn put_state(call: Call, room: &str, event_type: &str, state_key: &str
 /// The time an event's age is measured from, for `unsigned.age`.
 pub fn age_of(ts: i64) -> i64 {
     (now_ms() - ts).max(0)
+}
+
+/// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`: an `m.room.redaction`
+/// event (v11 shape: `content.redacts`); the hub applies it to the stored
+/// event when the redactor may (OQ-11).
+pub async fn redact(call: Call, room: &str, event: &str, txn: &str) -> Result<Value, ApiError> {
+    let (user, device) = call.who()?;
+    let target =
+        EventId::parse(event).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string()))?;
+    let mut content = call.body.clone();
+    content.insert("redacts".into(), json!(target.as_str()));
+    let mut d = draft(user, "m.room.redaction", None, content);
+    d.txn = Some((device.to_owned(), format!("redact-{txn}")));
+    let room = room_id(room)?;
+    let id = submit(&call, &room, d).await?;
+    Ok(json!({ "event_id": id.as_str() }))
 }

@@ -1,34 +1,41 @@
-//! `GET /sync`: tokens are `s<stream position>`; a long poll waits for the
-//! stream's watermark to move (so an event is never shown before it is
-//! durable, and never skipped).
+//! `GET /sync`. Tokens are `s<stream position>` and survive restarts; a
+//! long poll waits for the stream's watermark to move, so an event is never
+//! shown before it is durable and never skipped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::account_data::default_rules;
 use super::events::{client_event, load_client_event, record_event};
+use super::filter::{self, SyncFilter};
 use super::Call;
-use crate::core::ids::{EventId, RoomId};
+use crate::core::ids::{EventId, RoomId, UserId};
 use crate::core::json::{self, NumberPolicy};
 use crate::http::{query_get, ApiError};
+use crate::store::records::side_entry::Kind;
 use crate::store::records::Membership;
 
-/// Timeline events per room in one answer.
-const TIMELINE_LIMIT: u64 = 50;
+/// Timeline events per room when the filter sets no limit.
+const TIMELINE_LIMIT: u64 = 20;
 /// Stream entries read per answer; the token then points mid-way.
 const STREAM_PAGE: usize = 2000;
 const MAX_TIMEOUT_MS: u64 = 120_000;
+/// Unread counts stop here.
+const UNREAD_CAP: u64 = 100;
 
 fn parse_since(t: &str) -> Option<u64> {
     t.strip_prefix('s').unwrap_or(t).parse().ok()
 }
 
 pub async fn sync(call: Call) -> Result<Value, ApiError> {
-    call.who()?;
+    let (user, _) = call.who()?;
+    let user = user.clone();
     let timeout =
         query_get(&call.query, "timeout").and_then(|t| t.parse::<u64>().ok()).unwrap_or(0).min(MAX_TIMEOUT_MS);
     let full_state = query_get(&call.query, "full_state") == Some("true");
+    let filter = SyncFilter::from_json(&filter::resolve(&call, &user, query_get(&call.query, "filter"))?);
     let since =
         match query_get(&call.query, "since") {
             Some(t) => Some(parse_since(t).ok_or_else(|| {
@@ -36,25 +43,30 @@ pub async fn sync(call: Call) -> Result<Value, ApiError> {
             })?),
             None => None,
         };
+    let presence = query_get(&call.query, "set_presence").unwrap_or("online");
+    if ["online", "unavailable", "offline"].contains(&presence) {
+        let msg = call.node.ephemeral.presence(&user).and_then(|p| p.status_msg);
+        super::presence::set_presence(&call, &user, presence, msg)?;
+    }
+    let s = Syncer { call: &call, user: &user, filter: &filter };
     let Some(since) = since.filter(|_| !full_state) else {
-        return initial(&call);
+        return s.initial();
     };
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
     let mut marks = call.node.positions.subscribe();
     loop {
         let upto = *marks.borrow_and_update();
         if upto > since {
-            let (answer, empty) = incremental(&call, since, upto)?;
+            let (answer, empty) = s.incremental(since, upto)?;
             if !empty || tokio::time::Instant::now() >= deadline {
                 return Ok(answer);
             }
         } else if tokio::time::Instant::now() >= deadline {
             return Ok(empty_answer(since));
         }
-        // Wait for the stream to move, or the poll to end.
         if tokio::time::timeout_at(deadline, marks.changed()).await.is_err() {
             let upto = call.node.positions.watermark();
-            return if upto > since { Ok(incremental(&call, since, upto)?.0) } else { Ok(empty_answer(since)) };
+            return if upto > since { Ok(s.incremental(since, upto)?.0) } else { Ok(empty_answer(since)) };
         }
     }
 }
@@ -67,136 +79,336 @@ fn empty_answer(pos: u64) -> Value {
         "account_data": {"events": []},
         "to_device": {"events": []},
         "device_lists": {"changed": [], "left": []},
+        "device_one_time_keys_count": {},
     })
 }
 
-fn joined_room(timeline: Vec<Value>, state: Vec<Value>, limited: bool, prev_batch: Option<String>) -> Value {
-    let mut tl = json!({ "events": timeline, "limited": limited });
-    if let Some(p) = prev_batch {
-        tl["prev_batch"] = json!(p);
+fn stripped(m: &Membership) -> Value {
+    json::parse(&m.invite_state_json, NumberPolicy::Ieee754).unwrap_or_else(|_| json!([]))
+}
+
+/// A timeline event with its list position.
+struct Item {
+    id: EventId,
+    event: Value,
+    index: u64,
+}
+
+struct Syncer<'a> {
+    call: &'a Call,
+    user: &'a UserId,
+    filter: &'a SyncFilter,
+}
+
+impl Syncer<'_> {
+    fn limit(&self) -> usize {
+        self.filter.timeline.limit.unwrap_or(TIMELINE_LIMIT).clamp(1, 500) as usize
     }
-    json!({
-        "timeline": tl,
-        "state": { "events": state },
-        "ephemeral": { "events": [] },
-        "account_data": { "events": [] },
-        "unread_notifications": { "notification_count": 0, "highlight_count": 0 },
-        "summary": {},
-    })
-}
 
-fn invite_room(m: &Membership) -> Value {
-    let events: Value = json::parse(&m.invite_state_json, NumberPolicy::Ieee754).unwrap_or_else(|_| json!([]));
-    json!({ "invite_state": { "events": events } })
-}
-
-/// The room's current state as client events, leaving out `skip`.
-fn state_events(call: &Call, room: &RoomId, skip: &[EventId]) -> Vec<Value> {
-    let Some(h) = call.node.rooms.get(room) else {
-        return Vec::new();
-    };
-    h.view()
-        .state
-        .iter()
-        .filter(|p| !skip.contains(p.event_id()))
-        .map(|p| client_event(p.json(), p.event_id()))
-        .collect()
-}
-
-/// The last events of a room's list: client events, their ids, whether
-/// older ones were left out, and the token to page back from.
-type Recent = (Vec<Value>, Vec<EventId>, bool, Option<String>);
-
-fn recent(call: &Call, room: &RoomId) -> Result<Recent, ApiError> {
-    let Some(h) = call.node.rooms.get(room) else {
-        return Ok((Vec::new(), Vec::new(), false, None));
-    };
-    let length = h.view().length;
-    let start = length.saturating_sub(TIMELINE_LIMIT);
-    let ids = call.node.store.list(room, start, length)?;
-    let mut events = Vec::new();
-    for id in &ids {
-        if let Some(e) = load_client_event(&call.node, id)? {
-            events.push(e);
-        }
+    /// Current state as client events, minus the timeline's, filtered.
+    fn state_events(&self, room: &RoomId, skip: &BTreeSet<EventId>) -> Vec<Value> {
+        let Some(h) = self.call.node.rooms.get(room) else { return Vec::new() };
+        h.view()
+            .state
+            .iter()
+            .filter(|p| !skip.contains(p.event_id()))
+            .map(|p| client_event(p.json(), p.event_id()))
+            .filter(|e| self.filter.state.allows(e))
+            .collect()
     }
-    Ok((events, ids, start > 0, Some(format!("t{start}"))))
-}
 
-fn initial(call: &Call) -> Result<Value, ApiError> {
-    let (user, _) = call.who()?;
-    let upto = call.node.positions.watermark();
-    let mut answer = empty_answer(upto);
-    for (room, m) in call.node.store.memberships(user)? {
-        match m.membership.as_str() {
-            "join" => {
-                let (timeline, ids, limited, prev) = recent(call, &room)?;
-                let state = state_events(call, &room, &ids);
-                answer["rooms"]["join"][room.as_str()] = joined_room(timeline, state, limited, prev);
+    /// The last events of a room's list that pass the timeline filter.
+    fn recent(&self, room: &RoomId) -> Result<(Vec<Item>, bool), ApiError> {
+        let Some(h) = self.call.node.rooms.get(room) else { return Ok((Vec::new(), false)) };
+        let length = h.view().length;
+        let want = self.limit();
+        let mut items: Vec<Item> = Vec::new();
+        let mut end = length;
+        while end > 0 && items.len() < want {
+            let start = end.saturating_sub(want as u64 * 2);
+            let ids = self.call.node.store.list(room, start, end)?;
+            for (offset, id) in ids.iter().enumerate().rev() {
+                if items.len() == want {
+                    break;
+                }
+                if let Some(e) = load_client_event(&self.call.node, id)?.filter(|e| self.filter.timeline.allows(e)) {
+                    items.push(Item { id: id.clone(), event: e, index: start + offset as u64 });
+                }
             }
-            "invite" => answer["rooms"]["invite"][room.as_str()] = invite_room(&m),
-            _ => {}
+            end = start;
         }
+        items.reverse();
+        let limited = items.first().is_some_and(|i| i.index > 0);
+        Ok((items, limited))
     }
-    Ok(answer)
-}
 
-/// Changes in `(since, upto]`. Returns the answer and whether it is empty.
-fn incremental(call: &Call, since: u64, upto: u64) -> Result<(Value, bool), ApiError> {
-    let (user, _) = call.who()?;
-    let entries: Vec<_> =
-        call.node.store.stream_after(since, STREAM_PAGE)?.into_iter().take_while(|e| e.pos <= upto).collect();
-    let next = if entries.len() == STREAM_PAGE { entries.last().map_or(upto, |e| e.pos) } else { upto };
-    let memberships: HashMap<RoomId, Membership> = call.node.store.memberships(user)?.into_iter().collect();
-    // Events per room in stream order, with their list positions.
-    let mut per_room: BTreeMap<RoomId, Vec<(u64, EventId, Value, u64)>> = BTreeMap::new();
-    for e in &entries {
-        let Some(m) = memberships.get(&e.room) else {
-            continue;
-        };
-        // Nothing after the user left (or was kicked or banned).
-        if m.membership != "join" && e.pos > m.stream {
-            continue;
+    fn ephemeral(&self, room: &RoomId, receipts_since: Option<u64>, typing: bool) -> Result<Vec<Value>, ApiError> {
+        let mut out = Vec::new();
+        if typing {
+            let users: Vec<String> = self.call.node.ephemeral.typing(room).iter().map(|u| u.to_string()).collect();
+            out.push(json!({"type": "m.typing", "content": {"user_ids": users}}));
         }
-        let Some(rec) = call.node.store.event(&e.event)? else {
-            continue;
-        };
-        if rec.soft_failed {
-            continue;
+        if let Some(since) = receipts_since {
+            let mut content = serde_json::Map::new();
+            for (kind, user, r) in self.call.node.store.receipts(room)? {
+                if r.stream <= since || (kind == "m.read.private" && &user != self.user) {
+                    continue;
+                }
+                let mut data = json!({ "ts": r.ts });
+                if !r.thread_id.is_empty() {
+                    data["thread_id"] = json!(r.thread_id);
+                }
+                let by_event = content.entry(r.event_id.clone()).or_insert_with(|| json!({}));
+                by_event[&kind][user.as_str()] = data;
+            }
+            if !content.is_empty() {
+                out.push(json!({"type": "m.receipt", "content": content}));
+            }
         }
-        if let Some(ev) = record_event(&rec, &e.event) {
-            per_room.entry(e.room.clone()).or_default().push((e.pos, e.event.clone(), ev, rec.index));
-        }
+        Ok(out.into_iter().filter(|e| self.filter.ephemeral.allows(e)).collect())
     }
-    let mut answer = empty_answer(next);
-    let mut empty = true;
-    for (room, m) in &memberships {
-        let changed_membership = m.stream > since && m.stream <= next;
-        let events = per_room.remove(room).unwrap_or_default();
-        match m.membership.as_str() {
-            "invite" if changed_membership => {
-                answer["rooms"]["invite"][room.as_str()] = invite_room(m);
-                empty = false;
+
+    fn account_data(&self, room: Option<&RoomId>, only: Option<&BTreeSet<String>>) -> Result<Vec<Value>, ApiError> {
+        let mut out = Vec::new();
+        let mut have_rules = false;
+        for (kind, bytes) in self.call.node.store.account_data_all(self.user, room)? {
+            if only.is_some_and(|o| !o.contains(&kind)) {
+                continue;
             }
-            "join" if !events.is_empty() || changed_membership => {
-                let limited = events.len() as u64 > TIMELINE_LIMIT;
-                let shown = &events[events.len().saturating_sub(TIMELINE_LIMIT as usize)..];
-                let ids: Vec<EventId> = shown.iter().map(|(_, id, _, _)| id.clone()).collect();
-                let prev = shown.first().map(|(_, _, _, index)| format!("t{index}"));
-                // A room joined in this window gets its state.
-                let state = if changed_membership { state_events(call, room, &ids) } else { Vec::new() };
-                let timeline = shown.iter().map(|(_, _, v, _)| v.clone()).collect();
-                answer["rooms"]["join"][room.as_str()] = joined_room(timeline, state, limited, prev);
-                empty = false;
-            }
-            "leave" | "ban" if changed_membership => {
-                let timeline: Vec<Value> = events.iter().map(|(_, _, v, _)| v.clone()).collect();
-                let prev = events.first().map(|(_, _, _, index)| format!("t{index}"));
-                answer["rooms"]["leave"][room.as_str()] = joined_room(timeline, Vec::new(), false, prev);
-                empty = false;
-            }
-            _ => {}
+            have_rules |= kind == "m.push_rules";
+            let content = json::parse(&bytes, NumberPolicy::Ieee754).unwrap_or_else(|_| json!({}));
+            out.push(json!({"type": kind, "content": content}));
         }
+        if room.is_none() && only.is_none() && !have_rules {
+            out.push(json!({"type": "m.push_rules", "content": default_rules(self.user)}));
+        }
+        let filter = if room.is_some() { &self.filter.room_account_data } else { &self.filter.account_data };
+        Ok(out.into_iter().filter(|e| filter.allows(e)).collect())
     }
-    Ok((answer, empty))
+
+    /// Messages from others after the user's read receipt, up to a cap.
+    fn unread(&self, room: &RoomId) -> Result<u64, ApiError> {
+        let Some(h) = self.call.node.rooms.get(room) else { return Ok(0) };
+        let length = h.view().length;
+        let read_index = self
+            .call
+            .node
+            .store
+            .receipts(room)?
+            .into_iter()
+            .filter(|(k, u, _)| u == self.user && (k == "m.read" || k == "m.read.private"))
+            .filter_map(|(_, _, r)| EventId::parse(&r.event_id).ok())
+            .filter_map(|id| self.call.node.store.event(&id).ok().flatten())
+            .map(|rec| rec.index + 1)
+            .max()
+            .unwrap_or(0);
+        let start = read_index.max(length.saturating_sub(UNREAD_CAP));
+        let mut count = 0;
+        for id in self.call.node.store.list(room, start, length)? {
+            if let Some(e) = load_client_event(&self.call.node, &id)? {
+                let counts = matches!(e["type"].as_str(), Some("m.room.message" | "m.room.encrypted"));
+                if counts && e["sender"] != self.user.as_str() {
+                    count += 1;
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    fn joined_room(
+        &self,
+        room: &RoomId,
+        items: Vec<Item>,
+        limited: bool,
+        state: Vec<Value>,
+        ephemeral: Vec<Value>,
+        account_data: Vec<Value>,
+    ) -> Result<Value, ApiError> {
+        let mut tl = json!({
+            "events": items.iter().map(|i| i.event.clone()).collect::<Vec<_>>(),
+            "limited": limited,
+        });
+        if let Some(first) = items.first() {
+            tl["prev_batch"] = json!(format!("t{}", first.index));
+        } else if let Some(h) = self.call.node.rooms.get(room) {
+            tl["prev_batch"] = json!(format!("t{}", h.view().length));
+        }
+        let view = self.call.node.rooms.get(room).map(|h| h.view());
+        let joined = view.as_ref().map_or(0, |v| v.state.joined_members().count());
+        let invited = view.as_ref().map_or(0, |v| v.state.iter().filter(|e| e.membership() == Some("invite")).count());
+        let unread = self.unread(room)?;
+        Ok(json!({
+            "timeline": tl,
+            "state": { "events": state },
+            "ephemeral": { "events": ephemeral },
+            "account_data": { "events": account_data },
+            "unread_notifications": { "notification_count": unread, "highlight_count": 0 },
+            "summary": { "m.joined_member_count": joined, "m.invited_member_count": invited },
+        }))
+    }
+
+    fn presence_events(&self, users: &BTreeSet<UserId>) -> Vec<Value> {
+        users
+            .iter()
+            .filter_map(|u| self.call.node.ephemeral.presence_event(u))
+            .filter(|e| self.filter.presence.allows(e))
+            .collect()
+    }
+
+    /// Users sharing a joined room with ours.
+    fn contacts(&self, rooms: &[RoomId]) -> BTreeSet<UserId> {
+        let mut out = BTreeSet::from([self.user.clone()]);
+        for room in rooms {
+            if let Some(h) = self.call.node.rooms.get(room) {
+                out.extend(h.view().state.joined_members());
+            }
+        }
+        out
+    }
+
+    fn initial(&self) -> Result<Value, ApiError> {
+        let upto = self.call.node.positions.watermark();
+        let mut answer = empty_answer(upto);
+        let mut joined = Vec::new();
+        for (room, m) in self.call.node.store.memberships(self.user)? {
+            if !self.filter.rooms.allows_room(room.as_str()) {
+                continue;
+            }
+            match m.membership.as_str() {
+                "join" => {
+                    let (items, limited) = self.recent(&room)?;
+                    let ids: BTreeSet<EventId> = items.iter().map(|i| i.id.clone()).collect();
+                    let state = self.state_events(&room, &ids);
+                    let eph = self.ephemeral(&room, Some(0), true)?;
+                    let data = self.account_data(Some(&room), None)?;
+                    answer["rooms"]["join"][room.as_str()] =
+                        self.joined_room(&room, items, limited, state, eph, data)?;
+                    joined.push(room);
+                }
+                "invite" => {
+                    answer["rooms"]["invite"][room.as_str()] = json!({"invite_state": {"events": stripped(&m)}})
+                }
+                "knock" => answer["rooms"]["knock"][room.as_str()] = json!({"knock_state": {"events": stripped(&m)}}),
+                _ => {}
+            }
+        }
+        answer["account_data"]["events"] = json!(self.account_data(None, None)?);
+        answer["presence"]["events"] = json!(self.presence_events(&self.contacts(&joined)));
+        Ok(answer)
+    }
+
+    /// Changes in `(since, upto]`; also says whether there were none.
+    fn incremental(&self, since: u64, upto: u64) -> Result<(Value, bool), ApiError> {
+        let store = &self.call.node.store;
+        let entries: Vec<_> =
+            store.stream_after(since, STREAM_PAGE)?.into_iter().take_while(|e| e.pos <= upto).collect();
+        let next = if entries.len() == STREAM_PAGE { entries.last().map_or(upto, |e| e.pos) } else { upto };
+        let memberships: HashMap<RoomId, Membership> = store.memberships(self.user)?.into_iter().collect();
+        let mut per_room: BTreeMap<RoomId, Vec<Item>> = BTreeMap::new();
+        for e in &entries {
+            let Some(m) = memberships.get(&e.room) else { continue };
+            // Nothing after the user left (or was kicked or banned).
+            if m.membership != "join" && e.pos > m.stream {
+                continue;
+            }
+            let Some(rec) = store.event(&e.event)?.filter(|r| !r.soft_failed && !r.outlier) else { continue };
+            if let Some(ev) = record_event(&rec, &e.event).filter(|ev| self.filter.timeline.allows(ev)) {
+                per_room.entry(e.room.clone()).or_default().push(Item {
+                    id: e.event.clone(),
+                    event: ev,
+                    index: rec.index,
+                });
+            }
+        }
+        // Non-event changes in the window.
+        let (mut typing, mut receipts, mut presence) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+        let (mut data, mut room_data): (BTreeSet<String>, BTreeMap<String, BTreeSet<String>>) = Default::default();
+        for (_, side) in store.side_after(since, usize::MAX)?.into_iter().take_while(|(p, _)| *p <= next) {
+            match side.kind {
+                Some(Kind::TypingRoom(r)) => {
+                    typing.insert(r);
+                }
+                Some(Kind::ReceiptRoom(r)) => {
+                    receipts.insert(r);
+                }
+                Some(Kind::PresenceUser(u)) => {
+                    presence.insert(u);
+                }
+                Some(Kind::AccountData(c)) if c.user_id == self.user.as_str() => {
+                    if c.room_id.is_empty() {
+                        data.insert(c.r#type);
+                    } else {
+                        room_data.entry(c.room_id).or_default().insert(c.r#type);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut answer = empty_answer(next);
+        let mut empty = true;
+        let mut joined = Vec::new();
+        for (room, m) in &memberships {
+            if !self.filter.rooms.allows_room(room.as_str()) || m.forgotten {
+                continue;
+            }
+            let changed_membership = m.stream > since && m.stream <= next;
+            let items = per_room.remove(room).unwrap_or_default();
+            let key = room.as_str();
+            match m.membership.as_str() {
+                "invite" if changed_membership => {
+                    answer["rooms"]["invite"][key] = json!({"invite_state": {"events": stripped(m)}});
+                    empty = false;
+                }
+                "knock" if changed_membership => {
+                    answer["rooms"]["knock"][key] = json!({"knock_state": {"events": stripped(m)}});
+                    empty = false;
+                }
+                "join" => {
+                    joined.push(room.clone());
+                    let is_typing = typing.contains(key);
+                    let has_receipts = receipts.contains(key);
+                    let data_types = room_data.get(key);
+                    if items.is_empty() && !changed_membership && !is_typing && !has_receipts && data_types.is_none() {
+                        continue;
+                    }
+                    let want = self.limit();
+                    let limited = items.len() > want;
+                    let items: Vec<Item> =
+                        items.into_iter().rev().take(want).collect::<Vec<_>>().into_iter().rev().collect();
+                    let ids: BTreeSet<EventId> = items.iter().map(|i| i.id.clone()).collect();
+                    // A room joined in this window gets its state.
+                    let state = if changed_membership { self.state_events(room, &ids) } else { Vec::new() };
+                    let eph = self.ephemeral(room, has_receipts.then_some(since), is_typing)?;
+                    let acc = match data_types {
+                        Some(t) => self.account_data(Some(room), Some(t))?,
+                        None => Vec::new(),
+                    };
+                    answer["rooms"]["join"][key] = self.joined_room(room, items, limited, state, eph, acc)?;
+                    empty = false;
+                }
+                "leave" | "ban" if changed_membership => {
+                    let events: Vec<Value> = items.iter().map(|i| i.event.clone()).collect();
+                    answer["rooms"]["leave"][key] = json!({
+                        "timeline": {"events": events, "limited": false},
+                        "state": {"events": []},
+                        "account_data": {"events": []},
+                    });
+                    empty = false;
+                }
+                _ => {}
+            }
+        }
+        if !data.is_empty() {
+            answer["account_data"]["events"] = json!(self.account_data(None, Some(&data))?);
+            empty = false;
+        }
+        let contacts = self.contacts(&joined);
+        let changed: BTreeSet<UserId> =
+            presence.iter().filter_map(|u| UserId::parse(u).ok()).filter(|u| contacts.contains(u)).collect();
+        if !changed.is_empty() {
+            answer["presence"]["events"] = json!(self.presence_events(&changed));
+            empty = false;
+        }
+        Ok((answer, empty))
+    }
 }

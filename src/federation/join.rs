@@ -276,3 +276,33 @@ pub async fn leave_remote(
         .map_err(|e| RoomError::Remote(e.to_string()))?;
     Ok(())
 }
+
+/// Knocks on a room we do not take part in; returns the hub, the room's
+/// stripped state from the hub's answer, and the room version.
+pub async fn knock_remote(
+    node: &Arc<Node>,
+    room: &RoomId,
+    user: &UserId,
+    servers: &[ServerName],
+    content: &Object,
+) -> Result<(ServerName, Value, &'static str), RoomError> {
+    let (hub, template, version) = make(node, "make_knock", room, user, servers).await?;
+    let h = Handshake { hub: &hub, room, user, membership: "knock", version };
+    let lpdu = lpdu_from_template(node, &h, &template, content)?;
+    let path = format!("{}/send_knock/{}", super::UNSTABLE, encode_segment(lpdu.lpdu_id().as_str()));
+    let lm = lm_peer(node, &hub).await;
+    let resp =
+        node.fed.request(&hub, Method::POST, &path, Some(&Value::Object(lpdu.json().clone())), lm).await.map_err(
+            |e| match e.status().map(|s| s.as_u16()) {
+                Some(403) => RoomError::Forbidden(format!("{hub} refused the knock")),
+                _ => RoomError::Remote(e.to_string()),
+            },
+        )?;
+    let body = resp.json(hub.as_str()).map_err(|e| RoomError::Remote(e.to_string()))?;
+    let stripped = body
+        .get("stripped_state")
+        .or_else(|| body.get("knock_room_state"))
+        .cloned()
+        .unwrap_or(Value::Array(Vec::new()));
+    Ok((hub, stripped, version.id))
+}

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod discovery;
+pub mod edu;
 pub mod fetch;
 mod handlers;
 pub mod inbound;

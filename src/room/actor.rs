@@ -52,6 +52,8 @@ pub(super) struct RoomActor {
     pub view: Arc<RwLock<Arc<RoomView>>>,
     /// Participant: clients waiting for the hub to sequence an LPDU.
     pub waiters: HashMap<String, Vec<oneshot::Sender<Result<EventId, RoomError>>>>,
+    /// Follower: list positions below this have been trimmed.
+    pub pruned_upto: u64,
 }
 
 /// Starts the writer task of a room whose state is `view`.
@@ -64,6 +66,7 @@ pub fn spawn_room(node: &Arc<Node>, view: RoomView) -> RoomHandle {
         cur: view,
         view: shared.clone(),
         waiters: HashMap::new(),
+        pruned_upto: 0,
     };
     let span = tracing::info_span!("room", room = %actor.cur.room_id);
     node.spawn(actor.run(rx).instrument(span));
@@ -413,6 +416,9 @@ impl RoomActor {
         } else if let Some(hash) = pdu.lpdu_hash() {
             self.note_echo(work, hash, &id);
         }
+        if !soft_failed && pdu.event_type() == "m.room.redaction" {
+            self.apply_redaction(work, &pdu);
+        }
         self.cur.tail = Some(id.clone());
         self.cur.length += 1;
         work.staged_ids.insert(id);
@@ -452,6 +458,7 @@ impl RoomActor {
     /// Writes and flushes a batch, then answers everyone waiting on it.
     pub(super) async fn commit(&mut self, mut work: Work) {
         if work.appended {
+            self.trim_cache(&mut work);
             work.batch.push(Op::PutRoom(RoomRecord {
                 room_id: self.cur.room_id.to_string(),
                 room_version: self.cur.version.id.to_owned(),

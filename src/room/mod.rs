@@ -4,6 +4,7 @@
 
 mod actor;
 mod build;
+mod effects;
 mod fanout;
 pub mod load;
 mod receive;

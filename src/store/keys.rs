@@ -23,6 +23,13 @@ pub mod table {
     pub const CLIENT_TXN: u8 = b'n';
     pub const SERVER_KEYS: u8 = b'k';
     pub const POSITION: u8 = b'z';
+    pub const USER_TOKEN: u8 = b'b';
+    pub const ACCOUNT_DATA: u8 = b'd';
+    pub const FILTER: u8 = b'f';
+    pub const RECEIPT: u8 = b'i';
+    pub const DEVICE: u8 = b'v';
+    pub const ALIAS: u8 = b'w';
+    pub const SIDE: u8 = b'o';
 }
 
 /// Builds a key part by part.
@@ -153,6 +160,50 @@ pub fn client_txn(user: &str, device: &str, txn: &str) -> Vec<u8> {
 
 pub fn server_keys(server: &str) -> Vec<u8> {
     Key::new(table::SERVER_KEYS).s(server).build()
+}
+
+/// `(user, device) → token`, to end a device's or every session.
+pub fn user_token(user: &str, device: &str) -> Vec<u8> {
+    Key::new(table::USER_TOKEN).s(user).s(device).build()
+}
+
+/// `(user, room or "", type) → content`.
+pub fn account_data(user: &str, room: &str, kind: &str) -> Vec<u8> {
+    Key::new(table::ACCOUNT_DATA).s(user).s(room).s(kind).build()
+}
+
+pub fn account_data_prefix(user: &str, room: &str) -> Vec<u8> {
+    Key::new(table::ACCOUNT_DATA).s(user).s(room).build()
+}
+
+pub fn filter(user: &str, id: &str) -> Vec<u8> {
+    Key::new(table::FILTER).s(user).s(id).build()
+}
+
+/// `(room, receipt type, user) → receipt`.
+pub fn receipt(room: &str, kind: &str, user: &str) -> Vec<u8> {
+    Key::new(table::RECEIPT).s(room).s(kind).s(user).build()
+}
+
+pub fn receipt_prefix(room: &str) -> Vec<u8> {
+    Key::new(table::RECEIPT).s(room).build()
+}
+
+pub fn device(user: &str, device: &str) -> Vec<u8> {
+    Key::new(table::DEVICE).s(user).s(device).build()
+}
+
+pub fn device_prefix(user: &str) -> Vec<u8> {
+    Key::new(table::DEVICE).s(user).build()
+}
+
+pub fn alias(alias: &str) -> Vec<u8> {
+    Key::new(table::ALIAS).s(alias).build()
+}
+
+/// `position → side entry`: non-event changes, for sync.
+pub fn side(pos: u64) -> Vec<u8> {
+    Key::new(table::SIDE).n(pos).build()
 }
 
 /// The highest position handed out, so a restart never reuses one.

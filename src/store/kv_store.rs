@@ -5,8 +5,8 @@ use prost::Message;
 use super::keys::{self, table, Key, KeyReader};
 use super::kv::{prefix_end, BoxFuture, Entries, Kv, KvWrite};
 use super::records::{
-    AccessToken, ClientTxn, DestinationState, EventRecord, Membership, PendingLpdu, QueueItem, RoomRecord, ServerKeys,
-    TxnResponse, UserRecord,
+    AccessToken, AliasRecord, ClientTxn, DestinationState, DeviceRecord, EventRecord, Membership, PendingLpdu,
+    QueueItem, Receipt, RoomRecord, ServerKeys, SideEntry, TxnResponse, UserRecord,
 };
 use super::{Batch, Op, Store, StoreError, StoreResult, StreamEntry};
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
@@ -157,6 +157,71 @@ impl<K: Kv> Store for KvStore<K> {
         self.get(&keys::client_txn(user.as_str(), device, txn))
     }
 
+    fn devices(&self, user: &UserId) -> StoreResult<Vec<(String, DeviceRecord)>> {
+        self.prefix(&keys::device_prefix(user.as_str()), false, usize::MAX)?
+            .iter()
+            .map(|(k, v)| {
+                let mut r = KeyReader::new(k);
+                r.s();
+                let device = r.s().ok_or_else(|| corrupt(k))?.to_owned();
+                Ok((device, decode(k, v)?))
+            })
+            .collect()
+    }
+
+    fn device_token(&self, user: &UserId, device: &str) -> StoreResult<Option<String>> {
+        self.get_str(&keys::user_token(user.as_str(), device))
+    }
+
+    fn account_data(&self, user: &UserId, room: Option<&RoomId>, kind: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.kv.get(&keys::account_data(user.as_str(), room.map_or("", |r| r.as_str()), kind))
+    }
+
+    fn account_data_all(&self, user: &UserId, room: Option<&RoomId>) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        let prefix = keys::account_data_prefix(user.as_str(), room.map_or("", |r| r.as_str()));
+        self.prefix(&prefix, false, usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| {
+                let mut r = KeyReader::new(&k);
+                r.s();
+                r.s();
+                let kind = r.s().ok_or_else(|| corrupt(&k))?.to_owned();
+                Ok((kind, v))
+            })
+            .collect()
+    }
+
+    fn filter(&self, user: &UserId, id: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.kv.get(&keys::filter(user.as_str(), id))
+    }
+
+    fn receipts(&self, room: &RoomId) -> StoreResult<Vec<(String, UserId, Receipt)>> {
+        self.prefix(&keys::receipt_prefix(room.as_str()), false, usize::MAX)?
+            .iter()
+            .map(|(k, v)| {
+                let mut r = KeyReader::new(k);
+                r.s();
+                let kind = r.s().ok_or_else(|| corrupt(k))?.to_owned();
+                let user = r.s().and_then(|u| UserId::parse(u).ok()).ok_or_else(|| corrupt(k))?;
+                Ok((kind, user, decode(k, v)?))
+            })
+            .collect()
+    }
+
+    fn alias(&self, alias: &str) -> StoreResult<Option<AliasRecord>> {
+        self.get(&keys::alias(alias))
+    }
+
+    fn side_after(&self, after: u64, limit: usize) -> StoreResult<Vec<(u64, SideEntry)>> {
+        let start = keys::side(after.saturating_add(1));
+        let end = prefix_end(&[table::SIDE]);
+        self.kv
+            .range(&start, &end, false, limit)?
+            .iter()
+            .map(|(k, v)| Ok((KeyReader::new(k).n().ok_or_else(|| corrupt(k))?, decode(k, v)?)))
+            .collect()
+    }
+
     fn queue(&self, dest: &ServerName, after: u64, limit: usize) -> StoreResult<Vec<(u64, QueueItem)>> {
         let start = keys::queue(dest.as_str(), after.saturating_add(1));
         let end = prefix_end(&keys::queue_prefix(dest.as_str()));
@@ -234,8 +299,29 @@ impl<K: Kv> Store for KvStore<K> {
                     writes.push(put(keys::membership(user.as_str(), room.as_str()), &membership))
                 }
                 Op::PutUser(u) => writes.push(put(keys::user(&u.user_id), &u)),
-                Op::PutToken { token, record } => writes.push(put(keys::token(&token), &record)),
-                Op::DeleteToken(token) => writes.push(KvWrite::Delete(keys::token(&token))),
+                Op::PutToken { token, record } => {
+                    writes.push(put_str(keys::user_token(&record.user_id, &record.device_id), &token));
+                    writes.push(put(keys::token(&token), &record));
+                }
+                Op::DeleteToken { token, user, device } => {
+                    writes.push(KvWrite::Delete(keys::token(&token)));
+                    writes.push(KvWrite::Delete(keys::user_token(user.as_str(), &device)));
+                }
+                Op::PutDevice { user, device, record } => {
+                    writes.push(put(keys::device(user.as_str(), &device), &record))
+                }
+                Op::DeleteDevice { user, device } => writes.push(KvWrite::Delete(keys::device(user.as_str(), &device))),
+                Op::PutAccountData { user, room, kind, content } => {
+                    let room = room.as_ref().map_or("", |r| r.as_str());
+                    writes.push(KvWrite::Put(keys::account_data(user.as_str(), room, &kind), content))
+                }
+                Op::PutFilter { user, id, json } => writes.push(KvWrite::Put(keys::filter(user.as_str(), &id), json)),
+                Op::PutReceipt { room, kind, user, receipt } => {
+                    writes.push(put(keys::receipt(room.as_str(), &kind, user.as_str()), &receipt))
+                }
+                Op::PutAlias { alias, record } => writes.push(put(keys::alias(&alias), &record)),
+                Op::DeleteAlias(alias) => writes.push(KvWrite::Delete(keys::alias(&alias))),
+                Op::SideEntry { pos, entry } => writes.push(put(keys::side(pos), &entry)),
                 Op::Enqueue { dest, pos, item } => writes.push(put(keys::queue(dest.as_str(), pos), &item)),
                 Op::Dequeue { dest, up_to } => {
                     let start = keys::queue_prefix(dest.as_str());

@@ -20,8 +20,8 @@ pub mod records {
 }
 
 use records::{
-    AccessToken, ClientTxn, DestinationState, EventRecord, Membership, PendingLpdu, QueueItem, RoomRecord, ServerKeys,
-    TxnResponse, UserRecord,
+    AccessToken, AliasRecord, ClientTxn, DestinationState, DeviceRecord, EventRecord, Membership, PendingLpdu,
+    QueueItem, Receipt, RoomRecord, ServerKeys, SideEntry, TxnResponse, UserRecord,
 };
 
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
@@ -72,11 +72,52 @@ pub enum Op {
         membership: Membership,
     },
     PutUser(UserRecord),
+    /// A session: the token, indexed by user and device too.
     PutToken {
         token: String,
         record: AccessToken,
     },
-    DeleteToken(String),
+    DeleteToken {
+        token: String,
+        user: UserId,
+        device: String,
+    },
+    PutDevice {
+        user: UserId,
+        device: String,
+        record: DeviceRecord,
+    },
+    DeleteDevice {
+        user: UserId,
+        device: String,
+    },
+    /// Global (`room: None`) or room account data, as JSON text.
+    PutAccountData {
+        user: UserId,
+        room: Option<RoomId>,
+        kind: String,
+        content: Vec<u8>,
+    },
+    PutFilter {
+        user: UserId,
+        id: String,
+        json: Vec<u8>,
+    },
+    PutReceipt {
+        room: RoomId,
+        kind: String,
+        user: UserId,
+        receipt: Receipt,
+    },
+    PutAlias {
+        alias: String,
+        record: AliasRecord,
+    },
+    DeleteAlias(String),
+    SideEntry {
+        pos: u64,
+        entry: SideEntry,
+    },
     Enqueue {
         dest: ServerName,
         pos: u64,
@@ -158,6 +199,18 @@ pub trait Store: Send + Sync + 'static {
     fn memberships(&self, user: &UserId) -> StoreResult<Vec<(RoomId, Membership)>>;
     fn membership(&self, user: &UserId, room: &RoomId) -> StoreResult<Option<Membership>>;
     fn client_txn(&self, user: &UserId, device: &str, txn: &str) -> StoreResult<Option<ClientTxn>>;
+    fn devices(&self, user: &UserId) -> StoreResult<Vec<(String, DeviceRecord)>>;
+    /// The access token of a user's device, if it has a session.
+    fn device_token(&self, user: &UserId, device: &str) -> StoreResult<Option<String>>;
+    fn account_data(&self, user: &UserId, room: Option<&RoomId>, kind: &str) -> StoreResult<Option<Vec<u8>>>;
+    /// Every `(type, content)` of a user's global or room account data.
+    fn account_data_all(&self, user: &UserId, room: Option<&RoomId>) -> StoreResult<Vec<(String, Vec<u8>)>>;
+    fn filter(&self, user: &UserId, id: &str) -> StoreResult<Option<Vec<u8>>>;
+    /// Every `(type, user, receipt)` of a room.
+    fn receipts(&self, room: &RoomId) -> StoreResult<Vec<(String, UserId, Receipt)>>;
+    fn alias(&self, alias: &str) -> StoreResult<Option<AliasRecord>>;
+    /// Side-stream entries after `after`, ascending.
+    fn side_after(&self, after: u64, limit: usize) -> StoreResult<Vec<(u64, SideEntry)>>;
 
     // Federation.
     /// Queue entries for `dest` after position `after`, ascending.

@@ -252,7 +252,9 @@ impl Client {
     }
 
     pub async fn sync(&self, since: Option<&str>, timeout_ms: u64) -> Value {
-        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
+        // A generous timeline, so tests see every event without paging.
+        let filter = enc(r#"{"room":{"timeline":{"limit":500}}}"#);
+        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}&filter={filter}");
         if let Some(s) = since {
             path.push_str(&format!("&since={s}"));
         }

@@ -221,6 +221,7 @@ async fn countersign(
             invite_state_json: serde_json::to_vec(&state).unwrap_or_default(),
             via_server: via.to_string(),
             room_version: version.id.to_owned(),
+            forgotten: false,
         },
     });
     req.node.store.write(b)?;

@@ -63,8 +63,7 @@ pub async fn send(req: Req, txn: &str) -> Result<Value, ApiError> {
         }
     };
     let failed = process_pdus(&req, pdus).await;
-    // EDUs (typing, receipts, presence, to-device) are not handled yet;
-    // they are accepted so peers do not retry them for ever.
+    crate::federation::edu::receive(&req.node, &req.origin, edus).await;
     let answer = json!({ "failed_pdus": failed });
     let mut b = Batch::new();
     b.push(Op::PutTxnResponse {

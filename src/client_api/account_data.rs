@@ -1,0 +1,227 @@
+//! Account data (global and per room) and push rules. Push rules are kept
+//! as the `m.push_rules` account data, as clients read them from /sync too;
+//! until a user changes them they are the spec's defaults.
+
+use serde_json::{json, Value};
+
+use super::Call;
+use crate::core::ids::{RoomId, UserId};
+use crate::core::json::{self, NumberPolicy};
+use crate::http::ApiError;
+use crate::store::records::side_entry::Kind;
+use crate::store::records::{AccountDataChange, SideEntry};
+use crate::store::{Batch, Op};
+
+fn own(call: &Call, user_id: &str) -> Result<UserId, ApiError> {
+    let (user, _) = call.who()?;
+    if user.as_str() != user_id {
+        return Err(ApiError::forbidden("You may only touch your own account data"));
+    }
+    Ok(user.clone())
+}
+
+fn room_id(s: &str) -> Result<RoomId, ApiError> {
+    RoomId::parse(s).map_err(|e| ApiError::new(http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string()))
+}
+
+/// Writes account data and records the change for sync, durably.
+pub async fn put_data(
+    call: &Call,
+    user: &UserId,
+    room: Option<&RoomId>,
+    kind: &str,
+    content: &Value,
+) -> Result<(), ApiError> {
+    let alloc = call.node.positions.allocate(1)?;
+    let change = AccountDataChange {
+        user_id: user.to_string(),
+        room_id: room.map(|r| r.to_string()).unwrap_or_default(),
+        r#type: kind.to_owned(),
+    };
+    let mut b = Batch::new();
+    b.push(Op::PutAccountData {
+        user: user.clone(),
+        room: room.cloned(),
+        kind: kind.to_owned(),
+        content: serde_json::to_vec(content).unwrap_or_default(),
+    })
+    .push(Op::SideEntry { pos: alloc.first(), entry: SideEntry { kind: Some(Kind::AccountData(change)) } });
+    call.node.store.write(b)?;
+    call.node.store.flush().await?;
+    drop(alloc);
+    Ok(())
+}
+
+pub fn get_data(call: &Call, user: &UserId, room: Option<&RoomId>, kind: &str) -> Result<Option<Value>, ApiError> {
+    Ok(call.node.store.account_data(user, room, kind)?.and_then(|b| json::parse(&b, NumberPolicy::Ieee754).ok()))
+}
+
+pub async fn put(call: Call, user_id: &str, room: Option<&str>, kind: &str) -> Result<Value, ApiError> {
+    let user = own(&call, user_id)?;
+    if kind == "m.fully_read" || kind == "m.push_rules" {
+        return Err(ApiError::new(
+            http::StatusCode::BAD_REQUEST,
+            "M_BAD_JSON",
+            format!("{kind} is managed by the server"),
+        ));
+    }
+    let room = room.map(room_id).transpose()?;
+    put_data(&call, &user, room.as_ref(), kind, &Value::Object(call.body.clone())).await?;
+    Ok(json!({}))
+}
+
+pub fn get(call: Call, user_id: &str, room: Option<&str>, kind: &str) -> Result<Value, ApiError> {
+    let user = own(&call, user_id)?;
+    let room = room.map(room_id).transpose()?;
+    if room.is_none() && kind == "m.push_rules" {
+        return push_rules_value(&call, &user);
+    }
+    get_data(&call, &user, room.as_ref(), kind)?.ok_or_else(|| ApiError::not_found("Account data not found"))
+}
+
+// ---- push rules ----
+
+fn event_match(key: &str, pattern: &str) -> Value {
+    json!({"kind": "event_match", "key": key, "pattern": pattern})
+}
+
+fn rule(id: &str, enabled: bool, conditions: Value, actions: Value) -> Value {
+    json!({"rule_id": id, "default": true, "enabled": enabled, "conditions": conditions, "actions": actions})
+}
+
+/// The spec's server-default rules for `user` (push module, "Predefined
+/// Rules").
+pub fn default_rules(user: &UserId) -> Value {
+    let sound = |v: &str| json!(["notify", {"set_tweak": "sound", "value": v}]);
+    let highlight_sound = json!(["notify", {"set_tweak": "sound", "value": "default"}, {"set_tweak": "highlight"}]);
+    let override_rules = vec![
+        rule(".m.rule.master", false, json!([]), json!([])),
+        rule(".m.rule.suppress_notices", true, json!([event_match("content.msgtype", "m.notice")]), json!([])),
+        rule(
+            ".m.rule.invite_for_me",
+            true,
+            json!([
+                event_match("type", "m.room.member"),
+                event_match("content.membership", "invite"),
+                event_match("state_key", user.as_str())
+            ]),
+            sound("default"),
+        ),
+        rule(".m.rule.member_event", true, json!([event_match("type", "m.room.member")]), json!([])),
+        rule(
+            ".m.rule.is_user_mention",
+            true,
+            json!([{"kind": "event_property_contains", "key": "content.m\\.mentions.user_ids", "value": user.as_str()}]),
+            highlight_sound,
+        ),
+        rule(
+            ".m.rule.is_room_mention",
+            true,
+            json!([{"kind": "event_property_is", "key": "content.m\\.mentions.room", "value": true},
+                   {"kind": "sender_notification_permission", "key": "room"}]),
+            json!(["notify", {"set_tweak": "highlight"}]),
+        ),
+        rule(
+            ".m.rule.tombstone",
+            true,
+            json!([event_match("type", "m.room.tombstone"), event_match("state_key", "")]),
+            json!(["notify", {"set_tweak": "highlight"}]),
+        ),
+        rule(".m.rule.reaction", true, json!([event_match("type", "m.reaction")]), json!([])),
+        rule(
+            ".m.rule.room.server_acl",
+            true,
+            json!([event_match("type", "m.room.server_acl"), event_match("state_key", "")]),
+            json!([]),
+        ),
+        rule(
+            ".m.rule.suppress_edits",
+            true,
+            json!([{"kind": "event_property_is", "key": "content.m\\.relates_to.rel_type", "value": "m.replace"}]),
+            json!([]),
+        ),
+    ];
+    let one_to_one = |t: &str| json!([{"kind": "room_member_count", "is": "2"}, event_match("type", t)]);
+    let underride = vec![
+        rule(".m.rule.call", true, json!([event_match("type", "m.call.invite")]), sound("ring")),
+        rule(".m.rule.encrypted_room_one_to_one", true, one_to_one("m.room.encrypted"), sound("default")),
+        rule(".m.rule.room_one_to_one", true, one_to_one("m.room.message"), sound("default")),
+        rule(".m.rule.message", true, json!([event_match("type", "m.room.message")]), json!(["notify"])),
+        rule(".m.rule.encrypted", true, json!([event_match("type", "m.room.encrypted")]), json!(["notify"])),
+    ];
+    json!({"global": {"override": override_rules, "content": [], "room": [], "sender": [], "underride": underride}})
+}
+
+fn push_rules_value(call: &Call, user: &UserId) -> Result<Value, ApiError> {
+    Ok(get_data(call, user, None, "m.push_rules")?.unwrap_or_else(|| default_rules(user)))
+}
+
+pub fn push_rules(call: Call, rest: &[&str]) -> Result<Value, ApiError> {
+    let (user, _) = call.who()?;
+    let rules = push_rules_value(&call, user)?;
+    let mut at = &rules;
+    for seg in rest.iter().filter(|s| !s.is_empty()) {
+        at = match at {
+            Value::Object(o) => o.get(*seg),
+            Value::Array(a) => a.iter().find(|r| r["rule_id"] == *seg),
+            _ => None,
+        }
+        .ok_or_else(|| ApiError::not_found("Push rule not found"))?;
+    }
+    Ok(at.clone())
+}
+
+const KINDS: [&str; 5] = ["override", "content", "room", "sender", "underride"];
+
+/// `PUT /pushrules/global/{kind}/{ruleId}[/enabled|/actions]`.
+pub async fn put_push_rule(call: Call, kind: &str, rule_id: &str, attr: Option<&str>) -> Result<Value, ApiError> {
+    let (user, _) = call.who()?;
+    let user = user.clone();
+    if !KINDS.contains(&kind) {
+        return Err(ApiError::new(http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "Unknown push rule kind"));
+    }
+    let mut rules = push_rules_value(&call, &user)?;
+    let list = rules["global"][kind].as_array_mut().ok_or_else(|| ApiError::unknown("push rules are malformed"))?;
+    let found = list.iter().position(|r| r["rule_id"] == rule_id);
+    match (attr, found) {
+        (Some("enabled"), Some(i)) => list[i]["enabled"] = call.body.get("enabled").cloned().unwrap_or(json!(true)),
+        (Some("actions"), Some(i)) => list[i]["actions"] = call.body.get("actions").cloned().unwrap_or(json!([])),
+        (Some(_), _) => return Err(ApiError::not_found("Push rule not found")),
+        (None, _) if rule_id.starts_with('.') => {
+            return Err(ApiError::new(
+                http::StatusCode::BAD_REQUEST,
+                "M_INVALID_PARAM",
+                "Server-default rules cannot be replaced",
+            ))
+        }
+        (None, existing) => {
+            let mut r = Value::Object(call.body.clone());
+            r["rule_id"] = json!(rule_id);
+            r["default"] = json!(false);
+            r["enabled"] = json!(true);
+            if kind == "room" || kind == "sender" {
+                r["conditions"] = json!([event_match(if kind == "room" { "room_id" } else { "user_id" }, rule_id)]);
+            }
+            match existing {
+                Some(i) => list[i] = r,
+                None => list.insert(0, r),
+            }
+        }
+    }
+    put_data(&call, &user, None, "m.push_rules", &rules).await?;
+    Ok(json!({}))
+}
+
+pub async fn delete_push_rule(call: Call, kind: &str, rule_id: &str) -> Result<Value, ApiError> {
+    let (user, _) = call.who()?;
+    let user = user.clone();
+    let mut rules = push_rules_value(&call, &user)?;
+    let list = rules["global"][kind].as_array_mut().ok_or_else(|| ApiError::not_found("Push rule not found"))?;
+    let before = list.len();
+    list.retain(|r| r["rule_id"] != rule_id || r["default"] == true);
+    if list.len() == before {
+        return Err(ApiError::not_found("Push rule not found"));
+    }
+    put_data(&call, &user, None, "m.push_rules", &rules).await?;
+    Ok(json!({}))
+}

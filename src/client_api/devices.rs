@@ -1,0 +1,118 @@
+//! Devices: list, show, rename, delete (deleting ends the device's session
+//! and asks for the password, as the user-interactive auth of the spec).
+
+use serde_json::{json, Value};
+
+use super::account::password_ok;
+use super::Call;
+use crate::core::ids::UserId;
+use crate::http::ApiError;
+use crate::node::random_string;
+use crate::store::records::DeviceRecord;
+use crate::store::{Batch, Op};
+
+fn device_json(id: &str, d: &DeviceRecord) -> Value {
+    let mut v = json!({"device_id": id, "last_seen_ts": d.last_seen_ts});
+    if !d.display_name.is_empty() {
+        v["display_name"] = json!(d.display_name);
+    }
+    if !d.last_seen_ip.is_empty() {
+        v["last_seen_ip"] = json!(d.last_seen_ip);
+    }
+    v
+}
+
+pub fn list(call: Call) -> Result<Value, ApiError> {
+    let (user, _) = call.who()?;
+    let devices: Vec<Value> = call.node.store.devices(user)?.iter().map(|(id, d)| device_json(id, d)).collect();
+    Ok(json!({ "devices": devices }))
+}
+
+fn find(call: &Call, user: &UserId, id: &str) -> Result<DeviceRecord, ApiError> {
+    call.node
+        .store
+        .devices(user)?
+        .into_iter()
+        .find(|(d, _)| d == id)
+        .map(|(_, r)| r)
+        .ok_or_else(|| ApiError::not_found("Unknown device"))
+}
+
+pub fn get(call: Call, id: &str) -> Result<Value, ApiError> {
+    let (user, _) = call.who()?;
+    Ok(device_json(id, &find(&call, user, id)?))
+}
+
+pub fn update(call: Call, id: &str) -> Result<Value, ApiError> {
+    let (user, _) = call.who()?;
+    let mut record = find(&call, user, id)?;
+    if let Some(name) = call.body.get("display_name").and_then(Value::as_str) {
+        record.display_name = name.to_owned();
+    }
+    let mut b = Batch::new();
+    b.push(Op::PutDevice { user: user.clone(), device: id.to_owned(), record });
+    call.node.store.write(b)?;
+    Ok(json!({}))
+}
+
+/// User-interactive auth with `m.login.password`: a `401` with the flows
+/// until the body carries the user's password.
+fn require_password(call: &Call, user: &UserId) -> Result<(), ApiError> {
+    let auth = call.body.get("auth");
+    let password = auth
+        .filter(|a| a.get("type").and_then(Value::as_str) == Some("m.login.password"))
+        .and_then(|a| a.get("password"))
+        .and_then(Value::as_str);
+    let challenge = || {
+        ApiError::new(http::StatusCode::UNAUTHORIZED, "M_FORBIDDEN", "Password required")
+            .with("flows", json!([{"stages": ["m.login.password"]}]))
+            .with("params", json!({}))
+            .with("session", json!(random_string(16)))
+    };
+    let Some(password) = password else { return Err(challenge()) };
+    let rec = call.node.store.user(user)?.ok_or_else(challenge)?;
+    if password_ok(&rec.password_hash, password) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("Invalid password"))
+    }
+}
+
+fn delete_ops(call: &Call, user: &UserId, id: &str, b: &mut Batch) -> Result<(), ApiError> {
+    if let Some(token) = call.node.store.device_token(user, id)? {
+        b.push(Op::DeleteToken { token, user: user.clone(), device: id.to_owned() });
+    }
+    b.push(Op::DeleteDevice { user: user.clone(), device: id.to_owned() });
+    Ok(())
+}
+
+pub fn delete(call: Call, id: &str) -> Result<Value, ApiError> {
+    let (user, _) = call.who()?;
+    find(&call, user, id)?;
+    require_password(&call, user)?;
+    let mut b = Batch::new();
+    delete_ops(&call, user, id, &mut b)?;
+    call.node.store.write(b)?;
+    Ok(json!({}))
+}
+
+/// `POST /delete_devices`.
+pub fn delete_many(call: Call) -> Result<Value, ApiError> {
+    let (user, _) = call.who()?;
+    require_password(&call, user)?;
+    let ids: Vec<String> = call
+        .body
+        .get("devices")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::bad_json("devices must be a list"))?
+        .iter()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect();
+    let mut b = Batch::new();
+    for id in ids {
+        delete_ops(&call, user, &id, &mut b)?;
+    }
+    call.node.store.write(b)?;
+    Ok(json!({}))
+}

@@ -1,0 +1,83 @@
+//! Local room aliases (`/directory/room/{alias}`). Aliases of other
+//! servers are not looked up over federation yet.
+
+use serde_json::{json, Value};
+
+use super::Call;
+use crate::core::ids::RoomId;
+use crate::http::ApiError;
+use crate::store::records::AliasRecord;
+use crate::store::{Batch, Op};
+
+/// `#local:server` with `server` this one.
+fn local_alias(call: &Call, alias: &str) -> Result<String, ApiError> {
+    let bad = || ApiError::new(http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "An alias is #localpart:server");
+    let rest = alias.strip_prefix('#').ok_or_else(bad)?;
+    let (local, server) = rest.split_once(':').ok_or_else(bad)?;
+    if local.is_empty() || local.len() > 200 || local.chars().any(|c| c.is_whitespace() || c == ':') {
+        return Err(bad());
+    }
+    if server != call.node.name.as_str() {
+        return Err(ApiError::not_found("Room alias not found (aliases of other servers are not looked up)"));
+    }
+    Ok(alias.to_owned())
+}
+
+pub fn lookup(call: &Call, alias: &str) -> Result<RoomId, ApiError> {
+    let alias = local_alias(call, alias)?;
+    let rec = call.node.store.alias(&alias)?.ok_or_else(|| ApiError::not_found("Room alias not found"))?;
+    RoomId::parse(&rec.room_id).map_err(|e| ApiError::unknown(e.to_string()))
+}
+
+pub fn get(call: Call, alias: &str) -> Result<Value, ApiError> {
+    let room = lookup(&call, alias)?;
+    let mut servers = vec![call.node.name.to_string()];
+    if let Some(h) = call.node.rooms.get(&room) {
+        let hub = h.view().hub.to_string();
+        if !servers.contains(&hub) {
+            servers.insert(0, hub);
+        }
+    }
+    Ok(json!({"room_id": room.as_str(), "servers": servers}))
+}
+
+/// Creates an alias; also used by `createRoom`'s `room_alias_name`.
+pub fn create(call: &Call, alias: &str, room: &RoomId) -> Result<(), ApiError> {
+    let (user, _) = call.who()?;
+    let alias = local_alias(call, alias)?;
+    if call.node.store.alias(&alias)?.is_some() {
+        return Err(ApiError::new(http::StatusCode::CONFLICT, "M_ROOM_IN_USE", "Room alias already exists"));
+    }
+    if call.node.rooms.get(room).is_none() {
+        return Err(ApiError::not_found("Unknown room"));
+    }
+    let mut b = Batch::new();
+    b.push(Op::PutAlias { alias, record: AliasRecord { room_id: room.to_string(), creator: user.to_string() } });
+    call.node.store.write(b)?;
+    Ok(())
+}
+
+pub fn put(call: Call, alias: &str) -> Result<Value, ApiError> {
+    let room = call
+        .body
+        .get("room_id")
+        .and_then(Value::as_str)
+        .and_then(|r| RoomId::parse(r).ok())
+        .ok_or_else(|| ApiError::bad_json("room_id is required"))?;
+    create(&call, alias, &room)?;
+    Ok(json!({}))
+}
+
+pub fn delete(call: Call, alias: &str) -> Result<Value, ApiError> {
+    let (user, _) = call.who()?;
+    let alias = local_alias(&call, alias)?;
+    let rec = call.node.store.alias(&alias)?.ok_or_else(|| ApiError::not_found("Room alias not found"))?;
+    let admin = call.node.store.user(user)?.is_some_and(|u| u.admin);
+    if rec.creator != user.as_str() && !admin {
+        return Err(ApiError::forbidden("Only the alias's creator may remove it"));
+    }
+    let mut b = Batch::new();
+    b.push(Op::DeleteAlias(alias));
+    call.node.store.write(b)?;
+    Ok(json!({}))
+}

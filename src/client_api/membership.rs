@@ -1,0 +1,210 @@
+//! Membership changes from clients: join (by id or alias), invite, leave,
+//! kick, ban, unban, knock, forget.
+//!
+//! A server that takes part in the room (hubs it or has a joined user)
+//! sends membership events as ordinary events; one that does not uses the
+//! make/send handshake with the hub (digest 7).
+
+use serde_json::{json, Value};
+
+use super::rooms::{draft, obj, room_id, submit};
+use super::Call;
+use crate::core::ids::{EventId, RoomId, ServerName, UserId};
+use crate::core::json::Object;
+use crate::core::rooms::StateView;
+use crate::federation::join;
+use crate::http::ApiError;
+use crate::room::RoomView;
+use crate::store::records::Membership;
+use crate::store::{Batch, Op, StreamEntry};
+
+/// Whether this server takes part in the room.
+pub fn participating(call: &Call, view: &RoomView) -> bool {
+    view.is_hub(&call.node.name) || view.state.joined_members().any(|u| u.is_on(&call.node.name))
+}
+
+fn named_servers(call: &Call) -> Vec<ServerName> {
+    call.query
+        .iter()
+        .filter(|(k, _)| k == "server_name" || k == "via")
+        .filter_map(|(_, v)| ServerName::parse(v).ok())
+        .collect()
+}
+
+/// A room id, or a local alias resolved to one.
+pub fn resolve(call: &Call, id_or_alias: &str) -> Result<RoomId, ApiError> {
+    if id_or_alias.starts_with('#') {
+        return super::directory::lookup(call, id_or_alias);
+    }
+    room_id(id_or_alias)
+}
+
+/// Servers to ask about a room we do not take part in: the caller's hints
+/// and the server an invite or knock of ours came through.
+fn candidates(call: &Call, user: &UserId, room: &RoomId) -> Result<Vec<ServerName>, ApiError> {
+    let mut servers = named_servers(call);
+    if let Some(m) = call.node.store.membership(user, room)? {
+        if let Ok(s) = ServerName::parse(&m.via_server) {
+            servers.push(s);
+        }
+    }
+    Ok(join::candidates(room, &servers))
+}
+
+fn reason(call: &Call, content: &mut Object) {
+    if let Some(r) = call.body.get("reason").filter(|r| r.is_string()) {
+        content.insert("reason".into(), r.clone());
+    }
+}
+
+async fn own_membership(call: &Call, room: &RoomId, membership: &str) -> Result<Option<EventId>, ApiError> {
+    let (user, _) = call.who()?;
+    let Some(h) = call.node.rooms.get(room) else { return Ok(None) };
+    if !participating(call, &h.view()) {
+        return Ok(None);
+    }
+    let mut content = obj(json!({ "membership": membership }));
+    if membership == "join" {
+        let rec = call.node.store.user(user)?;
+        if let Some(name) = rec.as_ref().map(|r| r.displayname.clone()).filter(|n| !n.is_empty()) {
+            content.insert("displayname".into(), json!(name));
+        }
+        if let Some(url) = rec.map(|r| r.avatar_url).filter(|u| !u.is_empty()) {
+            content.insert("avatar_url".into(), json!(url));
+        }
+    }
+    reason(call, &mut content);
+    Ok(Some(submit(call, room, draft(user, "m.room.member", Some(user.as_str()), content)).await?))
+}
+
+pub async fn join(call: Call, room: &str) -> Result<Value, ApiError> {
+    let room = resolve(&call, room)?;
+    if own_membership(&call, &room, "join").await?.is_some() {
+        return Ok(json!({ "room_id": room.as_str() }));
+    }
+    let (user, _) = call.who()?;
+    let candidates = candidates(&call, user, &room)?;
+    let mut extra = Object::new();
+    if let Some(rec) = call.node.store.user(user)? {
+        if !rec.displayname.is_empty() {
+            extra.insert("displayname".into(), json!(rec.displayname));
+        }
+    }
+    join::join_remote(&call.node, &room, user, &candidates, &extra).await?;
+    Ok(json!({ "room_id": room.as_str() }))
+}
+
+fn target(call: &Call) -> Result<UserId, ApiError> {
+    call.body
+        .get("user_id")
+        .and_then(Value::as_str)
+        .and_then(|u| UserId::parse(u).ok())
+        .ok_or_else(|| ApiError::bad_json("user_id must be a user id"))
+}
+
+/// invite, kick (`leave`), ban, unban (`leave` over `ban`).
+pub async fn change_other(call: Call, room: &str, membership: &str) -> Result<Value, ApiError> {
+    let (user, _) = call.who()?;
+    let room = room_id(room)?;
+    let target = target(&call)?;
+    if membership == "unban" {
+        let view = call
+            .node
+            .rooms
+            .get(&room)
+            .map(|h| h.view())
+            .ok_or_else(|| ApiError::forbidden("You are not in this room"))?;
+        if view.state.membership(target.as_str()) != "ban" {
+            return Err(ApiError::forbidden("The user is not banned"));
+        }
+    }
+    let value = if membership == "unban" { "leave" } else { membership };
+    let mut content = obj(json!({ "membership": value }));
+    reason(&call, &mut content);
+    submit(&call, &room, draft(user, "m.room.member", Some(target.as_str()), content)).await?;
+    Ok(json!({}))
+}
+
+/// Records a membership this server learnt of outside any room list (an
+/// invite rejected or a knock made through the handshake).
+async fn note_membership(
+    call: &Call,
+    user: &UserId,
+    room: &RoomId,
+    m: Membership,
+    event: Option<EventId>,
+) -> Result<(), ApiError> {
+    let alloc = call.node.positions.allocate(1)?;
+    let mut b = Batch::new();
+    b.push(Op::PutMembership {
+        user: user.clone(),
+        room: room.clone(),
+        membership: Membership { stream: alloc.first(), ..m },
+    });
+    if let Some(id) = event {
+        b.push(Op::StreamEntry(StreamEntry { pos: alloc.first(), room: room.clone(), event: id }));
+    }
+    call.node.store.write(b)?;
+    call.node.store.flush().await?;
+    drop(alloc);
+    Ok(())
+}
+
+pub async fn leave(call: Call, room: &str) -> Result<Value, ApiError> {
+    let room = room_id(room)?;
+    if own_membership(&call, &room, "leave").await?.is_some() {
+        return Ok(json!({}));
+    }
+    // Rejecting an invite, or retracting a knock, with the hub.
+    let (user, _) = call.who()?;
+    let m = call.node.store.membership(user, &room)?.ok_or_else(|| ApiError::forbidden("You are not in this room"))?;
+    if m.membership != "invite" && m.membership != "knock" {
+        return Ok(json!({}));
+    }
+    let candidates = candidates(&call, user, &room)?;
+    join::leave_remote(&call.node, &room, user, &candidates).await?;
+    let event = EventId::parse(&m.event_id).ok();
+    let left = Membership {
+        membership: "leave".into(),
+        via_server: m.via_server,
+        room_version: m.room_version,
+        ..Default::default()
+    };
+    note_membership(&call, user, &room, left, event).await?;
+    Ok(json!({}))
+}
+
+pub async fn knock(call: Call, room: &str) -> Result<Value, ApiError> {
+    let room = resolve(&call, room)?;
+    if own_membership(&call, &room, "knock").await?.is_some() {
+        return Ok(json!({ "room_id": room.as_str() }));
+    }
+    let (user, _) = call.who()?;
+    let candidates = candidates(&call, user, &room)?;
+    let mut extra = Object::new();
+    reason(&call, &mut extra);
+    let (hub, stripped, version) = join::knock_remote(&call.node, &room, user, &candidates, &extra).await?;
+    let m = Membership {
+        membership: "knock".into(),
+        invite_state_json: serde_json::to_vec(&stripped).unwrap_or_default(),
+        via_server: hub.to_string(),
+        room_version: version.to_owned(),
+        ..Default::default()
+    };
+    note_membership(&call, user, &room, m, None).await?;
+    Ok(json!({ "room_id": room.as_str() }))
+}
+
+/// `POST /rooms/{roomId}/forget`: the room leaves the user's sync.
+pub async fn forget(call: Call, room: &str) -> Result<Value, ApiError> {
+    let (user, _) = call.who()?;
+    let room = room_id(room)?;
+    let m = call.node.store.membership(user, &room)?.ok_or_else(|| ApiError::not_found("Unknown room"))?;
+    if m.membership == "join" || m.membership == "invite" || m.membership == "knock" {
+        return Err(ApiError::new(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Leave the room before forgetting it"));
+    }
+    let mut b = Batch::new();
+    b.push(Op::PutMembership { user: user.clone(), room, membership: Membership { forgotten: true, ..m } });
+    call.node.store.write(b)?;
+    Ok(json!({}))
+}

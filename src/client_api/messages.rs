@@ -1,0 +1,219 @@
+//! `GET /rooms/{roomId}/messages`.
+//!
+//! Tokens: `t<list position>` walks this server's copy of the list;
+//! `r<event id>` walks history before that event by asking the room's hub
+//! (E9). A participant's copy starts at its join, and a follower keeps only
+//! a bounded tail (older events are pruned): both page further back through
+//! the hub, and the client sees one history.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use super::events::{load_client_event, readable_room};
+use super::filter::{self, EventFilter};
+use super::Call;
+use crate::core::ids::EventId;
+use crate::core::rooms::StateView;
+use crate::federation::fetch::backfill;
+use crate::http::{query_get, ApiError};
+use crate::node::Node;
+use crate::room::RoomView;
+
+/// Events of the room fetched from its hub, in client format, by id:
+/// `ids` must be a run of consecutive list events (oldest first).
+pub async fn fetch_from_hub(node: &Node, view: &RoomView, ids: &[EventId]) -> Result<Vec<(EventId, Value)>, ApiError> {
+    let Some(last) = ids.last() else { return Ok(Vec::new()) };
+    let pdus = backfill(node, view, last, ids.len())
+        .await
+        .map_err(|e| ApiError::new(http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", e))?;
+    Ok(pdus.iter().map(|p| (p.event_id().clone(), super::events::client_event(p.json(), p.event_id()))).collect())
+}
+
+fn bad_token() -> ApiError {
+    ApiError::new(http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "Unknown pagination token")
+}
+
+enum Token {
+    Local(u64),
+    Remote(EventId),
+}
+
+fn parse_token(t: &str) -> Result<Token, ApiError> {
+    if let Some(i) = t.strip_prefix('t') {
+        return i.parse().map(Token::Local).map_err(|_| bad_token());
+    }
+    if let Some(id) = t.strip_prefix('r') {
+        return EventId::parse(id).map(Token::Remote).map_err(|_| bad_token());
+    }
+    // A sync token: page back from the end of the list.
+    if t.starts_with('s') {
+        return Ok(Token::Local(u64::MAX));
+    }
+    Err(bad_token())
+}
+
+/// Whether the user may see history from before their own join (rooms with
+/// `joined` or `invited` history visibility keep it from them).
+fn shared_history(view: &RoomView) -> bool {
+    let vis = view
+        .state
+        .get("m.room.history_visibility", "")
+        .and_then(|e| e.content().get("history_visibility"))
+        .and_then(Value::as_str)
+        .unwrap_or("shared");
+    vis == "shared" || vis == "world_readable"
+}
+
+pub async fn messages(call: Call, room: &str) -> Result<Value, ApiError> {
+    let view = readable_room(&call, room)?;
+    let (user, _) = call.who()?;
+    let forward = query_get(&call.query, "dir") == Some("f");
+    let limit = query_get(&call.query, "limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(10).clamp(1, 1000);
+    let filter_json = filter::resolve(&call, user, query_get(&call.query, "filter"))?;
+    let filter = EventFilter::from_json(Some(&filter_json));
+    let from = match query_get(&call.query, "from") {
+        Some(t) => parse_token(t)?,
+        None if forward => Token::Local(0),
+        None => Token::Local(view.length),
+    };
+    let to = query_get(&call.query, "to").and_then(|t| match parse_token(t) {
+        Ok(Token::Local(i)) => Some(i),
+        _ => None,
+    });
+    let page = match (from, forward) {
+        (Token::Local(i), true) => forward_page(&call, &view, i.min(view.length), limit, to, &filter)?,
+        (Token::Local(i), false) => backward_page(&call, &view, i.min(view.length), limit, to, &filter).await?,
+        (Token::Remote(id), false) => remote_page(&call.node, &view, &id, limit, &filter).await?,
+        (Token::Remote(_), true) => {
+            Page { chunk: Vec::new(), start: query_get(&call.query, "from").unwrap_or("").into(), end: None }
+        }
+    };
+    let mut out = json!({ "chunk": page.chunk, "start": page.start });
+    if let Some(end) = page.end {
+        out["end"] = json!(end);
+    }
+    Ok(out)
+}
+
+struct Page {
+    chunk: Vec<Value>,
+    start: String,
+    end: Option<String>,
+}
+
+fn forward_page(
+    call: &Call,
+    view: &RoomView,
+    from: u64,
+    limit: usize,
+    to: Option<u64>,
+    f: &EventFilter,
+) -> Result<Page, ApiError> {
+    let stop = to.unwrap_or(view.length).min(view.length);
+    let mut chunk = Vec::new();
+    let mut at = from;
+    while at < stop && chunk.len() < limit {
+        let end = (at + limit as u64).min(stop);
+        for id in call.node.store.list(&view.room_id, at, end)? {
+            at += 1;
+            if let Some(e) = load_client_event(&call.node, &id)?.filter(|e| f.allows(e)) {
+                chunk.push(e);
+                if chunk.len() == limit {
+                    break;
+                }
+            }
+        }
+    }
+    let end = (at < stop).then(|| format!("t{at}"));
+    Ok(Page { chunk, start: format!("t{from}"), end })
+}
+
+async fn backward_page(
+    call: &Call,
+    view: &RoomView,
+    from: u64,
+    limit: usize,
+    to: Option<u64>,
+    f: &EventFilter,
+) -> Result<Page, ApiError> {
+    let floor = to.unwrap_or(0);
+    let mut chunk = Vec::new();
+    let mut at = from;
+    while at > floor && chunk.len() < limit {
+        let start = at.saturating_sub(limit as u64).max(floor);
+        let ids = call.node.store.list(&view.room_id, start, at)?;
+        // Events a follower pruned are fetched back from the hub.
+        let mut fetched: HashMap<EventId, Value> = HashMap::new();
+        let pruned: Vec<EventId> = ids
+            .iter()
+            .filter(|id| call.node.store.event(id).ok().flatten().is_some_and(|r| r.pruned))
+            .cloned()
+            .collect();
+        if !pruned.is_empty() {
+            let run_end = ids.iter().rposition(|id| pruned.contains(id)).unwrap_or(0);
+            let run_start = ids.iter().position(|id| pruned.contains(id)).unwrap_or(0);
+            fetched.extend(fetch_from_hub(&call.node, view, &ids[run_start..=run_end]).await?);
+        }
+        let mut taken = 0;
+        for id in ids.iter().rev() {
+            if chunk.len() == limit {
+                break;
+            }
+            taken += 1;
+            let e = match fetched.remove(id) {
+                Some(e) => Some(e),
+                None => load_client_event(&call.node, id)?,
+            };
+            if let Some(e) = e.filter(|e| f.allows(e)) {
+                chunk.push(e);
+            }
+        }
+        at -= taken as u64;
+    }
+    let end = if at > floor {
+        Some(format!("t{at}"))
+    } else if at == 0 && to.is_none() && !view.is_hub(&call.node.name) && shared_history(view) {
+        // Our copy starts here; earlier history is at the hub.
+        call.node.store.list(&view.room_id, 0, 1)?.first().map(|first| format!("r{first}"))
+    } else {
+        None
+    };
+    Ok(Page { chunk, start: format!("t{from}"), end })
+}
+
+/// History before `before`, from the hub.
+async fn remote_page(
+    node: &Node,
+    view: &RoomView,
+    before: &EventId,
+    limit: usize,
+    f: &EventFilter,
+) -> Result<Page, ApiError> {
+    let start = format!("r{before}");
+    let prev = match crate::room::load::load_pdu(node, view.version, before)? {
+        Some(p) if !p.prev_events().is_empty() => p.prev_events()[0].clone(),
+        Some(_) => return Ok(Page { chunk: Vec::new(), start, end: None }),
+        None => {
+            // Not held here: ask the hub for it (and what precedes it).
+            let got = backfill(node, view, before, 1)
+                .await
+                .map_err(|e| ApiError::new(http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", e))?;
+            match got.last().and_then(|p| p.prev_events().first().cloned()) {
+                Some(p) => p,
+                None => return Ok(Page { chunk: Vec::new(), start, end: None }),
+            }
+        }
+    };
+    let pdus = backfill(node, view, &prev, limit)
+        .await
+        .map_err(|e| ApiError::new(http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", e))?;
+    let oldest = pdus.first().filter(|p| !p.prev_events().is_empty()).map(|p| format!("r{}", p.event_id()));
+    let chunk = pdus
+        .iter()
+        .rev()
+        .map(|p| super::events::client_event(p.json(), p.event_id()))
+        .filter(|e| f.allows(e))
+        .collect();
+    Ok(Page { chunk, start, end: oldest })
+}

@@ -1,0 +1,160 @@
+//! Typing notifications, read receipts, read markers and presence. Local
+//! changes are recorded for sync and sent over federation as EDUs.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::account_data::put_data;
+use super::Call;
+use crate::core::ids::{EventId, RoomId, UserId};
+use crate::ephemeral::{record_side, Presence};
+use crate::federation::edu;
+use crate::http::ApiError;
+use crate::node::now_ms;
+use crate::room::RoomView;
+use crate::store::records::side_entry::Kind;
+use crate::store::records::Receipt;
+
+/// Longest typing notification a client may ask for.
+const MAX_TYPING_MS: u64 = 120_000;
+
+fn room_id(s: &str) -> Result<RoomId, ApiError> {
+    RoomId::parse(s).map_err(|e| ApiError::new(http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string()))
+}
+
+/// The room, if the caller is joined to it.
+fn joined_room(call: &Call, room: &str) -> Result<(UserId, std::sync::Arc<RoomView>), ApiError> {
+    let (user, _) = call.who()?;
+    let room = room_id(room)?;
+    let view =
+        call.node.rooms.get(&room).map(|h| h.view()).ok_or_else(|| ApiError::forbidden("You are not in this room"))?;
+    use crate::core::rooms::StateView;
+    if view.state.membership(user.as_str()) != "join" {
+        return Err(ApiError::forbidden("You are not in this room"));
+    }
+    Ok((user.clone(), view))
+}
+
+/// `PUT /rooms/{roomId}/typing/{userId}`.
+pub fn typing(call: Call, room: &str, user_id: &str) -> Result<Value, ApiError> {
+    let (user, view) = joined_room(&call, room)?;
+    if user.as_str() != user_id {
+        return Err(ApiError::forbidden("You may only set your own typing state"));
+    }
+    let on =
+        call.body.get("typing").and_then(Value::as_bool).ok_or_else(|| ApiError::bad_json("typing is required"))?;
+    let timeout = call.body.get("timeout").and_then(Value::as_u64).unwrap_or(30_000).min(MAX_TYPING_MS);
+    let until = on.then(|| now_ms() + timeout as i64);
+    let node = call.node.clone();
+    if node.ephemeral.set_typing(&view.room_id, &user, until) || on {
+        record_side(&node, Kind::TypingRoom(view.room_id.to_string()))?;
+    }
+    edu::send_edu(&node, &edu::room_destinations(&node, &view, None), &edu::typing_edu(&view.room_id, &user, on))?;
+    if on {
+        // Clear the notification when its time is up, unless renewed.
+        let room = view.room_id.clone();
+        let task_node = node.clone();
+        node.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(timeout)).await;
+            if task_node.ephemeral.expire_typing(&room, &user) {
+                let _ = record_side(&task_node, Kind::TypingRoom(room.to_string()));
+            }
+        });
+    }
+    Ok(json!({}))
+}
+
+fn receipt_for(
+    call: &Call,
+    view: &RoomView,
+    user: &UserId,
+    kind: &str,
+    event: &EventId,
+    thread: &str,
+) -> Result<(), ApiError> {
+    let rec = call.node.store.event(event)?.ok_or_else(|| ApiError::not_found("Unknown event"))?;
+    if rec.room_id != view.room_id.as_str() {
+        return Err(ApiError::not_found("The event is not in this room"));
+    }
+    let receipt = Receipt { event_id: event.to_string(), ts: now_ms(), thread_id: thread.to_owned(), stream: 0 };
+    edu::store_receipt(&call.node, &view.room_id, kind, user, receipt.clone())?;
+    // Private receipts stay on this server.
+    if kind == "m.read" {
+        let dests = edu::room_destinations(&call.node, view, None);
+        edu::send_edu(&call.node, &dests, &edu::receipt_edu(&view.room_id, kind, user, event, &receipt))?;
+    }
+    Ok(())
+}
+
+/// `POST /rooms/{roomId}/receipt/{receiptType}/{eventId}`.
+pub async fn receipt(call: Call, room: &str, kind: &str, event: &str) -> Result<Value, ApiError> {
+    let (user, view) = joined_room(&call, room)?;
+    let event = EventId::parse(event)
+        .map_err(|e| ApiError::new(http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string()))?;
+    match kind {
+        "m.read" | "m.read.private" => {
+            let thread = call.body.get("thread_id").and_then(Value::as_str).unwrap_or("");
+            receipt_for(&call, &view, &user, kind, &event, thread)?;
+        }
+        "m.fully_read" => {
+            put_data(&call, &user, Some(&view.room_id), "m.fully_read", &json!({"event_id": event.as_str()})).await?;
+        }
+        _ => return Err(ApiError::new(http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "Unknown receipt type")),
+    }
+    Ok(json!({}))
+}
+
+/// `POST /rooms/{roomId}/read_markers`.
+pub async fn read_markers(call: Call, room: &str) -> Result<Value, ApiError> {
+    let (user, view) = joined_room(&call, room)?;
+    let id = |k: &str| call.body.get(k).and_then(Value::as_str).and_then(|e| EventId::parse(e).ok());
+    if let Some(e) = id("m.fully_read") {
+        put_data(&call, &user, Some(&view.room_id), "m.fully_read", &json!({"event_id": e.as_str()})).await?;
+    }
+    for kind in ["m.read", "m.read.private"] {
+        if let Some(e) = id(kind) {
+            receipt_for(&call, &view, &user, kind, &e, "")?;
+        }
+    }
+    Ok(json!({}))
+}
+
+/// Records a user's presence and tells the servers sharing a room.
+pub fn set_presence(call: &Call, user: &UserId, state: &str, status_msg: Option<String>) -> Result<(), ApiError> {
+    let changed = call.node.ephemeral.presence(user).is_none_or(|p| p.state != state || p.status_msg != status_msg);
+    let p = Presence { state: state.to_owned(), status_msg, last_active_ms: now_ms() };
+    call.node.ephemeral.set_presence(user, p.clone());
+    if changed {
+        record_side(&call.node, Kind::PresenceUser(user.to_string()))?;
+        let dests = edu::presence_destinations(&call.node, user);
+        edu::send_edu(&call.node, &dests, &edu::presence_edu(user, &p))?;
+    }
+    Ok(())
+}
+
+pub fn put_status(call: Call, user_id: &str) -> Result<Value, ApiError> {
+    let (user, _) = call.who()?;
+    if user.as_str() != user_id {
+        return Err(ApiError::forbidden("You may only set your own presence"));
+    }
+    let state =
+        call.body.get("presence").and_then(Value::as_str).ok_or_else(|| ApiError::bad_json("presence is required"))?;
+    if !["online", "offline", "unavailable"].contains(&state) {
+        return Err(ApiError::bad_json("presence must be online, offline or unavailable"));
+    }
+    let msg = call.body.get("status_msg").and_then(Value::as_str).map(str::to_owned);
+    let user = user.clone();
+    set_presence(&call, &user, state, msg)?;
+    Ok(json!({}))
+}
+
+pub fn get_status(call: Call, user_id: &str) -> Result<Value, ApiError> {
+    call.who()?;
+    let user = UserId::parse(user_id)
+        .map_err(|e| ApiError::new(http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string()))?;
+    match call.node.ephemeral.presence_event(&user) {
+        Some(e) => Ok(e["content"].clone()),
+        None => Ok(json!({"presence": "offline"})),
+    }
+}

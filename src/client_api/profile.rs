@@ -1,0 +1,93 @@
+//! Profiles: display name and avatar. A change is also sent as a new
+//! member event in every room the user is joined to.
+
+use serde_json::{json, Value};
+
+use super::rooms::{draft, submit};
+use super::Call;
+use crate::core::ids::UserId;
+use crate::core::rooms::StateView;
+use crate::http::ApiError;
+use crate::store::{Batch, Op};
+
+fn user_id(s: &str) -> Result<UserId, ApiError> {
+    UserId::parse(s).map_err(|e| ApiError::new(http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string()))
+}
+
+/// `{displayname, avatar_url}` of a local user, or of a remote one as seen
+/// in the rooms this server follows.
+fn profile_of(call: &Call, user: &UserId) -> Result<Value, ApiError> {
+    let mut out = json!({});
+    if user.is_on(&call.node.name) {
+        let rec = call.node.store.user(user)?.ok_or_else(|| ApiError::not_found("Profile not found"))?;
+        if !rec.displayname.is_empty() {
+            out["displayname"] = json!(rec.displayname);
+        }
+        if !rec.avatar_url.is_empty() {
+            out["avatar_url"] = json!(rec.avatar_url);
+        }
+        return Ok(out);
+    }
+    for room in call.node.rooms.ids() {
+        let Some(h) = call.node.rooms.get(&room) else { continue };
+        if let Some(m) = h.view().state.member(user.as_str()) {
+            for k in ["displayname", "avatar_url"] {
+                if let Some(v) = m.content().get(k).filter(|v| v.is_string()) {
+                    out[k] = v.clone();
+                }
+            }
+            return Ok(out);
+        }
+    }
+    Err(ApiError::not_found("Profile not found"))
+}
+
+pub fn get(call: Call, user: &str, field: Option<&str>) -> Result<Value, ApiError> {
+    let p = profile_of(&call, &user_id(user)?)?;
+    match field {
+        None => Ok(p),
+        Some(f) => match p.get(f) {
+            Some(v) => Ok(json!({ f: v })),
+            None => Err(ApiError::not_found("Profile field not set")),
+        },
+    }
+}
+
+pub async fn put(call: Call, user: &str, field: &str) -> Result<Value, ApiError> {
+    let (me, _) = call.who()?;
+    let me = me.clone();
+    if me.as_str() != user {
+        return Err(ApiError::forbidden("You may only change your own profile"));
+    }
+    if field != "displayname" && field != "avatar_url" {
+        return Err(ApiError::unrecognized());
+    }
+    let value = call.body.get(field).and_then(Value::as_str).unwrap_or("").to_owned();
+    let mut rec = call.node.store.user(&me)?.ok_or_else(|| ApiError::not_found("Unknown user"))?;
+    if field == "displayname" {
+        rec.displayname = value.clone();
+    } else {
+        rec.avatar_url = value.clone();
+    }
+    let mut b = Batch::new();
+    b.push(Op::PutUser(rec));
+    call.node.store.write(b)?;
+    // The new profile in every joined room's member event.
+    for (room, m) in call.node.store.memberships(&me)? {
+        if m.membership != "join" {
+            continue;
+        }
+        let Some(h) = call.node.rooms.get(&room) else { continue };
+        let mut content = h.view().state.member(me.as_str()).map(|e| e.content().clone()).unwrap_or_default();
+        content.insert("membership".into(), json!("join"));
+        if value.is_empty() {
+            content.remove(field);
+        } else {
+            content.insert(field.into(), json!(value));
+        }
+        if let Err(e) = submit(&call, &room, draft(&me, "m.room.member", Some(me.as_str()), content)).await {
+            tracing::info!(%room, errcode = e.errcode, "profile change not sent to a room");
+        }
+    }
+    Ok(json!({}))
+}

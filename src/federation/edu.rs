@@ -1,0 +1,212 @@
+//! EDUs: typing, read receipts and presence (digest 10; OQ-33, OQ-34).
+//!
+//! Room EDUs follow the room's star: a participant sends its users' typing
+//! and receipts to the hub, which applies them and relays them to the other
+//! servers in the room. Presence goes straight to every server that shares
+//! a room with the user. Each EDU carries both `type` (LM) and `edu_type`
+//! (Matrix) and the LM `sender`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::core::ids::{EventId, RoomId, ServerName, UserId};
+use crate::core::rooms::StateView;
+use crate::ephemeral::{record_side, Presence};
+use crate::node::{now_ms, Node};
+use crate::room::RoomView;
+use crate::store::records::queue_item::Item;
+use crate::store::records::side_entry::Kind;
+use crate::store::records::{QueueItem, Receipt};
+use crate::store::{Batch, Op, StoreError};
+
+/// How long a remote typing notification lasts without a refresh.
+const REMOTE_TYPING_MS: i64 = 30_000;
+
+fn edu(kind: &str, sender: &str, content: Value) -> Value {
+    json!({ "edu_type": kind, "type": kind, "sender": sender, "content": content })
+}
+
+pub fn typing_edu(room: &RoomId, user: &UserId, typing: bool) -> Value {
+    edu("m.typing", user.as_str(), json!({"room_id": room.as_str(), "user_id": user.as_str(), "typing": typing}))
+}
+
+pub fn receipt_edu(room: &RoomId, kind: &str, user: &UserId, event: &EventId, r: &Receipt) -> Value {
+    let mut data = json!({ "ts": r.ts });
+    if !r.thread_id.is_empty() {
+        data["thread_id"] = json!(r.thread_id);
+    }
+    let content =
+        json!({ room.as_str(): { kind: { user.as_str(): { "event_ids": [event.as_str()], "data": data } } } });
+    edu("m.receipt", user.as_str(), content)
+}
+
+pub fn presence_edu(user: &UserId, p: &Presence) -> Value {
+    let mut entry = json!({
+        "user_id": user.as_str(),
+        "presence": p.state,
+        "last_active_ago": (now_ms() - p.last_active_ms).max(0),
+        "currently_active": p.state == "online",
+    });
+    if let Some(m) = &p.status_msg {
+        entry["status_msg"] = json!(m);
+    }
+    edu("m.presence", user.as_str(), json!({ "push": [entry] }))
+}
+
+/// Queues an EDU for each destination (durably, like PDUs).
+pub fn send_edu(node: &Arc<Node>, dests: &BTreeSet<ServerName>, edu: &Value) -> Result<(), StoreError> {
+    if dests.is_empty() {
+        return Ok(());
+    }
+    let alloc = node.positions.allocate(1)?;
+    let bytes = serde_json::to_vec(edu).unwrap_or_default();
+    let mut b = Batch::new();
+    for d in dests {
+        b.push(Op::Enqueue {
+            dest: d.clone(),
+            pos: alloc.first(),
+            item: QueueItem { item: Some(Item::EduJson(bytes.clone())) },
+        });
+    }
+    node.store.write(b)?;
+    drop(alloc);
+    for d in dests {
+        node.outbound.wake(node, d);
+    }
+    Ok(())
+}
+
+fn joined_servers(view: &RoomView) -> BTreeSet<ServerName> {
+    view.state.joined_members().map(|u| u.server_name()).collect()
+}
+
+/// Where a room EDU from this server goes: everyone (as hub) or the hub.
+pub fn room_destinations(node: &Node, view: &RoomView, except: Option<&ServerName>) -> BTreeSet<ServerName> {
+    let mut out = if view.is_hub(&node.name) { joined_servers(view) } else { BTreeSet::from([view.hub.clone()]) };
+    out.remove(&node.name);
+    if let Some(e) = except {
+        out.remove(e);
+    }
+    out
+}
+
+/// Servers sharing a room with `user`, for presence.
+pub fn presence_destinations(node: &Node, user: &UserId) -> BTreeSet<ServerName> {
+    let mut out = BTreeSet::new();
+    for room in node.rooms.ids() {
+        let Some(h) = node.rooms.get(&room) else { continue };
+        let view = h.view();
+        if view.state.membership(user.as_str()) == "join" {
+            out.extend(joined_servers(&view));
+        }
+    }
+    out.remove(&node.name);
+    out
+}
+
+/// Stores a read receipt and records the change for sync.
+pub fn store_receipt(node: &Node, room: &RoomId, kind: &str, user: &UserId, mut r: Receipt) -> Result<(), StoreError> {
+    let alloc = node.positions.allocate(1)?;
+    r.stream = alloc.first();
+    let mut b = Batch::new();
+    b.push(Op::PutReceipt { room: room.clone(), kind: kind.to_owned(), user: user.clone(), receipt: r })
+        .push(Op::SideEntry { pos: alloc.first(), entry: side(Kind::ReceiptRoom(room.to_string())) });
+    node.store.write(b)
+}
+
+fn side(kind: Kind) -> crate::store::records::SideEntry {
+    crate::store::records::SideEntry { kind: Some(kind) }
+}
+
+/// EDUs from a `/send`. A user's EDU is accepted from the user's own
+/// server, or from the room's hub relaying it; the hub relays what its
+/// participants send.
+pub async fn receive(node: &Arc<Node>, origin: &ServerName, edus: &[Value]) {
+    for e in edus {
+        let kind = e.get("edu_type").or_else(|| e.get("type")).and_then(Value::as_str).unwrap_or("");
+        let content = e.get("content").cloned().unwrap_or(Value::Null);
+        let result = match kind {
+            "m.typing" => typing(node, origin, &content, e),
+            "m.receipt" => receipts(node, origin, &content),
+            "m.presence" => presence(node, origin, &content),
+            _ => Ok(()),
+        };
+        if let Err(err) = result {
+            tracing::debug!(%origin, kind, error = %err, "EDU ignored");
+        }
+    }
+}
+
+/// The room's view, if `user` is joined and `origin` may speak for them.
+fn room_for(node: &Node, origin: &ServerName, room: &str, user: &UserId) -> Result<Arc<RoomView>, String> {
+    let room = RoomId::parse(room).map_err(|e| e.to_string())?;
+    let view = node.rooms.get(&room).ok_or("unknown room")?.view();
+    if !(user.is_on(origin) || &view.hub == origin) {
+        return Err(format!("{origin} may not speak for {user}"));
+    }
+    if view.state.membership(user.as_str()) != "join" {
+        return Err(format!("{user} is not joined"));
+    }
+    Ok(view)
+}
+
+fn typing(node: &Arc<Node>, origin: &ServerName, c: &Value, raw: &Value) -> Result<(), String> {
+    let user = UserId::parse(c.get("user_id").and_then(Value::as_str).unwrap_or("")).map_err(|e| e.to_string())?;
+    let view = room_for(node, origin, c.get("room_id").and_then(Value::as_str).unwrap_or(""), &user)?;
+    let on = c.get("typing").and_then(Value::as_bool).unwrap_or(false);
+    let until = on.then(|| now_ms() + REMOTE_TYPING_MS);
+    if node.ephemeral.set_typing(&view.room_id, &user, until) {
+        record_side(node, Kind::TypingRoom(view.room_id.to_string())).map_err(|e| e.to_string())?;
+    }
+    if view.is_hub(&node.name) {
+        send_edu(node, &room_destinations(node, &view, Some(origin)), raw).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn receipts(node: &Arc<Node>, origin: &ServerName, c: &Value) -> Result<(), String> {
+    let rooms = c.as_object().ok_or("receipt content is not an object")?;
+    for (room, kinds) in rooms {
+        for (kind, users) in kinds.as_object().into_iter().flatten() {
+            for (user, r) in users.as_object().into_iter().flatten() {
+                let Ok(user) = UserId::parse(user) else { continue };
+                let Ok(view) = room_for(node, origin, room, &user) else { continue };
+                let Some(event) = r.get("event_ids").and_then(|e| e.get(0)).and_then(Value::as_str) else { continue };
+                let Ok(event) = EventId::parse(event) else { continue };
+                let data = r.get("data");
+                let receipt = Receipt {
+                    event_id: event.to_string(),
+                    ts: data.and_then(|d| d.get("ts")).and_then(Value::as_i64).unwrap_or_else(now_ms),
+                    thread_id: data.and_then(|d| d.get("thread_id")).and_then(Value::as_str).unwrap_or("").to_owned(),
+                    stream: 0,
+                };
+                store_receipt(node, &view.room_id, kind, &user, receipt.clone()).map_err(|e| e.to_string())?;
+                if view.is_hub(&node.name) {
+                    let relay = receipt_edu(&view.room_id, kind, &user, &event, &receipt);
+                    send_edu(node, &room_destinations(node, &view, Some(origin)), &relay).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn presence(node: &Arc<Node>, origin: &ServerName, c: &Value) -> Result<(), String> {
+    for entry in c.get("push").and_then(Value::as_array).into_iter().flatten() {
+        let Ok(user) = UserId::parse(entry.get("user_id").and_then(Value::as_str).unwrap_or("")) else { continue };
+        if !user.is_on(origin) {
+            continue;
+        }
+        let ago = entry.get("last_active_ago").and_then(Value::as_i64).unwrap_or(0);
+        let p = Presence {
+            state: entry.get("presence").and_then(Value::as_str).unwrap_or("offline").to_owned(),
+            status_msg: entry.get("status_msg").and_then(Value::as_str).map(str::to_owned),
+            last_active_ms: now_ms() - ago,
+        };
+        node.ephemeral.set_presence(&user, p);
+        record_side(node, Kind::PresenceUser(user.to_string())).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

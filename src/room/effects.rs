@@ -1,0 +1,92 @@
+//! What an appended event does beyond the list: a redaction rewrites the
+//! stored event it targets, and a follower trims its cache of old events.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::actor::{RoomActor, Work};
+use crate::config::Mode;
+use crate::core::event::{redact, Pdu};
+use crate::core::ids::EventId;
+use crate::core::json::{self, NumberPolicy};
+use crate::core::rooms::{PowerLevels, StateView};
+use crate::store::records::EventRecord;
+use crate::store::Op;
+
+/// Old events a follower trims at once, so trimming is not per event.
+const PRUNE_STEP: u64 = 64;
+
+impl RoomActor {
+    /// Applies an accepted `m.room.redaction`: the target is stored in its
+    /// redacted form when the redactor may redact it (OQ-11: power level at
+    /// least `redact`, or the same server as the target's sender). The
+    /// event id does not change; the hub serves the redacted form from now on.
+    pub(super) fn apply_redaction(&mut self, work: &mut Work, redaction: &Pdu) {
+        let target = redaction
+            .content()
+            .get("redacts")
+            .or_else(|| redaction.json().get("redacts"))
+            .and_then(Value::as_str)
+            .and_then(|s| EventId::parse(s).ok());
+        let Some(target) = target else { return };
+        let Ok(Some(rec)) = self.node.store.event(&target) else { return };
+        if rec.room_id != self.cur.room_id.as_str() || rec.pruned || !rec.redacted_by.is_empty() {
+            return;
+        }
+        let Ok(obj) = json::parse_object(&rec.json, NumberPolicy::Ieee754) else { return };
+        let original_sender = obj.get("sender").and_then(Value::as_str).unwrap_or("");
+        let same_server = original_sender.rsplit_once(':').is_some_and(|_| {
+            crate::core::ids::UserId::parse(original_sender)
+                .is_ok_and(|u| u.server_name() == redaction.sender().server_name())
+        });
+        let levels = PowerLevels::from_state(&self.cur.state, self.cur.version);
+        let allowed = levels.user_level(redaction.sender().as_str()) >= levels.action_level("redact") || same_server;
+        if !allowed {
+            return;
+        }
+        let redacted = redact(self.cur.version, &obj);
+        if let Ok(pdu) = Pdu::from_trusted(self.cur.version, redacted.clone(), target.clone()) {
+            if let Some(sk) = pdu.state_key() {
+                if self.cur.state.get(pdu.event_type(), sk).is_some_and(|cur| cur.event_id() == &target) {
+                    self.cur.state.apply(Arc::new(pdu));
+                }
+            }
+        }
+        let record = EventRecord {
+            json: serde_json::to_vec(&redacted).unwrap_or_default(),
+            redacted_by: redaction.event_id().to_string(),
+            ..rec
+        };
+        work.batch.push(Op::PutEvent(target, record));
+    }
+
+    /// A follower keeps `follower.timeline_cache` recent events of rooms
+    /// hubbed elsewhere; older ones (not in the current state) lose their
+    /// JSON and are fetched from the hub when a client pages back to them.
+    pub(super) fn trim_cache(&mut self, work: &mut Work) {
+        let config = &self.node.config;
+        if config.mode != Mode::Follower || self.node.is_me(&self.cur.hub) {
+            return;
+        }
+        let keep = config.follower.timeline_cache.max(1);
+        let upto = self.cur.length.saturating_sub(keep);
+        if upto < self.pruned_upto + PRUNE_STEP {
+            return;
+        }
+        let in_state: HashSet<&EventId> = self.cur.state.iter().map(|e| e.event_id()).collect();
+        let Ok(ids) = self.node.store.list(&self.cur.room_id, self.pruned_upto, upto) else { return };
+        for id in ids {
+            if in_state.contains(&id) {
+                continue;
+            }
+            if let Ok(Some(rec)) = self.node.store.event(&id) {
+                if !rec.pruned {
+                    work.batch.push(Op::PutEvent(id, EventRecord { json: Vec::new(), pruned: true, ..rec }));
+                }
+            }
+        }
+        self.pruned_upto = upto;
+    }
+}
