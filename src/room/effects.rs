@@ -15,7 +15,8 @@ use crate::core::rooms::{PowerLevels, StateView};
 use crate::store::records::EventRecord;
 use crate::store::Op;
 
-/// Old events a follower trims at once, so trimming is not per event.
+/// Old events a follower trims at once (at most the cache size), so
+/// trimming is not per event.
 const PRUNE_STEP: u64 = 64;
 
 impl RoomActor {
@@ -72,7 +73,7 @@ impl RoomActor {
         }
         let keep = config.follower.timeline_cache.max(1);
         let upto = self.cur.length.saturating_sub(keep);
-        if upto < self.pruned_upto + PRUNE_STEP {
+        if upto < self.pruned_upto + PRUNE_STEP.min(keep) {
             return;
         }
         let in_state: HashSet<&EventId> = self.cur.state.iter().map(|e| e.event_id()).collect();
