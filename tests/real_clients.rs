@@ -18,7 +18,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 fn client_command(kind: &str) -> Option<(String, Vec<String>)> {
     let dir = env!("CARGO_MANIFEST_DIR");
     let found = match kind {
-        "nio" => std::env::var("LMX_NIO_PYTHON").ok().map(|py| (py, vec![format!("{dir}/tests/clients/nio_scenario.py")])),
+        "nio" => {
+            std::env::var("LMX_NIO_PYTHON").ok().map(|py| (py, vec![format!("{dir}/tests/clients/nio_scenario.py")]))
+        }
         _ => std::env::var("LMX_JS_DIR").ok().map(|js| ("node".to_owned(), vec![format!("{js}/scenario.mjs")])),
     };
     if found.is_none() {
@@ -83,7 +85,10 @@ async fn scenario(kind: &str, pause: bool) {
     let status = tokio::time::timeout(Duration::from_secs(240), run).await;
     let err = errors.await.unwrap_or_default();
     let status = status.unwrap_or_else(|_| panic!("{kind} scenario timed out; stdout: {seen:?}\nstderr:\n{err}"));
-    assert!(status.success() && seen.last().map(String::as_str) == Some("OK"), "{kind} scenario failed\nstdout: {seen:?}\nstderr:\n{err}");
+    assert!(
+        status.success() && seen.last().map(String::as_str) == Some("OK"),
+        "{kind} scenario failed\nstdout: {seen:?}\nstderr:\n{err}"
+    );
     if pause {
         assert!(seen.iter().any(|l| l == "PAUSE"), "the servers were restarted mid-way");
     }
