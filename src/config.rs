@@ -1,7 +1,7 @@
 //! Configuration: an embedded default, an optional TOML file, then `LMX_`
 //! environment variables (`__` separates nesting levels, e.g.
-//! `LMX_FEDERATION__LISTEN=0.0.0.0:8448`; `LMX_LOG` is the log filter, not a
-//! key). Every key is documented in
+//! `LMX_FEDERATION__LISTEN=0.0.0.0:8448`; variables that name no section,
+//! such as `LMX_LOG` (the log filter), are not keys). Every key is documented in
 //! `config.example.toml`.
 
 use std::collections::BTreeMap;
@@ -153,6 +153,19 @@ pub enum ConfigError {
     ResolveName(String),
 }
 
+/// The top-level keys, for picking `LMX_` variables.
+const TOP_LEVEL_KEYS: [&str; 9] = [
+    "server_name",
+    "mode",
+    "data_dir",
+    "signing_key_path",
+    "federation",
+    "client",
+    "registration",
+    "storage",
+    "follower",
+];
+
 impl Config {
     /// Default, then the file (if given), then `LMX_` variables.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
@@ -160,8 +173,14 @@ impl Config {
         if let Some(f) = file {
             fig = fig.merge(Toml::file_exact(f));
         }
-        let config: Config =
-            fig.merge(Env::prefixed("LMX_").ignore(&["LOG"]).split("__")).extract().map_err(Box::new)?;
+        // Only variables naming a configuration section count: others with
+        // the prefix (LMX_LOG, test harness settings) are not config keys.
+        let section = |k: &figment::value::UncasedStr| {
+            let first = k.as_str().split("__").next().unwrap_or("").to_ascii_lowercase();
+            TOP_LEVEL_KEYS.contains(&first.as_str())
+        };
+        let env = Env::prefixed("LMX_").filter(section).split("__");
+        let config: Config = fig.merge(env).extract().map_err(Box::new)?;
         config.validate()?;
         Ok(config)
     }
