@@ -316,25 +316,27 @@ impl RoomActor {
     }
 
     fn lpdu_refused(&mut self, hash: String, error: String, work: &mut Work) {
-        if let Ok(Some(p)) = self.node.store.pending_lpdu(&hash) {
-            work.batch.push(Op::DeletePending(hash.clone()));
-            if let Ok(user) = UserId::parse(&p.txn_user) {
-                work.batch.push(Op::PutClientTxn {
-                    user,
-                    device: p.txn_device,
-                    txn: p.txn_id,
-                    record: ClientTxn {
-                        lpdu_hash: hash.clone(),
-                        room_id: p.room_id,
-                        error: error.clone(),
-                        ..Default::default()
-                    },
-                });
-            }
-        }
+        self.settle_pending(work, &hash, Err(error.clone()));
         for w in self.waiters.remove(&hash).unwrap_or_default() {
             let _ = w.send(Err(RoomError::Forbidden(format!("the hub refused the event: {error}"))));
         }
+    }
+
+    /// An LPDU we sent is done with: drop it from the pending set and record
+    /// the outcome for the client transaction that made it. False when it
+    /// was not pending (sent before a restart lost nothing but the waiter).
+    fn settle_pending(&mut self, work: &mut Work, hash: &str, outcome: Result<EventId, String>) -> bool {
+        let Ok(Some(p)) = self.node.store.pending_lpdu(hash) else { return false };
+        work.batch.push(Op::DeletePending(hash.to_owned()));
+        if let Ok(user) = UserId::parse(&p.txn_user) {
+            let (event_id, error) = match outcome {
+                Ok(id) => (id.to_string(), String::new()),
+                Err(e) => (String::new(), e),
+            };
+            let record = ClientTxn { event_id, lpdu_hash: hash.to_owned(), room_id: p.room_id, error };
+            work.batch.push(Op::PutClientTxn { user, device: p.txn_device, txn: p.txn_id, record });
+        }
+        true
     }
 
     fn await_lpdu(&mut self, hash: String, reply: oneshot::Sender<Result<EventId, RoomError>>) {
@@ -428,27 +430,10 @@ impl RoomActor {
 
     /// A participant sees its own LPDU come back sequenced.
     fn note_echo(&mut self, work: &mut Work, hash: &str, id: &EventId) {
-        let Ok(Some(p)) = self.node.store.pending_lpdu(hash) else {
-            if self.waiters.contains_key(hash) {
-                work.echoes.push((hash.to_owned(), id.clone()));
-            }
-            return;
-        };
-        work.batch.push(Op::DeletePending(hash.to_owned()));
-        if let Ok(user) = UserId::parse(&p.txn_user) {
-            work.batch.push(Op::PutClientTxn {
-                user,
-                device: p.txn_device,
-                txn: p.txn_id,
-                record: ClientTxn {
-                    event_id: id.to_string(),
-                    lpdu_hash: hash.to_owned(),
-                    room_id: p.room_id,
-                    error: String::new(),
-                },
-            });
+        let was_pending = self.settle_pending(work, hash, Ok(id.clone()));
+        if was_pending || self.waiters.contains_key(hash) {
+            work.echoes.push((hash.to_owned(), id.clone()));
         }
-        work.echoes.push((hash.to_owned(), id.clone()));
     }
 
     pub(super) fn knows(&self, work: &Work, id: &EventId) -> bool {
