@@ -236,6 +236,13 @@ async fn moderation_knocks_aliases_and_redactions() {
     assert_eq!(send.status, 403);
     let rejoin = bob.join(&room, HUB).await;
     assert_eq!(rejoin.status, 403, "{}", rejoin.body);
+    // The ban reached bob's server although it has no joined user left.
+    let room_id = lmx::core::ids::RoomId::parse(&room).unwrap();
+    eventually("p1 to see the ban", || {
+        use lmx::core::rooms::StateView;
+        p1.node().rooms.get(&room_id).is_some_and(|h| h.view().state.membership(&bob.user_id) == "ban")
+    })
+    .await;
     alice.ok("POST", &format!("/_matrix/client/v3/rooms/{r}/unban"), Some(json!({"user_id": bob.user_id}))).await;
     // A left room can be forgotten; a joined one cannot.
     let forget = carol.call("POST", &format!("/_matrix/client/v3/rooms/{r}/forget"), Some(json!({}))).await;

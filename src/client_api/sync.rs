@@ -376,8 +376,9 @@ impl Syncer<'_> {
                     let items: Vec<Item> =
                         items.into_iter().rev().take(want).collect::<Vec<_>>().into_iter().rev().collect();
                     let ids: BTreeSet<EventId> = items.iter().map(|i| i.id.clone()).collect();
-                    // A room joined in this window gets its state.
-                    let state = if changed_membership { self.state_events(room, &ids) } else { Vec::new() };
+                    // A room joined in this window gets its state; a gap in the
+                    // timeline may hide state changes, so it gets it too.
+                    let state = if changed_membership || limited { self.state_events(room, &ids) } else { Vec::new() };
                     let eph = self.ephemeral(room, has_receipts.then_some(since), is_typing)?;
                     let acc = match data_types {
                         Some(t) => self.account_data(Some(room), Some(t))?,
