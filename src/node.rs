@@ -30,6 +30,8 @@ pub struct Node {
     pub ephemeral: Ephemeral,
     pub outbound: Outbound,
     pub inbound: InboundTxns,
+    /// Events and states of mixed rooms, cached for state resolution.
+    pub dag: crate::room::snapshot::DagCache,
     tasks: Mutex<Option<JoinSet<()>>>,
 }
 
@@ -70,6 +72,7 @@ impl Node {
             ephemeral: Ephemeral::default(),
             outbound,
             inbound: InboundTxns::default(),
+            dag: Default::default(),
             tasks: Mutex::new(Some(JoinSet::new())),
         })
     }

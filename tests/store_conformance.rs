@@ -33,6 +33,8 @@ fn rooms_and_events(store: &dyn Store) {
         hub_server: "hub.test".into(),
         length: 3,
         tail: ev(2).to_string(),
+        extremities: vec![ev(2).to_string()],
+        max_depth: 3,
     })];
     for i in 0..3u32 {
         ops.push(Op::PutEvent(
@@ -74,6 +76,38 @@ fn rooms_and_events(store: &dyn Store) {
     let mut state = store.state_ids(&r).unwrap();
     state.sort();
     assert_eq!(state, vec![ev(0), ev(2)], "a later state event replaces an earlier one");
+    assert_eq!(store.room(&r).unwrap().unwrap().extremities, vec![ev(2).to_string()]);
+
+    // Mixed rooms: a state key can leave the state, and snapshots are kept.
+    let snapshot = StateSnapshot {
+        base: ev(1).to_string(),
+        entries: vec![StateEntry {
+            event_type: "m.room.member".into(),
+            state_key: "@a:hub.test".into(),
+            event_id: ev(2).to_string(),
+        }],
+        chain: 1,
+        replaced: ev(1).to_string(),
+    };
+    write(
+        store,
+        vec![
+            Op::DeleteState { room: r.clone(), event_type: "m.room.member".into(), state_key: "@a:hub.test".into() },
+            Op::PutStateAfter { event: ev(2), snapshot: snapshot.clone() },
+        ],
+    );
+    assert_eq!(store.state_ids(&r).unwrap(), vec![ev(0)]);
+    assert_eq!(store.state_after(&ev(2)).unwrap(), Some(snapshot));
+    assert_eq!(store.state_after(&ev(1)).unwrap(), None);
+    write(
+        store,
+        vec![Op::SetState {
+            room: r.clone(),
+            event_type: "m.room.member".into(),
+            state_key: "@a:hub.test".into(),
+            event: ev(2),
+        }],
+    );
     assert_eq!(store.lpdu_event(&r, "h1").unwrap(), Some(ev(2)));
     assert_eq!(store.lpdu_event(&r, "h2").unwrap(), None);
     let after: Vec<u64> = store.stream_after(10, 10).unwrap().iter().map(|e| e.pos).collect();

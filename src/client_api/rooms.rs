@@ -79,7 +79,7 @@ pub async fn create_room(call: Call) -> Result<Value, ApiError> {
     }
     let body = &call.body;
     let version_id = body.get("room_version").and_then(Value::as_str).unwrap_or(LM_VERSION);
-    let version = RoomVersion::find(version_id).filter(|v| v.hostable && v.lm).ok_or_else(|| {
+    let version = RoomVersion::find(version_id).filter(|v| v.hostable).ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "M_UNSUPPORTED_ROOM_VERSION",
@@ -94,11 +94,15 @@ pub async fn create_room(call: Call) -> Result<Value, ApiError> {
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_str).filter_map(|u| UserId::parse(u).ok()).collect())
         .unwrap_or_default();
-    let room = RoomId::parse(&format!("!{}:{}", random_string(18), node.name))
-        .map_err(|e| ApiError::unknown(e.to_string()))?;
-
     let mut create = body.get("creation_content").and_then(Value::as_object).cloned().unwrap_or_default();
     create.insert("room_version".into(), json!(version.id));
+    if version.auth.creator_in_content {
+        create.insert("creator".into(), json!(user.as_str()));
+    }
+    if version.auth.creators_infinite && preset == "trusted_private_chat" && !invites.is_empty() {
+        // v12: co-creators instead of level 100, as other servers do.
+        create.insert("additional_creators".into(), json!(invites.iter().map(UserId::as_str).collect::<Vec<_>>()));
+    }
     let mut pl = obj(json!({
         "users": { user.as_str(): 100 },
         "users_default": 0,
@@ -109,7 +113,7 @@ pub async fn create_room(call: Call) -> Result<Value, ApiError> {
         },
         "events_default": 0, "state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": 0,
     }));
-    if preset == "trusted_private_chat" {
+    if preset == "trusted_private_chat" && !version.auth.creators_infinite {
         for i in &invites {
             pl["users"][i.as_str()] = json!(100);
         }
@@ -117,9 +121,26 @@ pub async fn create_room(call: Call) -> Result<Value, ApiError> {
     if let Some(o) = body.get("power_level_content_override").and_then(Value::as_object) {
         merge(&mut pl, o);
     }
+    if version.auth.creators_infinite {
+        // v12: creators' power is implied and may not be listed.
+        if let Some(users) = pl.get_mut("users").and_then(Value::as_object_mut) {
+            users.remove(user.as_str());
+            for i in &invites {
+                users.remove(i.as_str());
+            }
+        }
+    }
     let join_rule = if preset == "public_chat" { "public" } else { "invite" };
+    let create = draft(&user, "m.room.create", Some(""), create);
+    let (room, create_event) = if version.is_mixed() {
+        let pdu = crate::room::build_create(&node, version, &create).map_err(ApiError::from)?;
+        (pdu.room_id().clone(), Some(pdu))
+    } else {
+        let id = RoomId::parse(&format!("!{}:{}", random_string(18), node.name))
+            .map_err(|e| ApiError::unknown(e.to_string()))?;
+        (id, None)
+    };
     let mut drafts = vec![
-        draft(&user, "m.room.create", Some(""), create),
         draft(
             &user,
             "m.room.member",
@@ -163,16 +184,17 @@ pub async fn create_room(call: Call) -> Result<Value, ApiError> {
         }
         drafts.push(draft(&user, "m.room.member", Some(i.as_str()), c));
     }
-    let view = RoomView {
-        room_id: room.clone(),
-        version,
-        hub: node.name.clone(),
-        state: Default::default(),
-        tail: None,
-        length: 0,
-    };
-    let handle = spawn_room(&node, view);
-    node.rooms.insert(room.clone(), handle);
+    let handle = spawn_room(&node, RoomView::empty(room.clone(), version, node.name.clone()));
+    node.rooms.insert(room.clone(), handle.clone());
+    match create_event {
+        Some(pdu) => {
+            let outcome = crate::federation::dag::offer(&node, &handle, &node.name, vec![pdu]).await?;
+            if let Some((_, Err(e))) = outcome.into_iter().next() {
+                return Err(e.into());
+            }
+        }
+        None => drafts.insert(0, create),
+    }
     if let Some(a) = &alias {
         super::directory::create(&call, a, &room)?;
     }

@@ -342,6 +342,15 @@ impl RoomId {
     pub fn domain(&self) -> Option<&str> {
         self.0.split_once(':').map(|(_, d)| d)
     }
+
+    /// Room version 12: the id of the create event this room id is the
+    /// hash of; `None` for ids with a server part.
+    pub fn create_event_id(&self) -> Option<EventId> {
+        if self.domain().is_some() {
+            return None;
+        }
+        Some(EventId(format!("${}", &self.0[1..])))
+    }
 }
 
 fn is_urlsafe_b64_char(c: u8) -> bool {

@@ -102,8 +102,14 @@ fn segs_after<'a>(segs: &'a [String], prefix: &[&str]) -> Option<Vec<&'a str>> {
 
 /// Which authenticated endpoint a path names, with its parameters.
 enum Endpoint {
-    Send(String),
+    /// `true`: Matrix's v1 form (answer `pdus`), else LM's (`failed_pdus`).
+    Send(String, bool),
     Event(String),
+    EventV1(String),
+    BackfillV1(String),
+    MissingEvents(String),
+    EventAuth(String, String),
+    SendPdu(&'static str, String, String),
     State(String, bool),
     Backfill(String),
     Invite(String),
@@ -134,7 +140,36 @@ fn endpoint(method: &Method, segs: &[String]) -> Result<Option<Endpoint>, ApiErr
     let ep = match (unstable.as_deref(), fed.as_deref()) {
         (Some(["send", txn]), _) | (_, Some(["v2", "send", txn])) => {
             allow(method, Method::PUT)?;
-            Send(txn.to_string())
+            Send(txn.to_string(), false)
+        }
+        (_, Some(["v1", "send", txn])) => {
+            allow(method, Method::PUT)?;
+            Send(txn.to_string(), true)
+        }
+        (_, Some(["v1", "event", id])) => {
+            allow(method, Method::GET)?;
+            EventV1(id.to_string())
+        }
+        (_, Some(["v1", "backfill", room])) => {
+            allow(method, Method::GET)?;
+            BackfillV1(room.to_string())
+        }
+        (_, Some(["v1", "get_missing_events", room])) => {
+            allow(method, Method::POST)?;
+            MissingEvents(room.to_string())
+        }
+        (_, Some(["v1", "event_auth", room, event])) => {
+            allow(method, Method::GET)?;
+            EventAuth(room.to_string(), event.to_string())
+        }
+        (_, Some(["v2", which @ ("send_join" | "send_leave"), room, event]))
+        | (_, Some(["v1", which @ "send_knock", room, event])) => {
+            allow(method, Method::PUT)?;
+            SendPdu(m(which), room.to_string(), event.to_string())
+        }
+        (_, Some(["v2", "invite", _room, event])) => {
+            allow(method, Method::PUT)?;
+            Invite(event.to_string())
         }
         (Some(["event", id]), _) | (_, Some(["v2", "event", id])) => {
             allow(method, Method::GET)?;
@@ -208,7 +243,7 @@ impl FedHandler {
             // every other path: unknown endpoint (item 127).
             return Err(ApiError::unrecognized());
         };
-        let limit = if matches!(ep, Endpoint::Send(_)) { MAX_SEND_BODY } else { MAX_BODY };
+        let limit = if matches!(ep, Endpoint::Send(..)) { MAX_SEND_BODY } else { MAX_BODY };
         let bytes = read_body(body, limit).await?;
         let has_body = !bytes.iter().all(u8::is_ascii_whitespace);
         let body = json_object(&bytes, NumberPolicy::Ieee754, !matches!(parts.method, Method::PUT | Method::POST))?;
@@ -216,8 +251,13 @@ impl FedHandler {
         let origin = authenticate(node, &parts, body_value.as_ref()).await?;
         let req = Req { node: node.clone(), origin, query: query_pairs(parts.uri.query()), body };
         let answer = match ep {
-            Endpoint::Send(txn) => handlers::send::send(req, &txn).await,
+            Endpoint::Send(txn, v1) => handlers::send::send(req, &txn, v1).await,
             Endpoint::Event(id) => handlers::events::event(req, &id).await,
+            Endpoint::EventV1(id) => handlers::dag::event(req, &id).await,
+            Endpoint::BackfillV1(room) => handlers::dag::backfill(req, &room).await,
+            Endpoint::MissingEvents(room) => handlers::dag::get_missing_events(req, &room).await,
+            Endpoint::EventAuth(room, event) => handlers::dag::event_auth(req, &room, &event).await,
+            Endpoint::SendPdu(kind, room, event) => handlers::membership::send_pdu(req, kind, &room, &event).await,
             Endpoint::State(room, ids_only) => handlers::events::state(req, &room, ids_only).await,
             Endpoint::Backfill(room) => handlers::events::backfill(req, &room).await,
             Endpoint::Invite(txn) => handlers::membership::invite(req, &txn).await,

@@ -30,7 +30,17 @@ pub fn stripped_state(room: &RoomView, inviter: Option<&UserId>) -> Vec<Value> {
     if let Some(i) = inviter {
         keys.push(("m.room.member", i.to_string()));
     }
-    keys.iter().filter_map(|(t, k)| room.state.get(t, k)).map(strip).collect()
+    keys.iter()
+        .filter_map(|(t, k)| room.state.get(t, k))
+        .map(|e| {
+            // The whole create event, so the invitee can check it (MSC4311).
+            if room.version.is_mixed() && e.event_type() == "m.room.create" {
+                Value::Object(e.json().clone())
+            } else {
+                strip(e)
+            }
+        })
+        .collect()
 }
 
 pub fn strip(e: &Pdu) -> Value {
@@ -62,9 +72,19 @@ pub async fn send_invite(node: &Node, room: &RoomView, pdu: Pdu) -> Result<Pdu, 
         "invite_room_state": stripped_state(room, Some(pdu.sender())),
         "room_version": room.version.id,
     });
-    let path = format!("{}/invite/{}", super::UNSTABLE, encode_segment(pdu.event_id().as_str()));
     let lm = super::fetch::lm_peer(node, &server).await;
-    let resp = node.fed.request(&server, Method::POST, &path, Some(&body), lm).await.map_err(|e| {
+    // Mixed rooms speak Matrix's invite v2, which lmx serves too.
+    let (method, path) = if room.version.is_mixed() {
+        let path = format!(
+            "/_matrix/federation/v2/invite/{}/{}",
+            encode_segment(room.room_id.as_str()),
+            encode_segment(pdu.event_id().as_str())
+        );
+        (Method::PUT, path)
+    } else {
+        (Method::POST, format!("{}/invite/{}", super::UNSTABLE, encode_segment(pdu.event_id().as_str())))
+    };
+    let resp = node.fed.request(&server, method, &path, Some(&body), lm).await.map_err(|e| {
         match (e.status().map(|s| s.as_u16()), e.errcode()) {
             (Some(403), _) => RoomError::Forbidden(format!("{server} refused the invite")),
             (_, Some(code)) => RoomError::Remote(format!("{server} refused the invite: {code}")),

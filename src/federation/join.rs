@@ -8,19 +8,19 @@ use http::Method;
 use serde_json::{json, Value};
 
 use super::fetch::{checked_pdu, checked_pdus, lm_peer};
-use crate::core::event::{sign_lpdu, Lpdu, Pdu, RoomVersion};
-use crate::core::ids::{RoomId, ServerName, UserId};
+use crate::core::event::{sign_event, sign_lpdu, Lpdu, Pdu, RoomVersion, Schema};
+use crate::core::ids::{EventId, RoomId, ServerName, UserId};
 use crate::core::json::Object;
 use crate::core::rooms::{authorize, StateMap};
 use crate::http::encode_segment;
 use crate::node::{now_ms, Node};
-use crate::room::{spawn_room, RoomCmd, RoomError, RoomView};
+use crate::room::{spawn_room, RoomCmd, RoomError, RoomView, Verdict};
 use crate::store::records::{EventRecord, Membership, RoomRecord};
 use crate::store::{Batch, Op, StreamEntry};
 
 /// Versions we can join, for `ver=` (item 195).
 fn supported_versions() -> Vec<&'static str> {
-    RoomVersion::all().iter().filter(|v| v.hostable && v.lm).map(|v| v.id).collect()
+    RoomVersion::all().iter().filter(|v| v.hostable).map(|v| v.id).collect()
 }
 
 /// The template of a `make_*` answer, in either shape (OQ-25).
@@ -76,6 +76,70 @@ fn lpdu_from_template(node: &Node, h: &Handshake<'_>, template: &Object, extra: 
     Lpdu::from_object(version, o).map_err(|e| RoomError::BadEvent(e.to_string()))
 }
 
+/// Mixed rooms: our whole membership event from the hub's template,
+/// signed by us (prev events, auth events and depth as the hub chose).
+fn pdu_from_template(node: &Node, h: &Handshake<'_>, template: &Object, extra: &Object) -> Result<Pdu, RoomError> {
+    let Handshake { hub, room, user, membership, version } = *h;
+    let bad = |what: &str| RoomError::Remote(format!("{hub}'s template has a wrong {what}"));
+    if template.get("type").and_then(Value::as_str) != Some("m.room.member") {
+        return Err(bad("type"));
+    }
+    for k in ["state_key", "sender"] {
+        if template.get(k).and_then(Value::as_str) != Some(user.as_str()) {
+            return Err(bad(k));
+        }
+    }
+    if template.get("room_id").and_then(Value::as_str) != Some(room.as_str()) {
+        return Err(bad("room_id"));
+    }
+    let mut content = extra.clone();
+    content.insert("membership".into(), json!(membership));
+    let mut o = Object::new();
+    for k in ["room_id", "type", "state_key", "sender", "prev_events", "auth_events", "depth"] {
+        let v = template.get(k).cloned().ok_or_else(|| bad(k))?;
+        o.insert(k.into(), v);
+    }
+    o.insert("origin_server_ts".into(), json!(now_ms()));
+    o.insert("content".into(), Value::Object(content));
+    sign_event(version, &node.key, &mut o).map_err(|e| RoomError::BadEvent(e.to_string()))?;
+    Pdu::from_object(version, o, Schema::Full).map_err(|e| RoomError::Remote(format!("{hub}'s template: {e}")))
+}
+
+/// Sends our signed membership event: the LPDU to an LM hub's unstable
+/// path, the whole event to Matrix's `send_*` of a mixed room's hub.
+async fn send_membership(
+    node: &Node,
+    h: &Handshake<'_>,
+    lpdu: Option<&Lpdu>,
+    pdu: Option<&Pdu>,
+) -> Result<Value, RoomError> {
+    let endpoint = format!("send_{}", h.membership);
+    let (method, path, body) = match (lpdu, pdu) {
+        (Some(l), _) => {
+            let path = format!("{}/{endpoint}/{}", super::UNSTABLE, encode_segment(l.lpdu_id().as_str()));
+            (Method::POST, path, Value::Object(l.json().clone()))
+        }
+        (None, Some(p)) => {
+            let v = if h.membership == "knock" { "v1" } else { "v2" };
+            let path = format!(
+                "/_matrix/federation/{v}/{endpoint}/{}/{}",
+                encode_segment(h.room.as_str()),
+                encode_segment(p.event_id().as_str())
+            );
+            (Method::PUT, path, Value::Object(p.json().clone()))
+        }
+        (None, None) => return Err(RoomError::BadEvent("nothing to send".into())),
+    };
+    let lm = lm_peer(node, h.hub).await;
+    let resp = node.fed.request(h.hub, method, &path, Some(&body), lm).await.map_err(|e| {
+        match e.status().map(|s| s.as_u16()) {
+            Some(403) => RoomError::Forbidden(format!("{} refused the {}", h.hub, h.membership)),
+            _ => RoomError::Remote(e.to_string()),
+        }
+    })?;
+    resp.json(h.hub.as_str()).map_err(|e| RoomError::Remote(e.to_string()))
+}
+
 /// Candidate hubs in order (OQ-27): servers named by the caller (invite
 /// origin, `via`), then the room id's domain.
 pub fn candidates(room: &RoomId, named: &[ServerName]) -> Vec<ServerName> {
@@ -118,7 +182,7 @@ async fn make(
                 let version = version
                     .as_deref()
                     .and_then(RoomVersion::find)
-                    .filter(|v| v.hostable && v.lm)
+                    .filter(|v| v.hostable)
                     .ok_or_else(|| RoomError::Remote(format!("{server}: unsupported room version")))?;
                 return Ok((server.clone(), template, version));
             }
@@ -144,17 +208,11 @@ pub async fn join_remote(
 ) -> Result<crate::core::ids::EventId, RoomError> {
     let (hub, template, version) = make(node, "make_join", room, user, servers).await?;
     let h = Handshake { hub: &hub, room, user, membership: "join", version };
+    if version.is_mixed() {
+        return join_mixed(node, &h, &template, content).await;
+    }
     let lpdu = lpdu_from_template(node, &h, &template, content)?;
-    let path = format!("{}/send_join/{}", super::UNSTABLE, encode_segment(lpdu.lpdu_id().as_str()));
-    let lm = lm_peer(node, &hub).await;
-    let resp =
-        node.fed.request(&hub, Method::POST, &path, Some(&Value::Object(lpdu.json().clone())), lm).await.map_err(
-            |e| match e.status().map(|s| s.as_u16()) {
-                Some(403) => RoomError::Forbidden(format!("{hub} refused the join")),
-                _ => RoomError::Remote(e.to_string()),
-            },
-        )?;
-    let body = resp.json(hub.as_str()).map_err(|e| RoomError::Remote(e.to_string()))?;
+    let body = send_membership(node, &h, Some(&lpdu), None).await?;
     let event_obj =
         body.get("event").and_then(Value::as_object).ok_or_else(|| RoomError::Remote("send_join: no event".into()))?;
     let event = checked_pdu(node, version, event_obj.clone()).await.map_err(RoomError::Remote)?;
@@ -176,21 +234,59 @@ pub async fn join_remote(
     // A `state` that is the whole timeline folds to the same state (OQ-40).
     let state = StateMap::from_events(state_events.iter().cloned().map(Arc::new));
     authorize(&event, &state).map_err(|e| RoomError::Remote(format!("{hub}'s join fails the rules here: {e}")))?;
-    start_following(node, room, &hub, version, state, chain.into_iter().chain(state_events), event).await
+    start_following(node, &h, state, chain.into_iter().chain(state_events), event, Batch::new(), 0).await
+}
+
+/// Mixed rooms: joins with our own signed event; the hub answers with the
+/// state before it, which becomes the state our copy starts from.
+async fn join_mixed(
+    node: &Arc<Node>,
+    h: &Handshake<'_>,
+    template: &Object,
+    content: &Object,
+) -> Result<EventId, RoomError> {
+    let pdu = pdu_from_template(node, h, template, content)?;
+    let id = pdu.event_id().clone();
+    let body = send_membership(node, h, None, Some(&pdu)).await?;
+    if let Some(handle) = node.rooms.get(h.room) {
+        // Already following: the join is an event like any other.
+        let outcome = super::dag::offer(node, &handle, h.hub, vec![pdu]).await?;
+        return match outcome.into_iter().next().map(|(_, r)| r) {
+            Some(Ok(Verdict::Accepted | Verdict::Known)) => Ok(id),
+            Some(Ok(other)) => Err(RoomError::Forbidden(format!("{other:?}"))),
+            Some(Err(e)) => Err(e),
+            None => Err(RoomError::Gone),
+        };
+    }
+    let empty = Vec::new();
+    let state_items = body.get("state").and_then(Value::as_array).unwrap_or(&empty);
+    let chain_items = body.get("auth_chain").and_then(Value::as_array).unwrap_or(&empty);
+    let state_events = checked_pdus(node, h.version, state_items).await.map_err(RoomError::Remote)?;
+    let chain = checked_pdus(node, h.version, chain_items).await.map_err(RoomError::Remote)?;
+    let state = StateMap::from_events(state_events.iter().cloned().map(Arc::new));
+    authorize(&pdu, &state).map_err(|e| RoomError::Remote(format!("{}'s join fails the rules here: {e}", h.hub)))?;
+    let before = state.ids();
+    let mut batch = Batch::new();
+    let mut after = before.clone();
+    after.insert(("m.room.member".into(), h.user.to_string()), id.clone());
+    crate::room::snapshot::put_state_after(node, &mut batch, &pdu, &before, after, None)?;
+    let depth = pdu.depth().unwrap_or(0);
+    let id = start_following(node, h, state, chain.into_iter().chain(state_events), pdu, batch, depth).await?;
+    Ok(id)
 }
 
 /// Records a room we now follow: the state and auth chain as outliers, the
 /// join as the first event of our copy of the list.
 async fn start_following(
     node: &Arc<Node>,
-    room: &RoomId,
-    hub: &ServerName,
-    version: &'static RoomVersion,
+    h: &Handshake<'_>,
     mut state: StateMap,
     outliers: impl Iterator<Item = Pdu>,
     join: Pdu,
-) -> Result<crate::core::ids::EventId, RoomError> {
-    let mut batch = Batch::new();
+    mut batch: Batch,
+    depth: i64,
+) -> Result<EventId, RoomError> {
+    let (room, hub, version) = (h.room, h.hub, h.version);
     for e in outliers {
         let json = serde_json::to_vec(e.json()).unwrap_or_default();
         batch.push(Op::PutEvent(
@@ -247,11 +343,18 @@ async fn start_following(
             hub_server: hub.to_string(),
             length: 1,
             tail: id.to_string(),
+            extremities: vec![id.to_string()],
+            max_depth: depth,
         }));
     node.store.write(batch)?;
     node.store.flush().await?;
     state.apply(Arc::new(join));
-    let view = RoomView { room_id: room.clone(), version, hub: hub.clone(), state, tail: Some(id.clone()), length: 1 };
+    let mut view = RoomView::empty(room.clone(), version, hub.clone());
+    view.state = state;
+    view.tail = Some(id.clone());
+    view.length = 1;
+    view.extremities = vec![id.clone()];
+    view.max_depth = depth;
     let handle = spawn_room(node, view);
     node.rooms.insert(room.clone(), handle);
     drop(alloc);
@@ -267,13 +370,13 @@ pub async fn leave_remote(
 ) -> Result<(), RoomError> {
     let (hub, template, version) = make(node, "make_leave", room, user, servers).await?;
     let h = Handshake { hub: &hub, room, user, membership: "leave", version };
-    let lpdu = lpdu_from_template(node, &h, &template, &Object::new())?;
-    let path = format!("{}/send_leave/{}", super::UNSTABLE, encode_segment(lpdu.lpdu_id().as_str()));
-    let lm = lm_peer(node, &hub).await;
-    node.fed
-        .request(&hub, Method::POST, &path, Some(&Value::Object(lpdu.json().clone())), lm)
-        .await
-        .map_err(|e| RoomError::Remote(e.to_string()))?;
+    if version.is_mixed() {
+        let pdu = pdu_from_template(node, &h, &template, &Object::new())?;
+        send_membership(node, &h, None, Some(&pdu)).await?;
+    } else {
+        let lpdu = lpdu_from_template(node, &h, &template, &Object::new())?;
+        send_membership(node, &h, Some(&lpdu), None).await?;
+    }
     Ok(())
 }
 
@@ -288,17 +391,13 @@ pub async fn knock_remote(
 ) -> Result<(ServerName, Value, &'static str), RoomError> {
     let (hub, template, version) = make(node, "make_knock", room, user, servers).await?;
     let h = Handshake { hub: &hub, room, user, membership: "knock", version };
-    let lpdu = lpdu_from_template(node, &h, &template, content)?;
-    let path = format!("{}/send_knock/{}", super::UNSTABLE, encode_segment(lpdu.lpdu_id().as_str()));
-    let lm = lm_peer(node, &hub).await;
-    let resp =
-        node.fed.request(&hub, Method::POST, &path, Some(&Value::Object(lpdu.json().clone())), lm).await.map_err(
-            |e| match e.status().map(|s| s.as_u16()) {
-                Some(403) => RoomError::Forbidden(format!("{hub} refused the knock")),
-                _ => RoomError::Remote(e.to_string()),
-            },
-        )?;
-    let body = resp.json(hub.as_str()).map_err(|e| RoomError::Remote(e.to_string()))?;
+    let body = if version.is_mixed() {
+        let pdu = pdu_from_template(node, &h, &template, content)?;
+        send_membership(node, &h, None, Some(&pdu)).await?
+    } else {
+        let lpdu = lpdu_from_template(node, &h, &template, content)?;
+        send_membership(node, &h, Some(&lpdu), None).await?
+    };
     let stripped = body
         .get("stripped_state")
         .or_else(|| body.get("knock_room_state"))

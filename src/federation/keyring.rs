@@ -244,6 +244,14 @@ impl KeyRing {
         self.info(server, None, now).await.is_some_and(|i| i.linearized)
     }
 
+    /// `m.linearized` of a server whose keys are at hand, without fetching.
+    pub fn cached_linearized(&self, server: &ServerName) -> Option<bool> {
+        if server == self.own.server() {
+            return Some(true);
+        }
+        self.cached(server).map(|i| i.linearized)
+    }
+
     /// A key that may verify an event signature made at `event_ts` (OQ-29).
     async fn event_key(&self, server: &ServerName, key_id: &str, event_ts: i64, now: i64) -> Option<PublicKey> {
         let info = self.info(server, Some(key_id), now).await?;

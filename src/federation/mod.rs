@@ -3,6 +3,7 @@
 //! discovery, keys, and durable delivery.
 
 pub mod client;
+pub mod dag;
 pub mod discovery;
 pub mod edu;
 pub mod fetch;

@@ -116,8 +116,13 @@ async fn deliver(node: Arc<Node>, dest: ServerName, worker: Arc<Worker>) {
                 continue;
             }
         };
-        let path = format!("{}/send/{}", super::UNSTABLE, encode_segment(&txn.id));
+        // LM peers take the LM send; DAG servers Matrix's v1 (digest 11.2).
         let lm = super::fetch::lm_peer(&node, &dest).await;
+        let path = if lm {
+            format!("{}/send/{}", super::UNSTABLE, encode_segment(&txn.id))
+        } else {
+            format!("/_matrix/federation/v1/send/{}", encode_segment(&txn.id))
+        };
         match node.fed.request(&dest, Method::PUT, &path, Some(&txn.body), lm).await {
             Ok(resp) => {
                 failures = 0;
@@ -190,8 +195,8 @@ fn next_txn(node: &Node, dest: &ServerName) -> Result<Option<Txn>, crate::store:
                     break;
                 }
                 if let Ok(Value::Object(o)) = json::parse(&bytes, NumberPolicy::Ieee754) {
-                    if let Ok(l) = Lpdu::from_object(RoomVersion::lm(), o.clone()) {
-                        lpdus.push((l.lpdu_id().to_string(), l.room_id().clone(), l.lpdu_hash().to_owned()));
+                    if let Some(sent) = own_event(node, &o) {
+                        lpdus.push(sent);
                     }
                     pdus.push(Value::Object(o));
                 }
@@ -220,23 +225,38 @@ fn next_txn(node: &Node, dest: &ServerName) -> Result<Option<Txn>, crate::store:
         });
         node.store.write(b)?;
     }
-    let mut body = json!({ "pdus": pdus });
+    let mut body = json!({ "origin": node.name.as_str(), "origin_server_ts": crate::node::now_ms(), "pdus": pdus });
     if !edus.is_empty() {
         body["edus"] = Value::Array(edus);
     }
     Ok(Some(Txn { id, last, body, lpdus }))
 }
 
-/// A hub refused some of our LPDUs: tell the rooms, which tell the clients.
+/// An event of ours sent to a hub: `(id in the answer, room, the key its
+/// room waits on)`. LM rooms: the LPDU's id and hash; mixed rooms: the
+/// event id for both.
+fn own_event(node: &Node, o: &crate::core::json::Object) -> Option<(String, RoomId, String)> {
+    let room = o.get("room_id").and_then(Value::as_str).and_then(|r| RoomId::parse(r).ok())?;
+    let version = node.rooms.get(&room).map(|h| h.view().version).unwrap_or_else(RoomVersion::lm);
+    if version.lm {
+        let l = Lpdu::from_object(version, o.clone()).ok()?;
+        return Some((l.lpdu_id().to_string(), room, l.lpdu_hash().to_owned()));
+    }
+    let id = crate::core::event::event_id(version, o).ok()?.to_string();
+    Some((id.clone(), room, id))
+}
+
+/// A hub refused some of our events: tell the rooms, which tell the
+/// clients. LM answers list `failed_pdus`; Matrix's v1 lists every PDU.
 async fn report_refused_lpdus(node: &Node, txn: &Txn, answer: &Value) {
-    let Some(failed) = answer.get("failed_pdus").and_then(Value::as_object) else {
+    let Some(failed) = answer.get("failed_pdus").or_else(|| answer.get("pdus")).and_then(Value::as_object) else {
         return;
     };
     for (lpdu_id, room, hash) in &txn.lpdus {
-        let Some(f) = failed.get(lpdu_id) else {
+        let Some(error) = failed.get(lpdu_id).and_then(|f| f.get("error")) else {
             continue;
         };
-        let error = f.get("error").and_then(Value::as_str).unwrap_or("refused").to_owned();
+        let error = error.as_str().unwrap_or("refused").to_owned();
         tracing::info!(%room, lpdu = %lpdu_id, %error, "the hub refused an LPDU");
         if let Some(h) = node.rooms.get(room) {
             let _ = h.send(RoomCmd::LpduRefused { lpdu_hash: hash.clone(), error }).await;

@@ -33,7 +33,7 @@ pub(super) struct Work {
     wake: BTreeSet<ServerName>,
     /// LPDU hashes staged in this batch (hub: replay detection, OQ-43).
     staged_lpdus: HashMap<String, Arc<Pdu>>,
-    staged_ids: BTreeSet<EventId>,
+    pub staged_ids: BTreeSet<EventId>,
     /// Echoes of our own LPDUs (participant): hash → event id.
     echoes: Vec<(String, EventId)>,
     appended: bool,
@@ -111,6 +111,23 @@ impl RoomActor {
                     let _ = reply.send(r.map(|_| results));
                 });
             }
+            RoomCmd::LmDagEvent { pdu, reply } => match self.hub_dag_event(pdu, work) {
+                Ok(pdu) => {
+                    let appended = Appended { event_id: pdu.event_id().clone(), pdu, state_before: None };
+                    work.on_done(move |r| {
+                        let _ = reply.send(r.map(|_| appended));
+                    });
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            RoomCmd::Dag { pdus, outliers, reply } => {
+                let results = self.take_dag(pdus, outliers, work);
+                work.on_done(move |r| {
+                    let _ = reply.send(r.map(|_| results));
+                });
+            }
             RoomCmd::LpduRefused { lpdu_hash, error } => self.lpdu_refused(lpdu_hash, error, work),
             RoomCmd::AwaitLpdu { lpdu_hash, reply } => self.await_lpdu(lpdu_hash, reply),
         }
@@ -128,7 +145,11 @@ impl RoomActor {
                 }
             }
         }
-        let built = build::hub_event_from_draft(&self.cur, &self.node.key, &draft, now_ms());
+        let built = if self.cur.version.is_mixed() {
+            self.dag_build(&draft)
+        } else {
+            build::hub_event_from_draft(&self.cur, &self.node.key, &draft, now_ms())
+        };
         let pdu = match built {
             Ok(p) => p,
             Err(e) => {
@@ -143,9 +164,18 @@ impl RoomActor {
                 return;
             }
         };
-        match self.stage(work, pdu) {
-            Ok(p) => {
-                let id = p.event_id().clone();
+        let staged = if self.cur.version.is_mixed() {
+            let id = pdu.event_id().clone();
+            match self.dag_accept(work, pdu) {
+                Ok(super::dag::Verdict::Accepted | super::dag::Verdict::Known) => Ok(id),
+                Ok(other) => Err(RoomError::Forbidden(format!("{other:?}"))),
+                Err(e) => Err(e),
+            }
+        } else {
+            self.stage(work, pdu).map(|p| p.event_id().clone())
+        };
+        match staged {
+            Ok(id) => {
                 if let Some((device, txn)) = draft.txn {
                     work.batch.push(Op::PutClientTxn {
                         user: draft.sender,
@@ -256,15 +286,21 @@ impl RoomActor {
                 }
             }
         }
-        let lpdu = match build::lpdu_from_draft(&self.cur, &self.node.key, &draft, now_ms()) {
-            Ok(l) => l,
+        // LM rooms: an LPDU the hub completes. Mixed rooms: the full event,
+        // signed here, which the hub relays.
+        let built = if self.cur.version.is_mixed() {
+            self.dag_build(&draft).map(|p| (p.event_id().to_string(), serde_json::to_vec(p.json()).unwrap_or_default()))
+        } else {
+            build::lpdu_from_draft(&self.cur, &self.node.key, &draft, now_ms())
+                .map(|l| (l.lpdu_hash().to_owned(), serde_json::to_vec(l.json()).unwrap_or_default()))
+        };
+        let (hash, json) = match built {
+            Ok(b) => b,
             Err(e) => {
                 let _ = reply.send(Err(e));
                 return;
             }
         };
-        let hash = lpdu.lpdu_hash().to_owned();
-        let json = serde_json::to_vec(lpdu.json()).unwrap_or_default();
         let alloc = match self.node.positions.allocate(1) {
             Ok(a) => a,
             Err(e) => {
@@ -353,10 +389,37 @@ impl RoomActor {
     }
 
     pub(super) fn stage_with(&mut self, work: &mut Work, pdu: Pdu, soft_failed: bool) -> Result<Arc<Pdu>, RoomError> {
+        let pdu = Arc::new(pdu);
+        let pos = self.append_entry(work, &pdu, soft_failed)?;
+        let old_membership = self.target_membership(&pdu);
+        if !soft_failed {
+            if let Some(sk) = pdu.state_key() {
+                self.set_state(work, pdu.event_type(), sk, Some(pdu.clone()), pos);
+            }
+        }
+        self.after_append(work, &pdu, soft_failed, old_membership.as_deref(), pos);
+        Ok(pdu)
+    }
+
+    /// The current membership of a member event's target.
+    pub(super) fn target_membership(&self, pdu: &Pdu) -> Option<String> {
+        match (pdu.event_type() == "m.room.member", pdu.state_key()) {
+            (true, Some(t)) => Some(self.cur.state.membership(t).to_owned()),
+            _ => None,
+        }
+    }
+
+    /// Writes the event, its list entry and (unless soft-failed) its stream
+    /// position, and moves the tail. Returns the stream position.
+    pub(super) fn append_entry(
+        &mut self,
+        work: &mut Work,
+        pdu: &Arc<Pdu>,
+        soft_failed: bool,
+    ) -> Result<u64, RoomError> {
         let alloc = self.node.positions.allocate(1)?;
         let pos = alloc.first();
         work.allocations.push(alloc);
-        let pdu = Arc::new(pdu);
         let id = pdu.event_id().clone();
         let room = self.cur.room_id.clone();
         let index = self.cur.length;
@@ -369,63 +432,109 @@ impl RoomActor {
             ))
             .push(Op::ListEntry { room: room.clone(), index, event: id.clone() });
         if !soft_failed {
-            work.batch.push(Op::StreamEntry(StreamEntry { pos, room: room.clone(), event: id.clone() }));
+            work.batch.push(Op::StreamEntry(StreamEntry { pos, room, event: id.clone() }));
         }
-        let is_member = pdu.event_type() == "m.room.member";
-        let old_membership = match (is_member, pdu.state_key()) {
-            (true, Some(t)) => Some(self.cur.state.membership(t).to_owned()),
-            _ => None,
-        };
-        if !soft_failed {
-            if let Some(sk) = pdu.state_key() {
-                work.batch.push(Op::SetState {
-                    room: room.clone(),
-                    event_type: pdu.event_type().to_owned(),
-                    state_key: sk.to_owned(),
-                    event: id.clone(),
-                });
-                self.cur.state.apply(pdu.clone());
-            }
-            if let (true, Some(target), Some(new)) = (is_member, pdu.state_key(), pdu.membership()) {
-                if let Ok(user) = UserId::parse(target) {
-                    self.joined.update(&user, old_membership.as_deref().unwrap_or("leave"), new);
-                    if user.is_on(&self.node.name) {
-                        work.batch.push(Op::PutMembership {
-                            user,
-                            room: room.clone(),
-                            membership: Membership {
-                                membership: new.to_owned(),
-                                stream: pos,
-                                event_id: id.to_string(),
-                                via_server: self.cur.hub.to_string(),
-                                room_version: self.cur.version.id.to_owned(),
-                                ..Default::default()
-                            },
-                        });
-                    }
-                }
-            }
-        }
-        if self.is_hub() {
-            if let Some(hash) = pdu.lpdu_hash() {
-                work.batch.push(Op::LpduIndex { room: room.clone(), lpdu_hash: hash.to_owned(), event: id.clone() });
-            }
-            for dest in destinations(&self.node.name, &self.joined, &pdu, old_membership.as_deref()) {
-                let item = QueueItem { item: Some(crate::store::records::queue_item::Item::EventId(id.to_string())) };
-                work.batch.push(Op::Enqueue { dest: dest.clone(), pos, item });
-                work.wake.insert(dest);
-            }
-        } else if let Some(hash) = pdu.lpdu_hash() {
-            self.note_echo(work, hash, &id);
-        }
-        if !soft_failed && pdu.event_type() == "m.room.redaction" {
-            self.apply_redaction(work, &pdu);
-        }
+        self.node.dag.remember_event(pdu.clone());
         self.cur.tail = Some(id.clone());
         self.cur.length += 1;
         work.staged_ids.insert(id);
         work.appended = true;
-        Ok(pdu)
+        Ok(pos)
+    }
+
+    /// Changes one key of the current state (`None` removes it), with what
+    /// follows from it: joined servers and our users' memberships.
+    pub(super) fn set_state(&mut self, work: &mut Work, ty: &str, sk: &str, event: Option<Arc<Pdu>>, pos: u64) {
+        let room = self.cur.room_id.clone();
+        let is_member = ty == "m.room.member";
+        let old = is_member.then(|| self.cur.state.membership(sk).to_owned());
+        match &event {
+            Some(e) => {
+                work.batch.push(Op::SetState {
+                    room: room.clone(),
+                    event_type: ty.to_owned(),
+                    state_key: sk.to_owned(),
+                    event: e.event_id().clone(),
+                });
+                self.cur.state.apply(e.clone());
+            }
+            None => {
+                work.batch.push(Op::DeleteState {
+                    room: room.clone(),
+                    event_type: ty.to_owned(),
+                    state_key: sk.to_owned(),
+                });
+                self.cur.state.remove(ty, sk);
+            }
+        }
+        let Some(old) = old else { return };
+        let new = event.as_ref().and_then(|e| e.membership()).unwrap_or("leave");
+        let Ok(user) = UserId::parse(sk) else { return };
+        self.joined.update(&user, &old, new);
+        if user.is_on(&self.node.name) {
+            let event_id = event.as_ref().map(|e| e.event_id().to_string()).unwrap_or_default();
+            work.batch.push(Op::PutMembership {
+                user,
+                room,
+                membership: Membership {
+                    membership: new.to_owned(),
+                    stream: pos,
+                    event_id,
+                    via_server: self.cur.hub.to_string(),
+                    room_version: self.cur.version.id.to_owned(),
+                    ..Default::default()
+                },
+            });
+        }
+    }
+
+    /// What an appended event sets off: the hub queues it for every
+    /// destination, a participant settles its own pending send, and an
+    /// accepted redaction is applied.
+    pub(super) fn after_append(
+        &mut self,
+        work: &mut Work,
+        pdu: &Arc<Pdu>,
+        soft_failed: bool,
+        old_membership: Option<&str>,
+        pos: u64,
+    ) {
+        let id = pdu.event_id().clone();
+        if self.is_hub() {
+            if let Some(hash) = pdu.lpdu_hash() {
+                let room = self.cur.room_id.clone();
+                work.batch.push(Op::LpduIndex { room, lpdu_hash: hash.to_owned(), event: id.clone() });
+            }
+            // Soft-failed events are kept and served, not relayed.
+            if !soft_failed {
+                for dest in destinations(&self.node.name, &self.joined, pdu, old_membership) {
+                    if self.origin_has_it(pdu, &dest) {
+                        continue;
+                    }
+                    let item =
+                        QueueItem { item: Some(crate::store::records::queue_item::Item::EventId(id.to_string())) };
+                    work.batch.push(Op::Enqueue { dest: dest.clone(), pos, item });
+                    work.wake.insert(dest);
+                }
+            }
+        } else if let Some(hash) = pdu.lpdu_hash() {
+            self.note_echo(work, hash, &id);
+        } else if self.cur.version.is_mixed() {
+            // A mixed room's own events are pending by event id.
+            self.note_echo(work, id.as_str(), &id);
+        }
+        if !soft_failed && pdu.event_type() == "m.room.redaction" {
+            self.apply_redaction(work, pdu);
+        }
+    }
+
+    /// A DAG server sends its own events to every server in the room, so
+    /// the hub does not send them back to it. lmx participants get their
+    /// own events back: that is how they learn the event's place.
+    fn origin_has_it(&self, pdu: &Pdu, dest: &ServerName) -> bool {
+        pdu.hub_server().is_none()
+            && pdu.sender().is_on(dest)
+            && self.node.keyring.cached_linearized(dest) == Some(false)
     }
 
     /// A participant sees its own LPDU come back sequenced.
@@ -450,6 +559,8 @@ impl RoomActor {
                 hub_server: self.cur.hub.to_string(),
                 length: self.cur.length,
                 tail: self.cur.tail.as_ref().map(|t| t.to_string()).unwrap_or_default(),
+                extremities: self.cur.extremities.iter().map(|e| e.to_string()).collect(),
+                max_depth: self.cur.max_depth,
             }));
         }
         let result = if work.batch.is_empty() {
@@ -470,6 +581,7 @@ impl RoomActor {
         } else if work.appended {
             *self.view.write().expect("poisoned") = Arc::new(self.cur.clone());
         }
+        self.node.dag.trim();
         // Publishing positions before waking readers lets them see it all.
         drop(std::mem::take(&mut work.allocations));
         for dest in &work.wake {
@@ -488,6 +600,7 @@ impl RoomActor {
     /// After a failed write the in-memory state may be ahead of the disk:
     /// read the room back.
     fn reload(&mut self) {
+        self.node.dag.clear();
         match crate::room::load::load_view(&self.node, &self.cur.room_id) {
             Ok(Some(view)) => {
                 self.joined = JoinedServers::from_state(&view.state);

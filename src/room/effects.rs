@@ -60,6 +60,7 @@ impl RoomActor {
             redacted_by: redaction.event_id().to_string(),
             ..rec
         };
+        self.node.dag.forget_event(&target);
         work.batch.push(Op::PutEvent(target, record));
     }
 

@@ -37,7 +37,17 @@ pub fn load_view(node: &Node, room: &RoomId) -> Result<Option<RoomView>, StoreEr
         }
     }
     let tail = if rec.tail.is_empty() { None } else { EventId::parse(&rec.tail).ok() };
-    Ok(Some(RoomView { room_id: room.clone(), version, hub, state, tail, length: rec.length }))
+    let extremities = rec.extremities.iter().filter_map(|e| EventId::parse(e).ok()).collect();
+    Ok(Some(RoomView {
+        room_id: room.clone(),
+        version,
+        hub,
+        state,
+        tail,
+        length: rec.length,
+        extremities,
+        max_depth: rec.max_depth,
+    }))
 }
 
 /// Loads a room and starts its writer task.

@@ -4,10 +4,12 @@
 
 mod actor;
 mod build;
+mod dag;
 mod effects;
 mod fanout;
 pub mod load;
 mod receive;
+pub mod snapshot;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -16,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use actor::spawn_room;
 pub use build::Draft;
+pub use dag::{build_create, Outlier, Verdict, MAX_PREV_EVENTS};
 pub use load::load_room;
 
 use crate::core::event::{Lpdu, Pdu, RoomVersion};
@@ -58,9 +61,28 @@ pub struct RoomView {
     pub state: StateMap,
     pub tail: Option<EventId>,
     pub length: u64,
+    /// Mixed rooms: the DAG's forward extremities (what the next event
+    /// built here references); unused in LM rooms.
+    pub extremities: Vec<EventId>,
+    /// Mixed rooms: the greatest depth accepted so far.
+    pub max_depth: i64,
 }
 
 impl RoomView {
+    /// A room with no events yet.
+    pub fn empty(room_id: RoomId, version: &'static RoomVersion, hub: ServerName) -> Self {
+        RoomView {
+            room_id,
+            version,
+            hub,
+            state: StateMap::default(),
+            tail: None,
+            length: 0,
+            extremities: Vec::new(),
+            max_depth: 0,
+        }
+    }
+
     pub fn is_hub(&self, me: &ServerName) -> bool {
         &self.hub == me
     }
@@ -93,6 +115,12 @@ pub enum RoomCmd {
     Lpdu { lpdu: Lpdu, with_state: bool, reply: Reply<Appended> },
     /// PDUs from the hub (we participate); signatures checked.
     FromHub { pdus: Vec<Pdu>, reply: Reply<Vec<Result<(), RoomError>>> },
+    /// Mixed rooms: checked events from a DAG server, a participant or the
+    /// hub, in the order to take them; `outliers` are events they need
+    /// (auth events, or prev events with the state before them).
+    Dag { pdus: Vec<Pdu>, outliers: Vec<Outlier>, reply: Reply<Vec<(EventId, Result<Verdict, RoomError>)>> },
+    /// LM rooms, hub: a DAG-capable LM server's own event; checked.
+    LmDagEvent { pdu: Pdu, reply: Reply<Appended> },
     /// A participant learns the hub refused one of its LPDUs.
     LpduRefused { lpdu_hash: String, error: String },
     /// A participant waits for an LPDU it sent earlier (a client retry).

@@ -6,7 +6,10 @@ use super::actor::{RoomActor, Work};
 use super::RoomError;
 use crate::core::event::Pdu;
 use crate::core::ids::EventId;
-use crate::core::rooms::{check_append, AppendError};
+use std::sync::Arc;
+
+use crate::core::ids::ServerName;
+use crate::core::rooms::{authorize, check_append, check_auth_events, AppendError, StateMap};
 
 /// Pages of backfill a gap may take before the participant gives up.
 const MAX_GAP_PAGES: usize = 50;
@@ -28,12 +31,61 @@ impl RoomActor {
         if self.knows(work, pdu.event_id()) {
             return Ok(());
         }
+        // Events a DAG-capable LM server made carry their own prev events;
+        // delivery order places them (digest 5.2).
+        if is_dag_origin(&self.cur.hub, &pdu) {
+            return self.append_dag_origin(pdu, work);
+        }
         if let [prev] = pdu.prev_events() {
             if Some(prev) != self.cur.tail.as_ref() && !self.knows(work, prev) {
                 self.fill_gap(prev, work).await?;
             }
         }
         self.append_audited(pdu, work)
+    }
+
+    /// A DAG server's event relayed by the hub: its prev events must be in
+    /// the list, and it must pass the rules against the current state.
+    fn append_dag_origin(&mut self, pdu: Pdu, work: &mut Work) -> Result<(), RoomError> {
+        if let Some(p) = pdu.prev_events().iter().find(|p| !self.knows(work, p)) {
+            return Err(RoomError::BadEvent(format!("prev event {p} of a DAG server's event is not in the list")));
+        }
+        match authorize(&pdu, &self.cur.state) {
+            Ok(()) => self.stage(work, pdu).map(|_| ()),
+            Err(e) => {
+                tracing::warn!(event = %pdu.event_id(), error = %e, "hub audit: a relayed DAG event fails the rules");
+                self.stage_with(work, pdu, true).map(|_| ())
+            }
+        }
+    }
+
+    /// LM rooms, hub: a DAG-capable LM server's own full event (digest
+    /// 11.3). It is checked against its auth events and the current state,
+    /// then appended at the tail as it came (OQ-35).
+    pub(super) fn hub_dag_event(&mut self, pdu: Pdu, work: &mut Work) -> Result<Arc<Pdu>, RoomError> {
+        if !self.node.is_me(&self.cur.hub) {
+            return Err(RoomError::NotHub);
+        }
+        if self.knows(work, pdu.event_id()) {
+            let existing = crate::room::load::load_pdu(&self.node, self.cur.version, pdu.event_id())?;
+            return existing.ok_or_else(|| RoomError::Storage("a known event could not be read".into()));
+        }
+        if let Some(p) = pdu.prev_events().iter().find(|p| !self.knows(work, p)) {
+            return Err(RoomError::BadEvent(format!("prev event {p} is not in the room's list")));
+        }
+        let mut auth = Vec::new();
+        for a in pdu.auth_events() {
+            let e = crate::room::load::load_pdu(&self.node, self.cur.version, a)?
+                .ok_or_else(|| RoomError::BadEvent(format!("auth event {a} is not known")))?;
+            auth.push(e);
+        }
+        let refs: Vec<&Pdu> = auth.iter().map(Arc::as_ref).collect();
+        check_auth_events(&pdu, &refs).map_err(|e| RoomError::Forbidden(e.to_string()))?;
+        authorize(&pdu, &StateMap::from_events(auth.iter().cloned()))
+            .map_err(|e| RoomError::Forbidden(format!("against its auth events: {e}")))?;
+        authorize(&pdu, &self.cur.state)
+            .map_err(|e| RoomError::Forbidden(format!("against the current state: {e}")))?;
+        self.stage(work, pdu)
     }
 
     /// Appends a hub event after checking it continues the list. One that
@@ -82,4 +134,10 @@ impl RoomActor {
         }
         Ok(())
     }
+}
+
+/// An event neither built by the hub from an LPDU nor sent by the hub's
+/// own users: made by a DAG-capable LM server.
+fn is_dag_origin(hub: &ServerName, pdu: &Pdu) -> bool {
+    pdu.hub_server().is_none() && !pdu.sender().is_on(hub) && pdu.event_type() != "m.room.create"
 }

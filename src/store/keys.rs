@@ -30,6 +30,7 @@ pub mod table {
     pub const DEVICE: u8 = b'v';
     pub const ALIAS: u8 = b'w';
     pub const SIDE: u8 = b'o';
+    pub const STATE_AFTER: u8 = b'g';
 }
 
 /// Builds a key part by part.
@@ -101,6 +102,11 @@ pub fn list(room: &str, index: u64) -> Vec<u8> {
 /// `(room, type, state_key) → event id`: current state.
 pub fn state(room: &str, event_type: &str, state_key: &str) -> Vec<u8> {
     Key::new(table::STATE).s(room).s(event_type).s(state_key).build()
+}
+
+/// `event id → StateSnapshot`: mixed rooms' state after each event.
+pub fn state_after(event: &str) -> Vec<u8> {
+    Key::new(table::STATE_AFTER).s(event).build()
 }
 
 pub fn state_prefix(room: &str) -> Vec<u8> {

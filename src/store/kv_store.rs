@@ -6,7 +6,7 @@ use super::keys::{self, table, Key, KeyReader};
 use super::kv::{prefix_end, BoxFuture, Entries, Kv, KvWrite};
 use super::records::{
     AccessToken, AliasRecord, ClientTxn, DestinationState, DeviceRecord, EventRecord, Membership, PendingLpdu,
-    QueueItem, Receipt, RoomRecord, ServerKeys, SideEntry, TxnResponse, UserRecord,
+    QueueItem, Receipt, RoomRecord, ServerKeys, SideEntry, StateSnapshot, TxnResponse, UserRecord,
 };
 use super::{Batch, Op, Store, StoreError, StoreResult, StreamEntry};
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
@@ -103,6 +103,10 @@ impl<K: Kv> Store for KvStore<K> {
             .iter()
             .map(|(k, v)| EventId::parse(&String::from_utf8_lossy(v)).map_err(|_| corrupt(k)))
             .collect()
+    }
+
+    fn state_after(&self, event: &EventId) -> StoreResult<Option<StateSnapshot>> {
+        self.get(&keys::state_after(event.as_str()))
     }
 
     fn lpdu_event(&self, room: &RoomId, lpdu_hash: &str) -> StoreResult<Option<EventId>> {
@@ -288,6 +292,10 @@ impl<K: Kv> Store for KvStore<K> {
                 Op::SetState { room, event_type, state_key, event } => {
                     writes.push(put_str(keys::state(room.as_str(), &event_type, &state_key), event.as_str()))
                 }
+                Op::DeleteState { room, event_type, state_key } => {
+                    writes.push(KvWrite::Delete(keys::state(room.as_str(), &event_type, &state_key)))
+                }
+                Op::PutStateAfter { event, snapshot } => writes.push(put(keys::state_after(event.as_str()), &snapshot)),
                 Op::StreamEntry(e) => {
                     let value = Key::new(table::STREAM).s(e.room.as_str()).s(e.event.as_str()).build();
                     writes.push(KvWrite::Put(keys::stream(e.pos), value));

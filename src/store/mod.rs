@@ -21,7 +21,7 @@ pub mod records {
 
 use records::{
     AccessToken, AliasRecord, ClientTxn, DestinationState, DeviceRecord, EventRecord, Membership, PendingLpdu,
-    QueueItem, Receipt, RoomRecord, ServerKeys, SideEntry, TxnResponse, UserRecord,
+    QueueItem, Receipt, RoomRecord, ServerKeys, SideEntry, StateSnapshot, TxnResponse, UserRecord,
 };
 
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
@@ -59,6 +59,16 @@ pub enum Op {
         event_type: String,
         state_key: String,
         event: EventId,
+    },
+    DeleteState {
+        room: RoomId,
+        event_type: String,
+        state_key: String,
+    },
+    /// Mixed rooms: the state after an event.
+    PutStateAfter {
+        event: EventId,
+        snapshot: StateSnapshot,
     },
     StreamEntry(StreamEntry),
     LpduIndex {
@@ -186,6 +196,8 @@ pub trait Store: Send + Sync + 'static {
     /// Event ids at list positions `[from, to)`.
     fn list(&self, room: &RoomId, from: u64, to: u64) -> StoreResult<Vec<EventId>>;
     fn state_ids(&self, room: &RoomId) -> StoreResult<Vec<EventId>>;
+    /// Mixed rooms: the stored state after an event (maybe a delta).
+    fn state_after(&self, event: &EventId) -> StoreResult<Option<StateSnapshot>>;
     fn lpdu_event(&self, room: &RoomId, lpdu_hash: &str) -> StoreResult<Option<EventId>>;
     /// Stream entries after `after`, ascending, at most `limit`.
     fn stream_after(&self, after: u64, limit: usize) -> StoreResult<Vec<StreamEntry>>;

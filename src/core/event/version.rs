@@ -76,6 +76,16 @@ pub struct RoomVersion {
     pub hostable: bool,
     /// v12: the create event has no `room_id`; the room id is its hash.
     pub room_id_from_create: bool,
+    /// v12: state resolution v2.1 (empty start, conflicted state subgraph).
+    pub state_res_v21: bool,
+}
+
+impl RoomVersion {
+    /// A standard Matrix version lmx hubs as a mixed room (DAG servers can
+    /// join; DESIGN "Room kinds").
+    pub fn is_mixed(&self) -> bool {
+        self.hostable && !self.lm
+    }
 }
 
 impl RoomVersion {
@@ -275,8 +285,9 @@ const fn matrix(id: &'static str, v: u8, redaction: &'static RedactionRules) -> 
         },
         redaction,
         auth: matrix_auth(v),
-        hostable: v == 10 || v == 11,
+        hostable: v >= 10,
         room_id_from_create: v >= 12,
+        state_res_v21: v >= 12,
     }
 }
 
@@ -291,6 +302,7 @@ const fn lm(id: &'static str) -> RoomVersion {
         auth: LM_AUTH,
         hostable: true,
         room_id_from_create: false,
+        state_res_v21: false,
     }
 }
 
@@ -319,6 +331,8 @@ mod tests {
     fn lookup() {
         assert!(RoomVersion::find("11").unwrap().hostable);
         assert!(!RoomVersion::find("9").unwrap().hostable);
+        assert!(RoomVersion::find("12").unwrap().is_mixed());
+        assert!(!RoomVersion::find("I.1").unwrap().is_mixed());
         assert!(RoomVersion::find("I.1").unwrap().lm);
         assert!(RoomVersion::find(LM_VERSION).unwrap().lm);
         assert!(RoomVersion::find("13").is_none());

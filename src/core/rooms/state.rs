@@ -68,6 +68,23 @@ impl StateMap {
         }
     }
 
+    pub fn remove(&mut self, event_type: &str, state_key: &str) {
+        if let Some(m) = self.events.get_mut(event_type) {
+            m.remove(state_key);
+            if m.is_empty() {
+                self.events.remove(event_type);
+            }
+        }
+    }
+
+    /// The state by id, for state resolution.
+    pub fn ids(&self) -> super::StateIds {
+        self.events
+            .iter()
+            .flat_map(|(t, m)| m.iter().map(move |(k, e)| ((t.clone(), k.clone()), e.event_id().clone())))
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.events.values().map(HashMap::len).sum()
     }

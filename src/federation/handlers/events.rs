@@ -79,6 +79,24 @@ fn state_before(node: &Node, view: &RoomView, index: u64) -> Result<StateMap, Ap
     Ok(state)
 }
 
+/// LM rooms: the state before a list event, by folding the list.
+pub fn list_state_before(node: &Node, view: &RoomView, at: &EventId) -> Result<Vec<Arc<Pdu>>, ApiError> {
+    let rec = node.store.event(at)?.ok_or_else(|| ApiError::not_found("Unknown event"))?;
+    Ok(state_before(node, view, rec.index)?.iter().cloned().collect())
+}
+
+/// Mixed rooms: the state before an event, from its recorded snapshot.
+pub fn mixed_state_before(node: &Node, view: &RoomView, at: &EventId) -> Result<Vec<Arc<Pdu>>, ApiError> {
+    let event = pdu(node, view, at)?;
+    let ids = crate::room::snapshot::state_before(node, &event)?
+        .ok_or_else(|| ApiError::not_found("No state is known at that event"))?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids.values() {
+        out.push(pdu(node, view, id)?);
+    }
+    Ok(out)
+}
+
 /// Every auth event reachable from `roots`, recursively (item 177).
 pub fn auth_chain(
     node: &Node,
@@ -103,16 +121,21 @@ pub fn auth_chain(
 /// E7 and E8: `?event_id=` names the event whose prior state is wanted.
 pub async fn state(req: Req, room: &str, ids_only: bool) -> Result<Value, ApiError> {
     let (_, view) = known_room(&req, room)?;
-    require_hub(&req, &view)?;
+    if !view.version.is_mixed() {
+        require_hub(&req, &view)?;
+    }
     visible(&req, &view)?;
     let at = query_get(&req.query, "event_id").ok_or_else(|| ApiError::bad_json("event_id is required"))?;
     let at = EventId::parse(at).map_err(|_| ApiError::not_found("Unknown event"))?;
     let rec = req.node.store.event(&at)?.ok_or_else(|| ApiError::not_found("Unknown event"))?;
-    if rec.room_id != view.room_id.as_str() || rec.outlier {
+    if rec.room_id != view.room_id.as_str() || (rec.outlier && !view.version.is_mixed()) || !rec.rejected.is_empty() {
         return Err(ApiError::not_found("The event is not in this room"));
     }
-    let state = state_before(&req.node, &view, rec.index)?;
-    let pdus: Vec<Arc<Pdu>> = state.iter().cloned().collect();
+    let pdus: Vec<Arc<Pdu>> = if view.version.is_mixed() {
+        mixed_state_before(&req.node, &view, &at)?
+    } else {
+        state_before(&req.node, &view, rec.index)?.iter().cloned().collect()
+    };
     let chain = auth_chain(&req.node, &view, pdus.iter().cloned())?;
     Ok(if ids_only {
         json!({

@@ -45,17 +45,25 @@ pub async fn make(req: Req, membership: &'static str, room: &str, user: &str) ->
     };
     let auth_ids: Vec<String> =
         select_auth_events(view.version, &view.state, sketch).iter().map(|e| e.to_string()).collect();
-    let template = json!({
+    let mut template = json!({
         "room_id": view.room_id.as_str(),
         "type": "m.room.member",
         "state_key": user.as_str(),
         "sender": user.as_str(),
         "origin_server_ts": now_ms(),
-        "hub_server": req.node.name.as_str(),
         "content": content,
         "auth_events": auth_ids,
-        "prev_events": view.tail.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
     });
+    if view.version.is_mixed() {
+        // A DAG server builds the whole event on our forward extremities.
+        let prevs = &view.extremities[view.extremities.len().saturating_sub(crate::room::MAX_PREV_EVENTS)..];
+        template["prev_events"] = json!(prevs.iter().map(|t| t.as_str()).collect::<Vec<_>>());
+        template["depth"] = json!(view.max_depth + 1);
+        template["origin"] = json!(req.origin.as_str());
+    } else {
+        template["hub_server"] = json!(req.node.name.as_str());
+        template["prev_events"] = json!(view.tail.iter().map(|t| t.as_str()).collect::<Vec<_>>());
+    }
     // Would the change pass the rules against the current state?
     let probe = Pdu::from_object(view.version, template.as_object().cloned().unwrap_or_default(), Schema::Loose)
         .map_err(|e| ApiError::unknown(e.to_string()))?;
@@ -126,6 +134,72 @@ pub async fn send(req: Req, membership: &'static str, txn: &str) -> Result<Value
     Ok(answer)
 }
 
+/// `PUT /v2/send_join|send_leave/{roomId}/{eventId}` and `/v1/send_knock`:
+/// a DAG server's (or mixed-room participant's) signed membership event,
+/// built from our template. The room checks it like any event; only an
+/// accepted one is answered with success.
+pub async fn send_pdu(req: Req, membership: &'static str, room: &str, event_id: &str) -> Result<Value, ApiError> {
+    let endpoint = format!("send_{membership}_pdu");
+    if let Some(answer) = replayed(&req, &endpoint, event_id)? {
+        return Ok(answer);
+    }
+    let (handle, view) = known_room(&req, room)?;
+    require_hub(&req, &view)?;
+    let pdu = crate::federation::fetch::checked_pdu(&req.node, view.version, req.body.clone())
+        .await
+        .map_err(ApiError::bad_json)?;
+    if pdu.event_id().as_str() != event_id || pdu.room_id() != &view.room_id {
+        return Err(ApiError::bad_json("the event does not match the path"));
+    }
+    let own = pdu.event_type() == "m.room.member"
+        && pdu.state_key() == Some(pdu.sender().as_str())
+        && pdu.membership() == Some(membership)
+        && pdu.sender().is_on(&req.origin);
+    if !own {
+        return Err(ApiError::bad_json(format!(
+            "expected the m.room.member event of a user of {} with membership {membership}",
+            req.origin
+        )));
+    }
+    let appended = if view.version.is_mixed() {
+        let outcome = crate::federation::dag::offer(&req.node, &handle, &req.origin, vec![pdu.clone()]).await?;
+        match outcome.into_iter().next().map(|(_, r)| r) {
+            Some(Ok(crate::room::Verdict::Accepted | crate::room::Verdict::Known)) => Arc::new(pdu),
+            Some(Ok(other)) => return Err(ApiError::forbidden(format!("{other:?}"))),
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(ApiError::unknown("the room gave no answer")),
+        }
+    } else {
+        let a = handle.ask(|reply| RoomCmd::LmDagEvent { pdu, reply }).await?;
+        a.pdu
+    };
+    let answer = match membership {
+        "join" => {
+            let state = if view.version.is_mixed() {
+                super::events::mixed_state_before(&req.node, &handle.view(), appended.event_id())?
+            } else {
+                super::events::list_state_before(&req.node, &handle.view(), appended.event_id())?
+            };
+            let roots = state.iter().cloned().chain(std::iter::once(appended.clone()));
+            let chain = auth_chain(&req.node, &view, roots)?;
+            json!({
+                "event": appended.json(),
+                "state": state.iter().map(|p| p.json()).collect::<Vec<_>>(),
+                "auth_chain": chain.iter().map(|p| p.json()).collect::<Vec<_>>(),
+                "members_omitted": false,
+                "origin": req.node.name.as_str(),
+            })
+        }
+        "knock" => {
+            let stripped = stripped_state(&handle.view(), None);
+            json!({ "knock_room_state": stripped, "knock_state_events": stripped })
+        }
+        _ => json!({}),
+    };
+    remember(&req, &endpoint, event_id, &answer)?;
+    Ok(answer)
+}
+
 fn check_membership_lpdu(lpdu: &Lpdu, membership: &str) -> Result<(), ApiError> {
     let ok = lpdu.event_type() == "m.room.member"
         && lpdu.state_key() == Some(lpdu.sender().as_str())
@@ -193,8 +267,15 @@ async fn countersign(
     let mut state = stripped.as_array().cloned().unwrap_or_default();
     let own = crate::federation::invite::strip(&signed_pdu);
     state.push(own);
-    // The hub is whoever sent the invite (digest 7.1).
-    let via = checked.hub_server().cloned().unwrap_or_else(|| req.origin.clone());
+    // The hub is whoever sent the invite (digest 7.1); in a mixed room a
+    // DAG server may invite, and the hub is the creator's server.
+    let creator_server = state
+        .iter()
+        .find(|e| e.get("type").and_then(Value::as_str) == Some("m.room.create"))
+        .and_then(|e| e.get("sender").and_then(Value::as_str))
+        .and_then(|s| UserId::parse(s).ok())
+        .map(|u| u.server_name());
+    let via = checked.hub_server().cloned().or(creator_server).unwrap_or_else(|| req.origin.clone());
     let alloc = req.node.positions.allocate(1)?;
     let pos = alloc.first();
     let id = signed_pdu.event_id().clone();

@@ -17,7 +17,7 @@ use crate::federation::fetch::checked_pdu;
 use crate::federation::inbound::{Begin, Req};
 use crate::http::ApiError;
 use crate::node::now_ms;
-use crate::room::{RoomCmd, RoomError};
+use crate::room::{RoomCmd, RoomError, Verdict};
 use crate::store::records::TxnResponse;
 use crate::store::{Batch, Op};
 
@@ -26,8 +26,10 @@ pub const MAX_EDUS: usize = 100;
 /// Stored answers are replayed for a day (OQ-38).
 const TXN_KEEP_MS: i64 = 24 * 3600 * 1000;
 const ENDPOINT: &str = "send";
+const ENDPOINT_V1: &str = "send_v1";
 
-pub async fn send(req: Req, txn: &str) -> Result<Value, ApiError> {
+pub async fn send(req: Req, txn: &str, v1: bool) -> Result<Value, ApiError> {
+    let endpoint = if v1 { ENDPOINT_V1 } else { ENDPOINT };
     let empty = Vec::new();
     let pdus = match req.body.get("pdus") {
         None => &empty,
@@ -44,14 +46,14 @@ pub async fn send(req: Req, txn: &str) -> Result<Value, ApiError> {
         return Err(ApiError::bad_json(format!("{} EDUs in one transaction; the limit is {MAX_EDUS}", edus.len())));
     }
     let origin = req.origin.to_string();
-    if let Some(stored) = stored_answer(&req, &origin, txn)? {
+    if let Some(stored) = stored_answer(&req, &origin, endpoint, txn)? {
         return Ok(stored);
     }
     let _guard = match req.node.inbound.begin(&origin, txn) {
         Begin::Started(g) => g,
         Begin::Running(done) => {
             done.notified().await;
-            return stored_answer(&req, &origin, txn)?
+            return stored_answer(&req, &origin, endpoint, txn)?
                 .ok_or_else(|| ApiError::unknown("The retried transaction did not complete"));
         }
         Begin::Busy => {
@@ -62,13 +64,22 @@ pub async fn send(req: Req, txn: &str) -> Result<Value, ApiError> {
             ))
         }
     };
-    let failed = process_pdus(&req, pdus).await;
+    let outcomes = process_pdus(&req, pdus).await;
     crate::federation::edu::receive(&req.node, &req.origin, edus).await;
-    let answer = json!({ "failed_pdus": failed });
+    let answer = if v1 {
+        // Matrix: every PDU, `{}` when it was taken.
+        let all: BTreeMap<String, Value> =
+            outcomes.into_iter().map(|(id, r)| (id, r.map_or_else(|e| json!({ "error": e }), |_| json!({})))).collect();
+        json!({ "pdus": all })
+    } else {
+        let failed: BTreeMap<String, Value> =
+            outcomes.into_iter().filter_map(|(id, r)| r.err().map(|e| (id, json!({ "error": e })))).collect();
+        json!({ "failed_pdus": failed })
+    };
     let mut b = Batch::new();
     b.push(Op::PutTxnResponse {
         origin,
-        endpoint: ENDPOINT.into(),
+        endpoint: endpoint.into(),
         txn: txn.to_owned(),
         response: TxnResponse {
             received_ts: now_ms(),
@@ -80,8 +91,8 @@ pub async fn send(req: Req, txn: &str) -> Result<Value, ApiError> {
     Ok(answer)
 }
 
-fn stored_answer(req: &Req, origin: &str, txn: &str) -> Result<Option<Value>, ApiError> {
-    let Some(r) = req.node.store.txn_response(origin, ENDPOINT, txn)? else {
+fn stored_answer(req: &Req, origin: &str, endpoint: &str, txn: &str) -> Result<Option<Value>, ApiError> {
+    let Some(r) = req.node.store.txn_response(origin, endpoint, txn)? else {
         return Ok(None);
     };
     if now_ms() - r.received_ts > TXN_KEEP_MS {
@@ -95,16 +106,25 @@ fn id_of(version: &RoomVersion, obj: &Object) -> String {
     event_id(version, obj).map(|e| e.to_string()).unwrap_or_else(|_| "$unknown".into())
 }
 
-async fn process_pdus(req: &Req, pdus: &[Value]) -> BTreeMap<String, Value> {
-    let mut failed = BTreeMap::new();
-    // PDUs from the hub, grouped per room so each room takes them in one go.
+/// What became of each PDU of a transaction: `Err` carries the reason.
+type Outcomes = BTreeMap<String, Result<(), String>>;
+
+async fn process_pdus(req: &Req, pdus: &[Value]) -> Outcomes {
+    let mut out = Outcomes::new();
+    // Events per room, each room taking its share in one go: PDUs from an
+    // LM hub, and every event of a mixed room.
     let mut from_hub: Vec<(RoomId, Vec<Pdu>)> = Vec::new();
+    let mut mixed: Vec<(RoomId, Vec<Pdu>)> = Vec::new();
+    let group = |groups: &mut Vec<(RoomId, Vec<Pdu>)>, room: &RoomId, pdu: Pdu| match groups
+        .iter_mut()
+        .find(|(r, _)| r == room)
+    {
+        Some((_, list)) => list.push(pdu),
+        None => groups.push((room.clone(), vec![pdu])),
+    };
     for item in pdus {
-        let fail = |failed: &mut BTreeMap<String, Value>, id: String, why: String| {
-            failed.insert(id, json!({ "error": why }));
-        };
         let Some(obj) = item.as_object() else {
-            fail(&mut failed, "$unknown".into(), "not a JSON object".into());
+            out.insert("$unknown".into(), Err("not a JSON object".into()));
             continue;
         };
         let lm = RoomVersion::lm();
@@ -113,27 +133,57 @@ async fn process_pdus(req: &Req, pdus: &[Value]) -> BTreeMap<String, Value> {
             Ok(r) => r,
             Err(_) => {
                 // Unknown or invalid room: rejected, and reported (OQ-37).
-                fail(&mut failed, id_of(lm, obj), format!("unknown room {room:?}"));
+                out.insert(id_of(lm, obj), Err(format!("unknown room {room:?}")));
                 continue;
             }
         };
         let version = view.version;
+        let id = id_of(version, obj);
         let is_hub = view.is_hub(&req.node.name);
+        if version.is_mixed() {
+            if Lpdu::looks_like_lpdu(obj) {
+                out.insert(id, Err("rooms of Matrix versions take full events, not LPDUs".into()));
+                continue;
+            }
+            let checked = checked_pdu(&req.node, version, obj.clone()).await;
+            match checked {
+                // A DAG server sends its events to every server; a
+                // participant takes the hub's copy, in the hub's order.
+                Ok(_) if !is_hub && req.origin != view.hub => {
+                    out.insert(id, Ok(()));
+                }
+                Ok(pdu) => group(&mut mixed, &view.room_id, pdu),
+                Err(why) => {
+                    out.insert(id, Err(why));
+                }
+            }
+            continue;
+        }
         if Lpdu::looks_like_lpdu(obj) {
             if !is_hub {
                 continue; // item 165: LPDUs for rooms we do not hub are dropped
             }
-            match accept_lpdu(req, version, obj).await {
-                Ok(lpdu) => match handle.ask(|reply| RoomCmd::Lpdu { lpdu, with_state: false, reply }).await {
-                    Ok(_) => {}
-                    Err(e) => fail(&mut failed, id_of(version, obj), e.to_string()),
-                },
-                Err(why) => fail(&mut failed, id_of(version, obj), why),
-            }
+            let result = match accept_lpdu(req, version, obj).await {
+                Ok(lpdu) => handle
+                    .ask(|reply| RoomCmd::Lpdu { lpdu, with_state: false, reply })
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Err(why) => Err(why),
+            };
+            out.insert(id, result);
             continue;
         }
         if is_hub {
-            fail(&mut failed, id_of(version, obj), "the hub takes LPDUs, not PDUs, for its LM rooms".into());
+            // A DAG-capable LM server's own event (digest 11.3).
+            let result = match checked_pdu(&req.node, version, obj.clone()).await {
+                Ok(pdu) if pdu.sender().is_on(&req.origin) => {
+                    handle.ask(|reply| RoomCmd::LmDagEvent { pdu, reply }).await.map(|_| ()).map_err(|e| e.to_string())
+                }
+                Ok(_) => Err("the hub takes full events only from their sender's server".into()),
+                Err(why) => Err(why),
+            };
+            out.insert(id, result);
             continue;
         }
         // Participants take room events from the room's hub only (OQ-21).
@@ -141,11 +191,10 @@ async fn process_pdus(req: &Req, pdus: &[Value]) -> BTreeMap<String, Value> {
             continue;
         }
         match checked_pdu(&req.node, version, obj.clone()).await {
-            Ok(pdu) => match from_hub.iter_mut().find(|(r, _)| r == &view.room_id) {
-                Some((_, list)) => list.push(pdu),
-                None => from_hub.push((view.room_id.clone(), vec![pdu])),
-            },
-            Err(why) => fail(&mut failed, id_of(version, obj), why),
+            Ok(pdu) => group(&mut from_hub, &view.room_id, pdu),
+            Err(why) => {
+                out.insert(id, Err(why));
+            }
         }
     }
     for (room, list) in from_hub {
@@ -156,19 +205,41 @@ async fn process_pdus(req: &Req, pdus: &[Value]) -> BTreeMap<String, Value> {
         match handle.ask(|reply| RoomCmd::FromHub { pdus: list, reply }).await {
             Ok(results) => {
                 for (id, r) in ids.into_iter().zip(results) {
-                    if let Err(e) = r {
-                        failed.insert(id, json!({ "error": e.to_string() }));
-                    }
+                    out.insert(id, r.map_err(|e| e.to_string()));
                 }
             }
             Err(e) => {
                 for id in ids {
-                    failed.insert(id, json!({ "error": e.to_string() }));
+                    out.insert(id, Err(e.to_string()));
                 }
             }
         }
     }
-    failed
+    for (room, list) in mixed {
+        let Some(handle) = req.node.rooms.get(&room) else {
+            continue;
+        };
+        let ids: Vec<String> = list.iter().map(|p| p.event_id().to_string()).collect();
+        match crate::federation::dag::offer(&req.node, &handle, &req.origin, list).await {
+            Ok(results) => {
+                for (id, r) in results {
+                    let r = match r {
+                        Ok(Verdict::Accepted | Verdict::Known) => Ok(()),
+                        Ok(Verdict::SoftFailed(why)) => Err(format!("soft-failed: {why}")),
+                        Ok(Verdict::Rejected(why)) => Err(format!("rejected: {why}")),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    out.insert(id.to_string(), r);
+                }
+            }
+            Err(e) => {
+                for id in ids {
+                    out.insert(id, Err(e.to_string()));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The hub's checks on an LPDU before building anything: shape, the

@@ -157,6 +157,14 @@ fn check_create(event: &Pdu, version: &'static RoomVersion) -> Result<(), AuthEr
             return reject("-", "1.3", format!("unknown room version {v}"));
         }
     }
+    if version.auth.creators_infinite {
+        let valid = |v: &Value| v.as_str().is_some_and(|s| crate::core::ids::UserId::parse(s).is_ok());
+        match event.content().get("additional_creators") {
+            None => {}
+            Some(Value::Array(a)) if a.iter().all(valid) => {}
+            Some(_) => return reject("-", "1.4", "additional_creators must be an array of user ids"),
+        }
+    }
     if version.auth.creator_in_content && !event.content().contains_key("creator") {
         return reject("-", "1.4", "content.creator is required in this room version");
     }

@@ -29,14 +29,18 @@ fn level_of(v: &Value, version: &RoomVersion) -> Option<i64> {
 pub struct PowerLevels<'a> {
     version: &'static RoomVersion,
     content: Option<&'a Object>,
-    creator: Option<String>,
+    creators: Vec<String>,
 }
+
+/// The level of a v12 room creator: above every level a power levels event
+/// can name.
+pub const CREATOR_LEVEL: i64 = i64::MAX;
 
 impl<'a> PowerLevels<'a> {
     pub fn from_state(state: &'a impl StateView, version: &'static RoomVersion) -> Self {
         let content = state.power_levels().map(Pdu::content);
-        let creator = state.create().and_then(|c| creator_of(c, version));
-        PowerLevels { version, content, creator }
+        let creators = state.create().map(|c| creators_of(c, version)).unwrap_or_default();
+        PowerLevels { version, content, creators }
     }
 
     fn get(&self, key: &str) -> Option<i64> {
@@ -44,9 +48,13 @@ impl<'a> PowerLevels<'a> {
     }
 
     pub fn user_level(&self, user: &str) -> i64 {
+        let is_creator = self.creators.iter().any(|c| c == user);
+        if is_creator && self.version.auth.creators_infinite {
+            return CREATOR_LEVEL;
+        }
         let Some(content) = self.content else {
             // No power levels at all: the creator has 100 (item 55).
-            return if self.creator.as_deref() == Some(user) { 100 } else { 0 };
+            return if is_creator { 100 } else { 0 };
         };
         content
             .get("users")
@@ -85,6 +93,17 @@ pub fn creator_of(create: &Pdu, version: &RoomVersion) -> Option<String> {
     } else {
         Some(create.sender().as_str().to_owned())
     }
+}
+
+/// v12: the create `sender` and `content.additional_creators`; before, the
+/// one creator.
+pub fn creators_of(create: &Pdu, version: &RoomVersion) -> Vec<String> {
+    let mut out: Vec<String> = creator_of(create, version).into_iter().collect();
+    if version.auth.creators_infinite {
+        let extra = create.content().get("additional_creators").and_then(Value::as_array);
+        out.extend(extra.into_iter().flatten().filter_map(Value::as_str).map(str::to_owned));
+    }
+    out
 }
 
 fn is_level(v: &Value, version: &RoomVersion) -> bool {
@@ -131,6 +150,14 @@ pub fn check_power_levels_event(
                 Rule::new("9.3", "9.3"),
                 "power_levels `users` must map valid user ids to integers",
             ));
+        }
+    }
+    if version.auth.creators_infinite {
+        // v12 rule 10.4: creators' power is not the power levels' to name.
+        let creators = state.create().map(|c| creators_of(c, version)).unwrap_or_default();
+        let users = content.get("users").and_then(Value::as_object);
+        if let Some(c) = creators.iter().find(|c| users.is_some_and(|u| u.contains_key(c.as_str()))) {
+            return Err(AuthError::new(Rule::new("-", "10.4"), format!("power_levels `users` names the creator {c}")));
         }
     }
     let Some(current) = state.power_levels() else {

@@ -1,0 +1,153 @@
+//! Endpoints DAG servers call (digest 11.4): `/get_missing_events`,
+//! `/event_auth`, `/event` and `/backfill` in their Matrix (transaction
+//! wrapped, DAG-walking) forms.
+
+use std::collections::{BTreeSet, BinaryHeap};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::events::{auth_chain, server_can_see};
+use super::known_room;
+use crate::core::event::Pdu;
+use crate::core::ids::{EventId, RoomId};
+use crate::federation::inbound::Req;
+use crate::http::{query_get, ApiError};
+use crate::node::{now_ms, Node};
+use crate::room::load::load_pdu;
+use crate::room::RoomView;
+
+/// Largest page of `/get_missing_events` and `/backfill` served.
+const MAX_EVENTS: usize = 100;
+
+fn visible(req: &Req, view: &RoomView) -> Result<(), ApiError> {
+    if server_can_see(view, &req.origin) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("Unknown room"))
+    }
+}
+
+/// An event of the room's list (accepted or soft-failed), not an outlier
+/// or a rejected one.
+fn list_event(node: &Node, view: &RoomView, id: &EventId) -> Result<Option<Arc<Pdu>>, ApiError> {
+    match node.store.event(id)? {
+        Some(r) if r.room_id == view.room_id.as_str() && !r.outlier && !r.pruned => {
+            Ok(load_pdu(node, view.version, id)?)
+        }
+        _ => Ok(None),
+    }
+}
+
+fn txn_wrapped(node: &Node, pdus: Vec<Value>) -> Value {
+    json!({ "origin": node.name.as_str(), "origin_server_ts": now_ms(), "pdus": pdus })
+}
+
+/// Newest first by depth, walking `prev_events` from `start` until `limit`
+/// events are taken; `stop` events are neither taken nor walked through.
+fn walk_back(
+    node: &Node,
+    view: &RoomView,
+    start: impl IntoIterator<Item = EventId>,
+    stop: &BTreeSet<EventId>,
+    limit: usize,
+) -> Result<Vec<Arc<Pdu>>, ApiError> {
+    let mut seen: BTreeSet<EventId> = BTreeSet::new();
+    let mut queue: BinaryHeap<(i64, EventId)> = BinaryHeap::new();
+    for id in start {
+        if let Some(p) = list_event(node, view, &id)? {
+            if seen.insert(id.clone()) {
+                queue.push((p.depth().unwrap_or(0), id));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    while let Some((_, id)) = queue.pop() {
+        if out.len() >= limit {
+            break;
+        }
+        let Some(p) = list_event(node, view, &id)? else { continue };
+        for prev in p.prev_events() {
+            if stop.contains(prev) || !seen.insert(prev.clone()) {
+                continue;
+            }
+            if let Some(pp) = list_event(node, view, prev)? {
+                queue.push((pp.depth().unwrap_or(0), prev.clone()));
+            }
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// `POST /v1/get_missing_events/{roomId}`: the events before
+/// `latest_events` and after `earliest_events`, oldest first.
+pub async fn get_missing_events(req: Req, room: &str) -> Result<Value, ApiError> {
+    let (_, view) = known_room(&req, room)?;
+    visible(&req, &view)?;
+    let ids = |key: &str| -> Vec<EventId> {
+        req.body
+            .get(key)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).filter_map(|s| EventId::parse(s).ok()).collect())
+            .unwrap_or_default()
+    };
+    let limit = req.body.get("limit").and_then(Value::as_u64).unwrap_or(10).clamp(1, MAX_EVENTS as u64) as usize;
+    let min_depth = req.body.get("min_depth").and_then(Value::as_i64).unwrap_or(0);
+    let earliest: BTreeSet<EventId> = ids("earliest_events").into_iter().collect();
+    let latest = ids("latest_events");
+    // The latest events themselves are what the caller has; start below them.
+    let mut start = Vec::new();
+    for id in &latest {
+        if let Some(p) = list_event(&req.node, &view, id)? {
+            start.extend(p.prev_events().iter().filter(|e| !earliest.contains(*e)).cloned());
+        }
+    }
+    let mut events = walk_back(&req.node, &view, start, &earliest, limit)?;
+    events.retain(|p| p.depth().unwrap_or(0) >= min_depth);
+    events.reverse();
+    Ok(json!({ "events": events.iter().map(|p| p.json()).collect::<Vec<_>>() }))
+}
+
+/// `GET /v1/event_auth/{roomId}/{eventId}`: the event's full auth chain.
+pub async fn event_auth(req: Req, room: &str, event: &str) -> Result<Value, ApiError> {
+    let (_, view) = known_room(&req, room)?;
+    visible(&req, &view)?;
+    let id = EventId::parse(event).map_err(|_| ApiError::not_found("Unknown event"))?;
+    let rec = req.node.store.event(&id)?.ok_or_else(|| ApiError::not_found("Unknown event"))?;
+    if rec.room_id != view.room_id.as_str() {
+        return Err(ApiError::not_found("Unknown event"));
+    }
+    let pdu = load_pdu(&req.node, view.version, &id)?.ok_or_else(|| ApiError::not_found("Unknown event"))?;
+    let chain = auth_chain(&req.node, &view, std::iter::once(pdu))?;
+    Ok(json!({ "auth_chain": chain.iter().map(|p| p.json()).collect::<Vec<_>>() }))
+}
+
+/// `GET /v1/event/{eventId}`: one event in a transaction.
+pub async fn event(req: Req, id: &str) -> Result<Value, ApiError> {
+    let id = EventId::parse(id).map_err(|_| ApiError::not_found("Unknown event"))?;
+    let rec = req.node.store.event(&id)?.ok_or_else(|| ApiError::not_found("Unknown event"))?;
+    if !rec.rejected.is_empty() {
+        return Err(ApiError::not_found("Unknown event"));
+    }
+    let room = RoomId::parse(&rec.room_id).map_err(|e| ApiError::unknown(e.to_string()))?;
+    let view = req.node.rooms.get(&room).map(|h| h.view()).ok_or_else(|| ApiError::not_found("Unknown event"))?;
+    visible(&req, &view)?;
+    let pdu = load_pdu(&req.node, view.version, &id)?.ok_or_else(|| ApiError::not_found("Unknown event"))?;
+    Ok(txn_wrapped(&req.node, vec![Value::Object(pdu.json().clone())]))
+}
+
+/// `GET /v1/backfill/{roomId}?v=…&limit=`: the `v` events and those before
+/// them in the DAG, newest first.
+pub async fn backfill(req: Req, room: &str) -> Result<Value, ApiError> {
+    let (_, view) = known_room(&req, room)?;
+    visible(&req, &view)?;
+    let limit = query_get(&req.query, "limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(10).clamp(1, MAX_EVENTS);
+    let start: Vec<EventId> =
+        req.query.iter().filter(|(k, _)| k == "v").filter_map(|(_, v)| EventId::parse(v).ok()).collect();
+    if start.is_empty() {
+        return Err(ApiError::bad_json("at least one v is required"));
+    }
+    let events = walk_back(&req.node, &view, start, &BTreeSet::new(), limit)?;
+    Ok(txn_wrapped(&req.node, events.iter().map(|p| Value::Object(p.json().clone())).collect()))
+}

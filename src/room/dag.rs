@@ -1,0 +1,334 @@
+//! Mixed rooms (Matrix room versions 10-12; DESIGN "Room kinds"): the list
+//! is still the order of record, but events form a DAG. Every event gets
+//! the checks on receipt of the Matrix spec: against its auth events and
+//! the state before it (reject), against the current state (soft-fail);
+//! state before an event is the resolution of the states after its prev
+//! events; the current state is the resolution over the forward
+//! extremities. Hub and participants run the same code, so a participant
+//! follows the state the hub resolved by replaying the hub's list.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::actor::{RoomActor, Work};
+use super::build::Draft;
+use super::snapshot::{put_state_after, state_after, Events};
+use super::RoomError;
+use crate::core::event::{sign_event, Pdu, Schema};
+use crate::core::ids::EventId;
+use crate::core::json::Object;
+use crate::core::rooms::{
+    authorize, check_auth_events, resolve, select_auth_events, EventSketch, EventSource, StateIds, StateMap,
+};
+use crate::node::now_ms;
+use crate::store::records::EventRecord;
+use crate::store::Op;
+
+/// At most this many prev events on an event built here (the Matrix limit).
+pub const MAX_PREV_EVENTS: usize = 20;
+/// Largest depth Matrix allows.
+const MAX_DEPTH: i64 = (1 << 53) - 1;
+
+/// What became of an event offered to a mixed room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Appended and applied.
+    Accepted,
+    /// Appended (kept, served) but not applied, shown or relayed.
+    SoftFailed(String),
+    /// Not appended; remembered so it is not fetched again.
+    Rejected(String),
+    /// Already in the room.
+    Known,
+}
+
+/// An event a room needs without taking it into its list: an auth event,
+/// or a prev event fetched with the state before it (a gap too old to fill
+/// event by event).
+pub struct Outlier {
+    pub pdu: Pdu,
+    pub state_before: Option<StateIds>,
+}
+
+enum Check {
+    Pass { before: StateIds, soft_fail: Option<String> },
+    Reject(String),
+}
+
+impl RoomActor {
+    fn events(&self) -> Events<'_> {
+        Events { node: &self.node, version: self.cur.version }
+    }
+
+    fn rejected_reason(&self, id: &EventId) -> Option<String> {
+        self.node.store.event(id).ok().flatten().filter(|r| !r.rejected.is_empty()).map(|r| r.rejected)
+    }
+
+    /// Offers a checked event (signatures and hashes done) to the room.
+    /// Its prev and auth events must be known by now.
+    pub(super) fn dag_accept(&mut self, work: &mut Work, pdu: Pdu) -> Result<Verdict, RoomError> {
+        let id = pdu.event_id().clone();
+        if self.knows(work, &id) {
+            return Ok(Verdict::Known);
+        }
+        if let Some(reason) = self.rejected_reason(&id) {
+            return Ok(Verdict::Rejected(reason));
+        }
+        match self.dag_check(&pdu)? {
+            Check::Reject(reason) => {
+                tracing::info!(event = %id, sender = %pdu.sender(), %reason, "rejected an event");
+                self.store_rejected(work, &pdu, &reason);
+                Ok(Verdict::Rejected(reason))
+            }
+            Check::Pass { before, soft_fail } => {
+                if let Some(why) = &soft_fail {
+                    tracing::info!(event = %id, sender = %pdu.sender(), reason = %why, "soft-failed an event");
+                }
+                self.stage_dag(work, pdu, before, soft_fail.is_some())?;
+                Ok(soft_fail.map_or(Verdict::Accepted, Verdict::SoftFailed))
+            }
+        }
+    }
+
+    /// Takes outliers first, then offers each event in order.
+    pub(super) fn take_dag(
+        &mut self,
+        pdus: Vec<Pdu>,
+        outliers: Vec<Outlier>,
+        work: &mut Work,
+    ) -> Vec<(EventId, Result<Verdict, RoomError>)> {
+        for o in outliers {
+            if let Err(e) = self.store_outlier(work, o) {
+                tracing::warn!(error = %e, "could not keep an outlier");
+            }
+        }
+        pdus.into_iter().map(|p| (p.event_id().clone(), self.dag_accept(work, p))).collect()
+    }
+
+    fn store_outlier(&mut self, work: &mut Work, o: Outlier) -> Result<(), RoomError> {
+        let id = o.pdu.event_id().clone();
+        let stored = self.node.store.event(&id)?;
+        let pdu = Arc::new(o.pdu);
+        if stored.is_none() && !work.staged_ids.contains(&id) {
+            let record = EventRecord {
+                json: serde_json::to_vec(pdu.json()).unwrap_or_default(),
+                room_id: self.cur.room_id.to_string(),
+                outlier: true,
+                ..Default::default()
+            };
+            work.batch.push(Op::PutEvent(id.clone(), record));
+            self.node.dag.remember_event(pdu.clone());
+        }
+        if let Some(before) = o.state_before {
+            if state_after(&self.node, &id)?.is_none() {
+                let mut after = before.clone();
+                if let Some(sk) = pdu.state_key() {
+                    after.insert((pdu.event_type().to_owned(), sk.to_owned()), id.clone());
+                }
+                put_state_after(&self.node, &mut work.batch, &pdu, &before, after, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn store_rejected(&self, work: &mut Work, pdu: &Pdu, reason: &str) {
+        let record = EventRecord {
+            json: serde_json::to_vec(pdu.json()).unwrap_or_default(),
+            room_id: self.cur.room_id.to_string(),
+            outlier: true,
+            rejected: reason.to_owned(),
+            ..Default::default()
+        };
+        work.batch.push(Op::PutEvent(pdu.event_id().clone(), record));
+        self.node.dag.remember_rejected(pdu.event_id());
+    }
+
+    /// The checks on receipt after signatures and hashes.
+    fn dag_check(&self, pdu: &Pdu) -> Result<Check, RoomError> {
+        let events = self.events();
+        if pdu.event_type() == "m.room.create" && pdu.state_key() == Some("") {
+            if self.cur.length > 0 {
+                return Ok(Check::Reject("the room already has an m.room.create event".into()));
+            }
+            return Ok(match authorize(pdu, &StateMap::new()) {
+                Ok(()) => Check::Pass { before: StateIds::new(), soft_fail: None },
+                Err(e) => Check::Reject(e.to_string()),
+            });
+        }
+        let mut auth = Vec::with_capacity(pdu.auth_events().len());
+        for a in pdu.auth_events() {
+            if events.rejected(a) {
+                return Ok(Check::Reject(format!("auth event {a} was rejected")));
+            }
+            let e = events.event(a).ok_or_else(|| RoomError::BadEvent(format!("auth event {a} is not known")))?;
+            auth.push(e);
+        }
+        let refs: Vec<&Pdu> = auth.iter().map(Arc::as_ref).collect();
+        if let Err(e) = check_auth_events(pdu, &refs) {
+            return Ok(Check::Reject(e.to_string()));
+        }
+        let mut auth_state = StateMap::from_events(auth.iter().cloned());
+        if let Some(create) = pdu.room_id().create_event_id().and_then(|c| events.event(&c)) {
+            auth_state.apply(create);
+        }
+        if let Err(e) = authorize(pdu, &auth_state) {
+            return Ok(Check::Reject(format!("against its auth events: {e}")));
+        }
+        let mut states = Vec::new();
+        for p in pdu.prev_events() {
+            if events.rejected(p) {
+                continue;
+            }
+            let s = state_after(&self.node, p)?
+                .ok_or_else(|| RoomError::BadEvent(format!("prev event {p} is not known")))?;
+            states.push((*s.state).clone());
+        }
+        if states.is_empty() {
+            return Ok(Check::Reject("no accepted prev event".into()));
+        }
+        let before = resolve(self.cur.version, &states, &events).map_err(|e| RoomError::BadEvent(e.to_string()))?;
+        if let Err(e) = authorize(pdu, &events.state_map(&before)) {
+            return Ok(Check::Reject(format!("against the state before it: {e}")));
+        }
+        let soft_fail = authorize(pdu, &self.cur.state).err().map(|e| format!("against the current state: {e}"));
+        Ok(Check::Pass { before, soft_fail })
+    }
+
+    /// Appends a checked event: its state snapshot, and unless soft-failed
+    /// the new forward extremities and the current state they resolve to.
+    fn stage_dag(&mut self, work: &mut Work, pdu: Pdu, before: StateIds, soft_failed: bool) -> Result<(), RoomError> {
+        let pdu = Arc::new(pdu);
+        let id = pdu.event_id().clone();
+        let mut after = before.clone();
+        if let Some(sk) = pdu.state_key() {
+            after.insert((pdu.event_type().to_owned(), sk.to_owned()), id.clone());
+        }
+        let base = pdu.prev_events().first().cloned();
+        put_state_after(&self.node, &mut work.batch, &pdu, &before, after.clone(), base.as_ref())?;
+        let old_membership = self.target_membership(&pdu);
+        let pos = self.append_entry(work, &pdu, soft_failed)?;
+        if !soft_failed {
+            let prevs = pdu.prev_events();
+            self.cur.extremities.retain(|e| !prevs.contains(e));
+            self.cur.extremities.push(id.clone());
+            self.cur.max_depth = self.cur.max_depth.max(pdu.depth().unwrap_or(0));
+            let current = if self.cur.extremities.len() == 1 { after } else { self.resolve_extremities()? };
+            self.set_current(work, &current, pos)?;
+        }
+        self.after_append(work, &pdu, soft_failed, old_membership.as_deref(), pos);
+        Ok(())
+    }
+
+    fn resolve_extremities(&self) -> Result<StateIds, RoomError> {
+        let mut states = Vec::with_capacity(self.cur.extremities.len());
+        for e in &self.cur.extremities {
+            let s = state_after(&self.node, e)?.ok_or_else(|| RoomError::Storage(format!("no state after {e}")))?;
+            states.push((*s.state).clone());
+        }
+        resolve(self.cur.version, &states, &self.events()).map_err(|e| RoomError::Storage(e.to_string()))
+    }
+
+    /// Makes `target` the current state, one changed key at a time.
+    fn set_current(&mut self, work: &mut Work, target: &StateIds, pos: u64) -> Result<(), RoomError> {
+        let now = self.cur.state.ids();
+        let events = self.events();
+        let mut changes: Vec<(crate::core::rooms::StateKey, Option<Arc<Pdu>>)> = Vec::new();
+        for (k, id) in target {
+            if now.get(k) != Some(id) {
+                let e = events.event(id).ok_or_else(|| RoomError::Storage(format!("state event {id} is missing")))?;
+                changes.push((k.clone(), Some(e)));
+            }
+        }
+        for k in now.keys().filter(|k| !target.contains_key(*k)) {
+            changes.push((k.clone(), None));
+        }
+        for ((t, k), e) in changes {
+            self.set_state(work, &t, &k, e, pos);
+        }
+        Ok(())
+    }
+
+    /// The fields every event built here shares: prev events (the forward
+    /// extremities, deepest first), depth and auth events from the current
+    /// state.
+    fn dag_fields(&self, d: &Draft, now: i64) -> Object {
+        let mut o = Object::new();
+        if !(self.cur.version.room_id_from_create && d.event_type == "m.room.create") {
+            o.insert("room_id".into(), json!(self.cur.room_id.as_str()));
+        }
+        o.insert("type".into(), json!(d.event_type));
+        if let Some(sk) = &d.state_key {
+            o.insert("state_key".into(), json!(sk));
+        }
+        o.insert("sender".into(), json!(d.sender.as_str()));
+        o.insert("origin_server_ts".into(), json!(now));
+        o.insert("content".into(), Value::Object(d.content.clone()));
+        let sketch = EventSketch {
+            event_type: &d.event_type,
+            sender: d.sender.as_str(),
+            state_key: d.state_key.as_deref(),
+            content: &d.content,
+        };
+        let auth: Vec<Value> =
+            select_auth_events(self.cur.version, &self.cur.state, sketch).iter().map(|e| json!(e.as_str())).collect();
+        let prevs = self.prev_events_for_new();
+        o.insert("auth_events".into(), Value::Array(auth));
+        o.insert("prev_events".into(), Value::Array(prevs.iter().map(|p| json!(p.as_str())).collect()));
+        o.insert("depth".into(), json!((self.cur.max_depth + 1).min(MAX_DEPTH)));
+        o
+    }
+
+    fn prev_events_for_new(&self) -> Vec<EventId> {
+        let mut prevs = self.cur.extremities.clone();
+        if prevs.len() > MAX_PREV_EVENTS {
+            // Keep the newest; the rest stay extremities for the next event.
+            prevs = prevs.split_off(prevs.len() - MAX_PREV_EVENTS);
+        }
+        prevs
+    }
+
+    /// A signed event for a local user, checked against the current state.
+    pub(super) fn dag_build(&self, d: &Draft) -> Result<Pdu, RoomError> {
+        let mut o = self.dag_fields(d, now_ms());
+        if d.event_type == "m.room.create" {
+            o.insert("auth_events".into(), json!([]));
+            o.insert("prev_events".into(), json!([]));
+            o.insert("depth".into(), json!(1));
+        }
+        sign_event(self.cur.version, &self.node.key, &mut o).map_err(|e| RoomError::BadEvent(e.to_string()))?;
+        let pdu = Pdu::from_object(self.cur.version, o, Schema::Full).map_err(|e| match e {
+            crate::core::event::EventError::TooLarge(n) => RoomError::TooLarge(format!("{n} bytes")),
+            other => RoomError::BadEvent(other.to_string()),
+        })?;
+        let check = if pdu.event_type() == "m.room.create" { StateMap::new() } else { self.cur.state.clone() };
+        authorize(&pdu, &check).map_err(|e| RoomError::Forbidden(e.to_string()))?;
+        Ok(pdu)
+    }
+}
+
+/// The `m.room.create` event of a new mixed room. In v12 the room id is
+/// this event's id, so it is built before the room exists.
+pub fn build_create(
+    node: &crate::node::Node,
+    version: &'static crate::core::event::RoomVersion,
+    d: &Draft,
+) -> Result<Pdu, RoomError> {
+    let mut o = Object::new();
+    if !version.room_id_from_create {
+        let id = format!("!{}:{}", crate::node::random_string(18), node.name);
+        o.insert("room_id".into(), json!(id));
+    }
+    o.insert("type".into(), json!("m.room.create"));
+    o.insert("state_key".into(), json!(""));
+    o.insert("sender".into(), json!(d.sender.as_str()));
+    o.insert("origin_server_ts".into(), json!(now_ms()));
+    o.insert("content".into(), Value::Object(d.content.clone()));
+    o.insert("auth_events".into(), json!([]));
+    o.insert("prev_events".into(), json!([]));
+    o.insert("depth".into(), json!(1));
+    sign_event(version, &node.key, &mut o).map_err(|e| RoomError::BadEvent(e.to_string()))?;
+    let pdu = Pdu::from_object(version, o, Schema::Full).map_err(|e| RoomError::BadEvent(e.to_string()))?;
+    authorize(&pdu, &StateMap::new()).map_err(|e| RoomError::Forbidden(e.to_string()))?;
+    Ok(pdu)
+}

@@ -1,0 +1,222 @@
+//! Mixed rooms keep the state after every event, because state in a DAG is
+//! not a fold of the list. Each snapshot is stored as a change to another
+//! event's (usually a prev event's), with a whole one every few links, and
+//! both snapshots and events are cached, shared by the room tasks and the
+//! federation handlers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::core::event::{Pdu, RoomVersion};
+use crate::core::ids::EventId;
+use crate::core::rooms::{EventSource, StateIds, StateKey, StateMap};
+use crate::node::Node;
+use crate::store::records::{StateEntry, StateSnapshot};
+use crate::store::{Batch, Op, StoreError};
+
+/// Links a snapshot may lead through before one is stored whole.
+const MAX_CHAIN: u32 = 24;
+/// Entries cached before the caches start over.
+const CACHE_EVENTS: usize = 8192;
+const CACHE_STATES: usize = 512;
+
+/// A state with how many links its stored form leads through.
+#[derive(Clone)]
+pub struct Snapshot {
+    pub state: Arc<StateIds>,
+    chain: u32,
+}
+
+#[derive(Default)]
+pub struct DagCache {
+    events: Mutex<HashMap<EventId, Option<Arc<Pdu>>>>,
+    rejected: Mutex<HashMap<EventId, bool>>,
+    states: Mutex<HashMap<EventId, Snapshot>>,
+}
+
+impl DagCache {
+    /// Forgets an event whose stored form changed (a redaction).
+    pub fn forget_event(&self, id: &EventId) {
+        self.events.lock().expect("poisoned").remove(id);
+    }
+
+    /// Forgets everything (after a failed write).
+    pub fn clear(&self) {
+        self.events.lock().expect("poisoned").clear();
+        self.rejected.lock().expect("poisoned").clear();
+        self.states.lock().expect("poisoned").clear();
+    }
+
+    /// Room tasks remember what they stage here before it is written, so
+    /// entries are only dropped by `trim`, between batches.
+    pub fn remember_event(&self, pdu: Arc<Pdu>) {
+        self.events.lock().expect("poisoned").insert(pdu.event_id().clone(), Some(pdu));
+    }
+
+    /// Bounds the caches; called after a batch is written.
+    pub fn trim(&self) {
+        let mut events = self.events.lock().expect("poisoned");
+        if events.len() > CACHE_EVENTS {
+            events.clear();
+        }
+        let mut states = self.states.lock().expect("poisoned");
+        if states.len() > CACHE_STATES {
+            states.clear();
+        }
+        let mut rejected = self.rejected.lock().expect("poisoned");
+        if rejected.len() > CACHE_EVENTS {
+            rejected.clear();
+        }
+    }
+
+    pub fn remember_rejected(&self, id: &EventId) {
+        self.rejected.lock().expect("poisoned").insert(id.clone(), true);
+    }
+
+    fn remember_state(&self, id: &EventId, s: Snapshot) {
+        self.states.lock().expect("poisoned").insert(id.clone(), s);
+    }
+}
+
+/// Events of one room, for state resolution and the checks on receipt.
+pub struct Events<'a> {
+    pub node: &'a Node,
+    pub version: &'static RoomVersion,
+}
+
+impl EventSource for Events<'_> {
+    fn event(&self, id: &EventId) -> Option<Arc<Pdu>> {
+        let cache = &self.node.dag;
+        if let Some(hit) = cache.events.lock().expect("poisoned").get(id) {
+            return hit.clone();
+        }
+        let loaded = crate::room::load::load_pdu(self.node, self.version, id).ok().flatten();
+        if let Some(p) = &loaded {
+            cache.remember_event(p.clone());
+        }
+        loaded
+    }
+
+    fn rejected(&self, id: &EventId) -> bool {
+        if let Some(r) = self.node.dag.rejected.lock().expect("poisoned").get(id) {
+            return *r;
+        }
+        let r = self.node.store.event(id).ok().flatten().is_some_and(|r| !r.rejected.is_empty());
+        self.node.dag.rejected.lock().expect("poisoned").insert(id.clone(), r);
+        r
+    }
+}
+
+impl Events<'_> {
+    /// A state by id as events; ids that cannot be loaded are skipped.
+    pub fn state_map(&self, ids: &StateIds) -> StateMap {
+        StateMap::from_events(ids.values().filter_map(|id| self.event(id)))
+    }
+}
+
+fn key_of(e: &StateEntry) -> StateKey {
+    (e.event_type.clone(), e.state_key.clone())
+}
+
+/// The state after `id`, if it was recorded.
+pub fn state_after(node: &Node, id: &EventId) -> Result<Option<Snapshot>, StoreError> {
+    if let Some(s) = node.dag.states.lock().expect("poisoned").get(id) {
+        return Ok(Some(s.clone()));
+    }
+    let Some(first) = node.store.state_after(id)? else {
+        return Ok(None);
+    };
+    // Walk to a whole snapshot (or a cached one), then replay the changes.
+    let mut changes = vec![first];
+    let mut state = loop {
+        let last = changes.last().expect("not empty");
+        if last.base.is_empty() {
+            break StateIds::new();
+        }
+        let base = EventId::parse(&last.base).map_err(|_| StoreError::Corrupt(format!("snapshot base of {id}")))?;
+        if let Some(s) = node.dag.states.lock().expect("poisoned").get(&base) {
+            break (*s.state).clone();
+        }
+        let next = node.store.state_after(&base)?.ok_or_else(|| StoreError::Corrupt(format!("no snapshot {base}")))?;
+        changes.push(next);
+    };
+    for snap in changes.iter().rev() {
+        for e in &snap.entries {
+            if e.event_id.is_empty() {
+                state.remove(&key_of(e));
+            } else {
+                let ev = EventId::parse(&e.event_id).map_err(|_| StoreError::Corrupt(format!("snapshot of {id}")))?;
+                state.insert(key_of(e), ev);
+            }
+        }
+    }
+    let s = Snapshot { state: Arc::new(state), chain: changes[0].chain };
+    node.dag.remember_state(id, s.clone());
+    Ok(Some(s))
+}
+
+/// The state before `event` (whose state after is recorded).
+pub fn state_before(node: &Node, event: &Pdu) -> Result<Option<StateIds>, StoreError> {
+    let Some(after) = state_after(node, event.event_id())? else {
+        return Ok(None);
+    };
+    let mut state = (*after.state).clone();
+    if let Some(sk) = event.state_key() {
+        let key = (event.event_type().to_owned(), sk.to_owned());
+        let stored = node.store.state_after(event.event_id())?.map(|s| s.replaced).unwrap_or_default();
+        match EventId::parse(&stored) {
+            Ok(prev) => state.insert(key, prev),
+            Err(_) => state.remove(&key),
+        };
+    }
+    Ok(Some(state))
+}
+
+/// Records the state after `event`, as a change to the state after `base`
+/// when that is short.
+pub fn put_state_after(
+    node: &Node,
+    batch: &mut Batch,
+    event: &Pdu,
+    before: &StateIds,
+    after: StateIds,
+    base: Option<&EventId>,
+) -> Result<(), StoreError> {
+    let replaced = event
+        .state_key()
+        .and_then(|sk| before.get(&(event.event_type().to_owned(), sk.to_owned())))
+        .map(|id| id.to_string())
+        .unwrap_or_default();
+    let entry = |(t, k): &StateKey, id: Option<&EventId>| StateEntry {
+        event_type: t.clone(),
+        state_key: k.clone(),
+        event_id: id.map(|i| i.to_string()).unwrap_or_default(),
+    };
+    let base_snapshot = match base {
+        Some(b) => state_after(node, b)?.map(|s| (b, s)),
+        None => None,
+    };
+    let record = match base_snapshot {
+        Some((b, s)) if s.chain < MAX_CHAIN => {
+            let mut entries: Vec<StateEntry> =
+                after.iter().filter(|(k, v)| s.state.get(*k) != Some(*v)).map(|(k, v)| entry(k, Some(v))).collect();
+            entries.extend(s.state.keys().filter(|k| !after.contains_key(*k)).map(|k| entry(k, None)));
+            if entries.len() <= after.len() / 2 + 1 {
+                Some(StateSnapshot { base: b.to_string(), entries, chain: s.chain + 1, replaced: replaced.clone() })
+            } else {
+                None
+            }
+        }
+        _ => None,
+    };
+    let record = record.unwrap_or_else(|| StateSnapshot {
+        base: String::new(),
+        entries: after.iter().map(|(k, v)| entry(k, Some(v))).collect(),
+        chain: 0,
+        replaced,
+    });
+    let chain = record.chain;
+    batch.push(Op::PutStateAfter { event: event.event_id().clone(), snapshot: record });
+    node.dag.remember_state(event.event_id(), Snapshot { state: Arc::new(after), chain });
+    Ok(())
+}
