@@ -37,10 +37,11 @@ pub fn record_event(rec: &EventRecord, id: &EventId) -> Option<Value> {
     Some(client_event(&obj, id))
 }
 
-/// A stored event in client format; `None` when hidden (soft-failed) or
-/// not held here (pruned by a follower). A redacted event says why.
+/// A stored event in client format; `None` when hidden (soft-failed or
+/// rejected) or not held here (pruned by a follower). A redacted event says
+/// why.
 pub fn load_client_event(node: &Node, id: &EventId) -> Result<Option<Value>, ApiError> {
-    let Some(rec) = node.store.event(id)?.filter(|r| !r.soft_failed) else { return Ok(None) };
+    let Some(rec) = node.store.event(id)?.filter(|r| !r.soft_failed && r.rejected.is_empty()) else { return Ok(None) };
     let Some(mut e) = record_event(&rec, id) else { return Ok(None) };
     if let Ok(by) = EventId::parse(&rec.redacted_by) {
         if let Some(because) = node.store.event(&by)?.and_then(|r| record_event(&r, &by)) {

@@ -156,11 +156,21 @@ pub async fn get_missing_events(
     latest: &[EventId],
 ) -> Result<Vec<Pdu>, String> {
     let path = format!("/_matrix/federation/v1/get_missing_events/{}", encode_segment(view.room_id.as_str()));
+    // Nothing older than our oldest extremity: a participant does not take
+    // the history before its join into its list; a gap that deep is
+    // bridged with the state at it instead.
+    let min_depth = view
+        .extremities
+        .iter()
+        .filter_map(|e| crate::room::load::load_pdu(node, view.version, e).ok().flatten())
+        .filter_map(|p| p.depth())
+        .min()
+        .unwrap_or(0);
     let body = json!({
         "earliest_events": view.extremities.iter().map(EventId::as_str).collect::<Vec<_>>(),
         "latest_events": latest.iter().map(EventId::as_str).collect::<Vec<_>>(),
         "limit": MISSING_LIMIT,
-        "min_depth": 0,
+        "min_depth": min_depth,
     });
     let answer = get_json(node, from, Method::POST, &path, Some(&body)).await?;
     let mut out = Vec::new();

@@ -264,6 +264,12 @@ impl RoomActor {
         o.insert("sender".into(), json!(d.sender.as_str()));
         o.insert("origin_server_ts".into(), json!(now));
         o.insert("content".into(), Value::Object(d.content.clone()));
+        if d.event_type == "m.room.redaction" && self.cur.version.auth.creator_in_content {
+            // Before v11 the target is named at the top level.
+            if let Some(target) = d.content.get("redacts") {
+                o.insert("redacts".into(), target.clone());
+            }
+        }
         let sketch = EventSketch {
             event_type: &d.event_type,
             sender: d.sender.as_str(),

@@ -3,6 +3,8 @@
 //! `federation.resolve`. Plus a small Client-Server API client.
 #![allow(dead_code)]
 
+pub mod synapse;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -47,11 +49,16 @@ impl Ca {
 
     /// A certificate for `hosts`, written as PEM files; returns their paths.
     pub fn issue(&self, hosts: &[&str]) -> (PathBuf, PathBuf) {
+        self.issue_named(hosts[0], hosts)
+    }
+
+    /// As `issue`, with files named `file` (several servers on `localhost`).
+    pub fn issue_named(&self, file: &str, hosts: &[&str]) -> (PathBuf, PathBuf) {
         let key = rcgen::KeyPair::generate().unwrap();
         let params = rcgen::CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>()).unwrap();
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        let cert_path = self.dir.join(format!("{}.crt", hosts[0]));
-        let key_path = self.dir.join(format!("{}.key", hosts[0]));
+        let cert_path = self.dir.join(format!("{file}.crt"));
+        let key_path = self.dir.join(format!("{file}.key"));
         std::fs::write(&cert_path, cert.pem()).unwrap();
         std::fs::write(&key_path, key.serialize_pem()).unwrap();
         (cert_path, key_path)
@@ -67,7 +74,12 @@ pub struct Net {
 
 impl Net {
     pub fn new() -> Net {
-        let dir = tempfile::tempdir().unwrap();
+        // `LMX_KEEP_TEST_DIRS=1` keeps data and logs for a look afterwards.
+        let keep = std::env::var_os("LMX_KEEP_TEST_DIRS").is_some();
+        let dir = tempfile::Builder::new().prefix("lmx-test").disable_cleanup(keep).tempdir().unwrap();
+        if keep {
+            eprintln!("test data in {}", dir.path().display());
+        }
         let ca = Ca::new(dir.path());
         Net { dir, ca, resolve: BTreeMap::new() }
     }
@@ -101,6 +113,31 @@ impl Net {
     }
 }
 
+impl Net {
+    /// A configuration named `localhost:{port}`, listening on that port:
+    /// a name other servers (Synapse) can dial without any resolve table.
+    pub fn config_localhost(&self, port: u16) -> Config {
+        let (cert, key) = self.ca.issue_named(&format!("lmx-{port}"), &["localhost"]);
+        let mut c = Config {
+            server_name: format!("localhost:{port}"),
+            data_dir: self.dir.path().join(format!("lmx-{port}")),
+            ..Default::default()
+        };
+        c.federation.listen = ([127, 0, 0, 1], port).into();
+        c.federation.tls_cert = Some(cert);
+        c.federation.tls_key = Some(key);
+        c.federation.extra_ca_file = Some(self.ca.pem_path.clone());
+        c.federation.retry_base_ms = 200;
+        c.federation.retry_max_ms = 2_000;
+        c.federation.request_timeout_ms = 20_000;
+        c.client.listen = ([127, 0, 0, 1], 0).into();
+        c.client.send_wait_ms = 15_000;
+        c.registration.enabled = true;
+        c.registration.shared_secret = Some("test-secret".into());
+        c
+    }
+}
+
 /// A running server; `stop` drops it the way a shutdown does.
 pub struct Server {
     pub config: Config,
@@ -112,6 +149,10 @@ pub struct Server {
 
 impl Server {
     pub async fn start(mut config: Config) -> Server {
+        // `LMX_LOG=debug cargo test …` shows the servers' logs.
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("LMX_LOG") {
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+        }
         let app = App::build(config.clone()).await.expect("server starts");
         let bound = app.addresses();
         // A restart keeps the client port.
@@ -142,6 +183,12 @@ impl Server {
         if let Some(t) = self.task.take() {
             t.await.unwrap().unwrap();
         }
+    }
+
+    /// Starts a stopped server again with the same configuration.
+    pub async fn restart_stopped(&mut self) {
+        let config = self.config.clone();
+        *self = Server::start(config).await;
     }
 
     pub async fn restart(&mut self) {
@@ -187,6 +234,11 @@ impl Client {
         }
     }
 
+    /// The same account on a restarted server's client port.
+    pub fn on(&self, server: &Server) -> Client {
+        server.client().with_user_of(self)
+    }
+
     /// The same account through another connection (after a restart).
     pub fn with_user_of(mut self, of: &Client) -> Client {
         self.token = of.token.clone();
@@ -195,15 +247,20 @@ impl Client {
     }
 
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
+        self.try_call(method, path, body).await.expect("the server answers")
+    }
+
+    /// As `call`, `None` when the connection fails (a server starting up).
+    pub async fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> Option<Answer> {
         let mut req = http::Request::builder().method(method).uri(format!("http://{}{}", self.base, path));
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
         let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        let resp = self.http.request(req.body(Full::new(bytes)).unwrap()).await.unwrap();
+        let resp = self.http.request(req.body(Full::new(bytes)).unwrap()).await.ok()?;
         let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        Answer { status, body: serde_json::from_slice(&body).unwrap_or(Value::Null) }
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        Some(Answer { status, body: serde_json::from_slice(&body).unwrap_or(Value::Null) })
     }
 
     pub async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {

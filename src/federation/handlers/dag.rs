@@ -51,12 +51,13 @@ fn walk_back(
     start: impl IntoIterator<Item = EventId>,
     stop: &BTreeSet<EventId>,
     limit: usize,
+    min_depth: i64,
 ) -> Result<Vec<Arc<Pdu>>, ApiError> {
     let mut seen: BTreeSet<EventId> = BTreeSet::new();
     let mut queue: BinaryHeap<(i64, EventId)> = BinaryHeap::new();
     for id in start {
         if let Some(p) = list_event(node, view, &id)? {
-            if seen.insert(id.clone()) {
+            if p.depth().unwrap_or(0) >= min_depth && seen.insert(id.clone()) {
                 queue.push((p.depth().unwrap_or(0), id));
             }
         }
@@ -72,7 +73,9 @@ fn walk_back(
                 continue;
             }
             if let Some(pp) = list_event(node, view, prev)? {
-                queue.push((pp.depth().unwrap_or(0), prev.clone()));
+                if pp.depth().unwrap_or(0) >= min_depth {
+                    queue.push((pp.depth().unwrap_or(0), prev.clone()));
+                }
             }
         }
         out.push(p);
@@ -103,8 +106,7 @@ pub async fn get_missing_events(req: Req, room: &str) -> Result<Value, ApiError>
             start.extend(p.prev_events().iter().filter(|e| !earliest.contains(*e)).cloned());
         }
     }
-    let mut events = walk_back(&req.node, &view, start, &earliest, limit)?;
-    events.retain(|p| p.depth().unwrap_or(0) >= min_depth);
+    let mut events = walk_back(&req.node, &view, start, &earliest, limit, min_depth)?;
     events.reverse();
     Ok(json!({ "events": events.iter().map(|p| p.json()).collect::<Vec<_>>() }))
 }
@@ -148,6 +150,12 @@ pub async fn backfill(req: Req, room: &str) -> Result<Value, ApiError> {
     if start.is_empty() {
         return Err(ApiError::bad_json("at least one v is required"));
     }
-    let events = walk_back(&req.node, &view, start, &BTreeSet::new(), limit)?;
+    let events = walk_back(&req.node, &view, start, &BTreeSet::new(), limit, 0)?;
+    if events.is_empty() {
+        // A participant joined later than these events: an empty answer
+        // would tell a DAG server there is no more history, an error makes
+        // it ask another server (the hub).
+        return Err(ApiError::not_found("None of the events named by v is held here; the room's hub has them"));
+    }
     Ok(txn_wrapped(&req.node, events.iter().map(|p| Value::Object(p.json().clone())).collect()))
 }
