@@ -29,11 +29,11 @@ fn visible(req: &Req, view: &RoomView) -> Result<(), ApiError> {
 }
 
 /// An event of the room's list (accepted or soft-failed), not an outlier
-/// or a rejected one.
-fn list_event(node: &Node, view: &RoomView, id: &EventId) -> Result<Option<Arc<Pdu>>, ApiError> {
+/// or a rejected one, with its list position.
+fn list_event(node: &Node, view: &RoomView, id: &EventId) -> Result<Option<(u64, Arc<Pdu>)>, ApiError> {
     match node.store.event(id)? {
         Some(r) if r.room_id == view.room_id.as_str() && !r.outlier && !r.pruned => {
-            Ok(load_pdu(node, view.version, id)?)
+            Ok(load_pdu(node, view.version, id)?.map(|p| (r.index, p)))
         }
         _ => Ok(None),
     }
@@ -43,8 +43,10 @@ fn txn_wrapped(node: &Node, pdus: Vec<Value>) -> Value {
     json!({ "origin": node.name.as_str(), "origin_server_ts": now_ms(), "pdus": pdus })
 }
 
-/// Newest first by depth, walking `prev_events` from `start` until `limit`
-/// events are taken; `stop` events are neither taken nor walked through.
+/// Newest first, walking `prev_events` from `start` until `limit` events
+/// are taken; `stop` events are neither taken nor walked through. The list
+/// position orders the walk: every event comes after its prev events there,
+/// in LM rooms too (which have no depth).
 fn walk_back(
     node: &Node,
     view: &RoomView,
@@ -53,12 +55,15 @@ fn walk_back(
     limit: usize,
     min_depth: i64,
 ) -> Result<Vec<Arc<Pdu>>, ApiError> {
+    let deep_enough = |p: &Pdu| p.depth().unwrap_or(0) >= min_depth;
     let mut seen: BTreeSet<EventId> = BTreeSet::new();
-    let mut queue: BinaryHeap<(i64, EventId)> = BinaryHeap::new();
+    let mut queue: BinaryHeap<(u64, EventId)> = BinaryHeap::new();
+    let mut loaded: std::collections::HashMap<EventId, Arc<Pdu>> = std::collections::HashMap::new();
     for id in start {
-        if let Some(p) = list_event(node, view, &id)? {
-            if p.depth().unwrap_or(0) >= min_depth && seen.insert(id.clone()) {
-                queue.push((p.depth().unwrap_or(0), id));
+        if let Some((index, p)) = list_event(node, view, &id)? {
+            if deep_enough(&p) && seen.insert(id.clone()) {
+                loaded.insert(id.clone(), p);
+                queue.push((index, id));
             }
         }
     }
@@ -67,14 +72,15 @@ fn walk_back(
         if out.len() >= limit {
             break;
         }
-        let Some(p) = list_event(node, view, &id)? else { continue };
+        let Some(p) = loaded.remove(&id) else { continue };
         for prev in p.prev_events() {
             if stop.contains(prev) || !seen.insert(prev.clone()) {
                 continue;
             }
-            if let Some(pp) = list_event(node, view, prev)? {
-                if pp.depth().unwrap_or(0) >= min_depth {
-                    queue.push((pp.depth().unwrap_or(0), prev.clone()));
+            if let Some((index, pp)) = list_event(node, view, prev)? {
+                if deep_enough(&pp) {
+                    loaded.insert(prev.clone(), pp);
+                    queue.push((index, prev.clone()));
                 }
             }
         }
@@ -102,7 +108,7 @@ pub async fn get_missing_events(req: Req, room: &str) -> Result<Value, ApiError>
     // The latest events themselves are what the caller has; start below them.
     let mut start = Vec::new();
     for id in &latest {
-        if let Some(p) = list_event(&req.node, &view, id)? {
+        if let Some((_, p)) = list_event(&req.node, &view, id)? {
             start.extend(p.prev_events().iter().filter(|e| !earliest.contains(*e)).cloned());
         }
     }
