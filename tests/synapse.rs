@@ -412,6 +412,25 @@ async fn scenario(version: &str) {
     let dave_ids = ids(&history(&dave, &room).await);
     assert!(dave_ids.contains(&shown) && !dave_ids.contains(&hidden), "dave reads from his invite on");
 
+    // A room Synapse is not in: rejecting an invite (make_leave and
+    // send_leave) and knocking (make_knock and send_knock) go to the hub.
+    let gina = t.synapse.client().register("gina").await;
+    let frank = t.synapse.client().register("frank").await;
+    let side = alice.create_room(json!({"preset": "private_chat", "room_version": version})).await;
+    state(&alice, &side, "m.room.join_rules", "", json!({"join_rule": "knock"})).await;
+    alice.invite(&side, &gina.user_id).await;
+    let reject = gina.call("POST", &format!("/_matrix/client/v3/rooms/{}/leave", enc(&side)), Some(json!({}))).await;
+    assert_eq!(reject.status, 200, "gina rejects: {}", reject.body);
+    let member = |u: &str| format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&side), enc(u));
+    wait_for(&alice, &member(&gina.user_id), "gina's rejection", |a| a.body["membership"] == "leave").await;
+    let knock_path = format!("/_matrix/client/v3/knock/{}?server_name={}", enc(&side), enc(&hub_name));
+    let knock = frank.call("POST", &knock_path, Some(json!({"reason": "let me in"}))).await;
+    assert_eq!(knock.status, 200, "frank knocks: {}", knock.body);
+    wait_for(&alice, &member(&frank.user_id), "frank's knock", |a| a.body["membership"] == "knock").await;
+    alice.invite(&side, &frank.user_id).await;
+    join(&frank, &side, &hub_name).await;
+    wait_for(&alice, &member(&frank.user_id), "frank's join", |a| a.body["membership"] == "join").await;
+
     // The hub restarts while Synapse sends: the queued events arrive once.
     t.hub.stop().await;
     let mut queued = Vec::new();
