@@ -430,6 +430,19 @@ async fn scenario(version: &str) {
     alice.invite(&side, &frank.user_id).await;
     join(&frank, &side, &hub_name).await;
     wait_for(&alice, &member(&frank.user_id), "frank's join", |a| a.body["membership"] == "join").await;
+    // The follower is not in that room either: invite v2 to it, then its
+    // own make_join and send_join v2.
+    alice.invite(&side, &bob.user_id).await;
+    join(&bob, &side, &hub_name).await;
+    let hi = text(&frank, &side, "hello bob").await;
+    sees(&bob, &side, &hi).await;
+    // A Synapse user invites a follower user back into the main room.
+    let path = format!("/_matrix/client/v3/rooms/{}/invite", enc(&room));
+    let a = carol.call("POST", &path, Some(json!({ "user_id": bob2.user_id }))).await;
+    assert_eq!(a.status, 200, "carol invites bob2: {}", a.body);
+    join(&bob2, &room, &t.synapse.name).await;
+    let back = text(&bob2, &room, "bob2 is back").await;
+    sees(&carol, &room, &back).await;
 
     // The hub restarts while Synapse sends: the queued events arrive once.
     t.hub.stop().await;
