@@ -75,6 +75,16 @@ async fn history(c: &Client, room: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_survive_kill_9_and_delivery_resumes() {
+    kill9_scenario(json!({"preset": "public_chat"})).await;
+}
+
+/// The same in a mixed room: full events, state snapshots, extremities.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_room_survives_kill_9_too() {
+    kill9_scenario(json!({"preset": "public_chat", "room_version": "12"})).await;
+}
+
+async fn kill9_scenario(create: serde_json::Value) {
     let mut net = Net::new();
     net.reserve("hub.test");
     net.reserve("p1.test");
@@ -82,7 +92,7 @@ async fn acknowledged_events_survive_kill_9_and_delivery_resumes() {
     let mut p1 = Proc::start(&net, "p1.test");
     let alice = hub.ready().await.register("alice").await;
     let bob = p1.ready().await.register("bob").await;
-    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    let room = alice.create_room(create).await;
     assert_eq!(bob.join(&room, "hub.test:8448").await.status, 200);
 
     let mut acked = Vec::new();
