@@ -29,6 +29,9 @@ const HUB: &str = "hub.test:8448";
 const PEER: &str = "dag.test:8448";
 const DAN: &str = "@dan:dag.test:8448";
 
+/// A `/state` answer: the state events and their auth chain.
+type StateAnswer = (Vec<Value>, Vec<Value>);
+
 /// A request the peer received: method, path, `Authorization`, body.
 type Seen = (String, String, Option<String>, Value);
 
@@ -42,8 +45,8 @@ struct PeerServer {
     events: Mutex<HashMap<String, Value>>,
     /// What `/get_missing_events` answers.
     missing: Mutex<Vec<Value>>,
-    /// What `/state` answers, by event id: (state, auth chain).
-    states: Mutex<HashMap<String, (Vec<Value>, Vec<Value>)>>,
+    /// What `/state` answers, by event id.
+    states: Mutex<HashMap<String, StateAnswer>>,
 }
 
 fn percent_decode(s: &str) -> String {
