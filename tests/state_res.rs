@@ -184,16 +184,22 @@ fn offtopic_power_levels() {
     }
 }
 
+/// Alice sets topics and demotes Bob on one branch; on the other Bob, still
+/// a moderator, restates his level and sets a topic.
+fn topic_branches(d: &mut Dag) {
+    d.add("T1", ALICE, "m.room.topic", Some(""), json!({"topic": "1"}), &["START"]);
+    d.add("PA1", ALICE, "m.room.power_levels", Some(""), d.levels(&[(BOB, 50)]), &["T1"]);
+    d.add("T2", ALICE, "m.room.topic", Some(""), json!({"topic": "2"}), &["PA1"]);
+    d.add("PA2", ALICE, "m.room.power_levels", Some(""), d.levels(&[(BOB, 0)]), &["T2"]);
+    d.add("PB", BOB, "m.room.power_levels", Some(""), d.levels(&[(BOB, 50)]), &["PA1"]);
+    d.add("T3", BOB, "m.room.topic", Some(""), json!({"topic": "3"}), &["PB"]);
+}
+
 #[test]
 fn topic_basic() {
     for v in VERSIONS {
         let mut d = Dag::new(v);
-        d.add("T1", ALICE, "m.room.topic", Some(""), json!({"topic": "1"}), &["START"]);
-        d.add("PA1", ALICE, "m.room.power_levels", Some(""), d.levels(&[(BOB, 50)]), &["T1"]);
-        d.add("T2", ALICE, "m.room.topic", Some(""), json!({"topic": "2"}), &["PA1"]);
-        d.add("PA2", ALICE, "m.room.power_levels", Some(""), d.levels(&[(BOB, 0)]), &["T2"]);
-        d.add("PB", BOB, "m.room.power_levels", Some(""), d.levels(&[(BOB, 50)]), &["PA1"]);
-        d.add("T3", BOB, "m.room.topic", Some(""), json!({"topic": "3"}), &["PB"]);
+        topic_branches(&mut d);
         let s = d.end(&["PA2", "T3"]);
         check(&d, &s, &[(("m.room.power_levels", ""), "PA2"), (("m.room.topic", ""), "T2")]);
     }
@@ -220,12 +226,7 @@ fn topic_reset() {
 fn topic_with_messages_in_between() {
     for v in VERSIONS {
         let mut d = Dag::new(v);
-        d.add("T1", ALICE, "m.room.topic", Some(""), json!({"topic": "1"}), &["START"]);
-        d.add("PA1", ALICE, "m.room.power_levels", Some(""), d.levels(&[(BOB, 50)]), &["T1"]);
-        d.add("T2", ALICE, "m.room.topic", Some(""), json!({"topic": "2"}), &["PA1"]);
-        d.add("PA2", ALICE, "m.room.power_levels", Some(""), d.levels(&[(BOB, 0)]), &["T2"]);
-        d.add("PB", BOB, "m.room.power_levels", Some(""), d.levels(&[(BOB, 50)]), &["PA1"]);
-        d.add("T3", BOB, "m.room.topic", Some(""), json!({"topic": "3"}), &["PB"]);
+        topic_branches(&mut d);
         d.add("MZ1", ZARA, "m.room.message", None, json!({"body": "hi"}), &["PA2", "T3"]);
         d.add("T4", ALICE, "m.room.topic", Some(""), json!({"topic": "4"}), &["MZ1"]);
         let s = d.end(&["T4", "MZ1"]);

@@ -43,24 +43,33 @@ struct Handshake<'a> {
     version: &'static RoomVersion,
 }
 
+fn template_error(h: &Handshake<'_>, what: &str) -> RoomError {
+    RoomError::Remote(format!("{}'s template has a wrong {what}", h.hub))
+}
+
+/// What every template must say: our user's own member event.
+fn check_template(h: &Handshake<'_>, template: &Object) -> Result<(), RoomError> {
+    if template.get("type").and_then(Value::as_str) != Some("m.room.member") {
+        return Err(template_error(h, "type"));
+    }
+    for k in ["state_key", "sender"] {
+        if template.get(k).and_then(Value::as_str) != Some(h.user.as_str()) {
+            return Err(template_error(h, k));
+        }
+    }
+    Ok(())
+}
+
 /// Builds and signs our LPDU from a hub's template, keeping only the fields
 /// we expect and checking their values (items 193-194).
 fn lpdu_from_template(node: &Node, h: &Handshake<'_>, template: &Object, extra: &Object) -> Result<Lpdu, RoomError> {
     let Handshake { hub, room, user, membership, version } = *h;
-    let bad = |what: &str| RoomError::Remote(format!("{hub}'s template has a wrong {what}"));
-    if template.get("type").and_then(Value::as_str) != Some("m.room.member") {
-        return Err(bad("type"));
-    }
-    for k in ["state_key", "sender"] {
-        if template.get(k).and_then(Value::as_str) != Some(user.as_str()) {
-            return Err(bad(k));
-        }
-    }
+    check_template(h, template)?;
     if template.get("content").and_then(|c| c.get("membership")).and_then(Value::as_str) != Some(membership) {
-        return Err(bad("membership"));
+        return Err(template_error(h, "membership"));
     }
     if template.get("room_id").and_then(Value::as_str).is_some_and(|r| r != room.as_str()) {
-        return Err(bad("room_id"));
+        return Err(template_error(h, "room_id"));
     }
     let mut content = extra.clone();
     content.insert("membership".into(), json!(membership));
@@ -79,16 +88,9 @@ fn lpdu_from_template(node: &Node, h: &Handshake<'_>, template: &Object, extra: 
 /// Mixed rooms: our whole membership event from the hub's template,
 /// signed by us (prev events, auth events and depth as the hub chose).
 fn pdu_from_template(node: &Node, h: &Handshake<'_>, template: &Object, extra: &Object) -> Result<Pdu, RoomError> {
-    let Handshake { hub, room, user, membership, version } = *h;
-    let bad = |what: &str| RoomError::Remote(format!("{hub}'s template has a wrong {what}"));
-    if template.get("type").and_then(Value::as_str) != Some("m.room.member") {
-        return Err(bad("type"));
-    }
-    for k in ["state_key", "sender"] {
-        if template.get(k).and_then(Value::as_str) != Some(user.as_str()) {
-            return Err(bad(k));
-        }
-    }
+    let Handshake { hub, room, membership, version, .. } = *h;
+    let bad = |what: &str| template_error(h, what);
+    check_template(h, template)?;
     if template.get("room_id").and_then(Value::as_str) != Some(room.as_str()) {
         return Err(bad("room_id"));
     }

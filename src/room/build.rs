@@ -35,7 +35,7 @@ fn append_error(e: AppendError) -> RoomError {
     }
 }
 
-fn base_fields(view: &RoomView, d: &Draft, now: i64) -> Object {
+pub(super) fn base_fields(view: &RoomView, d: &Draft, now: i64) -> Object {
     let mut o = Object::new();
     o.insert("room_id".into(), json!(view.room_id.as_str()));
     o.insert("type".into(), json!(d.event_type));

@@ -253,17 +253,7 @@ impl RoomActor {
     /// extremities, deepest first), depth and auth events from the current
     /// state.
     fn dag_fields(&self, d: &Draft, now: i64) -> Object {
-        let mut o = Object::new();
-        if !(self.cur.version.room_id_from_create && d.event_type == "m.room.create") {
-            o.insert("room_id".into(), json!(self.cur.room_id.as_str()));
-        }
-        o.insert("type".into(), json!(d.event_type));
-        if let Some(sk) = &d.state_key {
-            o.insert("state_key".into(), json!(sk));
-        }
-        o.insert("sender".into(), json!(d.sender.as_str()));
-        o.insert("origin_server_ts".into(), json!(now));
-        o.insert("content".into(), Value::Object(d.content.clone()));
+        let mut o = super::build::base_fields(&self.cur, d, now);
         if d.event_type == "m.room.redaction" && self.cur.version.auth.creator_in_content {
             // Before v11 the target is named at the top level.
             if let Some(target) = d.content.get("redacts") {
@@ -295,20 +285,18 @@ impl RoomActor {
     }
 
     /// A signed event for a local user, checked against the current state.
+    /// (A mixed room's create event is `build_create`'s.)
     pub(super) fn dag_build(&self, d: &Draft) -> Result<Pdu, RoomError> {
-        let mut o = self.dag_fields(d, now_ms());
         if d.event_type == "m.room.create" {
-            o.insert("auth_events".into(), json!([]));
-            o.insert("prev_events".into(), json!([]));
-            o.insert("depth".into(), json!(1));
+            return Err(RoomError::BadEvent("the room already exists".into()));
         }
+        let mut o = self.dag_fields(d, now_ms());
         sign_event(self.cur.version, &self.node.key, &mut o).map_err(|e| RoomError::BadEvent(e.to_string()))?;
         let pdu = Pdu::from_object(self.cur.version, o, Schema::Full).map_err(|e| match e {
             crate::core::event::EventError::TooLarge(n) => RoomError::TooLarge(format!("{n} bytes")),
             other => RoomError::BadEvent(other.to_string()),
         })?;
-        let check = if pdu.event_type() == "m.room.create" { StateMap::new() } else { self.cur.state.clone() };
-        authorize(&pdu, &check).map_err(|e| RoomError::Forbidden(e.to_string()))?;
+        authorize(&pdu, &self.cur.state).map_err(|e| RoomError::Forbidden(e.to_string()))?;
         Ok(pdu)
     }
 }

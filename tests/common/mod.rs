@@ -95,13 +95,19 @@ impl Net {
     /// A configuration for `host` (call `reserve` for every host first).
     pub fn config(&self, host: &str) -> Config {
         let (cert, key) = self.ca.issue(&[host]);
-        let mut c =
-            Config { server_name: format!("{host}:8448"), data_dir: self.dir.path().join(host), ..Default::default() };
+        let mut c = self.base_config(format!("{host}:8448"), self.dir.path().join(host), cert, key);
         c.federation.listen = self.resolve[host];
+        c.federation.resolve = self.resolve.clone();
+        c
+    }
+
+    /// What every test server shares: TLS from the test CA, quick retries,
+    /// open registration and a shared secret.
+    fn base_config(&self, server_name: String, data_dir: PathBuf, cert: PathBuf, key: PathBuf) -> Config {
+        let mut c = Config { server_name, data_dir, ..Default::default() };
         c.federation.tls_cert = Some(cert);
         c.federation.tls_key = Some(key);
         c.federation.extra_ca_file = Some(self.ca.pem_path.clone());
-        c.federation.resolve = self.resolve.clone();
         c.federation.retry_base_ms = 200;
         c.federation.retry_max_ms = 2_000;
         c.federation.request_timeout_ms = 10_000;
@@ -118,22 +124,12 @@ impl Net {
     /// a name other servers (Synapse) can dial without any resolve table.
     pub fn config_localhost(&self, port: u16) -> Config {
         let (cert, key) = self.ca.issue_named(&format!("lmx-{port}"), &["localhost"]);
-        let mut c = Config {
-            server_name: format!("localhost:{port}"),
-            data_dir: self.dir.path().join(format!("lmx-{port}")),
-            ..Default::default()
-        };
+        let dir = self.dir.path().join(format!("lmx-{port}"));
+        let mut c = self.base_config(format!("localhost:{port}"), dir, cert, key);
         c.federation.listen = ([127, 0, 0, 1], port).into();
-        c.federation.tls_cert = Some(cert);
-        c.federation.tls_key = Some(key);
-        c.federation.extra_ca_file = Some(self.ca.pem_path.clone());
-        c.federation.retry_base_ms = 200;
-        c.federation.retry_max_ms = 2_000;
+        // A real Synapse on two cores answers slower than lmx.
         c.federation.request_timeout_ms = 20_000;
-        c.client.listen = ([127, 0, 0, 1], 0).into();
         c.client.send_wait_ms = 15_000;
-        c.registration.enabled = true;
-        c.registration.shared_secret = Some("test-secret".into());
         c
     }
 }

@@ -16,7 +16,7 @@ use crate::federation::inbound::Req;
 use crate::federation::invite::stripped_state;
 use crate::http::ApiError;
 use crate::node::now_ms;
-use crate::room::{Appended, RoomCmd};
+use crate::room::{Appended, RoomCmd, RoomView};
 use crate::store::records::{EventRecord, Membership, TxnResponse};
 use crate::store::{Batch, Op, StreamEntry};
 
@@ -114,15 +114,7 @@ pub async fn send(req: Req, membership: &'static str, txn: &str) -> Result<Value
             // OQ-40: the state before the join, and the auth chain of that
             // state and of the join event.
             let state: Vec<Arc<Pdu>> = appended.state_before.iter().flat_map(|s| s.iter().cloned()).collect();
-            let roots = state.iter().cloned().chain(std::iter::once(appended.pdu.clone()));
-            let chain = auth_chain(&req.node, &view, roots)?;
-            json!({
-                "event": appended.pdu.json(),
-                "state": state.iter().map(|p| p.json()).collect::<Vec<_>>(),
-                "auth_chain": chain.iter().map(|p| p.json()).collect::<Vec<_>>(),
-                "members_omitted": false,
-                "origin": req.node.name.as_str(),
-            })
+            join_answer(&req, &view, &appended.pdu, state)?
         }
         "knock" => {
             let stripped = stripped_state(&handle.view(), None);
@@ -180,15 +172,7 @@ pub async fn send_pdu(req: Req, membership: &'static str, room: &str, event_id: 
             } else {
                 super::events::list_state_before(&req.node, &handle.view(), appended.event_id())?
             };
-            let roots = state.iter().cloned().chain(std::iter::once(appended.clone()));
-            let chain = auth_chain(&req.node, &view, roots)?;
-            json!({
-                "event": appended.json(),
-                "state": state.iter().map(|p| p.json()).collect::<Vec<_>>(),
-                "auth_chain": chain.iter().map(|p| p.json()).collect::<Vec<_>>(),
-                "members_omitted": false,
-                "origin": req.node.name.as_str(),
-            })
+            join_answer(&req, &view, &appended, state)?
         }
         "knock" => {
             let stripped = stripped_state(&handle.view(), None);
@@ -198,6 +182,20 @@ pub async fn send_pdu(req: Req, membership: &'static str, room: &str, event_id: 
     };
     remember(&req, &endpoint, event_id, &answer)?;
     Ok(answer)
+}
+
+/// A `send_join` answer: the join, the state before it, and the auth
+/// chain of both.
+fn join_answer(req: &Req, view: &RoomView, join: &Arc<Pdu>, state: Vec<Arc<Pdu>>) -> Result<Value, ApiError> {
+    let roots = state.iter().cloned().chain(std::iter::once(join.clone()));
+    let chain = auth_chain(&req.node, view, roots)?;
+    Ok(json!({
+        "event": join.json(),
+        "state": state.iter().map(|p| p.json()).collect::<Vec<_>>(),
+        "auth_chain": chain.iter().map(|p| p.json()).collect::<Vec<_>>(),
+        "members_omitted": false,
+        "origin": req.node.name.as_str(),
+    }))
 }
 
 fn check_membership_lpdu(lpdu: &Lpdu, membership: &str) -> Result<(), ApiError> {
