@@ -8,6 +8,7 @@ mod dag;
 mod effects;
 mod fanout;
 pub mod load;
+mod participant;
 mod receive;
 pub mod snapshot;
 
