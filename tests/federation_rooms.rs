@@ -131,3 +131,56 @@ async fn plain_http_federation_on_loopback() {
     open.federation.listen = ([0, 0, 0, 0], 0).into();
     assert!(open.validate().is_err());
 }
+
+/// A follower trims old message bodies of a mixed room but keeps every
+/// state event: state resolution reads them through auth chains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_keeps_the_state_events_of_a_mixed_room() {
+    let mut net = Net::new();
+    for h in ["hub.test", "p1.test"] {
+        net.reserve(h);
+    }
+    let hub = Server::start(net.config("hub.test")).await;
+    let mut config = net.config("p1.test");
+    config.mode = lmx::config::Mode::Follower;
+    config.follower.timeline_cache = 5;
+    let p1 = Server::start(config).await;
+    let alice = hub.client().register("alice").await;
+    let bob = p1.client().register("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat", "room_version": "11"})).await;
+    assert_eq!(bob.join(&room, HUB).await.status, 200);
+    let topic = alice.put_state(&room, "m.room.topic", "", json!({"topic": "one"})).await.body["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Replaced at once: the first topic leaves the current state.
+    assert_eq!(alice.put_state(&room, "m.room.topic", "", json!({"topic": "two"})).await.status, 200);
+    let mut last = String::new();
+    for i in 0..150 {
+        last = alice.send_ok(&room, &format!("m{i}"), &format!("message {i}")).await;
+    }
+    eventually("the follower to hold the hub's tail", || {
+        p1.list(&room).last().map(|e| e.to_string()) == Some(last.clone())
+    })
+    .await;
+    let store = &p1.node().store;
+    let (mut pruned, mut state_kept) = (0, 0);
+    for id in p1.list(&room) {
+        // The hub's copy says what the event is.
+        let original = hub.node().store.event(&id).unwrap().unwrap();
+        let is_state = serde_json::from_slice::<Value>(&original.json).unwrap().get("state_key").is_some();
+        let rec = store.event(&id).unwrap().unwrap();
+        if is_state {
+            assert!(!rec.pruned, "state event {id} was trimmed");
+            state_kept += 1;
+        } else if rec.pruned {
+            pruned += 1;
+        }
+    }
+    assert!(pruned > 100, "old messages are trimmed ({pruned})");
+    assert_eq!(state_kept, 3, "bob's join and both topics are in the follower's list");
+    let old_topic = store.event(&lmx::core::ids::EventId::parse(&topic).unwrap()).unwrap().unwrap();
+    assert!(!old_topic.pruned, "a state event no longer in the state stays too");
+    // The room still works from the follower.
+    bob.send_ok(&room, "late", "still here").await;
+}

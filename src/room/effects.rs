@@ -67,6 +67,8 @@ impl RoomActor {
     /// A follower keeps `follower.timeline_cache` recent events of rooms
     /// hubbed elsewhere; older ones (not in the current state) lose their
     /// JSON and are fetched from the hub when a client pages back to them.
+    /// In mixed rooms every state event and forward extremity stays: state
+    /// resolution reads old state events through auth chains.
     pub(super) fn trim_cache(&mut self, work: &mut Work) {
         let config = &self.node.config;
         if config.mode != Mode::Follower || self.node.is_me(&self.cur.hub) {
@@ -79,12 +81,16 @@ impl RoomActor {
         }
         let in_state: HashSet<&EventId> = self.cur.state.iter().map(|e| e.event_id()).collect();
         let Ok(ids) = self.node.store.list(&self.cur.room_id, self.pruned_upto, upto) else { return };
+        let mixed = self.cur.version.is_mixed();
         for id in ids {
-            if in_state.contains(&id) {
+            if in_state.contains(&id) || (mixed && self.cur.extremities.contains(&id)) {
                 continue;
             }
             if let Ok(Some(rec)) = self.node.store.event(&id) {
-                if !rec.pruned {
+                let is_state =
+                    || json::parse_object(&rec.json, NumberPolicy::Ieee754).is_ok_and(|o| o.contains_key("state_key"));
+                let keep = rec.pruned || (mixed && is_state());
+                if !keep {
                     work.batch.push(Op::PutEvent(id, EventRecord { json: Vec::new(), pruned: true, ..rec }));
                 }
             }
