@@ -46,7 +46,7 @@ pub async fn offer(
 /// Whether the room can compute the state after `id` (prev events).
 fn prev_known(node: &Node, id: &EventId) -> bool {
     matches!(node.store.event(id), Ok(Some(r)) if !r.rejected.is_empty())
-        || matches!(crate::room::snapshot::state_after(node, id), Ok(Some(_)))
+        || crate::room::snapshot::has_state_after(node, id).unwrap_or(false)
 }
 
 fn event_known(node: &Node, id: &EventId) -> bool {

@@ -13,20 +13,18 @@ use serde_json::{json, Value};
 
 use super::actor::{RoomActor, Work};
 use super::build::Draft;
-use super::snapshot::{put_state_after, state_after, Events};
+use super::snapshot::{has_state_after, put_state_after, state_after, Events};
 use super::RoomError;
 use crate::core::event::{sign_event, Pdu, Schema};
 use crate::core::ids::EventId;
 use crate::core::json::Object;
 use crate::core::rooms::{
-    authorize, check_auth_events, resolve, select_auth_events, EventSketch, EventSource, StateIds, StateMap,
+    authorize, authorize_by_auth_events, resolve, select_auth_events, EventSketch, EventSource, StateIds, StateMap,
 };
 use crate::node::now_ms;
 use crate::store::records::EventRecord;
 use crate::store::Op;
 
-/// At most this many prev events on an event built here (the Matrix limit).
-pub const MAX_PREV_EVENTS: usize = 20;
 /// Largest depth Matrix allows.
 const MAX_DEPTH: i64 = (1 << 53) - 1;
 
@@ -121,7 +119,7 @@ impl RoomActor {
             self.node.dag.remember_event(pdu.clone());
         }
         if let Some(before) = o.state_before {
-            if state_after(&self.node, &id)?.is_none() {
+            if !has_state_after(&self.node, &id)? {
                 let mut after = before.clone();
                 if let Some(sk) = pdu.state_key() {
                     after.insert((pdu.event_type().to_owned(), sk.to_owned()), id.clone());
@@ -164,15 +162,8 @@ impl RoomActor {
             let e = events.event(a).ok_or_else(|| RoomError::BadEvent(format!("auth event {a} is not known")))?;
             auth.push(e);
         }
-        let refs: Vec<&Pdu> = auth.iter().map(Arc::as_ref).collect();
-        if let Err(e) = check_auth_events(pdu, &refs) {
-            return Ok(Check::Reject(e.to_string()));
-        }
-        let mut auth_state = StateMap::from_events(auth.iter().cloned());
-        if let Some(create) = pdu.room_id().create_event_id().and_then(|c| events.event(&c)) {
-            auth_state.apply(create);
-        }
-        if let Err(e) = authorize(pdu, &auth_state) {
+        let create = pdu.room_id().create_event_id().and_then(|c| events.event(&c));
+        if let Err(e) = authorize_by_auth_events(pdu, &auth, create) {
             return Ok(Check::Reject(format!("against its auth events: {e}")));
         }
         let mut states = Vec::new();
@@ -210,11 +201,21 @@ impl RoomActor {
         let pos = self.append_entry(work, &pdu, soft_failed)?;
         if !soft_failed {
             let prevs = pdu.prev_events();
+            // Built on every extremity (the usual case): the state before it
+            // was the current state, so only its own key changes.
+            let on_all =
+                self.cur.extremities.len() == prevs.len() && self.cur.extremities.iter().all(|e| prevs.contains(e));
             self.cur.extremities.retain(|e| !prevs.contains(e));
             self.cur.extremities.push(id.clone());
             self.cur.max_depth = self.cur.max_depth.max(pdu.depth().unwrap_or(0));
-            let current = if self.cur.extremities.len() == 1 { after } else { self.resolve_extremities()? };
-            self.set_current(work, &current, pos)?;
+            if on_all {
+                if let Some(sk) = pdu.state_key() {
+                    self.set_state(work, pdu.event_type(), sk, Some(pdu.clone()), pos);
+                }
+            } else {
+                let current = if self.cur.extremities.len() == 1 { after } else { self.resolve_extremities()? };
+                self.set_current(work, &current, pos)?;
+            }
         }
         self.after_append(work, &pdu, soft_failed, old_membership.as_deref(), pos);
         Ok(())
@@ -268,20 +269,11 @@ impl RoomActor {
         };
         let auth: Vec<Value> =
             select_auth_events(self.cur.version, &self.cur.state, sketch).iter().map(|e| json!(e.as_str())).collect();
-        let prevs = self.prev_events_for_new();
+        let prevs = self.cur.prev_events_for_new();
         o.insert("auth_events".into(), Value::Array(auth));
         o.insert("prev_events".into(), Value::Array(prevs.iter().map(|p| json!(p.as_str())).collect()));
         o.insert("depth".into(), json!((self.cur.max_depth + 1).min(MAX_DEPTH)));
         o
-    }
-
-    fn prev_events_for_new(&self) -> Vec<EventId> {
-        let mut prevs = self.cur.extremities.clone();
-        if prevs.len() > MAX_PREV_EVENTS {
-            // Keep the newest; the rest stay extremities for the next event.
-            prevs = prevs.split_off(prevs.len() - MAX_PREV_EVENTS);
-        }
-        prevs
     }
 
     /// A signed event for a local user, checked against the current state.

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use actor::spawn_room;
 pub use build::Draft;
-pub use dag::{build_create, Outlier, Verdict, MAX_PREV_EVENTS};
+pub use dag::{build_create, Outlier, Verdict};
 pub use load::load_room;
 
 use crate::core::event::{Lpdu, Pdu, RoomVersion};
@@ -86,6 +86,13 @@ impl RoomView {
 
     pub fn is_hub(&self, me: &ServerName) -> bool {
         &self.hub == me
+    }
+
+    /// Mixed rooms: what an event built now references, the newest forward
+    /// extremities (the rest stay extremities for the next event).
+    pub fn prev_events_for_new(&self) -> &[EventId] {
+        let keep = crate::core::event::MAX_PREV_EVENTS;
+        &self.extremities[self.extremities.len().saturating_sub(keep)..]
     }
 }
 

@@ -9,7 +9,7 @@ use crate::core::ids::EventId;
 use std::sync::Arc;
 
 use crate::core::ids::ServerName;
-use crate::core::rooms::{authorize, check_append, check_auth_events, AppendError, StateMap};
+use crate::core::rooms::{authorize, authorize_by_auth_events, check_append, AppendError};
 
 /// Pages of backfill a gap may take before the participant gives up.
 const MAX_GAP_PAGES: usize = 50;
@@ -79,9 +79,7 @@ impl RoomActor {
                 .ok_or_else(|| RoomError::BadEvent(format!("auth event {a} is not known")))?;
             auth.push(e);
         }
-        let refs: Vec<&Pdu> = auth.iter().map(Arc::as_ref).collect();
-        check_auth_events(&pdu, &refs).map_err(|e| RoomError::Forbidden(e.to_string()))?;
-        authorize(&pdu, &StateMap::from_events(auth.iter().cloned()))
+        authorize_by_auth_events(&pdu, &auth, None)
             .map_err(|e| RoomError::Forbidden(format!("against its auth events: {e}")))?;
         authorize(&pdu, &self.cur.state)
             .map_err(|e| RoomError::Forbidden(format!("against the current state: {e}")))?;

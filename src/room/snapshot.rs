@@ -25,6 +25,8 @@ const CACHE_STATES: usize = 512;
 pub struct Snapshot {
     pub state: Arc<StateIds>,
     chain: u32,
+    /// What the event's own state key held before it (`StateSnapshot.replaced`).
+    replaced: Option<EventId>,
 }
 
 #[derive(Default)]
@@ -150,9 +152,18 @@ pub fn state_after(node: &Node, id: &EventId) -> Result<Option<Snapshot>, StoreE
             }
         }
     }
-    let s = Snapshot { state: Arc::new(state), chain: changes[0].chain };
+    let replaced = EventId::parse(&changes[0].replaced).ok();
+    let s = Snapshot { state: Arc::new(state), chain: changes[0].chain, replaced };
     node.dag.remember_state(id, s.clone());
     Ok(Some(s))
+}
+
+/// Whether the state after `id` is recorded, without rebuilding it.
+pub fn has_state_after(node: &Node, id: &EventId) -> Result<bool, StoreError> {
+    if node.dag.states.lock().expect("poisoned").contains_key(id) {
+        return Ok(true);
+    }
+    Ok(node.store.state_after(id)?.is_some())
 }
 
 /// The state before `event` (whose state after is recorded).
@@ -163,10 +174,9 @@ pub fn state_before(node: &Node, event: &Pdu) -> Result<Option<StateIds>, StoreE
     let mut state = (*after.state).clone();
     if let Some(sk) = event.state_key() {
         let key = (event.event_type().to_owned(), sk.to_owned());
-        let stored = node.store.state_after(event.event_id())?.map(|s| s.replaced).unwrap_or_default();
-        match EventId::parse(&stored) {
-            Ok(prev) => state.insert(key, prev),
-            Err(_) => state.remove(&key),
+        match after.replaced {
+            Some(prev) => state.insert(key, prev),
+            None => state.remove(&key),
         };
     }
     Ok(Some(state))
@@ -215,8 +225,9 @@ pub fn put_state_after(
         chain: 0,
         replaced,
     });
-    let chain = record.chain;
+    let cached =
+        Snapshot { state: Arc::new(after), chain: record.chain, replaced: EventId::parse(&record.replaced).ok() };
     batch.push(Op::PutStateAfter { event: event.event_id().clone(), snapshot: record });
-    node.dag.remember_state(event.event_id(), Snapshot { state: Arc::new(after), chain });
+    node.dag.remember_state(event.event_id(), cached);
     Ok(())
 }

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::events::{auth_chain, server_can_see};
+use super::events::{auth_chain, readable_event, visible};
 use super::known_room;
 use crate::core::event::Pdu;
-use crate::core::ids::{EventId, RoomId};
+use crate::core::ids::EventId;
 use crate::federation::inbound::Req;
 use crate::http::{query_get, ApiError};
 use crate::node::{now_ms, Node};
@@ -19,14 +19,6 @@ use crate::room::RoomView;
 
 /// Largest page of `/get_missing_events` and `/backfill` served.
 const MAX_EVENTS: usize = 100;
-
-fn visible(req: &Req, view: &RoomView) -> Result<(), ApiError> {
-    if server_can_see(view, &req.origin) {
-        Ok(())
-    } else {
-        Err(ApiError::not_found("Unknown room"))
-    }
-}
 
 /// An event of the room's list (accepted or soft-failed), not an outlier
 /// or a rejected one, with its list position.
@@ -133,15 +125,7 @@ pub async fn event_auth(req: Req, room: &str, event: &str) -> Result<Value, ApiE
 
 /// `GET /v1/event/{eventId}`: one event in a transaction.
 pub async fn event(req: Req, id: &str) -> Result<Value, ApiError> {
-    let id = EventId::parse(id).map_err(|_| ApiError::not_found("Unknown event"))?;
-    let rec = req.node.store.event(&id)?.ok_or_else(|| ApiError::not_found("Unknown event"))?;
-    if !rec.rejected.is_empty() {
-        return Err(ApiError::not_found("Unknown event"));
-    }
-    let room = RoomId::parse(&rec.room_id).map_err(|e| ApiError::unknown(e.to_string()))?;
-    let view = req.node.rooms.get(&room).map(|h| h.view()).ok_or_else(|| ApiError::not_found("Unknown event"))?;
-    visible(&req, &view)?;
-    let pdu = load_pdu(&req.node, view.version, &id)?.ok_or_else(|| ApiError::not_found("Unknown event"))?;
+    let pdu = readable_event(&req, id)?;
     Ok(txn_wrapped(&req.node, vec![Value::Object(pdu.json().clone())]))
 }
 

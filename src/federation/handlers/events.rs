@@ -35,7 +35,7 @@ pub fn server_can_see(view: &RoomView, server: &ServerName) -> bool {
         })
 }
 
-fn visible(req: &Req, view: &RoomView) -> Result<(), ApiError> {
+pub(super) fn visible(req: &Req, view: &RoomView) -> Result<(), ApiError> {
     if server_can_see(view, &req.origin) {
         Ok(())
     } else {
@@ -47,14 +47,21 @@ fn pdu(node: &Node, view: &RoomView, id: &EventId) -> Result<Arc<Pdu>, ApiError>
     load_pdu(node, view.version, id)?.ok_or_else(|| ApiError::not_found("Unknown event"))
 }
 
-/// E6: the bare event (LM), never an LPDU (we never store those).
-pub async fn event(req: Req, id: &str) -> Result<Value, ApiError> {
+/// An event the requesting server may read: known here, not rejected, in
+/// a room it can see.
+pub(super) fn readable_event(req: &Req, id: &str) -> Result<Arc<Pdu>, ApiError> {
     let id = EventId::parse(id).map_err(|_| ApiError::not_found("Unknown event"))?;
-    let rec = req.node.store.event(&id)?.ok_or_else(|| ApiError::not_found("Unknown event"))?;
+    let rec = req.node.store.event(&id)?.filter(|r| r.rejected.is_empty());
+    let rec = rec.ok_or_else(|| ApiError::not_found("Unknown event"))?;
     let room = RoomId::parse(&rec.room_id).map_err(|e| ApiError::unknown(e.to_string()))?;
     let view = req.node.rooms.get(&room).map(|h| h.view()).ok_or_else(|| ApiError::not_found("Unknown event"))?;
-    visible(&req, &view)?;
-    Ok(Value::Object(pdu(&req.node, &view, &id)?.json().clone()))
+    visible(req, &view)?;
+    pdu(&req.node, &view, &id)
+}
+
+/// E6: the bare event (LM), never an LPDU (we never store those).
+pub async fn event(req: Req, id: &str) -> Result<Value, ApiError> {
+    Ok(Value::Object(readable_event(&req, id)?.json().clone()))
 }
 
 /// The state in force before the event at list position `index`.

@@ -56,8 +56,7 @@ pub async fn make(req: Req, membership: &'static str, room: &str, user: &str) ->
     });
     if view.version.is_mixed() {
         // A DAG server builds the whole event on our forward extremities.
-        let prevs = &view.extremities[view.extremities.len().saturating_sub(crate::room::MAX_PREV_EVENTS)..];
-        template["prev_events"] = json!(prevs.iter().map(|t| t.as_str()).collect::<Vec<_>>());
+        template["prev_events"] = json!(view.prev_events_for_new().iter().map(|t| t.as_str()).collect::<Vec<_>>());
         template["depth"] = json!(view.max_depth + 1);
         template["origin"] = json!(req.origin.as_str());
     } else {

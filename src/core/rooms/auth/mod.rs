@@ -201,3 +201,20 @@ pub fn check_auth_events(event: &Pdu, auth_events: &[&Pdu]) -> Result<(), AuthEr
     }
     Ok(())
 }
+
+/// Receive check 4a: the event's own auth events are the right ones and
+/// allow it. `create` is the room's create event where the version leaves
+/// it out of `auth_events` (v12: the room id names it).
+pub fn authorize_by_auth_events(
+    event: &Pdu,
+    auth_events: &[std::sync::Arc<Pdu>],
+    create: Option<std::sync::Arc<Pdu>>,
+) -> Result<(), AuthError> {
+    let refs: Vec<&Pdu> = auth_events.iter().map(|e| e.as_ref()).collect();
+    check_auth_events(event, &refs)?;
+    let mut state = super::state::StateMap::from_events(auth_events.iter().cloned());
+    if let Some(c) = create {
+        state.apply(c);
+    }
+    authorize(event, &state)
+}
