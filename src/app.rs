@@ -22,6 +22,7 @@ use crate::federation::keyring::load_or_create_signing_key;
 use crate::http::{serve, tls, Handler};
 use crate::node::Node;
 use crate::room::load_room;
+use crate::store::record::{self, CommitRecord};
 use crate::store::{KvStore, Positions, SledKv, Store};
 
 pub struct App {
@@ -49,6 +50,10 @@ async fn open_store(dir: &Path, cache_bytes: u64) -> anyhow::Result<SledKv> {
     for _ in 0..50 {
         match SledKv::open(dir, cache_bytes) {
             Ok(kv) => return Ok(kv),
+            Err(e) if e.is_damage() => {
+                last = Some(e);
+                break;
+            }
             Err(e) => last = Some(e),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -57,14 +62,82 @@ async fn open_store(dir: &Path, cache_bytes: u64) -> anyhow::Result<SledKv> {
         .with_context(|| format!("opening the store in {}", dir.display()))
 }
 
+/// Opens the store and checks it against the commit record before anything
+/// is written to it; then brings its format up to date.
+pub async fn open_checked_store(config: &Config) -> anyhow::Result<KvStore<SledKv>> {
+    let dir = config.data_dir.join("db");
+    let kv = KvStore::new(open_store(&dir, config.storage.cache_mb << 20).await?);
+    let format = kv.format()?;
+    let record_path = record::path_in(&config.data_dir);
+    let committed = CommitRecord::read(&record_path).with_context(|| format!("reading {}", record_path.display()))?;
+    if let Some(rec) = committed {
+        let missing = rec.missing(&kv, format, &config.server_name)?;
+        if !missing.is_empty() {
+            anyhow::bail!(record::refusal(&dir, &record_path, rec.written_ts, &missing));
+        }
+    }
+    match kv.upgrade()? {
+        Some(old) if old < crate::store::FORMAT_VERSION => {
+            tracing::info!(from = old, to = crate::store::FORMAT_VERSION, "store format upgraded")
+        }
+        _ => {}
+    }
+    Ok(kv)
+}
+
+/// What the commit record says now: each room's length as its writer last
+/// made durable, and the newest stream position below the watermark.
+fn current_record(node: &Node) -> Result<CommitRecord, crate::store::StoreError> {
+    let mut rooms = std::collections::BTreeMap::new();
+    for id in node.rooms.ids() {
+        if let Some(h) = node.rooms.get(&id) {
+            let length = h.view().length;
+            if length > 0 {
+                rooms.insert(id.to_string(), length);
+            }
+        }
+    }
+    Ok(CommitRecord {
+        format: crate::store::FORMAT_VERSION,
+        server_name: node.name.to_string(),
+        written_ts: crate::node::now_ms(),
+        stream_position: record::last_stream_position(node.store.as_ref(), node.positions.watermark())?,
+        rooms,
+    })
+}
+
+/// Keeps the commit record a couple of seconds behind the store. What it
+/// names is durable before the file is written (views and the watermark
+/// only ever show durable writes, and the store is flushed first).
+async fn write_record(node: &Node, path: &Path, last: &mut Option<CommitRecord>) {
+    let rec = match current_record(node) {
+        Ok(r) => r,
+        Err(e) => return tracing::warn!(error = %e, "could not read what to put in the commit record"),
+    };
+    let unchanged = last.as_ref().is_some_and(|l| l.rooms == rec.rooms && l.stream_position == rec.stream_position);
+    if unchanged {
+        return;
+    }
+    if let Err(e) = node.store.flush().await {
+        return tracing::warn!(error = %e, "store flush failed; commit record not updated");
+    }
+    let (path, to_write) = (path.to_owned(), rec.clone());
+    match tokio::task::spawn_blocking(move || to_write.write(&path)).await {
+        Ok(Ok(())) => *last = Some(rec),
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not write the commit record"),
+        Err(e) => tracing::warn!(error = %e, "commit record writer failed"),
+    }
+}
+
+const RECORD_EVERY: Duration = Duration::from_secs(2);
+
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         config.validate()?;
         let name = config.server_name();
         std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
         let key = load_or_create_signing_key(&config.signing_key_path(), &name)?;
-        let kv = open_store(&config.data_dir.join("db"), config.storage.cache_mb << 20).await?;
-        let store: Arc<dyn Store> = Arc::new(KvStore::new(kv));
+        let store: Arc<dyn Store> = Arc::new(open_checked_store(&config).await?);
         let positions = Positions::open(store.clone())?;
 
         let fed_conf = &config.federation;
@@ -125,13 +198,23 @@ impl App {
         let fed_task = tokio::spawn(serve(self.federation, self.tls, fed_handler, stop_rx.clone()));
         let client_task = tokio::spawn(serve(self.client, None, client_handler, stop_rx));
         self.node.outbound.resume_all(&self.node)?;
-        shutdown.await;
+        let record_path = record::path_in(&self.node.config.data_dir);
+        let mut last_record = None;
+        write_record(&self.node, &record_path, &mut last_record).await;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(RECORD_EVERY) => write_record(&self.node, &record_path, &mut last_record).await,
+            }
+        }
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
         let _ = fed_task.await;
         let _ = client_task.await;
         self.node.stop_tasks().await;
         self.node.store.flush().await?;
+        write_record(&self.node, &record_path, &mut last_record).await;
         Ok(())
     }
 }

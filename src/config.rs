@@ -37,6 +37,7 @@ pub struct Config {
     pub registration: Registration,
     pub storage: Storage,
     pub follower: Follower,
+    pub http: Http,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,8 +63,13 @@ pub struct Federation {
     /// `retry_max_ms`.
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
-    /// Timeout of one outbound request.
+    /// Timeout of one outbound request (name look-up and connection
+    /// included).
     pub request_timeout_ms: u64,
+    /// Address ranges outbound requests may reach although they are
+    /// loopback, private, link-local, unique-local, multicast or
+    /// unspecified (refused by default; names in `resolve` are exempt).
+    pub allow_ip_ranges: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,6 +85,9 @@ pub struct Client {
     /// Logins and registrations per second per remote address, and burst.
     pub login_per_second: f64,
     pub login_burst: f64,
+    /// Reverse proxies whose `X-Forwarded-For` names the real client
+    /// (for rate limits); requests from other addresses cannot set it.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,6 +97,8 @@ pub struct Registration {
     pub enabled: bool,
     /// Enables Synapse-style `/_synapse/admin/v1/register` (nonce + HMAC).
     pub shared_secret: Option<String>,
+    /// Shortest password open registration accepts, in characters.
+    pub min_password_length: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,6 +115,25 @@ pub struct Follower {
     pub host_rooms: bool,
     /// Recent events kept per room hubbed elsewhere.
     pub timeline_cache: u64,
+}
+
+/// Limits of both HTTP listeners: what one stranger can hold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    /// Open connections per listener, and per remote address.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// A new connection that sends nothing for this long is closed.
+    pub first_byte_timeout_ms: u64,
+    /// A connection with no request in flight and no traffic for this
+    /// long is closed.
+    pub idle_timeout_ms: u64,
+    /// Longest time to receive one request body.
+    pub body_timeout_ms: u64,
+    /// Request body bytes held in memory at once, across all connections
+    /// of a listener; a body that would exceed it waits, then is refused.
+    pub body_bytes_in_flight: usize,
 }
 
 impl Default for Config {
@@ -125,6 +155,7 @@ impl Default for Config {
                 retry_base_ms: 10_000,
                 retry_max_ms: 3_600_000,
                 request_timeout_ms: 30_000,
+                allow_ip_ranges: Vec::new(),
             },
             client: Client {
                 listen: ([127, 0, 0, 1], 8008).into(),
@@ -133,10 +164,19 @@ impl Default for Config {
                 send_burst: 1000.0,
                 login_per_second: 5.0,
                 login_burst: 50.0,
+                trusted_proxies: Vec::new(),
             },
-            registration: Registration { enabled: false, shared_secret: None },
+            registration: Registration { enabled: false, shared_secret: None, min_password_length: 8 },
             storage: Storage { cache_mb: 64 },
             follower: Follower { host_rooms: true, timeline_cache: 500 },
+            http: Http {
+                max_connections: 4096,
+                max_connections_per_ip: 256,
+                first_byte_timeout_ms: 10_000,
+                idle_timeout_ms: 75_000,
+                body_timeout_ms: 60_000,
+                body_bytes_in_flight: 256 << 20,
+            },
         }
     }
 }
@@ -154,7 +194,7 @@ pub enum ConfigError {
 }
 
 /// The top-level keys, for picking `LMX_` variables.
-const TOP_LEVEL_KEYS: [&str; 9] = [
+const TOP_LEVEL_KEYS: [&str; 10] = [
     "server_name",
     "mode",
     "data_dir",
@@ -164,6 +204,7 @@ const TOP_LEVEL_KEYS: [&str; 9] = [
     "registration",
     "storage",
     "follower",
+    "http",
 ];
 
 impl Config {

@@ -2,13 +2,21 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use lmx::cli::{inspect, Cli, Command};
+use lmx::cli::{db, inspect, Cli, Command, Db};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => match serve(config) {
             Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "lmx: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Db(cmd) => match run_db(cmd) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
             Err(e) => {
                 let _ = writeln!(std::io::stderr(), "lmx: {e:#}");
                 ExitCode::FAILURE
@@ -28,6 +36,22 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// Runs a `db` command; `false` when it found damage.
+fn run_db(cmd: Db) -> anyhow::Result<bool> {
+    match cmd {
+        Db::Check { config } => {
+            let checked = db::check(&lmx::config::Config::load(config.as_deref())?)?;
+            let _ = write!(std::io::stdout(), "{}", checked.text);
+            Ok(checked.healthy)
+        }
+        Db::Seal { config } => {
+            let done = db::seal(&lmx::config::Config::load(config.as_deref())?)?;
+            let _ = writeln!(std::io::stdout(), "{done}");
+            Ok(true)
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use lmx::core::ids::{EventId, RoomId, ServerName, UserId};
 use lmx::store::records::queue_item::Item;
 use lmx::store::records::*;
-use lmx::store::{Batch, KvStore, MemKv, Op, Positions, SledKv, Store, StreamEntry};
+use lmx::store::{Batch, KvStore, MemKv, Op, Positions, SledKv, Store, StreamEntry, TokenHash};
 
 fn room() -> RoomId {
     RoomId::parse("!r:hub.test").unwrap()
@@ -128,7 +128,10 @@ fn accounts(store: &dyn Store) {
         store,
         vec![
             Op::PutUser(UserRecord { user_id: u.to_string(), password_hash: "h".into(), ..Default::default() }),
-            Op::PutToken { token: "t1".into(), record: AccessToken { user_id: u.to_string(), device_id: "D".into() } },
+            Op::PutToken {
+                hash: TokenHash::of("t1"),
+                record: AccessToken { user_id: u.to_string(), device_id: "D".into() },
+            },
             Op::PutMembership {
                 user: u.clone(),
                 room: room(),
@@ -144,8 +147,9 @@ fn accounts(store: &dyn Store) {
     );
     assert_eq!(store.user(&u).unwrap().unwrap().password_hash, "h");
     assert!(store.user(&user("@b:hub.test")).unwrap().is_none());
-    assert_eq!(store.access_token("t1").unwrap().unwrap().device_id, "D");
-    assert_eq!(store.device_token(&u, "D").unwrap().as_deref(), Some("t1"));
+    assert_eq!(store.access_token(&TokenHash::of("t1")).unwrap().unwrap().device_id, "D");
+    assert_eq!(store.device_token(&u, "D").unwrap(), Some(TokenHash::of("t1")));
+    assert!(store.access_token(&TokenHash::of("t2")).unwrap().is_none());
     write(
         store,
         vec![
@@ -195,9 +199,9 @@ fn accounts(store: &dyn Store) {
     assert_eq!(store.membership(&u, &room()).unwrap().unwrap().stream, 5);
     assert_eq!(store.client_txn(&u, "D", "x").unwrap().unwrap().event_id, ev(1).to_string());
     assert!(store.client_txn(&u, "E", "x").unwrap().is_none());
-    write(store, vec![Op::DeleteToken { token: "t1".into(), user: u.clone(), device: "D".into() }]);
+    write(store, vec![Op::DeleteToken { hash: TokenHash::of("t1"), user: u.clone(), device: "D".into() }]);
     assert!(store.device_token(&u, "D").unwrap().is_none());
-    assert!(store.access_token("t1").unwrap().is_none());
+    assert!(store.access_token(&TokenHash::of("t1")).unwrap().is_none());
 }
 
 fn federation(store: &dyn Store) {

@@ -1,5 +1,6 @@
 //! Command-line interface: `lmx serve` and `lmx inspect …`.
 
+pub mod db;
 pub mod inspect;
 
 use std::path::PathBuf;
@@ -25,4 +26,24 @@ pub enum Command {
     /// Check events and JSON with the protocol core (stdin → stdout).
     #[command(subcommand)]
     Inspect(inspect::Inspect),
+    /// The store, offline (lmx must not be running on it).
+    #[command(subcommand)]
+    Db(Db),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Db {
+    /// Verify the store (on a scratch copy; nothing is written): its
+    /// commit record, list positions, events, hashes, signatures, state and
+    /// stream. Exits 1 when it finds damage.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Record the store as it is now as committed, so `lmx serve` starts on
+    /// it: after restoring an older copy, or to accept a loss.
+    Seal {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }

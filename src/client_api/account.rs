@@ -2,20 +2,37 @@
 //! Synapse-style shared-secret admin registration), login, whoami, logout.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use hmac::{Hmac, Mac};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
+use super::passwords::Passwords;
 use super::Call;
 use crate::core::ids::UserId;
 use crate::http::ApiError;
 use crate::node::{now_ms, random_string, Node};
 use crate::store::records::{AccessToken, DeviceRecord, UserRecord};
-use crate::store::{Batch, Op};
+use crate::store::{Batch, Op, TokenHash};
+
+/// Longest password taken (hashing cost grows with it).
+const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// What the account endpoints share: password hashing, shared-secret
+/// nonces, and the lock that makes "is the name free? then create it" one
+/// step.
+pub struct Accounts {
+    pub passwords: Arc<Passwords>,
+    pub nonces: RegistrationNonces,
+    creating: Mutex<()>,
+}
+
+impl Accounts {
+    pub fn new(passwords: Arc<Passwords>) -> Arc<Accounts> {
+        Arc::new(Accounts { passwords, nonces: RegistrationNonces::default(), creating: Mutex::new(()) })
+    }
+}
 
 pub fn versions() -> Value {
     json!({
@@ -38,20 +55,6 @@ pub fn login_flows() -> Value {
     json!({"flows": [{"type": "m.login.password"}]})
 }
 
-fn hash_password(password: &str) -> Result<String, ApiError> {
-    let mut salt = [0u8; 16];
-    getrandom::getrandom(&mut salt).map_err(|e| ApiError::unknown(e.to_string()))?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| ApiError::unknown(e.to_string()))?;
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| ApiError::unknown(e.to_string()))
-}
-
-pub(super) fn password_ok(hash: &str, password: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
-}
-
 /// `@localpart:us`, with the LM localpart grammar (item 15).
 fn local_user(node: &Node, localpart: &str) -> Result<UserId, ApiError> {
     let localpart = localpart.to_lowercase();
@@ -64,24 +67,56 @@ fn local_user(node: &Node, localpart: &str) -> Result<UserId, ApiError> {
     UserId::parse_lm(&format!("@{localpart}:{}", node.name)).map_err(|_| invalid())
 }
 
+fn user_in_use() -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "M_USER_IN_USE", "User ID already taken")
+}
+
+/// The password rules of open registration (`registration.min_password_length`).
+fn check_password(node: &Node, password: &str) -> Result<(), ApiError> {
+    let min = node.config.registration.min_password_length;
+    if password.chars().count() < min {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "M_WEAK_PASSWORD",
+            format!("Passwords must have at least {min} characters"),
+        ));
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+            format!("Passwords may have at most {MAX_PASSWORD_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
 /// What a new account starts with.
 struct NewUser<'a> {
-    password: Option<&'a str>,
+    password: &'a str,
     admin: bool,
     device: Option<&'a str>,
     device_name: Option<&'a str>,
     login: bool,
 }
 
-/// Creates a user and, unless `inhibit_login`, a device with a token.
-fn create_user(node: &Node, user: &UserId, new: NewUser<'_>) -> Result<Value, ApiError> {
-    if node.store.user(user)?.is_some() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_USER_IN_USE", "User ID already taken"));
+/// Creates a user and, unless `inhibit_login`, a device with a token. The
+/// name is checked and taken under one lock, so two concurrent requests
+/// for one name cannot both succeed.
+async fn create_user(call: &Call, user: &UserId, new: NewUser<'_>) -> Result<Value, ApiError> {
+    if call.node.store.user(user)?.is_some() {
+        return Err(user_in_use());
     }
-    let hash = match new.password {
-        Some(p) => hash_password(p)?,
-        None => String::new(),
-    };
+    let hash = call.accounts.passwords.hash(new.password).await?;
+    commit_user(call, user, &new, hash)
+}
+
+fn commit_user(call: &Call, user: &UserId, new: &NewUser<'_>, hash: String) -> Result<Value, ApiError> {
+    let node = &call.node;
+    let _creating = call.accounts.creating.lock().expect("poisoned");
+    if node.store.user(user)?.is_some() {
+        return Err(user_in_use());
+    }
     let mut b = Batch::new();
     b.push(Op::PutUser(UserRecord {
         user_id: user.to_string(),
@@ -113,10 +148,10 @@ fn new_token(
     let token = format!("lmx_{}", random_string(32));
     let device = device.map(str::to_owned).unwrap_or_else(|| random_string(10).to_uppercase());
     if let Some(old) = node.store.device_token(user, &device)? {
-        b.push(Op::DeleteToken { token: old, user: user.clone(), device: device.clone() });
+        b.push(Op::DeleteToken { hash: old, user: user.clone(), device: device.clone() });
     }
     let record = AccessToken { user_id: user.to_string(), device_id: device.clone() };
-    b.push(Op::PutToken { token: token.clone(), record });
+    b.push(Op::PutToken { hash: TokenHash::of(&token), record });
     let name = display_name.unwrap_or_default().to_owned();
     let record = DeviceRecord { display_name: name, last_seen_ts: now_ms(), ..Default::default() };
     b.push(Op::PutDevice { user: user.clone(), device: device.clone(), record });
@@ -137,6 +172,18 @@ pub async fn register(call: Call) -> Result<Value, ApiError> {
     if call.query.iter().any(|(k, v)| k == "kind" && v == "guest") {
         return Err(ApiError::forbidden("Guest access is disabled"));
     }
+    // What the request names is checked before the auth stage, as Synapse
+    // does, so a client learns of a taken name or a weak password at once.
+    let username = str_field(&call, "username").map(|u| local_user(&node, u)).transpose()?;
+    if let Some(u) = &username {
+        if node.store.user(u)?.is_some() {
+            return Err(user_in_use());
+        }
+    }
+    let password = str_field(&call, "password");
+    if let Some(p) = password {
+        check_password(&node, p)?;
+    }
     let auth_type = call.body.get("auth").and_then(|a| a.get("type")).and_then(Value::as_str);
     if auth_type != Some("m.login.dummy") {
         let session = random_string(16);
@@ -145,12 +192,13 @@ pub async fn register(call: Call) -> Result<Value, ApiError> {
             .with("params", json!({}))
             .with("session", json!(session)));
     }
-    let localpart = match str_field(&call, "username") {
-        Some(u) => u.to_owned(),
-        None => random_string(12).to_lowercase(),
+    let user = match username {
+        Some(u) => u,
+        None => local_user(&node, &random_string(12).to_lowercase())?,
     };
-    let user = local_user(&node, &localpart)?;
-    let password = str_field(&call, "password");
+    let password = password.ok_or_else(|| {
+        ApiError::new(StatusCode::BAD_REQUEST, "M_MISSING_PARAM", "A password is required to register")
+    })?;
     let inhibit = call.body.get("inhibit_login").and_then(Value::as_bool).unwrap_or(false);
     let display = str_field(&call, "initial_device_display_name");
     let new = NewUser {
@@ -160,7 +208,7 @@ pub async fn register(call: Call) -> Result<Value, ApiError> {
         device_name: display,
         login: !inhibit,
     };
-    create_user(&node, &user, new)
+    create_user(&call, &user, new).await
 }
 
 pub fn available(call: Call) -> Result<Value, ApiError> {
@@ -188,7 +236,7 @@ pub async fn login(call: Call) -> Result<Value, ApiError> {
     let user = local_user(&call.node, localpart).map_err(|_| bad())?;
     let rec = call.node.store.user(&user)?.ok_or_else(bad)?;
     let password = str_field(&call, "password").ok_or_else(bad)?;
-    if rec.password_hash.is_empty() || !password_ok(&rec.password_hash, password) {
+    if password.len() > MAX_PASSWORD_BYTES || !call.accounts.passwords.verify(&rec.password_hash, password).await? {
         return Err(bad());
     }
     let mut b = Batch::new();
@@ -207,9 +255,9 @@ pub fn whoami(call: Call) -> Result<Value, ApiError> {
 
 pub fn logout(call: Call) -> Result<Value, ApiError> {
     let (user, device) = call.who()?;
-    let token = call.token.clone().unwrap_or_default();
+    let hash = TokenHash::of(call.token.as_deref().unwrap_or_default());
     let mut b = Batch::new();
-    b.push(Op::DeleteToken { token, user: user.clone(), device: device.to_owned() });
+    b.push(Op::DeleteToken { hash, user: user.clone(), device: device.to_owned() });
     call.node.store.write(b)?;
     Ok(json!({}))
 }
@@ -219,8 +267,8 @@ pub fn logout_all(call: Call) -> Result<Value, ApiError> {
     let (user, _) = call.who()?;
     let mut b = Batch::new();
     for (device, _) in call.node.store.devices(user)? {
-        if let Some(token) = call.node.store.device_token(user, &device)? {
-            b.push(Op::DeleteToken { token, user: user.clone(), device });
+        if let Some(hash) = call.node.store.device_token(user, &device)? {
+            b.push(Op::DeleteToken { hash, user: user.clone(), device });
         }
     }
     call.node.store.write(b)?;
@@ -257,7 +305,7 @@ pub async fn shared_secret_register(method: &Method, call: Call) -> Result<Value
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", "Shared secret registration is not enabled"));
     };
     if *method == Method::GET {
-        return Ok(json!({"nonce": call.nonces.issue()}));
+        return Ok(json!({"nonce": call.accounts.nonces.issue()}));
     }
     if *method != Method::POST {
         return Err(ApiError::method_not_allowed());
@@ -268,7 +316,7 @@ pub async fn shared_secret_register(method: &Method, call: Call) -> Result<Value
     let password = field("password")?;
     let mac = field("mac")?;
     let admin = call.body.get("admin").and_then(Value::as_bool).unwrap_or(false);
-    if !call.nonces.take(nonce) {
+    if !call.accounts.nonces.take(nonce) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unrecognised nonce"));
     }
     let mut h = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).map_err(|e| ApiError::unknown(e.to_string()))?;
@@ -288,8 +336,8 @@ pub async fn shared_secret_register(method: &Method, call: Call) -> Result<Value
         return Err(ApiError::forbidden("HMAC incorrect"));
     }
     let user = local_user(&call.node, username)?;
-    let new = NewUser { password: Some(password), admin, device: None, device_name: None, login: true };
-    create_user(&call.node, &user, new)
+    let new = NewUser { password, admin, device: None, device_name: None, login: true };
+    create_user(&call, &user, new).await
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -3,7 +3,6 @@
 
 use serde_json::{json, Value};
 
-use super::account::password_ok;
 use super::Call;
 use crate::core::ids::UserId;
 use crate::http::ApiError;
@@ -57,7 +56,7 @@ pub fn update(call: Call, id: &str) -> Result<Value, ApiError> {
 
 /// User-interactive auth with `m.login.password`: a `401` with the flows
 /// until the body carries the user's password.
-fn require_password(call: &Call, user: &UserId) -> Result<(), ApiError> {
+async fn require_password(call: &Call, user: &UserId) -> Result<(), ApiError> {
     let auth = call.body.get("auth");
     let password = auth
         .filter(|a| a.get("type").and_then(Value::as_str) == Some("m.login.password"))
@@ -71,7 +70,7 @@ fn require_password(call: &Call, user: &UserId) -> Result<(), ApiError> {
     };
     let Some(password) = password else { return Err(challenge()) };
     let rec = call.node.store.user(user)?.ok_or_else(challenge)?;
-    if password_ok(&rec.password_hash, password) {
+    if call.accounts.passwords.verify(&rec.password_hash, password).await? {
         Ok(())
     } else {
         Err(ApiError::forbidden("Invalid password"))
@@ -79,17 +78,17 @@ fn require_password(call: &Call, user: &UserId) -> Result<(), ApiError> {
 }
 
 fn delete_ops(call: &Call, user: &UserId, id: &str, b: &mut Batch) -> Result<(), ApiError> {
-    if let Some(token) = call.node.store.device_token(user, id)? {
-        b.push(Op::DeleteToken { token, user: user.clone(), device: id.to_owned() });
+    if let Some(hash) = call.node.store.device_token(user, id)? {
+        b.push(Op::DeleteToken { hash, user: user.clone(), device: id.to_owned() });
     }
     b.push(Op::DeleteDevice { user: user.clone(), device: id.to_owned() });
     Ok(())
 }
 
-pub fn delete(call: Call, id: &str) -> Result<Value, ApiError> {
+pub async fn delete(call: Call, id: &str) -> Result<Value, ApiError> {
     let (user, _) = call.who()?;
     find(&call, user, id)?;
-    require_password(&call, user)?;
+    require_password(&call, user).await?;
     let mut b = Batch::new();
     delete_ops(&call, user, id, &mut b)?;
     call.node.store.write(b)?;
@@ -97,9 +96,9 @@ pub fn delete(call: Call, id: &str) -> Result<Value, ApiError> {
 }
 
 /// `POST /delete_devices`.
-pub fn delete_many(call: Call) -> Result<Value, ApiError> {
+pub async fn delete_many(call: Call) -> Result<Value, ApiError> {
     let (user, _) = call.who()?;
-    require_password(&call, user)?;
+    require_password(&call, user).await?;
     let ids: Vec<String> = call
         .body
         .get("devices")

@@ -1,5 +1,8 @@
 //! Filters (`POST /user/{userId}/filter`, the `filter` parameter of /sync
 //! and /messages): types, senders and rooms with `*` wildcards, and limits.
+//!
+//! A filter comes from a stranger's request, so its size is bounded
+//! (`FilterLimits`) and matching is linear in the pattern and the value.
 
 use serde_json::{json, Value};
 
@@ -10,19 +13,76 @@ use crate::http::ApiError;
 use crate::node::random_string;
 use crate::store::{Batch, Op};
 
-/// Matrix filter globs: `*` matches any run of characters.
-fn glob(pattern: &str, value: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == value,
-        Some((head, rest)) => {
-            let Some(tail) = value.strip_prefix(head) else { return false };
-            (0..=tail.len()).filter(|i| tail.is_char_boundary(*i)).any(|i| glob(rest, &tail[i..]))
+/// Largest filter accepted, as JSON text.
+pub const MAX_FILTER_BYTES: usize = 65_536;
+/// Entries in one list (`types`, `senders`, `rooms`, …).
+pub const MAX_LIST_ENTRIES: usize = 1_000;
+/// Bytes in one type pattern (ids and types are at most 255 bytes).
+pub const MAX_PATTERN_BYTES: usize = 255;
+/// `*` in one type pattern.
+pub const MAX_PATTERN_STARS: usize = 16;
+
+/// Matrix filter globs: `*` matches any run of characters. Greedy over the
+/// pattern's literal pieces: each piece is found at its leftmost place after
+/// the previous one (a later place can only leave less room for the rest),
+/// so the match is linear in `pattern` and `value`, never backtracking.
+pub fn glob(pattern: &str, value: &str) -> bool {
+    let mut pieces = pattern.split('*');
+    let first = pieces.next().unwrap_or("");
+    let Some(mut rest) = value.strip_prefix(first) else { return false };
+    let mut pieces: Vec<&str> = pieces.collect();
+    let Some(last) = pieces.pop() else {
+        // No `*`: the pattern is the value.
+        return rest.is_empty();
+    };
+    for piece in pieces {
+        match rest.find(piece) {
+            Some(at) => rest = &rest[at + piece.len()..],
+            None => return false,
         }
     }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 fn strings(v: Option<&Value>) -> Option<Vec<String>> {
     v.and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+}
+
+/// Why a filter was refused.
+fn invalid(why: String) -> ApiError {
+    ApiError::bad_json(format!("filter: {why}"))
+}
+
+/// Checks a filter's size before it is used or stored.
+pub fn check_limits(filter: &Value) -> Result<(), ApiError> {
+    const LISTS: [&str; 6] = ["types", "not_types", "senders", "not_senders", "rooms", "not_rooms"];
+    const PATTERNS: [&str; 2] = ["types", "not_types"];
+    fn walk(v: &Value, depth: usize) -> Result<(), ApiError> {
+        let Some(o) = v.as_object() else { return Ok(()) };
+        if depth > 4 {
+            return Err(invalid("nested too deeply".into()));
+        }
+        for (k, child) in o {
+            if let (true, Some(items)) = (LISTS.contains(&k.as_str()), child.as_array()) {
+                if items.len() > MAX_LIST_ENTRIES {
+                    return Err(invalid(format!("{k} has over {MAX_LIST_ENTRIES} entries")));
+                }
+                if PATTERNS.contains(&k.as_str()) {
+                    for p in items.iter().filter_map(Value::as_str) {
+                        if p.len() > MAX_PATTERN_BYTES {
+                            return Err(invalid(format!("a {k} pattern is over {MAX_PATTERN_BYTES} bytes")));
+                        }
+                        if p.matches('*').count() > MAX_PATTERN_STARS {
+                            return Err(invalid(format!("a {k} pattern has over {MAX_PATTERN_STARS} '*'")));
+                        }
+                    }
+                }
+            }
+            walk(child, depth + 1)?;
+        }
+        Ok(())
+    }
+    walk(filter, 0)
 }
 
 /// An event filter: `limit`, `types`, `not_types`, `senders`,
@@ -96,8 +156,17 @@ impl SyncFilter {
     }
 }
 
-fn parse(text: &str) -> Result<Value, ApiError> {
-    json::parse(text.as_bytes(), NumberPolicy::Ieee754).map_err(|e| ApiError::bad_json(format!("filter: {e}")))
+/// Parses and checks a filter's JSON text.
+pub fn parse(text: &str) -> Result<Value, ApiError> {
+    if text.len() > MAX_FILTER_BYTES {
+        return Err(invalid(format!("over {MAX_FILTER_BYTES} bytes")));
+    }
+    let v = json::parse(text.as_bytes(), NumberPolicy::Ieee754).map_err(|e| invalid(e.to_string()))?;
+    if !v.is_object() {
+        return Err(invalid("not a JSON object".into()));
+    }
+    check_limits(&v)?;
+    Ok(v)
 }
 
 /// The `filter` parameter: a stored filter's id, or inline JSON.
@@ -122,13 +191,15 @@ fn own(call: &Call, user_id: &str) -> Result<UserId, ApiError> {
 
 pub fn create(call: Call, user_id: &str) -> Result<Value, ApiError> {
     let user = own(&call, user_id)?;
+    let body = Value::Object(call.body.clone());
+    check_limits(&body)?;
+    let json = serde_json::to_vec(&body).unwrap_or_default();
+    if json.len() > MAX_FILTER_BYTES {
+        return Err(invalid(format!("over {MAX_FILTER_BYTES} bytes")));
+    }
     let id = random_string(12);
     let mut b = Batch::new();
-    b.push(Op::PutFilter {
-        user,
-        id: id.clone(),
-        json: serde_json::to_vec(&Value::Object(call.body.clone())).unwrap_or_default(),
-    });
+    b.push(Op::PutFilter { user, id: id.clone(), json });
     call.node.store.write(b)?;
     Ok(json!({ "filter_id": id }))
 }
@@ -158,5 +229,39 @@ mod tests {
         assert!(!f.allows(&json!({"type": "m.room.message", "sender": "@x:y"})));
         let r = EventFilter::from_json(Some(&json!({"rooms": ["!a:b"]})));
         assert!(r.allows_room("!a:b") && !r.allows_room("!c:d"));
+    }
+
+    /// The obvious backtracking matcher, as the reference.
+    fn reference(pattern: &str, value: &str) -> bool {
+        match pattern.split_once('*') {
+            None => pattern == value,
+            Some((head, rest)) => value.strip_prefix(head).is_some_and(|tail| {
+                (0..=tail.len()).filter(|i| tail.is_char_boundary(*i)).any(|i| reference(rest, &tail[i..]))
+            }),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn glob_agrees_with_backtracking(pattern in "[ab*]{0,8}", value in "[ab]{0,10}") {
+            proptest::prop_assert_eq!(glob(&pattern, &value), reference(&pattern, &value));
+        }
+    }
+
+    #[test]
+    fn pathological_patterns_are_cheap_and_bounded() {
+        let value = "a".repeat(255);
+        // Exponential for a backtracking matcher; a few hundred steps here.
+        assert!(!glob(&format!("{}b", "*a".repeat(16)), &value));
+        assert!(glob(&format!("{}*", "*a".repeat(16)), &value));
+        assert!(glob("a*a", "aa") && !glob("a*a", "a"));
+        let many = json!({"room": {"timeline": {"types": [format!("{}b", "*a".repeat(17))]}}});
+        assert_eq!(check_limits(&many).unwrap_err().errcode, "M_BAD_JSON");
+        let long = json!({"types": ["x".repeat(256)]});
+        assert!(check_limits(&long).is_err());
+        let list = json!({"not_senders": vec!["@a:b"; 1001]});
+        assert!(check_limits(&list).is_err());
+        assert!(parse(&format!("{{\"x\": \"{}\"}}", "y".repeat(MAX_FILTER_BYTES))).is_err());
+        assert!(parse(r#"{"room": {"timeline": {"types": ["m.*"], "limit": 5}}}"#).is_ok());
     }
 }

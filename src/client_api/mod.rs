@@ -6,9 +6,10 @@ mod account_data;
 mod devices;
 mod directory;
 mod events;
-mod filter;
+pub mod filter;
 mod membership;
 mod messages;
+pub mod passwords;
 mod presence;
 mod profile;
 mod ratelimit;
@@ -27,9 +28,9 @@ use crate::core::ids::UserId;
 use crate::core::json::{NumberPolicy, Object};
 use crate::http::{json_object, ok_json, path_segments, query_pairs, read_body, ApiError, Body, Handler, MAX_BODY};
 use crate::node::Node;
-use crate::store::BoxFuture;
+use crate::store::{BoxFuture, TokenHash};
 
-pub use account::RegistrationNonces;
+pub use account::Accounts;
 use ratelimit::Limiter;
 
 /// A request after routing: the caller (if authenticated) and its inputs.
@@ -39,7 +40,7 @@ pub struct Call {
     pub body: Object,
     pub user: Option<(UserId, String)>,
     pub token: Option<String>,
-    pub nonces: Arc<RegistrationNonces>,
+    pub accounts: Arc<Accounts>,
 }
 
 impl Call {
@@ -54,7 +55,7 @@ impl Call {
 
 pub struct ClientHandler {
     node: Arc<Node>,
-    nonces: Arc<RegistrationNonces>,
+    accounts: Arc<Accounts>,
     sends: Limiter,
     logins: Limiter,
 }
@@ -62,10 +63,11 @@ pub struct ClientHandler {
 impl ClientHandler {
     pub fn new(node: Arc<Node>) -> Self {
         let c = &node.config.client;
+        let hashing_threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(2);
         ClientHandler {
             sends: Limiter::new(c.send_per_second, c.send_burst),
             logins: Limiter::new(c.login_per_second, c.login_burst),
-            nonces: Arc::new(RegistrationNonces::default()),
+            accounts: Accounts::new(passwords::Passwords::new(hashing_threads)),
             node,
         }
     }
@@ -117,11 +119,12 @@ impl ClientHandler {
         let query = query_pairs(req.uri().query());
         let token = token_of(&req, &query);
         let method = req.method().clone();
+        let address = crate::http::client_ip(remote.ip(), req.headers(), &self.node.config.client.trusted_proxies);
         let bytes = read_body(req.into_body(), MAX_BODY).await?;
         let body = json_object(&bytes, NumberPolicy::Ieee754, true)?;
         let user = match &token {
             Some(t) => {
-                let rec = self.node.store.access_token(t)?.ok_or_else(|| {
+                let rec = self.node.store.access_token(&TokenHash::of(t))?.ok_or_else(|| {
                     ApiError::new(StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN", "Unknown access token")
                         .with("soft_logout", false.into())
                 })?;
@@ -130,7 +133,7 @@ impl ClientHandler {
             }
             None => None,
         };
-        let call = Call { node: self.node.clone(), query, body, user, token, nonces: self.nonces.clone() };
+        let call = Call { node: self.node.clone(), query, body, user, token, accounts: self.accounts.clone() };
         let s: Vec<&str> = segs.iter().map(String::as_str).collect();
         // `/_matrix/client/{v3,r0}/…`: r0 is the alias older clients call.
         let rest = match s.as_slice() {
@@ -140,7 +143,7 @@ impl ClientHandler {
             _ => return Err(ApiError::unrecognized()),
         };
         match rest {
-            ["login"] | ["register"] if method == Method::POST => self.logins.check(&remote.ip().to_string())?,
+            ["login"] | ["register"] if method == Method::POST => self.logins.check(&address.to_string())?,
             ["rooms", _, "send" | "state" | "redact", ..] if method == Method::PUT => {
                 if let Some((u, _)) = &call.user {
                     self.sends.check(u.as_str())?;
@@ -175,8 +178,8 @@ async fn dispatch(method: &Method, rest: &[&str], call: Call) -> Result<Value, A
         (["devices"], &M::GET) => devices::list(call),
         (["devices", id], &M::GET) => devices::get(call, id),
         (["devices", id], &M::PUT) => devices::update(call, id),
-        (["devices", id], &M::DELETE) => devices::delete(call, id),
-        (["delete_devices"], &M::POST) => devices::delete_many(call),
+        (["devices", id], &M::DELETE) => devices::delete(call, id).await,
+        (["delete_devices"], &M::POST) => devices::delete_many(call).await,
         (["profile", user], &M::GET) => profile::get(call, user, None),
         (["profile", user, field], &M::GET) => profile::get(call, user, Some(field)),
         (["profile", user, field], &M::PUT) => profile::put(call, user, field).await,

@@ -124,8 +124,11 @@ impl Syncer<'_> {
         let want = self.limit();
         let mut items: Vec<Item> = Vec::new();
         let mut end = length;
-        while end > 0 && items.len() < want {
-            let start = end.saturating_sub(want as u64 * 2);
+        // A filter that lets little through must not make one sync read a
+        // whole room: past this many events the timeline is just limited.
+        let floor = length.saturating_sub(want as u64 * 4 + 1_000);
+        while end > floor && items.len() < want {
+            let start = end.saturating_sub(want as u64 * 2).max(floor);
             let ids = self.call.node.store.list(room, start, end)?;
             for (offset, id) in ids.iter().enumerate().rev() {
                 if items.len() == want {
@@ -138,7 +141,7 @@ impl Syncer<'_> {
             end = start;
         }
         items.reverse();
-        let limited = items.first().is_some_and(|i| i.index > 0);
+        let limited = items.first().map_or(end > 0, |i| i.index > 0);
         Ok((items, limited))
     }
 

@@ -48,6 +48,12 @@ pub fn load_or_create_signing_key(path: &Path, server: &ServerName) -> Result<Si
         crate::http::tls::write_private(path, line.as_bytes())
             .map_err(|e| KeyFileError::Io(shown.clone(), std::io::Error::other(e.to_string())))?;
     }
+    load_signing_key(path, server)
+}
+
+/// Loads our signing key; a missing file is an error.
+pub fn load_signing_key(path: &Path, server: &ServerName) -> Result<SigningKey, KeyFileError> {
+    let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| KeyFileError::Io(shown.clone(), e))?;
     let parts: Vec<&str> = text.split_whitespace().collect();
     let [alg, version, seed] = parts.as_slice() else {
@@ -83,6 +89,14 @@ pub struct ServerKeyInfo {
     /// The response as fetched, for notary answers.
     pub raw: Object,
     pub valid_until_ts: i64,
+}
+
+impl ServerKeyInfo {
+    /// A current or old key by id, whatever its validity (for checking
+    /// stored events offline).
+    pub fn public_key(&self, key_id: &str) -> Option<PublicKey> {
+        self.verify.get(key_id).or_else(|| self.old.get(key_id)).map(|(pk, _)| *pk)
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

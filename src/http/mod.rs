@@ -5,6 +5,8 @@
 mod server;
 pub mod tls;
 
+use std::net::IpAddr;
+
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -132,6 +134,40 @@ pub fn json_object(bytes: &[u8], policy: NumberPolicy, empty_ok: bool) -> Result
     }
 }
 
+/// The address a request comes from: the peer's, or, when the peer is a
+/// trusted reverse proxy, the nearest `X-Forwarded-For` hop that is not one
+/// itself (read right to left, as each proxy appends the address it saw).
+pub fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(&canonical_ip(*ip)));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.parse::<IpAddr>() else { break };
+        client = canonical_ip(ip);
+        if !is_trusted(&client) {
+            break;
+        }
+    }
+    client
+}
+
+/// An IPv4 address written as IPv6 (`::ffff:a.b.c.d`) is the IPv4 address.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// Splits a request path into percent-decoded segments. A path with a
 /// trailing or doubled slash keeps its empty segment, so it matches no route
 /// (checklist item 123).
@@ -182,6 +218,15 @@ mod tests {
         assert_eq!(q.len(), 3);
         assert_eq!(query_get(&q, "limit"), Some("5"));
         assert_eq!(encode_segment("!r:a.b"), "%21r%3Aa.b");
+        let trusted: Vec<ipnet::IpNet> = vec!["127.0.0.1/32".parse().unwrap(), "10.0.0.0/8".parse().unwrap()];
+        let mut h = http::HeaderMap::new();
+        h.append("x-forwarded-for", "203.0.113.9, 198.51.100.7".parse().unwrap());
+        h.append("x-forwarded-for", "10.1.1.1".parse().unwrap());
+        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(client_ip(proxy, &h, &trusted), "198.51.100.7".parse::<IpAddr>().unwrap());
+        let stranger: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(client_ip(stranger, &h, &trusted), stranger, "only trusted proxies may speak for others");
+        assert_eq!(client_ip(proxy, &http::HeaderMap::new(), &trusted), proxy);
         let e = ApiError::limit_exceeded("slow down", 500).body();
         assert_eq!(e["retry_after_ms"], 500);
         assert_eq!(e["errcode"], "M_LIMIT_EXCEEDED");

@@ -31,6 +31,7 @@ pub mod table {
     pub const ALIAS: u8 = b'w';
     pub const SIDE: u8 = b'o';
     pub const STATE_AFTER: u8 = b'g';
+    pub const META: u8 = b'_';
 }
 
 /// Builds a key part by part.
@@ -210,6 +211,11 @@ pub fn alias(alias: &str) -> Vec<u8> {
 /// `position → side entry`: non-event changes, for sync.
 pub fn side(pos: u64) -> Vec<u8> {
     Key::new(table::SIDE).n(pos).build()
+}
+
+/// The store's format version (`FORMAT_VERSION`).
+pub fn format_version() -> Vec<u8> {
+    Key::new(table::META).s("format").build()
 }
 
 /// The highest position handed out, so a restart never reuses one.

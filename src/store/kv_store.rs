@@ -8,7 +8,7 @@ use super::records::{
     AccessToken, AliasRecord, ClientTxn, DestinationState, DeviceRecord, EventRecord, Membership, PendingLpdu,
     QueueItem, Receipt, RoomRecord, ServerKeys, SideEntry, StateSnapshot, TxnResponse, UserRecord,
 };
-use super::{Batch, Op, Store, StoreError, StoreResult, StreamEntry};
+use super::{Batch, Op, Store, StoreError, StoreResult, StreamEntry, TokenHash, FORMAT_VERSION};
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
 
 pub struct KvStore<K> {
@@ -39,6 +39,46 @@ impl<K: Kv> KvStore<K> {
 
     fn get_str(&self, key: &[u8]) -> StoreResult<Option<String>> {
         Ok(self.kv.get(key)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// The store's format: `None` when it is empty (new), 1 when it has
+    /// records but no mark (written before formats were marked).
+    pub fn format(&self) -> StoreResult<Option<u32>> {
+        let key = keys::format_version();
+        Ok(match self.kv.get(&key)? {
+            Some(v) => Some(u32::from_be_bytes(v.as_slice().try_into().map_err(|_| corrupt(&key))?)),
+            None if self.kv.range(&[], &[0xff; 4], false, 1)?.is_empty() => None,
+            None => Some(1),
+        })
+    }
+
+    /// Brings the store to `FORMAT_VERSION` (a new store is simply marked)
+    /// and returns the format it had (`None`: new). A newer format is
+    /// refused: this build would misread it.
+    pub fn upgrade(&self) -> StoreResult<Option<u32>> {
+        let found = self.format()?;
+        let key = keys::format_version();
+        if let Some(found) = found.filter(|f| *f > FORMAT_VERSION) {
+            return Err(StoreError::NewerFormat { found, supported: FORMAT_VERSION });
+        }
+        let mut writes = Vec::new();
+        if found == Some(1) {
+            // Tokens were kept as they are; keep their hashes instead.
+            for (k, v) in self.prefix(&[table::TOKEN], false, usize::MAX)? {
+                let token = KeyReader::new(&k).s().ok_or_else(|| corrupt(&k))?;
+                writes.push(KvWrite::Delete(k.clone()));
+                writes.push(KvWrite::Put(keys::token(TokenHash::of(token).as_str()), v));
+            }
+            for (k, v) in self.prefix(&[table::USER_TOKEN], false, usize::MAX)? {
+                let token = String::from_utf8_lossy(&v).into_owned();
+                writes.push(put_str(k, TokenHash::of(&token).as_str()));
+            }
+        }
+        if found != Some(FORMAT_VERSION) {
+            writes.push(KvWrite::Put(key, FORMAT_VERSION.to_be_bytes().to_vec()));
+            self.kv.apply(writes)?;
+        }
+        Ok(found)
     }
 
     fn event_id_at(&self, key: &[u8]) -> StoreResult<Option<EventId>> {
@@ -137,8 +177,8 @@ impl<K: Kv> Store for KvStore<K> {
         self.get(&keys::user(user.as_str()))
     }
 
-    fn access_token(&self, token: &str) -> StoreResult<Option<AccessToken>> {
-        self.get(&keys::token(token))
+    fn access_token(&self, token: &TokenHash) -> StoreResult<Option<AccessToken>> {
+        self.get(&keys::token(token.as_str()))
     }
 
     fn memberships(&self, user: &UserId) -> StoreResult<Vec<(RoomId, Membership)>> {
@@ -173,8 +213,8 @@ impl<K: Kv> Store for KvStore<K> {
             .collect()
     }
 
-    fn device_token(&self, user: &UserId, device: &str) -> StoreResult<Option<String>> {
-        self.get_str(&keys::user_token(user.as_str(), device))
+    fn device_token(&self, user: &UserId, device: &str) -> StoreResult<Option<TokenHash>> {
+        Ok(self.get_str(&keys::user_token(user.as_str(), device))?.map(TokenHash::from_stored))
     }
 
     fn account_data(&self, user: &UserId, room: Option<&RoomId>, kind: &str) -> StoreResult<Option<Vec<u8>>> {
@@ -307,12 +347,12 @@ impl<K: Kv> Store for KvStore<K> {
                     writes.push(put(keys::membership(user.as_str(), room.as_str()), &membership))
                 }
                 Op::PutUser(u) => writes.push(put(keys::user(&u.user_id), &u)),
-                Op::PutToken { token, record } => {
-                    writes.push(put_str(keys::user_token(&record.user_id, &record.device_id), &token));
-                    writes.push(put(keys::token(&token), &record));
+                Op::PutToken { hash, record } => {
+                    writes.push(put_str(keys::user_token(&record.user_id, &record.device_id), hash.as_str()));
+                    writes.push(put(keys::token(hash.as_str()), &record));
                 }
-                Op::DeleteToken { token, user, device } => {
-                    writes.push(KvWrite::Delete(keys::token(&token)));
+                Op::DeleteToken { hash, user, device } => {
+                    writes.push(KvWrite::Delete(keys::token(hash.as_str())));
                     writes.push(KvWrite::Delete(keys::user_token(user.as_str(), &device)));
                 }
                 Op::PutDevice { user, device, record } => {
@@ -358,5 +398,37 @@ impl<K: Kv> Store for KvStore<K> {
 
     fn flush(&self) -> BoxFuture<'_, StoreResult<()>> {
         self.kv.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemKv;
+
+    #[test]
+    fn format_1_tokens_become_hashes_and_newer_formats_are_refused() {
+        let store = KvStore::new(MemKv::new());
+        assert_eq!(store.format().unwrap(), None, "empty");
+        let record = AccessToken { user_id: "@a:hub.test".into(), device_id: "D".into() };
+        store
+            .kv
+            .apply(vec![
+                put(keys::token("plain-token"), &record),
+                put_str(keys::user_token("@a:hub.test", "D"), "plain-token"),
+            ])
+            .unwrap();
+        assert_eq!(store.format().unwrap(), Some(1), "records without a mark");
+        assert_eq!(store.upgrade().unwrap(), Some(1));
+        assert_eq!(store.format().unwrap(), Some(FORMAT_VERSION));
+        let hash = TokenHash::of("plain-token");
+        assert_eq!(store.access_token(&hash).unwrap(), Some(record));
+        assert!(store.kv.get(&keys::token("plain-token")).unwrap().is_none(), "the token itself is gone");
+        let user = UserId::parse("@a:hub.test").unwrap();
+        assert_eq!(store.device_token(&user, "D").unwrap(), Some(hash));
+        assert_eq!(store.upgrade().unwrap(), Some(FORMAT_VERSION), "a second upgrade changes nothing");
+
+        store.kv.apply(vec![KvWrite::Put(keys::format_version(), 99u32.to_be_bytes().to_vec())]).unwrap();
+        assert!(matches!(store.upgrade(), Err(StoreError::NewerFormat { found: 99, .. })));
     }
 }

@@ -3,10 +3,12 @@
 //! on disk, `MemKv` for unit tests); a server-grade backend would implement
 //! `Store` directly.
 
+pub mod check;
 mod keys;
 mod kv;
 mod kv_store;
 mod positions;
+pub mod record;
 mod sled_kv;
 
 pub use kv::{BoxFuture, Kv, MemKv};
@@ -32,6 +34,40 @@ pub enum StoreError {
     Backend(String),
     #[error("corrupt record at {0}")]
     Corrupt(String),
+    #[error("the store has format {found}; this lmx reads formats up to {supported}")]
+    NewerFormat { found: u32, supported: u32 },
+}
+
+/// The layout and meaning of stored records. 1: the first (unmarked);
+/// 2: access tokens kept as hashes.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// What the store keeps of an access token: its SHA-256, so a copy of the
+/// store does not hand out sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TokenHash(String);
+
+impl TokenHash {
+    pub fn of(token: &str) -> TokenHash {
+        TokenHash(crate::core::crypto::b64_encode(&crate::core::crypto::sha256(token.as_bytes())))
+    }
+
+    /// A hash read back from the store.
+    pub fn from_stored(hash: String) -> TokenHash {
+        TokenHash(hash)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl StoreError {
+    /// Damage rather than a passing condition (a lock still held): trying
+    /// again will not help.
+    pub fn is_damage(&self) -> bool {
+        matches!(self, StoreError::Corrupt(_) | StoreError::NewerFormat { .. })
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -82,13 +118,13 @@ pub enum Op {
         membership: Membership,
     },
     PutUser(UserRecord),
-    /// A session: the token, indexed by user and device too.
+    /// A session: the token's hash, indexed by user and device too.
     PutToken {
-        token: String,
+        hash: TokenHash,
         record: AccessToken,
     },
     DeleteToken {
-        token: String,
+        hash: TokenHash,
         user: UserId,
         device: String,
     },
@@ -207,13 +243,13 @@ pub trait Store: Send + Sync + 'static {
 
     // Accounts.
     fn user(&self, user: &UserId) -> StoreResult<Option<UserRecord>>;
-    fn access_token(&self, token: &str) -> StoreResult<Option<AccessToken>>;
+    fn access_token(&self, token: &TokenHash) -> StoreResult<Option<AccessToken>>;
     fn memberships(&self, user: &UserId) -> StoreResult<Vec<(RoomId, Membership)>>;
     fn membership(&self, user: &UserId, room: &RoomId) -> StoreResult<Option<Membership>>;
     fn client_txn(&self, user: &UserId, device: &str, txn: &str) -> StoreResult<Option<ClientTxn>>;
     fn devices(&self, user: &UserId) -> StoreResult<Vec<(String, DeviceRecord)>>;
-    /// The access token of a user's device, if it has a session.
-    fn device_token(&self, user: &UserId, device: &str) -> StoreResult<Option<String>>;
+    /// The access token (hash) of a user's device, if it has a session.
+    fn device_token(&self, user: &UserId, device: &str) -> StoreResult<Option<TokenHash>>;
     fn account_data(&self, user: &UserId, room: Option<&RoomId>, kind: &str) -> StoreResult<Option<Vec<u8>>>;
     /// Every `(type, content)` of a user's global or room account data.
     fn account_data_all(&self, user: &UserId, room: Option<&RoomId>) -> StoreResult<Vec<(String, Vec<u8>)>>;

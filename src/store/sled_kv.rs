@@ -10,7 +10,10 @@ use super::StoreError;
 
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
-        StoreError::Backend(e.to_string())
+        match e {
+            sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
+            e => StoreError::Backend(e.to_string()),
+        }
     }
 }
 
@@ -24,13 +27,21 @@ impl SledKv {
     /// Opens (or creates) the store in `dir`. `cache_bytes` bounds sled's
     /// page cache, which otherwise defaults to 1 GiB.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             .flush_every_ms(Some(1000))
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
-        let tree = db.open_tree("lmx")?;
+            .mode(sled::Mode::HighThroughput);
+        // sled can panic on some damaged files rather than answer an error.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let db = config.open()?;
+            let tree = db.open_tree("lmx")?;
+            Ok::<_, sled::Error>((db, tree))
+        }));
+        let (db, tree) = match opened {
+            Ok(r) => r?,
+            Err(_) => return Err(StoreError::Corrupt(format!("{}: sled could not read its files", dir.display()))),
+        };
         Ok(SledKv { flusher: GroupFlush::new(db.clone()), db, tree })
     }
 
