@@ -19,7 +19,8 @@ use crate::core::ids::RoomId;
 use crate::federation::client::FedClient;
 use crate::federation::inbound::FedHandler;
 use crate::federation::keyring::load_or_create_signing_key;
-use crate::http::{serve, tls, Handler};
+use crate::federation::policy::AddressPolicy;
+use crate::http::{serve, tls, Handler, Limits};
 use crate::node::Node;
 use crate::room::load_room;
 use crate::store::record::{self, CommitRecord};
@@ -161,7 +162,8 @@ impl App {
         };
         let resolve = fed_conf.resolve.iter().map(|(k, v)| (k.clone(), *v)).collect();
         let timeout = Duration::from_millis(fed_conf.request_timeout_ms);
-        let fed = Arc::new(FedClient::new(key.clone(), client_tls, resolve, timeout));
+        let policy = AddressPolicy::new(fed_conf.allow_ip_ranges.clone());
+        let fed = Arc::new(FedClient::new(key.clone(), client_tls, resolve, policy, timeout));
 
         let federation =
             TcpListener::bind(fed_conf.listen).await.with_context(|| format!("binding {}", fed_conf.listen))?;
@@ -195,8 +197,9 @@ impl App {
         let (stop_tx, stop_rx) = watch::channel(false);
         let fed_handler: Arc<dyn Handler> = Arc::new(FedHandler { node: self.node.clone() });
         let client_handler: Arc<dyn Handler> = Arc::new(ClientHandler::new(self.node.clone()));
-        let fed_task = tokio::spawn(serve(self.federation, self.tls, fed_handler, stop_rx.clone()));
-        let client_task = tokio::spawn(serve(self.client, None, client_handler, stop_rx));
+        let limits = Limits::from(&self.node.config.http);
+        let fed_task = tokio::spawn(serve(self.federation, self.tls, fed_handler, limits.clone(), stop_rx.clone()));
+        let client_task = tokio::spawn(serve(self.client, None, client_handler, limits, stop_rx));
         self.node.outbound.resume_all(&self.node)?;
         let record_path = record::path_in(&self.node.config.data_dir);
         let mut last_record = None;

@@ -191,6 +191,10 @@ pub enum ConfigError {
     PlaintextNotLoopback(SocketAddr),
     #[error("federation.resolve[{0:?}]: not a server name")]
     ResolveName(String),
+    #[error("http.body_bytes_in_flight must be at least {0} (the largest request body)")]
+    BodyBudget(usize),
+    #[error("http.{0} must be above 0")]
+    Zero(&'static str),
 }
 
 /// The top-level keys, for picking `LMX_` variables.
@@ -234,6 +238,21 @@ impl Config {
         }
         for name in fed.resolve.keys() {
             ServerName::parse(name).map_err(|_| ConfigError::ResolveName(name.clone()))?;
+        }
+        let http = &self.http;
+        if http.body_bytes_in_flight < crate::http::MAX_SEND_BODY {
+            return Err(ConfigError::BodyBudget(crate::http::MAX_SEND_BODY));
+        }
+        for (name, v) in [
+            ("max_connections", http.max_connections as u64),
+            ("max_connections_per_ip", http.max_connections_per_ip as u64),
+            ("first_byte_timeout_ms", http.first_byte_timeout_ms),
+            ("idle_timeout_ms", http.idle_timeout_ms),
+            ("body_timeout_ms", http.body_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero(name));
+            }
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client_api;
 pub mod config;
 pub mod core;
+pub mod crash;
 pub mod ephemeral;
 pub mod federation;
 pub mod http;

@@ -32,6 +32,8 @@ pub struct Node {
     pub inbound: InboundTxns,
     /// Events and states of mixed rooms, cached for state resolution.
     pub dag: crate::room::snapshot::DagCache,
+    /// LM rooms' visibility changes by list position (federation reads).
+    pub visibility: crate::federation::handlers::visibility::VisibilityIndex,
     tasks: Mutex<Option<JoinSet<()>>>,
 }
 
@@ -73,6 +75,7 @@ impl Node {
             outbound,
             inbound: InboundTxns::default(),
             dag: Default::default(),
+            visibility: Default::default(),
             tasks: Mutex::new(Some(JoinSet::new())),
         })
     }

@@ -174,7 +174,8 @@ impl Peer {
         let listener = tokio::net::TcpListener::bind(net.resolve["dag.test"]).await.unwrap();
         let (tx, rx) = tokio::sync::watch::channel(false);
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        tokio::spawn(lmx::http::serve(listener, Some(acceptor), server.clone(), rx));
+        let limits = lmx::http::Limits::from(&lmx::config::Config::default().http);
+        tokio::spawn(lmx::http::serve(listener, Some(acceptor), server.clone(), limits, rx));
         Peer { key, server, depth: 1000.into(), _stop: tx }
     }
 

@@ -210,7 +210,8 @@ async fn accounts_tokens_and_shared_secret_registration() {
     let a = bad.call("GET", "/_matrix/client/v3/sync", None).await;
     assert_eq!((a.status, a.body["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")));
     // The user-interactive exchange of open registration.
-    let a = c.call("POST", "/_matrix/client/v3/register", Some(json!({"username": "x", "password": "p"}))).await;
+    let a =
+        c.call("POST", "/_matrix/client/v3/register", Some(json!({"username": "x", "password": "long-enough"}))).await;
     assert_eq!(a.status, 401);
     assert_eq!(a.body["flows"][0]["stages"][0], "m.login.dummy");
     // Synapse-style shared-secret registration.

@@ -26,7 +26,9 @@ use tracing::Instrument;
 
 use crate::core::ids::UserId;
 use crate::core::json::{NumberPolicy, Object};
-use crate::http::{json_object, ok_json, path_segments, query_pairs, read_body, ApiError, Body, Handler, MAX_BODY};
+use crate::http::{
+    json_object, ok_json, path_segments, query_pairs, read_body, ApiError, Body, BodyBudget, Handler, MAX_BODY,
+};
 use crate::node::Node;
 use crate::store::{BoxFuture, TokenHash};
 
@@ -120,8 +122,7 @@ impl ClientHandler {
         let token = token_of(&req, &query);
         let method = req.method().clone();
         let address = crate::http::client_ip(remote.ip(), req.headers(), &self.node.config.client.trusted_proxies);
-        let bytes = read_body(req.into_body(), MAX_BODY).await?;
-        let body = json_object(&bytes, NumberPolicy::Ieee754, true)?;
+        // Who is asking is settled before the body is read.
         let user = match &token {
             Some(t) => {
                 let rec = self.node.store.access_token(&TokenHash::of(t))?.ok_or_else(|| {
@@ -133,6 +134,9 @@ impl ClientHandler {
             }
             None => None,
         };
+        let budget = BodyBudget::of(&req);
+        let (bytes, _held) = read_body(req.into_body(), MAX_BODY, &budget).await?;
+        let body = json_object(&bytes, NumberPolicy::Ieee754, true)?;
         let call = Call { node: self.node.clone(), query, body, user, token, accounts: self.accounts.clone() };
         let s: Vec<&str> = segs.iter().map(String::as_str).collect();
         // `/_matrix/client/{v3,r0}/…`: r0 is the alias older clients call.

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::discovery::{self, Target, WellKnownCache};
+use super::policy::AddressPolicy;
 use super::xmatrix;
 use crate::core::crypto::SigningKey;
 use crate::core::ids::ServerName;
@@ -24,7 +25,14 @@ use crate::http::Body;
 
 /// Largest response accepted (a big room's `send_join` state).
 const MAX_RESPONSE: usize = 64 << 20;
+/// Largest key response (a handful of keys and signatures).
+pub const MAX_KEY_RESPONSE: usize = 1 << 20;
+/// Largest well-known answer.
+const MAX_WELL_KNOWN: usize = 64 << 10;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pooled connection targets kept; more are dropped (names are chosen by
+/// whoever makes us call them).
+const MAX_POOLED_TARGETS: usize = 1024;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FedError {
@@ -93,6 +101,7 @@ pub struct FedClient {
     key: SigningKey,
     tls: Option<TlsConnector>,
     resolve: HashMap<String, SocketAddr>,
+    policy: AddressPolicy,
     well_known: WellKnownCache,
     pool: Mutex<HashMap<String, Vec<Sender>>>,
     timeout: Duration,
@@ -104,12 +113,14 @@ impl FedClient {
         key: SigningKey,
         tls: Option<rustls::ClientConfig>,
         resolve: HashMap<String, SocketAddr>,
+        policy: AddressPolicy,
         timeout: Duration,
     ) -> Self {
         FedClient {
             key,
             tls: tls.map(|c| TlsConnector::from(Arc::new(c))),
             resolve,
+            policy,
             well_known: WellKnownCache::default(),
             pool: Mutex::new(HashMap::new()),
             timeout,
@@ -131,8 +142,11 @@ impl FedClient {
     ) -> Result<FedResponse, FedError> {
         let auth = xmatrix::sign_request(&self.key, method.as_str(), path_and_query, dest.as_str(), body, lm_peer);
         let bytes = body.map(|b| Bytes::from(serde_json::to_vec(b).unwrap_or_default()));
-        let target = self.target(dest).await;
-        let fut = self.send(&target, method, path_and_query, bytes, Some(auth));
+        // The name look-up (well-known, DNS) counts against the timeout too.
+        let fut = async {
+            let target = self.target(dest).await;
+            self.send(&target, method, path_and_query, bytes, Some(auth), MAX_RESPONSE).await
+        };
         let resp = tokio::time::timeout(self.timeout, fut).await.map_err(|_| FedError::Timeout(dest.to_string()))??;
         if !resp.status.is_success() {
             return Err(FedError::Status(
@@ -144,10 +158,13 @@ impl FedClient {
         Ok(resp.into())
     }
 
-    /// An unauthenticated GET (key endpoints).
-    pub async fn get_unsigned(&self, dest: &ServerName, path: &str) -> Result<FedResponse, FedError> {
-        let target = self.target(dest).await;
-        let fut = self.send(&target, Method::GET, path, None, None);
+    /// An unauthenticated GET (key endpoints), answered in at most `limit`
+    /// bytes.
+    pub async fn get_unsigned(&self, dest: &ServerName, path: &str, limit: usize) -> Result<FedResponse, FedError> {
+        let fut = async {
+            let target = self.target(dest).await;
+            self.send(&target, Method::GET, path, None, None, limit).await
+        };
         let resp = tokio::time::timeout(self.timeout, fut).await.map_err(|_| FedError::Timeout(dest.to_string()))??;
         if !resp.status.is_success() {
             return Err(FedError::Status(dest.to_string(), resp.status, String::new()));
@@ -184,7 +201,7 @@ impl FedClient {
         let mut path = "/.well-known/matrix/server".to_owned();
         // Follow up to five redirects (item 137).
         for _ in 0..5 {
-            let fut = self.send(&target, Method::GET, &path, None, None);
+            let fut = self.send(&target, Method::GET, &path, None, None, MAX_WELL_KNOWN);
             let resp = tokio::time::timeout(Duration::from_secs(10), fut).await.ok()?.ok()?;
             if resp.status.is_redirection() {
                 let loc: http::Uri = resp.location?.parse().ok()?;
@@ -214,12 +231,27 @@ impl FedClient {
     async fn connect(&self, t: &Target) -> Result<Sender, FedError> {
         let unreachable = |e: String| FedError::Unreachable(t.host_header.clone(), e);
         let addr = match t.addr {
+            // Named in `federation.resolve`: the operator chose it.
             Some(a) => a,
-            None => tokio::net::lookup_host((t.connect_host.as_str(), t.port))
-                .await
-                .map_err(|e| unreachable(e.to_string()))?
-                .next()
-                .ok_or_else(|| unreachable("no address".into()))?,
+            None => {
+                let found: Vec<SocketAddr> = tokio::net::lookup_host((t.connect_host.as_str(), t.port))
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?
+                    .collect();
+                let mut refused = None;
+                let allowed = found.iter().find(|a| match self.policy.check(a.ip()) {
+                    Ok(()) => true,
+                    Err(why) => {
+                        refused.get_or_insert(why);
+                        false
+                    }
+                });
+                match (allowed, refused) {
+                    (Some(a), _) => *a,
+                    (None, Some(why)) => return Err(unreachable(format!("refused: {why}"))),
+                    (None, None) => return Err(unreachable("no address".into())),
+                }
+            }
         };
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
@@ -267,6 +299,15 @@ impl FedClient {
             return;
         }
         let mut pool = self.pool.lock().expect("poisoned");
+        if pool.len() >= MAX_POOLED_TARGETS && !pool.contains_key(&key) {
+            pool.retain(|_, senders| {
+                senders.retain(Sender::is_usable);
+                !senders.is_empty()
+            });
+            if pool.len() >= MAX_POOLED_TARGETS {
+                return;
+            }
+        }
         let senders = pool.entry(key).or_default();
         let keep = match s {
             Sender::H1(_) => senders.len() < 8,
@@ -284,6 +325,7 @@ impl FedClient {
         path: &str,
         body: Option<Bytes>,
         auth: Option<String>,
+        limit: usize,
     ) -> Result<RawResponse, FedError> {
         let key = Self::pool_key(t);
         // A pooled connection may have been closed by the peer; retry once
@@ -293,7 +335,7 @@ impl FedClient {
                 (0, Some(s)) => s,
                 _ => self.connect(t).await?,
             };
-            match self.send_on(sender, t, &method, path, body.clone(), auth.as_deref()).await {
+            match self.send_on(sender, t, &method, path, body.clone(), auth.as_deref(), limit).await {
                 Ok((resp, sender)) => {
                     self.put_back(key, sender);
                     return Ok(resp);
@@ -315,6 +357,7 @@ impl FedClient {
         path: &str,
         body: Option<Bytes>,
         auth: Option<&str>,
+        limit: usize,
     ) -> Result<(RawResponse, Sender), FedError> {
         let bad = |e: String| FedError::Unreachable(t.host_header.clone(), e);
         let scheme = if self.tls.is_some() { "https" } else { "http" };
@@ -352,7 +395,7 @@ impl FedClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .map(|s| s * 1000);
-        let body = Limited::new(resp.into_body(), MAX_RESPONSE)
+        let body = Limited::new(resp.into_body(), limit)
             .collect()
             .await
             .map_err(|e| FedError::BadResponse(t.host_header.clone(), e.to_string()))?

@@ -28,6 +28,8 @@ pub struct Target {
 /// digest's defaults).
 const WELL_KNOWN_OK: Duration = Duration::from_secs(24 * 3600);
 const WELL_KNOWN_ERR: Duration = Duration::from_secs(3600);
+/// Hosts whose well-known answer is remembered.
+pub const MAX_WELL_KNOWN_ENTRIES: usize = 10_000;
 
 #[derive(Default)]
 pub struct WellKnownCache {
@@ -42,7 +44,27 @@ impl WellKnownCache {
 
     pub fn put(&self, host: &str, value: Option<String>) {
         let ttl = if value.is_some() { WELL_KNOWN_OK } else { WELL_KNOWN_ERR };
-        self.entries.lock().expect("poisoned").insert(host.to_owned(), (Instant::now() + ttl, value));
+        let now = Instant::now();
+        let mut map = self.entries.lock().expect("poisoned");
+        // Host names come from strangers' requests: keep the map bounded,
+        // dropping expired answers first, then arbitrary ones.
+        if map.len() >= MAX_WELL_KNOWN_ENTRIES && !map.contains_key(host) {
+            map.retain(|_, (until, _)| *until > now);
+            let excess: Vec<String> =
+                map.keys().take((map.len() + 1).saturating_sub(MAX_WELL_KNOWN_ENTRIES)).cloned().collect();
+            for k in excess {
+                map.remove(&k);
+            }
+        }
+        map.insert(host.to_owned(), (now + ttl, value));
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().expect("poisoned").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -133,5 +155,15 @@ mod tests {
         assert_eq!((t.port, t.host_header.as_str()), (8448, "hub.test"));
         assert_eq!(parse_well_known(br#"{"m.server":"fed.test:8449"}"#).as_deref(), Some("fed.test:8449"));
         assert_eq!(parse_well_known(b"nope"), None);
+    }
+
+    #[test]
+    fn the_well_known_cache_stays_bounded() {
+        let c = WellKnownCache::default();
+        for i in 0..MAX_WELL_KNOWN_ENTRIES + 50 {
+            c.put(&format!("h{i}.example"), None);
+        }
+        assert_eq!(c.len(), MAX_WELL_KNOWN_ENTRIES);
+        assert_eq!(c.get(&format!("h{}.example", MAX_WELL_KNOWN_ENTRIES + 49)), Some(None), "the newest is kept");
     }
 }

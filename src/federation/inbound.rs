@@ -14,13 +14,18 @@ use tracing::Instrument;
 
 use super::handlers;
 use super::xmatrix;
+use crate::core::crypto::PublicKey;
 use crate::core::ids::ServerName;
 use crate::core::json::{NumberPolicy, Object};
 use crate::http::{
-    json_object, path_segments, query_pairs, read_body, ApiError, Body, Handler, MAX_BODY, MAX_SEND_BODY,
+    json_object, path_segments, query_pairs, read_body, ApiError, Body, BodyBudget, Handler, MAX_BODY, MAX_SEND_BODY,
 };
 use crate::node::{now_ms, Node};
 use crate::store::BoxFuture;
+
+/// `Authorization` headers looked at per request (each may cost a key
+/// fetch).
+const MAX_AUTH_HEADERS: usize = 4;
 
 /// One transaction in flight per origin (digest E5; OQ-38).
 #[derive(Default)]
@@ -207,6 +212,7 @@ fn endpoint(method: &Method, segs: &[String]) -> Result<Option<Endpoint>, ApiErr
 
 impl FedHandler {
     async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+        let budget = BodyBudget::of(&req);
         let (parts, body) = req.into_parts();
         let segs = path_segments(parts.uri.path()).ok_or_else(ApiError::unrecognized)?;
         let segs_ref: Vec<&str> = segs.iter().map(String::as_str).collect();
@@ -229,7 +235,7 @@ impl FedHandler {
             }
             ["_matrix", "key", "v2", "query"] => {
                 allow(&parts.method, Method::POST)?;
-                let bytes = read_body(body, MAX_BODY).await?;
+                let (bytes, _held) = read_body(body, MAX_BODY, &budget).await?;
                 return handlers::keys::query_batch(node, json_object(&bytes, NumberPolicy::Ieee754, false)?).await;
             }
             ["_matrix", "federation", "v1", "version"] => {
@@ -243,12 +249,16 @@ impl FedHandler {
             // every other path: unknown endpoint (item 127).
             return Err(ApiError::unrecognized());
         };
+        // The signature covers the body, but the header's shape, origin,
+        // destination and key are checked first, so a stranger without a
+        // key of a real server cannot make us read (or hold) a large body.
+        let claimed = claimed_origin(node, &parts).await?;
         let limit = if matches!(ep, Endpoint::Send(..)) { MAX_SEND_BODY } else { MAX_BODY };
-        let bytes = read_body(body, limit).await?;
+        let (bytes, _held) = read_body(body, limit, &budget).await?;
         let has_body = !bytes.iter().all(u8::is_ascii_whitespace);
         let body = json_object(&bytes, NumberPolicy::Ieee754, !matches!(parts.method, Method::PUT | Method::POST))?;
         let body_value = has_body.then(|| Value::Object(body.clone()));
-        let origin = authenticate(node, &parts, body_value.as_ref()).await?;
+        let origin = claimed.verify(node, &parts, body_value.as_ref())?;
         let req = Req { node: node.clone(), origin, query: query_pairs(parts.uri.query()), body };
         let answer = match ep {
             Endpoint::Send(txn, v1) => handlers::send::send(req, &txn, v1).await,
@@ -268,12 +278,20 @@ impl FedHandler {
     }
 }
 
-/// Checks every `X-Matrix` header (items 151-157). A success also tells
-/// the delivery worker for that server that it is back (backoff reset).
-async fn authenticate(node: &Arc<Node>, parts: &Parts, body: Option<&Value>) -> Result<ServerName, ApiError> {
-    let refuse = |why: &str| {
-        ApiError::new(StatusCode::UNAUTHORIZED, "M_FORBIDDEN", format!("Signature error on request: {why}"))
-    };
+fn refuse(why: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "M_FORBIDDEN", format!("Signature error on request: {why}"))
+}
+
+/// `X-Matrix` headers whose shape, origin, destination and key passed;
+/// their signatures are checked once the body is read.
+pub struct Claimed {
+    origin: ServerName,
+    headers: Vec<(xmatrix::XMatrix, PublicKey)>,
+}
+
+/// The first half of request authentication (items 151-157): everything
+/// but the signature over the body.
+async fn claimed_origin(node: &Arc<Node>, parts: &Parts) -> Result<Claimed, ApiError> {
     let headers: Vec<xmatrix::XMatrix> = parts
         .headers
         .get_all(http::header::AUTHORIZATION)
@@ -283,9 +301,11 @@ async fn authenticate(node: &Arc<Node>, parts: &Parts, body: Option<&Value>) -> 
         .collect();
     let first = headers.first().ok_or_else(|| refuse("no X-Matrix authorization"))?;
     let origin = ServerName::parse(&first.origin).map_err(|_| refuse("bad origin"))?;
-    // The request target exactly as sent: path and query, no re-encoding.
-    let uri = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    for h in &headers {
+    if headers.len() > MAX_AUTH_HEADERS {
+        return Err(refuse("too many X-Matrix headers"));
+    }
+    let mut keyed = Vec::with_capacity(headers.len());
+    for h in headers {
         if h.origin != origin.as_str() {
             return Err(refuse("headers name different origins"));
         }
@@ -293,12 +313,26 @@ async fn authenticate(node: &Arc<Node>, parts: &Parts, body: Option<&Value>) -> 
             return Err(refuse("destination is not this server"));
         }
         let key = node.keyring.request_key(&origin, &h.key, now_ms()).await.map_err(|e| refuse(&e.to_string()))?;
-        if !xmatrix::verify_request(h, &key, parts.method.as_str(), uri, node.name.as_str(), body) {
-            return Err(refuse("signature does not verify"));
-        }
+        keyed.push((h, key));
     }
-    node.outbound.wake_now(node, &origin);
-    Ok(origin)
+    Ok(Claimed { origin, headers: keyed })
+}
+
+impl Claimed {
+    /// The second half: every signature verifies over the request as
+    /// received. A success also tells the delivery worker for that server
+    /// that it is back (backoff reset).
+    fn verify(self, node: &Arc<Node>, parts: &Parts, body: Option<&Value>) -> Result<ServerName, ApiError> {
+        // The request target exactly as sent: path and query, no re-encoding.
+        let uri = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        for (h, key) in &self.headers {
+            if !xmatrix::verify_request(h, key, parts.method.as_str(), uri, node.name.as_str(), body) {
+                return Err(refuse("signature does not verify"));
+            }
+        }
+        node.outbound.wake_now(node, &self.origin);
+        Ok(self.origin)
+    }
 }
 
 #[cfg(test)]

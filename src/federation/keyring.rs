@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
-use super::client::FedClient;
+use super::client::{FedClient, MAX_KEY_RESPONSE};
 use crate::core::crypto::{b64_decode, b64_encode, signature_key_ids, verify_object, PublicKey, SigningKey};
 use crate::core::event::{required_signers, verify_event_signature, RoomVersion};
 use crate::core::ids::{KeyId, ServerName};
@@ -23,6 +23,35 @@ pub const KEY_VALIDITY_MS: i64 = 12 * 3600 * 1000;
 const MAX_VALIDITY_MS: i64 = 7 * 24 * 3600 * 1000;
 /// A server whose keys we just failed to find is not asked again sooner.
 const REFETCH_AFTER_MS: i64 = 10_000;
+/// Servers remembered in memory (keys, recent misses). Names come from
+/// strangers' requests, so the maps are bounded; the store keeps the keys
+/// of servers we deal with, and a forgotten one is read back from it.
+const MAX_REMEMBERED: usize = 10_000;
+/// Key fetches under way at once; more wait their turn.
+const MAX_CONCURRENT_FETCHES: usize = 32;
+
+/// Whether fetched keys go to the store: yes for servers that sign
+/// requests or events we accept, no for notary look-ups on anyone's behalf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    Stored,
+    MemoryOnly,
+}
+
+/// Makes room in a map that must not grow without bound: first what
+/// `expired` says is stale, then anything.
+fn make_room<K: Clone + Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>, expired: impl Fn(&V) -> bool) {
+    if map.len() < MAX_REMEMBERED {
+        return;
+    }
+    map.retain(|_, v| !expired(v));
+    if map.len() >= MAX_REMEMBERED {
+        let drop: Vec<K> = map.keys().take(MAX_REMEMBERED / 10).cloned().collect();
+        for k in drop {
+            map.remove(&k);
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
@@ -147,6 +176,7 @@ pub struct KeyRing {
     cache: Mutex<HashMap<ServerName, (Arc<ServerKeyInfo>, i64)>>,
     misses: Mutex<HashMap<ServerName, i64>>,
     fetch_locks: Mutex<HashMap<ServerName, Arc<tokio::sync::Mutex<()>>>>,
+    fetches: tokio::sync::Semaphore,
 }
 
 impl KeyRing {
@@ -158,7 +188,15 @@ impl KeyRing {
             cache: Mutex::new(HashMap::new()),
             misses: Mutex::new(HashMap::new()),
             fetch_locks: Mutex::new(HashMap::new()),
+            fetches: tokio::sync::Semaphore::new(MAX_CONCURRENT_FETCHES),
         }
+    }
+
+    fn remember(&self, server: &ServerName, info: Arc<ServerKeyInfo>, fetched: i64) {
+        let mut cache = self.cache.lock().expect("poisoned");
+        let now = crate::node::now_ms();
+        make_room(&mut cache, |(i, _)| i.valid_until_ts < now);
+        cache.insert(server.clone(), (info, fetched));
     }
 
     fn own_info(&self, now: i64) -> Arc<ServerKeyInfo> {
@@ -176,13 +214,24 @@ impl KeyRing {
         let stored = self.store.server_keys(server).ok()??;
         let raw: Object = serde_json::from_slice(&stored.response_json).ok()?;
         let info = Arc::new(parse_key_response(server, raw, stored.fetched_ts)?);
-        self.cache.lock().expect("poisoned").insert(server.clone(), (info.clone(), stored.fetched_ts));
+        self.remember(server, info.clone(), stored.fetched_ts);
         Some(info)
     }
 
-    /// Keys of `server`: cached, or fetched when absent, expired, or when
-    /// `want_key` is not among them.
+    /// Keys of `server`: cached, or fetched (and stored) when absent,
+    /// expired, or when `want_key` is not among them.
     pub async fn info(&self, server: &ServerName, want_key: Option<&str>, now: i64) -> Option<Arc<ServerKeyInfo>> {
+        self.info_kept(server, want_key, now, Keep::Stored).await
+    }
+
+    /// As `info`, saying whether freshly fetched keys go to the store.
+    pub async fn info_kept(
+        &self,
+        server: &ServerName,
+        want_key: Option<&str>,
+        now: i64,
+        keep: Keep,
+    ) -> Option<Arc<ServerKeyInfo>> {
         if server == self.own.server() {
             return Some(self.own_info(now));
         }
@@ -192,28 +241,47 @@ impl KeyRing {
         if let Some(i) = self.cached(server).filter(|i| fresh(i)) {
             return Some(i);
         }
-        let lock = self.fetch_locks.lock().expect("poisoned").entry(server.clone()).or_default().clone();
-        let _guard = lock.lock().await;
-        // Another caller may have fetched while we waited.
-        if let Some(i) = self.cached(server).filter(|i| fresh(i)) {
-            return Some(i);
-        }
         let recently_missed =
-            self.misses.lock().expect("poisoned").get(server).is_some_and(|t| now - t < REFETCH_AFTER_MS);
-        if !recently_missed {
-            match self.fetch(server, now).await {
-                Some(i) => return Some(i),
+            |r: &Self| r.misses.lock().expect("poisoned").get(server).is_some_and(|t| now - t < REFETCH_AFTER_MS);
+        if recently_missed(self) {
+            return self.cached(server);
+        }
+        let lock = {
+            let mut locks = self.fetch_locks.lock().expect("poisoned");
+            // A lock nobody else holds is stale; drop such ones first.
+            make_room(&mut locks, |l| Arc::strong_count(l) == 1);
+            locks.entry(server.clone()).or_default().clone()
+        };
+        let fetched = {
+            let _guard = lock.lock().await;
+            // Another caller may have fetched while we waited.
+            match self.cached(server).filter(|i| fresh(i)) {
+                Some(i) => Some(i),
+                None if recently_missed(self) => None,
                 None => {
-                    self.misses.lock().expect("poisoned").insert(server.clone(), now);
+                    let got = self.fetch(server, now, keep).await;
+                    if got.is_none() {
+                        let mut misses = self.misses.lock().expect("poisoned");
+                        make_room(&mut misses, |t| now - *t >= REFETCH_AFTER_MS);
+                        misses.insert(server.clone(), now);
+                    }
+                    got
                 }
+            }
+        };
+        {
+            let mut locks = self.fetch_locks.lock().expect("poisoned");
+            if locks.get(server).is_some_and(|l| Arc::ptr_eq(l, &lock) && Arc::strong_count(l) == 2) {
+                locks.remove(server);
             }
         }
         // Keep using what we had when the server cannot be reached.
-        self.cached(server)
+        fetched.or_else(|| self.cached(server))
     }
 
-    async fn fetch(&self, server: &ServerName, now: i64) -> Option<Arc<ServerKeyInfo>> {
-        let resp = match self.client.get_unsigned(server, "/_matrix/key/v2/server").await {
+    async fn fetch(&self, server: &ServerName, now: i64, keep: Keep) -> Option<Arc<ServerKeyInfo>> {
+        let _turn = self.fetches.acquire().await.ok()?;
+        let resp = match self.client.get_unsigned(server, "/_matrix/key/v2/server", MAX_KEY_RESPONSE).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::info!(%server, error = %e, "key fetch failed");
@@ -225,20 +293,22 @@ impl KeyRing {
             tracing::warn!(%server, "key response failed its checks");
             return None;
         };
-        let mut b = Batch::new();
-        b.push(Op::PutServerKeys {
-            server: server.clone(),
-            keys: ServerKeys {
-                response_json: serde_json::to_vec(&raw).unwrap_or_default(),
-                fetched_ts: now,
-                valid_until_ts: info.valid_until_ts,
-            },
-        });
-        if let Err(e) = self.store.write(b) {
-            tracing::warn!(error = %e, "could not store server keys");
+        if keep == Keep::Stored {
+            let mut b = Batch::new();
+            b.push(Op::PutServerKeys {
+                server: server.clone(),
+                keys: ServerKeys {
+                    response_json: serde_json::to_vec(&raw).unwrap_or_default(),
+                    fetched_ts: now,
+                    valid_until_ts: info.valid_until_ts,
+                },
+            });
+            if let Err(e) = self.store.write(b) {
+                tracing::warn!(error = %e, "could not store server keys");
+            }
         }
         let info = Arc::new(info);
-        self.cache.lock().expect("poisoned").insert(server.clone(), (info.clone(), now));
+        self.remember(server, info.clone(), now);
         Some(info)
     }
 

@@ -7,12 +7,13 @@ pub mod dag;
 pub mod discovery;
 pub mod edu;
 pub mod fetch;
-mod handlers;
+pub mod handlers;
 pub mod inbound;
 pub mod invite;
 pub mod join;
 pub mod keyring;
 pub mod outbound;
+pub mod policy;
 pub mod xmatrix;
 
 /// Path prefix of the `.02` room version's unstable endpoints (digest 6.0).

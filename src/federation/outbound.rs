@@ -123,8 +123,10 @@ async fn deliver(node: Arc<Node>, dest: ServerName, worker: Arc<Worker>) {
         } else {
             format!("/_matrix/federation/v1/send/{}", encode_segment(&txn.id))
         };
+        crate::crash::point("deliver.before_send");
         match node.fed.request(&dest, Method::PUT, &path, Some(&txn.body), lm).await {
             Ok(resp) => {
+                crate::crash::point("deliver.after_send");
                 failures = 0;
                 let answer = resp.json(dest.as_str()).unwrap_or_else(|_| json!({}));
                 report_refused_lpdus(&node, &txn, &answer).await;

@@ -6,16 +6,19 @@ mod server;
 pub mod tls;
 
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as _, Incoming};
 use serde_json::{json, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::core::json::{self, NumberPolicy, Object};
 
-pub use server::{serve, Handler, Served};
+pub use server::{serve, Handler, Limits, Served};
 
 pub type Body = Full<Bytes>;
 
@@ -110,15 +113,85 @@ pub fn ok_json(value: &Value) -> Response<Body> {
     json_response(StatusCode::OK, value)
 }
 
-/// Reads a request body of at most `limit` bytes.
-pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::too_large(format!("Request body is over {limit} bytes")))
-        }
-        Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", format!("Could not read body: {e}"))),
+/// The request body bytes a listener holds in memory at once, across all
+/// its connections, and how long one body may take to arrive. The listener
+/// puts it in every request's extensions.
+#[derive(Clone)]
+pub struct BodyBudget {
+    pub bytes: Arc<Semaphore>,
+    pub read_timeout: Duration,
+}
+
+/// How long a body waits for room in a full budget before it is refused.
+const BUDGET_WAIT: Duration = Duration::from_secs(10);
+
+impl BodyBudget {
+    /// The budget the listener attached to `req` (one of its own when the
+    /// request did not come through a listener).
+    pub fn of<B>(req: &http::Request<B>) -> BodyBudget {
+        req.extensions().get::<BodyBudget>().cloned().unwrap_or_else(|| BodyBudget {
+            bytes: Arc::new(Semaphore::new(MAX_SEND_BODY)),
+            read_timeout: Duration::from_secs(60),
+        })
     }
+}
+
+/// Budget held by a body that was read: keep it while the body (or what
+/// was parsed from it) is in use.
+pub struct Held(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+
+/// Reads a request body of at most `limit` bytes, taking its size from
+/// the listener's budget as it arrives (waiting a little when the budget is
+/// spent, then refusing with `429`), within the budget's read timeout.
+pub async fn read_body(mut body: Incoming, limit: usize, budget: &BodyBudget) -> Result<(Bytes, Held), ApiError> {
+    let too_large = || ApiError::too_large(format!("Request body is over {limit} bytes"));
+    let read = async {
+        let mut buf = bytes::BytesMut::new();
+        let mut held: Option<OwnedSemaphorePermit> = None;
+        // Over the limit, the rest is read and dropped (up to as much again)
+        // so the sender gets the answer rather than a reset connection.
+        let mut discarded: Option<usize> = (body.size_hint().lower() > limit as u64).then_some(0);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", format!("Could not read body: {e}"))
+            })?;
+            let Ok(data) = frame.into_data() else { continue };
+            if let Some(n) = discarded.as_mut() {
+                *n += data.len();
+                if *n > limit {
+                    return Err(too_large());
+                }
+                continue;
+            }
+            if buf.len() + data.len() > limit {
+                drop(held.take());
+                buf = bytes::BytesMut::new();
+                discarded = Some(data.len());
+                continue;
+            }
+            if data.is_empty() {
+                continue;
+            }
+            let want = u32::try_from(data.len()).map_err(|_| too_large())?;
+            let permit = tokio::time::timeout(BUDGET_WAIT, budget.bytes.clone().acquire_many_owned(want))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .ok_or_else(|| ApiError::limit_exceeded("The server is receiving too much at once", 1_000))?;
+            match held.as_mut() {
+                Some(h) => h.merge(permit),
+                None => held = Some(permit),
+            }
+            buf.extend_from_slice(&data);
+        }
+        if discarded.is_some() {
+            return Err(too_large());
+        }
+        Ok((buf.freeze(), Held(held)))
+    };
+    tokio::time::timeout(budget.read_timeout, read)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::REQUEST_TIMEOUT, "M_UNKNOWN", "The request body took too long"))?
 }
 
 /// Parses a body that must be a JSON object (an empty body counts as `{}`

@@ -1,21 +1,29 @@
 //! The accept loop: TLS (ALPN h2, http/1.1) or plain TCP, HTTP/1.1 and
-//! HTTP/2 on the same port, a 30 s limit on reading request headers.
+//! HTTP/2 on the same port. What a stranger can hold is bounded: open
+//! connections (in all and per address), a first byte within a deadline,
+//! idle connections closed, request headers within 30 s, and the request
+//! body bytes held in memory across all connections (`BodyBudget`).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use super::Body;
+use super::{Body, BodyBudget};
 use crate::store::BoxFuture;
 
 pub trait Handler: Send + Sync + 'static {
@@ -28,6 +36,167 @@ pub struct Served {
 }
 
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 requests one connection may have open at once.
+const MAX_STREAMS_PER_CONNECTION: u32 = 100;
+
+/// The limits of one listener (`[http]` in the configuration).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub body_timeout: Duration,
+    pub body_bytes_in_flight: usize,
+}
+
+impl From<&crate::config::Http> for Limits {
+    fn from(c: &crate::config::Http) -> Self {
+        Limits {
+            max_connections: c.max_connections,
+            max_connections_per_ip: c.max_connections_per_ip,
+            first_byte_timeout: Duration::from_millis(c.first_byte_timeout_ms),
+            idle_timeout: Duration::from_millis(c.idle_timeout_ms),
+            body_timeout: Duration::from_millis(c.body_timeout_ms),
+            body_bytes_in_flight: c.body_bytes_in_flight,
+        }
+    }
+}
+
+/// Open connections, in all and per remote address.
+#[derive(Default)]
+struct Connections {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// A connection's place in `Connections`, given back when it closes.
+struct Slot {
+    table: Arc<Mutex<Connections>>,
+    ip: IpAddr,
+}
+
+impl Slot {
+    fn take(table: &Arc<Mutex<Connections>>, ip: IpAddr, limits: &Limits) -> Option<Slot> {
+        let mut t = table.lock().expect("poisoned");
+        let mine = t.per_ip.get(&ip).copied().unwrap_or(0);
+        if t.total >= limits.max_connections || mine >= limits.max_connections_per_ip {
+            return None;
+        }
+        t.total += 1;
+        *t.per_ip.entry(ip).or_default() += 1;
+        Some(Slot { table: table.clone(), ip })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().expect("poisoned");
+        t.total -= 1;
+        if let Some(n) = t.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                t.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// When a connection last moved bytes, whether it ever sent one, and how
+/// many of its requests are being handled.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+    got_bytes: AtomicBool,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            got_bytes: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Resolves when the connection should be closed: no first byte in
+    /// time, or idle with nothing in flight.
+    async fn expired(&self, limits: &Limits) {
+        loop {
+            let now = self.start.elapsed();
+            let deadline = if !self.got_bytes.load(Ordering::Relaxed) {
+                limits.first_byte_timeout
+            } else if self.in_flight.load(Ordering::Relaxed) > 0 {
+                now + limits.idle_timeout
+            } else {
+                Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + limits.idle_timeout
+            };
+            if deadline <= now {
+                return;
+            }
+            tokio::time::sleep((deadline - now).max(Duration::from_millis(50))).await;
+        }
+    }
+}
+
+/// Counts a request as in flight until its answer is ready.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(a: &Arc<Activity>) -> InFlight {
+        a.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(a.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A socket that records its activity.
+struct Watched<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.got_bytes.store(true, Ordering::Relaxed);
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 /// Serves `handler` on `listener` until `shutdown` turns true; then stops
 /// accepting and drops every open connection.
@@ -35,9 +204,16 @@ pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     handler: Arc<dyn Handler>,
+    limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
+    let table = Arc::new(Mutex::new(Connections::default()));
+    let budget = BodyBudget {
+        bytes: Arc::new(Semaphore::new(limits.body_bytes_in_flight.min(Semaphore::MAX_PERMITS))),
+        read_timeout: limits.body_timeout,
+    };
+    let limits = Arc::new(limits);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -52,32 +228,58 @@ pub async fn serve(
                 continue;
             }
         };
+        let Some(slot) = Slot::take(&table, super::canonical_ip(remote.ip()), &limits) else {
+            tracing::debug!(%remote, "connection limit reached; closing the new connection");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let tls = tls.clone();
+        let (handler, tls, limits, budget) = (handler.clone(), tls.clone(), limits.clone(), budget.clone());
         connections.spawn(async move {
-            let service = service_fn(move |req| {
-                let h = handler.clone();
-                async move { Ok::<_, std::convert::Infallible>(h.handle(req, remote).await) }
-            });
-            let mut builder = Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-            builder.http2().timer(TokioTimer::new());
-            let result = match tls {
-                Some(acceptor) => match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls_stream)) => builder.serve_connection(TokioIo::new(tls_stream), service).await,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                },
-                None => builder.serve_connection(TokioIo::new(stream), service).await,
-            };
-            if let Err(e) = result {
-                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            let _slot = slot;
+            let activity = Activity::new();
+            let io = Watched { inner: stream, activity: activity.clone() };
+            tokio::select! {
+                _ = serve_connection(io, remote, tls, handler, budget, activity.clone()) => {}
+                _ = activity.expired(&limits) => tracing::debug!(%remote, "closing a silent or idle connection"),
             }
         });
     }
     connections.shutdown().await;
+}
+
+async fn serve_connection(
+    io: Watched<tokio::net::TcpStream>,
+    remote: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    handler: Arc<dyn Handler>,
+    budget: BodyBudget,
+    activity: Arc<Activity>,
+) {
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        let h = handler.clone();
+        let busy = InFlight::new(&activity);
+        req.extensions_mut().insert(budget.clone());
+        async move {
+            let resp = h.handle(req, remote).await;
+            drop(busy);
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
+    let result = match tls {
+        Some(acceptor) => match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(io)).await {
+            Ok(Ok(tls_stream)) => builder.serve_connection(TokioIo::new(tls_stream), service).await,
+            Ok(Err(e)) => {
+                tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        },
+        None => builder.serve_connection(TokioIo::new(io), service).await,
+    };
+    if let Err(e) = result {
+        tracing::debug!(%remote, error = %e, "connection ended with an error");
+    }
 }

@@ -451,6 +451,7 @@ impl RoomActor {
         if result.is_err() {
             self.reload();
         } else if work.appended {
+            crate::crash::point("room.after_flush");
             *self.view.write().expect("poisoned") = Arc::new(self.cur.clone());
         }
         self.node.dag.trim();

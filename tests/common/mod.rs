@@ -3,6 +3,7 @@
 //! `federation.resolve`. Plus a small Client-Server API client.
 #![allow(dead_code)]
 
+pub mod process;
 pub mod synapse;
 
 use std::collections::BTreeMap;
@@ -127,6 +128,8 @@ impl Net {
         let dir = self.dir.path().join(format!("lmx-{port}"));
         let mut c = self.base_config(format!("localhost:{port}"), dir, cert, key);
         c.federation.listen = ([127, 0, 0, 1], port).into();
+        // Its peers (Synapse) are `localhost:port` names, not in `resolve`.
+        c.federation.allow_ip_ranges = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
         // A real Synapse on two cores answers slower than lmx.
         c.federation.request_timeout_ms = 20_000;
         c.client.send_wait_ms = 15_000;
@@ -268,6 +271,15 @@ impl Client {
     pub async fn register(mut self, name: &str) -> Client {
         let body = json!({"username": name, "password": "secret-pw", "auth": {"type": "m.login.dummy"}});
         let r = self.ok("POST", "/_matrix/client/v3/register", Some(body)).await;
+        self.token = r["access_token"].as_str().map(str::to_owned);
+        self.user_id = r["user_id"].as_str().unwrap().to_owned();
+        self
+    }
+
+    /// Logs in to an account `register` made (same password).
+    pub async fn login(mut self, name: &str) -> Client {
+        let body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name}, "password": "secret-pw"});
+        let r = self.ok("POST", "/_matrix/client/v3/login", Some(body)).await;
         self.token = r["access_token"].as_str().map(str::to_owned);
         self.user_id = r["user_id"].as_str().unwrap().to_owned();
         self

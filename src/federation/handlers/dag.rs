@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::events::{auth_chain, readable_event, visible};
+use super::events::{auth_chain, readable_event};
 use super::known_room;
+use super::visibility::Viewer;
 use crate::core::event::Pdu;
 use crate::core::ids::EventId;
 use crate::federation::inbound::Req;
@@ -85,7 +86,7 @@ fn walk_back(
 /// `latest_events` and after `earliest_events`, oldest first.
 pub async fn get_missing_events(req: Req, room: &str) -> Result<Value, ApiError> {
     let (_, view) = known_room(&req, room)?;
-    visible(&req, &view)?;
+    let viewer = Viewer::new(&req.node, &view, &req.origin).await?;
     let ids = |key: &str| -> Vec<EventId> {
         req.body
             .get(key)
@@ -106,13 +107,14 @@ pub async fn get_missing_events(req: Req, room: &str) -> Result<Value, ApiError>
     }
     let mut events = walk_back(&req.node, &view, start, &earliest, limit, min_depth)?;
     events.reverse();
-    Ok(json!({ "events": events.iter().map(|p| p.json()).collect::<Vec<_>>() }))
+    let events = events.iter().map(|p| viewer.serve(p)).collect::<Result<Vec<_>, _>>()?;
+    Ok(json!({ "events": events }))
 }
 
 /// `GET /v1/event_auth/{roomId}/{eventId}`: the event's full auth chain.
 pub async fn event_auth(req: Req, room: &str, event: &str) -> Result<Value, ApiError> {
     let (_, view) = known_room(&req, room)?;
-    visible(&req, &view)?;
+    Viewer::new(&req.node, &view, &req.origin).await?;
     let id = EventId::parse(event).map_err(|_| ApiError::not_found("Unknown event"))?;
     let rec = req.node.store.event(&id)?.ok_or_else(|| ApiError::not_found("Unknown event"))?;
     if rec.room_id != view.room_id.as_str() {
@@ -125,15 +127,15 @@ pub async fn event_auth(req: Req, room: &str, event: &str) -> Result<Value, ApiE
 
 /// `GET /v1/event/{eventId}`: one event in a transaction.
 pub async fn event(req: Req, id: &str) -> Result<Value, ApiError> {
-    let pdu = readable_event(&req, id)?;
-    Ok(txn_wrapped(&req.node, vec![Value::Object(pdu.json().clone())]))
+    let event = readable_event(&req, id).await?;
+    Ok(txn_wrapped(&req.node, vec![event]))
 }
 
 /// `GET /v1/backfill/{roomId}?v=…&limit=`: the `v` events and those before
 /// them in the DAG, newest first.
 pub async fn backfill(req: Req, room: &str) -> Result<Value, ApiError> {
     let (_, view) = known_room(&req, room)?;
-    visible(&req, &view)?;
+    let viewer = Viewer::new(&req.node, &view, &req.origin).await?;
     let limit = query_get(&req.query, "limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(10).clamp(1, MAX_EVENTS);
     let start: Vec<EventId> =
         req.query.iter().filter(|(k, _)| k == "v").filter_map(|(_, v)| EventId::parse(v).ok()).collect();
@@ -147,5 +149,6 @@ pub async fn backfill(req: Req, room: &str) -> Result<Value, ApiError> {
         // it ask another server (the hub).
         return Err(ApiError::not_found("None of the events named by v is held here; the room's hub has them"));
     }
-    Ok(txn_wrapped(&req.node, events.iter().map(|p| Value::Object(p.json().clone())).collect()))
+    let served = events.iter().map(|p| viewer.serve(p)).collect::<Result<Vec<_>, _>>()?;
+    Ok(txn_wrapped(&req.node, served))
 }

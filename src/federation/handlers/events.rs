@@ -1,18 +1,16 @@
-//! E6-E9: single events, room state and backfill (items 172-182).
-//!
-//! Visibility (OQ-10, simplified): a server may read a room's history when
-//! the room is world-readable or one of its users has any membership in
-//! the room; otherwise the room "does not exist" for it (404).
+//! E6-E9: single events, room state and backfill (items 172-182). What a
+//! server may read is decided in `visibility.rs`.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use super::visibility::{Sight, Viewer};
 use super::{known_room, require_hub};
 use crate::core::event::Pdu;
-use crate::core::ids::{EventId, RoomId, ServerName};
-use crate::core::rooms::{StateMap, StateView};
+use crate::core::ids::{EventId, RoomId};
+use crate::core::rooms::StateMap;
 use crate::federation::inbound::Req;
 use crate::http::{query_get, ApiError};
 use crate::node::Node;
@@ -22,46 +20,27 @@ use crate::room::RoomView;
 /// Largest backfill page served (item 181).
 pub const MAX_BACKFILL: usize = 100;
 
-pub fn server_can_see(view: &RoomView, server: &ServerName) -> bool {
-    let world = view
-        .state
-        .get("m.room.history_visibility", "")
-        .and_then(|e| e.content().get("history_visibility"))
-        .and_then(Value::as_str)
-        == Some("world_readable");
-    world
-        || view.state.iter().any(|e| {
-            e.event_type() == "m.room.member" && e.state_key().is_some_and(|k| k.ends_with(&format!(":{server}")))
-        })
-}
-
-pub(super) fn visible(req: &Req, view: &RoomView) -> Result<(), ApiError> {
-    if server_can_see(view, &req.origin) {
-        Ok(())
-    } else {
-        Err(ApiError::not_found("Unknown room"))
-    }
-}
-
 fn pdu(node: &Node, view: &RoomView, id: &EventId) -> Result<Arc<Pdu>, ApiError> {
     load_pdu(node, view.version, id)?.ok_or_else(|| ApiError::not_found("Unknown event"))
 }
 
-/// An event the requesting server may read: known here, not rejected, in
-/// a room it can see.
-pub(super) fn readable_event(req: &Req, id: &str) -> Result<Arc<Pdu>, ApiError> {
-    let id = EventId::parse(id).map_err(|_| ApiError::not_found("Unknown event"))?;
-    let rec = req.node.store.event(&id)?.filter(|r| r.rejected.is_empty());
-    let rec = rec.ok_or_else(|| ApiError::not_found("Unknown event"))?;
+/// An event the requesting server may know of (known here, not rejected,
+/// in a room it has a member event in), whole or redacted as it may see it
+/// (items 173, 174).
+pub(super) async fn readable_event(req: &Req, id: &str) -> Result<Value, ApiError> {
+    let unknown = || ApiError::not_found("Unknown event");
+    let id = EventId::parse(id).map_err(|_| unknown())?;
+    let rec = req.node.store.event(&id)?.filter(|r| r.rejected.is_empty() && !r.pruned);
+    let rec = rec.ok_or_else(unknown)?;
     let room = RoomId::parse(&rec.room_id).map_err(|e| ApiError::unknown(e.to_string()))?;
-    let view = req.node.rooms.get(&room).map(|h| h.view()).ok_or_else(|| ApiError::not_found("Unknown event"))?;
-    visible(req, &view)?;
-    pdu(&req.node, &view, &id)
+    let view = req.node.rooms.get(&room).map(|h| h.view()).ok_or_else(unknown)?;
+    let viewer = Viewer::new(&req.node, &view, &req.origin).await.map_err(|_| unknown())?;
+    viewer.serve(&*pdu(&req.node, &view, &id)?)
 }
 
 /// E6: the bare event (LM), never an LPDU (we never store those).
 pub async fn event(req: Req, id: &str) -> Result<Value, ApiError> {
-    Ok(Value::Object(readable_event(&req, id)?.json().clone()))
+    readable_event(&req, id).await
 }
 
 /// The state in force before the event at list position `index`.
@@ -131,12 +110,17 @@ pub async fn state(req: Req, room: &str, ids_only: bool) -> Result<Value, ApiErr
     if !view.version.is_mixed() {
         require_hub(&req, &view)?;
     }
-    visible(&req, &view)?;
+    let viewer = Viewer::new(&req.node, &view, &req.origin).await?;
     let at = query_get(&req.query, "event_id").ok_or_else(|| ApiError::bad_json("event_id is required"))?;
     let at = EventId::parse(at).map_err(|_| ApiError::not_found("Unknown event"))?;
     let rec = req.node.store.event(&at)?.ok_or_else(|| ApiError::not_found("Unknown event"))?;
     if rec.room_id != view.room_id.as_str() || (rec.outlier && !view.version.is_mixed()) || !rec.rejected.is_empty() {
         return Err(ApiError::not_found("The event is not in this room"));
+    }
+    // The state at an event the server may not see is not its business
+    // (item 178).
+    if viewer.sight(&*pdu(&req.node, &view, &at)?)? != Sight::Whole {
+        return Err(ApiError::not_found("Unknown event"));
     }
     let pdus: Vec<Arc<Pdu>> = if view.version.is_mixed() {
         mixed_state_before(&req.node, &view, &at)?
@@ -162,7 +146,7 @@ pub async fn state(req: Req, room: &str, ids_only: bool) -> Result<Value, ApiErr
 pub async fn backfill(req: Req, room: &str) -> Result<Value, ApiError> {
     let (_, view) = known_room(&req, room)?;
     require_hub(&req, &view)?;
-    visible(&req, &view)?;
+    let viewer = Viewer::new(&req.node, &view, &req.origin).await?;
     let limit =
         query_get(&req.query, "limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(10).clamp(1, MAX_BACKFILL);
     let mut newest: Option<u64> = None;
@@ -181,7 +165,7 @@ pub async fn backfill(req: Req, room: &str) -> Result<Value, ApiError> {
     let start = end.saturating_sub(limit as u64);
     let mut pdus = Vec::new();
     for id in req.node.store.list(&view.room_id, start, end)? {
-        pdus.push(Value::Object(pdu(&req.node, &view, &id)?.json().clone()));
+        pdus.push(viewer.serve(&*pdu(&req.node, &view, &id)?)?);
     }
     Ok(json!({ "origin": req.node.name.as_str(), "pdus": pdus }))
 }

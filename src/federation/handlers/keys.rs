@@ -1,13 +1,16 @@
 //! E1-E4 and `/version`: well-known, our keys, the notary.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use futures_util::StreamExt;
 
 use http::Response;
 use serde_json::{json, Value};
 
 use crate::core::ids::ServerName;
 use crate::core::json::Canonical;
-use crate::federation::keyring::own_key_response;
+use crate::federation::keyring::{own_key_response, Keep};
 use crate::http::{ok_json, query_get, ApiError, Body};
 use crate::node::{now_ms, Node};
 
@@ -26,10 +29,16 @@ pub fn version() -> Response<Body> {
     ok_json(&json!({"server": {"name": "lmx", "version": env!("CARGO_PKG_VERSION")}}))
 }
 
-/// A key response countersigned by us, if it satisfies `min_valid`.
+/// Server names one notary request may ask about.
+pub const MAX_NOTARY_NAMES: usize = 100;
+/// Key fetches one notary request runs at once.
+const NOTARY_PARALLEL: usize = 8;
+
+/// A key response countersigned by us, if it satisfies `min_valid`. Keys
+/// fetched for a notary query are not stored: anyone may ask about anyone.
 async fn notarised(node: &Node, server: &ServerName, min_valid: i64) -> Option<Value> {
     let now = now_ms();
-    let info = node.keyring.info(server, None, now).await?;
+    let info = node.keyring.info_kept(server, None, now, Keep::MemoryOnly).await?;
     if info.valid_until_ts < min_valid {
         return None;
     }
@@ -52,7 +61,8 @@ pub async fn query_batch(node: &Arc<Node>, body: crate::core::json::Object) -> R
         .get("server_keys")
         .and_then(Value::as_object)
         .ok_or_else(|| ApiError::bad_json("server_keys must be an object"))?;
-    let mut out = Vec::new();
+    // One entry per name, however it is spelt.
+    let mut names: BTreeMap<String, (ServerName, i64)> = BTreeMap::new();
     for (server, wanted) in asked {
         let Ok(name) = ServerName::parse(server) else {
             continue;
@@ -64,9 +74,17 @@ pub async fn query_batch(node: &Arc<Node>, body: crate::core::json::Object) -> R
             .filter_map(|k| k.get("minimum_valid_until_ts").and_then(Value::as_i64))
             .max()
             .unwrap_or(0);
-        if let Some(v) = notarised(node, &name, min).await {
-            out.push(v);
-        }
+        let entry = names.entry(name.as_str().to_ascii_lowercase()).or_insert((name, min));
+        entry.1 = entry.1.max(min);
     }
+    if names.len() > MAX_NOTARY_NAMES {
+        return Err(ApiError::too_large(format!("At most {MAX_NOTARY_NAMES} server names per query")));
+    }
+    let out: Vec<Value> = futures_util::stream::iter(names.into_values())
+        .map(|(name, min)| async move { notarised(node, &name, min).await })
+        .buffer_unordered(NOTARY_PARALLEL)
+        .filter_map(|v| async move { v })
+        .collect()
+        .await;
     Ok(ok_json(&json!({ "server_keys": out })))
 }

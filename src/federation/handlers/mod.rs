@@ -6,6 +6,7 @@ pub mod events;
 pub mod keys;
 pub mod membership;
 pub mod send;
+pub mod visibility;
 
 use crate::core::event::RoomVersion;
 use crate::core::ids::RoomId;

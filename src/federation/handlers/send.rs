@@ -64,6 +64,7 @@ pub async fn send(req: Req, txn: &str, v1: bool) -> Result<Value, ApiError> {
             ))
         }
     };
+    crate::crash::point("send.before_append");
     let outcomes = process_pdus(&req, pdus).await;
     crate::federation::edu::receive(&req.node, &req.origin, edus).await;
     let answer = if v1 {
