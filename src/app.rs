@@ -67,7 +67,13 @@ async fn open_store(dir: &Path, cache_bytes: u64) -> anyhow::Result<SledKv> {
 /// is written to it; then brings its format up to date.
 pub async fn open_checked_store(config: &Config) -> anyhow::Result<KvStore<SledKv>> {
     let dir = config.data_dir.join("db");
-    let kv = KvStore::new(open_store(&dir, config.storage.cache_mb << 20).await?);
+    let kv = match open_store(&dir, config.storage.cache_mb << 20).await {
+        Ok(kv) => KvStore::new(kv),
+        Err(e) if e.downcast_ref::<crate::store::StoreError>().is_some_and(|e| e.is_damage()) => {
+            anyhow::bail!(record::damaged(&dir, &format!("{e:#}")))
+        }
+        Err(e) => return Err(e),
+    };
     let format = kv.format()?;
     let record_path = record::path_in(&config.data_dir);
     let committed = CommitRecord::read(&record_path).with_context(|| format!("reading {}", record_path.display()))?;

@@ -29,7 +29,7 @@ struct Net3 {
     _net: Net,
     hub: Proc,
     p1: Proc,
-    p2: Proc,
+    _p2: Proc,
     alice: Client,
     bob: Client,
     carol: Client,
@@ -64,7 +64,7 @@ async fn three_servers() -> Net3 {
         let j = c.join(&room, HUB).await;
         assert_eq!(j.status, 200, "{}", j.body);
     }
-    Net3 { _net: net, hub, p1, p2, alice, bob, carol, room }
+    Net3 { _net: net, hub, p1, _p2: p2, alice, bob, carol, room }
 }
 
 /// A send that may meet a dead server: the event id, or `None`.

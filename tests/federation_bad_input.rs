@@ -200,3 +200,146 @@ async fn room_events_flow_only_through_the_hub() {
     assert_eq!(resp.json("p1").unwrap()["failed_pdus"], json!({}));
     assert_eq!(s.p1.list(&s.room).len(), before);
 }
+
+/// Keys a request may not be signed with: an id the server does not
+/// publish, or a key whose validity has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_signed_with_unknown_or_expired_keys_are_refused() {
+    let mut s = setup().await;
+    let path = format!("{UNSTABLE}/send/keys-1");
+    let body = json!({"pdus": []});
+    let p1 = s.p1.node().key.clone();
+    let unknown =
+        SigningKey::from_seed(p1.server().clone(), lmx::core::ids::KeyId::parse("ed25519:nope").unwrap(), &[4; 32])
+            .unwrap();
+    let auth = xmatrix::sign_request(&unknown, "PUT", &path, HUB, Some(&body), true);
+    let a = raw_federation(&s.net, &s.hub, "PUT", &path, Some(auth), body.to_string().into_bytes()).await;
+    assert_eq!((a.status, a.body["errcode"].as_str()), (401, Some("M_FORBIDDEN")), "{}", a.body);
+
+    // old.test's key is stored, but expired, and old.test cannot be reached
+    // to fetch a fresh one.
+    s.net.reserve("old.test");
+    let old = SigningKey::from_seed(
+        ServerName::parse("old.test:8448").unwrap(),
+        lmx::core::ids::KeyId::parse("ed25519:o").unwrap(),
+        &[6; 32],
+    )
+    .unwrap();
+    let now = lmx::node::now_ms();
+    let mut o = Object::new();
+    o.insert("server_name".into(), json!("old.test:8448"));
+    o.insert("valid_until_ts".into(), json!(now - 60_000));
+    o.insert("verify_keys".into(), json!({"ed25519:o": {"key": old.public_key().to_base64()}}));
+    o.insert("old_verify_keys".into(), json!({}));
+    old.sign_object(&mut o, lmx::core::json::Canonical::Matrix).unwrap();
+    let mut b = lmx::store::Batch::new();
+    b.push(lmx::store::Op::PutServerKeys {
+        server: ServerName::parse("old.test:8448").unwrap(),
+        keys: lmx::store::records::ServerKeys {
+            response_json: serde_json::to_vec(&o).unwrap(),
+            fetched_ts: now - 120_000,
+            valid_until_ts: now - 60_000,
+        },
+    });
+    s.hub.node().store.write(b).unwrap();
+    let auth = xmatrix::sign_request(&old, "PUT", &path, HUB, Some(&body), true);
+    let a = raw_federation(&s.net, &s.hub, "PUT", &path, Some(auth), body.to_string().into_bytes()).await;
+    assert_eq!(a.status, 401, "an expired key authenticates nothing: {}", a.body);
+}
+
+/// Shapes and sizes no sender may use: ids over 255 bytes, 101 EDUs, deep
+/// nesting, bytes that are not UTF-8; and signatures of uninvolved
+/// servers, which are ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shapes_and_sizes_no_sender_may_use() {
+    let s = setup().await;
+    let key = s.p1.node().key.clone();
+    let bob = s.bob.user_id.clone();
+    let before = s.hub.list(&s.room).len();
+
+    let long_type = lpdu(&s, &bob, &"t".repeat(256), None, json!({"body": "x"}), &key);
+    let long_sender = lpdu(&s, &format!("@{}:p1.test:8448", "b".repeat(250)), "m.room.message", None, json!({}), &key);
+    let mut extra = lpdu(&s, &bob, "m.room.message", None, json!({"body": "extra signatures"}), &key);
+    extra["signatures"]
+        .as_object_mut()
+        .unwrap()
+        .insert("other.test".into(), json!({"ed25519:x": "bm90IGEgc2lnbmF0dXJl"}));
+    let pdus = [&long_type, &long_sender, &extra].iter().map(|o| Value::Object((*o).clone())).collect();
+    let answer = send_as_p1(&s, "shapes-1", pdus).await.unwrap();
+    let failed = answer["failed_pdus"].as_object().unwrap();
+    assert!(failed.contains_key(&lpdu_id(&long_type)), "{answer}");
+    assert!(
+        failed.len() >= 1 && !failed.contains_key(&lpdu_id(&extra)),
+        "other servers' signatures are ignored: {answer}"
+    );
+    assert_eq!(s.hub.list(&s.room).len(), before + 1);
+
+    let edus: Vec<Value> = (0..101).map(|_| json!({"edu_type": "m.typing", "content": {}})).collect();
+    let hub = ServerName::parse(HUB).unwrap();
+    let err =
+        s.p1.node()
+            .fed
+            .request(&hub, Method::PUT, &format!("{UNSTABLE}/send/edus-1"), Some(&json!({"edus": edus})), true)
+            .await
+            .unwrap_err();
+    assert_eq!((err.status().map(|c| c.as_u16()), err.errcode().as_deref()), (Some(400), Some("M_BAD_JSON")));
+
+    let path = format!("{UNSTABLE}/send/raw-2");
+    let signed = |body: Option<&Value>| xmatrix::sign_request(&key, "PUT", &path, HUB, body, true);
+    let deep = format!("{{\"pdus\": {}{}}}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes();
+    let a = raw_federation(&s.net, &s.hub, "PUT", &path, Some(signed(None)), deep).await;
+    assert_eq!((a.status, a.body["errcode"].as_str()), (400, Some("M_NOT_JSON")), "{}", a.body);
+    let not_utf8 = b"{\"pdus\": [\"\xff\xfe\"]}".to_vec();
+    let a = raw_federation(&s.net, &s.hub, "PUT", &path, Some(signed(None)), not_utf8).await;
+    assert_eq!((a.status, a.body["errcode"].as_str()), (400, Some("M_NOT_JSON")), "{}", a.body);
+    s.bob.send_ok(&s.room, "after-shapes", "still here").await;
+}
+
+/// One origin flooding the hub with transactions does not keep another
+/// origin's from being processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_flooding_origin_does_not_starve_another() {
+    let s = setup().await;
+    let p2 = Server::start(s.net.config("p2.test")).await;
+    let carol = p2.client().register("carol").await;
+    assert_eq!(carol.join(&s.room, HUB).await.status, 200);
+    let key = s.p1.node().key.clone();
+    let bob = s.bob.user_id.clone();
+    let flood: Vec<_> = (0..40)
+        .map(|i| {
+            let pdus = vec![Value::Object(lpdu(
+                &s,
+                &bob,
+                "m.room.message",
+                None,
+                json!({"body": format!("flood {i}")}),
+                &key,
+            ))];
+            let fed = s.p1.node().fed.clone();
+            tokio::spawn(async move {
+                let hub = ServerName::parse(HUB).unwrap();
+                fed.request(
+                    &hub,
+                    Method::PUT,
+                    &format!("{UNSTABLE}/send/flood-{i}"),
+                    Some(&json!({"pdus": pdus})),
+                    true,
+                )
+                .await
+            })
+        })
+        .collect();
+    let mine = carol.send_ok(&s.room, "during-flood", "carol gets through").await;
+    let mut busy = 0;
+    for f in flood {
+        match f.await.unwrap() {
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(e.errcode().as_deref(), Some("M_BAD_STATE"), "a flood is refused politely: {e}");
+                busy += 1;
+            }
+        }
+    }
+    eprintln!("{busy} of 40 concurrent transactions from one origin were turned away with M_BAD_STATE");
+    assert!(s.hub.list(&s.room).iter().any(|e| e.as_str() == mine));
+}

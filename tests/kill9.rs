@@ -3,66 +3,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::process::Proc;
 use common::*;
 use serde_json::json;
-
-struct Proc {
-    config_path: std::path::PathBuf,
-    child: Option<Child>,
-    client: std::net::SocketAddr,
-}
-
-impl Proc {
-    fn start(net: &Net, host: &str) -> Proc {
-        let mut config = net.config(host);
-        config.client.listen = ([127, 0, 0, 1], free_port()).into();
-        let config_path = net.dir.path().join(format!("{host}.toml"));
-        std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
-        let mut p = Proc { config_path, child: None, client: config.client.listen };
-        p.spawn();
-        p
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_lmx"))
-            .args(["serve", "--config"])
-            .arg(&self.config_path)
-            .env("LMX_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    /// SIGKILL: no shutdown, no flush.
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    async fn ready(&self) -> Client {
-        let c = Client::new(self.client);
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(self.client).await.is_ok() {
-                return c;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("server at {} did not start", self.client);
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
 
 fn with_token(c: Client, of: &Client) -> Client {
     c.with_user_of(of)

@@ -66,11 +66,17 @@ pub fn check(config: &Config) -> anyhow::Result<Checked> {
     let scratch = Scratch(std::env::temp_dir().join(format!("lmx-db-check-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&scratch.0);
     copy_dir(&store_dir, &scratch.0).with_context(|| format!("copying {}", store_dir.display()))?;
-    let kv = SledKv::open(&scratch.0, config.storage.cache_mb << 20)
-        .with_context(|| format!("opening (a copy of) the store in {}", store_dir.display()))?;
+    let mut text = format!("store: {}\n", store_dir.display());
+    let kv = match SledKv::open(&scratch.0, config.storage.cache_mb << 20) {
+        Ok(kv) => kv,
+        Err(e) if e.is_damage() => {
+            text.push_str(&format!("sled cannot read the store: {e}\nthe store is DAMAGED\n"));
+            return Ok(Checked { text, healthy: false });
+        }
+        Err(e) => return Err(e).with_context(|| format!("opening (a copy of) the store in {}", store_dir.display())),
+    };
     let store = KvStore::new(kv);
     let format = store.format()?;
-    let mut text = format!("store: {}\n", store_dir.display());
     let mut healthy = true;
     match format {
         None => text.push_str("format: none (the store is empty)\n"),

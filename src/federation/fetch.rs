@@ -28,7 +28,9 @@ pub async fn checked_pdu(node: &Node, version: &'static RoomVersion, mut obj: Ob
         HashCheck::Match => Ok(pdu),
         HashCheck::Mismatch(which) => {
             tracing::info!(event = %pdu.event_id(), which, "content hash mismatch: keeping the redacted event");
-            Pdu::from_object(version, redact(version, pdu.json()), Schema::Full).map_err(|e| e.to_string())
+            Pdu::from_object(version, redact(version, pdu.json()), Schema::Full)
+                .map(Pdu::kept_redacted)
+                .map_err(|e| e.to_string())
         }
     }
 }

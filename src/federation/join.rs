@@ -293,7 +293,13 @@ async fn start_following(
         let json = serde_json::to_vec(e.json()).unwrap_or_default();
         batch.push(Op::PutEvent(
             e.event_id().clone(),
-            EventRecord { json, room_id: room.to_string(), outlier: true, ..Default::default() },
+            EventRecord {
+                json,
+                room_id: room.to_string(),
+                outlier: true,
+                hash_redacted: e.hash_redacted(),
+                ..Default::default()
+            },
         ));
     }
     for e in state.iter() {
@@ -316,6 +322,7 @@ async fn start_following(
                 room_id: room.to_string(),
                 index: 0,
                 stream: pos,
+                hash_redacted: join.hash_redacted(),
                 ..Default::default()
             },
         ))

@@ -12,7 +12,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body as _, Incoming};
 use serde_json::{json, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -138,12 +137,17 @@ impl BodyBudget {
 
 /// Budget held by a body that was read: keep it while the body (or what
 /// was parsed from it) is in use.
+#[derive(Debug)]
 pub struct Held(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
 
 /// Reads a request body of at most `limit` bytes, taking its size from
 /// the listener's budget as it arrives (waiting a little when the budget is
 /// spent, then refusing with `429`), within the budget's read timeout.
-pub async fn read_body(mut body: Incoming, limit: usize, budget: &BodyBudget) -> Result<(Bytes, Held), ApiError> {
+pub async fn read_body<B>(mut body: B, limit: usize, budget: &BodyBudget) -> Result<(Bytes, Held), ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let too_large = || ApiError::too_large(format!("Request body is over {limit} bytes"));
     let read = async {
         let mut buf = bytes::BytesMut::new();
@@ -281,6 +285,28 @@ pub fn encode_segment(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn budget(bytes: usize) -> BodyBudget {
+        BodyBudget { bytes: Arc::new(Semaphore::new(bytes)), read_timeout: Duration::from_secs(60) }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bodies_take_from_the_budget_and_wait_for_it() {
+        let b = budget(100);
+        let (first, held) = read_body(Full::new(Bytes::from(vec![b'a'; 80])), 1_000, &b).await.unwrap();
+        assert_eq!((first.len(), b.bytes.available_permits()), (80, 20));
+        // Over the limit: refused, and nothing stays taken.
+        let e = read_body(Full::new(Bytes::from(vec![b'b'; 2_000])), 1_000, &b).await.unwrap_err();
+        assert_eq!(e.errcode, "M_TOO_LARGE");
+        assert_eq!(b.bytes.available_permits(), 20);
+        // The budget is spent: a second body waits, then is refused.
+        let e = read_body(Full::new(Bytes::from(vec![b'c'; 50])), 1_000, &b).await.unwrap_err();
+        assert_eq!((e.status.as_u16(), e.errcode), (429, "M_LIMIT_EXCEEDED"));
+        // Once the first is done with, it fits.
+        drop(held);
+        let (third, _held) = read_body(Full::new(Bytes::from(vec![b'c'; 50])), 1_000, &b).await.unwrap();
+        assert_eq!(third.len(), 50);
+    }
 
     #[test]
     fn segments_and_queries() {

@@ -308,7 +308,15 @@ impl RoomActor {
         work.batch
             .push(Op::PutEvent(
                 id.clone(),
-                EventRecord { json, room_id: room.to_string(), index, stream, soft_failed, ..Default::default() },
+                EventRecord {
+                    json,
+                    room_id: room.to_string(),
+                    index,
+                    stream,
+                    soft_failed,
+                    hash_redacted: pdu.hash_redacted(),
+                    ..Default::default()
+                },
             ))
             .push(Op::ListEntry { room: room.clone(), index, event: id.clone() });
         if !soft_failed {

@@ -113,6 +113,7 @@ impl RoomActor {
                 json: serde_json::to_vec(pdu.json()).unwrap_or_default(),
                 room_id: self.cur.room_id.to_string(),
                 outlier: true,
+                hash_redacted: pdu.hash_redacted(),
                 ..Default::default()
             };
             work.batch.push(Op::PutEvent(id.clone(), record));
@@ -136,6 +137,7 @@ impl RoomActor {
             room_id: self.cur.room_id.to_string(),
             outlier: true,
             rejected: reason.to_owned(),
+            hash_redacted: pdu.hash_redacted(),
             ..Default::default()
         };
         work.batch.push(Op::PutEvent(pdu.event_id().clone(), record));

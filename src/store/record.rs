@@ -156,6 +156,18 @@ pub fn last_stream_position(store: &dyn Store, upto: u64) -> StoreResult<u64> {
     Ok(store.stream_before(upto.saturating_add(1), 1)?.first().map_or(0, |e| e.pos))
 }
 
+/// What to do about a damaged store.
+const RESTORE: &str = "lmx does not serve a damaged store: as a hub it would hand out list and stream positions \
+     that other servers already hold for other events.\n\
+     To restore: stop lmx, put back the data directory from a backup (its db/ directory together with its \
+     committed.json), and start again. `lmx db check` reports what the store holds.\n\
+     To accept the loss and serve what is left: `lmx db seal` records the store as it is now.";
+
+/// The refusal `lmx serve` prints when sled cannot read the store at all.
+pub fn damaged(store_dir: &Path, why: &str) -> String {
+    format!("the store in {} is damaged: {why}\n{RESTORE}", store_dir.display())
+}
+
 /// The refusal `lmx serve` prints: what is missing and what to do.
 pub fn refusal(store_dir: &Path, record: &Path, record_ts: i64, missing: &[Missing]) -> String {
     let mut text = format!(
@@ -170,13 +182,7 @@ pub fn refusal(store_dir: &Path, record: &Path, record_ts: i64, missing: &[Missi
     if missing.len() > 20 {
         text.push_str(&format!("  - and {} more\n", missing.len() - 20));
     }
-    text.push_str(
-        "lmx does not serve a damaged store: as a hub it would hand out list and stream positions that other \
-         servers already hold for other events.\n\
-         To restore: stop lmx, put back the data directory from a backup (its db/ directory together with its \
-         committed.json), and start again. `lmx db check` reports what the store holds.\n\
-         To accept the loss and serve what is left: `lmx db seal` records the store as it is now.",
-    );
+    text.push_str(RESTORE);
     text
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod proxy;
 pub mod synapse;
 
 use std::collections::BTreeMap;
@@ -231,6 +232,11 @@ impl Client {
             token: None,
             user_id: String::new(),
         }
+    }
+
+    /// Where this client sends its requests.
+    pub fn base(&self) -> SocketAddr {
+        self.base
     }
 
     /// The same account on a restarted server's client port.

@@ -135,6 +135,9 @@ pub struct Pdu {
     prev_events: Vec<EventId>,
     auth_events: Vec<EventId>,
     depth: Option<i64>,
+    /// Received with content that did not match its hash, so only its
+    /// redacted form is held.
+    hash_redacted: bool,
 }
 
 impl Pdu {
@@ -182,7 +185,18 @@ impl Pdu {
         }
         check_size(&json, version)?;
         let event_id = event_id(version, &json)?;
-        Ok(Pdu { version, json, event_id, header, prev_events, auth_events, depth })
+        Ok(Pdu { version, json, event_id, header, prev_events, auth_events, depth, hash_redacted: false })
+    }
+
+    /// Marks an event kept in redacted form because its content hash did
+    /// not match (receive step 3).
+    pub fn kept_redacted(mut self) -> Self {
+        self.hash_redacted = true;
+        self
+    }
+
+    pub fn hash_redacted(&self) -> bool {
+        self.hash_redacted
     }
 
     /// Re-reads an event this server checked and stored earlier: the id is
@@ -193,7 +207,7 @@ impl Pdu {
         let prev_events = event_refs(&json, "prev_events", false)?;
         let auth_events = event_refs(&json, "auth_events", false)?;
         let depth = json.get("depth").and_then(Value::as_i64);
-        Ok(Pdu { version, json, event_id, header, prev_events, auth_events, depth })
+        Ok(Pdu { version, json, event_id, header, prev_events, auth_events, depth, hash_redacted: false })
     }
 
     pub fn version(&self) -> &'static RoomVersion {

@@ -285,6 +285,7 @@ async fn countersign(
             room_id: room.to_string(),
             stream: pos,
             outlier: true,
+            hash_redacted: signed_pdu.hash_redacted(),
             ..Default::default()
         },
     ))
