@@ -124,7 +124,8 @@ async fn settle(n: &Net3, messages: &[Message]) {
     for m in messages {
         let c = if m.by_participant { &n.bob } else { &n.alice };
         let mut got = None;
-        for _ in 0..60 {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while tokio::time::Instant::now() < deadline {
             got = try_send(c, &n.room, &m.txn).await;
             if got.is_some() {
                 break;
@@ -147,7 +148,8 @@ async fn settle(n: &Net3, messages: &[Message]) {
     }
     for (name, c) in [("p1", &n.bob), ("p2", &n.carol)] {
         let mut theirs = Vec::new();
-        for _ in 0..240 {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while tokio::time::Instant::now() < deadline {
             theirs = history_ids(c, &n.room).await;
             if theirs.last() == hub_list.last() {
                 break;

@@ -30,7 +30,8 @@ async fn wait_converged(hub: &Server, others: &[&Server], room: &str) {
 
 async fn wait_invite(c: &Client, room: &str) {
     let mut since: Option<String> = None;
-    for _ in 0..30 {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
         let r = c.sync(since.as_deref(), 1000).await;
         if r["rooms"]["invite"].get(room).is_some() {
             let state = r["rooms"]["invite"][room]["invite_state"]["events"].as_array().cloned().unwrap_or_default();

@@ -23,6 +23,9 @@ use crate::http::{
 use crate::node::{now_ms, Node};
 use crate::store::BoxFuture;
 
+/// Bodies larger than this are parsed on the blocking pool.
+const PARSE_ELSEWHERE: usize = 256 << 10;
+
 /// `Authorization` headers looked at per request (each may cost a key
 /// fetch).
 const MAX_AUTH_HEADERS: usize = 4;
@@ -256,7 +259,16 @@ impl FedHandler {
         let limit = if matches!(ep, Endpoint::Send(..)) { MAX_SEND_BODY } else { MAX_BODY };
         let (bytes, _held) = read_body(body, limit, &budget).await?;
         let has_body = !bytes.iter().all(u8::is_ascii_whitespace);
-        let body = json_object(&bytes, NumberPolicy::Ieee754, !matches!(parts.method, Method::PUT | Method::POST))?;
+        let empty_ok = !matches!(parts.method, Method::PUT | Method::POST);
+        let body = if bytes.len() > PARSE_ELSEWHERE {
+            // Parsing megabytes takes a while: not on a runtime worker.
+            let bytes = bytes.clone();
+            tokio::task::spawn_blocking(move || json_object(&bytes, NumberPolicy::Ieee754, empty_ok))
+                .await
+                .map_err(|e| ApiError::unknown(e.to_string()))??
+        } else {
+            json_object(&bytes, NumberPolicy::Ieee754, empty_ok)?
+        };
         let body_value = has_body.then(|| Value::Object(body.clone()));
         let origin = claimed.verify(node, &parts, body_value.as_ref())?;
         let req = Req { node: node.clone(), origin, query: query_pairs(parts.uri.query()), body };

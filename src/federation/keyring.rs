@@ -388,3 +388,24 @@ impl KeyRing {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembered_names_stay_bounded_and_stale_ones_go_first() {
+        let mut map: HashMap<String, i64> = HashMap::new();
+        for i in 0..MAX_REMEMBERED {
+            map.insert(format!("s{i}"), if i % 2 == 0 { 0 } else { 100 });
+        }
+        make_room(&mut map, |t| *t == 0);
+        assert_eq!(map.len(), MAX_REMEMBERED / 2, "the stale half went");
+        assert!(map.values().all(|t| *t == 100));
+        for i in 0..MAX_REMEMBERED {
+            make_room(&mut map, |_| false);
+            map.insert(format!("n{i}"), 100);
+        }
+        assert!(map.len() <= MAX_REMEMBERED, "never beyond the bound: {}", map.len());
+    }
+}

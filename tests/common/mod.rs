@@ -25,6 +25,12 @@ use lmx::node::Node;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
+/// How long a test waits for something that should happen. Generous: the
+/// suite runs on loaded two-core machines next to a real Synapse; a wait
+/// ends as soon as its condition holds, so this costs nothing when all is
+/// well.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -337,7 +343,7 @@ impl Client {
     pub async fn sync_until(&self, room: &str, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
         let mut seen: Vec<Value> = Vec::new();
         let mut since: Option<String> = None;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + PATIENCE;
         while tokio::time::Instant::now() < deadline {
             let r = self.sync(since.as_deref(), 1000).await;
             if let Some(events) = r["rooms"]["join"][room]["timeline"]["events"].as_array() {
@@ -367,7 +373,7 @@ pub fn bodies(events: &[Value]) -> Vec<String> {
 
 /// Waits until `check` holds, polling.
 pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     while tokio::time::Instant::now() < deadline {
         if check() {
             return;

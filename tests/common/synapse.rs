@@ -155,7 +155,7 @@ disable_existing_loggers: false
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
         loop {
             let c = self.client();
             let probe =

@@ -43,8 +43,10 @@ pub async fn event(req: Req, id: &str) -> Result<Value, ApiError> {
     readable_event(&req, id).await
 }
 
-/// The state in force before the event at list position `index`.
-fn state_before(node: &Node, view: &RoomView, index: u64) -> Result<StateMap, ApiError> {
+/// The state in force before the event at list position `index`. Long
+/// lists are read a page at a time, yielding between pages so one request
+/// does not hold a runtime worker.
+async fn state_before(node: &Node, view: &RoomView, index: u64) -> Result<StateMap, ApiError> {
     let mut state = StateMap::new();
     const PAGE: u64 = 1000;
     let mut from = 0;
@@ -61,14 +63,15 @@ fn state_before(node: &Node, view: &RoomView, index: u64) -> Result<StateMap, Ap
             }
         }
         from = to;
+        tokio::task::yield_now().await;
     }
     Ok(state)
 }
 
 /// LM rooms: the state before a list event, by folding the list.
-pub fn list_state_before(node: &Node, view: &RoomView, at: &EventId) -> Result<Vec<Arc<Pdu>>, ApiError> {
+pub async fn list_state_before(node: &Node, view: &RoomView, at: &EventId) -> Result<Vec<Arc<Pdu>>, ApiError> {
     let rec = node.store.event(at)?.ok_or_else(|| ApiError::not_found("Unknown event"))?;
-    Ok(state_before(node, view, rec.index)?.iter().cloned().collect())
+    Ok(state_before(node, view, rec.index).await?.iter().cloned().collect())
 }
 
 /// Mixed rooms: the state before an event, from its recorded snapshot.
@@ -125,7 +128,7 @@ pub async fn state(req: Req, room: &str, ids_only: bool) -> Result<Value, ApiErr
     let pdus: Vec<Arc<Pdu>> = if view.version.is_mixed() {
         mixed_state_before(&req.node, &view, &at)?
     } else {
-        state_before(&req.node, &view, rec.index)?.iter().cloned().collect()
+        state_before(&req.node, &view, rec.index).await?.iter().cloned().collect()
     };
     let chain = auth_chain(&req.node, &view, pdus.iter().cloned())?;
     Ok(if ids_only {

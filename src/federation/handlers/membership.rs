@@ -169,7 +169,7 @@ pub async fn send_pdu(req: Req, membership: &'static str, room: &str, event_id: 
             let state = if view.version.is_mixed() {
                 super::events::mixed_state_before(&req.node, &handle.view(), appended.event_id())?
             } else {
-                super::events::list_state_before(&req.node, &handle.view(), appended.event_id())?
+                super::events::list_state_before(&req.node, &handle.view(), appended.event_id()).await?
             };
             join_answer(&req, &view, &appended, state)?
         }
