@@ -5,6 +5,7 @@ use clap::Parser;
 use lmx::cli::{db, inspect, Cli, Command, Db};
 
 fn main() -> ExitCode {
+    keep_large_blocks_apart();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => match serve(config) {
@@ -36,6 +37,19 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// glibc's allocator raises its threshold for mapping large blocks on their
+/// own each time one is freed, after which such blocks come from the heap
+/// and stay resident: a few password hashes (19 MiB each) or large request
+/// bodies would leave the process that much bigger for good. A fixed
+/// threshold gives every block of 1 MiB or more back when it is freed.
+fn keep_large_blocks_apart() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 

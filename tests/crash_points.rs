@@ -78,7 +78,7 @@ async fn try_send(c: &Client, room: &str, txn: &str) -> Option<String> {
 async fn load_until_the_hub_dies(n: &mut Net3, round: usize, messages: &mut Vec<Message>) {
     for batch in 0.. {
         let mut sends = Vec::new();
-        for k in 0..4 {
+        for k in 0..6 {
             let by_participant = k % 2 == 1;
             let txn = format!("r{round}-b{batch}-{k}");
             let c = if by_participant { n.bob.clone() } else { n.alice.clone() };
@@ -113,13 +113,20 @@ async fn run_crashes(point: &str, hits: &[u32]) {
     n.hub.crash_point = None;
     n.hub.spawn();
     n.hub.ready().await;
-    settle(&n, &messages).await;
+    let acked = messages.iter().filter(|m| m.acked.is_some()).count();
+    let list = settle(&n, &messages).await;
+    eprintln!(
+        "{point}: {} kills under load; {} messages ({acked} acknowledged before a kill), each once in the hub's \
+         list of {list} events, both participants converged",
+        hits.len(),
+        messages.len()
+    );
 }
 
 /// After the crashes: every message gets an event id (retrying with its
 /// transaction id), the acknowledged ones the same as before; the hub holds
 /// each exactly once; both participants converge on the hub's list.
-async fn settle(n: &Net3, messages: &[Message]) {
+async fn settle(n: &Net3, messages: &[Message]) -> usize {
     let mut ids: BTreeMap<String, String> = BTreeMap::new();
     for m in messages {
         let c = if m.by_participant { &n.bob } else { &n.alice };
@@ -161,6 +168,7 @@ async fn settle(n: &Net3, messages: &[Message]) {
         let unique: BTreeSet<&String> = theirs.iter().collect();
         assert_eq!(unique.len(), theirs.len(), "{name} holds no event twice");
     }
+    hub_list.len()
 }
 
 async fn history_ids(c: &Client, room: &str) -> Vec<String> {
@@ -179,22 +187,22 @@ async fn hub_list(n: &Net3) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_before_an_inbound_send_is_appended() {
-    run_crashes("send.before_append", &[1, 4, 9]).await;
+    run_crashes("send.before_append", &[1, 4, 9, 20, 35]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_after_the_append_before_the_answer() {
-    run_crashes("room.after_flush", &[2, 7, 13]).await;
+    run_crashes("room.after_flush", &[2, 7, 13, 30, 50]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_after_the_answer_before_fan_out() {
-    run_crashes("deliver.before_send", &[3, 8, 15]).await;
+    run_crashes("deliver.before_send", &[3, 8, 15, 30, 50]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_fan_out() {
-    run_crashes("deliver.after_send", &[2, 6, 11]).await;
+    run_crashes("deliver.after_send", &[2, 6, 11, 25, 45]).await;
 }
 
 /// A participant with LPDUs queued for a stopped hub, killed, sends each

@@ -113,9 +113,11 @@ async fn damaged_stores_are_refused_and_named() {
             // The garbage fell on space sled no longer used: nothing lost,
             // and the check read all 300 messages back to prove it.
             assert!(report.contains("problems: 0"), "{report}");
+            eprintln!("garbage at byte {at} of {size}: nothing lost, the check read every event back");
             continue;
         }
         refused_start(&mut hub);
+        eprintln!("garbage at byte {at} of {size}: refused at start, named by the check");
         refused_garbage += 1;
     }
     assert!(refused_garbage > 0, "garbage over live data was refused");

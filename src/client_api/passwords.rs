@@ -3,8 +3,11 @@
 //! One hash takes about 19 MiB and tens of milliseconds of CPU. Run on the
 //! async workers it stalls every request queued behind it, and every thread
 //! that ever hashed keeps its own 19 MiB in the allocator's per-thread
-//! arena. Here a fixed set of threads each owns one memory area, reused for
-//! every hash, and a bounded queue refuses work beyond what they can take.
+//! arena. Here a fixed set of threads does the hashing, at most that many
+//! hashes' memory exists at once, and a bounded queue refuses work beyond
+//! what they can take. Each hash's memory is given back when it is done
+//! (`lmx serve` has the allocator map large blocks on their own, see
+//! `main.rs`), so an idle server does not carry it.
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -91,44 +94,34 @@ impl Passwords {
 }
 
 fn worker(rx: &Mutex<Receiver<Job>>) {
-    let mut memory = vec![Block::new(); Params::default().block_count()];
     loop {
         let job = rx.lock().map_err(|_| ()).and_then(|r| r.recv().map_err(|_| ()));
         let Ok((task, reply)) = job else { return };
         let result = match task {
-            Task::Hash(password) => hash(&password, &mut memory).map(Done::Hashed),
-            Task::Verify { phc, password } => Ok(Done::Verified(verify(&phc, &password, &mut memory))),
+            Task::Hash(password) => hash(&password).map(Done::Hashed),
+            Task::Verify { phc, password } => Ok(Done::Verified(verify(&phc, &password))),
         };
         let _ = reply.send(result);
     }
 }
 
-/// Argon2 over `memory`, grown only for a stored hash that asks for more.
-fn derive(params: Params, password: &[u8], salt: &[u8], out: &mut [u8], memory: &mut Vec<Block>) -> argon2::Result<()> {
-    let need = params.block_count();
-    if memory.len() < need {
-        memory.resize(need, Block::new());
-    }
-    let result = Argon2::new(Algorithm::Argon2id, Version::V0x13, params).hash_password_into_with_memory(
+/// Argon2 over memory of its own, freed when done.
+fn derive(params: Params, password: &[u8], salt: &[u8], out: &mut [u8]) -> argon2::Result<()> {
+    let mut memory = vec![Block::new(); params.block_count()];
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params).hash_password_into_with_memory(
         password,
         salt,
         out,
-        &mut memory[..need],
-    );
-    let default = Params::default().block_count();
-    if memory.len() > default {
-        memory.truncate(default);
-        memory.shrink_to_fit();
-    }
-    result
+        &mut memory,
+    )
 }
 
-fn hash(password: &str, memory: &mut Vec<Block>) -> Result<String, String> {
+fn hash(password: &str) -> Result<String, String> {
     let mut salt = [0u8; 16];
     getrandom::getrandom(&mut salt).map_err(|e| e.to_string())?;
     let params = Params::default();
     let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
-    derive(params.clone(), password.as_bytes(), &salt, &mut out, memory).map_err(|e| e.to_string())?;
+    derive(params.clone(), password.as_bytes(), &salt, &mut out).map_err(|e| e.to_string())?;
     let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
     let out = Output::new(&out).map_err(|e| e.to_string())?;
     Ok(format!(
@@ -141,7 +134,7 @@ fn hash(password: &str, memory: &mut Vec<Block>) -> Result<String, String> {
     ))
 }
 
-fn verify(phc: &str, password: &str, memory: &mut Vec<Block>) -> bool {
+fn verify(phc: &str, password: &str) -> bool {
     let Ok(parsed) = PasswordHash::new(phc) else { return false };
     if parsed.algorithm.as_str() != "argon2id" {
         return false;
@@ -154,7 +147,7 @@ fn verify(phc: &str, password: &str, memory: &mut Vec<Block>) -> bool {
     let mut salt_bytes = [0u8; 64];
     let Ok(salt) = salt.decode_b64(&mut salt_bytes) else { return false };
     let mut out = vec![0u8; expected.len()];
-    if derive(params, password.as_bytes(), salt, &mut out, memory).is_err() {
+    if derive(params, password.as_bytes(), salt, &mut out).is_err() {
         return false;
     }
     // Output's equality is constant-time.
