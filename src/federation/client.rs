@@ -145,7 +145,8 @@ impl FedClient {
         // The name look-up (well-known, DNS) counts against the timeout too.
         let fut = async {
             let target = self.target(dest).await;
-            self.send(&target, method, path_and_query, bytes, Some(auth), MAX_RESPONSE).await
+            let out = Outgoing { method, path: path_and_query, body: bytes, auth: Some(auth), limit: MAX_RESPONSE };
+            self.send(&target, &out).await
         };
         let resp = tokio::time::timeout(self.timeout, fut).await.map_err(|_| FedError::Timeout(dest.to_string()))??;
         if !resp.status.is_success() {
@@ -163,7 +164,7 @@ impl FedClient {
     pub async fn get_unsigned(&self, dest: &ServerName, path: &str, limit: usize) -> Result<FedResponse, FedError> {
         let fut = async {
             let target = self.target(dest).await;
-            self.send(&target, Method::GET, path, None, None, limit).await
+            self.send(&target, &Outgoing::get(path, limit)).await
         };
         let resp = tokio::time::timeout(self.timeout, fut).await.map_err(|_| FedError::Timeout(dest.to_string()))??;
         if !resp.status.is_success() {
@@ -201,7 +202,8 @@ impl FedClient {
         let mut path = "/.well-known/matrix/server".to_owned();
         // Follow up to five redirects (item 137).
         for _ in 0..5 {
-            let fut = self.send(&target, Method::GET, &path, None, None, MAX_WELL_KNOWN);
+            let out = Outgoing::get(&path, MAX_WELL_KNOWN);
+            let fut = self.send(&target, &out);
             let resp = tokio::time::timeout(Duration::from_secs(10), fut).await.ok()?.ok()?;
             if resp.status.is_redirection() {
                 let loc: http::Uri = resp.location?.parse().ok()?;
@@ -318,15 +320,7 @@ impl FedClient {
         }
     }
 
-    async fn send(
-        &self,
-        t: &Target,
-        method: Method,
-        path: &str,
-        body: Option<Bytes>,
-        auth: Option<String>,
-        limit: usize,
-    ) -> Result<RawResponse, FedError> {
+    async fn send(&self, t: &Target, out: &Outgoing<'_>) -> Result<RawResponse, FedError> {
         let key = Self::pool_key(t);
         // A pooled connection may have been closed by the peer; retry once
         // on a fresh one (every federation request is idempotent).
@@ -335,7 +329,7 @@ impl FedClient {
                 (0, Some(s)) => s,
                 _ => self.connect(t).await?,
             };
-            match self.send_on(sender, t, &method, path, body.clone(), auth.as_deref(), limit).await {
+            match self.send_on(sender, t, out).await {
                 Ok((resp, sender)) => {
                     self.put_back(key, sender);
                     return Ok(resp);
@@ -353,17 +347,14 @@ impl FedClient {
         &self,
         mut sender: Sender,
         t: &Target,
-        method: &Method,
-        path: &str,
-        body: Option<Bytes>,
-        auth: Option<&str>,
-        limit: usize,
+        out: &Outgoing<'_>,
     ) -> Result<(RawResponse, Sender), FedError> {
+        let Outgoing { method, path, body, auth, limit } = out;
         let bad = |e: String| FedError::Unreachable(t.host_header.clone(), e);
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let uri = match sender {
             Sender::H2(_) => format!("{scheme}://{}{path}", t.host_header),
-            Sender::H1(_) => path.to_owned(),
+            Sender::H1(_) => path.to_string(),
         };
         let mut req = Request::builder().method(method.clone()).uri(uri);
         if matches!(sender, Sender::H1(_)) {
@@ -375,7 +366,7 @@ impl FedClient {
         if body.is_some() {
             req = req.header(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
-        let req = req.body(Full::new(body.unwrap_or_default())).map_err(|e| bad(e.to_string()))?;
+        let req = req.body(Full::new(body.clone().unwrap_or_default())).map_err(|e| bad(e.to_string()))?;
         let resp = match &mut sender {
             Sender::H1(s) => {
                 s.ready().await.map_err(|e| bad(e.to_string()))?;
@@ -395,12 +386,28 @@ impl FedClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .map(|s| s * 1000);
-        let body = Limited::new(resp.into_body(), limit)
+        let body = Limited::new(resp.into_body(), *limit)
             .collect()
             .await
             .map_err(|e| FedError::BadResponse(t.host_header.clone(), e.to_string()))?
             .to_bytes();
         Ok((RawResponse { status, body, location, retry_after_ms }, sender))
+    }
+}
+
+/// One request as it goes out: a retry on a fresh connection sends it again.
+struct Outgoing<'a> {
+    method: Method,
+    path: &'a str,
+    body: Option<Bytes>,
+    auth: Option<String>,
+    /// Largest answer taken.
+    limit: usize,
+}
+
+impl<'a> Outgoing<'a> {
+    fn get(path: &'a str, limit: usize) -> Self {
+        Outgoing { method: Method::GET, path, body: None, auth: None, limit }
     }
 }
 

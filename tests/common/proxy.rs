@@ -7,6 +7,7 @@
 //! - `Trickle(d)`: the answer comes one byte every `d`;
 //! - `Status`: an HTTP/1.1 answer of the proxy's own (5xx, 401, 429...);
 //! - `Rewrite`: requests pass, and JSON answers are changed on the way.
+//!
 //! The HTTP modes need plain HTTP between the servers
 //! (`federation.insecure_plaintext`).
 

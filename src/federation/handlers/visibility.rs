@@ -77,7 +77,7 @@ pub struct VisibilityIndex {
 
 /// The last value set strictly before `index`, `Some(None)` when the key
 /// changed only later, `None` when the list never changed it.
-fn at<'a>(changes: &'a [(u64, String)], index: u64) -> Option<Option<&'a str>> {
+fn at(changes: &[(u64, String)], index: u64) -> Option<Option<&str>> {
     if changes.is_empty() {
         return None;
     }
@@ -120,7 +120,7 @@ impl ListChanges {
         let current_visibility = || {
             view.state
                 .get("m.room.history_visibility", "")
-                .and_then(|e| visibility_of(e))
+                .and_then(visibility_of)
                 .unwrap_or_else(|| DEFAULT_VISIBILITY.into())
         };
         let visibility = match at(&self.visibility, index) {
@@ -159,7 +159,7 @@ impl<'a> Viewer<'a> {
             .filter(|e| e.event_type() == "m.room.member" && e.state_key().is_some_and(|u| is_of(u, server)))
             .filter_map(|e| e.membership())
             .collect();
-        let world = view.state.get("m.room.history_visibility", "").and_then(|e| visibility_of(e)).as_deref()
+        let world = view.state.get("m.room.history_visibility", "").and_then(visibility_of).as_deref()
             == Some("world_readable");
         if members.is_empty() && !world {
             return Err(ApiError::not_found("Unknown room"));
