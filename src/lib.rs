@@ -6,6 +6,7 @@
 //! two HTTP surfaces), `app` (composition) and `cli`.
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod client_api;
 pub mod config;

@@ -23,6 +23,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Bench(args) => match bench(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "lmx bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Inspect(cmd) => match inspect::run(cmd, &mut std::io::stdin().lock()) {
             inspect::Outcome::Ok(out) => {
                 let _ = writeln!(std::io::stdout(), "{out}");
@@ -67,6 +74,14 @@ fn run_db(cmd: Db) -> anyhow::Result<bool> {
             Ok(true)
         }
     }
+}
+
+fn bench(args: lmx::bench::Args) -> anyhow::Result<()> {
+    let rows = tokio::runtime::Runtime::new()?.block_on(lmx::bench::run(&args))?;
+    if args.json {
+        let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&rows)?);
+    }
+    Ok(())
 }
 
 fn serve(config: Option<std::path::PathBuf>) -> anyhow::Result<()> {

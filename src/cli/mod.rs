@@ -29,6 +29,8 @@ pub enum Command {
     /// The store, offline (lmx must not be running on it).
     #[command(subcommand)]
     Db(Db),
+    /// Benchmarks: start servers, load them, print figures (BENCHMARKS.md).
+    Bench(crate::bench::Args),
 }
 
 #[derive(Debug, Subcommand)]

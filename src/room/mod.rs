@@ -3,7 +3,7 @@
 //! batch. Everything that changes a room goes through its task's inbox.
 
 mod actor;
-mod build;
+pub mod build;
 mod dag;
 mod effects;
 mod fanout;

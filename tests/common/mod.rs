@@ -31,8 +31,24 @@ use tokio::sync::oneshot;
 /// well.
 pub const PATIENCE: Duration = Duration::from_secs(120);
 
+/// A port no other test of this process has been given. Ports the system
+/// hands out for `bind(0)` come back to the next caller as soon as they are
+/// released, so two tests running at once could pick the same one and the
+/// second server would fail to bind; a counter over a range below the
+/// system's ephemeral ports (offset by process, as test binaries follow each
+/// other) cannot repeat within a process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    let offset = (std::process::id() % 550) * 40;
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (FIRST + (offset + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A test certificate authority issuing server certificates.

@@ -123,6 +123,8 @@ impl Proc {
         let c = Client::new(self.client);
         for _ in 0..1200 {
             if c.try_call("GET", "/_matrix/client/versions", None).await.is_some_and(|a| a.status == 200) {
+                // Answered by this process, not by another on the same port.
+                assert!(self.is_running(), "lmx exited while starting; log:\n{}", self.log_text());
                 return c;
             }
             if let Some(status) = self.child.as_mut().and_then(|ch| ch.try_wait().unwrap()) {
