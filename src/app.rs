@@ -67,7 +67,7 @@ async fn open_store(dir: &Path, cache_bytes: u64) -> anyhow::Result<SledKv> {
 /// is written to it; then brings its format up to date.
 pub async fn open_checked_store(config: &Config) -> anyhow::Result<KvStore<SledKv>> {
     let dir = config.data_dir.join("db");
-    let kv = match open_store(&dir, config.storage.cache_mb << 20).await {
+    let kv = match open_store(&dir, config.store_cache_bytes()).await {
         Ok(kv) => KvStore::new(kv),
         Err(e) if e.downcast_ref::<crate::store::StoreError>().is_some_and(|e| e.is_damage()) => {
             anyhow::bail!(record::damaged(&dir, &format!("{e:#}")))
@@ -123,6 +123,8 @@ async fn write_record(node: &Node, path: &Path, last: &mut Option<CommitRecord>)
     };
     let unchanged = last.as_ref().is_some_and(|l| l.rooms == rec.rooms && l.stream_position == rec.stream_position);
     if unchanged {
+        // Nothing was written for a while: a good moment to give memory back.
+        give_back_free_memory();
         return;
     }
     if let Err(e) = node.store.flush().await {
@@ -137,6 +139,20 @@ async fn write_record(node: &Node, path: &Path, last: &mut Option<CommitRecord>)
 }
 
 const RECORD_EVERY: Duration = Duration::from_secs(2);
+
+/// Returns the allocator's free pages to the system. glibc keeps memory
+/// freed in the middle of its heaps (parsed events come and go by the
+/// thousand) until something trims it, so an idle server would go on
+/// holding its busiest moment's memory. Trimming holds the allocator's locks
+/// for a while on a large heap, so it is done only when the server is
+/// quiet (nothing appended since the last look).
+fn give_back_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; any thread may call it.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {

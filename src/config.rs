@@ -104,8 +104,8 @@ pub struct Registration {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Storage {
-    /// sled page cache, in MiB.
-    pub cache_mb: u64,
+    /// sled page cache, in MiB. Default: 64 for a hub, 16 for a follower.
+    pub cache_mb: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,7 +167,7 @@ impl Default for Config {
                 trusted_proxies: Vec::new(),
             },
             registration: Registration { enabled: false, shared_secret: None, min_password_length: 8 },
-            storage: Storage { cache_mb: 64 },
+            storage: Storage { cache_mb: None },
             follower: Follower { host_rooms: true, timeline_cache: 500 },
             http: Http {
                 max_connections: 4096,
@@ -259,6 +259,16 @@ impl Config {
 
     pub fn server_name(&self) -> ServerName {
         ServerName::validate_own(&self.server_name).expect("validated at load")
+    }
+
+    /// The store's page cache: as configured, or by mode (followers are
+    /// the small servers).
+    pub fn store_cache_bytes(&self) -> u64 {
+        let mb = self.storage.cache_mb.unwrap_or(match self.mode {
+            Mode::Hub => 64,
+            Mode::Follower => 16,
+        });
+        mb << 20
     }
 
     pub fn signing_key_path(&self) -> PathBuf {

@@ -56,6 +56,12 @@ pub struct Args {
     /// skipped, and the tool says so.
     #[arg(long, env = "LMX_SYNAPSE_PYTHON")]
     pub synapse_python: Option<PathBuf>,
+    /// Scenario 1 only with these numbers of clients (e.g. `--clients 10`).
+    #[arg(long, value_delimiter = ',')]
+    pub clients: Vec<usize>,
+    /// Scenario 1 only with these numbers of rooms.
+    #[arg(long, value_delimiter = ',')]
+    pub rooms: Vec<usize>,
 }
 
 /// Counts of a full run, or of a smoke run.
@@ -127,8 +133,15 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
     };
     if wanted(Scenario::Local) {
         let mut rows = Vec::new();
-        for &rooms in size.local_rooms {
-            for &clients in size.local_clients {
+        let pick = |given: &[usize], default: &'static [usize]| {
+            if given.is_empty() {
+                default.to_vec()
+            } else {
+                given.to_vec()
+            }
+        };
+        for rooms in pick(&args.rooms, size.local_rooms) {
+            for clients in pick(&args.clients, size.local_clients) {
                 rows.push(scenarios::local(&w, clients, rooms, size.local_events).await?);
             }
         }

@@ -565,7 +565,7 @@ pub async fn memory(w: &Workdir, registrations: usize, events: u64) -> anyhow::R
         }
     }
     let took = started.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let after = f1.usage();
     let mut row = Row::new(
         format!("{registrations} registrations on a fresh server"),
@@ -599,7 +599,9 @@ pub async fn memory(w: &Workdir, registrations: usize, events: u64) -> anyhow::R
         anyhow::ensure!(Instant::now() < deadline, "the follower did not get every event");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Idle: a server gives memory back once nothing was written for a
+    // couple of seconds.
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let idle = f1.usage();
     let mut row = Row::new(label, events, elapsed, &Latencies::default());
     row.notes.push(format!(

@@ -67,7 +67,7 @@ pub fn check(config: &Config) -> anyhow::Result<Checked> {
     let _ = std::fs::remove_dir_all(&scratch.0);
     copy_dir(&store_dir, &scratch.0).with_context(|| format!("copying {}", store_dir.display()))?;
     let mut text = format!("store: {}\n", store_dir.display());
-    let kv = match SledKv::open(&scratch.0, config.storage.cache_mb << 20) {
+    let kv = match SledKv::open(&scratch.0, config.store_cache_bytes()) {
         Ok(kv) => kv,
         Err(e) if e.is_damage() => {
             text.push_str(&format!("sled cannot read the store: {e}\nthe store is DAMAGED\n"));
@@ -133,7 +133,7 @@ pub fn check(config: &Config) -> anyhow::Result<Checked> {
 pub fn seal(config: &Config) -> anyhow::Result<String> {
     let store_dir = config.data_dir.join("db");
     ensure_not_in_use(&store_dir)?;
-    let kv = SledKv::open(&store_dir, config.storage.cache_mb << 20)
+    let kv = SledKv::open(&store_dir, config.store_cache_bytes())
         .with_context(|| format!("opening the store in {}", store_dir.display()))?;
     let store = KvStore::new(kv);
     store.upgrade()?;

@@ -322,7 +322,11 @@ impl RoomActor {
         if !soft_failed {
             work.batch.push(Op::StreamEntry(StreamEntry { pos, room, event: id.clone() }));
         }
-        self.node.dag.remember_event(pdu.clone());
+        // Only mixed rooms read events back for state resolution; an LM
+        // room's events would only take memory there.
+        if self.cur.version.is_mixed() {
+            self.node.dag.remember_event(pdu.clone());
+        }
         self.cur.tail = Some(id.clone());
         self.cur.length += 1;
         work.staged_ids.insert(id);
