@@ -62,6 +62,10 @@ pub struct Args {
     /// Scenario 1 only with these numbers of rooms.
     #[arg(long, value_delimiter = ',')]
     pub rooms: Vec<usize>,
+    /// Events per run of scenarios 1, 2 (closed loop) and 4, instead of
+    /// their defaults.
+    #[arg(long)]
+    pub events: Option<u64>,
 }
 
 /// Counts of a full run, or of a smoke run.
@@ -142,13 +146,14 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
         };
         for rooms in pick(&args.rooms, size.local_rooms) {
             for clients in pick(&args.clients, size.local_clients) {
-                rows.push(scenarios::local(&w, clients, rooms, size.local_events).await?);
+                rows.push(scenarios::local(&w, clients, rooms, args.events.unwrap_or(size.local_events)).await?);
             }
         }
         section("Scenario 1: local sends on a hub", rows, &mut all);
     }
     if wanted(Scenario::Federated) {
-        let mut rows = vec![scenarios::federated(&w, Offer::Closed { events: size.federated_events }).await?];
+        let closed = Offer::Closed { events: args.events.unwrap_or(size.federated_events) };
+        let mut rows = vec![scenarios::federated(&w, closed).await?];
         for &rate in size.open_rates {
             rows.push(scenarios::federated(&w, Offer::Open { per_second: rate, seconds: size.open_seconds }).await?);
         }
@@ -159,7 +164,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
         section("Scenario 3: many rooms", rows, &mut all);
     }
     if wanted(Scenario::Catchup) {
-        let rows = vec![scenarios::catch_up(&w, 10, size.catchup_events).await?];
+        let rows = vec![scenarios::catch_up(&w, 10, args.events.unwrap_or(size.catchup_events)).await?];
         section("Scenario 4: catch-up", rows, &mut all);
     }
     if wanted(Scenario::Memory) {
