@@ -111,7 +111,7 @@ impl RoomActor {
                     let _ = reply.send(r.map(|_| results));
                 });
             }
-            RoomCmd::LmDagEvent { pdu, reply } => match self.hub_dag_event(pdu, work) {
+            RoomCmd::LmDagEvent { pdu, reply } => match self.hub_dag_event(pdu.clone(), work) {
                 Ok(pdu) => {
                     let appended = Appended { event_id: pdu.event_id().clone(), pdu, state_before: None };
                     work.on_done(move |r| {
@@ -119,6 +119,7 @@ impl RoomActor {
                     });
                 }
                 Err(e) => {
+                    tracing::info!(event = %pdu.event_id(), sender = %pdu.sender(), reason = %e, "refused an event");
                     let _ = reply.send(Err(e));
                 }
             },
@@ -231,6 +232,7 @@ impl RoomActor {
                 });
             }
             Err(e) => {
+                tracing::info!(lpdu = %hash, sender = %lpdu.sender(), reason = %e, "refused an event");
                 let _ = reply.send(Err(e));
             }
         }

@@ -1,7 +1,7 @@
 //! E6-E9: single events, room state and backfill (items 172-182). What a
 //! server may read is decided in `visibility.rs`.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -10,7 +10,7 @@ use super::visibility::{Sight, Viewer};
 use super::{known_room, require_hub};
 use crate::core::event::Pdu;
 use crate::core::ids::{EventId, RoomId};
-use crate::core::rooms::StateMap;
+use crate::core::rooms::{replay_order, Place, StateMap};
 use crate::federation::inbound::Req;
 use crate::http::{query_get, ApiError};
 use crate::node::Node;
@@ -105,6 +105,20 @@ pub fn auth_chain(
         }
     }
     Ok(out)
+}
+
+/// `events` in the order a receiver can replay them with auth checks:
+/// auth events first, then by list position (outliers by depth, after).
+pub fn in_replay_order(node: &Node, events: Vec<Arc<Pdu>>) -> Result<Vec<Arc<Pdu>>, ApiError> {
+    let mut places = HashMap::with_capacity(events.len());
+    for e in &events {
+        let place = match node.store.event(e.event_id())? {
+            Some(r) if !r.outlier => Place::listed(r.index, e.event_id()),
+            _ => Place::unlisted(e),
+        };
+        places.insert(e.event_id().clone(), place);
+    }
+    Ok(replay_order(events, |e| places.get(e.event_id()).cloned().unwrap_or_else(|| Place::unlisted(e))))
 }
 
 /// E7 and E8: `?event_id=` names the event whose prior state is wanted.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::events::auth_chain;
+use super::events::{auth_chain, in_replay_order};
 use super::send::accept_lpdu;
 use super::{incompatible, known_room, require_hub, supported};
 use crate::core::event::{sign_event, Lpdu, Pdu, Schema};
@@ -185,9 +185,14 @@ pub async fn send_pdu(req: Req, membership: &'static str, room: &str, event_id: 
 
 /// A `send_join` answer: the join, the state before it, and the auth
 /// chain of both.
+/// Both lists go out in a replayable order (auth events first, then list
+/// order): a receiver that replays them with auth checks in array order
+/// (the LM reference implementation) must not meet an event before what
+/// allows it.
 fn join_answer(req: &Req, view: &RoomView, join: &Arc<Pdu>, state: Vec<Arc<Pdu>>) -> Result<Value, ApiError> {
     let roots = state.iter().cloned().chain(std::iter::once(join.clone()));
-    let chain = auth_chain(&req.node, view, roots)?;
+    let chain = in_replay_order(&req.node, auth_chain(&req.node, view, roots)?)?;
+    let state = in_replay_order(&req.node, state)?;
     Ok(json!({
         "event": join.json(),
         "state": state.iter().map(|p| p.json()).collect::<Vec<_>>(),
