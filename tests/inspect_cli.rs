@@ -80,15 +80,18 @@ fn hashes_and_ids_of_vector_events() {
         if let Some(id) = c["expected_event_id"].as_str().or(c["event_id_in_event"].as_str()) {
             assert_eq!(ok(&["event-id", "--room-version", rv], event), id, "{}", c["id"]);
         }
+        // Every key the case gives, as a receiving server's key ring.
+        let mut args = vec!["verify", "--room-version", rv];
         for check in c["signature_checks"].as_array().unwrap() {
             let Some(public) = check["public_key_base64"].as_str() else {
                 continue;
             };
-            let key = [check["server"].as_str().unwrap(), check["key_id"].as_str().unwrap(), public];
-            let out = ok(&["verify", "--room-version", rv, "--key", key[0], key[1], key[2]], event);
+            args.extend(["--key", check["server"].as_str().unwrap(), check["key_id"].as_str().unwrap(), public]);
+        }
+        if args.len() > 3 {
             let want =
                 if c["content_hash_matches"] == true { "ok" } else { "ok: content hash mismatch, would be redacted" };
-            assert_eq!(out, want, "{}", c["id"]);
+            assert_eq!(ok(&args, event), want, "{}", c["id"]);
         }
     }
     fails(&["event-id", "--room-version", "99"], "{}");
@@ -198,6 +201,44 @@ fn lm_event_round_trip_through_the_cli() {
     // The hub's choices are signed: moving the event breaks the hub's signature.
     let moved = pdu.replace("$b", "$c");
     assert!(fails(&args, &moved).contains("hub.example"));
+
+    // A receiving server's key ring: the keys of every server of the room.
+    // Exactly the signatures the event needs are checked.
+    let third_seed = "AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM";
+    let ring = |names: &[&str]| {
+        let mut args = vec!["verify".to_owned(), "--room-version".into(), lm.into()];
+        for name in names {
+            let (id, seed) = match *name {
+                "part.example" => ("ed25519:p", part_seed),
+                "hub.example" => ("ed25519:h", hub_seed),
+                _ => ("ed25519:t", third_seed),
+            };
+            args.extend(["--key".into(), (*name).into(), id.into(), pk(seed)]);
+        }
+        args
+    };
+    let run = |args: &[String], input: &str| -> Result<String, String> {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = lmx(&args, input);
+        if r.code == 0 {
+            Ok(r.stdout)
+        } else {
+            Err(r.stderr)
+        }
+    };
+    let all = ring(&["part.example", "hub.example", "third.example"]);
+    assert_eq!(run(&all, &lpdu).unwrap(), "ok", "an LPDU needs its participant's signature only");
+    assert_eq!(run(&all, &pdu).unwrap(), "ok", "a PDU needs participant and hub; the third server's key is unused");
+    assert_eq!(run(&ring(&["part.example"]), &lpdu).unwrap(), "ok");
+    let no_hub = run(&ring(&["part.example", "third.example"]), &pdu).unwrap_err();
+    assert!(no_hub.contains("hub.example"), "a PDU without the hub's key fails: {no_hub}");
+    let no_part = run(&ring(&["hub.example"]), &lpdu).unwrap_err();
+    assert!(no_part.contains("part.example"), "an LPDU without its participant's key fails: {no_part}");
+    assert!(run(&all, &moved).unwrap_err().contains("hub.example"), "a bad hub signature fails");
+    let mut wrong_hub = ring(&["part.example", "third.example"]);
+    wrong_hub.extend(["--key".into(), "hub.example".into(), "ed25519:h".into(), pk(third_seed)]);
+    assert!(run(&wrong_hub, &pdu).is_err(), "the hub's key id with another key fails");
+
     let id = ok(&["event-id", "--room-version", lm], &pdu);
     assert!(id.starts_with('$') && !id.contains('+') && !id.contains('/'));
     let redacted: Value = serde_json::from_str(&ok(&["redact", "--room-version", lm], &pdu)).unwrap();

@@ -52,6 +52,10 @@ pub enum Inspect {
         matrix: bool,
     },
     /// Prints `ok` when every server named with --key has a valid signature.
+    /// With --room-version the keys are those a receiving server knows:
+    /// exactly the signatures the room version requires of the event are
+    /// checked (an LPDU: its sender's server; a PDU: also the hub), a
+    /// required signer without a key fails, other servers' keys are unused.
     Verify {
         /// NAME ed25519:ID PUBKEY_BASE64 (repeatable).
         #[arg(long = "key", num_args = 3, value_names = ["NAME", "KEY_ID", "PUBKEY"], required = true, action = clap::ArgAction::Append)]
@@ -211,15 +215,49 @@ fn verify(input: &[u8], keys: &[String], room_version: Option<&str>, matrix: boo
     let v = version(id)?;
     let mut obj = object(input, v.numbers)?;
     obj.remove("unsigned");
-    for (name, key_id, public) in &named {
-        if let Err(e) = event::verify_event_signature(v, &obj, name, key_id, public) {
-            return Ok(Outcome::Fail(e.to_string()));
-        }
+    if let Err(e) = required_signatures_hold(v, &obj, &named) {
+        return Ok(Outcome::Fail(e));
     }
     Ok(match check_hashes(v, &obj).map_err(|e| e.to_string())? {
         HashCheck::Match => Outcome::Ok("ok".into()),
         HashCheck::Mismatch(_) => Outcome::Ok("ok: content hash mismatch, would be redacted".into()),
     })
+}
+
+/// As a receiving server holding the keys `known`: every server the room
+/// version requires to sign this event (an LPDU: its sender's server; a
+/// PDU: the sender's server and the hub) must have a key among them, and
+/// each of its signatures under a known key must verify. Keys of servers
+/// that need not sign are not consulted.
+fn required_signatures_hold(
+    v: &'static RoomVersion,
+    obj: &Object,
+    known: &[(&str, &str, PublicKey)],
+) -> Result<(), String> {
+    let is_lpdu = v.lm && obj.get("hashes").and_then(|h| h.get("sha256")).is_none();
+    let mut required = event::required_signers(obj).map_err(|e| e.to_string())?;
+    if is_lpdu {
+        required.truncate(1);
+    }
+    for server in &required {
+        let keys: Vec<_> = known.iter().filter(|(name, ..)| *name == server.as_str()).collect();
+        if keys.is_empty() {
+            return Err(format!("{server} must sign this event and no --key of it was given"));
+        }
+        let signed: Vec<_> = keys
+            .iter()
+            .filter(|(name, key_id, _)| {
+                obj.get("signatures").and_then(|s| s.get(*name)).and_then(|s| s.get(*key_id)).is_some()
+            })
+            .collect();
+        if signed.is_empty() {
+            return Err(format!("{server} must sign this event and has no signature under a given key"));
+        }
+        for (name, key_id, public) in signed {
+            event::verify_event_signature(v, obj, name, key_id, public).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
 }
 
 fn auth(input: &[u8], room_version: &str, state_path: &std::path::Path) -> Result<Outcome, String> {
