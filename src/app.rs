@@ -22,7 +22,6 @@ use crate::federation::keyring::load_or_create_signing_key;
 use crate::federation::policy::AddressPolicy;
 use crate::http::{serve, tls, Handler, Limits};
 use crate::node::Node;
-use crate::room::load_room;
 use crate::store::record::{self, CommitRecord};
 use crate::store::{KvStore, Positions, SledKv, Store};
 
@@ -196,7 +195,7 @@ impl App {
         let node = Node::new(config, key, store, positions, fed);
         for rec in node.store.rooms()? {
             let id = RoomId::parse(&rec.room_id).context("stored room id")?;
-            load_room(&node, &id).map_err(|e| anyhow::anyhow!("loading {id}: {e}"))?;
+            node.rooms.load(&node, &id).map_err(|e| anyhow::anyhow!("loading {id}: {e}"))?;
         }
         tracing::info!(server = %node.name, rooms = node.rooms.len(), "lmx ready");
         Ok(App { node, federation, client, tls })

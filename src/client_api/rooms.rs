@@ -11,7 +11,7 @@ use crate::core::ids::{EventId, RoomId, UserId};
 use crate::core::json::Object;
 use crate::http::ApiError;
 use crate::node::{now_ms, random_string};
-use crate::room::{spawn_room, Draft, LocalOutcome, RoomCmd, RoomError, RoomView};
+use crate::room::{Draft, LocalOutcome, RoomCmd, RoomError};
 
 pub(super) fn room_id(s: &str) -> Result<RoomId, ApiError> {
     RoomId::parse(s).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string()))
@@ -184,8 +184,7 @@ pub async fn create_room(call: Call) -> Result<Value, ApiError> {
         }
         drafts.push(draft(&user, "m.room.member", Some(i.as_str()), c));
     }
-    let handle = spawn_room(&node, RoomView::empty(room.clone(), version, node.name.clone()));
-    node.rooms.insert(room.clone(), handle.clone());
+    let handle = node.rooms.create(&node, room.clone(), version)?;
     match create_event {
         Some(pdu) => {
             let outcome = crate::federation::dag::offer(&node, &handle, &node.name, vec![pdu]).await?;

@@ -14,9 +14,8 @@ use crate::core::json::Object;
 use crate::core::rooms::{authorize, StateMap};
 use crate::http::encode_segment;
 use crate::node::{now_ms, Node};
-use crate::room::{spawn_room, RoomCmd, RoomError, RoomView, Verdict};
-use crate::store::records::{EventRecord, Membership, RoomRecord};
-use crate::store::{Batch, Op, StreamEntry};
+use crate::room::{JoinSeed, JoinTurn, Opened, RoomCmd, RoomError, RoomHandle, Verdict};
+use crate::store::Batch;
 
 /// Versions we can join, for `ver=` (item 195).
 fn supported_versions() -> Vec<&'static str> {
@@ -208,10 +207,13 @@ pub async fn join_remote(
     servers: &[ServerName],
     content: &Object,
 ) -> Result<crate::core::ids::EventId, RoomError> {
+    // One local user at a time joins a given room from elsewhere (see
+    // `Rooms::join_turn`).
+    let turn = node.rooms.join_turn(room).await;
     let (hub, template, version) = make(node, "make_join", room, user, servers).await?;
     let h = Handshake { hub: &hub, room, user, membership: "join", version };
     if version.is_mixed() {
-        return join_mixed(node, &h, &template, content).await;
+        return join_mixed(node, &h, &template, content, &turn).await;
     }
     let lpdu = lpdu_from_template(node, &h, &template, content)?;
     let body = send_membership(node, &h, Some(&lpdu), None).await?;
@@ -224,9 +226,7 @@ pub async fn join_remote(
     // Already following the room (a local user was here before): the join
     // continues our list; the room task fills any gap from the hub.
     if let Some(handle) = node.rooms.get(room) {
-        let id = event.event_id().clone();
-        let results = handle.ask(|reply| RoomCmd::FromHub { pdus: vec![event], reply }).await?;
-        return results.into_iter().next().unwrap_or(Ok(())).map(|_| id);
+        return continue_with(&handle, event).await;
     }
     let empty = Vec::new();
     let state_items = body.get("state").and_then(Value::as_array).unwrap_or(&empty);
@@ -236,7 +236,23 @@ pub async fn join_remote(
     // A `state` that is the whole timeline folds to the same state (OQ-40).
     let state = StateMap::from_events(state_events.iter().cloned().map(Arc::new));
     authorize(&event, &state).map_err(|e| RoomError::Remote(format!("{hub}'s join fails the rules here: {e}")))?;
-    start_following(node, &h, state, chain.into_iter().chain(state_events), event, Batch::new(), 0).await
+    let outliers = chain.into_iter().chain(state_events).collect();
+    let seed = seed(&h, state, outliers, event.clone(), Batch::new(), 0);
+    match node.rooms.open_joined(node, seed, &turn).await? {
+        Opened::Started(id) => Ok(id),
+        Opened::Existing(handle) => continue_with(&handle, event).await,
+    }
+}
+
+/// Our join into a room we follow already: the next event of our list.
+async fn continue_with(handle: &RoomHandle, event: Pdu) -> Result<EventId, RoomError> {
+    let id = event.event_id().clone();
+    let results = handle.ask(|reply| RoomCmd::FromHub { pdus: vec![event], reply }).await?;
+    results.into_iter().next().unwrap_or(Ok(())).map(|_| id)
+}
+
+fn seed(h: &Handshake<'_>, state: StateMap, outliers: Vec<Pdu>, join: Pdu, snapshot: Batch, depth: i64) -> JoinSeed {
+    JoinSeed { room: h.room.clone(), version: h.version, hub: h.hub.clone(), state, outliers, join, snapshot, depth }
 }
 
 /// Mixed rooms: joins with our own signed event; the hub answers with the
@@ -246,19 +262,12 @@ async fn join_mixed(
     h: &Handshake<'_>,
     template: &Object,
     content: &Object,
+    turn: &JoinTurn,
 ) -> Result<EventId, RoomError> {
     let pdu = pdu_from_template(node, h, template, content)?;
-    let id = pdu.event_id().clone();
     let body = send_membership(node, h, None, Some(&pdu)).await?;
     if let Some(handle) = node.rooms.get(h.room) {
-        // Already following: the join is an event like any other.
-        let outcome = super::dag::offer(node, &handle, h.hub, vec![pdu]).await?;
-        return match outcome.into_iter().next().map(|(_, r)| r) {
-            Some(Ok(Verdict::Accepted | Verdict::Known)) => Ok(id),
-            Some(Ok(other)) => Err(RoomError::Forbidden(format!("{other:?}"))),
-            Some(Err(e)) => Err(e),
-            None => Err(RoomError::Gone),
-        };
+        return offer_join(node, h, &handle, pdu).await;
     }
     let empty = Vec::new();
     let state_items = body.get("state").and_then(Value::as_array).unwrap_or(&empty);
@@ -270,104 +279,27 @@ async fn join_mixed(
     let before = state.ids();
     let mut batch = Batch::new();
     let mut after = before.clone();
-    after.insert(("m.room.member".into(), h.user.to_string()), id.clone());
+    after.insert(("m.room.member".into(), h.user.to_string()), pdu.event_id().clone());
     crate::room::snapshot::put_state_after(node, &mut batch, &pdu, &before, after, None)?;
     let depth = pdu.depth().unwrap_or(0);
-    let id = start_following(node, h, state, chain.into_iter().chain(state_events), pdu, batch, depth).await?;
-    Ok(id)
+    let outliers = chain.into_iter().chain(state_events).collect();
+    match node.rooms.open_joined(node, seed(h, state, outliers, pdu.clone(), batch, depth), turn).await? {
+        Opened::Started(id) => Ok(id),
+        Opened::Existing(handle) => offer_join(node, h, &handle, pdu).await,
+    }
 }
 
-/// Records a room we now follow: the state and auth chain as outliers, the
-/// join as the first event of our copy of the list.
-async fn start_following(
-    node: &Arc<Node>,
-    h: &Handshake<'_>,
-    mut state: StateMap,
-    outliers: impl Iterator<Item = Pdu>,
-    join: Pdu,
-    mut batch: Batch,
-    depth: i64,
-) -> Result<EventId, RoomError> {
-    let (room, hub, version) = (h.room, h.hub, h.version);
-    for e in outliers {
-        let json = serde_json::to_vec(e.json()).unwrap_or_default();
-        batch.push(Op::PutEvent(
-            e.event_id().clone(),
-            EventRecord {
-                json,
-                room_id: room.to_string(),
-                outlier: true,
-                hash_redacted: e.hash_redacted(),
-                ..Default::default()
-            },
-        ));
+/// Mixed rooms: our join into a room we follow already, an event like any
+/// other.
+async fn offer_join(node: &Arc<Node>, h: &Handshake<'_>, handle: &RoomHandle, pdu: Pdu) -> Result<EventId, RoomError> {
+    let id = pdu.event_id().clone();
+    let outcome = super::dag::offer(node, handle, h.hub, vec![pdu]).await?;
+    match outcome.into_iter().next().map(|(_, r)| r) {
+        Some(Ok(Verdict::Accepted | Verdict::Known)) => Ok(id),
+        Some(Ok(other)) => Err(RoomError::Forbidden(format!("{other:?}"))),
+        Some(Err(e)) => Err(e),
+        None => Err(RoomError::Gone),
     }
-    for e in state.iter() {
-        batch.push(Op::SetState {
-            room: room.clone(),
-            event_type: e.event_type().to_owned(),
-            state_key: e.state_key().unwrap_or("").to_owned(),
-            event: e.event_id().clone(),
-        });
-    }
-    let alloc = node.positions.allocate(1)?;
-    let pos = alloc.first();
-    let id = join.event_id().clone();
-    let user = UserId::parse(join.sender().as_str()).expect("parsed");
-    batch
-        .push(Op::PutEvent(
-            id.clone(),
-            EventRecord {
-                json: serde_json::to_vec(join.json()).unwrap_or_default(),
-                room_id: room.to_string(),
-                index: 0,
-                stream: pos,
-                hash_redacted: join.hash_redacted(),
-                ..Default::default()
-            },
-        ))
-        .push(Op::ListEntry { room: room.clone(), index: 0, event: id.clone() })
-        .push(Op::SetState {
-            room: room.clone(),
-            event_type: "m.room.member".into(),
-            state_key: user.to_string(),
-            event: id.clone(),
-        })
-        .push(Op::StreamEntry(StreamEntry { pos, room: room.clone(), event: id.clone() }))
-        .push(Op::PutMembership {
-            user,
-            room: room.clone(),
-            membership: Membership {
-                membership: "join".into(),
-                stream: pos,
-                event_id: id.to_string(),
-                via_server: hub.to_string(),
-                room_version: version.id.to_owned(),
-                ..Default::default()
-            },
-        })
-        .push(Op::PutRoom(RoomRecord {
-            room_id: room.to_string(),
-            room_version: version.id.to_owned(),
-            hub_server: hub.to_string(),
-            length: 1,
-            tail: id.to_string(),
-            extremities: vec![id.to_string()],
-            max_depth: depth,
-        }));
-    node.store.write(batch)?;
-    node.store.flush().await?;
-    state.apply(Arc::new(join));
-    let mut view = RoomView::empty(room.clone(), version, hub.clone());
-    view.state = state;
-    view.tail = Some(id.clone());
-    view.length = 1;
-    view.extremities = vec![id.clone()];
-    view.max_depth = depth;
-    let handle = spawn_room(node, view);
-    node.rooms.insert(room.clone(), handle);
-    drop(alloc);
-    Ok(id)
 }
 
 /// Leaves (or rejects an invite to) a room we do not take part in.

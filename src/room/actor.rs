@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::build::{self, Draft};
 use super::fanout::{destinations, JoinedServers};
-use super::{Appended, LocalOutcome, RoomCmd, RoomError, RoomHandle, RoomView};
+use super::{Appended, JoinSeed, LocalOutcome, RoomCmd, RoomError, RoomHandle, RoomView};
 use crate::core::event::{Lpdu, Pdu};
 use crate::core::ids::{EventId, ServerName, UserId};
 use crate::core::rooms::StateView;
@@ -57,7 +57,7 @@ pub(super) struct RoomActor {
 }
 
 /// Starts the writer task of a room whose state is `view`.
-pub fn spawn_room(node: &Arc<Node>, view: RoomView) -> RoomHandle {
+pub(super) fn spawn_room(node: &Arc<Node>, view: RoomView) -> RoomHandle {
     let (tx, rx) = mpsc::channel(1024);
     let shared = Arc::new(RwLock::new(Arc::new(view.clone())));
     let actor = RoomActor {
@@ -131,6 +131,14 @@ impl RoomActor {
             }
             RoomCmd::LpduRefused { lpdu_hash, error } => self.lpdu_refused(lpdu_hash, error, work),
             RoomCmd::AwaitLpdu { lpdu_hash, reply } => self.await_lpdu(lpdu_hash, reply),
+            RoomCmd::Seed { seed, reply } => match self.seed(*seed, work) {
+                Ok(id) => work.on_done(move |r| {
+                    let _ = reply.send(r.map(|_| id));
+                }),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
         }
     }
 
@@ -259,6 +267,44 @@ impl RoomActor {
         let staged = std::mem::take(work);
         self.commit(staged).await;
         crate::federation::invite::send_invite(&self.node, &self.cur, pdu).await
+    }
+
+    /// A room joined elsewhere: the state and auth chain from the hub's
+    /// answer (kept as outliers), then our join as the first list entry.
+    fn seed(&mut self, seed: JoinSeed, work: &mut Work) -> Result<EventId, RoomError> {
+        if self.cur.length != 0 {
+            return Err(RoomError::BadEvent("the room has events already".into()));
+        }
+        let room = self.cur.room_id.clone();
+        work.batch.extend(seed.snapshot);
+        for e in &seed.outliers {
+            let json = serde_json::to_vec(e.json()).unwrap_or_default();
+            let record = EventRecord {
+                json,
+                room_id: room.to_string(),
+                outlier: true,
+                hash_redacted: e.hash_redacted(),
+                ..Default::default()
+            };
+            work.batch.push(Op::PutEvent(e.event_id().clone(), record));
+        }
+        for e in seed.state.iter() {
+            work.batch.push(Op::SetState {
+                room: room.clone(),
+                event_type: e.event_type().to_owned(),
+                state_key: e.state_key().unwrap_or("").to_owned(),
+                event: e.event_id().clone(),
+            });
+        }
+        self.joined = JoinedServers::from_state(&seed.state);
+        self.cur.state = seed.state;
+        let id = seed.join.event_id().clone();
+        if self.cur.version.is_mixed() {
+            self.cur.extremities = vec![id.clone()];
+            self.cur.max_depth = seed.depth;
+        }
+        self.stage(work, seed.join)?;
+        Ok(id)
     }
 
     // ---- both roles ----

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{spawn_room, RoomError, RoomHandle, RoomView};
+use super::RoomView;
 use crate::core::event::{Pdu, RoomVersion};
 use crate::core::ids::{EventId, RoomId, ServerName};
 use crate::core::json::{self, NumberPolicy, Object};
@@ -48,12 +48,4 @@ pub fn load_view(node: &Node, room: &RoomId) -> Result<Option<RoomView>, StoreEr
         extremities,
         max_depth: rec.max_depth,
     }))
-}
-
-/// Loads a room and starts its writer task.
-pub fn load_room(node: &Arc<Node>, room: &RoomId) -> Result<RoomHandle, RoomError> {
-    let view = load_view(node, room)?.ok_or_else(|| RoomError::Storage(format!("{room} is not stored")))?;
-    let handle = spawn_room(node, view);
-    node.rooms.insert(room.clone(), handle.clone());
-    Ok(handle)
 }

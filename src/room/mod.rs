@@ -5,6 +5,7 @@
 mod actor;
 pub mod build;
 mod dag;
+mod directory;
 mod effects;
 mod fanout;
 pub mod load;
@@ -12,15 +13,13 @@ mod participant;
 mod receive;
 pub mod snapshot;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use actor::spawn_room;
 pub use build::Draft;
 pub use dag::{build_create, Outlier, Verdict};
-pub use load::load_room;
+pub use directory::{JoinSeed, JoinTurn, Opened, Rooms};
 
 use crate::core::event::{Lpdu, Pdu, RoomVersion};
 use crate::core::ids::{EventId, RoomId, ServerName};
@@ -133,6 +132,9 @@ pub enum RoomCmd {
     LpduRefused { lpdu_hash: String, error: String },
     /// A participant waits for an LPDU it sent earlier (a client retry).
     AwaitLpdu { lpdu_hash: String, reply: oneshot::Sender<Result<EventId, RoomError>> },
+    /// The first input of a room joined from a `send_join` answer (only the
+    /// directory sends it): its state, auth chain and our join.
+    Seed { seed: Box<JoinSeed>, reply: Reply<EventId> },
 }
 
 #[derive(Clone)]
@@ -146,6 +148,14 @@ impl RoomHandle {
         self.view.read().expect("poisoned").clone()
     }
 
+    fn try_send(&self, cmd: RoomCmd) -> Result<(), RoomError> {
+        self.tx.try_send(cmd).map_err(|_| RoomError::Gone)
+    }
+
+    fn same(&self, other: &RoomHandle) -> bool {
+        self.tx.same_channel(&other.tx)
+    }
+
     pub async fn send(&self, cmd: RoomCmd) -> Result<(), RoomError> {
         self.tx.send(cmd).await.map_err(|_| RoomError::Gone)
     }
@@ -155,33 +165,5 @@ impl RoomHandle {
         let (tx, rx) = oneshot::channel();
         self.send(make(tx)).await?;
         rx.await.map_err(|_| RoomError::Gone)?
-    }
-}
-
-/// The rooms this server knows, by id.
-#[derive(Default)]
-pub struct Rooms {
-    map: Mutex<HashMap<RoomId, RoomHandle>>,
-}
-
-impl Rooms {
-    pub fn get(&self, id: &RoomId) -> Option<RoomHandle> {
-        self.map.lock().expect("poisoned").get(id).cloned()
-    }
-
-    pub fn insert(&self, id: RoomId, handle: RoomHandle) {
-        self.map.lock().expect("poisoned").insert(id, handle);
-    }
-
-    pub fn ids(&self) -> Vec<RoomId> {
-        self.map.lock().expect("poisoned").keys().cloned().collect()
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.lock().expect("poisoned").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

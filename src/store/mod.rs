@@ -222,6 +222,12 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+
+    /// Appends another batch's writes after ours.
+    pub fn extend(&mut self, other: Batch) -> &mut Self {
+        self.ops.extend(other.ops);
+        self
+    }
 }
 
 pub trait Store: Send + Sync + 'static {

@@ -1,0 +1,160 @@
+//! The rooms this server knows, and the one place a room's writer is
+//! started: created by a local user, loaded from the store at start, or
+//! joined from a `send_join` answer. A joined room's first records go
+//! through its writer's commit like every later event, and concurrent
+//! joins of one room are taken one at a time, so a room never has two
+//! writers or two copies of its list.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OwnedMutexGuard;
+
+use super::actor::spawn_room;
+use super::{RoomCmd, RoomError, RoomHandle, RoomView};
+use crate::core::event::{Pdu, RoomVersion};
+use crate::core::ids::{EventId, RoomId, ServerName};
+use crate::core::rooms::StateMap;
+use crate::node::Node;
+use crate::store::Batch;
+
+/// What a room joined elsewhere starts from: the state before our join and
+/// the events it needs (kept as outliers), and the join itself, which
+/// becomes the first entry of our copy of the list.
+pub struct JoinSeed {
+    pub room: RoomId,
+    pub version: &'static RoomVersion,
+    pub hub: ServerName,
+    pub state: StateMap,
+    pub outliers: Vec<Pdu>,
+    pub join: Pdu,
+    /// Mixed rooms: the state snapshot records of the join.
+    pub snapshot: Batch,
+    pub depth: i64,
+}
+
+/// The outcome of opening a joined room.
+pub enum Opened {
+    /// The room is new here and its writer started from the seed.
+    Started(EventId),
+    /// The room was already followed: the join is an event like any other,
+    /// for the caller to hand to this writer.
+    Existing(RoomHandle),
+}
+
+type JoinLocks = HashMap<RoomId, Arc<tokio::sync::Mutex<()>>>;
+
+#[derive(Default)]
+pub struct Rooms {
+    map: Mutex<HashMap<RoomId, RoomHandle>>,
+    joining: Arc<Mutex<JoinLocks>>,
+}
+
+/// Held while one local user joins a room hubbed elsewhere.
+pub struct JoinTurn {
+    room: RoomId,
+    locks: Arc<Mutex<JoinLocks>>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    _turn: Option<OwnedMutexGuard<()>>,
+}
+
+impl Drop for JoinTurn {
+    fn drop(&mut self) {
+        self._turn.take();
+        let mut locks = self.locks.lock().expect("poisoned");
+        // The map's and ours: nobody waits for this room any more. Others
+        // clone under this lock, so the count cannot rise meanwhile.
+        if Arc::strong_count(&self.lock) == 2 {
+            locks.remove(&self.room);
+        }
+    }
+}
+
+impl Rooms {
+    pub fn get(&self, id: &RoomId) -> Option<RoomHandle> {
+        self.map.lock().expect("poisoned").get(id).cloned()
+    }
+
+    pub fn ids(&self) -> Vec<RoomId> {
+        self.map.lock().expect("poisoned").keys().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().expect("poisoned").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Starts the writer of a room a local user creates here (we are its
+    /// hub); its first events come as ordinary commands.
+    pub fn create(
+        &self,
+        node: &Arc<Node>,
+        room: RoomId,
+        version: &'static RoomVersion,
+    ) -> Result<RoomHandle, RoomError> {
+        let mut map = self.map.lock().expect("poisoned");
+        if map.contains_key(&room) {
+            return Err(RoomError::BadEvent(format!("{room} exists already")));
+        }
+        let handle = spawn_room(node, RoomView::empty(room.clone(), version, node.name.clone()));
+        map.insert(room, handle.clone());
+        Ok(handle)
+    }
+
+    /// Starts the writer of a stored room (at start-up).
+    pub fn load(&self, node: &Arc<Node>, room: &RoomId) -> Result<RoomHandle, RoomError> {
+        let view =
+            super::load::load_view(node, room)?.ok_or_else(|| RoomError::Storage(format!("{room} is not stored")))?;
+        let mut map = self.map.lock().expect("poisoned");
+        if let Some(h) = map.get(room) {
+            return Ok(h.clone());
+        }
+        let handle = spawn_room(node, view);
+        map.insert(room.clone(), handle.clone());
+        Ok(handle)
+    }
+
+    /// Waits until no other local user is joining `room` from elsewhere.
+    /// Held across the whole handshake: the hub then sequences our joins
+    /// one after the other, so the first one seeds our copy of the list and
+    /// the later ones continue it.
+    pub async fn join_turn(&self, room: &RoomId) -> JoinTurn {
+        let lock = self.joining.lock().expect("poisoned").entry(room.clone()).or_default().clone();
+        let turn = lock.clone().lock_owned().await;
+        JoinTurn { room: room.clone(), locks: self.joining.clone(), lock, _turn: Some(turn) }
+    }
+
+    /// Opens a room joined elsewhere, unless it is followed already. Needs
+    /// the caller's `JoinTurn` for the room.
+    pub async fn open_joined(&self, node: &Arc<Node>, seed: JoinSeed, _turn: &JoinTurn) -> Result<Opened, RoomError> {
+        let room = seed.room.clone();
+        let (handle, rx) = {
+            let mut map = self.map.lock().expect("poisoned");
+            if let Some(h) = map.get(&room) {
+                return Ok(Opened::Existing(h.clone()));
+            }
+            let handle = spawn_room(node, RoomView::empty(room.clone(), seed.version, seed.hub.clone()));
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            // A new inbox has room: the seed is the writer's first input.
+            handle.try_send(RoomCmd::Seed { seed: Box::new(seed), reply: tx })?;
+            map.insert(room.clone(), handle.clone());
+            (handle, rx)
+        };
+        let outcome = rx.await.map_err(|_| RoomError::Gone).and_then(|r| r);
+        match outcome {
+            Ok(id) => Ok(Opened::Started(id)),
+            Err(e) => {
+                // Nothing of the room is durable: forget it; the writer
+                // stops once the last handle is gone.
+                let mut map = self.map.lock().expect("poisoned");
+                if map.get(&room).is_some_and(|h| h.same(&handle)) {
+                    map.remove(&room);
+                }
+                Err(e)
+            }
+        }
+    }
+}
