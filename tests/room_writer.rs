@@ -4,6 +4,11 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::proxy::{FaultProxy, Mode};
 use common::*;
 use lmx::core::ids::EventId;
 use serde_json::json;
@@ -50,4 +55,99 @@ async fn two_local_users_joining_one_remote_room_at_once_get_one_copy_of_its_lis
         let joins = whole.len() - mine.len();
         assert!(joins >= 2, "p1's copy starts at its first join: {} of {} events", mine.len(), whole.len());
     }
+}
+
+/// A server that accepts connections and never says a word.
+async fn black_hole() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_to_a_silent_server_holds_up_no_other_send() {
+    let mut net = Net::new();
+    net.reserve("hub.test");
+    let (silent, accepted) = black_hole().await;
+    let mut config = net.config("hub.test");
+    config.federation.resolve.insert("silent.test".into(), silent);
+    let hub = Server::start(config).await;
+    let alice = hub.client().register("alice").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+
+    let inviter = alice.clone();
+    let path = format!("/_matrix/client/v3/rooms/{}/invite", enc(&room));
+    let invite =
+        tokio::spawn(async move { inviter.call("POST", &path, Some(json!({"user_id": "@x:silent.test"}))).await });
+    eventually("the invite is out with the silent server", || accepted.load(Ordering::SeqCst) > 0).await;
+
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        sent.push(alice.send_ok(&room, &format!("t{i}"), "while the invite waits").await);
+    }
+    assert!(!invite.is_finished(), "the sends were answered while the invite still waits for its answer");
+    let list = hub.list(&room);
+    assert!(sent.iter().all(|s| list.iter().any(|e| e.as_str() == s)), "every send is in the list");
+    // The invite is not in the list: nothing was appended without the
+    // invitee's server.
+    let invites = list
+        .iter()
+        .filter_map(|id| hub.node().store.event(id).unwrap())
+        .filter(|r| String::from_utf8_lossy(&r.json).contains("@x:silent.test"))
+        .count();
+    assert_eq!(invites, 0);
+    invite.abort();
+}
+
+/// While an invitee's server takes its time, the room moves on; the invite
+/// is then placed on the list as it is by then, and the invitee can join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_answered_after_the_room_moved_on_lands_on_the_new_tail() {
+    let mut net = Net::new();
+    for h in ["hub.test", "p1.test"] {
+        net.reserve(h);
+    }
+    let proxy = FaultProxy::start(net.resolve["p1.test"]).await;
+    let mut config = net.config("hub.test");
+    config.federation.resolve.insert("p1.test".into(), proxy.addr);
+    let hub = Server::start(config).await;
+    let p1 = Server::start(net.config("p1.test")).await;
+    let alice = hub.client().register("alice").await;
+    let bob = p1.client().register("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+
+    proxy.set(Mode::Trickle(Duration::from_millis(1)));
+    let inviter = alice.clone();
+    let (path, bob_id) = (format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)), bob.user_id.clone());
+    let invite = tokio::spawn(async move { inviter.call("POST", &path, Some(json!({ "user_id": bob_id }))).await });
+    eventually("the invite is on its way to p1", || !proxy.times_of("trickled").is_empty()).await;
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        sent.push(alice.send_ok(&room, &format!("m{i}"), "meanwhile").await);
+    }
+    let answered = invite.await.unwrap();
+    assert_eq!(answered.status, 200, "the invite succeeds: {}", answered.body);
+    proxy.set(Mode::Pass);
+
+    let list = hub.list(&room);
+    let at = |id: &str| list.iter().position(|e| e.as_str() == id).unwrap();
+    let invite_at = list
+        .iter()
+        .position(|id| {
+            let r = hub.node().store.event(id).unwrap().unwrap();
+            let e: serde_json::Value = serde_json::from_slice(&r.json).unwrap();
+            e["type"] == "m.room.member" && e["content"]["membership"] == "invite"
+        })
+        .expect("the invite is in the list");
+    assert!(sent.iter().all(|s| at(s) < invite_at), "the sends made meanwhile come before the invite");
+    assert_eq!(bob.join(&room, HUB).await.status, 200, "the invitee joins");
 }

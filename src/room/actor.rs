@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use super::build::{self, Draft};
 use super::fanout::{destinations, JoinedServers};
+use super::invite::InviteFor;
 use super::{Appended, JoinSeed, LocalOutcome, RoomCmd, RoomError, RoomHandle, RoomView};
 use crate::core::event::{Lpdu, Pdu};
 use crate::core::ids::{EventId, ServerName, UserId};
@@ -54,6 +55,11 @@ pub(super) struct RoomActor {
     pub waiters: HashMap<String, Vec<oneshot::Sender<Result<EventId, RoomError>>>>,
     /// Follower: list positions below this have been trimmed.
     pub pruned_upto: u64,
+    /// Our own inbox, for answers of network work done beside the writer;
+    /// weak, so the room stops once every handle is gone.
+    pub inbox: mpsc::WeakSender<RoomCmd>,
+    /// Invites out with an invitee's server, by what a retry would repeat.
+    pub inviting: std::collections::HashSet<String>,
 }
 
 /// Starts the writer task of a room whose state is `view`.
@@ -67,6 +73,8 @@ pub(super) fn spawn_room(node: &Arc<Node>, view: RoomView) -> RoomHandle {
         view: shared.clone(),
         waiters: HashMap::new(),
         pruned_upto: 0,
+        inbox: tx.downgrade(),
+        inviting: Default::default(),
     };
     let span = tracing::info_span!("room", room = %actor.cur.room_id);
     node.spawn(actor.run(rx).instrument(span));
@@ -99,12 +107,12 @@ impl RoomActor {
         match cmd {
             RoomCmd::Local { draft, reply } => {
                 if self.is_hub() {
-                    self.hub_local(draft, reply, work).await
+                    self.hub_local(draft, reply, work)
                 } else {
                     self.participant_local(draft, reply, work)
                 }
             }
-            RoomCmd::Lpdu { lpdu, with_state, reply } => self.hub_lpdu(lpdu, with_state, reply, work).await,
+            RoomCmd::Lpdu { lpdu, with_state, reply } => self.hub_lpdu(lpdu, with_state, reply, work),
             RoomCmd::FromHub { pdus, reply } => {
                 let results = self.take_from_hub(pdus, work).await;
                 work.on_done(move |r| {
@@ -131,6 +139,7 @@ impl RoomActor {
             }
             RoomCmd::LpduRefused { lpdu_hash, error } => self.lpdu_refused(lpdu_hash, error, work),
             RoomCmd::AwaitLpdu { lpdu_hash, reply } => self.await_lpdu(lpdu_hash, reply),
+            RoomCmd::InviteAnswered(answer) => self.invite_answered(*answer, work),
             RoomCmd::Seed { seed, reply } => match self.seed(*seed, work) {
                 Ok(id) => work.on_done(move |r| {
                     let _ = reply.send(r.map(|_| id));
@@ -144,7 +153,7 @@ impl RoomActor {
 
     // ---- hub ----
 
-    async fn hub_local(&mut self, draft: Draft, reply: super::Reply<LocalOutcome>, work: &mut Work) {
+    fn hub_local(&mut self, draft: Draft, reply: super::Reply<LocalOutcome>, work: &mut Work) {
         // A client retrying a send gets the event it already made.
         if let Some((device, txn)) = &draft.txn {
             if let Ok(Some(t)) = self.node.store.client_txn(&draft.sender, device, txn) {
@@ -154,25 +163,28 @@ impl RoomActor {
                 }
             }
         }
-        let built = if self.cur.version.is_mixed() {
-            self.dag_build(&draft)
+        match self.build_local(&draft) {
+            Ok(pdu) if self.invitee_to_ask(&pdu).is_some() => {
+                self.ask_invitee(pdu, InviteFor::Local { draft, reply }, work)
+            }
+            Ok(pdu) => self.finish_local(draft, reply, pdu, work),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    pub(super) fn build_local(&self, draft: &Draft) -> Result<Pdu, RoomError> {
+        if self.cur.version.is_mixed() {
+            self.dag_build(draft)
         } else {
-            build::hub_event_from_draft(&self.cur, &self.node.key, &draft, now_ms())
-        };
-        let pdu = match built {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
-        let pdu = match self.countersign_remote_invite(pdu, work).await {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
+            build::hub_event_from_draft(&self.cur, &self.node.key, draft, now_ms())
+        }
+    }
+
+    /// Appends a local user's built event; the client is answered once the
+    /// batch is durable.
+    pub(super) fn finish_local(&mut self, draft: Draft, reply: super::Reply<LocalOutcome>, pdu: Pdu, work: &mut Work) {
         let staged = if self.cur.version.is_mixed() {
             let id = pdu.event_id().clone();
             match self.dag_accept(work, pdu) {
@@ -207,12 +219,11 @@ impl RoomActor {
         }
     }
 
-    async fn hub_lpdu(&mut self, lpdu: Lpdu, with_state: bool, reply: super::Reply<Appended>, work: &mut Work) {
+    fn hub_lpdu(&mut self, lpdu: Lpdu, with_state: bool, reply: super::Reply<Appended>, work: &mut Work) {
         if !self.is_hub() {
             let _ = reply.send(Err(RoomError::NotHub));
             return;
         }
-        let state_before = with_state.then(|| self.cur.state.clone());
         // A replayed LPDU is not appended twice (OQ-43).
         let hash = lpdu.lpdu_hash().to_owned();
         let existing = match work.staged_lpdus.get(&hash) {
@@ -220,18 +231,37 @@ impl RoomActor {
             None => self.load_sequenced(&hash),
         };
         if let Some(pdu) = existing {
+            let state_before = with_state.then(|| self.cur.state.clone());
             let appended = Appended { event_id: pdu.event_id().clone(), pdu, state_before };
             work.on_done(move |r| {
                 let _ = reply.send(r.map(|_| appended));
             });
             return;
         }
-        let built = build::hub_event_from_lpdu(&self.cur, &self.node.key, &lpdu);
-        let pdu = match built {
-            Ok(p) => self.countersign_remote_invite(p, work).await,
-            Err(e) => Err(e),
-        };
-        match pdu.and_then(|p| self.stage(work, p)) {
+        match build::hub_event_from_lpdu(&self.cur, &self.node.key, &lpdu) {
+            Ok(pdu) if self.invitee_to_ask(&pdu).is_some() => {
+                self.ask_invitee(pdu, InviteFor::Lpdu { lpdu, with_state, reply }, work)
+            }
+            Ok(pdu) => self.finish_lpdu(lpdu, with_state, reply, pdu, work),
+            Err(e) => {
+                tracing::info!(lpdu = %hash, sender = %lpdu.sender(), reason = %e, "refused an event");
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Appends the PDU built from a participant's LPDU.
+    pub(super) fn finish_lpdu(
+        &mut self,
+        lpdu: Lpdu,
+        with_state: bool,
+        reply: super::Reply<Appended>,
+        pdu: Pdu,
+        work: &mut Work,
+    ) {
+        let hash = lpdu.lpdu_hash().to_owned();
+        let state_before = with_state.then(|| self.cur.state.clone());
+        match self.stage(work, pdu) {
             Ok(pdu) => {
                 work.staged_lpdus.insert(hash, pdu.clone());
                 let appended = Appended { event_id: pdu.event_id().clone(), pdu, state_before };
@@ -249,24 +279,6 @@ impl RoomActor {
     fn load_sequenced(&self, lpdu_hash: &str) -> Option<Arc<Pdu>> {
         let id = self.node.store.lpdu_event(&self.cur.room_id, lpdu_hash).ok()??;
         crate::room::load::load_pdu(&self.node, self.cur.version, &id).ok().flatten()
-    }
-
-    /// An invite for a server that does not take part yet goes to that
-    /// server first (E10); it signs the event, which is then appended. The
-    /// room waits for the answer: the event is built on the current tail.
-    async fn countersign_remote_invite(&mut self, pdu: Pdu, work: &mut Work) -> Result<Pdu, RoomError> {
-        let Some(target) = invite_target(&pdu) else {
-            return Ok(pdu);
-        };
-        let server = target.server_name();
-        if self.node.is_me(&server) || self.joined.contains(&server) {
-            return Ok(pdu);
-        }
-        // Make what is staged durable first: the invitee must be able to
-        // fetch the events this one references.
-        let staged = std::mem::take(work);
-        self.commit(staged).await;
-        crate::federation::invite::send_invite(&self.node, &self.cur, pdu).await
     }
 
     /// A room joined elsewhere: the state and auth chain from the hub's
@@ -542,11 +554,4 @@ impl RoomActor {
             other => tracing::error!(?other, "room could not be reloaded"),
         }
     }
-}
-
-fn invite_target(pdu: &Pdu) -> Option<UserId> {
-    if pdu.event_type() != "m.room.member" || pdu.membership() != Some("invite") {
-        return None;
-    }
-    pdu.state_key().and_then(|s| UserId::parse(s).ok())
 }

@@ -8,6 +8,7 @@ mod dag;
 mod directory;
 mod effects;
 mod fanout;
+mod invite;
 pub mod load;
 mod participant;
 mod receive;
@@ -132,6 +133,9 @@ pub enum RoomCmd {
     LpduRefused { lpdu_hash: String, error: String },
     /// A participant waits for an LPDU it sent earlier (a client retry).
     AwaitLpdu { lpdu_hash: String, reply: oneshot::Sender<Result<EventId, RoomError>> },
+    /// An invitee's server answered (or could not be asked about) an
+    /// invite the room built; only the room itself sends it.
+    InviteAnswered(Box<invite::InviteAnswer>),
     /// The first input of a room joined from a `send_join` answer (only the
     /// directory sends it): its state, auth chain and our join.
     Seed { seed: Box<JoinSeed>, reply: Reply<EventId> },
