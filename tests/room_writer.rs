@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use common::proxy::{FaultProxy, Mode};
 use common::*;
-use lmx::core::ids::EventId;
+use lmx::core::ids::{EventId, ServerName};
+use lmx::store::records::DestinationState;
+use lmx::store::{Batch, Op};
 use serde_json::json;
 
 const HUB: &str = "hub.test:8448";
@@ -80,6 +82,8 @@ async fn an_invite_to_a_silent_server_holds_up_no_other_send() {
     let (silent, accepted) = black_hole().await;
     let mut config = net.config("hub.test");
     config.federation.resolve.insert("silent.test".into(), silent);
+    // The invite must stay pending for the whole test, not time out.
+    config.federation.request_timeout_ms = 600_000;
     let hub = Server::start(config).await;
     let alice = hub.client().register("alice").await;
     let room = alice.create_room(json!({"preset": "public_chat"})).await;
@@ -150,4 +154,68 @@ async fn an_invite_answered_after_the_room_moved_on_lands_on_the_new_tail() {
         .expect("the invite is in the list");
     assert!(sent.iter().all(|s| at(s) < invite_at), "the sends made meanwhile come before the invite");
     assert_eq!(bob.join(&room, HUB).await.status, 200, "the invitee joins");
+}
+
+/// A participant filling a gap from a hub whose backfill is held up goes
+/// on taking its users' sends: their LPDUs reach the hub meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_fill_from_a_slow_hub_holds_up_no_local_send() {
+    let mut net = Net::new();
+    for h in ["hub.test", "p1.test"] {
+        net.reserve(h);
+    }
+    let proxy = FaultProxy::start(net.resolve["hub.test"]).await;
+    let plain = |host: &str| {
+        let mut c = net.config(host);
+        c.federation.insecure_plaintext = true;
+        c
+    };
+    let hub = Server::start(plain("hub.test")).await;
+    let mut p1_config = plain("p1.test");
+    p1_config.federation.resolve.insert("hub.test".into(), proxy.addr);
+    // The held backfill must stay pending for the whole test, not time out.
+    p1_config.federation.request_timeout_ms = 600_000;
+    let mut p1 = Server::start(p1_config).await;
+    let alice = hub.client().register("alice").await;
+    let bob = p1.client().register("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    assert_eq!(bob.join(&room, HUB).await.status, 200);
+
+    // p1 misses five events: the hub's queue for it is dropped.
+    p1.stop().await;
+    for i in 0..5 {
+        alice.send_ok(&room, &format!("lost{i}"), "lost").await;
+    }
+    let p1_name = ServerName::parse("p1.test:8448").unwrap();
+    let mark = hub.node().positions.watermark();
+    let mut b = Batch::new();
+    b.push(Op::Dequeue { dest: p1_name.clone(), up_to: u64::MAX })
+        .push(Op::PutDestination { dest: p1_name, state: DestinationState { acked: mark, ..Default::default() } });
+    hub.node().store.write(b).unwrap();
+
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    proxy.set(Mode::Hold { path: "/backfill/", gate: gate.clone() });
+    p1.restart().await;
+    alice.send_ok(&room, "next", "after the gap").await;
+    eventually("p1 asks the hub for the gap", || !proxy.times_of("/backfill/").is_empty()).await;
+
+    let sender = bob.clone();
+    let room2 = room.clone();
+    let send = tokio::spawn(async move { sender.send_text(&room2, "b1", "while the gap is open").await });
+    let from_bob = |server: &Server| {
+        server.list(&room).iter().any(|id| {
+            let r = server.node().store.event(id).unwrap().unwrap();
+            String::from_utf8_lossy(&r.json).contains("while the gap is open")
+        })
+    };
+    eventually("the hub sequences bob's send while p1's backfill is held", || from_bob(&hub)).await;
+    assert_eq!(gate.available_permits(), 0, "the backfill was still held");
+
+    gate.add_permits(1);
+    let sent = send.await.unwrap();
+    assert_eq!(sent.status, 200, "bob's send is answered once its echo is in p1's list: {}", sent.body);
+    eventually("p1 fills the gap", || p1.list(&room).last() == hub.list(&room).last()).await;
+    let (mine, whole) = (p1.list(&room), hub.list(&room));
+    assert!(whole.ends_with(&mine), "p1's list is the hub's from bob's join on");
+    assert!(from_bob(&p1));
 }

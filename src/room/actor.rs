@@ -60,6 +60,8 @@ pub(super) struct RoomActor {
     pub inbox: mpsc::WeakSender<RoomCmd>,
     /// Invites out with an invitee's server, by what a retry would repeat.
     pub inviting: std::collections::HashSet<String>,
+    /// Participant: a gap in our list being filled from the hub.
+    pub gap: Option<super::gap::Gap>,
 }
 
 /// Starts the writer task of a room whose state is `view`.
@@ -75,6 +77,7 @@ pub(super) fn spawn_room(node: &Arc<Node>, view: RoomView) -> RoomHandle {
         pruned_upto: 0,
         inbox: tx.downgrade(),
         inviting: Default::default(),
+        gap: None,
     };
     let span = tracing::info_span!("room", room = %actor.cur.room_id);
     node.spawn(actor.run(rx).instrument(span));
@@ -97,13 +100,13 @@ impl RoomActor {
             }
             let mut work = Work::default();
             for cmd in cmds {
-                self.handle(cmd, &mut work).await;
+                self.handle(cmd, &mut work);
             }
             self.commit(work).await;
         }
     }
 
-    async fn handle(&mut self, cmd: RoomCmd, work: &mut Work) {
+    fn handle(&mut self, cmd: RoomCmd, work: &mut Work) {
         match cmd {
             RoomCmd::Local { draft, reply } => {
                 if self.is_hub() {
@@ -113,12 +116,8 @@ impl RoomActor {
                 }
             }
             RoomCmd::Lpdu { lpdu, with_state, reply } => self.hub_lpdu(lpdu, with_state, reply, work),
-            RoomCmd::FromHub { pdus, reply } => {
-                let results = self.take_from_hub(pdus, work).await;
-                work.on_done(move |r| {
-                    let _ = reply.send(r.map(|_| results));
-                });
-            }
+            RoomCmd::FromHub { pdus, reply } => self.take_from_hub(pdus, reply, work),
+            RoomCmd::GapFetched(fetched) => self.gap_fetched(fetched, work),
             RoomCmd::LmDagEvent { pdu, reply } => match self.hub_dag_event(pdu.clone(), work) {
                 Ok(pdu) => {
                     let appended = Appended { event_id: pdu.event_id().clone(), pdu, state_before: None };

@@ -8,6 +8,7 @@ mod dag;
 mod directory;
 mod effects;
 mod fanout;
+mod gap;
 mod invite;
 pub mod load;
 mod participant;
@@ -133,6 +134,9 @@ pub enum RoomCmd {
     LpduRefused { lpdu_hash: String, error: String },
     /// A participant waits for an LPDU it sent earlier (a client retry).
     AwaitLpdu { lpdu_hash: String, reply: oneshot::Sender<Result<EventId, RoomError>> },
+    /// The hub's backfill for a gap in our list (newest first); only the
+    /// room itself sends it.
+    GapFetched(Result<Vec<Pdu>, RoomError>),
     /// An invitee's server answered (or could not be asked about) an
     /// invite the room built; only the room itself sends it.
     InviteAnswered(Box<invite::InviteAnswer>),

@@ -11,20 +11,10 @@ use std::sync::Arc;
 use crate::core::ids::ServerName;
 use crate::core::rooms::{authorize, authorize_by_auth_events, check_append, AppendError};
 
-/// Pages of backfill a gap may take before the participant gives up.
-const MAX_GAP_PAGES: usize = 50;
-const GAP_PAGE: usize = 100;
-
 impl RoomActor {
-    pub(super) async fn take_from_hub(&mut self, pdus: Vec<Pdu>, work: &mut Work) -> Vec<Result<(), RoomError>> {
-        let mut out = Vec::with_capacity(pdus.len());
-        for pdu in pdus {
-            out.push(self.accept_from_hub(pdu, work).await);
-        }
-        out
-    }
-
-    async fn accept_from_hub(&mut self, pdu: Pdu, work: &mut Work) -> Result<(), RoomError> {
+    /// One event from the hub, whose place continues our list (a gap
+    /// before it was filled first, see `gap.rs`).
+    pub(super) fn accept_from_hub(&mut self, pdu: Pdu, work: &mut Work) -> Result<(), RoomError> {
         if self.node.is_me(&self.cur.hub) {
             return Err(RoomError::BadEvent("this server is the room's hub".into()));
         }
@@ -36,12 +26,19 @@ impl RoomActor {
         if is_dag_origin(&self.cur.hub, &pdu) {
             return self.append_dag_origin(pdu, work);
         }
-        if let [prev] = pdu.prev_events() {
-            if Some(prev) != self.cur.tail.as_ref() && !self.knows(work, prev) {
-                self.fill_gap(prev, work).await?;
-            }
-        }
         self.append_audited(pdu, work)
+    }
+
+    /// The event our list lacks before `pdu`, if any: its single prev event
+    /// when that is neither our tail nor known.
+    pub(super) fn missing_before(&self, pdu: &Pdu, work: &Work) -> Option<EventId> {
+        if self.node.is_me(&self.cur.hub) || self.knows(work, pdu.event_id()) || is_dag_origin(&self.cur.hub, pdu) {
+            return None;
+        }
+        match pdu.prev_events() {
+            [prev] if Some(prev) != self.cur.tail.as_ref() && !self.knows(work, prev) => Some(prev.clone()),
+            _ => None,
+        }
     }
 
     /// A DAG server's event relayed by the hub: its prev events must be in
@@ -100,37 +97,6 @@ impl RoomActor {
                 self.stage_with(work, pdu, true).map(|_| ())
             }
         }
-    }
-
-    /// Fetches the events between our tail and `missing` from the hub.
-    async fn fill_gap(&mut self, missing: &EventId, work: &mut Work) -> Result<(), RoomError> {
-        let mut newest_first: Vec<Pdu> = Vec::new();
-        let mut from = missing.clone();
-        for _ in 0..MAX_GAP_PAGES {
-            let page = crate::federation::fetch::backfill(&self.node, &self.cur, &from, GAP_PAGE)
-                .await
-                .map_err(RoomError::Remote)?;
-            let mut reached = false;
-            for pdu in page.into_iter().rev() {
-                if self.knows(work, pdu.event_id()) {
-                    reached = true;
-                    break;
-                }
-                if newest_first.iter().all(|p| p.event_id() != pdu.event_id()) {
-                    newest_first.push(pdu);
-                }
-            }
-            let next = newest_first.last().and_then(|p| p.prev_events().first().cloned());
-            match next {
-                Some(p) if !reached => from = p,
-                _ => break,
-            }
-        }
-        tracing::info!(room = %self.cur.room_id, events = newest_first.len(), "filled a gap from the hub");
-        for pdu in newest_first.into_iter().rev() {
-            self.append_audited(pdu, work)?;
-        }
-        Ok(())
     }
 }
 

@@ -34,6 +34,12 @@ pub enum Mode {
     },
     /// Called with the request path and the JSON answer.
     Rewrite(Rewriter),
+    /// Requests whose request line contains `path` wait for a permit of
+    /// `gate` (`add_permits(1)` lets them all go); others pass at once.
+    Hold {
+        path: &'static str,
+        gate: Arc<tokio::sync::Semaphore>,
+    },
 }
 
 pub struct FaultProxy {
@@ -121,6 +127,18 @@ async fn connection(
                 let Some((head, _)) = read_request(&mut client).await else { return };
                 seen.lock().unwrap().push((Instant::now(), head.lines().next().unwrap_or("").to_owned()));
                 if write_json(&mut client, code, &body).await.is_err() {
+                    return;
+                }
+            },
+            Mode::Hold { path, gate } => loop {
+                let Some((head, body)) = read_request(&mut client).await else { return };
+                let line = head.lines().next().unwrap_or("").to_owned();
+                seen.lock().unwrap().push((Instant::now(), line.clone()));
+                if line.contains(path) {
+                    drop(gate.acquire().await);
+                }
+                let Some((code, answer)) = forward(upstream, &head, &body).await else { return };
+                if write_json(&mut client, code, &answer).await.is_err() {
                     return;
                 }
             },
