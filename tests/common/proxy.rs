@@ -12,6 +12,7 @@
 //! (`federation.insecure_plaintext`).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,11 +43,52 @@ pub enum Mode {
     },
 }
 
+/// A request the proxy answered in an HTTP mode (`Status`, `Rewrite`).
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    pub line: String,
+    /// The request body as JSON (`Null` when empty or not JSON).
+    pub body: Value,
+    pub status: u16,
+    /// Readings of one counter shared by all connections, taken when the
+    /// request had been read and when its answer was ready (before it was
+    /// written back): an order, not a time. Two requests were in flight
+    /// together when each arrived before the other was answered.
+    pub arrived: u64,
+    pub answered: u64,
+}
+
+impl Exchange {
+    pub fn overlaps(&self, other: &Exchange) -> bool {
+        self.arrived < other.answered && other.arrived < self.answered
+    }
+}
+
+/// What the HTTP modes record.
+#[derive(Clone, Default)]
+struct Log {
+    exchanges: Arc<Mutex<Vec<Exchange>>>,
+    ticks: Arc<AtomicU64>,
+}
+
+impl Log {
+    fn tick(&self) -> u64 {
+        self.ticks.fetch_add(1, Ordering::SeqCst)
+    }
+
+    fn record(&self, head: &str, body: &[u8], status: u16, arrived: u64, answered: u64) {
+        let line = head.lines().next().unwrap_or("").to_owned();
+        let body = serde_json::from_slice(body).unwrap_or(Value::Null);
+        self.exchanges.lock().unwrap().push(Exchange { line, body, status, arrived, answered });
+    }
+}
+
 pub struct FaultProxy {
     pub addr: SocketAddr,
     mode: watch::Sender<(u64, Mode)>,
     /// Request lines seen (HTTP modes) or connections (others), with times.
     pub seen: Arc<Mutex<Vec<(Instant, String)>>>,
+    log: Log,
 }
 
 impl FaultProxy {
@@ -56,14 +98,23 @@ impl FaultProxy {
         let (mode, rx) = watch::channel((0, Mode::Pass));
         let seen: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
         let seen2 = seen.clone();
+        let log = Log::default();
+        let log2 = log.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let rx = rx.clone();
                 let seen = seen2.clone();
-                tokio::spawn(async move { connection(client, upstream, rx, seen).await });
+                let log = log2.clone();
+                tokio::spawn(async move { connection(client, upstream, rx, seen, log).await });
             }
         });
-        FaultProxy { addr, mode, seen }
+        FaultProxy { addr, mode, seen, log }
+    }
+
+    /// The requests answered in the HTTP modes whose request line contains
+    /// `what`, in the order their answers were ready.
+    pub fn exchanges(&self, what: &str) -> Vec<Exchange> {
+        self.log.exchanges.lock().unwrap().iter().filter(|e| e.line.contains(what)).cloned().collect()
     }
 
     pub fn set(&self, mode: Mode) {
@@ -84,6 +135,7 @@ async fn connection(
     upstream: SocketAddr,
     mut rx: watch::Receiver<(u64, Mode)>,
     seen: Arc<Mutex<Vec<(Instant, String)>>>,
+    log: Log,
 ) {
     let (generation, mode) = rx.borrow_and_update().clone();
     let work = async {
@@ -124,8 +176,10 @@ async fn connection(
                 }
             },
             Mode::Status { code, body } => loop {
-                let Some((head, _)) = read_request(&mut client).await else { return };
+                let Some((head, request)) = read_request(&mut client).await else { return };
+                let arrived = log.tick();
                 seen.lock().unwrap().push((Instant::now(), head.lines().next().unwrap_or("").to_owned()));
+                log.record(&head, &request, code, arrived, log.tick());
                 if write_json(&mut client, code, &body).await.is_err() {
                     return;
                 }
@@ -147,7 +201,9 @@ async fn connection(
                 let line = head.lines().next().unwrap_or("").to_owned();
                 seen.lock().unwrap().push((Instant::now(), line.clone()));
                 let path = line.split(' ').nth(1).unwrap_or("/").to_owned();
+                let arrived = log.tick();
                 let Some((code, mut answer)) = forward(upstream, &head, &body).await else { return };
+                log.record(&head, &body, code, arrived, log.tick());
                 f(&path, &mut answer);
                 if write_json(&mut client, code, &answer).await.is_err() {
                     return;
