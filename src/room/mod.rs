@@ -48,6 +48,24 @@ pub enum RoomError {
     Gone,
 }
 
+impl RoomError {
+    /// What another server or a client is told: storage and task failures
+    /// are logged here, once, and go out without their details.
+    pub fn public_reason(&self) -> String {
+        match self {
+            RoomError::Storage(detail) => {
+                tracing::error!(error = %detail, "storage error while handling a room event");
+                "internal error".into()
+            }
+            RoomError::Gone => {
+                tracing::error!("a room's writer stopped");
+                "internal error".into()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 impl From<crate::store::StoreError> for RoomError {
     fn from(e: crate::store::StoreError) -> Self {
         RoomError::Storage(e.to_string())
@@ -173,5 +191,18 @@ impl RoomHandle {
         let (tx, rx) = oneshot::channel();
         self.send(make(tx)).await?;
         rx.await.map_err(|_| RoomError::Gone)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RoomError;
+
+    #[test]
+    fn storage_and_task_details_stay_inside() {
+        let detail = "sled: /var/lib/lmx/db: Input/output error";
+        assert_eq!(RoomError::Storage(detail.into()).public_reason(), "internal error");
+        assert_eq!(RoomError::Gone.public_reason(), "internal error");
+        assert_eq!(RoomError::Forbidden("not joined".into()).public_reason(), "not joined");
     }
 }

@@ -179,7 +179,7 @@ async fn process_pdus(req: &Req, pdus: &[Value]) -> Outcomes {
                     match handle.send(RoomCmd::Lpdu { lpdu, with_state: false, reply }).await {
                         Ok(()) => sequencing.push((id, answer)),
                         Err(e) => {
-                            out.insert(id, Err(e.to_string()));
+                            out.insert(id, Err(e.public_reason()));
                         }
                     }
                 }
@@ -199,7 +199,7 @@ async fn process_pdus(req: &Req, pdus: &[Value]) -> Outcomes {
                             sequencing.push((id, answer));
                             continue;
                         }
-                        Err(e) => e.to_string(),
+                        Err(e) => e.public_reason(),
                     }
                 }
                 Ok(_) => "the hub takes full events only from their sender's server".into(),
@@ -221,8 +221,8 @@ async fn process_pdus(req: &Req, pdus: &[Value]) -> Outcomes {
     }
     for (id, answer) in sequencing {
         let result = match answer.await {
-            Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
-            Err(_) => Err(RoomError::Gone.to_string()),
+            Ok(r) => r.map(|_| ()).map_err(|e| e.public_reason()),
+            Err(_) => Err(RoomError::Gone.public_reason()),
         };
         out.insert(id, result);
     }
@@ -234,12 +234,12 @@ async fn process_pdus(req: &Req, pdus: &[Value]) -> Outcomes {
         match handle.ask(|reply| RoomCmd::FromHub { pdus: list, reply }).await {
             Ok(results) => {
                 for (id, r) in ids.into_iter().zip(results) {
-                    out.insert(id, r.map_err(|e| e.to_string()));
+                    out.insert(id, r.map_err(|e| e.public_reason()));
                 }
             }
             Err(e) => {
                 for id in ids {
-                    out.insert(id, Err(e.to_string()));
+                    out.insert(id, Err(e.public_reason()));
                 }
             }
         }
@@ -256,14 +256,14 @@ async fn process_pdus(req: &Req, pdus: &[Value]) -> Outcomes {
                         Ok(Verdict::Accepted | Verdict::Known) => Ok(()),
                         Ok(Verdict::SoftFailed(why)) => Err(format!("soft-failed: {why}")),
                         Ok(Verdict::Rejected(why)) => Err(format!("rejected: {why}")),
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(e.public_reason()),
                     };
                     out.insert(id.to_string(), r);
                 }
             }
             Err(e) => {
                 for id in ids {
-                    out.insert(id, Err(e.to_string()));
+                    out.insert(id, Err(e.public_reason()));
                 }
             }
         }
@@ -294,7 +294,7 @@ pub async fn accept_lpdu(req: &Req, version: &'static RoomVersion, obj: &Object)
 
 impl From<RoomError> for ApiError {
     fn from(e: RoomError) -> Self {
-        match e {
+        match e.clone() {
             RoomError::Forbidden(m) => ApiError::forbidden(m),
             RoomError::BadEvent(m) => ApiError::bad_json(m),
             RoomError::TooLarge(m) => ApiError::too_large(m),
@@ -303,8 +303,7 @@ impl From<RoomError> for ApiError {
             }
             RoomError::Pending => ApiError::limit_exceeded("The room's hub has not sequenced the event yet", 1000),
             RoomError::Remote(m) => ApiError::new(http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", m),
-            RoomError::Storage(m) => ApiError::unknown(format!("storage: {m}")),
-            RoomError::Gone => ApiError::unknown("room task stopped"),
+            RoomError::Storage(_) | RoomError::Gone => ApiError::unknown(e.public_reason()),
         }
     }
 }
