@@ -336,3 +336,29 @@ async fn a_follower_may_refuse_to_host_rooms() {
     assert_eq!(errcode(&a), (403, "M_FORBIDDEN".into()));
     assert!(a.body["error"].as_str().unwrap().contains("follower"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_counts_follow_messages_from_others_and_read_receipts() {
+    let (_net, hub, _p1) = two_servers().await;
+    let alice = hub.client().register("alice").await;
+    let bob = hub.client().register("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    assert_eq!(bob.join(&room, &hub.name()).await.status, 200);
+    let count = |alice: Client, room: String| async move {
+        let s = alice.sync(None, 0).await;
+        s["rooms"]["join"][&room]["unread_notifications"]["notification_count"].as_u64().unwrap()
+    };
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        sent.push(bob.send_ok(&room, &format!("b{i}"), "hello").await);
+    }
+    alice.send_ok(&room, "a0", "my own").await;
+    assert_eq!(
+        count(alice.clone(), room.clone()).await,
+        3,
+        "bob's three messages; his join and alice's own message do not count"
+    );
+    let path = format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&sent[1]));
+    assert_eq!(alice.call("POST", &path, Some(json!({}))).await.status, 200);
+    assert_eq!(count(alice.clone(), room.clone()).await, 1, "only the message after the receipt");
+}

@@ -208,11 +208,8 @@ impl Syncer<'_> {
         let start = read_index.max(length.saturating_sub(UNREAD_CAP));
         let mut count = 0;
         for id in self.call.node.store.list(room, start, length)? {
-            if let Some(e) = load_client_event(&self.call.node, &id)? {
-                let counts = matches!(e["type"].as_str(), Some("m.room.message" | "m.room.encrypted"));
-                if counts && e["sender"] != self.user.as_str() {
-                    count += 1;
-                }
+            if let Some(rec) = self.call.node.store.event(&id)? {
+                count += u64::from(counts_as_unread(&rec, self.user.as_str()));
             }
         }
         Ok(count)
@@ -415,4 +412,22 @@ impl Syncer<'_> {
         }
         Ok((answer, empty))
     }
+}
+
+/// A message or encrypted event from someone else, shown to clients. Only
+/// `type` and `sender` are read from the stored bytes: this runs for every
+/// recent event of a room on every sync that touches it.
+fn counts_as_unread(rec: &crate::store::records::EventRecord, user: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Head<'a> {
+        #[serde(rename = "type", borrow)]
+        event_type: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        sender: std::borrow::Cow<'a, str>,
+    }
+    if rec.soft_failed || !rec.rejected.is_empty() || rec.json.is_empty() {
+        return false;
+    }
+    serde_json::from_slice::<Head>(&rec.json)
+        .is_ok_and(|h| matches!(h.event_type.as_ref(), "m.room.message" | "m.room.encrypted") && h.sender != user)
 }
