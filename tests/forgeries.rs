@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::proxy::{FaultProxy, Mode};
+use common::proxy::{FaultProxy, Mode, ProxiedPair, Through};
 use common::*;
 use http::Method;
 use lmx::core::ids::{EventId, RoomId, ServerName};
@@ -22,9 +22,7 @@ use serde_json::{json, Value};
 const HUB: &str = "hub.test:8448";
 
 fn plain(net: &Net, host: &str) -> lmx::config::Config {
-    let mut c = net.config(host);
-    c.federation.insecure_plaintext = true;
-    c
+    net.plain_config(host)
 }
 
 /// Changes a signed field of the first event of `key` in an answer.
@@ -36,15 +34,7 @@ fn forge(answer: &mut Value, key: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_send_join_answer_is_refused_and_nothing_stored() {
-    let mut net = Net::new();
-    for h in ["hub.test", "p1.test"] {
-        net.reserve(h);
-    }
-    let proxy = FaultProxy::start(net.resolve["hub.test"]).await;
-    let hub = Server::start(plain(&net, "hub.test")).await;
-    let mut p1_config = plain(&net, "p1.test");
-    p1_config.federation.resolve.insert("hub.test".into(), proxy.addr);
-    let p1 = Server::start(p1_config).await;
+    let ProxiedPair { net: _net, proxy, hub, p1 } = ProxiedPair::start(Through::P1ToHub, |_| {}).await;
     let alice = hub.client().register("alice").await;
     let bob = p1.client().register("bob").await;
     let room = alice.create_room(json!({"preset": "public_chat"})).await;
@@ -66,15 +56,7 @@ async fn a_forged_send_join_answer_is_refused_and_nothing_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_pages_are_checked_event_by_event() {
-    let mut net = Net::new();
-    for h in ["hub.test", "p1.test"] {
-        net.reserve(h);
-    }
-    let proxy = FaultProxy::start(net.resolve["hub.test"]).await;
-    let hub = Server::start(plain(&net, "hub.test")).await;
-    let mut p1_config = plain(&net, "p1.test");
-    p1_config.federation.resolve.insert("hub.test".into(), proxy.addr);
-    let p1 = Server::start(p1_config).await;
+    let ProxiedPair { net: _net, proxy, hub, p1 } = ProxiedPair::start(Through::P1ToHub, |_| {}).await;
     let alice = hub.client().register("alice").await;
     let bob = p1.client().register("bob").await;
     let room = alice.create_room(json!({"preset": "public_chat"})).await;

@@ -8,19 +8,13 @@ mod common;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use common::proxy::{FaultProxy, Mode};
+use common::proxy::{Mode, ProxiedPair, Through};
 use common::*;
 use lmx::core::event::{Pdu, RoomVersion, Schema};
 use lmx::core::rooms::{authorize, replay_order, Place, StateMap};
 use serde_json::{json, Value};
 
 const HUB: &str = "hub.test:8448";
-
-fn plain(net: &Net, host: &str) -> lmx::config::Config {
-    let mut c = net.config(host);
-    c.federation.insecure_plaintext = true;
-    c
-}
 
 fn pdus(version: &'static RoomVersion, answer: &Value, key: &str) -> Vec<Pdu> {
     let items = answer[key].as_array().unwrap_or_else(|| panic!("no {key} in {answer}"));
@@ -53,15 +47,7 @@ fn auth_events_come_first(events: &[Pdu]) -> Result<(), String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_send_join_answer_replays_in_array_order() {
-    let mut net = Net::new();
-    for h in ["hub.test", "p1.test"] {
-        net.reserve(h);
-    }
-    let proxy = FaultProxy::start(net.resolve["hub.test"]).await;
-    let hub = Server::start(plain(&net, "hub.test")).await;
-    let mut p1_config = plain(&net, "p1.test");
-    p1_config.federation.resolve.insert("hub.test".into(), proxy.addr);
-    let p1 = Server::start(p1_config).await;
+    let ProxiedPair { net: _net, proxy, hub, p1 } = ProxiedPair::start(Through::P1ToHub, |_| {}).await;
     let alice = hub.client().register("alice").await;
     let carol = hub.client().register("carol").await;
     let bob = p1.client().register("bob").await;

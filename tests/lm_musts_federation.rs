@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::peer::{self, event_for, fed, id_of, send_txn, stored};
-use common::proxy::{Exchange, FaultProxy, Mode};
+use common::proxy::{Exchange, FaultProxy, Mode, ProxiedPair, Through};
 use common::*;
 use http::Method;
 use lmx::core::crypto::SigningKey;
@@ -33,9 +33,7 @@ fn lm() -> &'static RoomVersion {
 }
 
 fn plain(net: &Net, host: &str) -> lmx::config::Config {
-    let mut c = net.config(host);
-    c.federation.insecure_plaintext = true;
-    c
+    net.plain_config(host)
 }
 
 fn failed_pdus(answer: &Value) -> &serde_json::Map<String, Value> {
@@ -224,16 +222,8 @@ fn count(e: &Exchange, key: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn items_160_161_one_transaction_in_flight_of_at_most_50_pdus_and_100_edus() {
-    let mut net = Net::new();
-    for h in ["hub.test", "p1.test"] {
-        net.reserve(h);
-    }
     // The hub reaches p1 through the proxy.
-    let proxy = FaultProxy::start(net.resolve["p1.test"]).await;
-    let mut hub_config = plain(&net, "hub.test");
-    hub_config.federation.resolve.insert("p1.test".into(), proxy.addr);
-    let hub = Server::start(hub_config).await;
-    let p1 = Server::start(plain(&net, "p1.test")).await;
+    let ProxiedPair { net: _net, proxy, hub, p1 } = ProxiedPair::start(Through::HubToP1, |_| {}).await;
     let alice = hub.client().register("alice").await;
     let bob = p1.client().register("bob").await;
     let room = alice.create_room(json!({"preset": "public_chat"})).await;
@@ -502,17 +492,9 @@ async fn item_48_state_follows_the_list_not_timestamps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn items_60_61_62_a_participant_takes_hub_events_only_with_the_required_signatures() {
-    let mut net = Net::new();
-    for h in ["hub.test", "p1.test"] {
-        net.reserve(h);
-    }
     // The hub's own deliveries to p1 go through the proxy, and stop; the
     // test speaks for the hub.
-    let proxy = FaultProxy::start(net.resolve["p1.test"]).await;
-    let mut hub_config = plain(&net, "hub.test");
-    hub_config.federation.resolve.insert("p1.test".into(), proxy.addr);
-    let hub = Server::start(hub_config).await;
-    let p1 = Server::start(plain(&net, "p1.test")).await;
+    let ProxiedPair { net, proxy, hub, p1 } = ProxiedPair::start(Through::HubToP1, |_| {}).await;
     let alice = hub.client().register("alice").await;
     let bob = p1.client().register("bob").await;
     let room = alice.create_room(json!({"preset": "public_chat"})).await;

@@ -8,11 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::proxy::{FaultProxy, Mode};
+use common::proxy::{FaultProxy, Mode, ProxiedPair, Through};
 use common::*;
-use lmx::core::ids::{EventId, ServerName};
-use lmx::store::records::DestinationState;
-use lmx::store::{Batch, Op};
+use lmx::core::ids::EventId;
 use serde_json::json;
 
 const HUB: &str = "hub.test:8448";
@@ -160,22 +158,9 @@ async fn an_invite_answered_after_the_room_moved_on_lands_on_the_new_tail() {
 /// on taking its users' sends: their LPDUs reach the hub meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_fill_from_a_slow_hub_holds_up_no_local_send() {
-    let mut net = Net::new();
-    for h in ["hub.test", "p1.test"] {
-        net.reserve(h);
-    }
-    let proxy = FaultProxy::start(net.resolve["hub.test"]).await;
-    let plain = |host: &str| {
-        let mut c = net.config(host);
-        c.federation.insecure_plaintext = true;
-        c
-    };
-    let hub = Server::start(plain("hub.test")).await;
-    let mut p1_config = plain("p1.test");
-    p1_config.federation.resolve.insert("hub.test".into(), proxy.addr);
     // The held backfill must stay pending for the whole test, not time out.
-    p1_config.federation.request_timeout_ms = 600_000;
-    let mut p1 = Server::start(p1_config).await;
+    let tune = |c: &mut lmx::config::Config| c.federation.request_timeout_ms = 600_000;
+    let ProxiedPair { net: _net, proxy, hub, mut p1 } = ProxiedPair::start(Through::P1ToHub, tune).await;
     let alice = hub.client().register("alice").await;
     let bob = p1.client().register("bob").await;
     let room = alice.create_room(json!({"preset": "public_chat"})).await;
@@ -186,12 +171,7 @@ async fn a_gap_fill_from_a_slow_hub_holds_up_no_local_send() {
     for i in 0..5 {
         alice.send_ok(&room, &format!("lost{i}"), "lost").await;
     }
-    let p1_name = ServerName::parse("p1.test:8448").unwrap();
-    let mark = hub.node().positions.watermark();
-    let mut b = Batch::new();
-    b.push(Op::Dequeue { dest: p1_name.clone(), up_to: u64::MAX })
-        .push(Op::PutDestination { dest: p1_name, state: DestinationState { acked: mark, ..Default::default() } });
-    hub.node().store.write(b).unwrap();
+    hub.drop_queue_for("p1.test:8448");
 
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     proxy.set(Mode::Hold { path: "/backfill/", gate: gate.clone() });

@@ -492,6 +492,25 @@ impl RoomActor {
         work.staged_ids.contains(id) || matches!(self.node.store.event(id), Ok(Some(r)) if !r.outlier)
     }
 
+    /// Network work for the room, beside its writer: `job` starts once this
+    /// batch is durable (or gets the write's error) and what it returns is
+    /// the room's next input.
+    pub(super) fn beside<F, Fut>(&self, work: &mut Work, job: F)
+    where
+        F: FnOnce(Result<(), RoomError>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = RoomCmd> + Send + 'static,
+    {
+        let (node, inbox) = (self.node.clone(), self.inbox.clone());
+        work.on_done(move |written| {
+            node.spawn(async move {
+                let input = job(written).await;
+                if let Some(inbox) = inbox.upgrade() {
+                    let _ = inbox.send(input).await;
+                }
+            });
+        });
+    }
+
     /// Writes and flushes a batch, then answers everyone waiting on it.
     pub(super) async fn commit(&mut self, mut work: Work) {
         if work.appended {

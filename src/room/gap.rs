@@ -98,18 +98,12 @@ impl RoomActor {
     /// Asks the hub for the missing events once this batch is durable.
     fn start_fill(&mut self, missing: EventId, work: &mut Work) {
         self.gap.get_or_insert_with(Gap::default).missing = Some(missing.clone());
-        let (node, view, inbox) = (self.node.clone(), self.cur.clone(), self.inbox.clone());
-        work.on_done(move |written| {
-            let spawner = node.clone();
-            spawner.spawn(async move {
-                let fetched = match written {
-                    Ok(()) => fetch(node, view, missing).await,
-                    Err(e) => Err(e),
-                };
-                if let Some(inbox) = inbox.upgrade() {
-                    let _ = inbox.send(RoomCmd::GapFetched(fetched)).await;
-                }
-            });
+        let (node, view) = (self.node.clone(), self.cur.clone());
+        self.beside(work, move |written| async move {
+            RoomCmd::GapFetched(match written {
+                Ok(()) => fetch(node, view, missing).await,
+                Err(e) => Err(e),
+            })
         });
     }
 

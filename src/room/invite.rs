@@ -78,18 +78,13 @@ impl RoomActor {
                 return;
             }
         }
-        let (node, view, inbox) = (self.node.clone(), self.cur.clone(), self.inbox.clone());
-        work.on_done(move |written| {
-            let spawner = node.clone();
-            spawner.spawn(async move {
-                let answer = match written {
-                    Ok(()) => countersign(node, view, pdu).await,
-                    Err(e) => Err(e),
-                };
-                if let Some(inbox) = inbox.upgrade() {
-                    let _ = inbox.send(RoomCmd::InviteAnswered(Box::new(InviteAnswer { origin, answer }))).await;
-                }
-            });
+        let (node, view) = (self.node.clone(), self.cur.clone());
+        self.beside(work, move |written| async move {
+            let answer = match written {
+                Ok(()) => countersign(node, view, pdu).await,
+                Err(e) => Err(e),
+            };
+            RoomCmd::InviteAnswered(Box::new(InviteAnswer { origin, answer }))
         });
     }
 

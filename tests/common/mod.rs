@@ -126,6 +126,14 @@ impl Net {
         c
     }
 
+    /// `config` with plain HTTP between servers, for tests whose fault
+    /// proxy reads or rewrites what passes.
+    pub fn plain_config(&self, host: &str) -> Config {
+        let mut c = self.config(host);
+        c.federation.insecure_plaintext = true;
+        c
+    }
+
     /// What every test server shares: TLS from the test CA, quick retries,
     /// open registration and a shared secret.
     fn base_config(&self, server_name: String, data_dir: PathBuf, cert: PathBuf, key: PathBuf) -> Config {
@@ -222,6 +230,19 @@ impl Server {
 
     pub fn client(&self) -> Client {
         Client::new(self.client)
+    }
+
+    /// Forgets what this server has queued for `dest`, as if delivery had
+    /// skipped it: `dest` will see a gap in its rooms.
+    pub fn drop_queue_for(&self, dest: &str) {
+        use lmx::store::records::DestinationState;
+        use lmx::store::{Batch, Op};
+        let dest = lmx::core::ids::ServerName::parse(dest).unwrap();
+        let mark = self.node().positions.watermark();
+        let mut b = Batch::new();
+        b.push(Op::Dequeue { dest: dest.clone(), up_to: u64::MAX })
+            .push(Op::PutDestination { dest, state: DestinationState { acked: mark, ..Default::default() } });
+        self.node().store.write(b).unwrap();
     }
 
     /// This server's copy of a room's list, as event ids.

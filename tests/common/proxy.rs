@@ -286,3 +286,44 @@ async fn write_json(s: &mut TcpStream, code: u16, body: &Value) -> std::io::Resu
     s.write_all(head.as_bytes()).await?;
     s.write_all(&bytes).await
 }
+
+/// Which way the fault proxy of a `ProxiedPair` sits.
+pub enum Through {
+    /// The hub's requests to the participant pass it.
+    HubToP1,
+    /// The participant's requests to the hub pass it.
+    P1ToHub,
+}
+
+/// `hub.test` and `p1.test` with plain HTTP between them (so the proxy can
+/// read and rewrite what passes) and a fault proxy on one way. Keep `net`
+/// alive as long as the servers: it owns their data directories.
+pub struct ProxiedPair {
+    pub net: super::Net,
+    pub proxy: FaultProxy,
+    pub hub: super::Server,
+    pub p1: super::Server,
+}
+
+impl ProxiedPair {
+    /// `tune` may change the configuration of the server whose requests
+    /// pass the proxy.
+    pub async fn start(through: Through, tune: impl FnOnce(&mut lmx::config::Config)) -> ProxiedPair {
+        let mut net = super::Net::new();
+        for h in ["hub.test", "p1.test"] {
+            net.reserve(h);
+        }
+        let (caller, callee) = match through {
+            Through::HubToP1 => ("hub.test", "p1.test"),
+            Through::P1ToHub => ("p1.test", "hub.test"),
+        };
+        let proxy = FaultProxy::start(net.resolve[callee]).await;
+        let (mut hub_config, mut p1_config) = (net.plain_config("hub.test"), net.plain_config("p1.test"));
+        let proxied = if caller == "hub.test" { &mut hub_config } else { &mut p1_config };
+        proxied.federation.resolve.insert(callee.into(), proxy.addr);
+        tune(proxied);
+        let hub = super::Server::start(hub_config).await;
+        let p1 = super::Server::start(p1_config).await;
+        ProxiedPair { net, proxy, hub, p1 }
+    }
+}
