@@ -1,0 +1,111 @@
+//! The shape of the code, checked from its text: which layers a module may
+//! name (arrows point down), and the one-writer rule (only `room/` starts a
+//! room's writer or writes a room's list and state).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+/// Top-level modules a file names as `crate::<module>`.
+fn named_modules(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (i, _) in text.match_indices("crate::") {
+        let rest = &text[i + "crate::".len()..];
+        let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        if !name.is_empty() {
+            out.insert(name);
+        }
+    }
+    // `use crate::{a, b::c}` names several at once.
+    for (i, _) in text.match_indices("crate::{") {
+        let rest = &text[i + "crate::{".len()..];
+        let group = &rest[..rest.find('}').unwrap_or(rest.len())];
+        for part in group.split(',') {
+            let name: String = part.trim().chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            if !name.is_empty() {
+                out.insert(name);
+            }
+        }
+    }
+    out
+}
+
+/// What each layer may name. `room` still reaches `node` and `federation`
+/// (the hub's invites, a participant's backfill, run beside the writer);
+/// the sans-IO room machine removes those arrows.
+const ALLOWED: &[(&str, &[&str])] = &[
+    ("core", &["core"]),
+    ("store", &["core", "store"]),
+    ("http", &["core", "store", "config", "http"]),
+    ("room", &["core", "store", "room", "node", "federation", "crash", "config"]),
+];
+
+/// What a layer must never name: the layers above it.
+const FORBIDDEN: &[(&str, &[&str])] =
+    &[("federation", &["client_api", "app", "cli", "bench"]), ("client_api", &["app", "cli", "bench"])];
+
+#[test]
+fn imports_point_down() {
+    let mut wrong = Vec::new();
+    for file in rust_files(&src()) {
+        let rel = file.strip_prefix(src()).unwrap().to_string_lossy().replace('\\', "/");
+        let layer = rel.split(['/', '.']).next().unwrap().to_owned();
+        let names = named_modules(&std::fs::read_to_string(&file).unwrap());
+        if let Some((_, allowed)) = ALLOWED.iter().find(|(l, _)| *l == layer) {
+            for n in names.iter().filter(|n| !allowed.contains(&n.as_str())) {
+                wrong.push(format!("{rel} names crate::{n}"));
+            }
+        }
+        if let Some((_, forbidden)) = FORBIDDEN.iter().find(|(l, _)| *l == layer) {
+            for n in names.iter().filter(|n| forbidden.contains(&n.as_str())) {
+                wrong.push(format!("{rel} names crate::{n}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "imports that run up or sideways:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn only_room_starts_writers_and_writes_lists() {
+    const WRITER_ONLY: &[&str] =
+        &["spawn_room(", "Op::ListEntry", "Op::PutRoom", "Op::SetState", "Op::DeleteState", "RoomCmd::Seed"];
+    let mut wrong = Vec::new();
+    for file in rust_files(&src()) {
+        let rel = file.strip_prefix(src()).unwrap().to_string_lossy().replace('\\', "/");
+        // The store applies these writes; the room module makes them.
+        if rel.starts_with("room/") || rel.starts_with("store/") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        for token in WRITER_ONLY.iter().filter(|t| text.contains(**t)) {
+            wrong.push(format!("{rel} uses {token}"));
+        }
+    }
+    assert!(wrong.is_empty(), "room records written outside room/:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_checks_see_what_they_look_for() {
+    let names = named_modules("use crate::core::ids;\nuse crate::{node::Node, room};\nlet x = crate::http::f();");
+    assert_eq!(names.into_iter().collect::<Vec<_>>(), ["core", "http", "node", "room"]);
+    // The tree holds the files these rules speak of.
+    let files: Vec<_> = rust_files(&src()).into_iter().map(|f| f.to_string_lossy().replace('\\', "/")).collect();
+    assert!(files.iter().any(|f| f.ends_with("src/room/directory.rs")));
+    assert!(files.iter().any(|f| f.ends_with("src/core/rooms/order.rs")));
+}
