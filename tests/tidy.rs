@@ -32,15 +32,40 @@ fn named_modules(text: &str) -> BTreeSet<String> {
             out.insert(name);
         }
     }
-    // `use crate::{a, b::c}` names several at once.
+    // `use crate::{a, b::{c, d}, e}` names several at once: the names at
+    // the group's top level, however deep its inner groups go.
     for (i, _) in text.match_indices("crate::{") {
-        let rest = &text[i + "crate::{".len()..];
-        let group = &rest[..rest.find('}').unwrap_or(rest.len())];
-        for part in group.split(',') {
-            let name: String = part.trim().chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-            if !name.is_empty() {
-                out.insert(name);
+        let mut depth = 0;
+        let mut at_top_start = true;
+        let mut name = String::new();
+        for c in text[i + "crate::".len()..].chars() {
+            match c {
+                '{' => {
+                    depth += 1;
+                    at_top_start = depth == 1;
+                }
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                ',' if depth == 1 => {
+                    if !name.is_empty() {
+                        out.insert(std::mem::take(&mut name));
+                    }
+                    at_top_start = true;
+                }
+                c if at_top_start && depth == 1 && (c.is_ascii_alphanumeric() || c == '_') => name.push(c),
+                _ if at_top_start && depth == 1 && !name.is_empty() => {
+                    out.insert(std::mem::take(&mut name));
+                    at_top_start = false;
+                }
+                _ => {}
             }
+        }
+        if !name.is_empty() {
+            out.insert(name);
         }
     }
     out
@@ -104,6 +129,8 @@ fn only_room_starts_writers_and_writes_lists() {
 fn the_checks_see_what_they_look_for() {
     let names = named_modules("use crate::core::ids;\nuse crate::{node::Node, room};\nlet x = crate::http::f();");
     assert_eq!(names.into_iter().collect::<Vec<_>>(), ["core", "http", "node", "room"]);
+    let nested = named_modules("use crate::{a::{b, c::{d}}, e,\n    f::g};");
+    assert_eq!(nested.into_iter().collect::<Vec<_>>(), ["a", "e", "f"]);
     // The tree holds the files these rules speak of.
     let files: Vec<_> = rust_files(&src()).into_iter().map(|f| f.to_string_lossy().replace('\\', "/")).collect();
     assert!(files.iter().any(|f| f.ends_with("src/room/directory.rs")));

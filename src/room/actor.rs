@@ -35,6 +35,8 @@ pub(super) struct Work {
     /// LPDU hashes staged in this batch (hub: replay detection, OQ-43).
     staged_lpdus: HashMap<String, Arc<Pdu>>,
     pub staged_ids: BTreeSet<EventId>,
+    /// Events staged in this batch, by id (a repeat finds the first copy).
+    pub staged_pdus: HashMap<EventId, Arc<Pdu>>,
     /// Echoes of our own LPDUs (participant): hash → event id.
     pub echoes: Vec<(String, EventId)>,
     appended: bool,
@@ -287,8 +289,9 @@ impl RoomActor {
             return Err(RoomError::BadEvent("the room has events already".into()));
         }
         let room = self.cur.room_id.clone();
-        work.batch.extend(seed.snapshot);
-        for e in &seed.outliers {
+        // Written only if the join itself can be staged.
+        let mut records = seed.snapshot;
+        for e in seed.outliers.iter().filter(|e| e.event_id() != seed.join.event_id()) {
             let json = serde_json::to_vec(e.json()).unwrap_or_default();
             let record = EventRecord {
                 json,
@@ -297,16 +300,17 @@ impl RoomActor {
                 hash_redacted: e.hash_redacted(),
                 ..Default::default()
             };
-            work.batch.push(Op::PutEvent(e.event_id().clone(), record));
+            records.push(Op::PutEvent(e.event_id().clone(), record));
         }
         for e in seed.state.iter() {
-            work.batch.push(Op::SetState {
+            records.push(Op::SetState {
                 room: room.clone(),
                 event_type: e.event_type().to_owned(),
                 state_key: e.state_key().unwrap_or("").to_owned(),
                 event: e.event_id().clone(),
             });
         }
+        let before = (self.cur.clone(), self.joined.clone());
         self.joined = JoinedServers::from_state(&seed.state);
         self.cur.state = seed.state;
         let id = seed.join.event_id().clone();
@@ -314,7 +318,15 @@ impl RoomActor {
             self.cur.extremities = vec![id.clone()];
             self.cur.max_depth = seed.depth;
         }
-        self.stage(work, seed.join)?;
+        // The seed's records go before the join's own: where both write one
+        // key (a hub may list the join in `state`), the join's list entry
+        // wins over an outlier copy.
+        let at = work.batch.ops.len();
+        if let Err(e) = self.stage(work, seed.join) {
+            (self.cur, self.joined) = before;
+            return Err(e);
+        }
+        work.batch.ops.splice(at..at, records.ops);
         Ok(id)
     }
 
@@ -388,6 +400,7 @@ impl RoomActor {
         }
         self.cur.tail = Some(id.clone());
         self.cur.length += 1;
+        work.staged_pdus.insert(id.clone(), pdu.clone());
         work.staged_ids.insert(id);
         work.appended = true;
         Ok(pos)
@@ -536,9 +549,11 @@ impl RoomActor {
         };
         let result = result.map_err(|e| {
             tracing::error!(error = %e, "room write failed; reloading the room");
-            RoomError::from(e)
+            RoomError::Storage(e.to_string())
         });
-        if result.is_err() {
+        if let Err(e) = &result {
+            // Answers held back for a gap may count events of this batch.
+            self.fail_deferred(e);
             self.reload();
         } else if work.appended {
             crate::crash::point("room.after_flush");
@@ -569,7 +584,13 @@ impl RoomActor {
                 self.joined = JoinedServers::from_state(&view.state);
                 self.cur = view;
             }
-            other => tracing::error!(?other, "room could not be reloaded"),
+            // Nothing of the room is stored (its seed did not get written):
+            // it starts from nothing again rather than from memory.
+            Ok(None) => {
+                self.cur = RoomView::empty(self.cur.room_id.clone(), self.cur.version, self.cur.hub.clone());
+                self.joined = JoinedServers::default();
+            }
+            Err(e) => tracing::error!(error = %e, "room could not be reloaded"),
         }
     }
 }

@@ -107,6 +107,16 @@ impl RoomActor {
         });
     }
 
+    /// A batch failed to write: answers held back for a gap must not
+    /// report its events as taken.
+    pub(super) fn fail_deferred(&mut self, error: &RoomError) {
+        for events in self.gap.iter_mut().flat_map(|g| g.waiting.iter_mut()) {
+            for done in events.done.iter_mut().filter(|d| d.is_ok()) {
+                *done = Err(error.clone());
+            }
+        }
+    }
+
     /// Appends what the hub's backfill returned, then the events that
     /// waited for it (which may open the next gap).
     pub(super) fn gap_fetched(&mut self, fetched: Result<Vec<Pdu>, RoomError>, work: &mut Work) {

@@ -50,17 +50,11 @@ pub enum RoomError {
 
 impl RoomError {
     /// What another server or a client is told: storage and task failures
-    /// are logged here, once, and go out without their details.
+    /// go out without their details (the storage error was logged where
+    /// it became a `RoomError`).
     pub fn public_reason(&self) -> String {
         match self {
-            RoomError::Storage(detail) => {
-                tracing::error!(error = %detail, "storage error while handling a room event");
-                "internal error".into()
-            }
-            RoomError::Gone => {
-                tracing::error!("a room's writer stopped");
-                "internal error".into()
-            }
+            RoomError::Storage(_) | RoomError::Gone => "internal error".into(),
             other => other.to_string(),
         }
     }
@@ -68,6 +62,7 @@ impl RoomError {
 
 impl From<crate::store::StoreError> for RoomError {
     fn from(e: crate::store::StoreError) -> Self {
+        tracing::error!(error = %e, "storage error in a room");
         RoomError::Storage(e.to_string())
     }
 }

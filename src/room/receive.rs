@@ -63,6 +63,9 @@ impl RoomActor {
         if !self.node.is_me(&self.cur.hub) {
             return Err(RoomError::NotHub);
         }
+        if let Some(staged) = work.staged_pdus.get(pdu.event_id()) {
+            return Ok(staged.clone());
+        }
         if self.knows(work, pdu.event_id()) {
             let existing = crate::room::load::load_pdu(&self.node, self.cur.version, pdu.event_id())?;
             return existing.ok_or_else(|| RoomError::Storage("a known event could not be read".into()));
