@@ -390,12 +390,7 @@ async fn items_131_200_transaction_ids_are_scoped_per_sender_and_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn items_22_24_25_69_73_the_hubs_list_replays_as_a_valid_chain() {
-    let mut net = Net::new();
-    for h in ["hub.test", "p1.test"] {
-        net.reserve(h);
-    }
-    let hub = Server::start(net.config("hub.test")).await;
-    let p1 = Server::start(net.config("p1.test")).await;
+    let (_net, hub, p1) = hub_and_p1().await;
     let alice = hub.client().register("alice").await;
     let bob = p1.client().register("bob").await;
     let pl = json!({"users": {alice.user_id.clone(): 100, bob.user_id.clone(): 50}});

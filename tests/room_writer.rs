@@ -26,12 +26,7 @@ fn is_contiguous_run(part: &[EventId], whole: &[EventId]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_local_users_joining_one_remote_room_at_once_get_one_copy_of_its_list() {
-    let mut net = Net::new();
-    for h in ["hub.test", "p1.test"] {
-        net.reserve(h);
-    }
-    let hub = Server::start(net.config("hub.test")).await;
-    let p1 = Server::start(net.config("p1.test")).await;
+    let (_net, hub, p1) = hub_and_p1().await;
     let alice = hub.client().register("alice").await;
     let bob = p1.client().register("bob").await;
     let carol = p1.client().register("carol").await;

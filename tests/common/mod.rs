@@ -152,6 +152,17 @@ impl Net {
     }
 }
 
+/// `hub.test` and `p1.test`, started, with TLS between them.
+pub async fn hub_and_p1() -> (Net, Server, Server) {
+    let mut net = Net::new();
+    for h in ["hub.test", "p1.test"] {
+        net.reserve(h);
+    }
+    let hub = Server::start(net.config("hub.test")).await;
+    let p1 = Server::start(net.config("p1.test")).await;
+    (net, hub, p1)
+}
+
 impl Net {
     /// A configuration named `localhost:{port}`, listening on that port:
     /// a name other servers (Synapse) can dial without any resolve table.
