@@ -86,6 +86,7 @@ fn bench(args: lmx::bench::Args) -> anyhow::Result<()> {
 
 fn serve(config: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LMX_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

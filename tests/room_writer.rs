@@ -209,3 +209,35 @@ async fn a_gap_fill_from_a_slow_hub_holds_up_no_local_send() {
     assert!(whole.ends_with(&mine), "p1's list is the hub's from bob's join on");
     assert!(from_bob(&p1));
 }
+
+/// A participant of a mixed room may be offered the history from before
+/// its join (its hub's fan-out can overtake the send_join answer): the
+/// events it holds for the room's state stay usable (not marked rejected),
+/// nothing old enters its list, and the room goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_before_a_join_offered_again_leaves_a_mixed_room_working() {
+    let (net, hub, p1) = hub_and_p1().await;
+    let alice = hub.client().register("alice").await;
+    let bob = p1.client().register("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat", "room_version": "12"})).await;
+    assert_eq!(bob.join(&room, HUB).await.status, 200);
+    let hub_list = hub.list(&room);
+    let (join, older) = hub_list.split_last().unwrap();
+    let pdus: Vec<serde_json::Value> = older
+        .iter()
+        .map(|id| serde_json::from_slice(&hub.node().store.event(id).unwrap().unwrap().json).unwrap())
+        .collect();
+    let path = "/_matrix/federation/v1/send/replayed-history";
+    let body = json!({"origin": HUB, "origin_server_ts": 1, "pdus": pdus});
+    let auth = lmx::federation::xmatrix::sign_request(&hub.node().key, "PUT", path, "p1.test:8448", Some(&body), false);
+    let a = raw_federation(&net, &p1, "PUT", path, Some(auth), body.to_string().into_bytes()).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    for id in older {
+        let record = p1.node().store.event(id).unwrap().unwrap();
+        assert!(record.rejected.is_empty(), "{id} kept as it was, not rejected: {}", record.rejected);
+    }
+    assert_eq!(p1.list(&room), vec![join.clone()], "nothing from before p1's join enters its list");
+    let sent = bob.send_ok(&room, "after", "still here").await;
+    let seen = alice.sync_until(&room, |evs| evs.iter().any(|e| e["event_id"] == sent)).await;
+    assert!(seen.iter().any(|e| e["event_id"] == sent));
+}

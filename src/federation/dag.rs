@@ -33,7 +33,14 @@ pub async fn offer(
     from: &ServerName,
     pdus: Vec<Pdu>,
 ) -> Result<Outcome, RoomError> {
-    let view = handle.view();
+    let mut view = handle.view();
+    if view.length == 0 {
+        // A room still taking its send_join answer: what is missing can
+        // only be judged against its seed (otherwise the whole history
+        // before our join looks missing and would be offered as new).
+        handle.ask(|reply| RoomCmd::Dag { pdus: Vec::new(), outliers: Vec::new(), reply }).await?;
+        view = handle.view();
+    }
     let wanted: HashSet<EventId> = pdus.iter().map(|p| p.event_id().clone()).collect();
     let (before, outliers) =
         if node.is_me(from) { (Vec::new(), Vec::new()) } else { fetch_missing(node, &view, from, &pdus).await };

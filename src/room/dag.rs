@@ -59,10 +59,6 @@ impl RoomActor {
         Events { node: &self.node, version: self.cur.version }
     }
 
-    fn rejected_reason(&self, id: &EventId) -> Option<String> {
-        self.node.store.event(id).ok().flatten().filter(|r| !r.rejected.is_empty()).map(|r| r.rejected)
-    }
-
     /// Offers a checked event (signatures and hashes done) to the room.
     /// Its prev and auth events must be known by now.
     pub(super) fn dag_accept(&mut self, work: &mut Work, pdu: Pdu) -> Result<Verdict, RoomError> {
@@ -70,8 +66,13 @@ impl RoomActor {
         if self.knows(work, &id) {
             return Ok(Verdict::Known);
         }
-        if let Some(reason) = self.rejected_reason(&id) {
-            return Ok(Verdict::Rejected(reason));
+        match self.node.store.event(&id)? {
+            Some(r) if !r.rejected.is_empty() => return Ok(Verdict::Rejected(r.rejected)),
+            // A participant's outliers came with its join or were fetched
+            // as what the hub's events need: the hub sequenced them before
+            // (offered again, they do not enter our list after our join).
+            Some(r) if r.outlier && !self.node.is_me(&self.cur.hub) => return Ok(Verdict::Known),
+            _ => {}
         }
         match self.dag_check(&pdu)? {
             Check::Reject(reason) => {
@@ -132,6 +133,14 @@ impl RoomActor {
     }
 
     fn store_rejected(&self, work: &mut Work, pdu: &Pdu, reason: &str) {
+        // An event held as an outlier (a send_join answer's state or auth
+        // chain) offered again out of place keeps its record: the rejection
+        // is of this offer, not of the event others are authorised by.
+        if work.staged_ids.contains(pdu.event_id())
+            || matches!(self.node.store.event(pdu.event_id()), Ok(Some(r)) if r.rejected.is_empty())
+        {
+            return;
+        }
         let record = EventRecord {
             json: serde_json::to_vec(pdu.json()).unwrap_or_default(),
             room_id: self.cur.room_id.to_string(),

@@ -150,6 +150,17 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill9();
+        // A failing test shows what the server said: its temporary directory
+        // goes away with the test.
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let mut from = log.len().saturating_sub(20_000);
+            while !log.is_char_boundary(from) {
+                from += 1;
+            }
+            let tail = &log[from..];
+            eprintln!("--- log of {} (last 20 kB) ---\n{tail}", self.config.server_name);
+        }
     }
 }
 
