@@ -2,6 +2,9 @@
 //! batches; every event of a batch is staged on the in-memory tail, the
 //! batch is written and flushed once (group commit), and only then are the
 //! callers answered and the view published (durable before acknowledged).
+//! Batches are pipelined: the next one is built and written while the
+//! previous one's flush runs; one built on a batch that then failed fails
+//! too.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -22,6 +25,30 @@ use crate::store::{Allocation, Batch, Op, StreamEntry};
 
 /// Commands taken from the inbox per batch.
 const MAX_BATCH: usize = 128;
+
+type Flush = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), crate::store::StoreError>> + Send>>;
+
+/// A batch written to the store whose flush is under way.
+struct Written {
+    work: Work,
+    /// The room as of this batch, published once it is durable.
+    view: Option<Arc<RoomView>>,
+    flush: tokio::task::JoinHandle<Result<(), crate::store::StoreError>>,
+}
+
+fn storage_failed(e: crate::store::StoreError) -> RoomError {
+    tracing::error!(error = %e, "room write failed; reloading the room");
+    RoomError::Storage(e.to_string())
+}
+
+fn flushed_result(
+    joined: Result<Result<(), crate::store::StoreError>, tokio::task::JoinError>,
+) -> Result<(), RoomError> {
+    match joined {
+        Ok(r) => r.map_err(storage_failed),
+        Err(e) => Err(RoomError::Storage(format!("flush task failed: {e}"))),
+    }
+}
 
 type Done = Box<dyn FnOnce(Result<(), RoomError>) + Send>;
 
@@ -81,7 +108,8 @@ pub(super) fn spawn_room(node: &Arc<Node>, view: RoomView) -> RoomHandle {
         inviting: Default::default(),
         gap: None,
     };
-    let span = tracing::info_span!("room", room = %actor.cur.room_id);
+    // A root span: the room outlives the request that happened to start it.
+    let span = tracing::info_span!(parent: None, "room", room = %actor.cur.room_id);
     node.spawn(actor.run(rx).instrument(span));
     RoomHandle { tx, view: shared }
 }
@@ -91,8 +119,25 @@ impl RoomActor {
         self.node.is_me(&self.cur.hub)
     }
 
+    /// Pipelined: while one batch is being flushed the next is built and
+    /// written; a batch's callers are answered, and the view published,
+    /// only once its flush (which covers every write before it) is done.
     async fn run(mut self, mut rx: mpsc::Receiver<RoomCmd>) {
-        while let Some(first) = rx.recv().await {
+        let mut flushing: Option<Written> = None;
+        loop {
+            let first = match flushing.as_mut() {
+                None => rx.recv().await,
+                Some(w) => tokio::select! {
+                    biased;
+                    flushed = &mut w.flush => {
+                        let w = flushing.take().expect("in flight");
+                        self.finish(w.work, w.view, flushed_result(flushed));
+                        continue;
+                    }
+                    cmd = rx.recv() => cmd,
+                },
+            };
+            let Some(first) = first else { break };
             let mut cmds = vec![first];
             while cmds.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -104,7 +149,28 @@ impl RoomActor {
             for cmd in cmds {
                 self.handle(cmd, &mut work);
             }
-            self.commit(work).await;
+            let written = self.write(work);
+            let previous_failed = match flushing.take() {
+                Some(prev) => {
+                    let result = flushed_result(prev.flush.await);
+                    let failed = result.is_err();
+                    self.finish(prev.work, prev.view, result);
+                    failed
+                }
+                None => false,
+            };
+            if previous_failed {
+                // Built on what a failed batch left in memory: fails too.
+                let e = RoomError::Storage("an earlier write of the room failed".into());
+                let flushed = flushed_result(written.flush.await);
+                self.finish(written.work, written.view, flushed.and(Err(e)));
+            } else {
+                flushing = Some(written);
+            }
+        }
+        if let Some(w) = flushing.take() {
+            let result = flushed_result(w.flush.await);
+            self.finish(w.work, w.view, result);
         }
     }
 
@@ -525,7 +591,9 @@ impl RoomActor {
     }
 
     /// Writes and flushes a batch, then answers everyone waiting on it.
-    pub(super) async fn commit(&mut self, mut work: Work) {
+    /// Writes a batch (not yet durable) and starts its flush; the view to
+    /// publish once it is durable is taken now, as later batches move on.
+    fn write(&mut self, mut work: Work) -> Written {
         if work.appended {
             self.trim_cache(&mut work);
             work.batch.push(Op::PutRoom(RoomRecord {
@@ -538,26 +606,30 @@ impl RoomActor {
                 max_depth: self.cur.max_depth,
             }));
         }
-        let result = if work.batch.is_empty() {
-            Ok(())
+        let view = work.appended.then(|| Arc::new(self.cur.clone()));
+        let store = self.node.store.clone();
+        let flush: Flush = if work.batch.is_empty() {
+            Box::pin(async { Ok(()) })
         } else {
-            let store = self.node.store.clone();
             match store.write(std::mem::take(&mut work.batch)) {
-                Ok(()) => store.flush().await,
-                Err(e) => Err(e),
+                Ok(()) => Box::pin(async move { store.flush().await }),
+                // Met like a failed flush, after the batches before it.
+                Err(e) => Box::pin(async move { Err(e) }),
             }
         };
-        let result = result.map_err(|e| {
-            tracing::error!(error = %e, "room write failed; reloading the room");
-            RoomError::Storage(e.to_string())
-        });
+        // Spawned, so the fsync goes on while the next batch is built.
+        Written { work, view, flush: tokio::spawn(flush) }
+    }
+
+    /// A batch is durable (or failed): publish, wake, answer.
+    fn finish(&mut self, mut work: Work, view: Option<Arc<RoomView>>, result: Result<(), RoomError>) {
         if let Err(e) = &result {
             // Answers held back for a gap may count events of this batch.
             self.fail_deferred(e);
             self.reload();
-        } else if work.appended {
+        } else if let Some(view) = view {
             crate::crash::point("room.after_flush");
-            *self.view.write().expect("poisoned") = Arc::new(self.cur.clone());
+            *self.view.write().expect("poisoned") = view;
         }
         self.node.dag.trim();
         // Publishing positions before waking readers lets them see it all.
@@ -590,7 +662,9 @@ impl RoomActor {
                 self.cur = RoomView::empty(self.cur.room_id.clone(), self.cur.version, self.cur.hub.clone());
                 self.joined = JoinedServers::default();
             }
-            Err(e) => tracing::error!(error = %e, "room could not be reloaded"),
+            Err(e) => return tracing::error!(error = %e, "room could not be reloaded"),
         }
+        // Readers see what the writer goes on from: what the store holds.
+        *self.view.write().expect("poisoned") = Arc::new(self.cur.clone());
     }
 }

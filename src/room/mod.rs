@@ -14,6 +14,8 @@ pub mod load;
 mod participant;
 mod receive;
 pub mod snapshot;
+#[cfg(test)]
+mod write_failures;
 
 use std::sync::{Arc, RwLock};
 

@@ -11,7 +11,7 @@ mod positions;
 pub mod record;
 mod sled_kv;
 
-pub use kv::{BoxFuture, Kv, MemKv};
+pub use kv::{BoxFuture, Entries, Kv, KvWrite, MemKv};
 pub use kv_store::KvStore;
 pub use positions::{Allocation, Positions};
 pub use sled_kv::SledKv;

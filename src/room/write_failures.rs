@@ -1,0 +1,187 @@
+//! A room's writer over a store whose writes or flushes fail: no caller is
+//! told an event is in when its batch, or a batch it was built on, failed;
+//! the room reads itself back and goes on once the store works again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::RwLock;
+
+use super::{Draft, LocalOutcome, RoomCmd, RoomError, RoomHandle};
+use crate::config::Config;
+use crate::core::crypto::SigningKey;
+use crate::core::event::{RoomVersion, LM_VERSION};
+use crate::core::ids::{EventId, KeyId, RoomId, UserId};
+use crate::federation::client::FedClient;
+use crate::federation::policy::AddressPolicy;
+use crate::node::Node;
+use crate::store::{BoxFuture, Entries, Kv, KvStore, KvWrite, MemKv, Positions, Store, StoreError};
+
+/// Memory underneath; the next `fail_applies` writes and `fail_flushes`
+/// flushes fail, and a flush waits while the test holds `gate`.
+struct FlakyKv {
+    inner: MemKv,
+    fail_applies: AtomicUsize,
+    fail_flushes: AtomicUsize,
+    gate: RwLock<()>,
+}
+
+fn take_one(n: &AtomicUsize) -> bool {
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1)).is_ok()
+}
+
+struct Fixture {
+    kv: Arc<FlakyKv>,
+    node: Arc<Node>,
+    room: RoomId,
+    handle: RoomHandle,
+    alice: UserId,
+}
+
+fn draft(sender: &UserId, event_type: &str, state_key: Option<&str>, content: serde_json::Value, txn: &str) -> Draft {
+    Draft {
+        sender: sender.clone(),
+        event_type: event_type.into(),
+        state_key: state_key.map(str::to_owned),
+        content: content.as_object().cloned().unwrap_or_default(),
+        txn: Some(("DEV".into(), txn.into())),
+    }
+}
+
+async fn send(handle: &RoomHandle, d: Draft) -> Result<EventId, RoomError> {
+    match handle.ask(|reply| RoomCmd::Local { draft: d, reply }).await? {
+        LocalOutcome::Done(id) => Ok(id),
+        LocalOutcome::Waiting { .. } => panic!("a hub sequences at once"),
+    }
+}
+
+async fn fixture() -> Fixture {
+    let kv = Arc::new(FlakyKv {
+        inner: MemKv::new(),
+        fail_applies: AtomicUsize::new(0),
+        fail_flushes: AtomicUsize::new(0),
+        gate: RwLock::new(()),
+    });
+    let store: Arc<dyn Store> = Arc::new(KvStore::new(SharedKv(kv.clone())));
+    let config = Config { server_name: "hub.test".into(), ..Config::default() };
+    let name = config.server_name();
+    let key = SigningKey::from_seed(name.clone(), KeyId::parse("ed25519:t").unwrap(), &[7; 32]).unwrap();
+    let fed = Arc::new(FedClient::new(
+        key.clone(),
+        None,
+        HashMap::new(),
+        AddressPolicy::new(Vec::new()),
+        Duration::from_secs(1),
+    ));
+    let positions = Positions::open(store.clone()).unwrap();
+    let node = Node::new(config, key, store, positions, fed);
+    let room = RoomId::parse("!room:hub.test").unwrap();
+    let version = RoomVersion::find(LM_VERSION).unwrap();
+    let handle = node.rooms.create(&node, room.clone(), version).unwrap();
+    let alice = UserId::parse("@alice:hub.test").unwrap();
+    let mut create = json!({"room_version": version.id});
+    if version.auth.creator_in_content {
+        create["creator"] = json!(alice.as_str());
+    }
+    send(&handle, draft(&alice, "m.room.create", Some(""), create, "c")).await.unwrap();
+    send(&handle, draft(&alice, "m.room.member", Some(alice.as_str()), json!({"membership": "join"}), "j"))
+        .await
+        .unwrap();
+    Fixture { kv, node, room, handle, alice }
+}
+
+/// `Kv` for an `Arc` the test keeps a hand on.
+struct SharedKv(Arc<FlakyKv>);
+
+impl Kv for SharedKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.inner.get(key)
+    }
+    fn range(&self, start: &[u8], end: &[u8], reverse: bool, limit: usize) -> Result<Entries, StoreError> {
+        self.0.inner.range(start, end, reverse, limit)
+    }
+    fn apply(&self, writes: Vec<KvWrite>) -> Result<(), StoreError> {
+        if take_one(&self.0.fail_applies) {
+            return Err(StoreError::Backend("injected write failure".into()));
+        }
+        self.0.inner.apply(writes)
+    }
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            // Which flush fails is decided in the order they are asked for.
+            let fails = take_one(&self.0.fail_flushes);
+            drop(self.0.gate.read().await);
+            if fails {
+                return Err(StoreError::Backend("injected flush failure".into()));
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Fixture {
+    fn message(&self, txn: &str) -> Draft {
+        draft(&self.alice, "m.room.message", None, json!({"msgtype": "m.text", "body": txn}), txn)
+    }
+
+    /// The published view agrees with what is stored.
+    fn assert_view_is_stored(&self) {
+        let stored = self.node.store.room(&self.room).unwrap().unwrap();
+        let view = self.handle.view();
+        assert_eq!(view.length, stored.length);
+        assert_eq!(view.tail.as_ref().map(|t| t.to_string()).unwrap_or_default(), stored.tail);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_is_answered_with_its_error_and_the_room_goes_on() {
+    let f = fixture().await;
+    let before = f.handle.view().length;
+    f.kv.fail_applies.store(1, Ordering::SeqCst);
+    assert!(matches!(send(&f.handle, f.message("m1")).await, Err(RoomError::Storage(_))));
+    assert_eq!(f.handle.view().length, before, "nothing of the failed batch is shown");
+    f.assert_view_is_stored();
+    send(&f.handle, f.message("m2")).await.expect("the room goes on");
+    assert_eq!(f.handle.view().length, before + 1);
+    f.assert_view_is_stored();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_built_while_a_failing_flush_ran_fails_with_it() {
+    let f = fixture().await;
+    let shut = f.kv.gate.write().await;
+    f.kv.fail_flushes.store(1, Ordering::SeqCst);
+    let first = tokio::spawn({
+        let (h, d) = (f.handle.clone(), f.message("m1"));
+        async move { send(&h, d).await }
+    });
+    // The first batch is written and its flush waits at the gate; the
+    // second is built on it meanwhile, then waits for it.
+    wait_until(|| f.node.store.client_txn(&f.alice, "DEV", "m1").unwrap().is_some()).await;
+    let second = tokio::spawn({
+        let (h, d) = (f.handle.clone(), f.message("m2"));
+        async move { send(&h, d).await }
+    });
+    wait_until(|| f.node.store.client_txn(&f.alice, "DEV", "m2").unwrap().is_some()).await;
+    assert!(!first.is_finished() && !second.is_finished(), "nobody is answered before the flush");
+    drop(shut);
+    assert!(matches!(first.await.unwrap(), Err(RoomError::Storage(_))), "its flush failed");
+    assert!(matches!(second.await.unwrap(), Err(RoomError::Storage(_))), "built on a failed batch");
+    f.assert_view_is_stored();
+    let id = send(&f.handle, f.message("m3")).await.expect("the room goes on");
+    assert_eq!(f.handle.view().tail.as_ref(), Some(&id));
+    f.assert_view_is_stored();
+}
+
+async fn wait_until(mut done: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached");
+}
