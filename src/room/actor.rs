@@ -298,7 +298,7 @@ impl RoomActor {
             None => self.load_sequenced(&hash),
         };
         if let Some(pdu) = existing {
-            let state_before = with_state.then(|| self.cur.state.clone());
+            let state_before = with_state.then(|| (*self.cur.state).clone());
             let appended = Appended { event_id: pdu.event_id().clone(), pdu, state_before };
             work.on_done(move |r| {
                 let _ = reply.send(r.map(|_| appended));
@@ -327,7 +327,7 @@ impl RoomActor {
         work: &mut Work,
     ) {
         let hash = lpdu.lpdu_hash().to_owned();
-        let state_before = with_state.then(|| self.cur.state.clone());
+        let state_before = with_state.then(|| (*self.cur.state).clone());
         match self.stage(work, pdu) {
             Ok(pdu) => {
                 work.staged_lpdus.insert(hash, pdu.clone());
@@ -378,7 +378,7 @@ impl RoomActor {
         }
         let before = (self.cur.clone(), self.joined.clone());
         self.joined = JoinedServers::from_state(&seed.state);
-        self.cur.state = seed.state;
+        self.cur.state = Arc::new(seed.state);
         let id = seed.join.event_id().clone();
         if self.cur.version.is_mixed() {
             self.cur.extremities = vec![id.clone()];
@@ -486,7 +486,7 @@ impl RoomActor {
                     state_key: sk.to_owned(),
                     event: e.event_id().clone(),
                 });
-                self.cur.state.apply(e.clone());
+                Arc::make_mut(&mut self.cur.state).apply(e.clone());
             }
             None => {
                 work.batch.push(Op::DeleteState {
@@ -494,7 +494,7 @@ impl RoomActor {
                     event_type: ty.to_owned(),
                     state_key: sk.to_owned(),
                 });
-                self.cur.state.remove(ty, sk);
+                Arc::make_mut(&mut self.cur.state).remove(ty, sk);
             }
         }
         let Some(old) = old else { return };

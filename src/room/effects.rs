@@ -51,7 +51,7 @@ impl RoomActor {
         if let Ok(pdu) = Pdu::from_trusted(self.cur.version, redacted.clone(), target.clone()) {
             if let Some(sk) = pdu.state_key() {
                 if self.cur.state.get(pdu.event_type(), sk).is_some_and(|cur| cur.event_id() == &target) {
-                    self.cur.state.apply(Arc::new(pdu));
+                    Arc::make_mut(&mut self.cur.state).apply(Arc::new(pdu));
                 }
             }
         }

@@ -42,7 +42,7 @@ pub fn load_view(node: &Node, room: &RoomId) -> Result<Option<RoomView>, StoreEr
         room_id: room.clone(),
         version,
         hub,
-        state,
+        state: Arc::new(state),
         tail,
         length: rec.length,
         extremities,

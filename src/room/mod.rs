@@ -75,7 +75,9 @@ pub struct RoomView {
     pub room_id: RoomId,
     pub version: &'static RoomVersion,
     pub hub: ServerName,
-    pub state: StateMap,
+    /// Shared with published views: a batch without state changes copies
+    /// nothing, a state change copies the map only while a reader holds it.
+    pub state: Arc<StateMap>,
     pub tail: Option<EventId>,
     pub length: u64,
     /// Mixed rooms: the DAG's forward extremities (what the next event
@@ -92,7 +94,7 @@ impl RoomView {
             room_id,
             version,
             hub,
-            state: StateMap::default(),
+            state: Arc::default(),
             tail: None,
             length: 0,
             extremities: Vec::new(),

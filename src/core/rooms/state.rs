@@ -39,6 +39,13 @@ pub trait StateView {
     }
 }
 
+/// A shared state map is a state (rooms publish theirs behind an `Arc`).
+impl<T: StateView + ?Sized> StateView for std::sync::Arc<T> {
+    fn get(&self, event_type: &str, state_key: &str) -> Option<&Pdu> {
+        (**self).get(event_type, state_key)
+    }
+}
+
 /// An owned state map. Cheap to clone: events are shared.
 #[derive(Debug, Clone, Default)]
 pub struct StateMap {
