@@ -225,7 +225,10 @@ impl RoomActor {
         if let Some((device, txn)) = &draft.txn {
             if let Ok(Some(t)) = self.node.store.client_txn(&draft.sender, device, txn) {
                 if let Ok(id) = EventId::parse(&t.event_id) {
-                    let _ = reply.send(Ok(LocalOutcome::Done(id)));
+                    // Its batch may still be flushing: answered after ours.
+                    work.on_done(move |r| {
+                        let _ = reply.send(r.map(|_| LocalOutcome::Done(id)));
+                    });
                     return;
                 }
             }

@@ -18,7 +18,10 @@ impl RoomActor {
             match self.node.store.client_txn(&draft.sender, device, txn) {
                 Ok(Some(t)) if !t.event_id.is_empty() => {
                     let id = EventId::parse(&t.event_id).map_err(|e| RoomError::Storage(e.to_string()));
-                    let _ = reply.send(id.map(LocalOutcome::Done));
+                    // Its batch may still be flushing: answered after ours.
+                    work.on_done(move |r| {
+                        let _ = reply.send(r.and(id).map(LocalOutcome::Done));
+                    });
                     return;
                 }
                 Ok(Some(t)) if !t.error.is_empty() => {

@@ -176,6 +176,27 @@ async fn a_batch_built_while_a_failing_flush_ran_fails_with_it() {
     f.assert_view_is_stored();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_send_is_answered_only_once_its_event_is_on_disk() {
+    let f = fixture().await;
+    let shut = f.kv.gate.write().await;
+    let first = tokio::spawn({
+        let (h, d) = (f.handle.clone(), f.message("m1"));
+        async move { send(&h, d).await }
+    });
+    wait_until(|| f.node.store.client_txn(&f.alice, "DEV", "m1").unwrap().is_some()).await;
+    // The client gives up and retries while the first batch still flushes.
+    let retry = tokio::spawn({
+        let (h, d) = (f.handle.clone(), f.message("m1"));
+        async move { send(&h, d).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!retry.is_finished(), "the retry finds the event, but it is not on disk yet");
+    drop(shut);
+    let (first, retry) = (first.await.unwrap().unwrap(), retry.await.unwrap().unwrap());
+    assert_eq!(first, retry, "one event for one transaction");
+}
+
 async fn wait_until(mut done: impl FnMut() -> bool) {
     for _ in 0..500 {
         if done() {
