@@ -14,16 +14,6 @@ use serde_json::{json, Value};
 
 const HUB: &str = "hub.test:8448";
 
-async fn net2() -> (Net, Server, Server) {
-    let mut net = Net::new();
-    for h in ["hub.test", "p1.test"] {
-        net.reserve(h);
-    }
-    let hub = Server::start(net.config("hub.test")).await;
-    let p1 = Server::start(net.config("p1.test")).await;
-    (net, hub, p1)
-}
-
 async fn fed_get(from: &Server, to: &str, path: &str) -> Value {
     let to = ServerName::parse(to).unwrap();
     from.node().fed.request(&to, Method::GET, path, None, true).await.unwrap().json("peer").unwrap()
@@ -31,7 +21,7 @@ async fn fed_get(from: &Server, to: &str, path: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_state_and_backfill() {
-    let (_net, hub, p1) = net2().await;
+    let (_net, hub, p1) = hub_and_p1().await;
     let alice = hub.client().register("alice").await;
     let bob = p1.client().register("bob").await;
     let room = alice.create_room(json!({"preset": "public_chat", "name": "n"})).await;
@@ -85,7 +75,7 @@ async fn events_state_and_backfill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notary_and_keys() {
-    let (_net, _hub, p1) = net2().await;
+    let (_net, _hub, p1) = hub_and_p1().await;
     let own = fed_get(&p1, HUB, "/_matrix/key/v2/server").await;
     assert_eq!(own["server_name"], HUB);
     assert_eq!(own["m.linearized"], true);
@@ -104,7 +94,7 @@ async fn notary_and_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn knock_and_invite_rejection_handshakes() {
-    let (_net, hub, p1) = net2().await;
+    let (_net, hub, p1) = hub_and_p1().await;
     let alice = hub.client().register("alice").await;
     let bob = p1.client().register("bob").await;
     let knock_rules =
@@ -171,7 +161,7 @@ async fn knock_and_invite_rejection_handshakes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_fills_a_gap_from_the_hub() {
-    let (_net, hub, mut p1) = net2().await;
+    let (_net, hub, mut p1) = hub_and_p1().await;
     let alice = hub.client().register("alice").await;
     let bob = p1.client().register("bob").await;
     let room = alice.create_room(json!({"preset": "public_chat"})).await;
@@ -193,7 +183,7 @@ async fn a_participant_fills_a_gap_from_the_hub() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_tokens_and_shared_secret_registration() {
-    let (_net, hub, _p1) = net2().await;
+    let (_net, hub, _p1) = hub_and_p1().await;
     let c = hub.client();
     // Without a token.
     let a = c.call("GET", "/_matrix/client/v3/account/whoami", None).await;

@@ -127,6 +127,12 @@ impl Fixture {
         draft(&self.alice, "m.room.message", None, json!({"msgtype": "m.text", "body": txn}), txn)
     }
 
+    /// A message sent from a task of its own, to be awaited later.
+    fn spawn_send(&self, txn: &str) -> tokio::task::JoinHandle<Result<EventId, RoomError>> {
+        let (handle, message) = (self.handle.clone(), self.message(txn));
+        tokio::spawn(async move { send(&handle, message).await })
+    }
+
     /// The published view agrees with what is stored.
     fn assert_view_is_stored(&self) {
         let stored = self.node.store.room(&self.room).unwrap().unwrap();
@@ -154,17 +160,11 @@ async fn a_batch_built_while_a_failing_flush_ran_fails_with_it() {
     let f = fixture().await;
     let shut = f.kv.gate.write().await;
     f.kv.fail_flushes.store(1, Ordering::SeqCst);
-    let first = tokio::spawn({
-        let (h, d) = (f.handle.clone(), f.message("m1"));
-        async move { send(&h, d).await }
-    });
+    let first = f.spawn_send("m1");
     // The first batch is written and its flush waits at the gate; the
     // second is built on it meanwhile, then waits for it.
     wait_until(|| f.node.store.client_txn(&f.alice, "DEV", "m1").unwrap().is_some()).await;
-    let second = tokio::spawn({
-        let (h, d) = (f.handle.clone(), f.message("m2"));
-        async move { send(&h, d).await }
-    });
+    let second = f.spawn_send("m2");
     wait_until(|| f.node.store.client_txn(&f.alice, "DEV", "m2").unwrap().is_some()).await;
     assert!(!first.is_finished() && !second.is_finished(), "nobody is answered before the flush");
     drop(shut);
@@ -180,16 +180,10 @@ async fn a_batch_built_while_a_failing_flush_ran_fails_with_it() {
 async fn a_retried_send_is_answered_only_once_its_event_is_on_disk() {
     let f = fixture().await;
     let shut = f.kv.gate.write().await;
-    let first = tokio::spawn({
-        let (h, d) = (f.handle.clone(), f.message("m1"));
-        async move { send(&h, d).await }
-    });
+    let first = f.spawn_send("m1");
     wait_until(|| f.node.store.client_txn(&f.alice, "DEV", "m1").unwrap().is_some()).await;
     // The client gives up and retries while the first batch still flushes.
-    let retry = tokio::spawn({
-        let (h, d) = (f.handle.clone(), f.message("m1"));
-        async move { send(&h, d).await }
-    });
+    let retry = f.spawn_send("m1");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!retry.is_finished(), "the retry finds the event, but it is not on disk yet");
     drop(shut);
