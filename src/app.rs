@@ -195,7 +195,7 @@ impl App {
         let node = Node::new(config, key, store, positions, fed);
         for rec in node.store.rooms()? {
             let id = RoomId::parse(&rec.room_id).context("stored room id")?;
-            node.rooms.load(&node, &id).map_err(|e| anyhow::anyhow!("loading {id}: {e}"))?;
+            node.rooms.load(&id).map_err(|e| anyhow::anyhow!("loading {id}: {e}"))?;
         }
         tracing::info!(server = %node.name, rooms = node.rooms.len(), "lmx ready");
         Ok(App { node, federation, client, tls })

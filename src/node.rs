@@ -30,8 +30,9 @@ pub struct Node {
     pub ephemeral: Ephemeral,
     pub outbound: Outbound,
     pub inbound: InboundTxns,
-    /// Events and states of mixed rooms, cached for state resolution.
-    pub dag: crate::room::snapshot::DagCache,
+    /// Events and states of mixed rooms as the federation handlers read
+    /// them (rooms tell it what their batches changed).
+    pub dag: Arc<crate::room::snapshot::DagCache>,
     /// LM rooms' visibility changes by list position (federation reads).
     pub visibility: crate::federation::handlers::visibility::VisibilityIndex,
     tasks: Mutex<Option<JoinSet<()>>>,
@@ -62,21 +63,41 @@ impl Node {
         let name = config.server_name();
         let keyring = KeyRing::new(key.clone(), fed.clone(), store.clone());
         let outbound = Outbound::new(config.federation.retry_base_ms, config.federation.retry_max_ms);
-        Arc::new(Node {
-            name,
-            key,
-            config,
-            store,
-            positions,
-            fed,
-            keyring,
-            rooms: Rooms::default(),
-            ephemeral: Ephemeral::default(),
-            outbound,
-            inbound: InboundTxns::default(),
-            dag: Default::default(),
-            visibility: Default::default(),
-            tasks: Mutex::new(Some(JoinSet::new())),
+        let dag: Arc<crate::room::snapshot::DagCache> = Arc::default();
+        Arc::new_cyclic(|me: &std::sync::Weak<Node>| {
+            let follower = config.mode == crate::config::Mode::Follower;
+            let spawner = me.clone();
+            let rooms = Rooms::new(crate::room::RoomDeps {
+                env: crate::room::machine::Env {
+                    key: key.clone(),
+                    timeline_cache: follower.then_some(config.follower.timeline_cache),
+                },
+                store: store.clone(),
+                positions: positions.clone(),
+                shared_cache: dag.clone(),
+                network: Arc::new(crate::federation::room_network::NodeNetwork(me.clone())),
+                spawn: Arc::new(move |task| {
+                    if let Some(node) = spawner.upgrade() {
+                        node.spawn(task);
+                    }
+                }),
+            });
+            Node {
+                name,
+                key,
+                config,
+                store,
+                positions,
+                fed,
+                keyring,
+                rooms,
+                ephemeral: Ephemeral::default(),
+                outbound,
+                inbound: InboundTxns::default(),
+                dag,
+                visibility: Default::default(),
+                tasks: Mutex::new(Some(JoinSet::new())),
+            }
         })
     }
 

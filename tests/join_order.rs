@@ -107,8 +107,11 @@ async fn replay_order_is_deterministic_and_auth_first() {
     alice.send_ok(&room, "1", "hello").await;
     let node = hub.node();
     let version = RoomVersion::find(lmx::core::event::LM_VERSION).unwrap();
-    let events: Vec<Arc<Pdu>> =
-        hub.list(&room).iter().map(|id| lmx::room::load::load_pdu(node, version, id).unwrap().unwrap()).collect();
+    let events: Vec<Arc<Pdu>> = hub
+        .list(&room)
+        .iter()
+        .map(|id| lmx::room::load::load_pdu(&node.store, version, id).unwrap().unwrap())
+        .collect();
     let forward = replay_order(events.clone(), Place::unlisted);
     let mut reversed = events.clone();
     reversed.reverse();

@@ -71,14 +71,13 @@ fn named_modules(text: &str) -> BTreeSet<String> {
     out
 }
 
-/// What each layer may name. `room` still reaches `node` and `federation`
-/// (the hub's invites, a participant's backfill, run beside the writer);
-/// the sans-IO room machine removes those arrows.
+/// What each layer may name. `room` reaches the network only through its
+/// own `RoomNetwork` trait and gets everything else in `RoomDeps`.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("core", &["core"]),
     ("store", &["core", "store"]),
     ("http", &["core", "store", "config", "http"]),
-    ("room", &["core", "store", "room", "node", "federation", "crash", "config"]),
+    ("room", &["core", "store", "room", "crash"]),
 ];
 
 /// What a layer must never name: the layers above it.
@@ -123,6 +122,52 @@ fn only_room_starts_writers_and_writes_lists() {
         }
     }
     assert!(wrong.is_empty(), "room records written outside room/:\n{}", wrong.join("\n"));
+}
+
+/// The room machine decides without I/O: it names only the core and the
+/// store's records and read trait, never a runtime, the network, the
+/// configuration, a clock or randomness.
+#[test]
+fn the_room_machine_does_no_io() {
+    const IO: &[&str] = &[
+        "tokio",
+        "hyper",
+        "sled",
+        "rustls",
+        "figment",
+        "now_ms",
+        "SystemTime",
+        "Instant::",
+        "getrandom",
+        "random_string",
+        ".write(",
+        ".flush(",
+        "std::fs",
+        "std::net",
+        "std::thread",
+    ];
+    let dir = src().join("room/machine");
+    let files = rust_files(&dir);
+    assert!(files.len() >= 5, "the machine's files are where this test looks");
+    let mut wrong = Vec::new();
+    for file in files {
+        let rel = file.strip_prefix(src()).unwrap().to_string_lossy().replace('\\', "/");
+        let text = std::fs::read_to_string(&file).unwrap();
+        // The model tests write what the machine hands back, as a driver would.
+        let checked = if rel.ends_with("_test.rs") { "" } else { text.as_str() };
+        for n in named_modules(&text).iter().filter(|n| !["core", "store", "room"].contains(&n.as_str())) {
+            wrong.push(format!("{rel} names crate::{n}"));
+        }
+        for room_path in text.match_indices("crate::room::").map(|(i, _)| &text[i + "crate::room::".len()..]) {
+            if !room_path.starts_with("machine") && !rel.ends_with("_test.rs") {
+                wrong.push(format!("{rel} names crate::room outside the machine"));
+            }
+        }
+        for token in IO.iter().filter(|t| checked.contains(**t)) {
+            wrong.push(format!("{rel} uses {token}"));
+        }
+    }
+    assert!(wrong.is_empty(), "I/O in the room machine:\n{}", wrong.join("\n"));
 }
 
 #[test]

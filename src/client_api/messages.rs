@@ -195,7 +195,7 @@ async fn remote_page(
     f: &EventFilter,
 ) -> Result<Page, ApiError> {
     let start = format!("r{before}");
-    let prev = match crate::room::load::load_pdu(node, view.version, before)? {
+    let prev = match crate::room::load::load_pdu(&node.store, view.version, before)? {
         Some(p) if !p.prev_events().is_empty() => p.prev_events()[0].clone(),
         Some(_) => return Ok(Page { chunk: Vec::new(), start, end: None }),
         None => {

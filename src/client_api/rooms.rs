@@ -133,7 +133,8 @@ pub async fn create_room(call: Call) -> Result<Value, ApiError> {
     let join_rule = if preset == "public_chat" { "public" } else { "invite" };
     let create = draft(&user, "m.room.create", Some(""), create);
     let (room, create_event) = if version.is_mixed() {
-        let pdu = crate::room::build_create(&node, version, &create).map_err(ApiError::from)?;
+        let room_id = format!("!{}:{}", random_string(18), node.name);
+        let pdu = crate::room::build_create(&node.key, version, &room_id, &create, now_ms()).map_err(ApiError::from)?;
         (pdu.room_id().clone(), Some(pdu))
     } else {
         let id = RoomId::parse(&format!("!{}:{}", random_string(18), node.name))
@@ -184,7 +185,7 @@ pub async fn create_room(call: Call) -> Result<Value, ApiError> {
         }
         drafts.push(draft(&user, "m.room.member", Some(i.as_str()), c));
     }
-    let handle = node.rooms.create(&node, room.clone(), version)?;
+    let handle = node.rooms.create(room.clone(), version)?;
     match create_event {
         Some(pdu) => {
             let outcome = crate::federation::dag::offer(&node, &handle, &node.name, vec![pdu]).await?;

@@ -53,7 +53,7 @@ pub async fn offer(
 /// Whether the room can compute the state after `id` (prev events).
 fn prev_known(node: &Node, id: &EventId) -> bool {
     matches!(node.store.event(id), Ok(Some(r)) if !r.rejected.is_empty())
-        || crate::room::snapshot::has_state_after(node, id).unwrap_or(false)
+        || crate::room::snapshot::has_state_after(&node.store, &node.dag, id).unwrap_or(false)
 }
 
 fn event_known(node: &Node, id: &EventId) -> bool {
@@ -169,7 +169,7 @@ pub async fn get_missing_events(
     let min_depth = view
         .extremities
         .iter()
-        .filter_map(|e| crate::room::load::load_pdu(node, view.version, e).ok().flatten())
+        .filter_map(|e| crate::room::load::load_pdu(&node.store, view.version, e).ok().flatten())
         .filter_map(|p| p.depth())
         .min()
         .unwrap_or(0);

@@ -15,7 +15,6 @@ use crate::core::rooms::{authorize, StateMap};
 use crate::http::encode_segment;
 use crate::node::{now_ms, Node};
 use crate::room::{JoinSeed, JoinTurn, Opened, RoomCmd, RoomError, RoomHandle, Verdict};
-use crate::store::Batch;
 
 /// Versions we can join, for `ver=` (item 195).
 fn supported_versions() -> Vec<&'static str> {
@@ -237,8 +236,8 @@ pub async fn join_remote(
     let state = StateMap::from_events(state_events.iter().cloned().map(Arc::new));
     authorize(&event, &state).map_err(|e| RoomError::Remote(format!("{hub}'s join fails the rules here: {e}")))?;
     let outliers = chain.into_iter().chain(state_events).collect();
-    let seed = seed(&h, state, outliers, event.clone(), Batch::new(), 0);
-    match node.rooms.open_joined(node, seed, &turn).await? {
+    let seed = seed(&h, state, outliers, event.clone(), 0);
+    match node.rooms.open_joined(seed, &turn).await? {
         Opened::Started(id) => Ok(id),
         Opened::Existing(handle) => continue_with(&handle, event).await,
     }
@@ -251,8 +250,8 @@ async fn continue_with(handle: &RoomHandle, event: Pdu) -> Result<EventId, RoomE
     results.into_iter().next().unwrap_or(Ok(())).map(|_| id)
 }
 
-fn seed(h: &Handshake<'_>, state: StateMap, outliers: Vec<Pdu>, join: Pdu, snapshot: Batch, depth: i64) -> JoinSeed {
-    JoinSeed { room: h.room.clone(), version: h.version, hub: h.hub.clone(), state, outliers, join, snapshot, depth }
+fn seed(h: &Handshake<'_>, state: StateMap, outliers: Vec<Pdu>, join: Pdu, depth: i64) -> JoinSeed {
+    JoinSeed { room: h.room.clone(), version: h.version, hub: h.hub.clone(), state, outliers, join, depth }
 }
 
 /// Mixed rooms: joins with our own signed event; the hub answers with the
@@ -276,14 +275,9 @@ async fn join_mixed(
     let chain = checked_pdus(node, h.version, chain_items).await.map_err(RoomError::Remote)?;
     let state = StateMap::from_events(state_events.iter().cloned().map(Arc::new));
     authorize(&pdu, &state).map_err(|e| RoomError::Remote(format!("{}'s join fails the rules here: {e}", h.hub)))?;
-    let before = state.ids();
-    let mut batch = Batch::new();
-    let mut after = before.clone();
-    after.insert(("m.room.member".into(), h.user.to_string()), pdu.event_id().clone());
-    crate::room::snapshot::put_state_after(node, &mut batch, &pdu, &before, after, None)?;
     let depth = pdu.depth().unwrap_or(0);
     let outliers = chain.into_iter().chain(state_events).collect();
-    match node.rooms.open_joined(node, seed(h, state, outliers, pdu.clone(), batch, depth), turn).await? {
+    match node.rooms.open_joined(seed(h, state, outliers, pdu.clone(), depth), turn).await? {
         Opened::Started(id) => Ok(id),
         Opened::Existing(handle) => offer_join(node, h, &handle, pdu).await,
     }

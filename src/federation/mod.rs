@@ -14,6 +14,7 @@ pub mod join;
 pub mod keyring;
 pub mod outbound;
 pub mod policy;
+pub mod room_network;
 pub mod xmatrix;
 
 /// Path prefix of the `.02` room version's unstable endpoints (digest 6.0).

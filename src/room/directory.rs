@@ -10,28 +10,10 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::OwnedMutexGuard;
 
-use super::actor::spawn_room;
-use super::{RoomCmd, RoomError, RoomHandle, RoomView};
-use crate::core::event::{Pdu, RoomVersion};
-use crate::core::ids::{EventId, RoomId, ServerName};
-use crate::core::rooms::StateMap;
-use crate::node::Node;
-use crate::store::Batch;
-
-/// What a room joined elsewhere starts from: the state before our join and
-/// the events it needs (kept as outliers), and the join itself, which
-/// becomes the first entry of our copy of the list.
-pub struct JoinSeed {
-    pub room: RoomId,
-    pub version: &'static RoomVersion,
-    pub hub: ServerName,
-    pub state: StateMap,
-    pub outliers: Vec<Pdu>,
-    pub join: Pdu,
-    /// Mixed rooms: the state snapshot records of the join.
-    pub snapshot: Batch,
-    pub depth: i64,
-}
+use super::task::spawn_room;
+use super::{JoinSeed, RoomCmd, RoomDeps, RoomError, RoomHandle, RoomView};
+use crate::core::event::RoomVersion;
+use crate::core::ids::{EventId, RoomId};
 
 /// The outcome of opening a joined room.
 pub enum Opened {
@@ -44,8 +26,8 @@ pub enum Opened {
 
 type JoinLocks = HashMap<RoomId, Arc<tokio::sync::Mutex<()>>>;
 
-#[derive(Default)]
 pub struct Rooms {
+    deps: RoomDeps,
     map: Mutex<HashMap<RoomId, RoomHandle>>,
     joining: Arc<Mutex<JoinLocks>>,
 }
@@ -71,6 +53,10 @@ impl Drop for JoinTurn {
 }
 
 impl Rooms {
+    pub fn new(deps: RoomDeps) -> Self {
+        Rooms { deps, map: Mutex::default(), joining: Arc::default() }
+    }
+
     pub fn get(&self, id: &RoomId) -> Option<RoomHandle> {
         self.map.lock().expect("poisoned").get(id).cloned()
     }
@@ -89,30 +75,26 @@ impl Rooms {
 
     /// Starts the writer of a room a local user creates here (we are its
     /// hub); its first events come as ordinary commands.
-    pub fn create(
-        &self,
-        node: &Arc<Node>,
-        room: RoomId,
-        version: &'static RoomVersion,
-    ) -> Result<RoomHandle, RoomError> {
+    pub fn create(&self, room: RoomId, version: &'static RoomVersion) -> Result<RoomHandle, RoomError> {
         let mut map = self.map.lock().expect("poisoned");
         if map.contains_key(&room) {
             return Err(RoomError::BadEvent(format!("{room} exists already")));
         }
-        let handle = spawn_room(node, RoomView::empty(room.clone(), version, node.name.clone()));
+        let me = self.deps.env.key.server().clone();
+        let handle = spawn_room(&self.deps, RoomView::empty(room.clone(), version, me));
         map.insert(room, handle.clone());
         Ok(handle)
     }
 
     /// Starts the writer of a stored room (at start-up).
-    pub fn load(&self, node: &Arc<Node>, room: &RoomId) -> Result<RoomHandle, RoomError> {
-        let view =
-            super::load::load_view(node, room)?.ok_or_else(|| RoomError::Storage(format!("{room} is not stored")))?;
+    pub fn load(&self, room: &RoomId) -> Result<RoomHandle, RoomError> {
+        let view = super::load::load_view(&self.deps.store, room)?
+            .ok_or_else(|| RoomError::Storage(format!("{room} is not stored")))?;
         let mut map = self.map.lock().expect("poisoned");
         if let Some(h) = map.get(room) {
             return Ok(h.clone());
         }
-        let handle = spawn_room(node, view);
+        let handle = spawn_room(&self.deps, view);
         map.insert(room.clone(), handle.clone());
         Ok(handle)
     }
@@ -129,14 +111,14 @@ impl Rooms {
 
     /// Opens a room joined elsewhere, unless it is followed already. Needs
     /// the caller's `JoinTurn` for the room.
-    pub async fn open_joined(&self, node: &Arc<Node>, seed: JoinSeed, _turn: &JoinTurn) -> Result<Opened, RoomError> {
+    pub async fn open_joined(&self, seed: JoinSeed, _turn: &JoinTurn) -> Result<Opened, RoomError> {
         let room = seed.room.clone();
         let (handle, rx) = {
             let mut map = self.map.lock().expect("poisoned");
             if let Some(h) = map.get(&room) {
                 return Ok(Opened::Existing(h.clone()));
             }
-            let handle = spawn_room(node, RoomView::empty(room.clone(), seed.version, seed.hub.clone()));
+            let handle = spawn_room(&self.deps, RoomView::empty(room.clone(), seed.version, seed.hub.clone()));
             let (tx, rx) = tokio::sync::oneshot::channel();
             // A new inbox has room: the seed is the writer's first input.
             handle.try_send(RoomCmd::Seed { seed: Box::new(seed), reply: tx })?;

@@ -2,37 +2,33 @@
 
 use std::sync::Arc;
 
+use super::machine::snapshot;
 use super::RoomView;
 use crate::core::event::{Pdu, RoomVersion};
 use crate::core::ids::{EventId, RoomId, ServerName};
-use crate::core::json::{self, NumberPolicy, Object};
 use crate::core::rooms::StateMap;
-use crate::node::Node;
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 
-/// A stored event as a `Pdu`. The stored JSON was checked when it arrived,
-/// so its id is taken as stored.
-pub fn load_pdu(node: &Node, version: &'static RoomVersion, id: &EventId) -> Result<Option<Arc<Pdu>>, StoreError> {
-    let Some(rec) = node.store.event(id)? else {
-        return Ok(None);
-    };
-    let obj: Object =
-        json::parse_object(&rec.json, NumberPolicy::Ieee754).map_err(|e| StoreError::Corrupt(format!("{id}: {e}")))?;
-    let pdu = Pdu::from_trusted(version, obj, id.clone()).map_err(|e| StoreError::Corrupt(format!("{id}: {e}")))?;
-    Ok(Some(Arc::new(pdu)))
+/// A stored event as a `Pdu`.
+pub fn load_pdu(
+    store: &Arc<dyn Store>,
+    version: &'static RoomVersion,
+    id: &EventId,
+) -> Result<Option<Arc<Pdu>>, StoreError> {
+    snapshot::load_pdu(store, version, id)
 }
 
 /// The room's current view from the store.
-pub fn load_view(node: &Node, room: &RoomId) -> Result<Option<RoomView>, StoreError> {
-    let Some(rec) = node.store.room(room)? else {
+pub fn load_view(store: &Arc<dyn Store>, room: &RoomId) -> Result<Option<RoomView>, StoreError> {
+    let Some(rec) = store.room(room)? else {
         return Ok(None);
     };
     let version =
         RoomVersion::find(&rec.room_version).ok_or_else(|| StoreError::Corrupt(format!("{room}: unknown version")))?;
     let hub = ServerName::parse(&rec.hub_server).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let mut state = StateMap::new();
-    for id in node.store.state_ids(room)? {
-        if let Some(pdu) = load_pdu(node, version, &id)? {
+    for id in store.state_ids(room)? {
+        if let Some(pdu) = snapshot::load_pdu(store, version, &id)? {
             state.apply(pdu);
         }
     }

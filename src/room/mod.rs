@@ -2,18 +2,12 @@
 //! (hub or participant role), and publishes a read-only view after every
 //! batch. Everything that changes a room goes through its task's inbox.
 
-mod actor;
-pub mod build;
-mod dag;
+mod deps;
 mod directory;
-mod effects;
-mod fanout;
-mod gap;
-mod invite;
 pub mod load;
-mod participant;
-mod receive;
+pub mod machine;
 pub mod snapshot;
+mod task;
 #[cfg(test)]
 mod write_failures;
 
@@ -21,107 +15,12 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use build::Draft;
-pub use dag::{build_create, Outlier, Verdict};
-pub use directory::{JoinSeed, JoinTurn, Opened, Rooms};
+pub use deps::{BoxFuture, RoomDeps, RoomNetwork, Spawn};
+pub use directory::{JoinTurn, Opened, Rooms};
+pub use machine::{build, build_create, Appended, Draft, InviteFor, JoinSeed, Outlier, RoomError, RoomView, Verdict};
 
-use crate::core::event::{Lpdu, Pdu, RoomVersion};
-use crate::core::ids::{EventId, RoomId, ServerName};
-use crate::core::rooms::StateMap;
-
-/// Why a room refused or failed an operation.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum RoomError {
-    #[error("{0}")]
-    Forbidden(String),
-    #[error("{0}")]
-    BadEvent(String),
-    #[error("event is too large: {0}")]
-    TooLarge(String),
-    #[error("this server is not the room's hub")]
-    NotHub,
-    #[error("the room's hub has not sequenced the event yet")]
-    Pending,
-    #[error("{0}")]
-    Remote(String),
-    #[error("storage: {0}")]
-    Storage(String),
-    #[error("room task stopped")]
-    Gone,
-}
-
-impl RoomError {
-    /// What another server or a client is told: storage and task failures
-    /// go out without their details (the storage error was logged where
-    /// it became a `RoomError`).
-    pub fn public_reason(&self) -> String {
-        match self {
-            RoomError::Storage(_) | RoomError::Gone => "internal error".into(),
-            other => other.to_string(),
-        }
-    }
-}
-
-impl From<crate::store::StoreError> for RoomError {
-    fn from(e: crate::store::StoreError) -> Self {
-        tracing::error!(error = %e, "storage error in a room");
-        RoomError::Storage(e.to_string())
-    }
-}
-
-/// What readers may see of a room without asking its task.
-#[derive(Debug, Clone)]
-pub struct RoomView {
-    pub room_id: RoomId,
-    pub version: &'static RoomVersion,
-    pub hub: ServerName,
-    /// Shared with published views: a batch without state changes copies
-    /// nothing, a state change copies the map only while a reader holds it.
-    pub state: Arc<StateMap>,
-    pub tail: Option<EventId>,
-    pub length: u64,
-    /// Mixed rooms: the DAG's forward extremities (what the next event
-    /// built here references); unused in LM rooms.
-    pub extremities: Vec<EventId>,
-    /// Mixed rooms: the greatest depth accepted so far.
-    pub max_depth: i64,
-}
-
-impl RoomView {
-    /// A room with no events yet.
-    pub fn empty(room_id: RoomId, version: &'static RoomVersion, hub: ServerName) -> Self {
-        RoomView {
-            room_id,
-            version,
-            hub,
-            state: Arc::default(),
-            tail: None,
-            length: 0,
-            extremities: Vec::new(),
-            max_depth: 0,
-        }
-    }
-
-    pub fn is_hub(&self, me: &ServerName) -> bool {
-        &self.hub == me
-    }
-
-    /// Mixed rooms: what an event built now references, the newest forward
-    /// extremities (the rest stay extremities for the next event).
-    pub fn prev_events_for_new(&self) -> &[EventId] {
-        let keep = crate::core::event::MAX_PREV_EVENTS;
-        &self.extremities[self.extremities.len().saturating_sub(keep)..]
-    }
-}
-
-/// The result of an accepted event.
-#[derive(Debug, Clone)]
-pub struct Appended {
-    pub event_id: EventId,
-    pub pdu: Arc<Pdu>,
-    /// Room state before the event, when asked for (`send_join` answers).
-    pub state_before: Option<StateMap>,
-}
+use crate::core::event::{Lpdu, Pdu};
+use crate::core::ids::EventId;
 
 pub type Reply<T> = oneshot::Sender<Result<T, RoomError>>;
 
@@ -149,14 +48,12 @@ pub enum RoomCmd {
     LmDagEvent { pdu: Pdu, reply: Reply<Appended> },
     /// A participant learns the hub refused one of its LPDUs.
     LpduRefused { lpdu_hash: String, error: String },
-    /// A participant waits for an LPDU it sent earlier (a client retry).
-    AwaitLpdu { lpdu_hash: String, reply: oneshot::Sender<Result<EventId, RoomError>> },
     /// The hub's backfill for a gap in our list (newest first); only the
     /// room itself sends it.
     GapFetched(Result<Vec<Pdu>, RoomError>),
     /// An invitee's server answered (or could not be asked about) an
     /// invite the room built; only the room itself sends it.
-    InviteAnswered(Box<invite::InviteAnswer>),
+    InviteAnswered(Box<(InviteFor, Result<Pdu, RoomError>)>),
     /// The first input of a room joined from a `send_join` answer (only the
     /// directory sends it): its state, auth chain and our join.
     Seed { seed: Box<JoinSeed>, reply: Reply<EventId> },

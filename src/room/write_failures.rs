@@ -2,7 +2,6 @@
 //! told an event is in when its batch, or a batch it was built on, failed;
 //! the room reads itself back and goes on once the store works again.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,14 +9,11 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::sync::RwLock;
 
-use super::{Draft, LocalOutcome, RoomCmd, RoomError, RoomHandle};
-use crate::config::Config;
+use super::machine::Env;
+use super::{Draft, LocalOutcome, RoomCmd, RoomDeps, RoomError, RoomHandle, RoomNetwork, RoomView, Rooms};
 use crate::core::crypto::SigningKey;
-use crate::core::event::{RoomVersion, LM_VERSION};
-use crate::core::ids::{EventId, KeyId, RoomId, UserId};
-use crate::federation::client::FedClient;
-use crate::federation::policy::AddressPolicy;
-use crate::node::Node;
+use crate::core::event::{Pdu, RoomVersion, LM_VERSION};
+use crate::core::ids::{EventId, KeyId, RoomId, ServerName, UserId};
 use crate::store::{BoxFuture, Entries, Kv, KvStore, KvWrite, MemKv, Positions, Store, StoreError};
 
 /// Memory underneath; the next `fail_applies` writes and `fail_flushes`
@@ -33,9 +29,26 @@ fn take_one(n: &AtomicUsize) -> bool {
     n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1)).is_ok()
 }
 
+/// A room alone: no other server takes part, so it never needs the network.
+struct NoNetwork;
+
+impl RoomNetwork for NoNetwork {
+    fn countersign_invite(&self, _: RoomView, _: Pdu) -> super::BoxFuture<Result<Pdu, RoomError>> {
+        Box::pin(async { Err(RoomError::Remote("no network here".into())) })
+    }
+    fn backfill(&self, _: RoomView, _: EventId, _: usize) -> super::BoxFuture<Result<Vec<Pdu>, RoomError>> {
+        Box::pin(async { Err(RoomError::Remote("no network here".into())) })
+    }
+    fn wake(&self, _: &ServerName) {}
+    fn linearized(&self, _: &ServerName) -> Option<bool> {
+        None
+    }
+}
+
 struct Fixture {
     kv: Arc<FlakyKv>,
-    node: Arc<Node>,
+    store: Arc<dyn Store>,
+    _rooms: Rooms,
     room: RoomId,
     handle: RoomHandle,
     alice: UserId,
@@ -66,21 +79,21 @@ async fn fixture() -> Fixture {
         gate: RwLock::new(()),
     });
     let store: Arc<dyn Store> = Arc::new(KvStore::new(SharedKv(kv.clone())));
-    let config = Config { server_name: "hub.test".into(), ..Config::default() };
-    let name = config.server_name();
-    let key = SigningKey::from_seed(name.clone(), KeyId::parse("ed25519:t").unwrap(), &[7; 32]).unwrap();
-    let fed = Arc::new(FedClient::new(
-        key.clone(),
-        None,
-        HashMap::new(),
-        AddressPolicy::new(Vec::new()),
-        Duration::from_secs(1),
-    ));
-    let positions = Positions::open(store.clone()).unwrap();
-    let node = Node::new(config, key, store, positions, fed);
+    let name = ServerName::parse("hub.test").unwrap();
+    let key = SigningKey::from_seed(name, KeyId::parse("ed25519:t").unwrap(), &[7; 32]).unwrap();
+    let rooms = Rooms::new(RoomDeps {
+        env: Env { key, timeline_cache: None },
+        store: store.clone(),
+        positions: Positions::open(store.clone()).unwrap(),
+        shared_cache: Arc::default(),
+        network: Arc::new(NoNetwork),
+        spawn: Arc::new(|task| {
+            tokio::spawn(task);
+        }),
+    });
     let room = RoomId::parse("!room:hub.test").unwrap();
     let version = RoomVersion::find(LM_VERSION).unwrap();
-    let handle = node.rooms.create(&node, room.clone(), version).unwrap();
+    let handle = rooms.create(room.clone(), version).unwrap();
     let alice = UserId::parse("@alice:hub.test").unwrap();
     let mut create = json!({"room_version": version.id});
     if version.auth.creator_in_content {
@@ -90,7 +103,7 @@ async fn fixture() -> Fixture {
     send(&handle, draft(&alice, "m.room.member", Some(alice.as_str()), json!({"membership": "join"}), "j"))
         .await
         .unwrap();
-    Fixture { kv, node, room, handle, alice }
+    Fixture { kv, store, _rooms: rooms, room, handle, alice }
 }
 
 /// `Kv` for an `Arc` the test keeps a hand on.
@@ -135,7 +148,7 @@ impl Fixture {
 
     /// The published view agrees with what is stored.
     fn assert_view_is_stored(&self) {
-        let stored = self.node.store.room(&self.room).unwrap().unwrap();
+        let stored = self.store.room(&self.room).unwrap().unwrap();
         let view = self.handle.view();
         assert_eq!(view.length, stored.length);
         assert_eq!(view.tail.as_ref().map(|t| t.to_string()).unwrap_or_default(), stored.tail);
@@ -163,9 +176,9 @@ async fn a_batch_built_while_a_failing_flush_ran_fails_with_it() {
     let first = f.spawn_send("m1");
     // The first batch is written and its flush waits at the gate; the
     // second is built on it meanwhile, then waits for it.
-    wait_until(|| f.node.store.client_txn(&f.alice, "DEV", "m1").unwrap().is_some()).await;
+    wait_until(|| f.store.client_txn(&f.alice, "DEV", "m1").unwrap().is_some()).await;
     let second = f.spawn_send("m2");
-    wait_until(|| f.node.store.client_txn(&f.alice, "DEV", "m2").unwrap().is_some()).await;
+    wait_until(|| f.store.client_txn(&f.alice, "DEV", "m2").unwrap().is_some()).await;
     assert!(!first.is_finished() && !second.is_finished(), "nobody is answered before the flush");
     drop(shut);
     assert!(matches!(first.await.unwrap(), Err(RoomError::Storage(_))), "its flush failed");
@@ -181,7 +194,7 @@ async fn a_retried_send_is_answered_only_once_its_event_is_on_disk() {
     let f = fixture().await;
     let shut = f.kv.gate.write().await;
     let first = f.spawn_send("m1");
-    wait_until(|| f.node.store.client_txn(&f.alice, "DEV", "m1").unwrap().is_some()).await;
+    wait_until(|| f.store.client_txn(&f.alice, "DEV", "m1").unwrap().is_some()).await;
     // The client gives up and retries while the first batch still flushes.
     let retry = f.spawn_send("m1");
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -26,7 +26,7 @@ const MAX_EVENTS: usize = 100;
 fn list_event(node: &Node, view: &RoomView, id: &EventId) -> Result<Option<(u64, Arc<Pdu>)>, ApiError> {
     match node.store.event(id)? {
         Some(r) if r.room_id == view.room_id.as_str() && !r.outlier && !r.pruned => {
-            Ok(load_pdu(node, view.version, id)?.map(|p| (r.index, p)))
+            Ok(load_pdu(&node.store, view.version, id)?.map(|p| (r.index, p)))
         }
         _ => Ok(None),
     }
@@ -120,7 +120,7 @@ pub async fn event_auth(req: Req, room: &str, event: &str) -> Result<Value, ApiE
     if rec.room_id != view.room_id.as_str() {
         return Err(ApiError::not_found("Unknown event"));
     }
-    let pdu = load_pdu(&req.node, view.version, &id)?.ok_or_else(|| ApiError::not_found("Unknown event"))?;
+    let pdu = load_pdu(&req.node.store, view.version, &id)?.ok_or_else(|| ApiError::not_found("Unknown event"))?;
     let chain = auth_chain(&req.node, &view, std::iter::once(pdu))?;
     Ok(json!({ "auth_chain": chain.iter().map(|p| p.json()).collect::<Vec<_>>() }))
 }

@@ -21,7 +21,7 @@ use crate::room::RoomView;
 pub const MAX_BACKFILL: usize = 100;
 
 fn pdu(node: &Node, view: &RoomView, id: &EventId) -> Result<Arc<Pdu>, ApiError> {
-    load_pdu(node, view.version, id)?.ok_or_else(|| ApiError::not_found("Unknown event"))
+    load_pdu(&node.store, view.version, id)?.ok_or_else(|| ApiError::not_found("Unknown event"))
 }
 
 /// An event the requesting server may know of (known here, not rejected,
@@ -77,7 +77,7 @@ pub async fn list_state_before(node: &Node, view: &RoomView, at: &EventId) -> Re
 /// Mixed rooms: the state before an event, from its recorded snapshot.
 pub fn mixed_state_before(node: &Node, view: &RoomView, at: &EventId) -> Result<Vec<Arc<Pdu>>, ApiError> {
     let event = pdu(node, view, at)?;
-    let ids = crate::room::snapshot::state_before(node, &event)?
+    let ids = crate::room::snapshot::state_before(&node.store, &node.dag, &event)?
         .ok_or_else(|| ApiError::not_found("No state is known at that event"))?;
     let mut out = Vec::with_capacity(ids.len());
     for id in ids.values() {
@@ -99,7 +99,7 @@ pub fn auth_chain(
         if !seen.insert(id.clone()) {
             continue;
         }
-        if let Some(p) = load_pdu(node, view.version, &id)? {
+        if let Some(p) = load_pdu(&node.store, view.version, &id)? {
             queue.extend(p.auth_events().iter().cloned());
             out.push(p);
         }

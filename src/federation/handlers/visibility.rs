@@ -98,7 +98,7 @@ impl ListChanges {
                 if rec.soft_failed || rec.pruned {
                     continue;
                 }
-                let Some(p) = load_pdu(node, view.version, id)? else { continue };
+                let Some(p) = load_pdu(&node.store, view.version, id)? else { continue };
                 if let Some(v) = visibility_of(&p) {
                     self.visibility.push((index, v));
                 } else if let (Some(user), Some(m)) = (p.state_key(), p.membership()) {
@@ -204,10 +204,10 @@ impl<'a> Viewer<'a> {
 
     /// Mixed rooms: from the state recorded before the event.
     fn mixed_before(&self, pdu: &Pdu) -> Result<(String, Vec<String>), ApiError> {
-        let Some(state) = crate::room::snapshot::state_before(self.node, pdu)? else {
+        let Some(state) = crate::room::snapshot::state_before(&self.node.store, &self.node.dag, pdu)? else {
             return Ok((DEFAULT_VISIBILITY.into(), Vec::new()));
         };
-        let load = |id| load_pdu(self.node, self.view.version, id);
+        let load = |id| load_pdu(&self.node.store, self.view.version, id);
         let mut visibility = DEFAULT_VISIBILITY.to_owned();
         let mut memberships = Vec::new();
         for ((ty, key), id) in &state {

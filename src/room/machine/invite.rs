@@ -1,22 +1,18 @@
 //! Invites to a server that does not take part in the room yet (E10; items
 //! 184-190; OQ-24): the invitee's server counter-signs the event before the
-//! hub appends it. The request runs beside the writer, which goes on
-//! sequencing the room's other events; the answer comes back to the inbox,
-//! and only the invite waits for it.
+//! hub appends it. The request runs beside the writer (`Fetch::Invite`),
+//! which goes on sequencing the room's other events; the answer comes back
+//! as an input, and only the invite waits for it.
 
-use std::sync::Arc;
-
-use super::actor::{RoomActor, Work};
 use super::build::{self, Draft};
-use super::{Appended, LocalOutcome, Reply, RoomCmd, RoomError, RoomView};
+use super::{Effects, Fetch, Machine, RoomError, Ticket};
 use crate::core::event::{Lpdu, Pdu};
 use crate::core::ids::{ServerName, UserId};
-use crate::node::Node;
 
 /// Whose invite it is, and whom to answer.
 pub enum InviteFor {
-    Local { draft: Draft, reply: Reply<LocalOutcome> },
-    Lpdu { lpdu: Lpdu, with_state: bool, reply: Reply<Appended> },
+    Local { draft: Draft, ticket: Ticket },
+    Lpdu { lpdu: Lpdu, with_state: bool, ticket: Ticket },
 }
 
 impl InviteFor {
@@ -31,22 +27,11 @@ impl InviteFor {
         }
     }
 
-    fn fail(self, e: RoomError) {
+    fn ticket(&self) -> Ticket {
         match self {
-            InviteFor::Local { reply, .. } => {
-                let _ = reply.send(Err(e));
-            }
-            InviteFor::Lpdu { reply, .. } => {
-                let _ = reply.send(Err(e));
-            }
+            InviteFor::Local { ticket, .. } | InviteFor::Lpdu { ticket, .. } => *ticket,
         }
     }
-}
-
-/// The invitee's server's answer, back at the room's inbox.
-pub struct InviteAnswer {
-    origin: InviteFor,
-    answer: Result<Pdu, RoomError>,
 }
 
 /// The user an event invites.
@@ -57,35 +42,23 @@ fn invite_target(pdu: &Pdu) -> Option<UserId> {
     pdu.state_key().and_then(|s| UserId::parse(s).ok())
 }
 
-async fn countersign(node: Arc<Node>, view: RoomView, pdu: Pdu) -> Result<Pdu, RoomError> {
-    crate::federation::invite::send_invite(&node, &view, pdu).await
-}
-
-impl RoomActor {
+impl Machine {
     /// The server to ask first, when `pdu` invites a user of a server that
     /// does not take part in the room.
     pub(super) fn invitee_to_ask(&self, pdu: &Pdu) -> Option<ServerName> {
         let server = invite_target(pdu)?.server_name();
-        (!self.node.is_me(&server) && !self.joined.contains(&server)).then_some(server)
+        (server != *self.me() && !self.joined.contains(&server)).then_some(server)
     }
 
     /// Sends the invite to the invitee's server once this batch is durable
     /// (the invitee may fetch the events it references), without waiting.
-    pub(super) fn ask_invitee(&mut self, pdu: Pdu, origin: InviteFor, work: &mut Work) {
+    pub(super) fn ask_invitee(&mut self, pdu: Pdu, origin: InviteFor, out: &mut Effects) {
         if let Some(key) = origin.retry_key() {
             if !self.inviting.insert(key) {
-                origin.fail(RoomError::Pending);
-                return;
+                return out.refuse(origin.ticket(), RoomError::Pending);
             }
         }
-        let (node, view) = (self.node.clone(), self.cur.clone());
-        self.beside(work, move |written| async move {
-            let answer = match written {
-                Ok(()) => countersign(node, view, pdu).await,
-                Err(e) => Err(e),
-            };
-            RoomCmd::InviteAnswered(Box::new(InviteAnswer { origin, answer }))
-        });
+        out.fetches.push(Fetch::Invite { view: Box::new(self.cur.clone()), pdu: Box::new(pdu), origin });
     }
 
     /// Appends a counter-signed invite. Should the list have moved on
@@ -93,8 +66,7 @@ impl RoomActor {
     /// checked against the current state: the invitee's server consented to
     /// this membership (its signature was checked, OQ-24), and its
     /// signature, which covered the old place, is not carried over.
-    pub(super) fn invite_answered(&mut self, answer: InviteAnswer, work: &mut Work) {
-        let InviteAnswer { origin, answer } = answer;
+    pub(super) fn invite_answered(&mut self, origin: InviteFor, answer: Result<Pdu, RoomError>, out: &mut Effects) {
         if let Some(key) = origin.retry_key() {
             self.inviting.remove(&key);
         }
@@ -102,28 +74,26 @@ impl RoomActor {
             Ok(p) => p,
             Err(e) => {
                 tracing::info!(reason = %e, "an invite was not counter-signed");
-                return origin.fail(e);
+                return out.refuse(origin.ticket(), e);
             }
         };
-        let in_place = self.cur.version.is_mixed() || signed.prev_events() == self.cur.tail.as_slice();
+        let in_place = self.rules.still_fits(self, &signed);
         match origin {
-            InviteFor::Local { draft, reply } => {
-                let pdu = if in_place { Ok(signed) } else { self.build_local(&draft) };
+            InviteFor::Local { draft, ticket } => {
+                let pdu = if in_place { Ok(signed) } else { self.rules.build_local(self, &draft) };
                 match pdu {
-                    Ok(pdu) => self.finish_local(draft, reply, pdu, work),
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
+                    Ok(pdu) => self.finish_local(draft, ticket, pdu, out),
+                    Err(e) => out.refuse(ticket, e),
                 }
             }
-            InviteFor::Lpdu { lpdu, with_state, reply } => {
+            InviteFor::Lpdu { lpdu, with_state, ticket } => {
                 let pdu =
-                    if in_place { Ok(signed) } else { build::hub_event_from_lpdu(&self.cur, &self.node.key, &lpdu) };
+                    if in_place { Ok(signed) } else { build::hub_event_from_lpdu(&self.cur, &self.env.key, &lpdu) };
                 match pdu {
-                    Ok(pdu) => self.finish_lpdu(lpdu, with_state, reply, pdu, work),
+                    Ok(pdu) => self.finish_lpdu(lpdu, with_state, ticket, pdu, out),
                     Err(e) => {
                         tracing::info!(lpdu = %lpdu.lpdu_hash(), reason = %e, "refused an event");
-                        let _ = reply.send(Err(e));
+                        out.refuse(ticket, e)
                     }
                 }
             }

@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::actor::{RoomActor, Work};
-use crate::config::Mode;
+use super::{Effects, Machine};
 use crate::core::event::{redact, Pdu};
 use crate::core::ids::EventId;
 use crate::core::json::{self, NumberPolicy};
@@ -19,12 +18,12 @@ use crate::store::Op;
 /// trimming is not per event.
 const PRUNE_STEP: u64 = 64;
 
-impl RoomActor {
+impl Machine {
     /// Applies an accepted `m.room.redaction`: the target is stored in its
     /// redacted form when the redactor may redact it (OQ-11: power level at
     /// least `redact`, or the same server as the target's sender). The
     /// event id does not change; the hub serves the redacted form from now on.
-    pub(super) fn apply_redaction(&mut self, work: &mut Work, redaction: &Pdu) {
+    pub(super) fn apply_redaction(&mut self, out: &mut Effects, redaction: &Pdu) {
         let target = redaction
             .content()
             .get("redacts")
@@ -32,7 +31,7 @@ impl RoomActor {
             .and_then(Value::as_str)
             .and_then(|s| EventId::parse(s).ok());
         let Some(target) = target else { return };
-        let Ok(Some(rec)) = self.node.store.event(&target) else { return };
+        let Ok(Some(rec)) = self.reads.stored_event(&target) else { return };
         if rec.room_id != self.cur.room_id.as_str() || rec.pruned || !rec.redacted_by.is_empty() {
             return;
         }
@@ -60,8 +59,9 @@ impl RoomActor {
             redacted_by: redaction.event_id().to_string(),
             ..rec
         };
-        self.node.dag.forget_event(&target);
-        work.batch.push(Op::PutEvent(target, record));
+        self.cache.forget_event(&target);
+        out.changed.push(target.clone());
+        out.batch.push(Op::PutEvent(target, record));
     }
 
     /// A follower keeps `follower.timeline_cache` recent events of rooms
@@ -69,29 +69,25 @@ impl RoomActor {
     /// JSON and are fetched from the hub when a client pages back to them.
     /// In mixed rooms every state event and forward extremity stays: state
     /// resolution reads old state events through auth chains.
-    pub(super) fn trim_cache(&mut self, work: &mut Work) {
-        let config = &self.node.config;
-        if config.mode != Mode::Follower || self.node.is_me(&self.cur.hub) {
+    pub(super) fn trim_cache(&mut self, out: &mut Effects) {
+        let Some(keep) = self.env.timeline_cache else { return };
+        if self.is_hub() {
             return;
         }
-        let keep = config.follower.timeline_cache.max(1);
+        let keep = keep.max(1);
         let upto = self.cur.length.saturating_sub(keep);
         if upto < self.pruned_upto + PRUNE_STEP.min(keep) {
             return;
         }
         let in_state: HashSet<&EventId> = self.cur.state.iter().map(|e| e.event_id()).collect();
-        let Ok(ids) = self.node.store.list(&self.cur.room_id, self.pruned_upto, upto) else { return };
-        let mixed = self.cur.version.is_mixed();
+        let Ok(ids) = self.reads.list(&self.cur.room_id, self.pruned_upto, upto) else { return };
         for id in ids {
-            if in_state.contains(&id) || (mixed && self.cur.extremities.contains(&id)) {
+            if in_state.contains(&id) {
                 continue;
             }
-            if let Ok(Some(rec)) = self.node.store.event(&id) {
-                let is_state =
-                    || json::parse_object(&rec.json, NumberPolicy::Ieee754).is_ok_and(|o| o.contains_key("state_key"));
-                let keep = rec.pruned || (mixed && is_state());
-                if !keep {
-                    work.batch.push(Op::PutEvent(id, EventRecord { json: Vec::new(), pruned: true, ..rec }));
+            if let Ok(Some(rec)) = self.reads.stored_event(&id) {
+                if !self.rules.keeps(self, &id, &rec) {
+                    out.batch.push(Op::PutEvent(id, EventRecord { json: Vec::new(), pruned: true, ..rec }));
                 }
             }
         }

@@ -11,17 +11,15 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::actor::{RoomActor, Work};
 use super::build::Draft;
-use super::snapshot::{has_state_after, put_state_after, state_after, Events};
-use super::RoomError;
+use super::snapshot::Events;
+use super::{Effects, Machine, RoomError};
 use crate::core::event::{sign_event, Pdu, Schema};
 use crate::core::ids::EventId;
 use crate::core::json::Object;
 use crate::core::rooms::{
     authorize, authorize_by_auth_events, resolve, select_auth_events, EventSketch, EventSource, StateIds, StateMap,
 };
-use crate::node::now_ms;
 use crate::store::records::EventRecord;
 use crate::store::Op;
 
@@ -54,37 +52,37 @@ enum Check {
     Reject(String),
 }
 
-impl RoomActor {
+impl Machine {
     fn events(&self) -> Events<'_> {
-        Events { node: &self.node, version: self.cur.version }
+        self.dag().events(self.cur.version)
     }
 
     /// Offers a checked event (signatures and hashes done) to the room.
     /// Its prev and auth events must be known by now.
-    pub(super) fn dag_accept(&mut self, work: &mut Work, pdu: Pdu) -> Result<Verdict, RoomError> {
+    pub(super) fn dag_accept(&mut self, out: &mut Effects, pdu: Pdu) -> Result<Verdict, RoomError> {
         let id = pdu.event_id().clone();
-        if self.knows(work, &id) {
+        if self.knows(out, &id) {
             return Ok(Verdict::Known);
         }
-        match self.node.store.event(&id)? {
+        match self.reads.stored_event(&id)? {
             Some(r) if !r.rejected.is_empty() => return Ok(Verdict::Rejected(r.rejected)),
             // A participant's outliers came with its join or were fetched
             // as what the hub's events need: the hub sequenced them before
             // (offered again, they do not enter our list after our join).
-            Some(r) if r.outlier && !self.node.is_me(&self.cur.hub) => return Ok(Verdict::Known),
+            Some(r) if r.outlier && !self.is_hub() => return Ok(Verdict::Known),
             _ => {}
         }
         match self.dag_check(&pdu)? {
             Check::Reject(reason) => {
                 tracing::info!(event = %id, sender = %pdu.sender(), %reason, "rejected an event");
-                self.store_rejected(work, &pdu, &reason);
+                self.store_rejected(out, &pdu, &reason);
                 Ok(Verdict::Rejected(reason))
             }
             Check::Pass { before, soft_fail } => {
                 if let Some(why) = &soft_fail {
                     tracing::info!(event = %id, sender = %pdu.sender(), reason = %why, "soft-failed an event");
                 }
-                self.stage_dag(work, pdu, before, soft_fail.is_some())?;
+                self.stage_dag(out, pdu, before, soft_fail.is_some())?;
                 Ok(soft_fail.map_or(Verdict::Accepted, Verdict::SoftFailed))
             }
         }
@@ -95,21 +93,21 @@ impl RoomActor {
         &mut self,
         pdus: Vec<Pdu>,
         outliers: Vec<Outlier>,
-        work: &mut Work,
+        out: &mut Effects,
     ) -> Vec<(EventId, Result<Verdict, RoomError>)> {
         for o in outliers {
-            if let Err(e) = self.store_outlier(work, o) {
+            if let Err(e) = self.store_outlier(out, o) {
                 tracing::warn!(error = %e, "could not keep an outlier");
             }
         }
-        pdus.into_iter().map(|p| (p.event_id().clone(), self.dag_accept(work, p))).collect()
+        pdus.into_iter().map(|p| (p.event_id().clone(), self.dag_accept(out, p))).collect()
     }
 
-    fn store_outlier(&mut self, work: &mut Work, o: Outlier) -> Result<(), RoomError> {
+    fn store_outlier(&mut self, out: &mut Effects, o: Outlier) -> Result<(), RoomError> {
         let id = o.pdu.event_id().clone();
-        let stored = self.node.store.event(&id)?;
+        let stored = self.reads.stored_event(&id)?;
         let pdu = Arc::new(o.pdu);
-        if stored.is_none() && !work.staged_ids.contains(&id) {
+        if stored.is_none() && !out.staged_ids.contains(&id) {
             let record = EventRecord {
                 json: serde_json::to_vec(pdu.json()).unwrap_or_default(),
                 room_id: self.cur.room_id.to_string(),
@@ -117,27 +115,27 @@ impl RoomActor {
                 hash_redacted: pdu.hash_redacted(),
                 ..Default::default()
             };
-            work.batch.push(Op::PutEvent(id.clone(), record));
-            self.node.dag.remember_event(pdu.clone());
+            out.batch.push(Op::PutEvent(id.clone(), record));
+            self.cache.remember_event(pdu.clone());
         }
         if let Some(before) = o.state_before {
-            if !has_state_after(&self.node, &id)? {
+            if !self.dag().has_state_after(&id)? {
                 let mut after = before.clone();
                 if let Some(sk) = pdu.state_key() {
                     after.insert((pdu.event_type().to_owned(), sk.to_owned()), id.clone());
                 }
-                put_state_after(&self.node, &mut work.batch, &pdu, &before, after, None)?;
+                self.dag().put_state_after(&mut out.batch, &pdu, &before, after, None)?;
             }
         }
         Ok(())
     }
 
-    fn store_rejected(&self, work: &mut Work, pdu: &Pdu, reason: &str) {
+    fn store_rejected(&self, out: &mut Effects, pdu: &Pdu, reason: &str) {
         // An event held as an outlier (a send_join answer's state or auth
         // chain) offered again out of place keeps its record: the rejection
         // is of this offer, not of the event others are authorised by.
-        if work.staged_ids.contains(pdu.event_id())
-            || matches!(self.node.store.event(pdu.event_id()), Ok(Some(r)) if r.rejected.is_empty())
+        if out.staged_ids.contains(pdu.event_id())
+            || matches!(self.reads.stored_event(pdu.event_id()), Ok(Some(r)) if r.rejected.is_empty())
         {
             return;
         }
@@ -149,8 +147,8 @@ impl RoomActor {
             hash_redacted: pdu.hash_redacted(),
             ..Default::default()
         };
-        work.batch.push(Op::PutEvent(pdu.event_id().clone(), record));
-        self.node.dag.remember_rejected(pdu.event_id());
+        out.batch.push(Op::PutEvent(pdu.event_id().clone(), record));
+        self.cache.remember_rejected(pdu.event_id());
     }
 
     /// The checks on receipt after signatures and hashes.
@@ -182,7 +180,9 @@ impl RoomActor {
             if events.rejected(p) {
                 continue;
             }
-            let s = state_after(&self.node, p)?
+            let s = self
+                .dag()
+                .state_after(p)?
                 .ok_or_else(|| RoomError::BadEvent(format!("prev event {p} is not known")))?;
             states.push((*s.state).clone());
         }
@@ -199,7 +199,7 @@ impl RoomActor {
 
     /// Appends a checked event: its state snapshot, and unless soft-failed
     /// the new forward extremities and the current state they resolve to.
-    fn stage_dag(&mut self, work: &mut Work, pdu: Pdu, before: StateIds, soft_failed: bool) -> Result<(), RoomError> {
+    fn stage_dag(&mut self, out: &mut Effects, pdu: Pdu, before: StateIds, soft_failed: bool) -> Result<(), RoomError> {
         let pdu = Arc::new(pdu);
         let id = pdu.event_id().clone();
         let mut after = before.clone();
@@ -207,9 +207,9 @@ impl RoomActor {
             after.insert((pdu.event_type().to_owned(), sk.to_owned()), id.clone());
         }
         let base = pdu.prev_events().first().cloned();
-        put_state_after(&self.node, &mut work.batch, &pdu, &before, after.clone(), base.as_ref())?;
+        self.dag().put_state_after(&mut out.batch, &pdu, &before, after.clone(), base.as_ref())?;
         let old_membership = self.target_membership(&pdu);
-        let pos = self.append_entry(work, &pdu, soft_failed)?;
+        let pos = self.append_entry(out, &pdu, soft_failed)?;
         if !soft_failed {
             let prevs = pdu.prev_events();
             // Built on every extremity (the usual case): the state before it
@@ -221,28 +221,28 @@ impl RoomActor {
             self.cur.max_depth = self.cur.max_depth.max(pdu.depth().unwrap_or(0));
             if on_all {
                 if let Some(sk) = pdu.state_key() {
-                    self.set_state(work, pdu.event_type(), sk, Some(pdu.clone()), pos);
+                    self.set_state(out, pdu.event_type(), sk, Some(pdu.clone()), pos);
                 }
             } else {
                 let current = if self.cur.extremities.len() == 1 { after } else { self.resolve_extremities()? };
-                self.set_current(work, &current, pos)?;
+                self.set_current(out, &current, pos)?;
             }
         }
-        self.after_append(work, &pdu, soft_failed, old_membership.as_deref(), pos);
+        self.after_append(out, &pdu, soft_failed, old_membership.as_deref(), pos);
         Ok(())
     }
 
     fn resolve_extremities(&self) -> Result<StateIds, RoomError> {
         let mut states = Vec::with_capacity(self.cur.extremities.len());
         for e in &self.cur.extremities {
-            let s = state_after(&self.node, e)?.ok_or_else(|| RoomError::Storage(format!("no state after {e}")))?;
+            let s = self.dag().state_after(e)?.ok_or_else(|| RoomError::Storage(format!("no state after {e}")))?;
             states.push((*s.state).clone());
         }
         resolve(self.cur.version, &states, &self.events()).map_err(|e| RoomError::Storage(e.to_string()))
     }
 
     /// Makes `target` the current state, one changed key at a time.
-    fn set_current(&mut self, work: &mut Work, target: &StateIds, pos: u64) -> Result<(), RoomError> {
+    fn set_current(&mut self, out: &mut Effects, target: &StateIds, pos: u64) -> Result<(), RoomError> {
         let now = self.cur.state.ids();
         let events = self.events();
         let mut changes: Vec<(crate::core::rooms::StateKey, Option<Arc<Pdu>>)> = Vec::new();
@@ -256,7 +256,7 @@ impl RoomActor {
             changes.push((k.clone(), None));
         }
         for ((t, k), e) in changes {
-            self.set_state(work, &t, &k, e, pos);
+            self.set_state(out, &t, &k, e, pos);
         }
         Ok(())
     }
@@ -293,8 +293,8 @@ impl RoomActor {
         if d.event_type == "m.room.create" {
             return Err(RoomError::BadEvent("the room already exists".into()));
         }
-        let mut o = self.dag_fields(d, now_ms());
-        sign_event(self.cur.version, &self.node.key, &mut o).map_err(|e| RoomError::BadEvent(e.to_string()))?;
+        let mut o = self.dag_fields(d, self.now);
+        sign_event(self.cur.version, &self.env.key, &mut o).map_err(|e| RoomError::BadEvent(e.to_string()))?;
         let pdu = Pdu::from_object(self.cur.version, o, Schema::Full).map_err(|e| match e {
             crate::core::event::EventError::TooLarge(n) => RoomError::TooLarge(format!("{n} bytes")),
             other => RoomError::BadEvent(other.to_string()),
@@ -306,25 +306,27 @@ impl RoomActor {
 
 /// The `m.room.create` event of a new mixed room. In v12 the room id is
 /// this event's id, so it is built before the room exists.
+/// `room_id` is used where the version does not derive it from this event.
 pub fn build_create(
-    node: &crate::node::Node,
+    key: &crate::core::crypto::SigningKey,
     version: &'static crate::core::event::RoomVersion,
+    room_id: &str,
     d: &Draft,
+    now: i64,
 ) -> Result<Pdu, RoomError> {
     let mut o = Object::new();
     if !version.room_id_from_create {
-        let id = format!("!{}:{}", crate::node::random_string(18), node.name);
-        o.insert("room_id".into(), json!(id));
+        o.insert("room_id".into(), json!(room_id));
     }
     o.insert("type".into(), json!("m.room.create"));
     o.insert("state_key".into(), json!(""));
     o.insert("sender".into(), json!(d.sender.as_str()));
-    o.insert("origin_server_ts".into(), json!(now_ms()));
+    o.insert("origin_server_ts".into(), json!(now));
     o.insert("content".into(), Value::Object(d.content.clone()));
     o.insert("auth_events".into(), json!([]));
     o.insert("prev_events".into(), json!([]));
     o.insert("depth".into(), json!(1));
-    sign_event(version, &node.key, &mut o).map_err(|e| RoomError::BadEvent(e.to_string()))?;
+    sign_event(version, key, &mut o).map_err(|e| RoomError::BadEvent(e.to_string()))?;
     let pdu = Pdu::from_object(version, o, Schema::Full).map_err(|e| RoomError::BadEvent(e.to_string()))?;
     authorize(&pdu, &StateMap::new()).map_err(|e| RoomError::Forbidden(e.to_string()))?;
     Ok(pdu)

@@ -1,0 +1,50 @@
+//! The network as rooms see it (`room::RoomNetwork`): invites to other
+//! servers, the hub's backfill, delivery wake-ups, what is known of a
+//! server's protocol. Holds the server weakly: rooms live inside it.
+
+use std::sync::{Arc, Weak};
+
+use crate::core::event::Pdu;
+use crate::core::ids::{EventId, ServerName};
+use crate::node::Node;
+use crate::room::{BoxFuture, RoomError, RoomNetwork, RoomView};
+
+pub struct NodeNetwork(pub Weak<Node>);
+
+fn stopped() -> RoomError {
+    RoomError::Remote("the server is stopping".into())
+}
+
+impl NodeNetwork {
+    fn node(&self) -> Option<Arc<Node>> {
+        self.0.upgrade()
+    }
+}
+
+impl RoomNetwork for NodeNetwork {
+    fn countersign_invite(&self, view: RoomView, pdu: Pdu) -> BoxFuture<Result<Pdu, RoomError>> {
+        let node = self.node();
+        Box::pin(async move {
+            let node = node.ok_or_else(stopped)?;
+            super::invite::send_invite(&node, &view, pdu).await
+        })
+    }
+
+    fn backfill(&self, view: RoomView, from: EventId, limit: usize) -> BoxFuture<Result<Vec<Pdu>, RoomError>> {
+        let node = self.node();
+        Box::pin(async move {
+            let node = node.ok_or_else(stopped)?;
+            super::fetch::backfill(&node, &view, &from, limit).await.map_err(RoomError::Remote)
+        })
+    }
+
+    fn wake(&self, dest: &ServerName) {
+        if let Some(node) = self.node() {
+            node.outbound.wake(&node, dest);
+        }
+    }
+
+    fn linearized(&self, server: &ServerName) -> Option<bool> {
+        self.node()?.keyring.cached_linearized(server)
+    }
+}

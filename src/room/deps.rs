@@ -1,0 +1,45 @@
+//! What a room's writer needs from the rest of the server, handed to the
+//! room directory when the server is built: the store, stream positions,
+//! a way to run tasks that stop with the server, and the network, which a
+//! room reaches only through `RoomNetwork`, a trait defined here and
+//! implemented by the federation layer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use super::machine::snapshot::DagCache;
+use super::machine::Env;
+use super::{RoomError, RoomView};
+use crate::core::event::Pdu;
+use crate::core::ids::{EventId, ServerName};
+use crate::store::{Positions, Store};
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The network as rooms use it.
+pub trait RoomNetwork: Send + Sync {
+    /// The invitee's server's countersignature of an invite (E10).
+    fn countersign_invite(&self, view: RoomView, pdu: Pdu) -> BoxFuture<Result<Pdu, RoomError>>;
+    /// One page of the hub's backfill from `from` (oldest first).
+    fn backfill(&self, view: RoomView, from: EventId, limit: usize) -> BoxFuture<Result<Vec<Pdu>, RoomError>>;
+    /// New items wait in `dest`'s delivery queue.
+    fn wake(&self, dest: &ServerName);
+    /// Whether `server` speaks LM, when known (from its keys).
+    fn linearized(&self, server: &ServerName) -> Option<bool>;
+}
+
+/// Runs a task that stops with the server.
+pub type Spawn = Arc<dyn Fn(BoxFuture<()>) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct RoomDeps {
+    pub env: Env,
+    pub store: Arc<dyn Store>,
+    pub positions: Arc<Positions>,
+    /// The federation handlers' cache of mixed rooms' events and states:
+    /// what a batch changed is forgotten there once it is durable.
+    pub shared_cache: Arc<DagCache>,
+    pub network: Arc<dyn RoomNetwork>,
+    pub spawn: Spawn,
+}
