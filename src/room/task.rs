@@ -252,11 +252,6 @@ impl RoomTask {
         for (ticket, answer) in std::mem::take(&mut out.answers_now) {
             self.answer(ticket, answer);
         }
-        for (hash, e) in std::mem::take(&mut out.refused) {
-            for w in self.waiters.remove(&hash).unwrap_or_default() {
-                let _ = w.send(Err(e.clone()));
-            }
-        }
         let store = self.deps.store.clone();
         let batch = std::mem::take(&mut out.batch);
         let flush = if batch.is_empty() {
@@ -278,15 +273,18 @@ impl RoomTask {
         match &result {
             Err(e) => {
                 // The memory may be ahead of the disk: go on from the disk.
-                let stored = match super::load::load_view(&self.deps.store, &self.machine.view().room_id) {
-                    Ok(v) => v,
+                match super::load::load_view(&self.deps.store, &self.machine.view().room_id) {
+                    Ok(stored) => {
+                        self.machine.write_failed(e, stored);
+                        *self.view.write().expect("poisoned") = Arc::new(self.machine.view().clone());
+                    }
+                    // Readers keep the last durable view.
                     Err(load) => {
                         tracing::error!(error = %load, "room could not be reloaded");
-                        Some(self.machine.view().clone())
+                        let current = self.machine.view().clone();
+                        self.machine.write_failed(e, Some(current));
                     }
-                };
-                self.machine.write_failed(e, stored);
-                *self.view.write().expect("poisoned") = Arc::new(self.machine.view().clone());
+                }
             }
             Ok(()) => {
                 if let Some(view) = out.view.take() {
@@ -312,6 +310,13 @@ impl RoomTask {
         for (hash, id) in out.echoes.drain(..) {
             for w in self.waiters.remove(&hash).unwrap_or_default() {
                 let _ = w.send(result.clone().map(|_| id.clone()));
+            }
+        }
+        // After the answers too: a retried send answered `Waiting` in this
+        // batch or one before waits for this refusal.
+        for (hash, e) in out.refused.drain(..) {
+            for w in self.waiters.remove(&hash).unwrap_or_default() {
+                let _ = w.send(Err(e.clone()));
             }
         }
         for fetch in out.fetches.drain(..) {

@@ -1,6 +1,8 @@
-//! A room's writer over a store whose writes or flushes fail: no caller is
-//! told an event is in when its batch, or a batch it was built on, failed;
-//! the room reads itself back and goes on once the store works again.
+//! A room's writer over a store whose writes or flushes fail or are held:
+//! no caller is told an event is in when its batch, or a batch it was built
+//! on, failed; the room reads itself back and goes on once the store works
+//! again; what the driver releases once a batch is durable reaches callers
+//! whose waits that batch set up.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,7 +12,9 @@ use serde_json::json;
 use tokio::sync::RwLock;
 
 use super::machine::Env;
-use super::{Draft, LocalOutcome, RoomCmd, RoomDeps, RoomError, RoomHandle, RoomNetwork, RoomView, Rooms};
+use super::{
+    Draft, JoinSeed, LocalOutcome, Opened, RoomCmd, RoomDeps, RoomError, RoomHandle, RoomNetwork, RoomView, Rooms,
+};
 use crate::core::crypto::SigningKey;
 use crate::core::event::{Pdu, RoomVersion, LM_VERSION};
 use crate::core::ids::{EventId, KeyId, RoomId, ServerName, UserId};
@@ -71,7 +75,13 @@ async fn send(handle: &RoomHandle, d: Draft) -> Result<EventId, RoomError> {
     }
 }
 
-async fn fixture() -> Fixture {
+fn key_of(server: &str, seed: u8) -> SigningKey {
+    SigningKey::from_seed(ServerName::parse(server).unwrap(), KeyId::parse("ed25519:t").unwrap(), &[seed; 32]).unwrap()
+}
+
+/// The rooms of `key`'s server, over a store whose writes and flushes the
+/// test can fail or hold.
+fn rooms_of(key: SigningKey) -> (Arc<FlakyKv>, Arc<dyn Store>, Rooms) {
     let kv = Arc::new(FlakyKv {
         inner: MemKv::new(),
         fail_applies: AtomicUsize::new(0),
@@ -79,8 +89,6 @@ async fn fixture() -> Fixture {
         gate: RwLock::new(()),
     });
     let store: Arc<dyn Store> = Arc::new(KvStore::new(SharedKv(kv.clone())));
-    let name = ServerName::parse("hub.test").unwrap();
-    let key = SigningKey::from_seed(name, KeyId::parse("ed25519:t").unwrap(), &[7; 32]).unwrap();
     let rooms = Rooms::new(RoomDeps {
         env: Env { key, timeline_cache: None },
         store: store.clone(),
@@ -91,6 +99,11 @@ async fn fixture() -> Fixture {
             tokio::spawn(task);
         }),
     });
+    (kv, store, rooms)
+}
+
+async fn fixture() -> Fixture {
+    let (kv, store, rooms) = rooms_of(key_of("hub.test", 7));
     let room = RoomId::parse("!room:hub.test").unwrap();
     let version = RoomVersion::find(LM_VERSION).unwrap();
     let handle = rooms.create(room.clone(), version).unwrap();
@@ -202,6 +215,80 @@ async fn a_retried_send_is_answered_only_once_its_event_is_on_disk() {
     drop(shut);
     let (first, retry) = (first.await.unwrap().unwrap(), retry.await.unwrap().unwrap());
     assert_eq!(first, retry, "one event for one transaction");
+}
+
+/// A participant's room whose hub is elsewhere: p1's user joined through
+/// the hub (built here with the hub's key), and p1 opened the room from the
+/// join's seed.
+async fn participant() -> (Arc<FlakyKv>, Arc<dyn Store>, Rooms, RoomHandle, UserId) {
+    let hub_key = key_of("hub.test", 7);
+    let version = RoomVersion::find(LM_VERSION).unwrap();
+    let room = RoomId::parse("!room:hub.test").unwrap();
+    let mut view = RoomView::empty(room.clone(), version, hub_key.server().clone());
+    let alice = UserId::parse("@alice:hub.test").unwrap();
+    let mut create = json!({"room_version": version.id});
+    if version.auth.creator_in_content {
+        create["creator"] = json!(alice.as_str());
+    }
+    let drafts = [
+        draft(&alice, "m.room.create", Some(""), create, "c"),
+        draft(&alice, "m.room.member", Some(alice.as_str()), json!({"membership": "join"}), "j"),
+        draft(&alice, "m.room.join_rules", Some(""), json!({"join_rule": "public"}), "r"),
+    ];
+    for d in drafts {
+        let pdu = Arc::new(super::build::hub_event_from_draft(&view, &hub_key, &d, 1).unwrap());
+        view.tail = Some(pdu.event_id().clone());
+        view.length += 1;
+        Arc::make_mut(&mut view.state).apply(pdu);
+    }
+    let p1_key = key_of("p1.test", 9);
+    let user = UserId::parse("@u:p1.test").unwrap();
+    let join = draft(&user, "m.room.member", Some(user.as_str()), json!({"membership": "join"}), "j");
+    let lpdu = super::build::lpdu_from_draft(&view, &p1_key, &join, 2).unwrap();
+    let join = super::build::hub_event_from_lpdu(&view, &hub_key, &lpdu).unwrap();
+    let (kv, store, rooms) = rooms_of(p1_key);
+    let seed = JoinSeed {
+        room: room.clone(),
+        version,
+        hub: view.hub.clone(),
+        outliers: view.state.iter().map(|e| (**e).clone()).collect(),
+        state: (*view.state).clone(),
+        join,
+        depth: 0,
+    };
+    let turn = rooms.join_turn(&room).await;
+    assert!(matches!(rooms.open_joined(seed, &turn).await.unwrap(), Opened::Started(_)));
+    let handle = rooms.get(&room).unwrap();
+    (kv, store, rooms, handle, user)
+}
+
+/// A client's retry of a send still out with the hub, and the hub's refusal
+/// of it, taken in one batch: the retry waits for the echo, and the refusal
+/// must reach that wait although the batch answers the retry only once it
+/// is durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_reaches_a_retry_answered_in_the_same_batch() {
+    let (kv, store, _rooms, handle, user) = participant().await;
+    let message = |txn: &str| draft(&user, "m.room.message", None, json!({"msgtype": "m.text", "body": txn}), txn);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    handle.send(RoomCmd::Local { draft: message("t1"), reply: tx }).await.unwrap();
+    let Ok(Ok(LocalOutcome::Waiting { lpdu_hash, .. })) = rx.await else { panic!("a participant's send waits") };
+    // Two more sends: the writer builds the second while the first's flush
+    // is held, then waits for that flush, with its inbox filling.
+    let shut = kv.gate.write().await;
+    for txn in ["t2", "t3"] {
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        handle.send(RoomCmd::Local { draft: message(txn), reply: tx }).await.unwrap();
+        wait_until(|| store.client_txn(&user, "DEV", txn).unwrap().is_some()).await;
+    }
+    let (tx, retry) = tokio::sync::oneshot::channel();
+    handle.send(RoomCmd::Local { draft: message("t1"), reply: tx }).await.unwrap();
+    handle.send(RoomCmd::LpduRefused { lpdu_hash: lpdu_hash.clone(), error: "M_FORBIDDEN".into() }).await.unwrap();
+    drop(shut);
+    let Ok(Ok(LocalOutcome::Waiting { lpdu_hash: again, done })) = retry.await else { panic!("the retry waits") };
+    assert_eq!(again, lpdu_hash, "the retry is the same LPDU");
+    let told = tokio::time::timeout(Duration::from_secs(5), done).await.expect("the refusal reaches the retry");
+    assert!(matches!(told, Ok(Err(RoomError::Forbidden(_)))), "{told:?}");
 }
 
 async fn wait_until(mut done: impl FnMut() -> bool) {

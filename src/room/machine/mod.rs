@@ -252,7 +252,8 @@ pub struct Effects {
     /// Participant: our events now in the list, by LPDU hash (mixed rooms:
     /// by event id); released once durable.
     pub echoes: Vec<(String, EventId)>,
-    /// Participant: our LPDUs the hub refused.
+    /// Participant: our LPDUs the hub refused (told once the batch that
+    /// records it is done, after the answers that register waits).
     pub refused: Vec<(String, RoomError)>,
     /// Network work to start once the batch is durable.
     pub fetches: Vec<Fetch>,
@@ -331,7 +332,8 @@ impl Machine {
             pruned_upto: 0,
             inviting: HashSet::new(),
             gap: None,
-            cache: DagCache::default(),
+            // Per room, so smaller than the handlers' shared one.
+            cache: DagCache::bounded(2048, 128),
             now: 0,
         }
     }

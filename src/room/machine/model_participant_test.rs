@@ -17,28 +17,16 @@ use serde_json::json;
 use super::{Effects, Env, Fetch, Input, JoinSeed, LocalDone, Machine, Reply, RoomView, Ticket};
 use crate::core::crypto::SigningKey;
 use crate::core::event::{Lpdu, Pdu, RoomVersion, LM_VERSION};
-use crate::core::ids::{EventId, KeyId, RoomId, ServerName, UserId};
+use crate::core::ids::{EventId, RoomId, ServerName, UserId};
 use crate::core::json::{parse_object, NumberPolicy};
 use crate::core::rooms::StateMap;
 use crate::store::records::queue_item;
 use crate::store::{KvStore, MemKv, Store};
 
-use super::build::Draft;
-use super::model_test::MemReads;
+use super::model_test::{draft, key_of, MemReads};
 
 fn key(server: &str) -> SigningKey {
-    let seed = [server.len() as u8 + server.as_bytes()[1]; 32];
-    SigningKey::from_seed(ServerName::parse(server).unwrap(), KeyId::parse("ed25519:m").unwrap(), &seed).unwrap()
-}
-
-fn draft(sender: &UserId, event_type: &str, state_key: Option<&str>, content: serde_json::Value) -> Draft {
-    Draft {
-        sender: sender.clone(),
-        event_type: event_type.into(),
-        state_key: state_key.map(str::to_owned),
-        content: content.as_object().cloned().unwrap_or_default(),
-        txn: None,
-    }
+    key_of(&ServerName::parse(server).unwrap())
 }
 
 /// One server's side of the room.

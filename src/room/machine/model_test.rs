@@ -144,7 +144,7 @@ fn server(i: usize) -> ServerName {
     ServerName::parse(REMOTES[i]).unwrap()
 }
 
-fn key_of(server: &ServerName) -> SigningKey {
+pub(super) fn key_of(server: &ServerName) -> SigningKey {
     let seed = [server.as_str().len() as u8 + server.as_str().as_bytes()[1]; 32];
     SigningKey::from_seed(server.clone(), KeyId::parse("ed25519:m").unwrap(), &seed).unwrap()
 }
@@ -153,7 +153,7 @@ fn remote_user(i: usize) -> UserId {
     UserId::parse(&format!("@u:{}", REMOTES[i])).unwrap()
 }
 
-fn draft(sender: &UserId, event_type: &str, state_key: Option<&str>, content: serde_json::Value) -> Draft {
+pub(super) fn draft(sender: &UserId, event_type: &str, state_key: Option<&str>, content: serde_json::Value) -> Draft {
     Draft {
         sender: sender.clone(),
         event_type: event_type.into(),

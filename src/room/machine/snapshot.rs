@@ -29,14 +29,33 @@ pub struct Snapshot {
     replaced: Option<EventId>,
 }
 
-#[derive(Default)]
 pub struct DagCache {
     events: Mutex<HashMap<EventId, Option<Arc<Pdu>>>>,
     rejected: Mutex<HashMap<EventId, bool>>,
     states: Mutex<HashMap<EventId, Snapshot>>,
+    max_events: usize,
+    max_states: usize,
+}
+
+impl Default for DagCache {
+    fn default() -> Self {
+        Self::bounded(CACHE_EVENTS, CACHE_STATES)
+    }
 }
 
 impl DagCache {
+    /// A cache that starts over past these sizes (one room's machine keeps
+    /// a smaller one than the server's handlers share).
+    pub fn bounded(max_events: usize, max_states: usize) -> Self {
+        DagCache {
+            events: Mutex::default(),
+            rejected: Mutex::default(),
+            states: Mutex::default(),
+            max_events,
+            max_states,
+        }
+    }
+
     /// Forgets an event whose stored form changed (a redaction).
     pub fn forget_event(&self, id: &EventId) {
         self.events.lock().expect("poisoned").remove(id);
@@ -58,15 +77,15 @@ impl DagCache {
     /// Bounds the caches; called after a batch is written.
     pub fn trim(&self) {
         let mut events = self.events.lock().expect("poisoned");
-        if events.len() > CACHE_EVENTS {
+        if events.len() > self.max_events {
             events.clear();
         }
         let mut states = self.states.lock().expect("poisoned");
-        if states.len() > CACHE_STATES {
+        if states.len() > self.max_states {
             states.clear();
         }
         let mut rejected = self.rejected.lock().expect("poisoned");
-        if rejected.len() > CACHE_EVENTS {
+        if rejected.len() > self.max_events {
             rejected.clear();
         }
     }
