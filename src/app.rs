@@ -20,8 +20,8 @@ use crate::federation::client::FedClient;
 use crate::federation::inbound::FedHandler;
 use crate::federation::keyring::load_or_create_signing_key;
 use crate::federation::policy::AddressPolicy;
+use crate::federation::Node;
 use crate::http::{serve, tls, Handler, Limits};
-use crate::node::Node;
 use crate::store::record::{self, CommitRecord};
 use crate::store::{KvStore, Positions, SledKv, Store};
 
@@ -106,7 +106,7 @@ fn current_record(node: &Node) -> Result<CommitRecord, crate::store::StoreError>
     Ok(CommitRecord {
         format: crate::store::FORMAT_VERSION,
         server_name: node.name.to_string(),
-        written_ts: crate::node::now_ms(),
+        written_ts: crate::sys::now_ms(),
         stream_position: record::last_stream_position(node.store.as_ref(), node.positions.watermark())?,
         rooms,
     })

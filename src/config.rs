@@ -240,8 +240,8 @@ impl Config {
             ServerName::parse(name).map_err(|_| ConfigError::ResolveName(name.clone()))?;
         }
         let http = &self.http;
-        if http.body_bytes_in_flight < crate::http::MAX_SEND_BODY {
-            return Err(ConfigError::BodyBudget(crate::http::MAX_SEND_BODY));
+        if http.body_bytes_in_flight < crate::core::event::MAX_SEND_BODY {
+            return Err(ConfigError::BodyBudget(crate::core::event::MAX_SEND_BODY));
         }
         for (name, v) in [
             ("max_connections", http.max_connections as u64),

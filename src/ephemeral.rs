@@ -7,10 +7,10 @@ use std::sync::Mutex;
 use serde_json::{json, Value};
 
 use crate::core::ids::{RoomId, UserId};
-use crate::node::{now_ms, Node};
 use crate::store::records::side_entry::Kind;
 use crate::store::records::SideEntry;
-use crate::store::{Batch, Op, StoreError};
+use crate::store::{Batch, Op, Positions, Store, StoreError};
+use crate::sys::now_ms;
 
 #[derive(Debug, Clone)]
 pub struct Presence {
@@ -82,9 +82,9 @@ impl Ephemeral {
 }
 
 /// Records a non-event change at a new stream position.
-pub fn record_side(node: &Node, kind: Kind) -> Result<(), StoreError> {
-    let alloc = node.positions.allocate(1)?;
+pub fn record_side(store: &dyn Store, positions: &std::sync::Arc<Positions>, kind: Kind) -> Result<(), StoreError> {
+    let alloc = positions.allocate(1)?;
     let mut b = Batch::new();
     b.push(Op::SideEntry { pos: alloc.first(), entry: SideEntry { kind: Some(kind) } });
-    node.store.write(b)
+    store.write(b)
 }

@@ -15,6 +15,6 @@ pub mod crash;
 pub mod ephemeral;
 pub mod federation;
 pub mod http;
-pub mod node;
 pub mod room;
 pub mod store;
+pub mod sys;

@@ -57,7 +57,7 @@ impl PeerServer {
     fn key_response(&self) -> Value {
         let mut o = Object::new();
         o.insert("server_name".into(), json!(PEER));
-        o.insert("valid_until_ts".into(), json!(lmx::node::now_ms() + 3_600_000));
+        o.insert("valid_until_ts".into(), json!(lmx::sys::now_ms() + 3_600_000));
         o.insert(
             "verify_keys".into(),
             json!({ self.key.key_id().as_str(): {"key": self.key.public_key().to_base64()} }),
@@ -208,7 +208,7 @@ impl Peer {
     ) -> Object {
         let mut o = json!({
             "room_id": room, "type": ty, "sender": DAN, "content": content,
-            "origin_server_ts": lmx::node::now_ms(), "prev_events": prev, "auth_events": auth,
+            "origin_server_ts": lmx::sys::now_ms(), "prev_events": prev, "auth_events": auth,
         });
         if let Some(sk) = sk {
             o["state_key"] = json!(sk);
@@ -228,9 +228,9 @@ impl Peer {
     }
 
     async fn send(&self, net: &Net, hub: &Server, pdu: &Object) -> Value {
-        let txn = lmx::node::random_string(10);
+        let txn = lmx::sys::random_string(10);
         let path = format!("/_matrix/federation/v1/send/{txn}");
-        let body = json!({"origin": PEER, "origin_server_ts": lmx::node::now_ms(), "pdus": [pdu]});
+        let body = json!({"origin": PEER, "origin_server_ts": lmx::sys::now_ms(), "pdus": [pdu]});
         let a = self.call(net, hub, "PUT", &path, Some(body)).await;
         assert_eq!(a.status, 200, "send: {}", a.body);
         a.body["pdus"][&self.id(pdu)].clone()

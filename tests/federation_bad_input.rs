@@ -225,7 +225,7 @@ async fn requests_signed_with_unknown_or_expired_keys_are_refused() {
         &[6; 32],
     )
     .unwrap();
-    let now = lmx::node::now_ms();
+    let now = lmx::sys::now_ms();
     let mut o = Object::new();
     o.insert("server_name".into(), json!("old.test:8448"));
     o.insert("valid_until_ts".into(), json!(now - 60_000));

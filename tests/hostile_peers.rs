@@ -111,7 +111,7 @@ impl Handler for HugeKeys {
         Box::pin(async move {
             let mut o = Object::new();
             o.insert("server_name".into(), json!(self.key.server().as_str()));
-            o.insert("valid_until_ts".into(), json!(lmx::node::now_ms() + 3_600_000));
+            o.insert("valid_until_ts".into(), json!(lmx::sys::now_ms() + 3_600_000));
             o.insert(
                 "verify_keys".into(),
                 json!({ self.key.key_id().as_str(): {"key": self.key.public_key().to_base64()} }),

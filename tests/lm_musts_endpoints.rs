@@ -211,7 +211,7 @@ async fn items_184_185_188_invite_refusals() {
     ban(&t, &t.room, DAVE).await;
     let invite_body = |event: &lmx::core::json::Object, version: &str| json!({"event": event, "room_version": version, "invite_room_state": []});
     let invite = |from: &'static str, to: &'static str, body: Value| {
-        let path = format!("{UNSTABLE}/invite/{}", lmx::node::random_string(12));
+        let path = format!("{UNSTABLE}/invite/{}", lmx::sys::random_string(12));
         let from = if from == P1 { &t.p1 } else { &t.hub };
         async move { fed(from, to, Method::POST, &path, Some(&body)).await }
     };

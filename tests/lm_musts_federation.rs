@@ -463,7 +463,7 @@ async fn item_48_state_follows_the_list_not_timestamps() {
         )
     };
     // The later event carries the earlier clock.
-    let now = lmx::node::now_ms();
+    let now = lmx::sys::now_ms();
     let first = named("first, later clock", now);
     let second = named("second, earlier clock", now - 3_600_000);
     let (code, answer) = send_txn(&t.p1, HUB, "clock-1", &[&first, &second]).await;

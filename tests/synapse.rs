@@ -64,7 +64,7 @@ async fn sees(c: &Client, room: &str, id: &str) -> Value {
 }
 
 async fn send(c: &Client, room: &str, ty: &str, content: Value) -> String {
-    let txn = format!("t{}", lmx::node::random_string(12));
+    let txn = format!("t{}", lmx::sys::random_string(12));
     let path = format!("/_matrix/client/v3/rooms/{}/send/{}/{}", enc(room), ty, txn);
     let a = c.call("PUT", &path, Some(content)).await;
     assert_eq!(a.status, 200, "{} send {ty}: {}", c.user_id, a.body);
@@ -99,7 +99,7 @@ async fn ban(c: &Client, room: &str, user: &str) {
 }
 
 async fn redact(c: &Client, room: &str, id: &str) -> String {
-    let txn = format!("r{}", lmx::node::random_string(12));
+    let txn = format!("r{}", lmx::sys::random_string(12));
     let path = format!("/_matrix/client/v3/rooms/{}/redact/{}/{}", enc(room), enc(id), txn);
     let a = c.call("PUT", &path, Some(json!({ "reason": "test" }))).await;
     assert_eq!(a.status, 200, "{} redact: {}", c.user_id, a.body);
@@ -244,13 +244,13 @@ async fn craft_and_send(t: &Trio, version: &str, room: &str, mut event: Value) -
     let name = lmx::core::ids::ServerName::parse(&t.synapse.name).unwrap();
     let key = lmx::federation::keyring::load_or_create_signing_key(&t.synapse.key_path(), &name).unwrap();
     event["room_id"] = json!(room);
-    event["origin_server_ts"] = json!(lmx::node::now_ms());
+    event["origin_server_ts"] = json!(lmx::sys::now_ms());
     let mut obj = event.as_object().unwrap().clone();
     lmx::core::event::sign_event(v, &key, &mut obj).unwrap();
     let id = lmx::core::event::event_id(v, &obj).unwrap().to_string();
-    let txn = format!("craft{}", lmx::node::random_string(8));
+    let txn = format!("craft{}", lmx::sys::random_string(8));
     let path = format!("/_matrix/federation/v1/send/{txn}");
-    let body = json!({ "origin": t.synapse.name, "origin_server_ts": lmx::node::now_ms(), "pdus": [obj] });
+    let body = json!({ "origin": t.synapse.name, "origin_server_ts": lmx::sys::now_ms(), "pdus": [obj] });
     let auth = lmx::federation::xmatrix::sign_request(&key, "PUT", &path, &t.hub.name(), Some(&body), false);
     let a = common::raw_federation(&t.net, &t.hub, "PUT", &path, Some(auth), body.to_string().into_bytes()).await;
     assert_eq!(a.status, 200, "crafted send: {}", a.body);

@@ -8,10 +8,10 @@ use crate::config::Config;
 use crate::core::crypto::PublicKey;
 use crate::core::ids::ServerName;
 use crate::federation::keyring::{load_signing_key, parse_key_response};
-use crate::node::now_ms;
 use crate::store::check::{self, Report};
 use crate::store::record::{self, CommitRecord};
 use crate::store::{KvStore, SledKv, Store, FORMAT_VERSION};
+use crate::sys::now_ms;
 
 /// Fails when a running lmx holds the store (sled locks its `db` file).
 fn ensure_not_in_use(store_dir: &Path) -> anyhow::Result<()> {

@@ -11,10 +11,11 @@ use serde_json::{json, Value};
 use super::passwords::Passwords;
 use super::Call;
 use crate::core::ids::UserId;
+use crate::federation::Node;
 use crate::http::ApiError;
-use crate::node::{now_ms, random_string, Node};
 use crate::store::records::{AccessToken, DeviceRecord, UserRecord};
 use crate::store::{Batch, Op, TokenHash};
+use crate::sys::{now_ms, random_string};
 
 /// Longest password taken (hashing cost grows with it).
 const MAX_PASSWORD_BYTES: usize = 1024;

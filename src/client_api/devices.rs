@@ -6,9 +6,9 @@ use serde_json::{json, Value};
 use super::Call;
 use crate::core::ids::UserId;
 use crate::http::ApiError;
-use crate::node::random_string;
 use crate::store::records::DeviceRecord;
 use crate::store::{Batch, Op};
+use crate::sys::random_string;
 
 fn device_json(id: &str, d: &DeviceRecord) -> Value {
     let mut v = json!({"device_id": id, "last_seen_ts": d.last_seen_ts});

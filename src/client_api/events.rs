@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 use super::Call;
 use crate::core::ids::{EventId, RoomId};
 use crate::core::json::{self, NumberPolicy, Object};
+use crate::federation::Node;
 use crate::http::{query_get, ApiError};
-use crate::node::Node;
 use crate::room::RoomView;
 use crate::store::records::EventRecord;
 

@@ -10,8 +10,8 @@ use super::Call;
 use crate::core::ids::UserId;
 use crate::core::json::{self, NumberPolicy};
 use crate::http::ApiError;
-use crate::node::random_string;
 use crate::store::{Batch, Op};
+use crate::sys::random_string;
 
 /// Largest filter accepted, as JSON text.
 pub const MAX_FILTER_BYTES: usize = 65_536;

@@ -16,8 +16,8 @@ use super::Call;
 use crate::core::ids::EventId;
 use crate::core::rooms::StateView;
 use crate::federation::fetch::backfill;
+use crate::federation::Node;
 use crate::http::{query_get, ApiError};
-use crate::node::Node;
 use crate::room::RoomView;
 
 /// Events of the room fetched from its hub, in client format, by id:

@@ -26,10 +26,10 @@ use tracing::Instrument;
 
 use crate::core::ids::UserId;
 use crate::core::json::{NumberPolicy, Object};
+use crate::federation::Node;
 use crate::http::{
     json_object, ok_json, path_segments, query_pairs, read_body, ApiError, Body, BodyBudget, Handler, MAX_BODY,
 };
-use crate::node::Node;
 use crate::store::{BoxFuture, TokenHash};
 
 pub use account::Accounts;

@@ -11,10 +11,10 @@ use crate::core::ids::{EventId, RoomId, UserId};
 use crate::ephemeral::{record_side, Presence};
 use crate::federation::edu;
 use crate::http::ApiError;
-use crate::node::now_ms;
 use crate::room::RoomView;
 use crate::store::records::side_entry::Kind;
 use crate::store::records::Receipt;
+use crate::sys::now_ms;
 
 /// Longest typing notification a client may ask for.
 const MAX_TYPING_MS: u64 = 120_000;
@@ -48,7 +48,7 @@ pub fn typing(call: Call, room: &str, user_id: &str) -> Result<Value, ApiError> 
     let until = on.then(|| now_ms() + timeout as i64);
     let node = call.node.clone();
     if node.ephemeral.set_typing(&view.room_id, &user, until) || on {
-        record_side(&node, Kind::TypingRoom(view.room_id.to_string()))?;
+        record_side(&*node.store, &node.positions, Kind::TypingRoom(view.room_id.to_string()))?;
     }
     edu::send_edu(&node, &edu::room_destinations(&node, &view, None), &edu::typing_edu(&view.room_id, &user, on))?;
     if on {
@@ -58,7 +58,7 @@ pub fn typing(call: Call, room: &str, user_id: &str) -> Result<Value, ApiError> 
         node.spawn(async move {
             tokio::time::sleep(Duration::from_millis(timeout)).await;
             if task_node.ephemeral.expire_typing(&room, &user) {
-                let _ = record_side(&task_node, Kind::TypingRoom(room.to_string()));
+                let _ = record_side(&*task_node.store, &task_node.positions, Kind::TypingRoom(room.to_string()));
             }
         });
     }
@@ -126,7 +126,7 @@ pub fn set_presence(call: &Call, user: &UserId, state: &str, status_msg: Option<
     let p = Presence { state: state.to_owned(), status_msg, last_active_ms: now_ms() };
     call.node.ephemeral.set_presence(user, p.clone());
     if changed {
-        record_side(&call.node, Kind::PresenceUser(user.to_string()))?;
+        record_side(&*call.node.store, &call.node.positions, Kind::PresenceUser(user.to_string()))?;
         let dests = edu::presence_destinations(&call.node, user);
         edu::send_edu(&call.node, &dests, &edu::presence_edu(user, &p))?;
     }

@@ -10,8 +10,8 @@ use crate::core::event::{RoomVersion, LM_VERSION};
 use crate::core::ids::{EventId, RoomId, UserId};
 use crate::core::json::Object;
 use crate::http::ApiError;
-use crate::node::{now_ms, random_string};
 use crate::room::{Draft, LocalOutcome, RoomCmd, RoomError};
+use crate::sys::{now_ms, random_string};
 
 pub(super) fn room_id(s: &str) -> Result<RoomId, ApiError> {
     RoomId::parse(s).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string()))

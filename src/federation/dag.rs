@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 use super::fetch::{checked_pdu, checked_pdus, lm_peer};
 use crate::core::event::Pdu;
 use crate::core::ids::{EventId, RoomId, ServerName};
+use crate::federation::Node;
 use crate::http::encode_segment;
-use crate::node::Node;
 use crate::room::{Outlier, RoomCmd, RoomError, RoomHandle, RoomView, Verdict};
 
 /// Rounds of `/get_missing_events` before a gap is bridged with state.

@@ -14,12 +14,13 @@ use serde_json::{json, Value};
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
 use crate::core::rooms::StateView;
 use crate::ephemeral::{record_side, Presence};
-use crate::node::{now_ms, Node};
+use crate::federation::Node;
 use crate::room::RoomView;
 use crate::store::records::queue_item::Item;
 use crate::store::records::side_entry::Kind;
 use crate::store::records::{QueueItem, Receipt};
 use crate::store::{Batch, Op, StoreError};
+use crate::sys::now_ms;
 
 /// How long a remote typing notification lasts without a refresh.
 const REMOTE_TYPING_MS: i64 = 30_000;
@@ -158,7 +159,8 @@ fn typing(node: &Arc<Node>, origin: &ServerName, c: &Value, raw: &Value) -> Resu
     let on = c.get("typing").and_then(Value::as_bool).unwrap_or(false);
     let until = on.then(|| now_ms() + REMOTE_TYPING_MS);
     if node.ephemeral.set_typing(&view.room_id, &user, until) {
-        record_side(node, Kind::TypingRoom(view.room_id.to_string())).map_err(|e| e.to_string())?;
+        record_side(&*node.store, &node.positions, Kind::TypingRoom(view.room_id.to_string()))
+            .map_err(|e| e.to_string())?;
     }
     if view.is_hub(&node.name) {
         send_edu(node, &room_destinations(node, &view, Some(origin)), raw).map_err(|e| e.to_string())?;
@@ -206,7 +208,7 @@ fn presence(node: &Arc<Node>, origin: &ServerName, c: &Value) -> Result<(), Stri
             last_active_ms: now_ms() - ago,
         };
         node.ephemeral.set_presence(&user, p);
-        record_side(node, Kind::PresenceUser(user.to_string())).map_err(|e| e.to_string())?;
+        record_side(&*node.store, &node.positions, Kind::PresenceUser(user.to_string())).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

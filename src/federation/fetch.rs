@@ -7,9 +7,10 @@ use serde_json::Value;
 use crate::core::event::{check_hashes, redact, HashCheck, Pdu, RoomVersion, Schema};
 use crate::core::ids::{EventId, ServerName};
 use crate::core::json::Object;
+use crate::federation::Node;
 use crate::http::encode_segment;
-use crate::node::{now_ms, Node};
 use crate::room::RoomView;
+use crate::sys::now_ms;
 
 /// Receive steps 1-3: schema, required signatures, content hashes. A hash
 /// mismatch keeps the redacted event (same id, same signatures).

@@ -17,11 +17,12 @@ use super::xmatrix;
 use crate::core::crypto::PublicKey;
 use crate::core::ids::ServerName;
 use crate::core::json::{NumberPolicy, Object};
+use crate::federation::Node;
 use crate::http::{
     json_object, path_segments, query_pairs, read_body, ApiError, Body, BodyBudget, Handler, MAX_BODY, MAX_SEND_BODY,
 };
-use crate::node::{now_ms, Node};
 use crate::store::BoxFuture;
+use crate::sys::now_ms;
 
 /// Bodies larger than this are parsed on the blocking pool.
 const PARSE_ELSEWHERE: usize = 256 << 10;

@@ -8,9 +8,10 @@ use crate::core::crypto::signature_key_ids;
 use crate::core::event::{verify_event_signature, Pdu, Schema};
 use crate::core::ids::UserId;
 use crate::core::rooms::StateView;
+use crate::federation::Node;
 use crate::http::encode_segment;
-use crate::node::{now_ms, Node};
 use crate::room::{RoomError, RoomView};
+use crate::sys::now_ms;
 
 /// State an invitee sees before joining (item 49): each entry only
 /// `type`, `state_key`, `sender`, `content` (item 50).

@@ -12,9 +12,10 @@ use crate::core::event::{sign_event, sign_lpdu, Lpdu, Pdu, RoomVersion, Schema};
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
 use crate::core::json::Object;
 use crate::core::rooms::{authorize, StateMap};
+use crate::federation::Node;
 use crate::http::encode_segment;
-use crate::node::{now_ms, Node};
 use crate::room::{JoinSeed, JoinTurn, Opened, RoomCmd, RoomError, RoomHandle, Verdict};
+use crate::sys::now_ms;
 
 /// Versions we can join, for `ver=` (item 195).
 fn supported_versions() -> Vec<&'static str> {

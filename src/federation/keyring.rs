@@ -69,7 +69,7 @@ pub fn load_or_create_signing_key(path: &Path, server: &ServerName) -> Result<Si
         let mut seed = [0u8; 32];
         getrandom::getrandom(&mut seed)
             .map_err(|e| KeyFileError::Io(shown.clone(), std::io::Error::other(e.to_string())))?;
-        let version = crate::node::random_string(6);
+        let version = crate::sys::random_string(6);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| KeyFileError::Io(shown.clone(), e))?;
         }
@@ -194,7 +194,7 @@ impl KeyRing {
 
     fn remember(&self, server: &ServerName, info: Arc<ServerKeyInfo>, fetched: i64) {
         let mut cache = self.cache.lock().expect("poisoned");
-        let now = crate::node::now_ms();
+        let now = crate::sys::now_ms();
         make_room(&mut cache, |(i, _)| i.valid_until_ts < now);
         cache.insert(server.clone(), (info, fetched));
     }

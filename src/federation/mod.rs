@@ -12,10 +12,13 @@ pub mod inbound;
 pub mod invite;
 pub mod join;
 pub mod keyring;
+pub mod node;
 pub mod outbound;
 pub mod policy;
 pub mod room_network;
 pub mod xmatrix;
+
+pub use node::Node;
 
 /// Path prefix of the `.02` room version's unstable endpoints (digest 6.0).
 pub const UNSTABLE: &str = "/_matrix/federation/unstable/org.matrix.i-d.ralston-mimi-linearized-matrix.02";

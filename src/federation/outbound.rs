@@ -18,8 +18,8 @@ use super::handlers::send::{MAX_EDUS, MAX_PDUS};
 use crate::core::event::{Lpdu, RoomVersion};
 use crate::core::ids::{RoomId, ServerName};
 use crate::core::json::{self, NumberPolicy};
+use crate::federation::Node;
 use crate::http::encode_segment;
-use crate::node::Node;
 use crate::room::RoomCmd;
 use crate::store::records::queue_item::Item;
 use crate::store::records::DestinationState;
@@ -227,7 +227,7 @@ fn next_txn(node: &Node, dest: &ServerName) -> Result<Option<Txn>, crate::store:
         });
         node.store.write(b)?;
     }
-    let mut body = json!({ "origin": node.name.as_str(), "origin_server_ts": crate::node::now_ms(), "pdus": pdus });
+    let mut body = json!({ "origin": node.name.as_str(), "origin_server_ts": crate::sys::now_ms(), "pdus": pdus });
     if !edus.is_empty() {
         body["edus"] = Value::Array(edus);
     }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 
 use crate::core::event::Pdu;
 use crate::core::ids::{EventId, ServerName};
-use crate::node::Node;
+use crate::federation::Node;
 use crate::room::{BoxFuture, RoomError, RoomNetwork, RoomView};
 
 pub struct NodeNetwork(pub Weak<Node>);

@@ -21,8 +21,7 @@ pub use server::{serve, Handler, Limits, Served};
 
 pub type Body = Full<Bytes>;
 
-/// Largest federation `/send` body (digest: ≈ 50 PDUs of 64 KiB plus EDUs).
-pub const MAX_SEND_BODY: usize = 13_107_200;
+pub use crate::core::event::MAX_SEND_BODY;
 /// Largest body of any other request.
 pub const MAX_BODY: usize = 1 << 20;
 

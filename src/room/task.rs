@@ -108,11 +108,6 @@ impl Reads for StoreReads {
     }
 }
 
-/// Milliseconds since the Unix epoch, the time handed to the machine.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 struct RoomTask {
     deps: RoomDeps,
     machine: Machine,
@@ -244,7 +239,7 @@ impl RoomTask {
         };
         let range = positions.as_ref().map_or(0..0, |a| *a.positions().start()..*a.positions().end() + 1);
         let mut out = Effects::new(range);
-        let now = now_ms();
+        let now = crate::sys::now_ms();
         for input in inputs {
             self.machine.handle(input, now, &mut out);
         }

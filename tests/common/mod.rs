@@ -22,7 +22,7 @@ use hyper_util::rt::TokioExecutor;
 use lmx::app::App;
 use lmx::config::Config;
 use lmx::core::ids::{EventId, RoomId};
-use lmx::node::Node;
+use lmx::federation::Node;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 

@@ -18,7 +18,7 @@ use super::{Server, PATIENCE};
 /// (`origin_server_ts` now, `content` `{}`); a `null` field is left out.
 pub fn lpdu(key: &SigningKey, fields: Value) -> Object {
     let mut o = Object::new();
-    o.insert("origin_server_ts".into(), json!(lmx::node::now_ms()));
+    o.insert("origin_server_ts".into(), json!(lmx::sys::now_ms()));
     o.insert("content".into(), json!({}));
     for (k, v) in fields.as_object().expect("fields are an object") {
         if v.is_null() {

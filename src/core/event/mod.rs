@@ -22,6 +22,8 @@ use crate::core::json::JsonError;
 
 /// Largest event, in canonical JSON with signatures (item 28).
 pub const MAX_PDU_BYTES: usize = 65_536;
+/// Largest federation `/send` body (digest: ≈ 50 PDUs of 64 KiB plus EDUs).
+pub const MAX_SEND_BODY: usize = 13_107_200;
 /// Longest `type` and `state_key`, in characters (items 20-21).
 pub const MAX_FIELD_CHARS: usize = 255;
 /// Matrix caps on DAG events' references.

@@ -13,10 +13,11 @@ use super::visibility::Viewer;
 use crate::core::event::Pdu;
 use crate::core::ids::EventId;
 use crate::federation::inbound::Req;
+use crate::federation::Node;
 use crate::http::{query_get, ApiError};
-use crate::node::{now_ms, Node};
 use crate::room::load::load_pdu;
 use crate::room::RoomView;
+use crate::sys::now_ms;
 
 /// Largest page of `/get_missing_events` and `/backfill` served.
 const MAX_EVENTS: usize = 100;

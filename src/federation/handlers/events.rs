@@ -12,8 +12,8 @@ use crate::core::event::Pdu;
 use crate::core::ids::{EventId, RoomId};
 use crate::core::rooms::{replay_order, Place, StateMap};
 use crate::federation::inbound::Req;
+use crate::federation::Node;
 use crate::http::{query_get, ApiError};
-use crate::node::Node;
 use crate::room::load::load_pdu;
 use crate::room::RoomView;
 

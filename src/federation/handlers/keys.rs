@@ -11,8 +11,9 @@ use serde_json::{json, Value};
 use crate::core::ids::ServerName;
 use crate::core::json::Canonical;
 use crate::federation::keyring::{own_key_response, Keep};
+use crate::federation::Node;
 use crate::http::{ok_json, query_get, ApiError, Body};
-use crate::node::{now_ms, Node};
+use crate::sys::now_ms;
 
 pub fn well_known(node: &Node) -> Result<Response<Body>, ApiError> {
     match &node.config.federation.well_known_server {

@@ -15,10 +15,10 @@ use crate::core::rooms::{authorize, select_auth_events, EventSketch};
 use crate::federation::inbound::Req;
 use crate::federation::invite::stripped_state;
 use crate::http::ApiError;
-use crate::node::now_ms;
 use crate::room::{Appended, RoomCmd, RoomView};
 use crate::store::records::{EventRecord, Membership, TxnResponse};
 use crate::store::{Batch, Op, StreamEntry};
+use crate::sys::now_ms;
 
 /// E11/E13/E15: a template for a server whose user wants to join, leave or
 /// knock, after checking the change would pass the rules now.

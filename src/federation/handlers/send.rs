@@ -17,10 +17,10 @@ use crate::core::json::Object;
 use crate::federation::fetch::checked_pdu;
 use crate::federation::inbound::{Begin, Req};
 use crate::http::ApiError;
-use crate::node::now_ms;
 use crate::room::{Appended, RoomCmd, RoomError, Verdict};
 use crate::store::records::TxnResponse;
 use crate::store::{Batch, Op};
+use crate::sys::now_ms;
 
 pub const MAX_PDUS: usize = 50;
 pub const MAX_EDUS: usize = 100;

@@ -18,8 +18,8 @@ use serde_json::Value;
 use crate::core::event::{redact, Pdu};
 use crate::core::ids::{RoomId, ServerName, UserId};
 use crate::core::rooms::StateView;
+use crate::federation::Node;
 use crate::http::ApiError;
-use crate::node::Node;
 use crate::room::load::load_pdu;
 use crate::room::RoomView;
 

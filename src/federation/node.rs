@@ -38,19 +38,6 @@ pub struct Node {
     tasks: Mutex<Option<JoinSet<()>>>,
 }
 
-/// Milliseconds since the Unix epoch: the only clock lmx reads.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-/// Random URL-safe text (tokens, device ids, room ids).
-pub fn random_string(len: usize) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut bytes = vec![0u8; len];
-    getrandom::getrandom(&mut bytes).expect("the OS has randomness");
-    bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
-}
-
 impl Node {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
