@@ -139,7 +139,8 @@ impl Lmx {
         let child = Command::new(std::env::current_exe()?)
             .args(["serve", "--config"])
             .arg(&self.config_path)
-            .env("LMX_LOG", "warn")
+            // `LMX_BENCH_LOG=debug` keeps each server's timings in its log.
+            .env("LMX_LOG", std::env::var("LMX_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

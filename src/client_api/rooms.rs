@@ -209,7 +209,9 @@ pub async fn send(call: Call, room: &str, event_type: &str, txn: &str) -> Result
     let mut d = draft(user, event_type, None, call.body.clone());
     d.txn = Some((device.to_owned(), txn.to_owned()));
     let room = room_id(room)?;
+    let started = std::time::Instant::now();
     let id = submit(&call, &room, d).await?;
+    tracing::debug!(%room, event = %id, answered_us = started.elapsed().as_micros() as u64, "client send answered");
     Ok(json!({ "event_id": id.as_str() }))
 }
 
@@ -217,7 +219,9 @@ pub async fn put_state(call: Call, room: &str, event_type: &str, state_key: &str
     let (user, _) = call.who()?;
     let d = draft(user, event_type, Some(state_key), call.body.clone());
     let room = room_id(room)?;
+    let started = std::time::Instant::now();
     let id = submit(&call, &room, d).await?;
+    tracing::debug!(%room, event = %id, answered_us = started.elapsed().as_micros() as u64, "client send answered");
     Ok(json!({ "event_id": id.as_str() }))
 }
 
@@ -238,6 +242,8 @@ pub async fn redact(call: Call, room: &str, event: &str, txn: &str) -> Result<Va
     let mut d = draft(user, "m.room.redaction", None, content);
     d.txn = Some((device.to_owned(), format!("redact-{txn}")));
     let room = room_id(room)?;
+    let started = std::time::Instant::now();
     let id = submit(&call, &room, d).await?;
+    tracing::debug!(%room, event = %id, answered_us = started.elapsed().as_micros() as u64, "client send answered");
     Ok(json!({ "event_id": id.as_str() }))
 }

@@ -59,6 +59,7 @@ pub async fn sync(call: Call) -> Result<Value, ApiError> {
         if upto > since {
             let (answer, empty) = s.incremental(since, upto)?;
             if !empty || tokio::time::Instant::now() >= deadline {
+                tracing::debug!(%user, since, upto, empty, "sync answered");
                 return Ok(answer);
             }
         } else if tokio::time::Instant::now() >= deadline {

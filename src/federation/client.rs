@@ -47,6 +47,29 @@ pub enum FedError {
 }
 
 impl FedError {
+    /// What a client or another server may be told: which server failed and
+    /// how, without connection details, resolved addresses or the peer's
+    /// own words (those go to the log).
+    pub fn public(&self) -> String {
+        match self {
+            FedError::Unreachable(server, _) => format!("{server} is unreachable"),
+            FedError::Timeout(server) => format!("request to {server} timed out"),
+            FedError::Status(server, status, _) => match self.errcode() {
+                Some(code) if code.len() <= 64 && code.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') => {
+                    format!("{server} answered {} {code}", status.as_u16())
+                }
+                _ => format!("{server} answered {}", status.as_u16()),
+            },
+            FedError::BadResponse(server, _) => format!("bad response from {server}"),
+        }
+    }
+
+    /// The error as a room error, logged in full once here.
+    pub fn into_room_error(self) -> crate::room::RoomError {
+        tracing::info!(error = %self, "a call to another server failed");
+        crate::room::RoomError::Remote(self.public())
+    }
+
     /// The Matrix error code of an error answer, if the peer sent one.
     pub fn errcode(&self) -> Option<String> {
         self.error_body()?.get("errcode")?.as_str().map(str::to_owned)
@@ -421,5 +444,25 @@ struct RawResponse {
 impl From<RawResponse> for FedResponse {
     fn from(r: RawResponse) -> Self {
         FedResponse { status: r.status, body: r.body, retry_after_ms: r.retry_after_ms }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_others_are_told_of_a_failed_call_leaves_out_the_details() {
+        let unreachable = FedError::Unreachable("a.test".into(), "connect to 10.1.2.3:8448: refused".into());
+        assert_eq!(unreachable.public(), "a.test is unreachable");
+        let refused = FedError::Status(
+            "a.test".into(),
+            StatusCode::BAD_REQUEST,
+            r#"{"errcode":"M_UNKNOWN","error":"db at /var/lib/x broke"}"#.into(),
+        );
+        assert_eq!(refused.public(), "a.test answered 400 M_UNKNOWN");
+        let odd = FedError::Status("a.test".into(), StatusCode::BAD_GATEWAY, r#"{"errcode":"<b>x</b>"}"#.into());
+        assert_eq!(odd.public(), "a.test answered 502");
+        assert_eq!(FedError::BadResponse("a.test".into(), "line 1".into()).public(), "bad response from a.test");
     }
 }

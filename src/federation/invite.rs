@@ -4,6 +4,7 @@
 use http::Method;
 use serde_json::{json, Value};
 
+use super::client::FedError;
 use crate::core::crypto::signature_key_ids;
 use crate::core::event::{verify_event_signature, Pdu, Schema};
 use crate::core::ids::UserId;
@@ -89,10 +90,10 @@ pub async fn send_invite(node: &Node, room: &RoomView, pdu: Pdu) -> Result<Pdu, 
         match (e.status().map(|s| s.as_u16()), e.errcode()) {
             (Some(403), _) => RoomError::Forbidden(format!("{server} refused the invite")),
             (_, Some(code)) => RoomError::Remote(format!("{server} refused the invite: {code}")),
-            _ => RoomError::Remote(e.to_string()),
+            _ => e.into_room_error(),
         }
     })?;
-    let answer = resp.json(server.as_str()).map_err(|e| RoomError::Remote(e.to_string()))?;
+    let answer = resp.json(server.as_str()).map_err(FedError::into_room_error)?;
     let mut returned = invite_answer_event(&answer)
         .ok_or_else(|| RoomError::Remote(format!("{server} answered the invite without an event")))?
         .clone();

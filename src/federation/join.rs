@@ -7,6 +7,7 @@ use std::sync::Arc;
 use http::Method;
 use serde_json::{json, Value};
 
+use super::client::FedError;
 use super::fetch::{checked_pdu, checked_pdus, lm_peer};
 use crate::core::event::{sign_event, sign_lpdu, Lpdu, Pdu, RoomVersion, Schema};
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
@@ -135,10 +136,10 @@ async fn send_membership(
     let resp = node.fed.request(h.hub, method, &path, Some(&body), lm).await.map_err(|e| {
         match e.status().map(|s| s.as_u16()) {
             Some(403) => RoomError::Forbidden(format!("{} refused the {}", h.hub, h.membership)),
-            _ => RoomError::Remote(e.to_string()),
+            _ => e.into_room_error(),
         }
     })?;
-    resp.json(h.hub.as_str()).map_err(|e| RoomError::Remote(e.to_string()))
+    resp.json(h.hub.as_str()).map_err(FedError::into_room_error)
 }
 
 /// Candidate hubs in order (OQ-27): servers named by the caller (invite
@@ -177,7 +178,7 @@ async fn make(
         let lm = lm_peer(node, server).await;
         match node.fed.request(server, Method::GET, &path, None, lm).await {
             Ok(resp) => {
-                let body = resp.json(server.as_str()).map_err(|e| RoomError::Remote(e.to_string()))?;
+                let body = resp.json(server.as_str()).map_err(FedError::into_room_error)?;
                 let (template, version) =
                     template_of(&body).ok_or_else(|| RoomError::Remote(format!("{server}: no template")))?;
                 let version = version
@@ -191,7 +192,7 @@ async fn make(
                 tracing::info!(%server, error = %e, endpoint, "candidate hub refused");
                 last = match e.status().map(|s| s.as_u16()) {
                     Some(403) => RoomError::Forbidden(format!("{server}: {}", e.errcode().unwrap_or_default())),
-                    _ => RoomError::Remote(e.to_string()),
+                    _ => e.into_room_error(),
                 };
             }
         }

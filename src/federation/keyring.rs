@@ -177,6 +177,9 @@ pub struct KeyRing {
     misses: Mutex<HashMap<ServerName, i64>>,
     fetch_locks: Mutex<HashMap<ServerName, Arc<tokio::sync::Mutex<()>>>>,
     fetches: tokio::sync::Semaphore,
+    /// Our own keys as other servers see them: signing and checking that
+    /// answer costs more than the signature checks it serves.
+    own_cached: Mutex<Option<Arc<ServerKeyInfo>>>,
 }
 
 impl KeyRing {
@@ -189,6 +192,7 @@ impl KeyRing {
             misses: Mutex::new(HashMap::new()),
             fetch_locks: Mutex::new(HashMap::new()),
             fetches: tokio::sync::Semaphore::new(MAX_CONCURRENT_FETCHES),
+            own_cached: Mutex::new(None),
         }
     }
 
@@ -199,12 +203,20 @@ impl KeyRing {
         cache.insert(server.clone(), (info, fetched));
     }
 
+    /// Rebuilt once half its validity has passed, so it always has at
+    /// least six hours left, as a freshly built one would.
     fn own_info(&self, now: i64) -> Arc<ServerKeyInfo> {
+        let mut cached = self.own_cached.lock().expect("poisoned");
+        if let Some(info) = cached.as_ref().filter(|i| i.valid_until_ts - KEY_VALIDITY_MS / 2 > now) {
+            return info.clone();
+        }
         let raw = own_key_response(&self.own, now);
-        Arc::new(
+        let info = Arc::new(
             parse_key_response(self.own.server(), raw.as_object().cloned().unwrap_or_default(), now)
                 .expect("own key response is valid"),
-        )
+        );
+        *cached = Some(info.clone());
+        info
     }
 
     fn cached(&self, server: &ServerName) -> Option<Arc<ServerKeyInfo>> {
@@ -392,6 +404,26 @@ impl KeyRing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_keys_are_built_once_and_rebuilt_at_half_their_validity() {
+        let name = ServerName::parse("own.test").unwrap();
+        let key = SigningKey::from_seed(name, crate::core::ids::KeyId::parse("ed25519:a").unwrap(), &[7; 32]).unwrap();
+        let fed = Arc::new(FedClient::new(
+            key.clone(),
+            None,
+            HashMap::new(),
+            crate::federation::policy::AddressPolicy::default(),
+            std::time::Duration::from_secs(1),
+        ));
+        let store: Arc<dyn Store> = Arc::new(crate::store::KvStore::new(crate::store::MemKv::new()));
+        let ring = KeyRing::new(key, fed, store);
+        let first = ring.own_info(1_000);
+        assert!(Arc::ptr_eq(&first, &ring.own_info(1_000 + KEY_VALIDITY_MS / 2 - 1)), "reused");
+        let later = ring.own_info(1_000 + KEY_VALIDITY_MS / 2);
+        assert!(!Arc::ptr_eq(&first, &later), "rebuilt");
+        assert_eq!(later.valid_until_ts, 1_000 + KEY_VALIDITY_MS / 2 + KEY_VALIDITY_MS);
+    }
 
     #[test]
     fn remembered_names_stay_bounded_and_stale_ones_go_first() {

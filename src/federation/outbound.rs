@@ -124,9 +124,11 @@ async fn deliver(node: Arc<Node>, dest: ServerName, worker: Arc<Worker>) {
             format!("/_matrix/federation/v1/send/{}", encode_segment(&txn.id))
         };
         crate::crash::point("deliver.before_send");
+        let sent_at = std::time::Instant::now();
         match node.fed.request(&dest, Method::PUT, &path, Some(&txn.body), lm).await {
             Ok(resp) => {
                 crate::crash::point("deliver.after_send");
+                tracing::debug!(%dest, txn = %txn.id, answered_us = sent_at.elapsed().as_micros() as u64, "transaction delivered");
                 failures = 0;
                 let answer = resp.json(dest.as_str()).unwrap_or_else(|_| json!({}));
                 report_refused_lpdus(&node, &txn, &answer).await;

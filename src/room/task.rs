@@ -34,6 +34,9 @@ struct Written {
     /// Released (published to readers) once the batch is durable.
     positions: Option<Allocation>,
     flush: tokio::task::JoinHandle<FlushResult>,
+    /// For the debug log: when the batch was built, and from how many inputs.
+    built: std::time::Instant,
+    inputs: usize,
 }
 
 fn storage_failed(e: StoreError) -> RoomError {
@@ -238,6 +241,7 @@ impl RoomTask {
             },
         };
         let range = positions.as_ref().map_or(0..0, |a| *a.positions().start()..*a.positions().end() + 1);
+        let (started, count) = (std::time::Instant::now(), inputs.len());
         let mut out = Effects::new(range);
         let now = crate::sys::now_ms();
         for input in inputs {
@@ -259,12 +263,24 @@ impl RoomTask {
                 Err(e) => tokio::spawn(async move { Err(e) }),
             }
         };
-        Written { out, positions, flush }
+        tracing::debug!(
+            inputs = count,
+            events = needed,
+            built_us = started.elapsed().as_micros() as u64,
+            "room batch written"
+        );
+        Written { out, positions, flush, built: std::time::Instant::now(), inputs: count }
     }
 
     /// A batch is durable (or failed): publish, wake, answer, fetch.
     fn finish(&mut self, written: Written, result: Result<(), RoomError>) {
-        let Written { mut out, positions, .. } = written;
+        let Written { mut out, positions, built, inputs, .. } = written;
+        tracing::debug!(
+            inputs,
+            durable_us = built.elapsed().as_micros() as u64,
+            ok = result.is_ok(),
+            "room batch durable"
+        );
         match &result {
             Err(e) => {
                 // The memory may be ahead of the disk: go on from the disk.

@@ -66,6 +66,7 @@ pub async fn send(req: Req, txn: &str, v1: bool) -> Result<Value, ApiError> {
         }
     };
     crate::crash::point("send.before_append");
+    let started = std::time::Instant::now();
     let outcomes = process_pdus(&req, pdus).await;
     crate::federation::edu::receive(&req.node, &req.origin, edus).await;
     let answer = if v1 {
@@ -90,6 +91,7 @@ pub async fn send(req: Req, txn: &str, v1: bool) -> Result<Value, ApiError> {
         },
     });
     req.node.store.write(b)?;
+    tracing::debug!(origin = %req.origin, txn, pdus = pdus.len(), edus = edus.len(), handled_us = started.elapsed().as_micros() as u64, "transaction handled");
     Ok(answer)
 }
 
