@@ -120,7 +120,7 @@ fn hub_hashes_and_signs_the_full_pdu() {
     let hub_pk = key("hub.example", 1).public_key();
     event::verify_event_signature(lm(), &pdu, "hub.example", "ed25519:1", &hub_pk).unwrap();
     assert_eq!(event::check_hashes(lm(), &pdu).unwrap(), HashCheck::Match);
-    let signers: Vec<String> = event::required_signers(&pdu).unwrap().iter().map(|s| s.to_string()).collect();
+    let signers: Vec<String> = event::required_signers(lm(), &pdu).unwrap().iter().map(|s| s.to_string()).collect();
     assert_eq!(signers, ["part.example", "hub.example"]);
 }
 
@@ -192,7 +192,7 @@ fn hub_own_event_hash_drops_empty_hashes() {
         event::LM_VERSION
     );
     assert_eq!(e["hashes"], json!({"sha256": b64_sha256(&hashed)}));
-    let signers = event::required_signers(&e).unwrap();
+    let signers = event::required_signers(lm(), &e).unwrap();
     assert_eq!(signers.len(), 1);
 }
 

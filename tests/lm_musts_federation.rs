@@ -426,7 +426,8 @@ async fn items_22_24_25_69_73_the_hubs_list_replays_as_a_valid_chain() {
         assert_eq!(got, want, "{id} ({} {:?})", pdu.event_type(), pdu.state_key());
         // Item 73: it passes the rules against the state before it.
         check_append(tail.as_ref(), &state, &pdu).unwrap_or_else(|e| panic!("{id}: {e}"));
-        let signers: Vec<String> = event::required_signers(&o).unwrap().iter().map(|s| s.to_string()).collect();
+        let signers: Vec<String> =
+            event::required_signers(RoomVersion::lm(), &o).unwrap().iter().map(|s| s.to_string()).collect();
         if pdu.sender().server_name().as_str() == P1 {
             from_p1 += 1;
             // Items 22, 24: built from an LPDU, so it names this hub and

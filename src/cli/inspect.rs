@@ -235,7 +235,7 @@ fn required_signatures_hold(
     known: &[(&str, &str, PublicKey)],
 ) -> Result<(), String> {
     let is_lpdu = v.lm && obj.get("hashes").and_then(|h| h.get("sha256")).is_none();
-    let mut required = event::required_signers(obj).map_err(|e| e.to_string())?;
+    let mut required = event::required_signers(v, obj).map_err(|e| e.to_string())?;
     if is_lpdu {
         required.truncate(1);
     }

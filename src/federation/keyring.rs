@@ -363,7 +363,7 @@ impl KeyRing {
     /// least one verifying signature from a known key, and none fails
     /// (OQ-14). Other signatures are ignored (item 62).
     pub async fn verify_event(&self, version: &RoomVersion, event: &Object, now: i64) -> Result<(), KeyError> {
-        let signers = required_signers(event).map_err(|e| KeyError::Signature(e.to_string()))?;
+        let signers = required_signers(version, event).map_err(|e| KeyError::Signature(e.to_string()))?;
         self.verify_signers(version, event, &signers, now).await
     }
 

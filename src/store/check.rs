@@ -189,7 +189,7 @@ fn check_event(keys: KeyLookup<'_>, version: &RoomVersion, room: &str, rec: &Eve
             Err(e) => r.problem(format!("room {room}: {event}: {e}")),
         }
     }
-    let signers = match required_signers(pdu.json()) {
+    let signers = match required_signers(version, pdu.json()) {
         Ok(s) => s,
         Err(e) => return r.problem(format!("room {room}: {event}: {e}")),
     };

@@ -106,9 +106,11 @@ pub fn verify_event_signature(
 }
 
 /// Servers whose signatures an event must carry (digest 3.7): the sender's
-/// server, plus `hub_server` when it is another server. All others are
-/// ignored (item 62).
-pub fn required_signers(event: &Object) -> Result<Vec<ServerName>, EventError> {
+/// server, plus `hub_server` when it is another server; in Matrix room
+/// versions (8 and later) a restricted join also needs the server of the
+/// user named in `join_authorised_via_users_server` (LM has no restricted
+/// joins: OQ-9). All others are ignored (item 62).
+pub fn required_signers(version: &RoomVersion, event: &Object) -> Result<Vec<ServerName>, EventError> {
     let sender = sender_server(event).ok_or(EventError::Missing("sender"))?;
     let mut out = vec![sender];
     if let Some(hub) = hub_server(event) {
@@ -117,7 +119,31 @@ pub fn required_signers(event: &Object) -> Result<Vec<ServerName>, EventError> {
             out.push(hub);
         }
     }
+    if !version.lm {
+        if let Some(via) = authorising_server(event)? {
+            if !out.contains(&via) {
+                out.push(via);
+            }
+        }
+    }
     Ok(out)
+}
+
+/// The server of the user who authorised a restricted join, if the event
+/// is a join naming one.
+fn authorising_server(event: &Object) -> Result<Option<ServerName>, EventError> {
+    if event.get("type").and_then(Value::as_str) != Some("m.room.member") {
+        return Ok(None);
+    }
+    let content = event.get("content");
+    if content.and_then(|c| c.get("membership")).and_then(Value::as_str) != Some("join") {
+        return Ok(None);
+    }
+    match content.and_then(|c| c.get("join_authorised_via_users_server")) {
+        None => Ok(None),
+        Some(Value::String(user)) => Ok(Some(UserId::parse(user).map_err(EventError::Id)?.server_name())),
+        Some(_) => Err(EventError::Missing("content.join_authorised_via_users_server")),
+    }
 }
 
 /// Outcome of the content-hash check (receive step 3).
@@ -154,4 +180,47 @@ pub fn check_hashes(version: &RoomVersion, event: &Object) -> Result<HashCheck, 
         return Ok(HashCheck::Mismatch("hashes.sha256"));
     }
     Ok(HashCheck::Match)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn signers(version: &str, event: Value) -> Result<Vec<String>, EventError> {
+        let v = RoomVersion::find(version).unwrap();
+        let Value::Object(o) = event else { unreachable!() };
+        required_signers(v, &o).map(|s| s.iter().map(ToString::to_string).collect())
+    }
+
+    fn restricted_join(via: Value) -> Value {
+        json!({
+            "type": "m.room.member", "state_key": "@j:joiner.test", "sender": "@j:joiner.test",
+            "content": {"membership": "join", "join_authorised_via_users_server": via},
+        })
+    }
+
+    #[test]
+    fn a_restricted_join_needs_the_authorising_users_server_in_matrix_versions_only() {
+        for v in ["10", "11", "12"] {
+            assert_eq!(
+                signers(v, restricted_join(json!("@mod:resident.test"))).unwrap(),
+                ["joiner.test", "resident.test"]
+            );
+            // Authorised by a user of its own server: one signer.
+            assert_eq!(signers(v, restricted_join(json!("@other:joiner.test"))).unwrap(), ["joiner.test"]);
+            assert!(signers(v, restricted_join(json!(7))).is_err(), "not a user id");
+            assert!(signers(v, restricted_join(json!("not a user"))).is_err());
+            // Only joins are authorised this way.
+            let mut leave = restricted_join(json!("@mod:resident.test"));
+            leave["content"]["membership"] = json!("leave");
+            assert_eq!(signers(v, leave).unwrap(), ["joiner.test"]);
+        }
+        // LM has no restricted joins (OQ-9): the key changes nothing there.
+        assert_eq!(
+            signers(crate::core::event::LM_VERSION, restricted_join(json!("@mod:resident.test"))).unwrap(),
+            ["joiner.test"]
+        );
+    }
 }
