@@ -104,7 +104,13 @@ impl Rooms {
     /// one after the other, so the first one seeds our copy of the list and
     /// the later ones continue it.
     pub async fn join_turn(&self, room: &RoomId) -> JoinTurn {
-        let lock = self.joining.lock().expect("poisoned").entry(room.clone()).or_default().clone();
+        let lock = {
+            let mut locks = self.joining.lock().expect("poisoned");
+            // A waiter whose caller went away never made a `JoinTurn` to
+            // clean up after it: entries only the map holds are free.
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+            locks.entry(room.clone()).or_default().clone()
+        };
         let turn = lock.clone().lock_owned().await;
         JoinTurn { room: room.clone(), locks: self.joining.clone(), lock, _turn: Some(turn) }
     }
@@ -138,5 +144,74 @@ impl Rooms {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    struct Offline;
+
+    impl super::super::RoomNetwork for Offline {
+        fn countersign_invite(
+            &self,
+            _: RoomView,
+            _: crate::core::event::Pdu,
+        ) -> super::super::BoxFuture<Result<crate::core::event::Pdu, RoomError>> {
+            Box::pin(async { Err(RoomError::Gone) })
+        }
+        fn backfill(
+            &self,
+            _: RoomView,
+            _: EventId,
+            _: usize,
+        ) -> super::super::BoxFuture<Result<Vec<crate::core::event::Pdu>, RoomError>> {
+            Box::pin(async { Err(RoomError::Gone) })
+        }
+        fn wake(&self, _: &crate::core::ids::ServerName) {}
+        fn linearized(&self, _: &crate::core::ids::ServerName) -> Option<bool> {
+            None
+        }
+    }
+
+    /// Rooms with nothing behind them: `join_turn` needs no writer.
+    fn rooms() -> Rooms {
+        let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::KvStore::new(crate::store::MemKv::new()));
+        let server = crate::core::ids::ServerName::parse("here.test").unwrap();
+        let key_id = crate::core::ids::KeyId::parse("ed25519:a").unwrap();
+        Rooms::new(RoomDeps {
+            env: super::super::machine::Env {
+                key: crate::core::crypto::SigningKey::from_seed(server, key_id, &[3; 32]).unwrap(),
+                timeline_cache: None,
+            },
+            positions: crate::store::Positions::open(store.clone()).unwrap(),
+            store,
+            shared_cache: Arc::default(),
+            network: Arc::new(Offline),
+            spawn: Arc::new(|task| {
+                tokio::spawn(task);
+            }),
+        })
+    }
+
+    #[tokio::test]
+    async fn join_turns_leave_nothing_behind_even_when_a_waiter_gives_up() {
+        let rooms = rooms();
+        let (a, b) = (RoomId::parse("!a:there.test").unwrap(), RoomId::parse("!b:there.test").unwrap());
+        let first = rooms.join_turn(&a).await;
+        // A second join of the same room waits; the first one ends, and
+        // the second one's caller goes away before taking its turn.
+        let mut waiter = Box::pin(rooms.join_turn(&a));
+        let waited = tokio::time::timeout(Duration::from_millis(20), &mut waiter).await;
+        assert!(waited.is_err(), "the turn was taken");
+        drop(first);
+        drop(waiter);
+        let other = rooms.join_turn(&b).await;
+        assert_eq!(rooms.joining.lock().unwrap().len(), 1, "only the turn held now");
+        drop(other);
+        assert!(rooms.joining.lock().unwrap().is_empty());
     }
 }
