@@ -361,4 +361,9 @@ async fn unread_counts_follow_messages_from_others_and_read_receipts() {
     let path = format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&sent[1]));
     assert_eq!(alice.call("POST", &path, Some(json!({}))).await.status, 200);
     assert_eq!(count(alice.clone(), room.clone()).await, 1, "only the message after the receipt");
+    // Counted again from where the last sync stopped: the new ones add up.
+    bob.send_ok(&room, "b3", "more").await;
+    bob.send_ok(&room, "b4", "more").await;
+    assert_eq!(count(alice.clone(), room.clone()).await, 3);
+    assert_eq!(count(alice.clone(), room.clone()).await, 3, "the same when nothing is new");
 }

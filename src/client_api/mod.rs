@@ -15,6 +15,7 @@ mod profile;
 mod ratelimit;
 mod rooms;
 mod sync;
+mod unread;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +44,7 @@ pub struct Call {
     pub user: Option<(UserId, String)>,
     pub token: Option<String>,
     pub accounts: Arc<Accounts>,
+    pub unread: Arc<unread::UnreadCounts>,
 }
 
 impl Call {
@@ -58,6 +60,7 @@ impl Call {
 pub struct ClientHandler {
     node: Arc<Node>,
     accounts: Arc<Accounts>,
+    unread: Arc<unread::UnreadCounts>,
     sends: Limiter,
     logins: Limiter,
 }
@@ -70,6 +73,7 @@ impl ClientHandler {
             sends: Limiter::new(c.send_per_second, c.send_burst),
             logins: Limiter::new(c.login_per_second, c.login_burst),
             accounts: Accounts::new(passwords::Passwords::new(hashing_threads)),
+            unread: Arc::default(),
             node,
         }
     }
@@ -137,7 +141,15 @@ impl ClientHandler {
         let budget = BodyBudget::of(&req);
         let (bytes, _held) = read_body(req.into_body(), MAX_BODY, &budget).await?;
         let body = json_object(&bytes, NumberPolicy::Ieee754, true)?;
-        let call = Call { node: self.node.clone(), query, body, user, token, accounts: self.accounts.clone() };
+        let call = Call {
+            node: self.node.clone(),
+            query,
+            body,
+            user,
+            token,
+            accounts: self.accounts.clone(),
+            unread: self.unread.clone(),
+        };
         let s: Vec<&str> = segs.iter().map(String::as_str).collect();
         // `/_matrix/client/{v3,r0}/…`: r0 is the alias older clients call.
         let rest = match s.as_slice() {

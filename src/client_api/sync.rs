@@ -22,8 +22,6 @@ const TIMELINE_LIMIT: u64 = 20;
 /// Stream entries read per answer; the token then points mid-way.
 const STREAM_PAGE: usize = 2000;
 const MAX_TIMEOUT_MS: u64 = 120_000;
-/// Unread counts stop here.
-const UNREAD_CAP: u64 = 100;
 
 fn parse_since(t: &str) -> Option<u64> {
     t.strip_prefix('s').unwrap_or(t).parse().ok()
@@ -190,30 +188,30 @@ impl Syncer<'_> {
         Ok(out.into_iter().filter(|e| filter.allows(e)).collect())
     }
 
-    /// Messages from others after the user's read receipt, up to a cap.
+    /// Messages from others after the user's read receipt (looking back
+    /// at most `unread::LOOK_BACK` events when first counted).
     fn unread(&self, room: &RoomId) -> Result<u64, ApiError> {
         let Some(h) = self.call.node.rooms.get(room) else { return Ok(0) };
         let length = h.view().length;
-        let read_index = self
-            .call
-            .node
-            .store
+        let store = &self.call.node.store;
+        let read_from = store
             .receipts(room)?
             .into_iter()
             .filter(|(k, u, _)| u == self.user && (k == "m.read" || k == "m.read.private"))
             .filter_map(|(_, _, r)| EventId::parse(&r.event_id).ok())
-            .filter_map(|id| self.call.node.store.event(&id).ok().flatten())
+            .filter_map(|id| store.event(&id).ok().flatten())
             .map(|rec| rec.index + 1)
             .max()
             .unwrap_or(0);
-        let start = read_index.max(length.saturating_sub(UNREAD_CAP));
-        let mut count = 0;
-        for id in self.call.node.store.list(room, start, length)? {
-            if let Some(rec) = self.call.node.store.event(&id)? {
-                count += u64::from(counts_as_unread(&rec, self.user.as_str()));
+        self.call.unread.count(self.user, room, read_from, length, |range| {
+            let mut count = 0;
+            for id in store.list(room, range.start, range.end)? {
+                if let Some(rec) = store.event(&id)? {
+                    count += u64::from(counts_as_unread(&rec, self.user.as_str()));
+                }
             }
-        }
-        Ok(count)
+            Ok::<_, ApiError>(count)
+        })
     }
 
     fn joined_room(
