@@ -228,12 +228,25 @@ async fn process_pdus(req: &Req, pdus: &[Value]) -> Outcomes {
         };
         out.insert(id, result);
     }
+    // Every room gets its events before any answer is awaited, so the rooms
+    // of one transaction build and flush side by side (their flushes are
+    // shared) instead of one after the other.
+    let mut asked = Vec::new();
     for (room, list) in from_hub {
         let Some(handle) = req.node.rooms.get(&room) else {
             continue;
         };
         let ids: Vec<String> = list.iter().map(|p| p.event_id().to_string()).collect();
-        match handle.ask(|reply| RoomCmd::FromHub { pdus: list, reply }).await {
+        let (reply, answer) = oneshot::channel();
+        let sent = handle.send(RoomCmd::FromHub { pdus: list, reply }).await;
+        asked.push((ids, sent.map(|()| answer)));
+    }
+    for (ids, answer) in asked {
+        let results = match answer {
+            Ok(answer) => answer.await.unwrap_or(Err(RoomError::Gone)),
+            Err(e) => Err(e),
+        };
+        match results {
             Ok(results) => {
                 for (id, r) in ids.into_iter().zip(results) {
                     out.insert(id, r.map_err(|e| e.public_reason()));
@@ -246,12 +259,13 @@ async fn process_pdus(req: &Req, pdus: &[Value]) -> Outcomes {
             }
         }
     }
-    for (room, list) in mixed {
-        let Some(handle) = req.node.rooms.get(&room) else {
-            continue;
-        };
+    let offers = mixed.into_iter().filter_map(|(room, list)| {
+        let handle = req.node.rooms.get(&room)?;
         let ids: Vec<String> = list.iter().map(|p| p.event_id().to_string()).collect();
-        match crate::federation::dag::offer(&req.node, &handle, &req.origin, list).await {
+        Some(async move { (ids, crate::federation::dag::offer(&req.node, &handle, &req.origin, list).await) })
+    });
+    for (ids, offered) in futures_util::future::join_all(offers).await {
+        match offered {
             Ok(results) => {
                 for (id, r) in results {
                     let r = match r {
