@@ -94,15 +94,7 @@ pub async fn open_checked_store(config: &Config) -> anyhow::Result<KvStore<SledK
 /// What the commit record says now: each room's length as its writer last
 /// made durable, and the newest stream position below the watermark.
 fn current_record(node: &Node) -> Result<CommitRecord, crate::store::StoreError> {
-    let mut rooms = std::collections::BTreeMap::new();
-    for id in node.rooms.ids() {
-        if let Some(h) = node.rooms.get(&id) {
-            let length = h.view().length;
-            if length > 0 {
-                rooms.insert(id.to_string(), length);
-            }
-        }
-    }
+    let rooms = node.rooms.lengths().into_iter().filter(|(_, l)| *l > 0).map(|(id, l)| (id.to_string(), l)).collect();
     Ok(CommitRecord {
         format: crate::store::FORMAT_VERSION,
         server_name: node.name.to_string(),
@@ -195,7 +187,7 @@ impl App {
         let node = Node::new(config, key, store, positions, fed);
         for rec in node.store.rooms()? {
             let id = RoomId::parse(&rec.room_id).context("stored room id")?;
-            node.rooms.load(&id).map_err(|e| anyhow::anyhow!("loading {id}: {e}"))?;
+            node.rooms.register_stored(&id).map_err(|e| anyhow::anyhow!("loading {id}: {e}"))?;
         }
         tracing::info!(server = %node.name, rooms = node.rooms.len(), "lmx ready");
         Ok(App { node, federation, client, tls })

@@ -106,6 +106,10 @@ pub struct Registration {
 pub struct Storage {
     /// sled page cache, in MiB. Default: 64 for a hub, 16 for a follower.
     pub cache_mb: Option<u64>,
+    /// Seconds a room may sit idle before its writer and state leave
+    /// memory (it is read back from the store on its next use); 0 keeps
+    /// every room loaded.
+    pub room_idle_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,7 +171,7 @@ impl Default for Config {
                 trusted_proxies: Vec::new(),
             },
             registration: Registration { enabled: false, shared_secret: None, min_password_length: 8 },
-            storage: Storage { cache_mb: None },
+            storage: Storage { cache_mb: None, room_idle_secs: 60 },
             follower: Follower { host_rooms: true, timeline_cache: 500 },
             http: Http {
                 max_connections: 4096,

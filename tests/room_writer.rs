@@ -241,3 +241,45 @@ async fn history_before_a_join_offered_again_leaves_a_mixed_room_working() {
     let seen = alice.sync_until(&room, |evs| evs.iter().any(|e| e["event_id"] == sent)).await;
     assert!(seen.iter().any(|e| e["event_id"] == sent));
 }
+
+/// Rooms left idle rest on both servers (their writers stop) and wake on
+/// the next use from either side: the participant's send wakes its copy
+/// and, through its LPDU, the hub's; nothing is lost and the lists go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_rooms_rest_and_wake_on_either_server() {
+    let mut net = Net::new();
+    for h in ["hub.test", "p1.test"] {
+        net.reserve(h);
+    }
+    let resting = |host: &str| {
+        let mut c = net.config(host);
+        c.storage.room_idle_secs = 1;
+        c
+    };
+    let hub = Server::start(resting("hub.test")).await;
+    let p1 = Server::start(resting("p1.test")).await;
+    let alice = hub.client().register("alice").await;
+    let bob = p1.client().register("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    assert_eq!(bob.join(&room, HUB).await.status, 200);
+    alice.send_ok(&room, "a1", "before the rest").await;
+    bob.send_ok(&room, "b1", "before the rest too").await;
+    let before = hub.list(&room).len();
+
+    for _ in 0..3 {
+        eventually("both servers' rooms to rest", || hub.node().rooms.running() == 0 && p1.node().rooms.running() == 0)
+            .await;
+        assert_eq!(hub.node().rooms.len(), 1, "a resting room is still known");
+        bob.send_ok(&room, &format!("b{}", hub.list(&room).len()), "from a resting room").await;
+        alice.send_ok(&room, &format!("a{}", hub.list(&room).len()), "to a resting room").await;
+    }
+    let seen = bob
+        .sync_until(&room, |events| events.iter().filter(|e| e["content"]["body"] == "to a resting room").count() == 3)
+        .await;
+    let bodies = bodies(&seen);
+    assert_eq!(bodies.iter().filter(|b| *b == "from a resting room").count(), 3, "{bodies:?}");
+    eventually("p1 has the hub's last event", || p1.list(&room).last() == hub.list(&room).last()).await;
+    let (mine, whole) = (p1.list(&room), hub.list(&room));
+    assert!(is_contiguous_run(&mine, &whole), "p1's list {mine:?} is a run of the hub's {whole:?}");
+    assert_eq!(whole.len(), before + 6, "every send after a rest is in the list once");
+}

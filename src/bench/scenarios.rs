@@ -458,7 +458,18 @@ pub async fn many_rooms(w: &Workdir, rooms: usize, active: &[usize], events: u64
     let mut rows = Vec::new();
     let mut setup_row = Row::new(label, rooms as u64 * 3, setup, &Latencies::default());
     setup_row.notes.push(format!(
-        "idle after setup: hub {:.0} MiB RSS ({:.1} KiB per room), follower {:.0} MiB",
+        "idle after setup, rooms loaded: hub {:.0} MiB RSS ({:.1} KiB per room), follower {:.0} MiB",
+        h.rss_mib,
+        h.rss_mib * 1024.0 / rooms as f64,
+        f.rss_mib
+    ));
+    // Rooms rest once idle for `storage.room_idle_secs` (as shipped); the
+    // memory goes back to the system at the next quiet moment after that.
+    let rest = hub.config.storage.room_idle_secs.max(f1.config.storage.room_idle_secs);
+    tokio::time::sleep(Duration::from_secs(rest + 5)).await;
+    let (h, f) = (hub.usage(), f1.usage());
+    setup_row.notes.push(format!(
+        "idle after setup, rooms at rest ({rest} s idle): hub {:.0} MiB RSS ({:.1} KiB per room), follower {:.0} MiB",
         h.rss_mib,
         h.rss_mib * 1024.0 / rooms as f64,
         f.rss_mib

@@ -15,7 +15,7 @@ fn user_id(s: &str) -> Result<UserId, ApiError> {
 }
 
 /// `{displayname, avatar_url}` of a local user, or of a remote one as seen
-/// in the rooms this server follows.
+/// in the rooms the asker shares with them.
 fn profile_of(call: &Call, user: &UserId) -> Result<Value, ApiError> {
     let mut out = json!({});
     if user.is_on(&call.node.name) {
@@ -28,8 +28,15 @@ fn profile_of(call: &Call, user: &UserId) -> Result<Value, ApiError> {
         }
         return Ok(out);
     }
-    for room in call.node.rooms.ids() {
-        let Some(h) = call.node.rooms.get(&room) else { continue };
+    // Only rooms the asker is in (or invited to): what they may see, and a
+    // lookup costs rooms they share rather than every room of the server.
+    let Some((asker, _)) = &call.user else {
+        return Err(ApiError::not_found("Profile not found"));
+    };
+    let shared = call.node.store.memberships(asker)?;
+    let shared = shared.iter().filter(|(_, m)| m.membership == "join" || m.membership == "invite");
+    for (room, _) in shared {
+        let Some(h) = call.node.rooms.get(room) else { continue };
         if let Some(m) = h.view().state.member(user.as_str()) {
             for k in ["displayname", "avatar_url"] {
                 if let Some(v) = m.content().get(k).filter(|v| v.is_string()) {

@@ -22,6 +22,13 @@ pub(super) fn room_id(s: &str) -> Result<RoomId, ApiError> {
 /// retryable error after `client.send_wait_ms` (the LPDU stays queued and a
 /// retry with the same transaction id picks it up).
 pub async fn submit(call: &Call, room: &RoomId, draft: Draft) -> Result<EventId, ApiError> {
+    let started = std::time::Instant::now();
+    let id = sequence(call, room, draft).await?;
+    tracing::debug!(%room, event = %id, answered_us = started.elapsed().as_micros() as u64, "client event answered");
+    Ok(id)
+}
+
+async fn sequence(call: &Call, room: &RoomId, draft: Draft) -> Result<EventId, ApiError> {
     let handle = call.node.rooms.get(room).ok_or_else(|| ApiError::forbidden("You are not in this room"))?;
     let outcome = handle.ask(|reply| RoomCmd::Local { draft, reply }).await?;
     match outcome {
@@ -209,9 +216,7 @@ pub async fn send(call: Call, room: &str, event_type: &str, txn: &str) -> Result
     let mut d = draft(user, event_type, None, call.body.clone());
     d.txn = Some((device.to_owned(), txn.to_owned()));
     let room = room_id(room)?;
-    let started = std::time::Instant::now();
     let id = submit(&call, &room, d).await?;
-    tracing::debug!(%room, event = %id, answered_us = started.elapsed().as_micros() as u64, "client send answered");
     Ok(json!({ "event_id": id.as_str() }))
 }
 
@@ -219,9 +224,7 @@ pub async fn put_state(call: Call, room: &str, event_type: &str, state_key: &str
     let (user, _) = call.who()?;
     let d = draft(user, event_type, Some(state_key), call.body.clone());
     let room = room_id(room)?;
-    let started = std::time::Instant::now();
     let id = submit(&call, &room, d).await?;
-    tracing::debug!(%room, event = %id, answered_us = started.elapsed().as_micros() as u64, "client send answered");
     Ok(json!({ "event_id": id.as_str() }))
 }
 
@@ -242,8 +245,6 @@ pub async fn redact(call: Call, room: &str, event: &str, txn: &str) -> Result<Va
     let mut d = draft(user, "m.room.redaction", None, content);
     d.txn = Some((device.to_owned(), format!("redact-{txn}")));
     let room = room_id(room)?;
-    let started = std::time::Instant::now();
     let id = submit(&call, &room, d).await?;
-    tracing::debug!(%room, event = %id, answered_us = started.elapsed().as_micros() as u64, "client send answered");
     Ok(json!({ "event_id": id.as_str() }))
 }

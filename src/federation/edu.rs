@@ -93,10 +93,19 @@ pub fn room_destinations(node: &Node, view: &RoomView, except: Option<&ServerNam
     out
 }
 
-/// Servers sharing a room with `user`, for presence.
+/// Servers sharing a room with `user` (a local user), for presence. The
+/// user's own memberships name the rooms, so rooms they are not in stay at
+/// rest.
 pub fn presence_destinations(node: &Node, user: &UserId) -> BTreeSet<ServerName> {
     let mut out = BTreeSet::new();
-    for room in node.rooms.ids() {
+    let joined = match node.store.memberships(user) {
+        Ok(m) => m.into_iter().filter(|(_, m)| m.membership == "join").map(|(room, _)| room),
+        Err(e) => {
+            tracing::warn!(%user, error = %e, "no presence sent: memberships unreadable");
+            return out;
+        }
+    };
+    for room in joined {
         let Some(h) = node.rooms.get(&room) else { continue };
         let view = h.view();
         if view.state.membership(user.as_str()) == "join" {

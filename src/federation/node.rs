@@ -68,6 +68,10 @@ impl Node {
                         node.spawn(task);
                     }
                 }),
+                rest_after: match config.storage.room_idle_secs {
+                    0 => None,
+                    s => Some(std::time::Duration::from_secs(s)),
+                },
             });
             Node {
                 name,

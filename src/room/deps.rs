@@ -42,4 +42,7 @@ pub struct RoomDeps {
     pub shared_cache: Arc<DagCache>,
     pub network: Arc<dyn RoomNetwork>,
     pub spawn: Spawn,
+    /// A room idle this long rests (its writer stops until the next use);
+    /// `None`: rooms stay loaded.
+    pub rest_after: Option<std::time::Duration>,
 }

@@ -1,14 +1,21 @@
 //! The rooms this server knows, and the one place a room's writer is
-//! started: created by a local user, loaded from the store at start, or
-//! joined from a `send_join` answer. A joined room's first records go
-//! through its writer's commit like every later event, and concurrent
-//! joins of one room are taken one at a time, so a room never has two
-//! writers or two copies of its list.
+//! started: created by a local user, loaded from the store (on first use,
+//! at start and after it rested), or joined from a `send_join` answer. A
+//! joined room's first records go through its writer's commit like every
+//! later event, and concurrent joins of one room are taken one at a time,
+//! so a room never has two writers or two copies of its list.
+//!
+//! A room left idle rests: its writer stops and keeps nothing in memory
+//! but its durable length, and the next use loads it from the store. Only
+//! the writer itself puts its room to rest, under the directory's lock,
+//! when nothing waits on it and no handle exists outside the directory
+//! (handles are only handed out under that lock), so no input is lost
+//! and no second writer can start while the first still runs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::OwnedMutexGuard;
+use tokio::sync::{mpsc, OwnedMutexGuard};
 
 use super::task::spawn_room;
 use super::{JoinSeed, RoomCmd, RoomDeps, RoomError, RoomHandle, RoomView};
@@ -26,9 +33,49 @@ pub enum Opened {
 
 type JoinLocks = HashMap<RoomId, Arc<tokio::sync::Mutex<()>>>;
 
+enum Entry {
+    Running(RoomHandle),
+    /// No writer: everything of the room is in the store. `rested` tells
+    /// one rest from the next, so a load that raced a wake and a new rest
+    /// is not taken.
+    Resting {
+        length: u64,
+        rested: u64,
+    },
+}
+
+#[derive(Default)]
+struct Map {
+    rooms: HashMap<RoomId, Entry>,
+    rests: u64,
+}
+
+/// The directory's map, as a writer sees it: the way to put its room to
+/// rest.
+#[derive(Clone, Default)]
+pub(super) struct Shelf(Arc<Mutex<Map>>);
+
+impl Shelf {
+    /// Rests `room` if the directory's handle is the only one left and the
+    /// inbox is empty; then the writer may stop.
+    pub(super) fn rest(&self, room: &RoomId, inbox: &mpsc::Receiver<RoomCmd>, length: u64) -> bool {
+        let mut map = self.0.lock().expect("poisoned");
+        let Some(Entry::Running(handle)) = map.rooms.get(room) else { return false };
+        // Handles are cloned from the map under this lock and the writer's
+        // own sender is weak: nobody else can send from here on.
+        if handle.tx.strong_count() != 1 || !inbox.is_empty() {
+            return false;
+        }
+        map.rests += 1;
+        let rested = map.rests;
+        map.rooms.insert(room.clone(), Entry::Resting { length, rested });
+        true
+    }
+}
+
 pub struct Rooms {
     deps: RoomDeps,
-    map: Mutex<HashMap<RoomId, RoomHandle>>,
+    map: Shelf,
     joining: Arc<Mutex<JoinLocks>>,
 }
 
@@ -54,49 +101,105 @@ impl Drop for JoinTurn {
 
 impl Rooms {
     pub fn new(deps: RoomDeps) -> Self {
-        Rooms { deps, map: Mutex::default(), joining: Arc::default() }
+        Rooms { deps, map: Shelf::default(), joining: Arc::default() }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Map> {
+        self.map.0.lock().expect("poisoned")
+    }
+
+    fn spawn(&self, view: RoomView) -> RoomHandle {
+        spawn_room(&self.deps, view, self.map.clone())
+    }
+
+    /// The writer of a room this server knows, started from the store if
+    /// the room was resting. A room that cannot be read back is logged and
+    /// treated as unknown.
     pub fn get(&self, id: &RoomId) -> Option<RoomHandle> {
-        self.map.lock().expect("poisoned").get(id).cloned()
+        match self.wake(id) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(room = %id, error = %e, "a resting room could not be loaded");
+                None
+            }
+        }
     }
 
+    fn wake(&self, id: &RoomId) -> Result<Option<RoomHandle>, RoomError> {
+        loop {
+            let rested = match self.lock().rooms.get(id) {
+                None => return Ok(None),
+                Some(Entry::Running(h)) => return Ok(Some(h.clone())),
+                Some(Entry::Resting { rested, .. }) => *rested,
+            };
+            // Read outside the lock: a large room's state takes a while.
+            let view = super::load::load_view(&self.deps.store, id)?
+                .ok_or_else(|| RoomError::Storage(format!("{id} is not stored")))?;
+            let mut map = self.lock();
+            match map.rooms.get(id) {
+                Some(Entry::Resting { rested: now, .. }) if *now == rested => {
+                    let handle = self.spawn(view);
+                    map.rooms.insert(id.clone(), Entry::Running(handle.clone()));
+                    return Ok(Some(handle));
+                }
+                // Woken (and maybe rested again) meanwhile: look again.
+                _ => continue,
+            }
+        }
+    }
+
+    /// Every room this server knows, running or resting.
     pub fn ids(&self) -> Vec<RoomId> {
-        self.map.lock().expect("poisoned").keys().cloned().collect()
+        self.lock().rooms.keys().cloned().collect()
+    }
+
+    /// Each room's durable length (the list's, as its writer last
+    /// published it), without waking resting rooms.
+    pub fn lengths(&self) -> Vec<(RoomId, u64)> {
+        let map = self.lock();
+        let length = |e: &Entry| match e {
+            Entry::Running(h) => h.view().length,
+            Entry::Resting { length, .. } => *length,
+        };
+        map.rooms.iter().map(|(id, e)| (id.clone(), length(e))).collect()
     }
 
     pub fn len(&self) -> usize {
-        self.map.lock().expect("poisoned").len()
+        self.lock().rooms.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// How many rooms have a writer in memory now.
+    pub fn running(&self) -> usize {
+        self.lock().rooms.values().filter(|e| matches!(e, Entry::Running(_))).count()
+    }
+
     /// Starts the writer of a room a local user creates here (we are its
     /// hub); its first events come as ordinary commands.
     pub fn create(&self, room: RoomId, version: &'static RoomVersion) -> Result<RoomHandle, RoomError> {
-        let mut map = self.map.lock().expect("poisoned");
-        if map.contains_key(&room) {
+        let mut map = self.lock();
+        if map.rooms.contains_key(&room) {
             return Err(RoomError::BadEvent(format!("{room} exists already")));
         }
         let me = self.deps.env.key.server().clone();
-        let handle = spawn_room(&self.deps, RoomView::empty(room.clone(), version, me));
-        map.insert(room, handle.clone());
+        let handle = self.spawn(RoomView::empty(room.clone(), version, me));
+        map.rooms.insert(room, Entry::Running(handle.clone()));
         Ok(handle)
     }
 
-    /// Starts the writer of a stored room (at start-up).
-    pub fn load(&self, room: &RoomId) -> Result<RoomHandle, RoomError> {
+    /// Checks that a stored room reads back whole (at start: a damaged
+    /// store is refused, not served) and files it as resting.
+    pub fn register_stored(&self, room: &RoomId) -> Result<(), RoomError> {
         let view = super::load::load_view(&self.deps.store, room)?
             .ok_or_else(|| RoomError::Storage(format!("{room} is not stored")))?;
-        let mut map = self.map.lock().expect("poisoned");
-        if let Some(h) = map.get(room) {
-            return Ok(h.clone());
-        }
-        let handle = spawn_room(&self.deps, view);
-        map.insert(room.clone(), handle.clone());
-        Ok(handle)
+        let mut map = self.lock();
+        map.rests += 1;
+        let rested = map.rests;
+        map.rooms.entry(room.clone()).or_insert(Entry::Resting { length: view.length, rested });
+        Ok(())
     }
 
     /// Waits until no other local user is joining `room` from elsewhere.
@@ -120,15 +223,20 @@ impl Rooms {
     pub async fn open_joined(&self, seed: JoinSeed, _turn: &JoinTurn) -> Result<Opened, RoomError> {
         let room = seed.room.clone();
         let (handle, rx) = {
-            let mut map = self.map.lock().expect("poisoned");
-            if let Some(h) = map.get(&room) {
-                return Ok(Opened::Existing(h.clone()));
+            let mut map = self.lock();
+            match map.rooms.get(&room) {
+                Some(Entry::Running(h)) => return Ok(Opened::Existing(h.clone())),
+                Some(Entry::Resting { .. }) => {
+                    drop(map);
+                    return self.wake(&room)?.map(Opened::Existing).ok_or(RoomError::Gone);
+                }
+                None => {}
             }
-            let handle = spawn_room(&self.deps, RoomView::empty(room.clone(), seed.version, seed.hub.clone()));
+            let handle = self.spawn(RoomView::empty(room.clone(), seed.version, seed.hub.clone()));
             let (tx, rx) = tokio::sync::oneshot::channel();
             // A new inbox has room: the seed is the writer's first input.
             handle.try_send(RoomCmd::Seed { seed: Box::new(seed), reply: tx })?;
-            map.insert(room.clone(), handle.clone());
+            map.rooms.insert(room.clone(), Entry::Running(handle.clone()));
             (handle, rx)
         };
         let outcome = rx.await.map_err(|_| RoomError::Gone).and_then(|r| r);
@@ -137,9 +245,9 @@ impl Rooms {
             Err(e) => {
                 // Nothing of the room is durable: forget it; the writer
                 // stops once the last handle is gone.
-                let mut map = self.map.lock().expect("poisoned");
-                if map.get(&room).is_some_and(|h| h.same(&handle)) {
-                    map.remove(&room);
+                let mut map = self.lock();
+                if matches!(map.rooms.get(&room), Some(Entry::Running(h)) if h.same(&handle)) {
+                    map.rooms.remove(&room);
                 }
                 Err(e)
             }
@@ -183,6 +291,7 @@ mod tests {
         let server = crate::core::ids::ServerName::parse("here.test").unwrap();
         let key_id = crate::core::ids::KeyId::parse("ed25519:a").unwrap();
         Rooms::new(RoomDeps {
+            rest_after: None,
             env: super::super::machine::Env {
                 key: crate::core::crypto::SigningKey::from_seed(server, key_id, &[3; 32]).unwrap(),
                 timeline_cache: None,

@@ -6,6 +6,8 @@ mod deps;
 mod directory;
 pub mod load;
 pub mod machine;
+#[cfg(test)]
+mod resting_test;
 pub mod snapshot;
 mod task;
 #[cfg(test)]
@@ -84,9 +86,24 @@ impl RoomHandle {
 
     /// Sends a command built around a reply channel and awaits the reply.
     pub async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> RoomCmd) -> Result<T, RoomError> {
+        self.ask_later(make).await?.answer().await
+    }
+
+    /// Sends a command built around a reply channel; the reply is awaited
+    /// later, so one caller can hand several inputs over before waiting.
+    pub async fn ask_later<T>(&self, make: impl FnOnce(Reply<T>) -> RoomCmd) -> Result<Asked<T>, RoomError> {
         let (tx, rx) = oneshot::channel();
         self.send(make(tx)).await?;
-        rx.await.map_err(|_| RoomError::Gone)?
+        Ok(Asked(rx))
+    }
+}
+
+/// A room's reply still to come (see `RoomHandle::ask_later`).
+pub struct Asked<T>(oneshot::Receiver<Result<T, RoomError>>);
+
+impl<T> Asked<T> {
+    pub async fn answer(self) -> Result<T, RoomError> {
+        self.0.await.map_err(|_| RoomError::Gone)?
     }
 }
 

@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
+use super::directory::Shelf;
 use super::machine::{snapshot::DagStore, Effects, Fetch, Input, LocalDone, Machine, Reads, Reply, Ticket, Verdict};
 use super::{Appended, LocalOutcome, RoomCmd, RoomDeps, RoomError, RoomHandle, RoomNetwork, RoomView};
 use crate::core::event::Pdu;
@@ -123,10 +124,12 @@ struct RoomTask {
     /// Our own inbox, for answers of network work done beside the writer;
     /// weak, so the room stops once every handle is gone.
     inbox: mpsc::WeakSender<RoomCmd>,
+    /// The directory, where an idle room is put to rest.
+    shelf: Shelf,
 }
 
 /// Starts the writer task of a room whose state is `view`.
-pub(super) fn spawn_room(deps: &RoomDeps, view: RoomView) -> RoomHandle {
+pub(super) fn spawn_room(deps: &RoomDeps, view: RoomView, shelf: Shelf) -> RoomHandle {
     let (tx, rx) = mpsc::channel(1024);
     let shared = Arc::new(RwLock::new(Arc::new(view.clone())));
     let span = tracing::info_span!(parent: None, "room", room = %view.room_id);
@@ -139,6 +142,7 @@ pub(super) fn spawn_room(deps: &RoomDeps, view: RoomView) -> RoomHandle {
         next_ticket: 0,
         waiters: HashMap::new(),
         inbox: tx.downgrade(),
+        shelf,
     };
     // A root span: the room outlives the request that happened to start it.
     (deps.spawn)(Box::pin(task.run(rx).instrument(span)));
@@ -150,7 +154,20 @@ impl RoomTask {
         let mut flushing: Option<Written> = None;
         loop {
             let first = match flushing.as_mut() {
-                None => rx.recv().await,
+                None => match self.deps.rest_after.filter(|_| self.is_idle()) {
+                    None => rx.recv().await,
+                    Some(after) => match tokio::time::timeout(after, rx.recv()).await {
+                        Ok(cmd) => cmd,
+                        Err(_) => {
+                            let room = &self.machine.view().room_id;
+                            if self.is_idle() && self.shelf.rest(room, &rx, self.machine.view().length) {
+                                tracing::debug!("room resting");
+                                return;
+                            }
+                            continue;
+                        }
+                    },
+                },
                 Some(w) => tokio::select! {
                     biased;
                     flushed = &mut w.flush => {
@@ -193,6 +210,13 @@ impl RoomTask {
             let result = flushed_result((&mut w.flush).await);
             self.finish(w, result);
         }
+    }
+
+    /// Nothing waits on the room: no caller, no client waiting for an
+    /// echo, no fetch under way, nothing held back in the machine (the
+    /// batch in flight is checked by the caller).
+    fn is_idle(&self) -> bool {
+        self.pending.is_empty() && self.waiters.is_empty() && self.machine.is_idle()
     }
 
     fn ticket(&mut self, waiting: Waiting) -> Ticket {

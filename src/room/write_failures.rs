@@ -34,7 +34,7 @@ fn take_one(n: &AtomicUsize) -> bool {
 }
 
 /// A room alone: no other server takes part, so it never needs the network.
-struct NoNetwork;
+pub(super) struct NoNetwork;
 
 impl RoomNetwork for NoNetwork {
     fn countersign_invite(&self, _: RoomView, _: Pdu) -> super::BoxFuture<Result<Pdu, RoomError>> {
@@ -58,7 +58,13 @@ struct Fixture {
     alice: UserId,
 }
 
-fn draft(sender: &UserId, event_type: &str, state_key: Option<&str>, content: serde_json::Value, txn: &str) -> Draft {
+pub(super) fn draft(
+    sender: &UserId,
+    event_type: &str,
+    state_key: Option<&str>,
+    content: serde_json::Value,
+    txn: &str,
+) -> Draft {
     Draft {
         sender: sender.clone(),
         event_type: event_type.into(),
@@ -68,14 +74,14 @@ fn draft(sender: &UserId, event_type: &str, state_key: Option<&str>, content: se
     }
 }
 
-async fn send(handle: &RoomHandle, d: Draft) -> Result<EventId, RoomError> {
+pub(super) async fn send(handle: &RoomHandle, d: Draft) -> Result<EventId, RoomError> {
     match handle.ask(|reply| RoomCmd::Local { draft: d, reply }).await? {
         LocalOutcome::Done(id) => Ok(id),
         LocalOutcome::Waiting { .. } => panic!("a hub sequences at once"),
     }
 }
 
-fn key_of(server: &str, seed: u8) -> SigningKey {
+pub(super) fn key_of(server: &str, seed: u8) -> SigningKey {
     SigningKey::from_seed(ServerName::parse(server).unwrap(), KeyId::parse("ed25519:t").unwrap(), &[seed; 32]).unwrap()
 }
 
@@ -90,6 +96,7 @@ fn rooms_of(key: SigningKey) -> (Arc<FlakyKv>, Arc<dyn Store>, Rooms) {
     });
     let store: Arc<dyn Store> = Arc::new(KvStore::new(SharedKv(kv.clone())));
     let rooms = Rooms::new(RoomDeps {
+        rest_after: None,
         env: Env { key, timeline_cache: None },
         store: store.clone(),
         positions: Positions::open(store.clone()).unwrap(),

@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 
 use super::known_room;
 use crate::core::event::{check_hashes, event_id, HashCheck, Lpdu, Pdu, RoomVersion};
@@ -17,7 +16,7 @@ use crate::core::json::Object;
 use crate::federation::fetch::checked_pdu;
 use crate::federation::inbound::{Begin, Req};
 use crate::http::ApiError;
-use crate::room::{Appended, RoomCmd, RoomError, Verdict};
+use crate::room::{Appended, Asked, RoomCmd, RoomError, Verdict};
 use crate::store::records::TxnResponse;
 use crate::store::{Batch, Op};
 use crate::sys::now_ms;
@@ -112,7 +111,7 @@ fn id_of(version: &RoomVersion, obj: &Object) -> String {
 
 /// The room's answer for an event handed to it, awaited once the whole
 /// transaction has been handed over.
-type Sequencing = oneshot::Receiver<Result<Appended, RoomError>>;
+type Sequencing = Asked<Appended>;
 
 /// What became of each PDU of a transaction: `Err` carries the reason.
 type Outcomes = BTreeMap<String, Result<(), String>>;
@@ -176,15 +175,12 @@ async fn process_pdus(req: &Req, pdus: &[Value]) -> Outcomes {
                 continue; // item 165: LPDUs for rooms we do not hub are dropped
             }
             match accept_lpdu(req, version, obj).await {
-                Ok(lpdu) => {
-                    let (reply, answer) = oneshot::channel();
-                    match handle.send(RoomCmd::Lpdu { lpdu, with_state: false, reply }).await {
-                        Ok(()) => sequencing.push((id, answer)),
-                        Err(e) => {
-                            out.insert(id, Err(e.public_reason()));
-                        }
+                Ok(lpdu) => match handle.ask_later(|reply| RoomCmd::Lpdu { lpdu, with_state: false, reply }).await {
+                    Ok(answer) => sequencing.push((id, answer)),
+                    Err(e) => {
+                        out.insert(id, Err(e.public_reason()));
                     }
-                }
+                },
                 Err(why) => {
                     out.insert(id, Err(why));
                 }
@@ -195,9 +191,8 @@ async fn process_pdus(req: &Req, pdus: &[Value]) -> Outcomes {
             // A DAG-capable LM server's own event (digest 11.3).
             let refused = match checked_pdu(&req.node, version, obj.clone()).await {
                 Ok(pdu) if pdu.sender().is_on(&req.origin) => {
-                    let (reply, answer) = oneshot::channel();
-                    match handle.send(RoomCmd::LmDagEvent { pdu, reply }).await {
-                        Ok(()) => {
+                    match handle.ask_later(|reply| RoomCmd::LmDagEvent { pdu, reply }).await {
+                        Ok(answer) => {
                             sequencing.push((id, answer));
                             continue;
                         }
@@ -222,11 +217,7 @@ async fn process_pdus(req: &Req, pdus: &[Value]) -> Outcomes {
         }
     }
     for (id, answer) in sequencing {
-        let result = match answer.await {
-            Ok(r) => r.map(|_| ()).map_err(|e| e.public_reason()),
-            Err(_) => Err(RoomError::Gone.public_reason()),
-        };
-        out.insert(id, result);
+        out.insert(id, answer.answer().await.map(|_| ()).map_err(|e| e.public_reason()));
     }
     // Every room gets its events before any answer is awaited, so the rooms
     // of one transaction build and flush side by side (their flushes are
@@ -237,13 +228,11 @@ async fn process_pdus(req: &Req, pdus: &[Value]) -> Outcomes {
             continue;
         };
         let ids: Vec<String> = list.iter().map(|p| p.event_id().to_string()).collect();
-        let (reply, answer) = oneshot::channel();
-        let sent = handle.send(RoomCmd::FromHub { pdus: list, reply }).await;
-        asked.push((ids, sent.map(|()| answer)));
+        asked.push((ids, handle.ask_later(|reply| RoomCmd::FromHub { pdus: list, reply }).await));
     }
     for (ids, answer) in asked {
         let results = match answer {
-            Ok(answer) => answer.await.unwrap_or(Err(RoomError::Gone)),
+            Ok(answer) => answer.answer().await,
             Err(e) => Err(e),
         };
         match results {

@@ -338,6 +338,12 @@ impl Machine {
         }
     }
 
+    /// No invite out with another server and no gap being filled: the
+    /// machine holds nothing a reload from the store would not give back.
+    pub fn is_idle(&self) -> bool {
+        self.inviting.is_empty() && self.gap.is_none()
+    }
+
     pub fn view(&self) -> &RoomView {
         &self.cur
     }
