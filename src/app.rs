@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::client_api::ClientHandler;
+use crate::client_api::{ClientDeps, ClientHandler};
 use crate::config::Config;
 use crate::core::ids::RoomId;
 use crate::federation::client::FedClient;
@@ -102,6 +102,26 @@ fn current_record(node: &Node) -> Result<CommitRecord, crate::store::StoreError>
         stream_position: record::last_stream_position(node.store.as_ref(), node.positions.watermark())?,
         rooms,
     })
+}
+
+/// The client API's share of the server.
+fn client_deps(node: &Arc<Node>) -> ClientDeps {
+    let weak = Arc::downgrade(node);
+    ClientDeps {
+        name: node.name.clone(),
+        key: node.key.clone(),
+        config: node.config.clone(),
+        store: node.store.clone(),
+        positions: node.positions.clone(),
+        rooms: node.rooms.clone(),
+        ephemeral: node.ephemeral.clone(),
+        remote: crate::federation::Remote::new(node.clone()),
+        spawn: Arc::new(move |task| {
+            if let Some(node) = weak.upgrade() {
+                node.spawn(task);
+            }
+        }),
+    }
 }
 
 /// Keeps the commit record a couple of seconds behind the store. What it
@@ -209,7 +229,7 @@ impl App {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let fed_handler: Arc<dyn Handler> = Arc::new(FedHandler { node: self.node.clone() });
-        let client_handler: Arc<dyn Handler> = Arc::new(ClientHandler::new(self.node.clone()));
+        let client_handler: Arc<dyn Handler> = Arc::new(ClientHandler::new(Arc::new(client_deps(&self.node))));
         let limits = Limits::from(&self.node.config.http);
         let fed_task = tokio::spawn(serve(self.federation, self.tls, fed_handler, limits.clone(), stop_rx.clone()));
         let client_task = tokio::spawn(serve(self.client, None, client_handler, limits, stop_rx));

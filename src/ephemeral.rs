@@ -1,5 +1,6 @@
 //! Typing and presence: kept in memory (they need not survive a restart),
-//! with each change recorded as a side-stream entry so /sync notices it.
+//! with each change recorded as a side-stream entry so /sync notices it;
+//! read receipts, which are stored, are recorded the same way.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -86,5 +87,23 @@ pub fn record_side(store: &dyn Store, positions: &std::sync::Arc<Positions>, kin
     let alloc = positions.allocate(1)?;
     let mut b = Batch::new();
     b.push(Op::SideEntry { pos: alloc.first(), entry: SideEntry { kind: Some(kind) } });
+    store.write(b)
+}
+
+/// Stores a read receipt and records the change for sync.
+pub fn store_receipt(
+    store: &dyn Store,
+    positions: &std::sync::Arc<Positions>,
+    room: &RoomId,
+    kind: &str,
+    user: &UserId,
+    mut r: crate::store::records::Receipt,
+) -> Result<(), StoreError> {
+    let alloc = positions.allocate(1)?;
+    r.stream = alloc.first();
+    let mut b = Batch::new();
+    b.push(Op::PutReceipt { room: room.clone(), kind: kind.to_owned(), user: user.clone(), receipt: r }).push(
+        Op::SideEntry { pos: alloc.first(), entry: SideEntry { kind: Some(Kind::ReceiptRoom(room.to_string())) } },
+    );
     store.write(b)
 }

@@ -188,6 +188,8 @@ fn accounts(store: &dyn Store) {
     assert!(store.account_data(&u, None, "m.y").unwrap().is_none(), "room and global data are apart");
     assert!(store.filter(&u, "f1").unwrap().is_some());
     assert_eq!(store.receipts(&room()).unwrap()[0].2.stream, 9);
+    assert_eq!(store.receipt(&room(), "m.read", &u).unwrap().unwrap().event_id, ev(1).to_string());
+    assert!(store.receipt(&room(), "m.read.private", &u).unwrap().is_none(), "kinds are apart");
     assert_eq!(store.alias("#a:hub.test").unwrap().unwrap().room_id, room().to_string());
     assert_eq!(store.side_after(11, 10).unwrap().len(), 1);
     assert!(store.side_after(12, 10).unwrap().is_empty());

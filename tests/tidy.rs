@@ -204,6 +204,32 @@ fn the_room_machine_does_no_io() {
     assert!(wrong.is_empty(), "I/O in the room machine:\n{}", wrong.join("\n"));
 }
 
+/// The client API is handed its share of the server (`ClientDeps`) and
+/// reaches other servers through `federation::Remote`; it never holds the
+/// federation layer's `Node` nor calls into its internals.
+#[test]
+fn the_client_api_gets_only_its_share() {
+    const FEDERATION_INSIDE: &[&str] = &[
+        "Node",
+        "federation::join",
+        "federation::fetch",
+        "federation::dag",
+        "federation::outbound",
+        "federation::inbound",
+    ];
+    let files = rust_files(&src().join("client_api"));
+    assert!(files.len() >= 10, "the client API's files are where this test looks");
+    let mut wrong = Vec::new();
+    for file in files {
+        let rel = file.strip_prefix(src()).unwrap().to_string_lossy().replace('\\', "/");
+        let text = std::fs::read_to_string(&file).unwrap();
+        for token in FEDERATION_INSIDE.iter().filter(|t| text.contains(**t)) {
+            wrong.push(format!("{rel} names {token}"));
+        }
+    }
+    assert!(wrong.is_empty(), "the client API reaching past its share:\n{}", wrong.join("\n"));
+}
+
 #[test]
 fn the_checks_see_what_they_look_for() {
     let names = named_modules("use crate::core::ids;\nuse crate::{node::Node, room};\nlet x = crate::http::f();");

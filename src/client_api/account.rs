@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 
 use super::passwords::Passwords;
 use super::Call;
+use super::ClientDeps;
 use crate::core::ids::UserId;
-use crate::federation::Node;
 use crate::http::ApiError;
 use crate::store::records::{AccessToken, DeviceRecord, UserRecord};
 use crate::store::{Batch, Op, TokenHash};
@@ -57,7 +57,7 @@ pub fn login_flows() -> Value {
 }
 
 /// `@localpart:us`, with the LM localpart grammar (item 15).
-fn local_user(node: &Node, localpart: &str) -> Result<UserId, ApiError> {
+fn local_user(server: &ClientDeps, localpart: &str) -> Result<UserId, ApiError> {
     let localpart = localpart.to_lowercase();
     let invalid = || {
         ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_USERNAME", "User names may contain only a-z, 0-9 and ._=-/+")
@@ -65,7 +65,7 @@ fn local_user(node: &Node, localpart: &str) -> Result<UserId, ApiError> {
     if localpart.is_empty() {
         return Err(invalid());
     }
-    UserId::parse_lm(&format!("@{localpart}:{}", node.name)).map_err(|_| invalid())
+    UserId::parse_lm(&format!("@{localpart}:{}", server.name)).map_err(|_| invalid())
 }
 
 fn user_in_use() -> ApiError {
@@ -73,8 +73,8 @@ fn user_in_use() -> ApiError {
 }
 
 /// The password rules of open registration (`registration.min_password_length`).
-fn check_password(node: &Node, password: &str) -> Result<(), ApiError> {
-    let min = node.config.registration.min_password_length;
+fn check_password(server: &ClientDeps, password: &str) -> Result<(), ApiError> {
+    let min = server.config.registration.min_password_length;
     if password.chars().count() < min {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -105,7 +105,7 @@ struct NewUser<'a> {
 /// name is checked and taken under one lock, so two concurrent requests
 /// for one name cannot both succeed.
 async fn create_user(call: &Call, user: &UserId, new: NewUser<'_>) -> Result<Value, ApiError> {
-    if call.node.store.user(user)?.is_some() {
+    if call.server.store.user(user)?.is_some() {
         return Err(user_in_use());
     }
     let hash = call.accounts.passwords.hash(new.password).await?;
@@ -113,9 +113,9 @@ async fn create_user(call: &Call, user: &UserId, new: NewUser<'_>) -> Result<Val
 }
 
 fn commit_user(call: &Call, user: &UserId, new: &NewUser<'_>, hash: String) -> Result<Value, ApiError> {
-    let node = &call.node;
+    let server = &call.server;
     let _creating = call.accounts.creating.lock().expect("poisoned");
-    if node.store.user(user)?.is_some() {
+    if server.store.user(user)?.is_some() {
         return Err(user_in_use());
     }
     let mut b = Batch::new();
@@ -127,20 +127,20 @@ fn commit_user(call: &Call, user: &UserId, new: &NewUser<'_>, hash: String) -> R
         created_ts: now_ms(),
         avatar_url: String::new(),
     }));
-    let mut out = json!({"user_id": user.as_str(), "home_server": node.name.as_str()});
+    let mut out = json!({"user_id": user.as_str(), "home_server": server.name.as_str()});
     if new.login {
-        let (token, device) = new_token(node, &mut b, user, new.device, new.device_name)?;
+        let (token, device) = new_token(server, &mut b, user, new.device, new.device_name)?;
         out["access_token"] = json!(token);
         out["device_id"] = json!(device);
     }
-    node.store.write(b)?;
+    server.store.write(b)?;
     Ok(out)
 }
 
 /// A new session on `device` (a new device when none is given); a device
 /// that logs in again gets a new token, the old one stops working.
 fn new_token(
-    node: &Node,
+    server: &ClientDeps,
     b: &mut Batch,
     user: &UserId,
     device: Option<&str>,
@@ -148,7 +148,7 @@ fn new_token(
 ) -> Result<(String, String), ApiError> {
     let token = format!("lmx_{}", random_string(32));
     let device = device.map(str::to_owned).unwrap_or_else(|| random_string(10).to_uppercase());
-    if let Some(old) = node.store.device_token(user, &device)? {
+    if let Some(old) = server.store.device_token(user, &device)? {
         b.push(Op::DeleteToken { hash: old, user: user.clone(), device: device.clone() });
     }
     let record = AccessToken { user_id: user.to_string(), device_id: device.clone() };
@@ -166,8 +166,8 @@ fn str_field<'a>(call: &'a Call, key: &str) -> Option<&'a str> {
 /// `POST /register`: open registration with the `m.login.dummy` stage,
 /// shaped as a user-interactive auth exchange.
 pub async fn register(call: Call) -> Result<Value, ApiError> {
-    let node = call.node.clone();
-    if !node.config.registration.enabled {
+    let server = call.server.clone();
+    if !server.config.registration.enabled {
         return Err(ApiError::forbidden("Registration is disabled on this server"));
     }
     if call.query.iter().any(|(k, v)| k == "kind" && v == "guest") {
@@ -175,15 +175,15 @@ pub async fn register(call: Call) -> Result<Value, ApiError> {
     }
     // What the request names is checked before the auth stage, as Synapse
     // does, so a client learns of a taken name or a weak password at once.
-    let username = str_field(&call, "username").map(|u| local_user(&node, u)).transpose()?;
+    let username = str_field(&call, "username").map(|u| local_user(&server, u)).transpose()?;
     if let Some(u) = &username {
-        if node.store.user(u)?.is_some() {
+        if server.store.user(u)?.is_some() {
             return Err(user_in_use());
         }
     }
     let password = str_field(&call, "password");
     if let Some(p) = password {
-        check_password(&node, p)?;
+        check_password(&server, p)?;
     }
     let auth_type = call.body.get("auth").and_then(|a| a.get("type")).and_then(Value::as_str);
     if auth_type != Some("m.login.dummy") {
@@ -195,7 +195,7 @@ pub async fn register(call: Call) -> Result<Value, ApiError> {
     }
     let user = match username {
         Some(u) => u,
-        None => local_user(&node, &random_string(12).to_lowercase())?,
+        None => local_user(&server, &random_string(12).to_lowercase())?,
     };
     let password = password.ok_or_else(|| {
         ApiError::new(StatusCode::BAD_REQUEST, "M_MISSING_PARAM", "A password is required to register")
@@ -214,8 +214,8 @@ pub async fn register(call: Call) -> Result<Value, ApiError> {
 
 pub fn available(call: Call) -> Result<Value, ApiError> {
     let name = crate::http::query_get(&call.query, "username").unwrap_or_default();
-    let user = local_user(&call.node, name)?;
-    if call.node.store.user(&user)?.is_some() {
+    let user = local_user(&call.server, name)?;
+    if call.server.store.user(&user)?.is_some() {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_USER_IN_USE", "User ID already taken"));
     }
     Ok(json!({"available": true}))
@@ -234,18 +234,18 @@ pub async fn login(call: Call) -> Result<Value, ApiError> {
         .ok_or_else(|| ApiError::bad_json("identifier.user is required"))?;
     let localpart = name.strip_prefix('@').map(|n| n.split(':').next().unwrap_or(n)).unwrap_or(name);
     let bad = || ApiError::forbidden("Invalid username or password");
-    let user = local_user(&call.node, localpart).map_err(|_| bad())?;
-    let rec = call.node.store.user(&user)?.ok_or_else(bad)?;
+    let user = local_user(&call.server, localpart).map_err(|_| bad())?;
+    let rec = call.server.store.user(&user)?.ok_or_else(bad)?;
     let password = str_field(&call, "password").ok_or_else(bad)?;
     if password.len() > MAX_PASSWORD_BYTES || !call.accounts.passwords.verify(&rec.password_hash, password).await? {
         return Err(bad());
     }
     let mut b = Batch::new();
     let display = str_field(&call, "initial_device_display_name");
-    let (token, device) = new_token(&call.node, &mut b, &user, str_field(&call, "device_id"), display)?;
-    call.node.store.write(b)?;
+    let (token, device) = new_token(&call.server, &mut b, &user, str_field(&call, "device_id"), display)?;
+    call.server.store.write(b)?;
     Ok(
-        json!({"user_id": user.as_str(), "access_token": token, "device_id": device, "home_server": call.node.name.as_str()}),
+        json!({"user_id": user.as_str(), "access_token": token, "device_id": device, "home_server": call.server.name.as_str()}),
     )
 }
 
@@ -259,7 +259,7 @@ pub fn logout(call: Call) -> Result<Value, ApiError> {
     let hash = TokenHash::of(call.token.as_deref().unwrap_or_default());
     let mut b = Batch::new();
     b.push(Op::DeleteToken { hash, user: user.clone(), device: device.to_owned() });
-    call.node.store.write(b)?;
+    call.server.store.write(b)?;
     Ok(json!({}))
 }
 
@@ -267,12 +267,12 @@ pub fn logout(call: Call) -> Result<Value, ApiError> {
 pub fn logout_all(call: Call) -> Result<Value, ApiError> {
     let (user, _) = call.who()?;
     let mut b = Batch::new();
-    for (device, _) in call.node.store.devices(user)? {
-        if let Some(hash) = call.node.store.device_token(user, &device)? {
+    for (device, _) in call.server.store.devices(user)? {
+        if let Some(hash) = call.server.store.device_token(user, &device)? {
             b.push(Op::DeleteToken { hash, user: user.clone(), device });
         }
     }
-    call.node.store.write(b)?;
+    call.server.store.write(b)?;
     Ok(json!({}))
 }
 
@@ -302,7 +302,7 @@ impl RegistrationNonces {
 /// `mac = HMAC-SHA1(secret, nonce\0user\0password\0admin|notadmin)` as
 /// Synapse does, so its `register_new_matrix_user` works against lmx.
 pub async fn shared_secret_register(method: &Method, call: Call) -> Result<Value, ApiError> {
-    let Some(secret) = call.node.config.registration.shared_secret.clone() else {
+    let Some(secret) = call.server.config.registration.shared_secret.clone() else {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", "Shared secret registration is not enabled"));
     };
     if *method == Method::GET {
@@ -336,7 +336,7 @@ pub async fn shared_secret_register(method: &Method, call: Call) -> Result<Value
     if !constant_time_eq(want.as_bytes(), mac.to_ascii_lowercase().as_bytes()) {
         return Err(ApiError::forbidden("HMAC incorrect"));
     }
-    let user = local_user(&call.node, username)?;
+    let user = local_user(&call.server, username)?;
     let new = NewUser { password, admin, device: None, device_name: None, login: true };
     create_user(&call, &user, new).await
 }

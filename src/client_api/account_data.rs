@@ -32,7 +32,7 @@ pub async fn put_data(
     kind: &str,
     content: &Value,
 ) -> Result<(), ApiError> {
-    let alloc = call.node.positions.allocate(1)?;
+    let alloc = call.server.positions.allocate(1)?;
     let change = AccountDataChange {
         user_id: user.to_string(),
         room_id: room.map(|r| r.to_string()).unwrap_or_default(),
@@ -46,14 +46,14 @@ pub async fn put_data(
         content: serde_json::to_vec(content).unwrap_or_default(),
     })
     .push(Op::SideEntry { pos: alloc.first(), entry: SideEntry { kind: Some(Kind::AccountData(change)) } });
-    call.node.store.write(b)?;
-    call.node.store.flush().await?;
+    call.server.store.write(b)?;
+    call.server.store.flush().await?;
     drop(alloc);
     Ok(())
 }
 
 pub fn get_data(call: &Call, user: &UserId, room: Option<&RoomId>, kind: &str) -> Result<Option<Value>, ApiError> {
-    Ok(call.node.store.account_data(user, room, kind)?.and_then(|b| json::parse(&b, NumberPolicy::Ieee754).ok()))
+    Ok(call.server.store.account_data(user, room, kind)?.and_then(|b| json::parse(&b, NumberPolicy::Ieee754).ok()))
 }
 
 pub async fn put(call: Call, user_id: &str, room: Option<&str>, kind: &str) -> Result<Value, ApiError> {

@@ -23,12 +23,12 @@ fn device_json(id: &str, d: &DeviceRecord) -> Value {
 
 pub fn list(call: Call) -> Result<Value, ApiError> {
     let (user, _) = call.who()?;
-    let devices: Vec<Value> = call.node.store.devices(user)?.iter().map(|(id, d)| device_json(id, d)).collect();
+    let devices: Vec<Value> = call.server.store.devices(user)?.iter().map(|(id, d)| device_json(id, d)).collect();
     Ok(json!({ "devices": devices }))
 }
 
 fn find(call: &Call, user: &UserId, id: &str) -> Result<DeviceRecord, ApiError> {
-    call.node
+    call.server
         .store
         .devices(user)?
         .into_iter()
@@ -50,7 +50,7 @@ pub fn update(call: Call, id: &str) -> Result<Value, ApiError> {
     }
     let mut b = Batch::new();
     b.push(Op::PutDevice { user: user.clone(), device: id.to_owned(), record });
-    call.node.store.write(b)?;
+    call.server.store.write(b)?;
     Ok(json!({}))
 }
 
@@ -69,7 +69,7 @@ async fn require_password(call: &Call, user: &UserId) -> Result<(), ApiError> {
             .with("session", json!(random_string(16)))
     };
     let Some(password) = password else { return Err(challenge()) };
-    let rec = call.node.store.user(user)?.ok_or_else(challenge)?;
+    let rec = call.server.store.user(user)?.ok_or_else(challenge)?;
     if call.accounts.passwords.verify(&rec.password_hash, password).await? {
         Ok(())
     } else {
@@ -78,7 +78,7 @@ async fn require_password(call: &Call, user: &UserId) -> Result<(), ApiError> {
 }
 
 fn delete_ops(call: &Call, user: &UserId, id: &str, b: &mut Batch) -> Result<(), ApiError> {
-    if let Some(hash) = call.node.store.device_token(user, id)? {
+    if let Some(hash) = call.server.store.device_token(user, id)? {
         b.push(Op::DeleteToken { hash, user: user.clone(), device: id.to_owned() });
     }
     b.push(Op::DeleteDevice { user: user.clone(), device: id.to_owned() });
@@ -91,7 +91,7 @@ pub async fn delete(call: Call, id: &str) -> Result<Value, ApiError> {
     require_password(&call, user).await?;
     let mut b = Batch::new();
     delete_ops(&call, user, id, &mut b)?;
-    call.node.store.write(b)?;
+    call.server.store.write(b)?;
     Ok(json!({}))
 }
 
@@ -112,6 +112,6 @@ pub async fn delete_many(call: Call) -> Result<Value, ApiError> {
     for id in ids {
         delete_ops(&call, user, &id, &mut b)?;
     }
-    call.node.store.write(b)?;
+    call.server.store.write(b)?;
     Ok(json!({}))
 }

@@ -17,7 +17,7 @@ fn local_alias(call: &Call, alias: &str) -> Result<String, ApiError> {
     if local.is_empty() || local.len() > 200 || local.chars().any(|c| c.is_whitespace() || c == ':') {
         return Err(bad());
     }
-    if server != call.node.name.as_str() {
+    if server != call.server.name.as_str() {
         return Err(ApiError::not_found("Room alias not found (aliases of other servers are not looked up)"));
     }
     Ok(alias.to_owned())
@@ -25,14 +25,14 @@ fn local_alias(call: &Call, alias: &str) -> Result<String, ApiError> {
 
 pub fn lookup(call: &Call, alias: &str) -> Result<RoomId, ApiError> {
     let alias = local_alias(call, alias)?;
-    let rec = call.node.store.alias(&alias)?.ok_or_else(|| ApiError::not_found("Room alias not found"))?;
+    let rec = call.server.store.alias(&alias)?.ok_or_else(|| ApiError::not_found("Room alias not found"))?;
     RoomId::parse(&rec.room_id).map_err(|e| ApiError::unknown(e.to_string()))
 }
 
 pub fn get(call: Call, alias: &str) -> Result<Value, ApiError> {
     let room = lookup(&call, alias)?;
-    let mut servers = vec![call.node.name.to_string()];
-    if let Some(h) = call.node.rooms.get(&room) {
+    let mut servers = vec![call.server.name.to_string()];
+    if let Some(h) = call.server.rooms.get(&room) {
         let hub = h.view().hub.to_string();
         if !servers.contains(&hub) {
             servers.insert(0, hub);
@@ -45,15 +45,15 @@ pub fn get(call: Call, alias: &str) -> Result<Value, ApiError> {
 pub fn create(call: &Call, alias: &str, room: &RoomId) -> Result<(), ApiError> {
     let (user, _) = call.who()?;
     let alias = local_alias(call, alias)?;
-    if call.node.store.alias(&alias)?.is_some() {
+    if call.server.store.alias(&alias)?.is_some() {
         return Err(ApiError::new(http::StatusCode::CONFLICT, "M_ROOM_IN_USE", "Room alias already exists"));
     }
-    if call.node.rooms.get(room).is_none() {
+    if call.server.rooms.get(room).is_none() {
         return Err(ApiError::not_found("Unknown room"));
     }
     let mut b = Batch::new();
     b.push(Op::PutAlias { alias, record: AliasRecord { room_id: room.to_string(), creator: user.to_string() } });
-    call.node.store.write(b)?;
+    call.server.store.write(b)?;
     Ok(())
 }
 
@@ -71,13 +71,13 @@ pub fn put(call: Call, alias: &str) -> Result<Value, ApiError> {
 pub fn delete(call: Call, alias: &str) -> Result<Value, ApiError> {
     let (user, _) = call.who()?;
     let alias = local_alias(&call, alias)?;
-    let rec = call.node.store.alias(&alias)?.ok_or_else(|| ApiError::not_found("Room alias not found"))?;
-    let admin = call.node.store.user(user)?.is_some_and(|u| u.admin);
+    let rec = call.server.store.alias(&alias)?.ok_or_else(|| ApiError::not_found("Room alias not found"))?;
+    let admin = call.server.store.user(user)?.is_some_and(|u| u.admin);
     if rec.creator != user.as_str() && !admin {
         return Err(ApiError::forbidden("Only the alias's creator may remove it"));
     }
     let mut b = Batch::new();
     b.push(Op::DeleteAlias(alias));
-    call.node.store.write(b)?;
+    call.server.store.write(b)?;
     Ok(json!({}))
 }

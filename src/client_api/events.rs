@@ -8,9 +8,9 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::Call;
+use super::ClientDeps;
 use crate::core::ids::{EventId, RoomId};
 use crate::core::json::{self, NumberPolicy, Object};
-use crate::federation::Node;
 use crate::http::{query_get, ApiError};
 use crate::room::RoomView;
 use crate::store::records::EventRecord;
@@ -40,11 +40,13 @@ pub fn record_event(rec: &EventRecord, id: &EventId) -> Option<Value> {
 /// A stored event in client format; `None` when hidden (soft-failed or
 /// rejected) or not held here (pruned by a follower). A redacted event says
 /// why.
-pub fn load_client_event(node: &Node, id: &EventId) -> Result<Option<Value>, ApiError> {
-    let Some(rec) = node.store.event(id)?.filter(|r| !r.soft_failed && r.rejected.is_empty()) else { return Ok(None) };
+pub fn load_client_event(server: &ClientDeps, id: &EventId) -> Result<Option<Value>, ApiError> {
+    let Some(rec) = server.store.event(id)?.filter(|r| !r.soft_failed && r.rejected.is_empty()) else {
+        return Ok(None);
+    };
     let Some(mut e) = record_event(&rec, id) else { return Ok(None) };
     if let Ok(by) = EventId::parse(&rec.redacted_by) {
-        if let Some(because) = node.store.event(&by)?.and_then(|r| record_event(&r, &by)) {
+        if let Some(because) = server.store.event(&by)?.and_then(|r| record_event(&r, &by)) {
             e["unsigned"]["redacted_because"] = because;
         }
     }
@@ -56,10 +58,10 @@ pub fn readable_room(call: &Call, room: &str) -> Result<Arc<RoomView>, ApiError>
     let room = RoomId::parse(room)
         .map_err(|e| ApiError::new(http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string()))?;
     let not_in = || ApiError::forbidden("You are not in this room");
-    if call.node.store.membership(user, &room)?.is_none() {
+    if call.server.store.membership(user, &room)?.is_none() {
         return Err(not_in());
     }
-    call.node.rooms.get(&room).map(|h| h.view()).ok_or_else(not_in)
+    call.server.rooms.get(&room).map(|h| h.view()).ok_or_else(not_in)
 }
 
 pub fn full_state(call: Call, room: &str) -> Result<Value, ApiError> {
@@ -78,7 +80,7 @@ pub fn state_event(call: Call, room: &str, ty: &str, key: &str) -> Result<Value,
 pub fn joined_rooms(call: Call) -> Result<Value, ApiError> {
     let (user, _) = call.who()?;
     let rooms: Vec<String> = call
-        .node
+        .server
         .store
         .memberships(user)?
         .into_iter()
@@ -92,12 +94,12 @@ pub fn joined_rooms(call: Call) -> Result<Value, ApiError> {
 pub async fn event(call: Call, room: &str, id: &str) -> Result<Value, ApiError> {
     let view = readable_room(&call, room)?;
     let id = EventId::parse(id).map_err(|_| ApiError::not_found("Event not found"))?;
-    let rec = call.node.store.event(&id)?.filter(|r| r.room_id == view.room_id.as_str());
+    let rec = call.server.store.event(&id)?.filter(|r| r.room_id == view.room_id.as_str());
     if rec.is_some_and(|r| r.pruned) {
-        let got = super::messages::fetch_from_hub(&call.node, &view, std::slice::from_ref(&id)).await?;
+        let got = super::messages::fetch_from_hub(&call.server, &view, std::slice::from_ref(&id)).await?;
         return got.into_iter().next().map(|(_, e)| e).ok_or_else(|| ApiError::not_found("Event not found"));
     }
-    load_client_event(&call.node, &id)?.ok_or_else(|| ApiError::not_found("Event not found"))
+    load_client_event(&call.server, &id)?.ok_or_else(|| ApiError::not_found("Event not found"))
 }
 
 /// `GET /rooms/{roomId}/context/{eventId}`: events around one, and the
@@ -105,26 +107,26 @@ pub async fn event(call: Call, room: &str, id: &str) -> Result<Value, ApiError> 
 pub fn context(call: Call, room: &str, id: &str) -> Result<Value, ApiError> {
     let view = readable_room(&call, room)?;
     let id = EventId::parse(id).map_err(|_| ApiError::not_found("Event not found"))?;
-    let rec = call.node.store.event(&id)?.filter(|r| r.room_id == view.room_id.as_str() && !r.outlier);
+    let rec = call.server.store.event(&id)?.filter(|r| r.room_id == view.room_id.as_str() && !r.outlier);
     let rec = rec.ok_or_else(|| ApiError::not_found("Event not found"))?;
-    let event = load_client_event(&call.node, &id)?.ok_or_else(|| ApiError::not_found("Event not found"))?;
+    let event = load_client_event(&call.server, &id)?.ok_or_else(|| ApiError::not_found("Event not found"))?;
     let limit = query_get(&call.query, "limit").and_then(|l| l.parse::<u64>().ok()).unwrap_or(10).min(100);
     let before_n = limit / 2;
     let after_n = limit - before_n;
     let load = |ids: Vec<EventId>| -> Result<Vec<Value>, ApiError> {
         let mut out = Vec::new();
         for i in &ids {
-            if let Some(e) = load_client_event(&call.node, i)? {
+            if let Some(e) = load_client_event(&call.server, i)? {
                 out.push(e);
             }
         }
         Ok(out)
     };
     let start = rec.index.saturating_sub(before_n);
-    let mut before = load(call.node.store.list(&view.room_id, start, rec.index)?)?;
+    let mut before = load(call.server.store.list(&view.room_id, start, rec.index)?)?;
     before.reverse();
     let end = (rec.index + 1 + after_n).min(view.length);
-    let after = load(call.node.store.list(&view.room_id, rec.index + 1, end)?)?;
+    let after = load(call.server.store.list(&view.room_id, rec.index + 1, end)?)?;
     let state: Vec<Value> = view.state.iter().map(|p| client_event(p.json(), p.event_id())).collect();
     Ok(json!({
         "event": event,

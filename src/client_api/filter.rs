@@ -175,7 +175,7 @@ pub fn resolve(call: &Call, user: &UserId, param: Option<&str>) -> Result<Value,
         None => Ok(json!({})),
         Some(p) if p.trim_start().starts_with('{') => parse(p),
         Some(id) => {
-            let bytes = call.node.store.filter(user, id)?.ok_or_else(|| ApiError::not_found("No such filter"))?;
+            let bytes = call.server.store.filter(user, id)?.ok_or_else(|| ApiError::not_found("No such filter"))?;
             parse(&String::from_utf8_lossy(&bytes))
         }
     }
@@ -200,13 +200,13 @@ pub fn create(call: Call, user_id: &str) -> Result<Value, ApiError> {
     let id = random_string(12);
     let mut b = Batch::new();
     b.push(Op::PutFilter { user, id: id.clone(), json });
-    call.node.store.write(b)?;
+    call.server.store.write(b)?;
     Ok(json!({ "filter_id": id }))
 }
 
 pub fn get(call: Call, user_id: &str, id: &str) -> Result<Value, ApiError> {
     let user = own(&call, user_id)?;
-    let bytes = call.node.store.filter(&user, id)?.ok_or_else(|| ApiError::not_found("No such filter"))?;
+    let bytes = call.server.store.filter(&user, id)?.ok_or_else(|| ApiError::not_found("No such filter"))?;
     parse(&String::from_utf8_lossy(&bytes))
 }
 

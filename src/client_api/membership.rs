@@ -12,7 +12,7 @@ use super::Call;
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
 use crate::core::json::Object;
 use crate::core::rooms::StateView;
-use crate::federation::join;
+use crate::federation::Remote;
 use crate::http::ApiError;
 use crate::room::RoomView;
 use crate::store::records::Membership;
@@ -20,7 +20,7 @@ use crate::store::{Batch, Op, StreamEntry};
 
 /// Whether this server takes part in the room.
 pub fn participating(call: &Call, view: &RoomView) -> bool {
-    view.is_hub(&call.node.name) || view.state.joined_members().any(|u| u.is_on(&call.node.name))
+    view.is_hub(&call.server.name) || view.state.joined_members().any(|u| u.is_on(&call.server.name))
 }
 
 fn named_servers(call: &Call) -> Vec<ServerName> {
@@ -43,12 +43,12 @@ pub fn resolve(call: &Call, id_or_alias: &str) -> Result<RoomId, ApiError> {
 /// and the server an invite or knock of ours came through.
 fn candidates(call: &Call, user: &UserId, room: &RoomId) -> Result<Vec<ServerName>, ApiError> {
     let mut servers = named_servers(call);
-    if let Some(m) = call.node.store.membership(user, room)? {
+    if let Some(m) = call.server.store.membership(user, room)? {
         if let Ok(s) = ServerName::parse(&m.via_server) {
             servers.push(s);
         }
     }
-    Ok(join::candidates(room, &servers))
+    Ok(Remote::candidates(room, &servers))
 }
 
 fn reason(call: &Call, content: &mut Object) {
@@ -59,13 +59,13 @@ fn reason(call: &Call, content: &mut Object) {
 
 async fn own_membership(call: &Call, room: &RoomId, membership: &str) -> Result<Option<EventId>, ApiError> {
     let (user, _) = call.who()?;
-    let Some(h) = call.node.rooms.get(room) else { return Ok(None) };
+    let Some(h) = call.server.rooms.get(room) else { return Ok(None) };
     if !participating(call, &h.view()) {
         return Ok(None);
     }
     let mut content = obj(json!({ "membership": membership }));
     if membership == "join" {
-        let rec = call.node.store.user(user)?;
+        let rec = call.server.store.user(user)?;
         if let Some(name) = rec.as_ref().map(|r| r.displayname.clone()).filter(|n| !n.is_empty()) {
             content.insert("displayname".into(), json!(name));
         }
@@ -85,12 +85,12 @@ pub async fn join(call: Call, room: &str) -> Result<Value, ApiError> {
     let (user, _) = call.who()?;
     let candidates = candidates(&call, user, &room)?;
     let mut extra = Object::new();
-    if let Some(rec) = call.node.store.user(user)? {
+    if let Some(rec) = call.server.store.user(user)? {
         if !rec.displayname.is_empty() {
             extra.insert("displayname".into(), json!(rec.displayname));
         }
     }
-    join::join_remote(&call.node, &room, user, &candidates, &extra).await?;
+    call.server.remote.join(&room, user, &candidates, &extra).await?;
     Ok(json!({ "room_id": room.as_str() }))
 }
 
@@ -109,7 +109,7 @@ pub async fn change_other(call: Call, room: &str, membership: &str) -> Result<Va
     let target = target(&call)?;
     if membership == "unban" {
         let view = call
-            .node
+            .server
             .rooms
             .get(&room)
             .map(|h| h.view())
@@ -134,7 +134,7 @@ async fn note_membership(
     m: Membership,
     event: Option<EventId>,
 ) -> Result<(), ApiError> {
-    let alloc = call.node.positions.allocate(1)?;
+    let alloc = call.server.positions.allocate(1)?;
     let mut b = Batch::new();
     b.push(Op::PutMembership {
         user: user.clone(),
@@ -144,8 +144,8 @@ async fn note_membership(
     if let Some(id) = event {
         b.push(Op::StreamEntry(StreamEntry { pos: alloc.first(), room: room.clone(), event: id }));
     }
-    call.node.store.write(b)?;
-    call.node.store.flush().await?;
+    call.server.store.write(b)?;
+    call.server.store.flush().await?;
     drop(alloc);
     Ok(())
 }
@@ -157,12 +157,13 @@ pub async fn leave(call: Call, room: &str) -> Result<Value, ApiError> {
     }
     // Rejecting an invite, or retracting a knock, with the hub.
     let (user, _) = call.who()?;
-    let m = call.node.store.membership(user, &room)?.ok_or_else(|| ApiError::forbidden("You are not in this room"))?;
+    let m =
+        call.server.store.membership(user, &room)?.ok_or_else(|| ApiError::forbidden("You are not in this room"))?;
     if m.membership != "invite" && m.membership != "knock" {
         return Ok(json!({}));
     }
     let candidates = candidates(&call, user, &room)?;
-    join::leave_remote(&call.node, &room, user, &candidates).await?;
+    call.server.remote.leave(&room, user, &candidates).await?;
     let event = EventId::parse(&m.event_id).ok();
     let left = Membership {
         membership: "leave".into(),
@@ -183,7 +184,7 @@ pub async fn knock(call: Call, room: &str) -> Result<Value, ApiError> {
     let candidates = candidates(&call, user, &room)?;
     let mut extra = Object::new();
     reason(&call, &mut extra);
-    let (hub, stripped, version) = join::knock_remote(&call.node, &room, user, &candidates, &extra).await?;
+    let (hub, stripped, version) = call.server.remote.knock(&room, user, &candidates, &extra).await?;
     let m = Membership {
         membership: "knock".into(),
         invite_state_json: serde_json::to_vec(&stripped).unwrap_or_default(),
@@ -199,12 +200,12 @@ pub async fn knock(call: Call, room: &str) -> Result<Value, ApiError> {
 pub async fn forget(call: Call, room: &str) -> Result<Value, ApiError> {
     let (user, _) = call.who()?;
     let room = room_id(room)?;
-    let m = call.node.store.membership(user, &room)?.ok_or_else(|| ApiError::not_found("Unknown room"))?;
+    let m = call.server.store.membership(user, &room)?.ok_or_else(|| ApiError::not_found("Unknown room"))?;
     if m.membership == "join" || m.membership == "invite" || m.membership == "knock" {
         return Err(ApiError::new(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Leave the room before forgetting it"));
     }
     let mut b = Batch::new();
     b.push(Op::PutMembership { user: user.clone(), room, membership: Membership { forgotten: true, ..m } });
-    call.node.store.write(b)?;
+    call.server.store.write(b)?;
     Ok(json!({}))
 }

@@ -13,18 +13,23 @@ use serde_json::{json, Value};
 use super::events::{load_client_event, readable_room};
 use super::filter::{self, EventFilter};
 use super::Call;
+use super::ClientDeps;
 use crate::core::ids::EventId;
 use crate::core::rooms::StateView;
-use crate::federation::fetch::backfill;
-use crate::federation::Node;
 use crate::http::{query_get, ApiError};
 use crate::room::RoomView;
 
 /// Events of the room fetched from its hub, in client format, by id:
 /// `ids` must be a run of consecutive list events (oldest first).
-pub async fn fetch_from_hub(node: &Node, view: &RoomView, ids: &[EventId]) -> Result<Vec<(EventId, Value)>, ApiError> {
+pub async fn fetch_from_hub(
+    server: &ClientDeps,
+    view: &RoomView,
+    ids: &[EventId],
+) -> Result<Vec<(EventId, Value)>, ApiError> {
     let Some(last) = ids.last() else { return Ok(Vec::new()) };
-    let pdus = backfill(node, view, last, ids.len())
+    let pdus = server
+        .remote
+        .backfill(view, last, ids.len())
         .await
         .map_err(|e| ApiError::new(http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", e))?;
     Ok(pdus.iter().map(|p| (p.event_id().clone(), super::events::client_event(p.json(), p.event_id()))).collect())
@@ -88,7 +93,7 @@ pub async fn messages(call: Call, room: &str) -> Result<Value, ApiError> {
     let page = match (from, forward) {
         (Token::Local(i), true) => forward_page(&call, &view, i.min(view.length), limit, to, &filter)?,
         (Token::Local(i), false) => backward_page(&call, &view, i.min(view.length), limit, to, &filter).await?,
-        (Token::Remote(id), false) => remote_page(&call.node, &view, &id, limit, &filter).await?,
+        (Token::Remote(id), false) => remote_page(&call.server, &view, &id, limit, &filter).await?,
         (Token::Remote(_), true) => {
             Page { chunk: Vec::new(), start: query_get(&call.query, "from").unwrap_or("").into(), end: None }
         }
@@ -119,9 +124,9 @@ fn forward_page(
     let mut at = from;
     while at < stop && chunk.len() < limit && at - from < MAX_SCANNED {
         let end = (at + limit as u64).min(stop);
-        for id in call.node.store.list(&view.room_id, at, end)? {
+        for id in call.server.store.list(&view.room_id, at, end)? {
             at += 1;
-            if let Some(e) = load_client_event(&call.node, &id)?.filter(|e| f.allows(e)) {
+            if let Some(e) = load_client_event(&call.server, &id)?.filter(|e| f.allows(e)) {
                 chunk.push(e);
                 if chunk.len() == limit {
                     break;
@@ -146,18 +151,18 @@ async fn backward_page(
     let mut at = from;
     while at > floor && chunk.len() < limit && from - at < MAX_SCANNED {
         let start = at.saturating_sub(limit as u64).max(floor);
-        let ids = call.node.store.list(&view.room_id, start, at)?;
+        let ids = call.server.store.list(&view.room_id, start, at)?;
         // Events a follower pruned are fetched back from the hub.
         let mut fetched: HashMap<EventId, Value> = HashMap::new();
         let pruned: Vec<EventId> = ids
             .iter()
-            .filter(|id| call.node.store.event(id).ok().flatten().is_some_and(|r| r.pruned))
+            .filter(|id| call.server.store.event(id).ok().flatten().is_some_and(|r| r.pruned))
             .cloned()
             .collect();
         if !pruned.is_empty() {
             let run_end = ids.iter().rposition(|id| pruned.contains(id)).unwrap_or(0);
             let run_start = ids.iter().position(|id| pruned.contains(id)).unwrap_or(0);
-            fetched.extend(fetch_from_hub(&call.node, view, &ids[run_start..=run_end]).await?);
+            fetched.extend(fetch_from_hub(&call.server, view, &ids[run_start..=run_end]).await?);
         }
         let mut taken = 0;
         for id in ids.iter().rev() {
@@ -167,7 +172,7 @@ async fn backward_page(
             taken += 1;
             let e = match fetched.remove(id) {
                 Some(e) => Some(e),
-                None => load_client_event(&call.node, id)?,
+                None => load_client_event(&call.server, id)?,
             };
             if let Some(e) = e.filter(|e| f.allows(e)) {
                 chunk.push(e);
@@ -177,9 +182,9 @@ async fn backward_page(
     }
     let end = if at > floor {
         Some(format!("t{at}"))
-    } else if at == 0 && to.is_none() && !view.is_hub(&call.node.name) && shared_history(view) {
+    } else if at == 0 && to.is_none() && !view.is_hub(&call.server.name) && shared_history(view) {
         // Our copy starts here; earlier history is at the hub.
-        call.node.store.list(&view.room_id, 0, 1)?.first().map(|first| format!("r{first}"))
+        call.server.store.list(&view.room_id, 0, 1)?.first().map(|first| format!("r{first}"))
     } else {
         None
     };
@@ -188,19 +193,21 @@ async fn backward_page(
 
 /// History before `before`, from the hub.
 async fn remote_page(
-    node: &Node,
+    server: &ClientDeps,
     view: &RoomView,
     before: &EventId,
     limit: usize,
     f: &EventFilter,
 ) -> Result<Page, ApiError> {
     let start = format!("r{before}");
-    let prev = match crate::room::load::load_pdu(&node.store, view.version, before)? {
+    let prev = match crate::room::load::load_pdu(&server.store, view.version, before)? {
         Some(p) if !p.prev_events().is_empty() => p.prev_events()[0].clone(),
         Some(_) => return Ok(Page { chunk: Vec::new(), start, end: None }),
         None => {
             // Not held here: ask the hub for it (and what precedes it).
-            let got = backfill(node, view, before, 1)
+            let got = server
+                .remote
+                .backfill(view, before, 1)
                 .await
                 .map_err(|e| ApiError::new(http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", e))?;
             match got.last().and_then(|p| p.prev_events().first().cloned()) {
@@ -209,7 +216,9 @@ async fn remote_page(
             }
         }
     };
-    let pdus = backfill(node, view, &prev, limit)
+    let pdus = server
+        .remote
+        .backfill(view, &prev, limit)
         .await
         .map_err(|e| ApiError::new(http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", e))?;
     let oldest = pdus.first().filter(|p| !p.prev_events().is_empty()).map(|p| format!("r{}", p.event_id()));

@@ -3,6 +3,7 @@
 
 mod account;
 mod account_data;
+mod deps;
 mod devices;
 mod directory;
 mod events;
@@ -27,18 +28,18 @@ use tracing::Instrument;
 
 use crate::core::ids::UserId;
 use crate::core::json::{NumberPolicy, Object};
-use crate::federation::Node;
 use crate::http::{
     json_object, ok_json, path_segments, query_pairs, read_body, ApiError, Body, BodyBudget, Handler, MAX_BODY,
 };
 use crate::store::{BoxFuture, TokenHash};
 
 pub use account::Accounts;
+pub use deps::ClientDeps;
 use ratelimit::Limiter;
 
 /// A request after routing: the caller (if authenticated) and its inputs.
 pub struct Call {
-    pub node: Arc<Node>,
+    pub server: Arc<ClientDeps>,
     pub query: Vec<(String, String)>,
     pub body: Object,
     pub user: Option<(UserId, String)>,
@@ -58,7 +59,7 @@ impl Call {
 }
 
 pub struct ClientHandler {
-    node: Arc<Node>,
+    server: Arc<ClientDeps>,
     accounts: Arc<Accounts>,
     unread: Arc<unread::UnreadCounts>,
     sends: Limiter,
@@ -66,15 +67,15 @@ pub struct ClientHandler {
 }
 
 impl ClientHandler {
-    pub fn new(node: Arc<Node>) -> Self {
-        let c = &node.config.client;
+    pub fn new(server: Arc<ClientDeps>) -> Self {
+        let c = &server.config.client;
         let hashing_threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(2);
         ClientHandler {
             sends: Limiter::new(c.send_per_second, c.send_burst),
             logins: Limiter::new(c.login_per_second, c.login_burst),
             accounts: Accounts::new(passwords::Passwords::new(hashing_threads)),
             unread: Arc::default(),
-            node,
+            server,
         }
     }
 }
@@ -125,11 +126,11 @@ impl ClientHandler {
         let query = query_pairs(req.uri().query());
         let token = token_of(&req, &query);
         let method = req.method().clone();
-        let address = crate::http::client_ip(remote.ip(), req.headers(), &self.node.config.client.trusted_proxies);
+        let address = crate::http::client_ip(remote.ip(), req.headers(), &self.server.config.client.trusted_proxies);
         // Who is asking is settled before the body is read.
         let user = match &token {
             Some(t) => {
-                let rec = self.node.store.access_token(&TokenHash::of(t))?.ok_or_else(|| {
+                let rec = self.server.store.access_token(&TokenHash::of(t))?.ok_or_else(|| {
                     ApiError::new(StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN", "Unknown access token")
                         .with("soft_logout", false.into())
                 })?;
@@ -142,7 +143,7 @@ impl ClientHandler {
         let (bytes, _held) = read_body(req.into_body(), MAX_BODY, &budget).await?;
         let body = json_object(&bytes, NumberPolicy::Ieee754, true)?;
         let call = Call {
-            node: self.node.clone(),
+            server: self.server.clone(),
             query,
             body,
             user,

@@ -27,8 +27,12 @@ fn room_id(s: &str) -> Result<RoomId, ApiError> {
 fn joined_room(call: &Call, room: &str) -> Result<(UserId, std::sync::Arc<RoomView>), ApiError> {
     let (user, _) = call.who()?;
     let room = room_id(room)?;
-    let view =
-        call.node.rooms.get(&room).map(|h| h.view()).ok_or_else(|| ApiError::forbidden("You are not in this room"))?;
+    let view = call
+        .server
+        .rooms
+        .get(&room)
+        .map(|h| h.view())
+        .ok_or_else(|| ApiError::forbidden("You are not in this room"))?;
     use crate::core::rooms::StateView;
     if view.state.membership(user.as_str()) != "join" {
         return Err(ApiError::forbidden("You are not in this room"));
@@ -46,19 +50,21 @@ pub fn typing(call: Call, room: &str, user_id: &str) -> Result<Value, ApiError> 
         call.body.get("typing").and_then(Value::as_bool).ok_or_else(|| ApiError::bad_json("typing is required"))?;
     let timeout = call.body.get("timeout").and_then(Value::as_u64).unwrap_or(30_000).min(MAX_TYPING_MS);
     let until = on.then(|| now_ms() + timeout as i64);
-    let node = call.node.clone();
-    if node.ephemeral.set_typing(&view.room_id, &user, until) || on {
-        record_side(&*node.store, &node.positions, Kind::TypingRoom(view.room_id.to_string()))?;
+    let server = call.server.clone();
+    if server.ephemeral.set_typing(&view.room_id, &user, until) || on {
+        record_side(&*server.store, &server.positions, Kind::TypingRoom(view.room_id.to_string()))?;
     }
-    edu::send_edu(&node, &edu::room_destinations(&node, &view, None), &edu::typing_edu(&view.room_id, &user, on))?;
+    server
+        .remote
+        .send_edu(&server.remote.room_destinations(&view, None), &edu::typing_edu(&view.room_id, &user, on))?;
     if on {
         // Clear the notification when its time is up, unless renewed.
         let room = view.room_id.clone();
-        let task_node = node.clone();
-        node.spawn(async move {
+        let task_server = server.clone();
+        server.spawn(async move {
             tokio::time::sleep(Duration::from_millis(timeout)).await;
-            if task_node.ephemeral.expire_typing(&room, &user) {
-                let _ = record_side(&*task_node.store, &task_node.positions, Kind::TypingRoom(room.to_string()));
+            if task_server.ephemeral.expire_typing(&room, &user) {
+                let _ = record_side(&*task_server.store, &task_server.positions, Kind::TypingRoom(room.to_string()));
             }
         });
     }
@@ -73,16 +79,23 @@ fn receipt_for(
     event: &EventId,
     thread: &str,
 ) -> Result<(), ApiError> {
-    let rec = call.node.store.event(event)?.ok_or_else(|| ApiError::not_found("Unknown event"))?;
+    let rec = call.server.store.event(event)?.ok_or_else(|| ApiError::not_found("Unknown event"))?;
     if rec.room_id != view.room_id.as_str() {
         return Err(ApiError::not_found("The event is not in this room"));
     }
     let receipt = Receipt { event_id: event.to_string(), ts: now_ms(), thread_id: thread.to_owned(), stream: 0 };
-    edu::store_receipt(&call.node, &view.room_id, kind, user, receipt.clone())?;
+    crate::ephemeral::store_receipt(
+        &*call.server.store,
+        &call.server.positions,
+        &view.room_id,
+        kind,
+        user,
+        receipt.clone(),
+    )?;
     // Private receipts stay on this server.
     if kind == "m.read" {
-        let dests = edu::room_destinations(&call.node, view, None);
-        edu::send_edu(&call.node, &dests, &edu::receipt_edu(&view.room_id, kind, user, event, &receipt))?;
+        let dests = call.server.remote.room_destinations(view, None);
+        call.server.remote.send_edu(&dests, &edu::receipt_edu(&view.room_id, kind, user, event, &receipt))?;
     }
     Ok(())
 }
@@ -122,13 +135,13 @@ pub async fn read_markers(call: Call, room: &str) -> Result<Value, ApiError> {
 
 /// Records a user's presence and tells the servers sharing a room.
 pub fn set_presence(call: &Call, user: &UserId, state: &str, status_msg: Option<String>) -> Result<(), ApiError> {
-    let changed = call.node.ephemeral.presence(user).is_none_or(|p| p.state != state || p.status_msg != status_msg);
+    let changed = call.server.ephemeral.presence(user).is_none_or(|p| p.state != state || p.status_msg != status_msg);
     let p = Presence { state: state.to_owned(), status_msg, last_active_ms: now_ms() };
-    call.node.ephemeral.set_presence(user, p.clone());
+    call.server.ephemeral.set_presence(user, p.clone());
     if changed {
-        record_side(&*call.node.store, &call.node.positions, Kind::PresenceUser(user.to_string()))?;
-        let dests = edu::presence_destinations(&call.node, user);
-        edu::send_edu(&call.node, &dests, &edu::presence_edu(user, &p))?;
+        record_side(&*call.server.store, &call.server.positions, Kind::PresenceUser(user.to_string()))?;
+        let dests = call.server.remote.presence_destinations(user);
+        call.server.remote.send_edu(&dests, &edu::presence_edu(user, &p))?;
     }
     Ok(())
 }
@@ -153,7 +166,7 @@ pub fn get_status(call: Call, user_id: &str) -> Result<Value, ApiError> {
     call.who()?;
     let user = UserId::parse(user_id)
         .map_err(|e| ApiError::new(http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string()))?;
-    match call.node.ephemeral.presence_event(&user) {
+    match call.server.ephemeral.presence_event(&user) {
         Some(e) => Ok(e["content"].clone()),
         None => Ok(json!({"presence": "offline"})),
     }

@@ -18,8 +18,8 @@ fn user_id(s: &str) -> Result<UserId, ApiError> {
 /// in the rooms the asker shares with them.
 fn profile_of(call: &Call, user: &UserId) -> Result<Value, ApiError> {
     let mut out = json!({});
-    if user.is_on(&call.node.name) {
-        let rec = call.node.store.user(user)?.ok_or_else(|| ApiError::not_found("Profile not found"))?;
+    if user.is_on(&call.server.name) {
+        let rec = call.server.store.user(user)?.ok_or_else(|| ApiError::not_found("Profile not found"))?;
         if !rec.displayname.is_empty() {
             out["displayname"] = json!(rec.displayname);
         }
@@ -33,10 +33,10 @@ fn profile_of(call: &Call, user: &UserId) -> Result<Value, ApiError> {
     let Some((asker, _)) = &call.user else {
         return Err(ApiError::not_found("Profile not found"));
     };
-    let shared = call.node.store.memberships(asker)?;
+    let shared = call.server.store.memberships(asker)?;
     let shared = shared.iter().filter(|(_, m)| m.membership == "join" || m.membership == "invite");
     for (room, _) in shared {
-        let Some(h) = call.node.rooms.get(room) else { continue };
+        let Some(h) = call.server.rooms.get(room) else { continue };
         if let Some(m) = h.view().state.member(user.as_str()) {
             for k in ["displayname", "avatar_url"] {
                 if let Some(v) = m.content().get(k).filter(|v| v.is_string()) {
@@ -70,7 +70,7 @@ pub async fn put(call: Call, user: &str, field: &str) -> Result<Value, ApiError>
         return Err(ApiError::unrecognized());
     }
     let value = call.body.get(field).and_then(Value::as_str).unwrap_or("").to_owned();
-    let mut rec = call.node.store.user(&me)?.ok_or_else(|| ApiError::not_found("Unknown user"))?;
+    let mut rec = call.server.store.user(&me)?.ok_or_else(|| ApiError::not_found("Unknown user"))?;
     if field == "displayname" {
         rec.displayname = value.clone();
     } else {
@@ -78,13 +78,13 @@ pub async fn put(call: Call, user: &str, field: &str) -> Result<Value, ApiError>
     }
     let mut b = Batch::new();
     b.push(Op::PutUser(rec));
-    call.node.store.write(b)?;
+    call.server.store.write(b)?;
     // The new profile in every joined room's member event.
-    for (room, m) in call.node.store.memberships(&me)? {
+    for (room, m) in call.server.store.memberships(&me)? {
         if m.membership != "join" {
             continue;
         }
-        let Some(h) = call.node.rooms.get(&room) else { continue };
+        let Some(h) = call.server.rooms.get(&room) else { continue };
         let mut content = h.view().state.member(me.as_str()).map(|e| e.content().clone()).unwrap_or_default();
         content.insert("membership".into(), json!("join"));
         if value.is_empty() {

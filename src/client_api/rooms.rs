@@ -29,12 +29,12 @@ pub async fn submit(call: &Call, room: &RoomId, draft: Draft) -> Result<EventId,
 }
 
 async fn sequence(call: &Call, room: &RoomId, draft: Draft) -> Result<EventId, ApiError> {
-    let handle = call.node.rooms.get(room).ok_or_else(|| ApiError::forbidden("You are not in this room"))?;
+    let handle = call.server.rooms.get(room).ok_or_else(|| ApiError::forbidden("You are not in this room"))?;
     let outcome = handle.ask(|reply| RoomCmd::Local { draft, reply }).await?;
     match outcome {
         LocalOutcome::Done(id) => Ok(id),
         LocalOutcome::Waiting { done, .. } => {
-            let wait = Duration::from_millis(call.node.config.client.send_wait_ms);
+            let wait = Duration::from_millis(call.server.config.client.send_wait_ms);
             match tokio::time::timeout(wait, done).await {
                 Ok(Ok(r)) => r.map_err(ApiError::from),
                 Ok(Err(_)) => Err(RoomError::Gone.into()),
@@ -78,8 +78,8 @@ fn merge(base: &mut Object, over: &Object) {
 pub async fn create_room(call: Call) -> Result<Value, ApiError> {
     let (user, _) = call.who()?;
     let user = user.clone();
-    let node = call.node.clone();
-    if node.config.mode == crate::config::Mode::Follower && !node.config.follower.host_rooms {
+    let server = call.server.clone();
+    if server.config.mode == crate::config::Mode::Follower && !server.config.follower.host_rooms {
         return Err(ApiError::forbidden(
             "This server runs in follower mode with follower.host_rooms = false: it does not host rooms",
         ));
@@ -140,11 +140,12 @@ pub async fn create_room(call: Call) -> Result<Value, ApiError> {
     let join_rule = if preset == "public_chat" { "public" } else { "invite" };
     let create = draft(&user, "m.room.create", Some(""), create);
     let (room, create_event) = if version.is_mixed() {
-        let room_id = format!("!{}:{}", random_string(18), node.name);
-        let pdu = crate::room::build_create(&node.key, version, &room_id, &create, now_ms()).map_err(ApiError::from)?;
+        let room_id = format!("!{}:{}", random_string(18), server.name);
+        let pdu =
+            crate::room::build_create(&server.key, version, &room_id, &create, now_ms()).map_err(ApiError::from)?;
         (pdu.room_id().clone(), Some(pdu))
     } else {
-        let id = RoomId::parse(&format!("!{}:{}", random_string(18), node.name))
+        let id = RoomId::parse(&format!("!{}:{}", random_string(18), server.name))
             .map_err(|e| ApiError::unknown(e.to_string()))?;
         (id, None)
     };
@@ -169,8 +170,8 @@ pub async fn create_room(call: Call) -> Result<Value, ApiError> {
     }
     let alias = match body.get("room_alias_name").and_then(Value::as_str) {
         Some(local) => {
-            let alias = format!("#{local}:{}", node.name);
-            if node.store.alias(&alias)?.is_some() {
+            let alias = format!("#{local}:{}", server.name);
+            if server.store.alias(&alias)?.is_some() {
                 return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_ROOM_IN_USE", "Room alias already taken"));
             }
             drafts.push(draft(&user, "m.room.canonical_alias", Some(""), obj(json!({ "alias": alias }))));
@@ -192,10 +193,10 @@ pub async fn create_room(call: Call) -> Result<Value, ApiError> {
         }
         drafts.push(draft(&user, "m.room.member", Some(i.as_str()), c));
     }
-    let handle = node.rooms.create(room.clone(), version)?;
+    let handle = server.rooms.create(room.clone(), version)?;
     match create_event {
         Some(pdu) => {
-            let outcome = crate::federation::dag::offer(&node, &handle, &node.name, vec![pdu]).await?;
+            let outcome = server.remote.offer_own(&handle, vec![pdu]).await?;
             if let Some((_, Err(e))) = outcome.into_iter().next() {
                 return Err(e.into());
             }

@@ -43,7 +43,7 @@ pub async fn sync(call: Call) -> Result<Value, ApiError> {
         };
     let presence = query_get(&call.query, "set_presence").unwrap_or("online");
     if ["online", "unavailable", "offline"].contains(&presence) {
-        let msg = call.node.ephemeral.presence(&user).and_then(|p| p.status_msg);
+        let msg = call.server.ephemeral.presence(&user).and_then(|p| p.status_msg);
         super::presence::set_presence(&call, &user, presence, msg)?;
     }
     let s = Syncer { call: &call, user: &user, filter: &filter };
@@ -51,7 +51,7 @@ pub async fn sync(call: Call) -> Result<Value, ApiError> {
         return s.initial();
     };
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
-    let mut marks = call.node.positions.subscribe();
+    let mut marks = call.server.positions.subscribe();
     loop {
         let upto = *marks.borrow_and_update();
         if upto > since {
@@ -64,7 +64,7 @@ pub async fn sync(call: Call) -> Result<Value, ApiError> {
             return Ok(empty_answer(since));
         }
         if tokio::time::timeout_at(deadline, marks.changed()).await.is_err() {
-            let upto = call.node.positions.watermark();
+            let upto = call.server.positions.watermark();
             return if upto > since { Ok(s.incremental(since, upto)?.0) } else { Ok(empty_answer(since)) };
         }
     }
@@ -106,7 +106,7 @@ impl Syncer<'_> {
 
     /// Current state as client events, minus the timeline's, filtered.
     fn state_events(&self, room: &RoomId, skip: &BTreeSet<EventId>) -> Vec<Value> {
-        let Some(h) = self.call.node.rooms.get(room) else { return Vec::new() };
+        let Some(h) = self.call.server.rooms.get(room) else { return Vec::new() };
         h.view()
             .state
             .iter()
@@ -118,7 +118,7 @@ impl Syncer<'_> {
 
     /// The last events of a room's list that pass the timeline filter.
     fn recent(&self, room: &RoomId) -> Result<(Vec<Item>, bool), ApiError> {
-        let Some(h) = self.call.node.rooms.get(room) else { return Ok((Vec::new(), false)) };
+        let Some(h) = self.call.server.rooms.get(room) else { return Ok((Vec::new(), false)) };
         let length = h.view().length;
         let want = self.limit();
         let mut items: Vec<Item> = Vec::new();
@@ -128,12 +128,12 @@ impl Syncer<'_> {
         let floor = length.saturating_sub(want as u64 * 4 + 1_000);
         while end > floor && items.len() < want {
             let start = end.saturating_sub(want as u64 * 2).max(floor);
-            let ids = self.call.node.store.list(room, start, end)?;
+            let ids = self.call.server.store.list(room, start, end)?;
             for (offset, id) in ids.iter().enumerate().rev() {
                 if items.len() == want {
                     break;
                 }
-                if let Some(e) = load_client_event(&self.call.node, id)?.filter(|e| self.filter.timeline.allows(e)) {
+                if let Some(e) = load_client_event(&self.call.server, id)?.filter(|e| self.filter.timeline.allows(e)) {
                     items.push(Item { id: id.clone(), event: e, index: start + offset as u64 });
                 }
             }
@@ -147,12 +147,12 @@ impl Syncer<'_> {
     fn ephemeral(&self, room: &RoomId, receipts_since: Option<u64>, typing: bool) -> Result<Vec<Value>, ApiError> {
         let mut out = Vec::new();
         if typing {
-            let users: Vec<String> = self.call.node.ephemeral.typing(room).iter().map(|u| u.to_string()).collect();
+            let users: Vec<String> = self.call.server.ephemeral.typing(room).iter().map(|u| u.to_string()).collect();
             out.push(json!({"type": "m.typing", "content": {"user_ids": users}}));
         }
         if let Some(since) = receipts_since {
             let mut content = serde_json::Map::new();
-            for (kind, user, r) in self.call.node.store.receipts(room)? {
+            for (kind, user, r) in self.call.server.store.receipts(room)? {
                 if r.stream <= since || (kind == "m.read.private" && &user != self.user) {
                     continue;
                 }
@@ -173,7 +173,7 @@ impl Syncer<'_> {
     fn account_data(&self, room: Option<&RoomId>, only: Option<&BTreeSet<String>>) -> Result<Vec<Value>, ApiError> {
         let mut out = Vec::new();
         let mut have_rules = false;
-        for (kind, bytes) in self.call.node.store.account_data_all(self.user, room)? {
+        for (kind, bytes) in self.call.server.store.account_data_all(self.user, room)? {
             if only.is_some_and(|o| !o.contains(&kind)) {
                 continue;
             }
@@ -191,19 +191,21 @@ impl Syncer<'_> {
     /// Messages from others after the user's read receipt (looking back
     /// at most `unread::LOOK_BACK` events when first counted).
     fn unread(&self, room: &RoomId) -> Result<u64, ApiError> {
-        let Some(h) = self.call.node.rooms.get(room) else { return Ok(0) };
+        let Some(h) = self.call.server.rooms.get(room) else { return Ok(0) };
         let length = h.view().length;
-        let store = &self.call.node.store;
-        let read_from = store
-            .receipts(room)?
-            .into_iter()
-            .filter(|(k, u, _)| u == self.user && (k == "m.read" || k == "m.read.private"))
-            .filter_map(|(_, _, r)| EventId::parse(&r.event_id).ok())
-            .filter_map(|id| store.event(&id).ok().flatten())
-            .map(|rec| rec.index + 1)
-            .max()
-            .unwrap_or(0);
-        self.call.unread.count(self.user, room, read_from, length, |range| {
+        let store = &self.call.server.store;
+        let mut receipts = Vec::new();
+        for kind in ["m.read", "m.read.private"] {
+            receipts.extend(store.receipt(room, kind, self.user)?.map(|r| r.event_id));
+        }
+        let read_from = || {
+            let mut from = 0;
+            for id in receipts.iter().filter_map(|r| EventId::parse(r).ok()) {
+                from = from.max(store.event(&id)?.map_or(0, |rec| rec.index + 1));
+            }
+            Ok::<_, ApiError>(from)
+        };
+        self.call.unread.count(self.user, room, &receipts.join(" "), read_from, length, |range| {
             let mut count = 0;
             for id in store.list(room, range.start, range.end)? {
                 if let Some(rec) = store.event(&id)? {
@@ -229,10 +231,10 @@ impl Syncer<'_> {
         });
         if let Some(first) = items.first() {
             tl["prev_batch"] = json!(format!("t{}", first.index));
-        } else if let Some(h) = self.call.node.rooms.get(room) {
+        } else if let Some(h) = self.call.server.rooms.get(room) {
             tl["prev_batch"] = json!(format!("t{}", h.view().length));
         }
-        let view = self.call.node.rooms.get(room).map(|h| h.view());
+        let view = self.call.server.rooms.get(room).map(|h| h.view());
         let joined = view.as_ref().map_or(0, |v| v.state.joined_members().count());
         let invited = view.as_ref().map_or(0, |v| v.state.iter().filter(|e| e.membership() == Some("invite")).count());
         let unread = self.unread(room)?;
@@ -249,7 +251,7 @@ impl Syncer<'_> {
     fn presence_events(&self, users: &BTreeSet<UserId>) -> Vec<Value> {
         users
             .iter()
-            .filter_map(|u| self.call.node.ephemeral.presence_event(u))
+            .filter_map(|u| self.call.server.ephemeral.presence_event(u))
             .filter(|e| self.filter.presence.allows(e))
             .collect()
     }
@@ -258,7 +260,7 @@ impl Syncer<'_> {
     fn contacts(&self, rooms: &[RoomId]) -> BTreeSet<UserId> {
         let mut out = BTreeSet::from([self.user.clone()]);
         for room in rooms {
-            if let Some(h) = self.call.node.rooms.get(room) {
+            if let Some(h) = self.call.server.rooms.get(room) {
                 out.extend(h.view().state.joined_members());
             }
         }
@@ -266,10 +268,10 @@ impl Syncer<'_> {
     }
 
     fn initial(&self) -> Result<Value, ApiError> {
-        let upto = self.call.node.positions.watermark();
+        let upto = self.call.server.positions.watermark();
         let mut answer = empty_answer(upto);
         let mut joined = Vec::new();
-        for (room, m) in self.call.node.store.memberships(self.user)? {
+        for (room, m) in self.call.server.store.memberships(self.user)? {
             if !self.filter.rooms.allows_room(room.as_str()) {
                 continue;
             }
@@ -298,7 +300,7 @@ impl Syncer<'_> {
 
     /// Changes in `(since, upto]`; also says whether there were none.
     fn incremental(&self, since: u64, upto: u64) -> Result<(Value, bool), ApiError> {
-        let store = &self.call.node.store;
+        let store = &self.call.server.store;
         let entries: Vec<_> =
             store.stream_after(since, STREAM_PAGE)?.into_iter().take_while(|e| e.pos <= upto).collect();
         let next = if entries.len() == STREAM_PAGE { entries.last().map_or(upto, |e| e.pos) } else { upto };
@@ -402,9 +404,15 @@ impl Syncer<'_> {
             answer["account_data"]["events"] = json!(self.account_data(None, Some(&data))?);
             empty = false;
         }
-        let contacts = self.contacts(&joined);
-        let changed: BTreeSet<UserId> =
-            presence.iter().filter_map(|u| UserId::parse(u).ok()).filter(|u| contacts.contains(u)).collect();
+        // Only when someone's presence changed: reading every joined room's
+        // members would wake the rooms at rest.
+        let changed: BTreeSet<UserId> = match presence.is_empty() {
+            true => BTreeSet::new(),
+            false => {
+                let contacts = self.contacts(&joined);
+                presence.iter().filter_map(|u| UserId::parse(u).ok()).filter(|u| contacts.contains(u)).collect()
+            }
+        };
         if !changed.is_empty() {
             answer["presence"]["events"] = json!(self.presence_events(&changed));
             empty = false;

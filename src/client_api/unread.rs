@@ -25,6 +25,13 @@ pub struct Tally {
     count: u64,
 }
 
+/// A tally and the receipts it was counted from (their event ids), so a
+/// sync whose receipts did not move need not look their events up.
+struct Kept {
+    receipts: String,
+    tally: Tally,
+}
+
 /// Which list positions to read, and the tally they add to: the new events
 /// when the receipt is where it was and the list only grew; otherwise a
 /// fresh count over the look-back window.
@@ -40,23 +47,30 @@ pub fn plan(prev: Option<Tally>, read_from: u64, length: u64) -> (Tally, Range<u
 
 #[derive(Default)]
 pub struct UnreadCounts {
-    tallies: Mutex<HashMap<(UserId, RoomId), Tally>>,
+    tallies: Mutex<HashMap<(UserId, RoomId), Kept>>,
 }
 
 impl UnreadCounts {
     /// The unread count of `user` in `room`, whose list has `length`
-    /// events and whose read receipt makes positions from `read_from` on
-    /// unread; `count_range` counts the unread messages in a range.
+    /// events. `receipts` names the user's read receipts (their event ids);
+    /// when they moved since the last count, `read_from` gives the first
+    /// list position they leave unread. `count_range` counts the unread
+    /// messages in a range.
     pub fn count<E>(
         &self,
         user: &UserId,
         room: &RoomId,
-        read_from: u64,
+        receipts: &str,
+        read_from: impl FnOnce() -> Result<u64, E>,
         length: u64,
         count_range: impl FnOnce(Range<u64>) -> Result<u64, E>,
     ) -> Result<u64, E> {
         let key = (user.clone(), room.clone());
-        let prev = self.tallies.lock().expect("poisoned").get(&key).copied();
+        let kept = self.tallies.lock().expect("poisoned").get(&key).map(|k| (k.receipts == receipts, k.tally));
+        let (prev, read_from) = match kept {
+            Some((true, t)) => (Some(t), t.read_from),
+            other => (other.map(|(_, t)| t), read_from()?),
+        };
         let (base, range) = plan(prev, read_from, length);
         let added = if range.is_empty() { 0 } else { count_range(range)? };
         let tally = Tally { upto: length.max(base.upto), count: base.count + added, ..base };
@@ -65,7 +79,7 @@ impl UnreadCounts {
             tallies.clear();
         }
         // Two syncs at once may each write: every tally is right on its own.
-        tallies.insert(key, tally);
+        tallies.insert(key, Kept { receipts: receipts.to_owned(), tally });
         Ok(tally.count)
     }
 }
@@ -98,11 +112,22 @@ mod tests {
             read += r.end - r.start;
             messages(r)
         };
-        assert_eq!(counts.count(&user, &room, 0, 30, &mut reading), Ok(10));
-        assert_eq!(counts.count(&user, &room, 0, 60, &mut reading), Ok(20));
-        assert_eq!(counts.count(&user, &room, 0, 60, &mut reading), Ok(20));
+        let looked_up = std::cell::Cell::new(0);
+        let at = |pos: u64| {
+            let looked_up = &looked_up;
+            move || {
+                looked_up.set(looked_up.get() + 1);
+                Ok(pos)
+            }
+        };
+        assert_eq!(counts.count(&user, &room, "", at(0), 30, &mut reading), Ok(10));
+        assert_eq!(counts.count(&user, &room, "", at(0), 60, &mut reading), Ok(20));
+        assert_eq!(counts.count(&user, &room, "", at(0), 60, &mut reading), Ok(20));
         assert_eq!(read, 60, "each position read once");
         // The user read up to position 45.
-        assert_eq!(counts.count(&user, &room, 45, 60, messages), Ok(5));
+        assert_eq!(counts.count(&user, &room, "$e45", at(45), 60, messages), Ok(5));
+        assert_eq!(looked_up.get(), 2, "receipts looked up only when they moved");
+        let unused = || -> Result<u64, ()> { panic!("the receipt did not move: no look-up") };
+        assert_eq!(counts.count(&user, &room, "$e45", unused, 60, messages), Ok(5));
     }
 }

@@ -116,20 +116,6 @@ pub fn presence_destinations(node: &Node, user: &UserId) -> BTreeSet<ServerName>
     out
 }
 
-/// Stores a read receipt and records the change for sync.
-pub fn store_receipt(node: &Node, room: &RoomId, kind: &str, user: &UserId, mut r: Receipt) -> Result<(), StoreError> {
-    let alloc = node.positions.allocate(1)?;
-    r.stream = alloc.first();
-    let mut b = Batch::new();
-    b.push(Op::PutReceipt { room: room.clone(), kind: kind.to_owned(), user: user.clone(), receipt: r })
-        .push(Op::SideEntry { pos: alloc.first(), entry: side(Kind::ReceiptRoom(room.to_string())) });
-    node.store.write(b)
-}
-
-fn side(kind: Kind) -> crate::store::records::SideEntry {
-    crate::store::records::SideEntry { kind: Some(kind) }
-}
-
 /// EDUs from a `/send`. A user's EDU is accepted from the user's own
 /// server, or from the room's hub relaying it; the hub relays what its
 /// participants send.
@@ -193,7 +179,15 @@ fn receipts(node: &Arc<Node>, origin: &ServerName, c: &Value) -> Result<(), Stri
                     thread_id: data.and_then(|d| d.get("thread_id")).and_then(Value::as_str).unwrap_or("").to_owned(),
                     stream: 0,
                 };
-                store_receipt(node, &view.room_id, kind, &user, receipt.clone()).map_err(|e| e.to_string())?;
+                crate::ephemeral::store_receipt(
+                    &*node.store,
+                    &node.positions,
+                    &view.room_id,
+                    kind,
+                    &user,
+                    receipt.clone(),
+                )
+                .map_err(|e| e.to_string())?;
                 if view.is_hub(&node.name) {
                     let relay = receipt_edu(&view.room_id, kind, &user, &event, &receipt);
                     send_edu(node, &room_destinations(node, &view, Some(origin)), &relay).map_err(|e| e.to_string())?;

@@ -15,10 +15,12 @@ pub mod keyring;
 pub mod node;
 pub mod outbound;
 pub mod policy;
+pub mod remote;
 pub mod room_network;
 pub mod xmatrix;
 
 pub use node::Node;
+pub use remote::Remote;
 
 /// Path prefix of the `.02` room version's unstable endpoints (digest 6.0).
 pub const UNSTABLE: &str = "/_matrix/federation/unstable/org.matrix.i-d.ralston-mimi-linearized-matrix.02";

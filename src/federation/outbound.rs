@@ -194,6 +194,21 @@ fn next_txn(node: &Node, dest: &ServerName) -> Result<Option<Txn>, crate::store:
                     }
                 }
             }
+            Some(Item::LpduHash(hash)) => {
+                if pdus.len() == MAX_PDUS && !retrying {
+                    break;
+                }
+                // Settled since (sequenced or refused): the hub has had it.
+                if let Some(p) = node.store.pending_lpdu(&hash)? {
+                    if let Ok(v) = json::parse(&p.json, NumberPolicy::Ieee754) {
+                        match RoomId::parse(&p.room_id) {
+                            Ok(room) if !p.sent_id.is_empty() => lpdus.push((p.sent_id, room, hash)),
+                            _ => lpdus.extend(v.as_object().and_then(|o| own_event(node, o))),
+                        }
+                        pdus.push(v);
+                    }
+                }
+            }
             Some(Item::LpduJson(bytes)) => {
                 if pdus.len() == MAX_PDUS && !retrying {
                     break;
@@ -236,9 +251,10 @@ fn next_txn(node: &Node, dest: &ServerName) -> Result<Option<Txn>, crate::store:
     Ok(Some(Txn { id, last, body, lpdus }))
 }
 
-/// An event of ours sent to a hub: `(id in the answer, room, the key its
-/// room waits on)`. LM rooms: the LPDU's id and hash; mixed rooms: the
-/// event id for both.
+/// An event of ours sent to a hub, read back from its text (queue items
+/// and pending records written before the pending record kept its id):
+/// `(id in the answer, room, the key its room waits on)`. LM rooms: the
+/// LPDU's id and hash; mixed rooms: the event id for both.
 fn own_event(node: &Node, o: &crate::core::json::Object) -> Option<(String, RoomId, String)> {
     let room = o.get("room_id").and_then(Value::as_str).and_then(|r| RoomId::parse(r).ok())?;
     let version = node.rooms.get(&room).map(|h| h.view().version).unwrap_or_else(RoomVersion::lm);

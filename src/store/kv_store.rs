@@ -239,6 +239,10 @@ impl<K: Kv> Store for KvStore<K> {
         self.kv.get(&keys::filter(user.as_str(), id))
     }
 
+    fn receipt(&self, room: &RoomId, kind: &str, user: &UserId) -> StoreResult<Option<Receipt>> {
+        self.get(&keys::receipt(room.as_str(), kind, user.as_str()))
+    }
+
     fn receipts(&self, room: &RoomId) -> StoreResult<Vec<(String, UserId, Receipt)>> {
         self.prefix(&keys::receipt_prefix(room.as_str()), false, usize::MAX)?
             .iter()

@@ -262,6 +262,8 @@ pub trait Store: Send + Sync + 'static {
     fn filter(&self, user: &UserId, id: &str) -> StoreResult<Option<Vec<u8>>>;
     /// Every `(type, user, receipt)` of a room.
     fn receipts(&self, room: &RoomId) -> StoreResult<Vec<(String, UserId, Receipt)>>;
+    /// One user's receipt of one kind in a room.
+    fn receipt(&self, room: &RoomId, kind: &str, user: &UserId) -> StoreResult<Option<Receipt>>;
     fn alias(&self, alias: &str) -> StoreResult<Option<AliasRecord>>;
     /// Side-stream entries after `after`, ascending.
     fn side_after(&self, after: u64, limit: usize) -> StoreResult<Vec<(u64, SideEntry)>>;

@@ -16,7 +16,7 @@ pub(super) trait Rules: Sync {
     fn take_local(&self, m: &mut Machine, out: &mut Effects, pdu: Pdu) -> Result<EventId, RoomError>;
     /// What a participant sends the hub for a local user: the key its echo
     /// will be known by, and the JSON.
-    fn to_hub(&self, m: &Machine, draft: &Draft) -> Result<(String, Vec<u8>), RoomError>;
+    fn to_hub(&self, m: &Machine, draft: &Draft) -> Result<ToHub, RoomError>;
     /// The key a participant's own event is awaited by.
     fn echo_key<'a>(&self, pdu: &'a Pdu) -> Option<&'a str>;
     /// Whether a countersigned invite still fits where the list is now.
@@ -28,6 +28,16 @@ pub(super) trait Rules: Sync {
     fn seeded(&self, m: &mut Machine, out: &mut Effects, join: &Pdu, depth: i64) -> Result<(), RoomError>;
     /// Whether a follower keeps an old event whole.
     fn keeps(&self, m: &Machine, id: &EventId, rec: &EventRecord) -> bool;
+}
+
+/// A participant's event on its way to the hub.
+pub(super) struct ToHub {
+    /// What its pending record and the client's wait are keyed by (an
+    /// LPDU's hash; a mixed room's event id).
+    pub key: String,
+    /// What the hub's answer names it by.
+    pub sent_id: String,
+    pub json: Vec<u8>,
 }
 
 pub(super) fn rules_for(version: &'static RoomVersion) -> &'static dyn Rules {
@@ -50,9 +60,13 @@ impl Rules for Lm {
         m.stage(out, pdu).map(|p| p.event_id().clone())
     }
 
-    fn to_hub(&self, m: &Machine, draft: &Draft) -> Result<(String, Vec<u8>), RoomError> {
+    fn to_hub(&self, m: &Machine, draft: &Draft) -> Result<ToHub, RoomError> {
         let lpdu = build::lpdu_from_draft(&m.cur, &m.env.key, draft, m.now)?;
-        Ok((lpdu.lpdu_hash().to_owned(), serde_json::to_vec(lpdu.json()).unwrap_or_default()))
+        Ok(ToHub {
+            key: lpdu.lpdu_hash().to_owned(),
+            sent_id: lpdu.lpdu_id().to_string(),
+            json: serde_json::to_vec(lpdu.json()).unwrap_or_default(),
+        })
     }
 
     fn echo_key<'a>(&self, pdu: &'a Pdu) -> Option<&'a str> {
@@ -93,9 +107,10 @@ impl Rules for Mixed {
         }
     }
 
-    fn to_hub(&self, m: &Machine, draft: &Draft) -> Result<(String, Vec<u8>), RoomError> {
+    fn to_hub(&self, m: &Machine, draft: &Draft) -> Result<ToHub, RoomError> {
         let pdu = m.dag_build(draft)?;
-        Ok((pdu.event_id().to_string(), serde_json::to_vec(pdu.json()).unwrap_or_default()))
+        let id = pdu.event_id().to_string();
+        Ok(ToHub { key: id.clone(), sent_id: id, json: serde_json::to_vec(pdu.json()).unwrap_or_default() })
     }
 
     fn echo_key<'a>(&self, pdu: &'a Pdu) -> Option<&'a str> {

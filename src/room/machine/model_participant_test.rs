@@ -219,8 +219,10 @@ impl Pair {
                     let hub = self.p.machine.view().hub.clone();
                     for (pos, item) in self.p.store.queue(&hub, sent_upto, usize::MAX).unwrap() {
                         sent_upto = pos;
-                        let Some(queue_item::Item::LpduJson(json)) = item.item else { continue };
-                        let obj = parse_object(&json, NumberPolicy::Ieee754).unwrap();
+                        let Some(queue_item::Item::LpduHash(hash)) = item.item else { continue };
+                        // Queued by its pending record, which holds its text.
+                        let Some(pending) = self.p.store.pending_lpdu(&hash).unwrap() else { continue };
+                        let obj = parse_object(&pending.json, NumberPolicy::Ieee754).unwrap();
                         let lpdu = Lpdu::from_object(self.hub.machine.view().version, obj).unwrap();
                         let ticket = self.ticket();
                         hub_inputs.push(Input::Lpdu { lpdu, with_state: false, ticket });
@@ -333,10 +335,7 @@ impl Pair {
             .unwrap()
             .into_iter()
             .filter_map(|(_, item)| match item.item {
-                Some(queue_item::Item::LpduJson(json)) => {
-                    let obj = parse_object(&json, NumberPolicy::Ieee754).unwrap();
-                    Some(Lpdu::from_object(self.p.machine.view().version, obj).unwrap().lpdu_hash().to_owned())
-                }
+                Some(queue_item::Item::LpduHash(hash)) => Some(hash),
                 _ => None,
             })
             .collect();

@@ -3,6 +3,7 @@
 //! waits for the hub's copy; a refusal reaches the client as `403`.
 
 use super::build::Draft;
+use super::kind::ToHub;
 use super::{Effects, LocalDone, Machine, Reply, RoomError, Ticket};
 use crate::core::ids::{EventId, UserId};
 use crate::store::records::{queue_item, ClientTxn, PendingLpdu, QueueItem};
@@ -28,7 +29,7 @@ impl Machine {
                 Err(e) => return out.refuse(ticket, e.into()),
             }
         }
-        let (hash, json) = match self.rules.to_hub(self, &draft) {
+        let ToHub { key: hash, sent_id, json } = match self.rules.to_hub(self, &draft) {
             Ok(b) => b,
             Err(e) => return out.refuse(ticket, e),
         };
@@ -46,17 +47,18 @@ impl Machine {
                 lpdu_hash: hash.clone(),
                 pending: PendingLpdu {
                     room_id: self.cur.room_id.to_string(),
-                    json: json.clone(),
+                    json,
                     created_ts: self.now,
                     txn_user: user,
                     txn_device: device,
                     txn_id: txn,
+                    sent_id,
                 },
             })
             .push(Op::Enqueue {
                 dest: hub.clone(),
                 pos,
-                item: QueueItem { item: Some(queue_item::Item::LpduJson(json)) },
+                item: QueueItem { item: Some(queue_item::Item::LpduHash(hash.clone())) },
             });
         if let Some((d, t)) = &draft.txn {
             out.batch.push(Op::PutClientTxn {

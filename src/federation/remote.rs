@@ -1,0 +1,86 @@
+//! Other servers as the client API reaches them: joins, leaves and knocks
+//! through a room's hub, history fetched from it, events of a mixed room
+//! offered to it, and EDUs. The client API holds this and not the
+//! federation layer's `Node`, so what it can ask of the network is exactly
+//! what is listed here.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::Node;
+use crate::core::event::Pdu;
+use crate::core::ids::{EventId, RoomId, ServerName, UserId};
+use crate::core::json::Object;
+use crate::room::{RoomError, RoomHandle, RoomView};
+use crate::store::StoreError;
+
+#[derive(Clone)]
+pub struct Remote(Arc<Node>);
+
+impl Remote {
+    pub fn new(node: Arc<Node>) -> Self {
+        Remote(node)
+    }
+
+    /// Candidate hubs of `room` in order (OQ-27): the servers named, then
+    /// the room id's domain.
+    pub fn candidates(room: &RoomId, named: &[ServerName]) -> Vec<ServerName> {
+        super::join::candidates(room, named)
+    }
+
+    /// Joins `user` to a room hubbed elsewhere (asking `servers` in turn)
+    /// and starts following it.
+    pub async fn join(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        servers: &[ServerName],
+        content: &Object,
+    ) -> Result<EventId, RoomError> {
+        super::join::join_remote(&self.0, room, user, servers, content).await
+    }
+
+    /// Leaves (or rejects an invite to) a room we do not take part in.
+    pub async fn leave(&self, room: &RoomId, user: &UserId, servers: &[ServerName]) -> Result<(), RoomError> {
+        super::join::leave_remote(&self.0, room, user, servers).await
+    }
+
+    /// Knocks; answers the hub, the room's stripped state and its version.
+    pub async fn knock(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        servers: &[ServerName],
+        content: &Object,
+    ) -> Result<(ServerName, Value, &'static str), RoomError> {
+        super::join::knock_remote(&self.0, room, user, servers, content).await
+    }
+
+    /// A page of the hub's history from `from` back (checked events).
+    pub async fn backfill(&self, room: &RoomView, from: &EventId, limit: usize) -> Result<Vec<Pdu>, String> {
+        super::fetch::backfill(&self.0, room, from, limit).await
+    }
+
+    /// A mixed room's events built here, offered to the room like any
+    /// server's.
+    pub async fn offer_own(&self, handle: &RoomHandle, pdus: Vec<Pdu>) -> Result<super::dag::Outcome, RoomError> {
+        super::dag::offer(&self.0, handle, &self.0.name, pdus).await
+    }
+
+    /// Queues `edu` for each of `dests` and wakes their delivery.
+    pub fn send_edu(&self, dests: &BTreeSet<ServerName>, edu: &Value) -> Result<(), StoreError> {
+        super::edu::send_edu(&self.0, dests, edu)
+    }
+
+    /// Where a room's EDUs go from here.
+    pub fn room_destinations(&self, view: &RoomView, except: Option<&ServerName>) -> BTreeSet<ServerName> {
+        super::edu::room_destinations(&self.0, view, except)
+    }
+
+    /// Servers sharing a room with a local user, for presence.
+    pub fn presence_destinations(&self, user: &UserId) -> BTreeSet<ServerName> {
+        super::edu::presence_destinations(&self.0, user)
+    }
+}
