@@ -185,3 +185,44 @@ async fn a_follower_keeps_the_state_events_of_a_mixed_room() {
     // The room still works from the follower.
     bob.send_ok(&room, "late", "still here").await;
 }
+
+/// A participant that missed a power-level change sends what the hub now
+/// refuses: the hub lists the LPDU in `failed_pdus` under its id, and the
+/// participant, matching that id to the pending send it queued, answers its
+/// client with 403 (not a timeout); the room goes on, also past a
+/// transaction the hub had marked in flight whose items are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_the_hub_refuses_reaches_the_participants_client_as_403() {
+    let (_net, hub, mut p1) = hub_and_p1().await;
+    let alice = hub.client().register("alice").await;
+    let bob = p1.client().register("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    assert_eq!(bob.join(&room, HUB).await.status, 200);
+    bob.send_ok(&room, "before", "allowed").await;
+
+    // p1 does not hear that messages now need power 50.
+    p1.stop().await;
+    let pl = json!({"users": {alice.user_id.clone(): 100}, "events_default": 50});
+    assert_eq!(alice.put_state(&room, "m.room.power_levels", "", pl).await.status, 200);
+    hub.drop_queue_for("p1.test:8448");
+    // As if the hub's delivery had marked a transaction in flight just
+    // before its items were dropped: nothing is left to repeat, and what
+    // comes next must not wait behind it.
+    {
+        use lmx::store::records::DestinationState;
+        let mark = hub.node().positions.watermark();
+        let state = DestinationState { acked: mark - 1, inflight_txn: "gone".into(), inflight_last: mark };
+        let dest = lmx::core::ids::ServerName::parse("p1.test:8448").unwrap();
+        let mut b = lmx::store::Batch::new();
+        b.push(lmx::store::Op::PutDestination { dest, state });
+        hub.node().store.write(b).unwrap();
+    }
+    p1.restart().await;
+
+    let refused = bob.send_text(&room, "after", "not any more").await;
+    assert_eq!((refused.status, refused.body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{}", refused.body);
+    let retried = bob.send_text(&room, "after", "not any more").await;
+    assert_eq!(retried.status, 403, "the same transaction keeps its answer: {}", retried.body);
+    alice.send_ok(&room, "on", "the room goes on").await;
+    eventually("p1 to catch up with the hub", || p1.list(&room).last() == hub.list(&room).last()).await;
+}

@@ -233,6 +233,18 @@ fn next_txn(node: &Node, dest: &ServerName) -> Result<Option<Txn>, crate::store:
         last = pos;
     }
     if last == state.acked {
+        if retrying {
+            // The transaction in flight has nothing left to repeat (its
+            // items left the queue): it is done with, and what came after
+            // it goes out instead of waiting behind it for ever.
+            let mut b = Batch::new();
+            b.push(Op::PutDestination {
+                dest: dest.clone(),
+                state: DestinationState { acked: state.inflight_last, ..Default::default() },
+            });
+            node.store.write(b)?;
+            return next_txn(node, dest);
+        }
         return Ok(None);
     }
     let id = if retrying { state.inflight_txn.clone() } else { format!("{}.{}", state.acked + 1, last) };

@@ -133,11 +133,14 @@ impl Rooms {
                 Some(Entry::Resting { rested, .. }) => *rested,
             };
             // Read outside the lock: a large room's state takes a while.
+            let started = std::time::Instant::now();
             let view = super::load::load_view(&self.deps.store, id)?
                 .ok_or_else(|| RoomError::Storage(format!("{id} is not stored")))?;
             let mut map = self.lock();
             match map.rooms.get(id) {
                 Some(Entry::Resting { rested: now, .. }) if *now == rested => {
+                    let load_us = started.elapsed().as_micros() as u64;
+                    tracing::debug!(room = %id, state = view.state.len(), load_us, "room woke");
                     let handle = self.spawn(view);
                     map.rooms.insert(id.clone(), Entry::Running(handle.clone()));
                     return Ok(Some(handle));
