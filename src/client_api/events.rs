@@ -57,11 +57,10 @@ pub fn readable_room(call: &Call, room: &str) -> Result<Arc<RoomView>, ApiError>
     let (user, _) = call.who()?;
     let room = RoomId::parse(room)
         .map_err(|e| ApiError::new(http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string()))?;
-    let not_in = || ApiError::forbidden("You are not in this room");
     if call.server.store.membership(user, &room)?.is_none() {
-        return Err(not_in());
+        return Err(ApiError::forbidden("You are not in this room"));
     }
-    call.server.rooms.get(&room).map(|h| h.view()).ok_or_else(not_in)
+    call.server.view_of_joined(&room)
 }
 
 pub fn full_state(call: Call, room: &str) -> Result<Value, ApiError> {

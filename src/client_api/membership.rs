@@ -108,12 +108,7 @@ pub async fn change_other(call: Call, room: &str, membership: &str) -> Result<Va
     let room = room_id(room)?;
     let target = target(&call)?;
     if membership == "unban" {
-        let view = call
-            .server
-            .rooms
-            .get(&room)
-            .map(|h| h.view())
-            .ok_or_else(|| ApiError::forbidden("You are not in this room"))?;
+        let view = call.server.view_of_joined(&room)?;
         if view.state.membership(target.as_str()) != "ban" {
             return Err(ApiError::forbidden("The user is not banned"));
         }

@@ -27,12 +27,7 @@ fn room_id(s: &str) -> Result<RoomId, ApiError> {
 fn joined_room(call: &Call, room: &str) -> Result<(UserId, std::sync::Arc<RoomView>), ApiError> {
     let (user, _) = call.who()?;
     let room = room_id(room)?;
-    let view = call
-        .server
-        .rooms
-        .get(&room)
-        .map(|h| h.view())
-        .ok_or_else(|| ApiError::forbidden("You are not in this room"))?;
+    let view = call.server.view_of_joined(&room)?;
     use crate::core::rooms::StateView;
     if view.state.membership(user.as_str()) != "join" {
         return Err(ApiError::forbidden("You are not in this room"));

@@ -6,43 +6,19 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::machine::Env;
-use super::write_failures::{draft, key_of, send, NoNetwork};
-use super::{RoomDeps, Rooms};
-use crate::core::event::{RoomVersion, LM_VERSION};
+use super::write_failures::{draft, key_of, rooms_resting_after, send, started_room};
+use super::Rooms;
 use crate::core::ids::{EventId, RoomId, UserId};
-use crate::store::{KvStore, MemKv, Positions, Store};
+use crate::store::Store;
 
-fn rooms_resting_after(after: Duration) -> (Arc<dyn Store>, Arc<Rooms>) {
-    let store: Arc<dyn Store> = Arc::new(KvStore::new(MemKv::new()));
-    let rooms = Rooms::new(RoomDeps {
-        env: Env { key: key_of("hub.test", 7), timeline_cache: None },
-        store: store.clone(),
-        positions: Positions::open(store.clone()).unwrap(),
-        shared_cache: Arc::default(),
-        network: Arc::new(NoNetwork),
-        spawn: Arc::new(|task| {
-            tokio::spawn(task);
-        }),
-        rest_after: Some(after),
-    });
+fn resting_after(after: Duration) -> (Arc<dyn Store>, Arc<Rooms>) {
+    let (_, store, rooms) = rooms_resting_after(key_of("hub.test", 7), Some(after));
     (store, Arc::new(rooms))
 }
 
 /// A room with its create event and Alice's join, and no handle left.
 async fn new_room(rooms: &Rooms) -> (RoomId, UserId) {
-    let room = RoomId::parse("!room:hub.test").unwrap();
-    let version = RoomVersion::find(LM_VERSION).unwrap();
-    let handle = rooms.create(room.clone(), version).unwrap();
-    let alice = UserId::parse("@alice:hub.test").unwrap();
-    let mut create = json!({"room_version": version.id});
-    if version.auth.creator_in_content {
-        create["creator"] = json!(alice.as_str());
-    }
-    send(&handle, draft(&alice, "m.room.create", Some(""), create, "c")).await.unwrap();
-    send(&handle, draft(&alice, "m.room.member", Some(alice.as_str()), json!({"membership": "join"}), "j"))
-        .await
-        .unwrap();
+    let (room, _, alice) = started_room(rooms).await;
     (room, alice)
 }
 
@@ -70,7 +46,7 @@ fn assert_one_list(store: &Arc<dyn Store>, room: &RoomId, length: u64) {
 
 #[tokio::test]
 async fn an_idle_room_rests_and_its_next_use_goes_on_from_the_store() {
-    let (store, rooms) = rooms_resting_after(Duration::from_millis(20));
+    let (store, rooms) = resting_after(Duration::from_millis(20));
     let (room, alice) = new_room(&rooms).await;
     until_resting(&rooms).await;
     assert_eq!(rooms.lengths(), vec![(room.clone(), 2)], "a resting room keeps its durable length");
@@ -92,7 +68,7 @@ async fn an_idle_room_rests_and_its_next_use_goes_on_from_the_store() {
 
 #[tokio::test]
 async fn a_handle_held_outside_the_directory_keeps_the_room_awake() {
-    let (_store, rooms) = rooms_resting_after(Duration::from_millis(10));
+    let (_store, rooms) = resting_after(Duration::from_millis(10));
     let (room, _) = new_room(&rooms).await;
     let held = rooms.get(&room).unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -103,7 +79,7 @@ async fn a_handle_held_outside_the_directory_keeps_the_room_awake() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn senders_racing_rests_lose_nothing_and_never_make_two_writers() {
-    let (store, rooms) = rooms_resting_after(Duration::from_millis(1));
+    let (store, rooms) = resting_after(Duration::from_millis(1));
     let (room, alice) = new_room(&rooms).await;
     let mut senders = Vec::new();
     for s in 0..4 {

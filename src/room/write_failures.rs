@@ -22,7 +22,7 @@ use crate::store::{BoxFuture, Entries, Kv, KvStore, KvWrite, MemKv, Positions, S
 
 /// Memory underneath; the next `fail_applies` writes and `fail_flushes`
 /// flushes fail, and a flush waits while the test holds `gate`.
-struct FlakyKv {
+pub(super) struct FlakyKv {
     inner: MemKv,
     fail_applies: AtomicUsize,
     fail_flushes: AtomicUsize,
@@ -34,7 +34,7 @@ fn take_one(n: &AtomicUsize) -> bool {
 }
 
 /// A room alone: no other server takes part, so it never needs the network.
-pub(super) struct NoNetwork;
+struct NoNetwork;
 
 impl RoomNetwork for NoNetwork {
     fn countersign_invite(&self, _: RoomView, _: Pdu) -> super::BoxFuture<Result<Pdu, RoomError>> {
@@ -88,6 +88,14 @@ pub(super) fn key_of(server: &str, seed: u8) -> SigningKey {
 /// The rooms of `key`'s server, over a store whose writes and flushes the
 /// test can fail or hold.
 fn rooms_of(key: SigningKey) -> (Arc<FlakyKv>, Arc<dyn Store>, Rooms) {
+    rooms_resting_after(key, None)
+}
+
+/// `rooms_of`, with idle rooms resting after `rest_after`.
+pub(super) fn rooms_resting_after(
+    key: SigningKey,
+    rest_after: Option<Duration>,
+) -> (Arc<FlakyKv>, Arc<dyn Store>, Rooms) {
     let kv = Arc::new(FlakyKv {
         inner: MemKv::new(),
         fail_applies: AtomicUsize::new(0),
@@ -96,7 +104,7 @@ fn rooms_of(key: SigningKey) -> (Arc<FlakyKv>, Arc<dyn Store>, Rooms) {
     });
     let store: Arc<dyn Store> = Arc::new(KvStore::new(SharedKv(kv.clone())));
     let rooms = Rooms::new(RoomDeps {
-        rest_after: None,
+        rest_after,
         env: Env { key, timeline_cache: None },
         store: store.clone(),
         positions: Positions::open(store.clone()).unwrap(),
@@ -111,6 +119,12 @@ fn rooms_of(key: SigningKey) -> (Arc<FlakyKv>, Arc<dyn Store>, Rooms) {
 
 async fn fixture() -> Fixture {
     let (kv, store, rooms) = rooms_of(key_of("hub.test", 7));
+    let (room, handle, alice) = started_room(&rooms).await;
+    Fixture { kv, store, _rooms: rooms, room, handle, alice }
+}
+
+/// A new LM room hubbed here, with its create event and Alice's join.
+pub(super) async fn started_room(rooms: &Rooms) -> (RoomId, RoomHandle, UserId) {
     let room = RoomId::parse("!room:hub.test").unwrap();
     let version = RoomVersion::find(LM_VERSION).unwrap();
     let handle = rooms.create(room.clone(), version).unwrap();
@@ -123,7 +137,7 @@ async fn fixture() -> Fixture {
     send(&handle, draft(&alice, "m.room.member", Some(alice.as_str()), json!({"membership": "join"}), "j"))
         .await
         .unwrap();
-    Fixture { kv, store, _rooms: rooms, room, handle, alice }
+    (room, handle, alice)
 }
 
 /// `Kv` for an `Arc` the test keeps a hand on.
