@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::write_failures::{draft, key_of, rooms_resting_after, send, started_room};
+use super::write_failures::{draft, key_of, participant_resting_after, rooms_resting_after, send, started_room};
 use super::Rooms;
+use super::{LocalOutcome, RoomCmd};
 use crate::core::ids::{EventId, RoomId, UserId};
 use crate::store::Store;
 
@@ -104,4 +105,19 @@ async fn senders_racing_rests_lose_nothing_and_never_make_two_writers() {
     until_resting(&rooms).await;
     assert_eq!(rooms.lengths(), vec![(room.clone(), 202)]);
     assert_one_list(&store, &room, 202);
+}
+
+/// A participant's room rests only once no client waits for the hub's echo
+/// of its send; a client that gave up waiting keeps it awake no longer.
+#[tokio::test]
+async fn a_client_waiting_for_an_echo_keeps_a_participant_room_awake() {
+    let (_kv, _store, rooms, handle, user) = participant_resting_after(Some(Duration::from_millis(10))).await;
+    let message = draft(&user, "m.room.message", None, json!({"msgtype": "m.text", "body": "hi"}), "t1");
+    let outcome = handle.ask(|reply| RoomCmd::Local { draft: message, reply }).await.unwrap();
+    let LocalOutcome::Waiting { done, .. } = outcome else { panic!("a participant's send waits for the hub") };
+    drop(handle);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(rooms.running(), 1, "the room does not rest under a waiting client");
+    drop(done);
+    until_resting(&rooms).await;
 }

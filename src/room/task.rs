@@ -154,11 +154,18 @@ impl RoomTask {
         let mut flushing: Option<Written> = None;
         loop {
             let first = match flushing.as_mut() {
-                None => match self.deps.rest_after.filter(|_| self.is_idle()) {
+                None => match self.deps.rest_after {
                     None => rx.recv().await,
                     Some(after) => match tokio::time::timeout(after, rx.recv()).await {
                         Ok(cmd) => cmd,
                         Err(_) => {
+                            // A client that stopped waiting for its echo
+                            // keeps nothing here (its send is settled from
+                            // the store when the echo comes).
+                            self.waiters.retain(|_, w| {
+                                w.retain(|tx| !tx.is_closed());
+                                !w.is_empty()
+                            });
                             let room = &self.machine.view().room_id;
                             if self.is_idle() && self.shelf.rest(room, &rx, self.machine.view().length) {
                                 tracing::debug!("room resting");

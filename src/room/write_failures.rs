@@ -242,6 +242,13 @@ async fn a_retried_send_is_answered_only_once_its_event_is_on_disk() {
 /// the hub (built here with the hub's key), and p1 opened the room from the
 /// join's seed.
 async fn participant() -> (Arc<FlakyKv>, Arc<dyn Store>, Rooms, RoomHandle, UserId) {
+    participant_resting_after(None).await
+}
+
+/// `participant`, with idle rooms resting after `rest_after`.
+pub(super) async fn participant_resting_after(
+    rest_after: Option<Duration>,
+) -> (Arc<FlakyKv>, Arc<dyn Store>, Rooms, RoomHandle, UserId) {
     let hub_key = key_of("hub.test", 7);
     let version = RoomVersion::find(LM_VERSION).unwrap();
     let room = RoomId::parse("!room:hub.test").unwrap();
@@ -267,7 +274,7 @@ async fn participant() -> (Arc<FlakyKv>, Arc<dyn Store>, Rooms, RoomHandle, User
     let join = draft(&user, "m.room.member", Some(user.as_str()), json!({"membership": "join"}), "j");
     let lpdu = super::build::lpdu_from_draft(&view, &p1_key, &join, 2).unwrap();
     let join = super::build::hub_event_from_lpdu(&view, &hub_key, &lpdu).unwrap();
-    let (kv, store, rooms) = rooms_of(p1_key);
+    let (kv, store, rooms) = rooms_resting_after(p1_key, rest_after);
     let seed = JoinSeed {
         room: room.clone(),
         version,
