@@ -282,4 +282,22 @@ async fn idle_rooms_rest_and_wake_on_either_server() {
     let (mine, whole) = (p1.list(&room), hub.list(&room));
     assert!(is_contiguous_run(&mine, &whole), "p1's list {mine:?} is a run of the hub's {whole:?}");
     assert_eq!(whole.len(), before + 6, "every send after a rest is in the list once");
+
+    // Presence news reaches a client without waking the rooms it shares.
+    let mut since = alice.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    eventually("the hub's room to rest", || hub.node().rooms.running() == 0).await;
+    let status = json!({"presence": "unavailable", "status_msg": "away"});
+    bob.ok("PUT", &format!("/_matrix/client/v3/presence/{}/status", enc(&bob.user_id)), Some(status)).await;
+    let mut told = false;
+    for _ in 0..40 {
+        let r = alice.sync(Some(&since), 500).await;
+        since = r["next_batch"].as_str().unwrap().to_owned();
+        let events = r["presence"]["events"].as_array().cloned().unwrap_or_default();
+        if events.iter().any(|e| e["sender"] == bob.user_id.as_str() && e["content"]["presence"] == "unavailable") {
+            told = true;
+            break;
+        }
+    }
+    assert!(told, "alice hears of bob's presence");
+    assert_eq!(hub.node().rooms.running(), 0, "the room they share stayed at rest");
 }

@@ -76,6 +76,8 @@ fn rooms_and_events(store: &dyn Store) {
     let mut state = store.state_ids(&r).unwrap();
     state.sort();
     assert_eq!(state, vec![ev(0), ev(2)], "a later state event replaces an earlier one");
+    assert_eq!(store.state_event(&r, "m.room.member", "@a:hub.test").unwrap(), Some(ev(2)));
+    assert_eq!(store.state_event(&r, "m.room.member", "@b:hub.test").unwrap(), None);
     assert_eq!(store.room(&r).unwrap().unwrap().extremities, vec![ev(2).to_string()]);
 
     // Mixed rooms: a state key can leave the state, and snapshots are kept.
@@ -97,6 +99,7 @@ fn rooms_and_events(store: &dyn Store) {
         ],
     );
     assert_eq!(store.state_ids(&r).unwrap(), vec![ev(0)]);
+    assert_eq!(store.state_event(&r, "m.room.member", "@a:hub.test").unwrap(), None, "left the state");
     assert_eq!(store.state_after(&ev(2)).unwrap(), Some(snapshot));
     assert_eq!(store.state_after(&ev(1)).unwrap(), None);
     write(

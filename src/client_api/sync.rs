@@ -256,6 +256,32 @@ impl Syncer<'_> {
             .collect()
     }
 
+    /// Whether `other` is joined to one of `rooms`, read without waking
+    /// rooms at rest (their stored state says).
+    fn shares_a_room(&self, other: &UserId, rooms: &[RoomId]) -> Result<bool, ApiError> {
+        use crate::core::rooms::StateView;
+        if other == self.user {
+            return Ok(true);
+        }
+        let store = &self.call.server.store;
+        for room in rooms {
+            let joined = match self.call.server.rooms.peek(room) {
+                Some(view) => view.state.membership(other.as_str()) == "join",
+                None => match store.state_event(room, "m.room.member", other.as_str())? {
+                    Some(id) => store.event(&id)?.is_some_and(|rec| {
+                        serde_json::from_slice::<Value>(&rec.json)
+                            .is_ok_and(|e| e["content"]["membership"].as_str() == Some("join"))
+                    }),
+                    None => false,
+                },
+            };
+            if joined {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Users sharing a joined room with ours.
     fn contacts(&self, rooms: &[RoomId]) -> BTreeSet<UserId> {
         let mut out = BTreeSet::from([self.user.clone()]);
@@ -404,15 +430,12 @@ impl Syncer<'_> {
             answer["account_data"]["events"] = json!(self.account_data(None, Some(&data))?);
             empty = false;
         }
-        // Only when someone's presence changed: reading every joined room's
-        // members would wake the rooms at rest.
-        let changed: BTreeSet<UserId> = match presence.is_empty() {
-            true => BTreeSet::new(),
-            false => {
-                let contacts = self.contacts(&joined);
-                presence.iter().filter_map(|u| UserId::parse(u).ok()).filter(|u| contacts.contains(u)).collect()
+        let mut changed = BTreeSet::new();
+        for user in presence.iter().filter_map(|u| UserId::parse(u).ok()) {
+            if self.shares_a_room(&user, &joined)? {
+                changed.insert(user);
             }
-        };
+        }
         if !changed.is_empty() {
             answer["presence"]["events"] = json!(self.presence_events(&changed));
             empty = false;

@@ -210,8 +210,14 @@ fn presence(node: &Arc<Node>, origin: &ServerName, c: &Value) -> Result<(), Stri
             status_msg: entry.get("status_msg").and_then(Value::as_str).map(str::to_owned),
             last_active_ms: now_ms() - ago,
         };
+        // Only a change is news for /sync (servers repeat "online" often).
+        let changed =
+            node.ephemeral.presence(&user).is_none_or(|old| old.state != p.state || old.status_msg != p.status_msg);
         node.ephemeral.set_presence(&user, p);
-        record_side(&*node.store, &node.positions, Kind::PresenceUser(user.to_string())).map_err(|e| e.to_string())?;
+        if changed {
+            record_side(&*node.store, &node.positions, Kind::PresenceUser(user.to_string()))
+                .map_err(|e| e.to_string())?;
+        }
     }
     Ok(())
 }

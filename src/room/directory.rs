@@ -41,6 +41,8 @@ enum Entry {
     Resting {
         length: u64,
         rested: u64,
+        /// Follower: how far the writer had trimmed old events.
+        pruned_upto: u64,
     },
 }
 
@@ -58,7 +60,7 @@ pub(super) struct Shelf(Arc<Mutex<Map>>);
 impl Shelf {
     /// Rests `room` if the directory's handle is the only one left and the
     /// inbox is empty; then the writer may stop.
-    pub(super) fn rest(&self, room: &RoomId, inbox: &mpsc::Receiver<RoomCmd>, length: u64) -> bool {
+    pub(super) fn rest(&self, room: &RoomId, inbox: &mpsc::Receiver<RoomCmd>, length: u64, pruned_upto: u64) -> bool {
         let mut map = self.0.lock().expect("poisoned");
         let Some(Entry::Running(handle)) = map.rooms.get(room) else { return false };
         // Handles are cloned from the map under this lock and the writer's
@@ -68,7 +70,7 @@ impl Shelf {
         }
         map.rests += 1;
         let rested = map.rests;
-        map.rooms.insert(room.clone(), Entry::Resting { length, rested });
+        map.rooms.insert(room.clone(), Entry::Resting { length, rested, pruned_upto });
         true
     }
 }
@@ -108,8 +110,8 @@ impl Rooms {
         self.map.0.lock().expect("poisoned")
     }
 
-    fn spawn(&self, view: RoomView) -> RoomHandle {
-        spawn_room(&self.deps, view, self.map.clone())
+    fn spawn(&self, view: RoomView, pruned_upto: u64) -> RoomHandle {
+        spawn_room(&self.deps, view, self.map.clone(), pruned_upto)
     }
 
     /// The writer of a room this server knows, started from the store if
@@ -127,10 +129,10 @@ impl Rooms {
 
     fn wake(&self, id: &RoomId) -> Result<Option<RoomHandle>, RoomError> {
         loop {
-            let rested = match self.lock().rooms.get(id) {
+            let (rested, pruned_upto) = match self.lock().rooms.get(id) {
                 None => return Ok(None),
                 Some(Entry::Running(h)) => return Ok(Some(h.clone())),
-                Some(Entry::Resting { rested, .. }) => *rested,
+                Some(Entry::Resting { rested, pruned_upto, .. }) => (*rested, *pruned_upto),
             };
             // Read outside the lock: a large room's state takes a while.
             let started = std::time::Instant::now();
@@ -141,13 +143,22 @@ impl Rooms {
                 Some(Entry::Resting { rested: now, .. }) if *now == rested => {
                     let load_us = started.elapsed().as_micros() as u64;
                     tracing::debug!(room = %id, state = view.state.len(), load_us, "room woke");
-                    let handle = self.spawn(view);
+                    let handle = self.spawn(view, pruned_upto);
                     map.rooms.insert(id.clone(), Entry::Running(handle.clone()));
                     return Ok(Some(handle));
                 }
                 // Woken (and maybe rested again) meanwhile: look again.
                 _ => continue,
             }
+        }
+    }
+
+    /// A running room's view; `None` for a room at rest (not woken) or
+    /// unknown.
+    pub fn peek(&self, id: &RoomId) -> Option<std::sync::Arc<RoomView>> {
+        match self.lock().rooms.get(id) {
+            Some(Entry::Running(h)) => Some(h.view()),
+            _ => None,
         }
     }
 
@@ -188,7 +199,7 @@ impl Rooms {
             return Err(RoomError::BadEvent(format!("{room} exists already")));
         }
         let me = self.deps.env.key.server().clone();
-        let handle = self.spawn(RoomView::empty(room.clone(), version, me));
+        let handle = self.spawn(RoomView::empty(room.clone(), version, me), 0);
         map.rooms.insert(room, Entry::Running(handle.clone()));
         Ok(handle)
     }
@@ -201,7 +212,7 @@ impl Rooms {
         let mut map = self.lock();
         map.rests += 1;
         let rested = map.rests;
-        map.rooms.entry(room.clone()).or_insert(Entry::Resting { length: view.length, rested });
+        map.rooms.entry(room.clone()).or_insert(Entry::Resting { length: view.length, rested, pruned_upto: 0 });
         Ok(())
     }
 
@@ -235,7 +246,7 @@ impl Rooms {
                 }
                 None => {}
             }
-            let handle = self.spawn(RoomView::empty(room.clone(), seed.version, seed.hub.clone()));
+            let handle = self.spawn(RoomView::empty(room.clone(), seed.version, seed.hub.clone()), 0);
             let (tx, rx) = tokio::sync::oneshot::channel();
             // A new inbox has room: the seed is the writer's first input.
             handle.try_send(RoomCmd::Seed { seed: Box::new(seed), reply: tx })?;

@@ -129,14 +129,18 @@ struct RoomTask {
 }
 
 /// Starts the writer task of a room whose state is `view`.
-pub(super) fn spawn_room(deps: &RoomDeps, view: RoomView, shelf: Shelf) -> RoomHandle {
+pub(super) fn spawn_room(deps: &RoomDeps, view: RoomView, shelf: Shelf, pruned_upto: u64) -> RoomHandle {
     let (tx, rx) = mpsc::channel(1024);
     let shared = Arc::new(RwLock::new(Arc::new(view.clone())));
     let span = tracing::info_span!(parent: None, "room", room = %view.room_id);
     let reads = Arc::new(StoreReads { store: deps.store.clone(), network: deps.network.clone() });
     let task = RoomTask {
         deps: deps.clone(),
-        machine: Machine::new(deps.env.clone(), reads, view),
+        machine: {
+            let mut m = Machine::new(deps.env.clone(), reads, view);
+            m.resume_pruning_at(pruned_upto);
+            m
+        },
         view: shared.clone(),
         pending: HashMap::new(),
         next_ticket: 0,
@@ -166,8 +170,11 @@ impl RoomTask {
                                 w.retain(|tx| !tx.is_closed());
                                 !w.is_empty()
                             });
-                            let room = &self.machine.view().room_id;
-                            if self.is_idle() && self.shelf.rest(room, &rx, self.machine.view().length) {
+                            // The published view is what is durable (after a
+                            // failed write the machine may be ahead of it).
+                            let length = self.view.read().expect("poisoned").length;
+                            let (room, pruned) = (&self.machine.view().room_id, self.machine.pruned_upto());
+                            if self.is_idle() && self.shelf.rest(room, &rx, length, pruned) {
                                 tracing::debug!("room resting");
                                 return;
                             }

@@ -239,6 +239,10 @@ impl<K: Kv> Store for KvStore<K> {
         self.kv.get(&keys::filter(user.as_str(), id))
     }
 
+    fn state_event(&self, room: &RoomId, event_type: &str, state_key: &str) -> StoreResult<Option<EventId>> {
+        self.event_id_at(&keys::state(room.as_str(), event_type, state_key))
+    }
+
     fn receipt(&self, room: &RoomId, kind: &str, user: &UserId) -> StoreResult<Option<Receipt>> {
         self.get(&keys::receipt(room.as_str(), kind, user.as_str()))
     }

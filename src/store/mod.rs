@@ -262,6 +262,8 @@ pub trait Store: Send + Sync + 'static {
     fn filter(&self, user: &UserId, id: &str) -> StoreResult<Option<Vec<u8>>>;
     /// Every `(type, user, receipt)` of a room.
     fn receipts(&self, room: &RoomId) -> StoreResult<Vec<(String, UserId, Receipt)>>;
+    /// The event that holds one entry of a room's current state.
+    fn state_event(&self, room: &RoomId, event_type: &str, state_key: &str) -> StoreResult<Option<EventId>>;
     /// One user's receipt of one kind in a room.
     fn receipt(&self, room: &RoomId, kind: &str, user: &UserId) -> StoreResult<Option<Receipt>>;
     fn alias(&self, alias: &str) -> StoreResult<Option<AliasRecord>>;

@@ -344,6 +344,16 @@ impl Machine {
         self.inviting.is_empty() && self.gap.is_none()
     }
 
+    /// Follower: how far old events have been trimmed (kept across a rest,
+    /// so a woken room does not read its whole list again).
+    pub fn pruned_upto(&self) -> u64 {
+        self.pruned_upto
+    }
+
+    pub fn resume_pruning_at(&mut self, upto: u64) {
+        self.pruned_upto = upto;
+    }
+
     pub fn view(&self) -> &RoomView {
         &self.cur
     }
