@@ -277,6 +277,16 @@ async fn items_160_161_one_transaction_in_flight_of_at_most_50_pdus_and_100_edus
     }
     assert!(delivered("pdus") >= 121, "{}", delivered("pdus"));
     let oks: Vec<&Exchange> = sends.iter().filter(|e| e.status == 200).collect();
+    // The answered transactions carry the backlog once each, in order: a
+    // transaction read while the one before it was in flight starts where
+    // that one ended.
+    let backlog: Vec<String> = oks
+        .iter()
+        .flat_map(|e| e.body["pdus"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p["content"]["body"].as_str().map(str::to_owned))
+        .filter(|b| b.starts_with("backlog "))
+        .collect();
+    assert_eq!(backlog, (0..120).map(|i| format!("backlog {i}")).collect::<Vec<_>>());
     assert!(oks.len() >= 3, "{} transactions", oks.len());
     eprintln!(
         "{} refused attempts, then {} transactions: PDUs {:?}, EDUs {:?}",

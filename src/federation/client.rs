@@ -163,12 +163,38 @@ impl FedClient {
         body: Option<&Value>,
         lm_peer: bool,
     ) -> Result<FedResponse, FedError> {
+        let signed = self.sign(dest, method, path_and_query, body, lm_peer);
+        self.send_signed(&signed).await
+    }
+
+    /// Signs and serialises a request without sending it, so that CPU work
+    /// can be done ahead, off the path that waits for the answer.
+    pub fn sign(
+        &self,
+        dest: &ServerName,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+        lm_peer: bool,
+    ) -> SignedRequest {
         let auth = xmatrix::sign_request(&self.key, method.as_str(), path_and_query, dest.as_str(), body, lm_peer);
-        let bytes = body.map(|b| Bytes::from(serde_json::to_vec(b).unwrap_or_default()));
+        let body = body.map(|b| Bytes::from(serde_json::to_vec(b).unwrap_or_default()));
+        SignedRequest { dest: dest.clone(), method, path: path_and_query.to_owned(), body, auth }
+    }
+
+    /// Sends a request made by [`FedClient::sign`].
+    pub async fn send_signed(&self, req: &SignedRequest) -> Result<FedResponse, FedError> {
+        let dest = &req.dest;
         // The name look-up (well-known, DNS) counts against the timeout too.
         let fut = async {
             let target = self.target(dest).await;
-            let out = Outgoing { method, path: path_and_query, body: bytes, auth: Some(auth), limit: MAX_RESPONSE };
+            let out = Outgoing {
+                method: req.method.clone(),
+                path: &req.path,
+                body: req.body.clone(),
+                auth: Some(req.auth.clone()),
+                limit: MAX_RESPONSE,
+            };
             self.send(&target, &out).await
         };
         let resp = tokio::time::timeout(self.timeout, fut).await.map_err(|_| FedError::Timeout(dest.to_string()))??;
@@ -419,6 +445,15 @@ impl FedClient {
 }
 
 /// One request as it goes out: a retry on a fresh connection sends it again.
+/// A signed, serialised request, ready to send (and to send again).
+pub struct SignedRequest {
+    dest: ServerName,
+    method: Method,
+    path: String,
+    body: Option<Bytes>,
+    auth: String,
+}
+
 struct Outgoing<'a> {
     method: Method,
     path: &'a str,

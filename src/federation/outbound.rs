@@ -17,13 +17,14 @@ use tracing::Instrument;
 use super::handlers::send::{MAX_EDUS, MAX_PDUS};
 use crate::core::event::{Lpdu, RoomVersion};
 use crate::core::ids::{RoomId, ServerName};
-use crate::core::json::{self, NumberPolicy};
+use crate::core::json::{self, NumberPolicy, Object};
+use crate::federation::client::SignedRequest;
 use crate::federation::Node;
 use crate::http::encode_segment;
 use crate::room::RoomCmd;
 use crate::store::records::queue_item::Item;
 use crate::store::records::DestinationState;
-use crate::store::{Batch, Op};
+use crate::store::{Batch, Op, StoreError};
 
 struct Worker {
     notify: Notify,
@@ -49,7 +50,8 @@ impl Outbound {
         }
         let w = Arc::new(Worker { notify: Notify::new(), reset: AtomicBool::new(false) });
         map.insert(dest.clone(), w.clone());
-        let span = tracing::info_span!("deliver", dest = %dest);
+        // Not under the span of whatever woke it first (a room, a request).
+        let span = tracing::info_span!(parent: None, "deliver", dest = %dest);
         node.spawn(deliver(node.clone(), dest.clone(), w.clone()).instrument(span));
         w
     }
@@ -72,7 +74,7 @@ impl Outbound {
     }
 
     /// Resumes delivery to every destination with queued work (start-up).
-    pub fn resume_all(&self, node: &Arc<Node>) -> Result<(), crate::store::StoreError> {
+    pub fn resume_all(&self, node: &Arc<Node>) -> Result<(), StoreError> {
         for dest in node.store.destinations_with_work()? {
             self.wake(node, &dest);
         }
@@ -93,52 +95,125 @@ impl Outbound {
 struct Txn {
     id: String,
     last: u64,
-    body: Value,
+    request: SignedRequest,
     lpdus: Vec<(String, RoomId, String)>,
+}
+
+/// Queue items read for a transaction.
+#[derive(Default)]
+struct Contents {
+    pdus: Vec<Value>,
+    edus: Vec<Value>,
+    lpdus: Vec<(String, RoomId, String)>,
+    /// The last queue position taken (the start position when none was).
+    last: u64,
+}
+
+impl Contents {
+    fn is_full(&self) -> bool {
+        self.pdus.len() >= MAX_PDUS || self.edus.len() >= MAX_EDUS
+    }
+
+    /// The transaction, signed for `dest` (`lm`: an LM peer).
+    fn into_txn(self, node: &Node, dest: &ServerName, id: String, lm: bool) -> Txn {
+        // Moved in, not copied (as `json!` would).
+        let mut body = Object::new();
+        body.insert("origin".into(), Value::String(node.name.to_string()));
+        body.insert("origin_server_ts".into(), Value::from(crate::sys::now_ms()));
+        body.insert("pdus".into(), Value::Array(self.pdus));
+        if !self.edus.is_empty() {
+            body.insert("edus".into(), Value::Array(self.edus));
+        }
+        let request = node.fed.sign(dest, Method::PUT, &txn_path(lm, &id), Some(&Value::Object(body)), lm);
+        Txn { id, last: self.last, request, lpdus: self.lpdus }
+    }
+}
+
+/// How far a transaction reaches into the queue: the one in flight is
+/// rebuilt up to the position recorded when it was first sent, whatever
+/// its size; a new one takes what is durable, up to the limits.
+#[derive(Clone, Copy)]
+enum Reach {
+    Retry(u64),
+    Durable { watermark: u64 },
+}
+
+/// The next transaction, read while the one before it was in flight: built
+/// and signed already when it is full, else kept open for a top-up.
+enum Prepared {
+    Built(Txn),
+    Open {
+        contents: Contents,
+        /// Where it starts: the previous transaction's last position.
+        after: u64,
+        /// The durable position it was read up to.
+        watermark: u64,
+    },
+}
+
+fn txn_path(lm: bool, id: &str) -> String {
+    // LM peers take the LM send; DAG servers Matrix's v1 (digest 11.2).
+    if lm {
+        format!("{}/send/{}", super::UNSTABLE, encode_segment(id))
+    } else {
+        format!("/_matrix/federation/v1/send/{}", encode_segment(id))
+    }
 }
 
 async fn deliver(node: Arc<Node>, dest: ServerName, worker: Arc<Worker>) {
     let mut failures: u32 = 0;
     let mut positions = node.positions.subscribe();
+    // A transaction whose in-flight record is written and that goes next.
+    let mut ready: Option<Txn> = None;
     loop {
-        let txn = match next_txn(&node, &dest) {
-            Ok(Some(t)) => t,
-            Ok(None) => {
-                tokio::select! {
-                    _ = worker.notify.notified() => {}
-                    _ = positions.changed() => {}
+        let txn = match ready.take() {
+            Some(t) => t,
+            None => match next_txn(&node, &dest, super::fetch::lm_peer(&node, &dest).await) {
+                Ok(Some(t)) => t,
+                Ok(None) => {
+                    tokio::select! {
+                        _ = worker.notify.notified() => {}
+                        _ = positions.changed() => {}
+                    }
+                    continue;
                 }
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the outbound queue");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the outbound queue");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
         };
-        // LM peers take the LM send; DAG servers Matrix's v1 (digest 11.2).
-        let lm = super::fetch::lm_peer(&node, &dest).await;
-        let path = if lm {
-            format!("{}/send/{}", super::UNSTABLE, encode_segment(&txn.id))
-        } else {
-            format!("/_matrix/federation/v1/send/{}", encode_segment(&txn.id))
+        // What follows this transaction is read while it is in flight
+        // (items 160-161 still hold: nothing is sent before its answer).
+        let prepare = {
+            let lm = super::fetch::lm_peer(&node, &dest).await;
+            let (node, dest, after) = (node.clone(), dest.clone(), txn.last);
+            tokio::task::spawn_blocking(move || prepare_next(&node, &dest, after, lm))
         };
         crate::crash::point("deliver.before_send");
         let sent_at = std::time::Instant::now();
-        match node.fed.request(&dest, Method::PUT, &path, Some(&txn.body), lm).await {
+        match node.fed.send_signed(&txn.request).await {
             Ok(resp) => {
                 crate::crash::point("deliver.after_send");
                 tracing::debug!(%dest, txn = %txn.id, answered_us = sent_at.elapsed().as_micros() as u64, "transaction delivered");
                 failures = 0;
                 let answer = resp.json(dest.as_str()).unwrap_or_else(|_| json!({}));
                 report_refused_lpdus(&node, &txn, &answer).await;
+                let prepared = prepare.await.ok().and_then(Result::ok).flatten();
+                let lm = super::fetch::lm_peer(&node, &dest).await;
+                let next = prepared.and_then(|p| complete(&node, &dest, p, lm).ok());
+                let mut state = DestinationState { acked: txn.last, ..Default::default() };
+                if let Some(next) = &next {
+                    state.inflight_txn = next.id.clone();
+                    state.inflight_last = next.last;
+                }
                 let mut b = Batch::new();
-                b.push(Op::Dequeue { dest: dest.clone(), up_to: txn.last }).push(Op::PutDestination {
-                    dest: dest.clone(),
-                    state: DestinationState { acked: txn.last, ..Default::default() },
-                });
-                if let Err(e) = node.store.write(b) {
-                    tracing::error!(error = %e, "cannot record delivery");
+                b.push(Op::Dequeue { dest: dest.clone(), up_to: txn.last })
+                    .push(Op::PutDestination { dest: dest.clone(), state });
+                match node.store.write(b) {
+                    Ok(()) => ready = next,
+                    Err(e) => tracing::error!(error = %e, "cannot record delivery"),
                 }
             }
             Err(e) => {
@@ -164,75 +239,47 @@ async fn deliver(node: Arc<Node>, dest: ServerName, worker: Arc<Worker>) {
     }
 }
 
+/// Reads what would follow a transaction ending at `after`, if anything.
+fn prepare_next(node: &Node, dest: &ServerName, after: u64, lm: bool) -> Result<Option<Prepared>, StoreError> {
+    let watermark = node.positions.watermark();
+    let contents = collect(node, dest, after, Reach::Durable { watermark }, Contents::default())?;
+    if contents.last == after {
+        return Ok(None);
+    }
+    if contents.is_full() {
+        let id = format!("{}.{}", after + 1, contents.last);
+        return Ok(Some(Prepared::Built(contents.into_txn(node, dest, id, lm))));
+    }
+    Ok(Some(Prepared::Open { contents, after, watermark }))
+}
+
+/// A prepared transaction, topped up with what became durable while its
+/// predecessor was in flight (read from where it stopped, not again).
+fn complete(node: &Node, dest: &ServerName, p: Prepared, lm: bool) -> Result<Txn, StoreError> {
+    let (mut contents, after, read_upto) = match p {
+        Prepared::Built(txn) => return Ok(txn),
+        Prepared::Open { contents, after, watermark } => (contents, after, watermark),
+    };
+    let watermark = node.positions.watermark();
+    if watermark > read_upto {
+        contents = collect(node, dest, contents.last, Reach::Durable { watermark }, contents)?;
+    }
+    let id = format!("{}.{}", after + 1, contents.last);
+    Ok(contents.into_txn(node, dest, id, lm))
+}
+
 /// The transaction to send next: the one in flight (same id, same body,
 /// even after a restart), or a new one from the queue.
-fn next_txn(node: &Node, dest: &ServerName) -> Result<Option<Txn>, crate::store::StoreError> {
+fn next_txn(node: &Node, dest: &ServerName, lm: bool) -> Result<Option<Txn>, StoreError> {
     let state = node.store.destination(dest)?;
-    let watermark = node.positions.watermark();
     let retrying = !state.inflight_txn.is_empty() && state.inflight_last > state.acked;
-    let items = node.store.queue(dest, state.acked, MAX_PDUS + MAX_EDUS)?;
-    let mut pdus = Vec::new();
-    let mut edus = Vec::new();
-    let mut lpdus = Vec::new();
-    let mut last = state.acked;
-    for (pos, item) in items {
-        let in_range = if retrying { pos <= state.inflight_last } else { pos <= watermark };
-        if !in_range {
-            break;
-        }
-        match item.item {
-            Some(Item::EventId(id)) => {
-                if pdus.len() == MAX_PDUS && !retrying {
-                    break;
-                }
-                let Ok(id) = crate::core::ids::EventId::parse(&id) else {
-                    continue;
-                };
-                if let Some(rec) = node.store.event(&id)? {
-                    if let Ok(v) = json::parse(&rec.json, NumberPolicy::Ieee754) {
-                        pdus.push(v);
-                    }
-                }
-            }
-            Some(Item::LpduHash(hash)) => {
-                if pdus.len() == MAX_PDUS && !retrying {
-                    break;
-                }
-                // Settled since (sequenced or refused): the hub has had it.
-                if let Some(p) = node.store.pending_lpdu(&hash)? {
-                    if let Ok(v) = json::parse(&p.json, NumberPolicy::Ieee754) {
-                        match RoomId::parse(&p.room_id) {
-                            Ok(room) if !p.sent_id.is_empty() => lpdus.push((p.sent_id, room, hash)),
-                            _ => lpdus.extend(v.as_object().and_then(|o| own_event(node, o))),
-                        }
-                        pdus.push(v);
-                    }
-                }
-            }
-            Some(Item::LpduJson(bytes)) => {
-                if pdus.len() == MAX_PDUS && !retrying {
-                    break;
-                }
-                if let Ok(Value::Object(o)) = json::parse(&bytes, NumberPolicy::Ieee754) {
-                    if let Some(sent) = own_event(node, &o) {
-                        lpdus.push(sent);
-                    }
-                    pdus.push(Value::Object(o));
-                }
-            }
-            Some(Item::EduJson(bytes)) => {
-                if edus.len() == MAX_EDUS && !retrying {
-                    break;
-                }
-                if let Ok(v) = json::parse(&bytes, NumberPolicy::Ieee754) {
-                    edus.push(v);
-                }
-            }
-            None => {}
-        }
-        last = pos;
-    }
-    if last == state.acked {
+    let reach = if retrying {
+        Reach::Retry(state.inflight_last)
+    } else {
+        Reach::Durable { watermark: node.positions.watermark() }
+    };
+    let contents = collect(node, dest, state.acked, reach, Contents::default())?;
+    if contents.last == state.acked {
         if retrying {
             // The transaction in flight has nothing left to repeat (its
             // items left the queue): it is done with, and what came after
@@ -243,24 +290,88 @@ fn next_txn(node: &Node, dest: &ServerName) -> Result<Option<Txn>, crate::store:
                 state: DestinationState { acked: state.inflight_last, ..Default::default() },
             });
             node.store.write(b)?;
-            return next_txn(node, dest);
+            return next_txn(node, dest, lm);
         }
         return Ok(None);
     }
-    let id = if retrying { state.inflight_txn.clone() } else { format!("{}.{}", state.acked + 1, last) };
+    let id = if retrying { state.inflight_txn.clone() } else { format!("{}.{}", state.acked + 1, contents.last) };
     if !retrying {
         let mut b = Batch::new();
         b.push(Op::PutDestination {
             dest: dest.clone(),
-            state: DestinationState { acked: state.acked, inflight_txn: id.clone(), inflight_last: last },
+            state: DestinationState { acked: state.acked, inflight_txn: id.clone(), inflight_last: contents.last },
         });
         node.store.write(b)?;
     }
-    let mut body = json!({ "origin": node.name.as_str(), "origin_server_ts": crate::sys::now_ms(), "pdus": pdus });
-    if !edus.is_empty() {
-        body["edus"] = Value::Array(edus);
+    Ok(Some(contents.into_txn(node, dest, id, lm)))
+}
+
+/// Reads queue items after position `after` into `into` (which may hold
+/// some already: a top-up), within the transaction limits unless retrying.
+fn collect(
+    node: &Node,
+    dest: &ServerName,
+    after: u64,
+    reach: Reach,
+    mut into: Contents,
+) -> Result<Contents, StoreError> {
+    let retrying = matches!(reach, Reach::Retry(_));
+    let items = node.store.queue(dest, after, MAX_PDUS + MAX_EDUS)?;
+    into.last = after;
+    for (pos, item) in items {
+        let in_range = match reach {
+            Reach::Retry(last) => pos <= last,
+            Reach::Durable { watermark } => pos <= watermark,
+        };
+        if !in_range {
+            break;
+        }
+        let is_edu = matches!(item.item, Some(Item::EduJson(_)));
+        let full = if is_edu { into.edus.len() >= MAX_EDUS } else { into.pdus.len() >= MAX_PDUS };
+        if full && !retrying {
+            break;
+        }
+        match item.item {
+            Some(Item::EventId(id)) => {
+                let Ok(id) = crate::core::ids::EventId::parse(&id) else {
+                    continue;
+                };
+                if let Some(rec) = node.store.event(&id)? {
+                    if let Ok(v) = json::parse(&rec.json, NumberPolicy::Ieee754) {
+                        into.pdus.push(v);
+                    }
+                }
+            }
+            Some(Item::LpduHash(hash)) => {
+                // Settled since (sequenced or refused): the hub has had it.
+                if let Some(p) = node.store.pending_lpdu(&hash)? {
+                    if let Ok(v) = json::parse(&p.json, NumberPolicy::Ieee754) {
+                        match RoomId::parse(&p.room_id) {
+                            Ok(room) if !p.sent_id.is_empty() => into.lpdus.push((p.sent_id, room, hash)),
+                            _ => into.lpdus.extend(v.as_object().and_then(|o| own_event(node, o))),
+                        }
+                        into.pdus.push(v);
+                    }
+                }
+            }
+            Some(Item::LpduJson(bytes)) => {
+                if let Ok(Value::Object(o)) = json::parse(&bytes, NumberPolicy::Ieee754) {
+                    if let Some(sent) = own_event(node, &o) {
+                        into.lpdus.push(sent);
+                    }
+                    into.pdus.push(Value::Object(o));
+                }
+            }
+            Some(Item::EduJson(bytes)) => {
+                if let Ok(v) = json::parse(&bytes, NumberPolicy::Ieee754) {
+                    into.edus.push(v);
+                }
+            }
+            None => {}
+        }
+        into.last = pos;
     }
-    Ok(Some(Txn { id, last, body, lpdus }))
+    Ok(into)
 }
 
 /// An event of ours sent to a hub, read back from its text (queue items
