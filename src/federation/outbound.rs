@@ -95,6 +95,8 @@ impl Outbound {
 struct Txn {
     id: String,
     last: u64,
+    /// It carries as much as a transaction may: more is waiting.
+    full: bool,
     request: SignedRequest,
     lpdus: Vec<(String, RoomId, String)>,
 }
@@ -116,6 +118,7 @@ impl Contents {
 
     /// The transaction, signed for `dest` (`lm`: an LM peer).
     fn into_txn(self, node: &Node, dest: &ServerName, id: String, lm: bool) -> Txn {
+        let full = self.is_full();
         // Moved in, not copied (as `json!` would).
         let mut body = Object::new();
         body.insert("origin".into(), Value::String(node.name.to_string()));
@@ -125,7 +128,7 @@ impl Contents {
             body.insert("edus".into(), Value::Array(self.edus));
         }
         let request = node.fed.sign(dest, Method::PUT, &txn_path(lm, &id), Some(&Value::Object(body)), lm);
-        Txn { id, last: self.last, request, lpdus: self.lpdus }
+        Txn { id, last: self.last, full, request, lpdus: self.lpdus }
     }
 }
 
@@ -168,8 +171,11 @@ async fn deliver(node: Arc<Node>, dest: ServerName, worker: Arc<Worker>) {
     loop {
         let txn = match ready.take() {
             Some(t) => t,
-            None => match next_txn(&node, &dest, super::fetch::lm_peer(&node, &dest).await) {
-                Ok(Some(t)) => t,
+            None => match next_txn(&node, &dest) {
+                Ok(Some((id, contents))) => {
+                    let lm = super::fetch::lm_peer(&node, &dest).await;
+                    contents.into_txn(&node, &dest, id, lm)
+                }
                 Ok(None) => {
                     tokio::select! {
                         _ = worker.notify.notified() => {}
@@ -184,12 +190,16 @@ async fn deliver(node: Arc<Node>, dest: ServerName, worker: Arc<Worker>) {
                 }
             },
         };
-        // What follows this transaction is read while it is in flight
-        // (items 160-161 still hold: nothing is sent before its answer).
-        let prepare = {
+        // With a backlog (this transaction is full), what follows it is read
+        // while it is in flight (items 160-161 still hold: nothing is sent
+        // before its answer). Without one, reading ahead would only add a
+        // thread hop to each small transaction's path.
+        let prepare = if txn.full {
             let lm = super::fetch::lm_peer(&node, &dest).await;
             let (node, dest, after) = (node.clone(), dest.clone(), txn.last);
-            tokio::task::spawn_blocking(move || prepare_next(&node, &dest, after, lm))
+            Some(tokio::task::spawn_blocking(move || prepare_next(&node, &dest, after, lm)))
+        } else {
+            None
         };
         crate::crash::point("deliver.before_send");
         let sent_at = std::time::Instant::now();
@@ -200,7 +210,10 @@ async fn deliver(node: Arc<Node>, dest: ServerName, worker: Arc<Worker>) {
                 failures = 0;
                 let answer = resp.json(dest.as_str()).unwrap_or_else(|_| json!({}));
                 report_refused_lpdus(&node, &txn, &answer).await;
-                let prepared = prepare.await.ok().and_then(Result::ok).flatten();
+                let prepared = match prepare {
+                    Some(p) => p.await.ok().and_then(Result::ok).flatten(),
+                    None => None,
+                };
                 let lm = super::fetch::lm_peer(&node, &dest).await;
                 let next = prepared.and_then(|p| complete(&node, &dest, p, lm).ok());
                 let mut state = DestinationState { acked: txn.last, ..Default::default() };
@@ -270,7 +283,7 @@ fn complete(node: &Node, dest: &ServerName, p: Prepared, lm: bool) -> Result<Txn
 
 /// The transaction to send next: the one in flight (same id, same body,
 /// even after a restart), or a new one from the queue.
-fn next_txn(node: &Node, dest: &ServerName, lm: bool) -> Result<Option<Txn>, StoreError> {
+fn next_txn(node: &Node, dest: &ServerName) -> Result<Option<(String, Contents)>, StoreError> {
     let state = node.store.destination(dest)?;
     let retrying = !state.inflight_txn.is_empty() && state.inflight_last > state.acked;
     let reach = if retrying {
@@ -290,7 +303,7 @@ fn next_txn(node: &Node, dest: &ServerName, lm: bool) -> Result<Option<Txn>, Sto
                 state: DestinationState { acked: state.inflight_last, ..Default::default() },
             });
             node.store.write(b)?;
-            return next_txn(node, dest, lm);
+            return next_txn(node, dest);
         }
         return Ok(None);
     }
@@ -303,7 +316,7 @@ fn next_txn(node: &Node, dest: &ServerName, lm: bool) -> Result<Option<Txn>, Sto
         });
         node.store.write(b)?;
     }
-    Ok(Some(contents.into_txn(node, dest, id, lm)))
+    Ok(Some((id, contents)))
 }
 
 /// Reads queue items after position `after` into `into` (which may hold
