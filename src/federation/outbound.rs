@@ -197,7 +197,7 @@ async fn deliver(node: Arc<Node>, dest: ServerName, worker: Arc<Worker>) {
         let prepare = if txn.full {
             let lm = super::fetch::lm_peer(&node, &dest).await;
             let (node, dest, after) = (node.clone(), dest.clone(), txn.last);
-            Some(tokio::task::spawn_blocking(move || prepare_next(&node, &dest, after, lm)))
+            Some((lm, tokio::task::spawn_blocking(move || prepare_next(&node, &dest, after, lm))))
         } else {
             None
         };
@@ -210,12 +210,15 @@ async fn deliver(node: Arc<Node>, dest: ServerName, worker: Arc<Worker>) {
                 failures = 0;
                 let answer = resp.json(dest.as_str()).unwrap_or_else(|_| json!({}));
                 report_refused_lpdus(&node, &txn, &answer).await;
-                let prepared = match prepare {
-                    Some(p) => p.await.ok().and_then(Result::ok).flatten(),
+                let next = match prepare {
+                    Some((lm, p)) => match p.await.ok().and_then(Result::ok).flatten() {
+                        Some(p) => complete(&node, &dest, p, lm)
+                            .map_err(|e| tracing::error!(error = %e, "cannot read the outbound queue"))
+                            .ok(),
+                        None => None,
+                    },
                     None => None,
                 };
-                let lm = super::fetch::lm_peer(&node, &dest).await;
-                let next = prepared.and_then(|p| complete(&node, &dest, p, lm).ok());
                 let mut state = DestinationState { acked: txn.last, ..Default::default() };
                 if let Some(next) = &next {
                     state.inflight_txn = next.id.clone();
