@@ -18,3 +18,4 @@ pub mod http;
 pub mod room;
 pub mod store;
 pub mod sys;
+pub mod wire;

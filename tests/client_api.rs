@@ -307,6 +307,32 @@ async fn errors_as_the_spec_shapes_them() {
         .call("POST", &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)), Some(json!({"user_id": 5})))
         .await;
     assert_eq!(errcode(&a), (400, "M_BAD_JSON".into()));
+    // A field of the wrong type is refused, never taken for its default:
+    // a number for a name would otherwise make a room without one.
+    let rooms_before = alice.call("GET", "/_matrix/client/v3/joined_rooms", None).await.body["joined_rooms"].clone();
+    for (path, body) in [
+        ("/_matrix/client/v3/createRoom", json!({"name": 5})),
+        ("/_matrix/client/v3/createRoom", json!({"invite": "@bob:hub.test:8448"})),
+        ("/_matrix/client/v3/createRoom", json!({"initial_state": [{"type": "m.room.topic"}]})),
+        ("/_matrix/client/v3/createRoom", json!({"is_direct": "yes"})),
+        ("/_matrix/client/v3/login", json!({"type": "m.login.password", "identifier": "alice", "password": "p"})),
+        ("/_matrix/client/v3/register", json!({"username": ["alice"], "password": "p"})),
+    ] {
+        let a = alice.call("POST", path, Some(body.clone())).await;
+        assert_eq!(errcode(&a), (400, "M_BAD_JSON".into()), "{path} {body}: {}", a.body);
+    }
+    let rooms_after = alice.call("GET", "/_matrix/client/v3/joined_rooms", None).await.body["joined_rooms"].clone();
+    assert_eq!(rooms_before, rooms_after, "a refused createRoom made no room");
+    let a = alice.call("POST", "/_matrix/client/v3/createRoom", Some(json!({"invite": ["not a user"]}))).await;
+    assert_eq!(errcode(&a), (400, "M_INVALID_PARAM".into()), "{}", a.body);
+    let a = alice
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id)),
+            Some(json!({"typing": "yes"})),
+        )
+        .await;
+    assert_eq!(errcode(&a), (400, "M_BAD_JSON".into()), "{}", a.body);
     let a = alice.call("GET", &format!("/_matrix/client/v3/directory/room/{}", enc("#none:hub.test:8448")), None).await;
     assert_eq!(errcode(&a), (404, "M_NOT_FOUND".into()));
     // Rate limits: 429 with retry_after_ms.

@@ -281,6 +281,33 @@ async fn shapes_and_sizes_no_sender_may_use() {
             .await
             .unwrap_err();
     assert_eq!((err.status().map(|c| c.as_u16()), err.errcode().as_deref()), (Some(400), Some("M_BAD_JSON")));
+    // The envelope is typed: `pdus` that is not a list refuses the whole
+    // transaction ...
+    let err =
+        s.p1.node()
+            .fed
+            .request(&hub, Method::PUT, &format!("{UNSTABLE}/send/shape-2"), Some(&json!({"pdus": {}})), true)
+            .await
+            .unwrap_err();
+    assert_eq!((err.status().map(|c| c.as_u16()), err.errcode().as_deref()), (Some(400), Some("M_BAD_JSON")));
+    // ... while one malformed PDU or EDU is refused or ignored on its own.
+    let fine = lpdu(&s, &bob, "m.room.message", None, json!({"body": "beside malformed ones"}), &key);
+    let body = json!({
+        "pdus": [5, Value::Object(fine.clone())],
+        "edus": [{"edu_type": "m.typing", "content": 7}, "not an EDU"],
+    });
+    let answer =
+        s.p1.node()
+            .fed
+            .request(&hub, Method::PUT, &format!("{UNSTABLE}/send/shape-3"), Some(&body), true)
+            .await
+            .unwrap()
+            .json(HUB)
+            .unwrap();
+    let failed = answer["failed_pdus"].as_object().unwrap();
+    assert!(failed.contains_key("$unknown"), "{answer}");
+    assert!(!failed.contains_key(&lpdu_id(&fine)), "{answer}");
+    assert_eq!(s.hub.list(&s.room).len(), before + 2, "the well-formed LPDU was sequenced");
 
     let path = format!("{UNSTABLE}/send/raw-2");
     let signed = |body: Option<&Value>| xmatrix::sign_request(&key, "PUT", &path, HUB, body, true);

@@ -85,10 +85,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("http", &["core", "store", "config", "sys"]),
     ("room", &["core", "store", "crash", "sys"]),
     ("ephemeral", &["core", "store", "sys"]),
-    ("federation", &["core", "sys", "crash", "config", "store", "http", "room", "ephemeral"]),
-    ("client_api", &["core", "sys", "crash", "config", "store", "http", "room", "ephemeral", "federation"]),
+    ("wire", &["core", "store", "http", "room"]),
+    ("federation", &["core", "sys", "crash", "config", "store", "http", "room", "ephemeral", "wire"]),
+    ("client_api", &["core", "sys", "crash", "config", "store", "http", "room", "ephemeral", "wire", "federation"]),
     ("bench", &["core", "sys", "config", "http", "store"]),
-    ("app", &["core", "sys", "crash", "config", "store", "http", "room", "ephemeral", "federation", "client_api"]),
+    (
+        "app",
+        &["core", "sys", "crash", "config", "store", "http", "room", "ephemeral", "wire", "federation", "client_api"],
+    ),
     (
         "cli",
         &[
@@ -100,6 +104,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "http",
             "room",
             "ephemeral",
+            "wire",
             "federation",
             "client_api",
             "bench",
@@ -228,6 +233,29 @@ fn the_client_api_gets_only_its_share() {
         }
     }
     assert!(wrong.is_empty(), "the client API reaching past its share:\n{}", wrong.join("\n"));
+}
+
+/// What a failure answers is decided in `wire` alone: no handler names a
+/// Matrix error code or builds an error body itself. (The federation
+/// client reads other servers' codes; room tests name a refusal's code.)
+#[test]
+fn error_answers_are_made_in_one_place() {
+    let mut wrong = Vec::new();
+    for file in rust_files(&src()) {
+        let rel = file.strip_prefix(src()).unwrap().to_string_lossy().replace('\\', "/");
+        if rel.starts_with("wire/")
+            || rel.starts_with("bench/")
+            || rel == "federation/client.rs"
+            || rel.ends_with("write_failures.rs")
+        {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        for token in ["\"M_", "\"errcode\""].iter().filter(|t| text.contains(**t)) {
+            wrong.push(format!("{rel} names {token}"));
+        }
+    }
+    assert!(wrong.is_empty(), "error answers made outside wire:\n{}", wrong.join("\n"));
 }
 
 #[test]

@@ -5,17 +5,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use hmac::{Hmac, Mac};
-use http::{Method, StatusCode};
+use http::Method;
 use serde_json::{json, Value};
 
 use super::passwords::Passwords;
 use super::Call;
 use super::ClientDeps;
 use crate::core::ids::UserId;
-use crate::http::ApiError;
 use crate::store::records::{AccessToken, DeviceRecord, UserRecord};
 use crate::store::{Batch, Op, TokenHash};
 use crate::sys::{now_ms, random_string};
+use crate::wire::client::{LoggedIn, Login, Register, SharedSecretRegister};
+use crate::wire::{self, Failure, Taken};
 
 /// Longest password taken (hashing cost grows with it).
 const MAX_PASSWORD_BYTES: usize = 1024;
@@ -57,37 +58,27 @@ pub fn login_flows() -> Value {
 }
 
 /// `@localpart:us`, with the LM localpart grammar (item 15).
-fn local_user(server: &ClientDeps, localpart: &str) -> Result<UserId, ApiError> {
+fn local_user(server: &ClientDeps, localpart: &str) -> Result<UserId, Failure> {
     let localpart = localpart.to_lowercase();
-    let invalid = || {
-        ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_USERNAME", "User names may contain only a-z, 0-9 and ._=-/+")
-    };
+    let invalid = || Failure::InvalidUsername("User names may contain only a-z, 0-9 and ._=-/+".into());
     if localpart.is_empty() {
         return Err(invalid());
     }
     UserId::parse_lm(&format!("@{localpart}:{}", server.name)).map_err(|_| invalid())
 }
 
-fn user_in_use() -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "M_USER_IN_USE", "User ID already taken")
+fn user_in_use() -> Failure {
+    Failure::Taken(Taken::UserId)
 }
 
 /// The password rules of open registration (`registration.min_password_length`).
-fn check_password(server: &ClientDeps, password: &str) -> Result<(), ApiError> {
+fn check_password(server: &ClientDeps, password: &str) -> Result<(), Failure> {
     let min = server.config.registration.min_password_length;
     if password.chars().count() < min {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "M_WEAK_PASSWORD",
-            format!("Passwords must have at least {min} characters"),
-        ));
+        return Err(Failure::WeakPassword(format!("Passwords must have at least {min} characters")));
     }
     if password.len() > MAX_PASSWORD_BYTES {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "M_INVALID_PARAM",
-            format!("Passwords may have at most {MAX_PASSWORD_BYTES} bytes"),
-        ));
+        return Err(Failure::invalid_param(format!("Passwords may have at most {MAX_PASSWORD_BYTES} bytes")));
     }
     Ok(())
 }
@@ -104,7 +95,7 @@ struct NewUser<'a> {
 /// Creates a user and, unless `inhibit_login`, a device with a token. The
 /// name is checked and taken under one lock, so two concurrent requests
 /// for one name cannot both succeed.
-async fn create_user(call: &Call, user: &UserId, new: NewUser<'_>) -> Result<Value, ApiError> {
+async fn create_user(call: &Call, user: &UserId, new: NewUser<'_>) -> Result<Value, Failure> {
     if call.server.store.user(user)?.is_some() {
         return Err(user_in_use());
     }
@@ -112,7 +103,7 @@ async fn create_user(call: &Call, user: &UserId, new: NewUser<'_>) -> Result<Val
     commit_user(call, user, &new, hash)
 }
 
-fn commit_user(call: &Call, user: &UserId, new: &NewUser<'_>, hash: String) -> Result<Value, ApiError> {
+fn commit_user(call: &Call, user: &UserId, new: &NewUser<'_>, hash: String) -> Result<Value, Failure> {
     let server = &call.server;
     let _creating = call.accounts.creating.lock().expect("poisoned");
     if server.store.user(user)?.is_some() {
@@ -145,7 +136,7 @@ fn new_token(
     user: &UserId,
     device: Option<&str>,
     display_name: Option<&str>,
-) -> Result<(String, String), ApiError> {
+) -> Result<(String, String), Failure> {
     let token = format!("lmx_{}", random_string(32));
     let device = device.map(str::to_owned).unwrap_or_else(|| random_string(10).to_uppercase());
     if let Some(old) = server.store.device_token(user, &device)? {
@@ -159,102 +150,95 @@ fn new_token(
     Ok((token, device))
 }
 
-fn str_field<'a>(call: &'a Call, key: &str) -> Option<&'a str> {
-    call.body.get(key).and_then(Value::as_str)
-}
-
 /// `POST /register`: open registration with the `m.login.dummy` stage,
 /// shaped as a user-interactive auth exchange.
-pub async fn register(call: Call) -> Result<Value, ApiError> {
+pub async fn register(call: Call) -> Result<Value, Failure> {
     let server = call.server.clone();
     if !server.config.registration.enabled {
-        return Err(ApiError::forbidden("Registration is disabled on this server"));
+        return Err(Failure::forbidden("Registration is disabled on this server"));
     }
     if call.query.iter().any(|(k, v)| k == "kind" && v == "guest") {
-        return Err(ApiError::forbidden("Guest access is disabled"));
+        return Err(Failure::forbidden("Guest access is disabled"));
     }
     // What the request names is checked before the auth stage, as Synapse
     // does, so a client learns of a taken name or a weak password at once.
-    let username = str_field(&call, "username").map(|u| local_user(&server, u)).transpose()?;
+    let body: Register = wire::read(&call.body)?;
+    let username = body.username.map(|u| local_user(&server, u)).transpose()?;
     if let Some(u) = &username {
         if server.store.user(u)?.is_some() {
             return Err(user_in_use());
         }
     }
-    let password = str_field(&call, "password");
+    let password = body.password;
     if let Some(p) = password {
         check_password(&server, p)?;
     }
-    let auth_type = call.body.get("auth").and_then(|a| a.get("type")).and_then(Value::as_str);
+    let auth_type = body.auth.as_ref().and_then(|a| a.kind);
     if auth_type != Some("m.login.dummy") {
         let session = random_string(16);
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "M_FORBIDDEN", "Authentication required")
-            .with("flows", json!([{"stages": ["m.login.dummy"]}]))
-            .with("params", json!({}))
-            .with("session", json!(session)));
+        return Err(Failure::AuthNeeded { stage: "m.login.dummy", session, why: "Authentication required" });
     }
     let user = match username {
         Some(u) => u,
         None => local_user(&server, &random_string(12).to_lowercase())?,
     };
-    let password = password.ok_or_else(|| {
-        ApiError::new(StatusCode::BAD_REQUEST, "M_MISSING_PARAM", "A password is required to register")
-    })?;
-    let inhibit = call.body.get("inhibit_login").and_then(Value::as_bool).unwrap_or(false);
-    let display = str_field(&call, "initial_device_display_name");
+    let password = password.ok_or_else(|| Failure::MissingParam("A password is required to register".into()))?;
     let new = NewUser {
         password,
         admin: false,
-        device: str_field(&call, "device_id"),
-        device_name: display,
-        login: !inhibit,
+        device: body.device_id,
+        device_name: body.initial_device_display_name,
+        login: !body.inhibit_login,
     };
     create_user(&call, &user, new).await
 }
 
-pub fn available(call: Call) -> Result<Value, ApiError> {
+pub fn available(call: Call) -> Result<Value, Failure> {
     let name = crate::http::query_get(&call.query, "username").unwrap_or_default();
     let user = local_user(&call.server, name)?;
     if call.server.store.user(&user)?.is_some() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_USER_IN_USE", "User ID already taken"));
+        return Err(Failure::Taken(Taken::UserId));
     }
     Ok(json!({"available": true}))
 }
 
-pub async fn login(call: Call) -> Result<Value, ApiError> {
-    if str_field(&call, "type") != Some("m.login.password") {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", "Only m.login.password is supported"));
+pub async fn login(call: Call) -> Result<Value, Failure> {
+    let body: Login = wire::read(&call.body)?;
+    if body.kind != Some("m.login.password") {
+        return Err(Failure::BadRequest("Only m.login.password is supported".into()));
     }
-    let name = call
-        .body
-        .get("identifier")
-        .and_then(|i| i.get("user"))
-        .and_then(Value::as_str)
-        .or_else(|| str_field(&call, "user"))
-        .ok_or_else(|| ApiError::bad_json("identifier.user is required"))?;
+    let name = body
+        .identifier
+        .as_ref()
+        .and_then(|i| i.user)
+        .or(body.user)
+        .ok_or_else(|| Failure::bad_json("identifier.user is required"))?;
     let localpart = name.strip_prefix('@').map(|n| n.split(':').next().unwrap_or(n)).unwrap_or(name);
-    let bad = || ApiError::forbidden("Invalid username or password");
+    let bad = || Failure::forbidden("Invalid username or password");
     let user = local_user(&call.server, localpart).map_err(|_| bad())?;
     let rec = call.server.store.user(&user)?.ok_or_else(bad)?;
-    let password = str_field(&call, "password").ok_or_else(bad)?;
+    let password = body.password.ok_or_else(bad)?;
     if password.len() > MAX_PASSWORD_BYTES || !call.accounts.passwords.verify(&rec.password_hash, password).await? {
         return Err(bad());
     }
     let mut b = Batch::new();
-    let display = str_field(&call, "initial_device_display_name");
-    let (token, device) = new_token(&call.server, &mut b, &user, str_field(&call, "device_id"), display)?;
+    let display = body.initial_device_display_name;
+    let (token, device) = new_token(&call.server, &mut b, &user, body.device_id, display)?;
     call.server.store.write(b)?;
-    Ok(
-        json!({"user_id": user.as_str(), "access_token": token, "device_id": device, "home_server": call.server.name.as_str()}),
-    )
+    wire::to_json(&LoggedIn {
+        user_id: user.as_str(),
+        access_token: &token,
+        device_id: &device,
+        home_server: call.server.name.as_str(),
+    })
 }
 
-pub fn whoami(call: Call) -> Result<Value, ApiError> {
+pub fn whoami(call: Call) -> Result<Value, Failure> {
     let (user, device) = call.who()?;
     Ok(json!({"user_id": user.as_str(), "device_id": device, "is_guest": false}))
 }
 
-pub fn logout(call: Call) -> Result<Value, ApiError> {
+pub fn logout(call: Call) -> Result<Value, Failure> {
     let (user, device) = call.who()?;
     let hash = TokenHash::of(call.token.as_deref().unwrap_or_default());
     let mut b = Batch::new();
@@ -264,7 +248,7 @@ pub fn logout(call: Call) -> Result<Value, ApiError> {
 }
 
 /// Ends every session of the user (devices stay listed, without tokens).
-pub fn logout_all(call: Call) -> Result<Value, ApiError> {
+pub fn logout_all(call: Call) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     let mut b = Batch::new();
     for (device, _) in call.server.store.devices(user)? {
@@ -301,26 +285,21 @@ impl RegistrationNonces {
 /// `/_synapse/admin/v1/register`: GET issues a nonce; POST checks
 /// `mac = HMAC-SHA1(secret, nonce\0user\0password\0admin|notadmin)` as
 /// Synapse does, so its `register_new_matrix_user` works against lmx.
-pub async fn shared_secret_register(method: &Method, call: Call) -> Result<Value, ApiError> {
+pub async fn shared_secret_register(method: &Method, call: Call) -> Result<Value, Failure> {
     let Some(secret) = call.server.config.registration.shared_secret.clone() else {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", "Shared secret registration is not enabled"));
+        return Err(Failure::BadRequest("Shared secret registration is not enabled".into()));
     };
     if *method == Method::GET {
         return Ok(json!({"nonce": call.accounts.nonces.issue()}));
     }
     if *method != Method::POST {
-        return Err(ApiError::method_not_allowed());
+        return Err(Failure::method_not_allowed());
     }
-    let field = |k: &str| str_field(&call, k).ok_or_else(|| ApiError::bad_json(format!("{k} is required")));
-    let nonce = field("nonce")?;
-    let username = field("username")?;
-    let password = field("password")?;
-    let mac = field("mac")?;
-    let admin = call.body.get("admin").and_then(Value::as_bool).unwrap_or(false);
+    let SharedSecretRegister { nonce, username, password, mac, admin, user_type } = wire::read(&call.body)?;
     if !call.accounts.nonces.take(nonce) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unrecognised nonce"));
+        return Err(Failure::BadRequest("Unrecognised nonce".into()));
     }
-    let mut h = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).map_err(|e| ApiError::unknown(e.to_string()))?;
+    let mut h = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).map_err(Failure::failed)?;
     h.update(nonce.as_bytes());
     h.update(b"\0");
     h.update(username.as_bytes());
@@ -328,13 +307,13 @@ pub async fn shared_secret_register(method: &Method, call: Call) -> Result<Value
     h.update(password.as_bytes());
     h.update(b"\0");
     h.update(if admin { b"admin" as &[u8] } else { b"notadmin" });
-    if let Some(t) = str_field(&call, "user_type") {
+    if let Some(t) = user_type {
         h.update(b"\0");
         h.update(t.as_bytes());
     }
     let want: String = h.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
     if !constant_time_eq(want.as_bytes(), mac.to_ascii_lowercase().as_bytes()) {
-        return Err(ApiError::forbidden("HMAC incorrect"));
+        return Err(Failure::forbidden("HMAC incorrect"));
     }
     let user = local_user(&call.server, username)?;
     let new = NewUser { password, admin, device: None, device_name: None, login: true };

@@ -7,21 +7,21 @@ use serde_json::{json, Value};
 use super::Call;
 use crate::core::ids::{RoomId, UserId};
 use crate::core::json::{self, NumberPolicy};
-use crate::http::ApiError;
 use crate::store::records::side_entry::Kind;
 use crate::store::records::{AccountDataChange, SideEntry};
 use crate::store::{Batch, Op};
+use crate::wire::Failure;
 
-fn own(call: &Call, user_id: &str) -> Result<UserId, ApiError> {
+fn own(call: &Call, user_id: &str) -> Result<UserId, Failure> {
     let (user, _) = call.who()?;
     if user.as_str() != user_id {
-        return Err(ApiError::forbidden("You may only touch your own account data"));
+        return Err(Failure::forbidden("You may only touch your own account data"));
     }
     Ok(user.clone())
 }
 
-fn room_id(s: &str) -> Result<RoomId, ApiError> {
-    RoomId::parse(s).map_err(|e| ApiError::new(http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string()))
+fn room_id(s: &str) -> Result<RoomId, Failure> {
+    RoomId::parse(s).map_err(|e| Failure::invalid_param(e.to_string()))
 }
 
 /// Writes account data and records the change for sync, durably.
@@ -31,7 +31,7 @@ pub async fn put_data(
     room: Option<&RoomId>,
     kind: &str,
     content: &Value,
-) -> Result<(), ApiError> {
+) -> Result<(), Failure> {
     let alloc = call.server.positions.allocate(1)?;
     let change = AccountDataChange {
         user_id: user.to_string(),
@@ -52,31 +52,27 @@ pub async fn put_data(
     Ok(())
 }
 
-pub fn get_data(call: &Call, user: &UserId, room: Option<&RoomId>, kind: &str) -> Result<Option<Value>, ApiError> {
+pub fn get_data(call: &Call, user: &UserId, room: Option<&RoomId>, kind: &str) -> Result<Option<Value>, Failure> {
     Ok(call.server.store.account_data(user, room, kind)?.and_then(|b| json::parse(&b, NumberPolicy::Ieee754).ok()))
 }
 
-pub async fn put(call: Call, user_id: &str, room: Option<&str>, kind: &str) -> Result<Value, ApiError> {
+pub async fn put(call: Call, user_id: &str, room: Option<&str>, kind: &str) -> Result<Value, Failure> {
     let user = own(&call, user_id)?;
     if kind == "m.fully_read" || kind == "m.push_rules" {
-        return Err(ApiError::new(
-            http::StatusCode::BAD_REQUEST,
-            "M_BAD_JSON",
-            format!("{kind} is managed by the server"),
-        ));
+        return Err(Failure::bad_json(format!("{kind} is managed by the server")));
     }
     let room = room.map(room_id).transpose()?;
     put_data(&call, &user, room.as_ref(), kind, &Value::Object(call.body.clone())).await?;
     Ok(json!({}))
 }
 
-pub fn get(call: Call, user_id: &str, room: Option<&str>, kind: &str) -> Result<Value, ApiError> {
+pub fn get(call: Call, user_id: &str, room: Option<&str>, kind: &str) -> Result<Value, Failure> {
     let user = own(&call, user_id)?;
     let room = room.map(room_id).transpose()?;
     if room.is_none() && kind == "m.push_rules" {
         return push_rules_value(&call, &user);
     }
-    get_data(&call, &user, room.as_ref(), kind)?.ok_or_else(|| ApiError::not_found("Account data not found"))
+    get_data(&call, &user, room.as_ref(), kind)?.ok_or_else(|| Failure::not_found("Account data not found"))
 }
 
 // ---- push rules ----
@@ -152,11 +148,11 @@ pub fn default_rules(user: &UserId) -> Value {
     json!({"global": {"override": override_rules, "content": [], "room": [], "sender": [], "underride": underride}})
 }
 
-fn push_rules_value(call: &Call, user: &UserId) -> Result<Value, ApiError> {
+fn push_rules_value(call: &Call, user: &UserId) -> Result<Value, Failure> {
     Ok(get_data(call, user, None, "m.push_rules")?.unwrap_or_else(|| default_rules(user)))
 }
 
-pub fn push_rules(call: Call, rest: &[&str]) -> Result<Value, ApiError> {
+pub fn push_rules(call: Call, rest: &[&str]) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     let rules = push_rules_value(&call, user)?;
     let mut at = &rules;
@@ -166,7 +162,7 @@ pub fn push_rules(call: Call, rest: &[&str]) -> Result<Value, ApiError> {
             Value::Array(a) => a.iter().find(|r| r["rule_id"] == *seg),
             _ => None,
         }
-        .ok_or_else(|| ApiError::not_found("Push rule not found"))?;
+        .ok_or_else(|| Failure::not_found("Push rule not found"))?;
     }
     Ok(at.clone())
 }
@@ -174,25 +170,22 @@ pub fn push_rules(call: Call, rest: &[&str]) -> Result<Value, ApiError> {
 const KINDS: [&str; 5] = ["override", "content", "room", "sender", "underride"];
 
 /// `PUT /pushrules/global/{kind}/{ruleId}[/enabled|/actions]`.
-pub async fn put_push_rule(call: Call, kind: &str, rule_id: &str, attr: Option<&str>) -> Result<Value, ApiError> {
+pub async fn put_push_rule(call: Call, kind: &str, rule_id: &str, attr: Option<&str>) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     let user = user.clone();
     if !KINDS.contains(&kind) {
-        return Err(ApiError::new(http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "Unknown push rule kind"));
+        return Err(Failure::invalid_param("Unknown push rule kind"));
     }
     let mut rules = push_rules_value(&call, &user)?;
-    let list = rules["global"][kind].as_array_mut().ok_or_else(|| ApiError::unknown("push rules are malformed"))?;
+    let list =
+        rules["global"][kind].as_array_mut().ok_or_else(|| Failure::corrupt("stored push rules are malformed"))?;
     let found = list.iter().position(|r| r["rule_id"] == rule_id);
     match (attr, found) {
         (Some("enabled"), Some(i)) => list[i]["enabled"] = call.body.get("enabled").cloned().unwrap_or(json!(true)),
         (Some("actions"), Some(i)) => list[i]["actions"] = call.body.get("actions").cloned().unwrap_or(json!([])),
-        (Some(_), _) => return Err(ApiError::not_found("Push rule not found")),
+        (Some(_), _) => return Err(Failure::not_found("Push rule not found")),
         (None, _) if rule_id.starts_with('.') => {
-            return Err(ApiError::new(
-                http::StatusCode::BAD_REQUEST,
-                "M_INVALID_PARAM",
-                "Server-default rules cannot be replaced",
-            ))
+            return Err(Failure::invalid_param("Server-default rules cannot be replaced"))
         }
         (None, existing) => {
             let mut r = Value::Object(call.body.clone());
@@ -212,15 +205,15 @@ pub async fn put_push_rule(call: Call, kind: &str, rule_id: &str, attr: Option<&
     Ok(json!({}))
 }
 
-pub async fn delete_push_rule(call: Call, kind: &str, rule_id: &str) -> Result<Value, ApiError> {
+pub async fn delete_push_rule(call: Call, kind: &str, rule_id: &str) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     let user = user.clone();
     let mut rules = push_rules_value(&call, &user)?;
-    let list = rules["global"][kind].as_array_mut().ok_or_else(|| ApiError::not_found("Push rule not found"))?;
+    let list = rules["global"][kind].as_array_mut().ok_or_else(|| Failure::not_found("Push rule not found"))?;
     let before = list.len();
     list.retain(|r| r["rule_id"] != rule_id || r["default"] == true);
     if list.len() == before {
-        return Err(ApiError::not_found("Push rule not found"));
+        return Err(Failure::not_found("Push rule not found"));
     }
     put_data(&call, &user, None, "m.push_rules", &rules).await?;
     Ok(json!({}))

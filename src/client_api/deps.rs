@@ -10,9 +10,9 @@ use crate::core::crypto::SigningKey;
 use crate::core::ids::ServerName;
 use crate::ephemeral::Ephemeral;
 use crate::federation::Remote;
-use crate::http::ApiError;
 use crate::room::{RoomView, Rooms, Spawn};
 use crate::store::{Positions, Store};
+use crate::wire::Failure;
 
 pub struct ClientDeps {
     pub name: ServerName,
@@ -30,8 +30,8 @@ pub struct ClientDeps {
 
 impl ClientDeps {
     /// A room's published view, for a caller who must be in it.
-    pub fn view_of_joined(&self, room: &crate::core::ids::RoomId) -> Result<Arc<RoomView>, ApiError> {
-        self.rooms.get(room).map(|h| h.view()).ok_or_else(|| ApiError::forbidden("You are not in this room"))
+    pub fn view_of_joined(&self, room: &crate::core::ids::RoomId) -> Result<Arc<RoomView>, Failure> {
+        self.rooms.get(room).map(|h| h.view()).ok_or_else(|| Failure::forbidden("You are not in this room"))
     }
 
     pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {

@@ -5,10 +5,11 @@ use serde_json::{json, Value};
 
 use super::Call;
 use crate::core::ids::UserId;
-use crate::http::ApiError;
 use crate::store::records::DeviceRecord;
 use crate::store::{Batch, Op};
 use crate::sys::random_string;
+use crate::wire::client::{Authenticated, DeviceUpdate};
+use crate::wire::{self, Failure};
 
 fn device_json(id: &str, d: &DeviceRecord) -> Value {
     let mut v = json!({"device_id": id, "last_seen_ts": d.last_seen_ts});
@@ -21,31 +22,32 @@ fn device_json(id: &str, d: &DeviceRecord) -> Value {
     v
 }
 
-pub fn list(call: Call) -> Result<Value, ApiError> {
+pub fn list(call: Call) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     let devices: Vec<Value> = call.server.store.devices(user)?.iter().map(|(id, d)| device_json(id, d)).collect();
     Ok(json!({ "devices": devices }))
 }
 
-fn find(call: &Call, user: &UserId, id: &str) -> Result<DeviceRecord, ApiError> {
+fn find(call: &Call, user: &UserId, id: &str) -> Result<DeviceRecord, Failure> {
     call.server
         .store
         .devices(user)?
         .into_iter()
         .find(|(d, _)| d == id)
         .map(|(_, r)| r)
-        .ok_or_else(|| ApiError::not_found("Unknown device"))
+        .ok_or_else(|| Failure::not_found("Unknown device"))
 }
 
-pub fn get(call: Call, id: &str) -> Result<Value, ApiError> {
+pub fn get(call: Call, id: &str) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     Ok(device_json(id, &find(&call, user, id)?))
 }
 
-pub fn update(call: Call, id: &str) -> Result<Value, ApiError> {
+pub fn update(call: Call, id: &str) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     let mut record = find(&call, user, id)?;
-    if let Some(name) = call.body.get("display_name").and_then(Value::as_str) {
+    let DeviceUpdate { display_name } = wire::read(&call.body)?;
+    if let Some(name) = display_name {
         record.display_name = name.to_owned();
     }
     let mut b = Batch::new();
@@ -56,28 +58,21 @@ pub fn update(call: Call, id: &str) -> Result<Value, ApiError> {
 
 /// User-interactive auth with `m.login.password`: a `401` with the flows
 /// until the body carries the user's password.
-async fn require_password(call: &Call, user: &UserId) -> Result<(), ApiError> {
-    let auth = call.body.get("auth");
-    let password = auth
-        .filter(|a| a.get("type").and_then(Value::as_str) == Some("m.login.password"))
-        .and_then(|a| a.get("password"))
-        .and_then(Value::as_str);
-    let challenge = || {
-        ApiError::new(http::StatusCode::UNAUTHORIZED, "M_FORBIDDEN", "Password required")
-            .with("flows", json!([{"stages": ["m.login.password"]}]))
-            .with("params", json!({}))
-            .with("session", json!(random_string(16)))
-    };
+async fn require_password(call: &Call, user: &UserId) -> Result<(), Failure> {
+    let Authenticated { auth } = wire::read(&call.body)?;
+    let password = auth.filter(|a| a.kind == Some("m.login.password")).and_then(|a| a.password);
+    let challenge =
+        || Failure::AuthNeeded { stage: "m.login.password", session: random_string(16), why: "Password required" };
     let Some(password) = password else { return Err(challenge()) };
     let rec = call.server.store.user(user)?.ok_or_else(challenge)?;
     if call.accounts.passwords.verify(&rec.password_hash, password).await? {
         Ok(())
     } else {
-        Err(ApiError::forbidden("Invalid password"))
+        Err(Failure::forbidden("Invalid password"))
     }
 }
 
-fn delete_ops(call: &Call, user: &UserId, id: &str, b: &mut Batch) -> Result<(), ApiError> {
+fn delete_ops(call: &Call, user: &UserId, id: &str, b: &mut Batch) -> Result<(), Failure> {
     if let Some(hash) = call.server.store.device_token(user, id)? {
         b.push(Op::DeleteToken { hash, user: user.clone(), device: id.to_owned() });
     }
@@ -85,7 +80,7 @@ fn delete_ops(call: &Call, user: &UserId, id: &str, b: &mut Batch) -> Result<(),
     Ok(())
 }
 
-pub async fn delete(call: Call, id: &str) -> Result<Value, ApiError> {
+pub async fn delete(call: Call, id: &str) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     find(&call, user, id)?;
     require_password(&call, user).await?;
@@ -96,14 +91,14 @@ pub async fn delete(call: Call, id: &str) -> Result<Value, ApiError> {
 }
 
 /// `POST /delete_devices`.
-pub async fn delete_many(call: Call) -> Result<Value, ApiError> {
+pub async fn delete_many(call: Call) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     require_password(&call, user).await?;
     let ids: Vec<String> = call
         .body
         .get("devices")
         .and_then(Value::as_array)
-        .ok_or_else(|| ApiError::bad_json("devices must be a list"))?
+        .ok_or_else(|| Failure::bad_json("devices must be a list"))?
         .iter()
         .filter_map(Value::as_str)
         .map(str::to_owned)

@@ -5,31 +5,31 @@ use serde_json::{json, Value};
 
 use super::Call;
 use crate::core::ids::RoomId;
-use crate::http::ApiError;
 use crate::store::records::AliasRecord;
 use crate::store::{Batch, Op};
+use crate::wire::{Failure, Taken};
 
 /// `#local:server` with `server` this one.
-fn local_alias(call: &Call, alias: &str) -> Result<String, ApiError> {
-    let bad = || ApiError::new(http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "An alias is #localpart:server");
+fn local_alias(call: &Call, alias: &str) -> Result<String, Failure> {
+    let bad = || Failure::invalid_param("An alias is #localpart:server");
     let rest = alias.strip_prefix('#').ok_or_else(bad)?;
     let (local, server) = rest.split_once(':').ok_or_else(bad)?;
     if local.is_empty() || local.len() > 200 || local.chars().any(|c| c.is_whitespace() || c == ':') {
         return Err(bad());
     }
     if server != call.server.name.as_str() {
-        return Err(ApiError::not_found("Room alias not found (aliases of other servers are not looked up)"));
+        return Err(Failure::not_found("Room alias not found (aliases of other servers are not looked up)"));
     }
     Ok(alias.to_owned())
 }
 
-pub fn lookup(call: &Call, alias: &str) -> Result<RoomId, ApiError> {
+pub fn lookup(call: &Call, alias: &str) -> Result<RoomId, Failure> {
     let alias = local_alias(call, alias)?;
-    let rec = call.server.store.alias(&alias)?.ok_or_else(|| ApiError::not_found("Room alias not found"))?;
-    RoomId::parse(&rec.room_id).map_err(|e| ApiError::unknown(e.to_string()))
+    let rec = call.server.store.alias(&alias)?.ok_or_else(|| Failure::not_found("Room alias not found"))?;
+    RoomId::parse(&rec.room_id).map_err(Failure::corrupt)
 }
 
-pub fn get(call: Call, alias: &str) -> Result<Value, ApiError> {
+pub fn get(call: Call, alias: &str) -> Result<Value, Failure> {
     let room = lookup(&call, alias)?;
     let mut servers = vec![call.server.name.to_string()];
     if let Some(h) = call.server.rooms.get(&room) {
@@ -42,14 +42,14 @@ pub fn get(call: Call, alias: &str) -> Result<Value, ApiError> {
 }
 
 /// Creates an alias; also used by `createRoom`'s `room_alias_name`.
-pub fn create(call: &Call, alias: &str, room: &RoomId) -> Result<(), ApiError> {
+pub fn create(call: &Call, alias: &str, room: &RoomId) -> Result<(), Failure> {
     let (user, _) = call.who()?;
     let alias = local_alias(call, alias)?;
     if call.server.store.alias(&alias)?.is_some() {
-        return Err(ApiError::new(http::StatusCode::CONFLICT, "M_ROOM_IN_USE", "Room alias already exists"));
+        return Err(Failure::Taken(Taken::Alias));
     }
     if call.server.rooms.get(room).is_none() {
-        return Err(ApiError::not_found("Unknown room"));
+        return Err(Failure::not_found("Unknown room"));
     }
     let mut b = Batch::new();
     b.push(Op::PutAlias { alias, record: AliasRecord { room_id: room.to_string(), creator: user.to_string() } });
@@ -57,24 +57,24 @@ pub fn create(call: &Call, alias: &str, room: &RoomId) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub fn put(call: Call, alias: &str) -> Result<Value, ApiError> {
+pub fn put(call: Call, alias: &str) -> Result<Value, Failure> {
     let room = call
         .body
         .get("room_id")
         .and_then(Value::as_str)
         .and_then(|r| RoomId::parse(r).ok())
-        .ok_or_else(|| ApiError::bad_json("room_id is required"))?;
+        .ok_or_else(|| Failure::bad_json("room_id is required"))?;
     create(&call, alias, &room)?;
     Ok(json!({}))
 }
 
-pub fn delete(call: Call, alias: &str) -> Result<Value, ApiError> {
+pub fn delete(call: Call, alias: &str) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     let alias = local_alias(&call, alias)?;
-    let rec = call.server.store.alias(&alias)?.ok_or_else(|| ApiError::not_found("Room alias not found"))?;
+    let rec = call.server.store.alias(&alias)?.ok_or_else(|| Failure::not_found("Room alias not found"))?;
     let admin = call.server.store.user(user)?.is_some_and(|u| u.admin);
     if rec.creator != user.as_str() && !admin {
-        return Err(ApiError::forbidden("Only the alias's creator may remove it"));
+        return Err(Failure::forbidden("Only the alias's creator may remove it"));
     }
     let mut b = Batch::new();
     b.push(Op::DeleteAlias(alias));

@@ -11,9 +11,10 @@ use super::Call;
 use super::ClientDeps;
 use crate::core::ids::{EventId, RoomId};
 use crate::core::json::{self, NumberPolicy, Object};
-use crate::http::{query_get, ApiError};
+use crate::http::query_get;
 use crate::room::RoomView;
 use crate::store::records::EventRecord;
+use crate::wire::Failure;
 
 /// An event as clients see it.
 pub fn client_event(obj: &Object, id: &EventId) -> Value {
@@ -40,7 +41,7 @@ pub fn record_event(rec: &EventRecord, id: &EventId) -> Option<Value> {
 /// A stored event in client format; `None` when hidden (soft-failed or
 /// rejected) or not held here (pruned by a follower). A redacted event says
 /// why.
-pub fn load_client_event(server: &ClientDeps, id: &EventId) -> Result<Option<Value>, ApiError> {
+pub fn load_client_event(server: &ClientDeps, id: &EventId) -> Result<Option<Value>, Failure> {
     let Some(rec) = server.store.event(id)?.filter(|r| !r.soft_failed && r.rejected.is_empty()) else {
         return Ok(None);
     };
@@ -53,30 +54,29 @@ pub fn load_client_event(server: &ClientDeps, id: &EventId) -> Result<Option<Val
     Ok(Some(e))
 }
 
-pub fn readable_room(call: &Call, room: &str) -> Result<Arc<RoomView>, ApiError> {
+pub fn readable_room(call: &Call, room: &str) -> Result<Arc<RoomView>, Failure> {
     let (user, _) = call.who()?;
-    let room = RoomId::parse(room)
-        .map_err(|e| ApiError::new(http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string()))?;
+    let room = RoomId::parse(room).map_err(|e| Failure::invalid_param(e.to_string()))?;
     if call.server.store.membership(user, &room)?.is_none() {
-        return Err(ApiError::forbidden("You are not in this room"));
+        return Err(Failure::forbidden("You are not in this room"));
     }
     call.server.view_of_joined(&room)
 }
 
-pub fn full_state(call: Call, room: &str) -> Result<Value, ApiError> {
+pub fn full_state(call: Call, room: &str) -> Result<Value, Failure> {
     let view = readable_room(&call, room)?;
     let events: Vec<Value> = view.state.iter().map(|p| client_event(p.json(), p.event_id())).collect();
     Ok(Value::Array(events))
 }
 
-pub fn state_event(call: Call, room: &str, ty: &str, key: &str) -> Result<Value, ApiError> {
+pub fn state_event(call: Call, room: &str, ty: &str, key: &str) -> Result<Value, Failure> {
     use crate::core::rooms::StateView;
     let view = readable_room(&call, room)?;
-    let e = view.state.get(ty, key).ok_or_else(|| ApiError::not_found("Event not found"))?;
+    let e = view.state.get(ty, key).ok_or_else(|| Failure::not_found("Event not found"))?;
     Ok(Value::Object(e.content().clone()))
 }
 
-pub fn joined_rooms(call: Call) -> Result<Value, ApiError> {
+pub fn joined_rooms(call: Call) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     let rooms: Vec<String> = call
         .server
@@ -90,29 +90,29 @@ pub fn joined_rooms(call: Call) -> Result<Value, ApiError> {
 }
 
 /// `GET /rooms/{roomId}/event/{eventId}`.
-pub async fn event(call: Call, room: &str, id: &str) -> Result<Value, ApiError> {
+pub async fn event(call: Call, room: &str, id: &str) -> Result<Value, Failure> {
     let view = readable_room(&call, room)?;
-    let id = EventId::parse(id).map_err(|_| ApiError::not_found("Event not found"))?;
+    let id = EventId::parse(id).map_err(|_| Failure::not_found("Event not found"))?;
     let rec = call.server.store.event(&id)?.filter(|r| r.room_id == view.room_id.as_str());
     if rec.is_some_and(|r| r.pruned) {
         let got = super::messages::fetch_from_hub(&call.server, &view, std::slice::from_ref(&id)).await?;
-        return got.into_iter().next().map(|(_, e)| e).ok_or_else(|| ApiError::not_found("Event not found"));
+        return got.into_iter().next().map(|(_, e)| e).ok_or_else(|| Failure::not_found("Event not found"));
     }
-    load_client_event(&call.server, &id)?.ok_or_else(|| ApiError::not_found("Event not found"))
+    load_client_event(&call.server, &id)?.ok_or_else(|| Failure::not_found("Event not found"))
 }
 
 /// `GET /rooms/{roomId}/context/{eventId}`: events around one, and the
 /// state at the end.
-pub fn context(call: Call, room: &str, id: &str) -> Result<Value, ApiError> {
+pub fn context(call: Call, room: &str, id: &str) -> Result<Value, Failure> {
     let view = readable_room(&call, room)?;
-    let id = EventId::parse(id).map_err(|_| ApiError::not_found("Event not found"))?;
+    let id = EventId::parse(id).map_err(|_| Failure::not_found("Event not found"))?;
     let rec = call.server.store.event(&id)?.filter(|r| r.room_id == view.room_id.as_str() && !r.outlier);
-    let rec = rec.ok_or_else(|| ApiError::not_found("Event not found"))?;
-    let event = load_client_event(&call.server, &id)?.ok_or_else(|| ApiError::not_found("Event not found"))?;
+    let rec = rec.ok_or_else(|| Failure::not_found("Event not found"))?;
+    let event = load_client_event(&call.server, &id)?.ok_or_else(|| Failure::not_found("Event not found"))?;
     let limit = query_get(&call.query, "limit").and_then(|l| l.parse::<u64>().ok()).unwrap_or(10).min(100);
     let before_n = limit / 2;
     let after_n = limit - before_n;
-    let load = |ids: Vec<EventId>| -> Result<Vec<Value>, ApiError> {
+    let load = |ids: Vec<EventId>| -> Result<Vec<Value>, Failure> {
         let mut out = Vec::new();
         for i in &ids {
             if let Some(e) = load_client_event(&call.server, i)? {
@@ -138,7 +138,7 @@ pub fn context(call: Call, room: &str, id: &str) -> Result<Value, ApiError> {
 }
 
 /// `GET /rooms/{roomId}/members` (`membership`, `not_membership`).
-pub fn members(call: Call, room: &str) -> Result<Value, ApiError> {
+pub fn members(call: Call, room: &str) -> Result<Value, Failure> {
     let view = readable_room(&call, room)?;
     let only = query_get(&call.query, "membership");
     let not = query_get(&call.query, "not_membership");
@@ -153,7 +153,7 @@ pub fn members(call: Call, room: &str) -> Result<Value, ApiError> {
 }
 
 /// `GET /rooms/{roomId}/joined_members`.
-pub fn joined_members(call: Call, room: &str) -> Result<Value, ApiError> {
+pub fn joined_members(call: Call, room: &str) -> Result<Value, Failure> {
     let view = readable_room(&call, room)?;
     let mut joined = serde_json::Map::new();
     for p in view.state.iter().filter(|p| p.event_type() == "m.room.member" && p.membership() == Some("join")) {

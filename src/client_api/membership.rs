@@ -13,10 +13,11 @@ use crate::core::ids::{EventId, RoomId, ServerName, UserId};
 use crate::core::json::Object;
 use crate::core::rooms::StateView;
 use crate::federation::Remote;
-use crate::http::ApiError;
 use crate::room::RoomView;
 use crate::store::records::Membership;
 use crate::store::{Batch, Op, StreamEntry};
+use crate::wire::client::{MemberTarget, Reason, RoomIdAnswer};
+use crate::wire::{self, Failure};
 
 /// Whether this server takes part in the room.
 pub fn participating(call: &Call, view: &RoomView) -> bool {
@@ -32,7 +33,7 @@ fn named_servers(call: &Call) -> Vec<ServerName> {
 }
 
 /// A room id, or a local alias resolved to one.
-pub fn resolve(call: &Call, id_or_alias: &str) -> Result<RoomId, ApiError> {
+pub fn resolve(call: &Call, id_or_alias: &str) -> Result<RoomId, Failure> {
     if id_or_alias.starts_with('#') {
         return super::directory::lookup(call, id_or_alias);
     }
@@ -41,7 +42,7 @@ pub fn resolve(call: &Call, id_or_alias: &str) -> Result<RoomId, ApiError> {
 
 /// Servers to ask about a room we do not take part in: the caller's hints
 /// and the server an invite or knock of ours came through.
-fn candidates(call: &Call, user: &UserId, room: &RoomId) -> Result<Vec<ServerName>, ApiError> {
+fn candidates(call: &Call, user: &UserId, room: &RoomId) -> Result<Vec<ServerName>, Failure> {
     let mut servers = named_servers(call);
     if let Some(m) = call.server.store.membership(user, room)? {
         if let Ok(s) = ServerName::parse(&m.via_server) {
@@ -51,13 +52,15 @@ fn candidates(call: &Call, user: &UserId, room: &RoomId) -> Result<Vec<ServerNam
     Ok(Remote::candidates(room, &servers))
 }
 
-fn reason(call: &Call, content: &mut Object) {
-    if let Some(r) = call.body.get("reason").filter(|r| r.is_string()) {
-        content.insert("reason".into(), r.clone());
+fn reason(call: &Call, content: &mut Object) -> Result<(), Failure> {
+    let Reason { reason } = wire::read(&call.body)?;
+    if let Some(r) = reason {
+        content.insert("reason".into(), json!(r));
     }
+    Ok(())
 }
 
-async fn own_membership(call: &Call, room: &RoomId, membership: &str) -> Result<Option<EventId>, ApiError> {
+async fn own_membership(call: &Call, room: &RoomId, membership: &str) -> Result<Option<EventId>, Failure> {
     let (user, _) = call.who()?;
     let Some(h) = call.server.rooms.get(room) else { return Ok(None) };
     if !participating(call, &h.view()) {
@@ -73,14 +76,14 @@ async fn own_membership(call: &Call, room: &RoomId, membership: &str) -> Result<
             content.insert("avatar_url".into(), json!(url));
         }
     }
-    reason(call, &mut content);
+    reason(call, &mut content)?;
     Ok(Some(submit(call, room, draft(user, "m.room.member", Some(user.as_str()), content)).await?))
 }
 
-pub async fn join(call: Call, room: &str) -> Result<Value, ApiError> {
+pub async fn join(call: Call, room: &str) -> Result<Value, Failure> {
     let room = resolve(&call, room)?;
     if own_membership(&call, &room, "join").await?.is_some() {
-        return Ok(json!({ "room_id": room.as_str() }));
+        return wire::to_json(&RoomIdAnswer { room_id: room.as_str() });
     }
     let (user, _) = call.who()?;
     let candidates = candidates(&call, user, &room)?;
@@ -91,31 +94,27 @@ pub async fn join(call: Call, room: &str) -> Result<Value, ApiError> {
         }
     }
     call.server.remote.join(&room, user, &candidates, &extra).await?;
-    Ok(json!({ "room_id": room.as_str() }))
-}
-
-fn target(call: &Call) -> Result<UserId, ApiError> {
-    call.body
-        .get("user_id")
-        .and_then(Value::as_str)
-        .and_then(|u| UserId::parse(u).ok())
-        .ok_or_else(|| ApiError::bad_json("user_id must be a user id"))
+    wire::to_json(&RoomIdAnswer { room_id: room.as_str() })
 }
 
 /// invite, kick (`leave`), ban, unban (`leave` over `ban`).
-pub async fn change_other(call: Call, room: &str, membership: &str) -> Result<Value, ApiError> {
+pub async fn change_other(call: Call, room: &str, membership: &str) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     let room = room_id(room)?;
-    let target = target(&call)?;
+    let asked: MemberTarget = wire::read(&call.body)?;
+    let target =
+        UserId::parse(asked.user_id).map_err(|e| Failure::bad_json(format!("user_id must be a user id: {e}")))?;
     if membership == "unban" {
         let view = call.server.view_of_joined(&room)?;
         if view.state.membership(target.as_str()) != "ban" {
-            return Err(ApiError::forbidden("The user is not banned"));
+            return Err(Failure::forbidden("The user is not banned"));
         }
     }
     let value = if membership == "unban" { "leave" } else { membership };
     let mut content = obj(json!({ "membership": value }));
-    reason(&call, &mut content);
+    if let Some(r) = asked.reason {
+        content.insert("reason".into(), json!(r));
+    }
     submit(&call, &room, draft(user, "m.room.member", Some(target.as_str()), content)).await?;
     Ok(json!({}))
 }
@@ -128,7 +127,7 @@ async fn note_membership(
     room: &RoomId,
     m: Membership,
     event: Option<EventId>,
-) -> Result<(), ApiError> {
+) -> Result<(), Failure> {
     let alloc = call.server.positions.allocate(1)?;
     let mut b = Batch::new();
     b.push(Op::PutMembership {
@@ -145,15 +144,14 @@ async fn note_membership(
     Ok(())
 }
 
-pub async fn leave(call: Call, room: &str) -> Result<Value, ApiError> {
+pub async fn leave(call: Call, room: &str) -> Result<Value, Failure> {
     let room = room_id(room)?;
     if own_membership(&call, &room, "leave").await?.is_some() {
         return Ok(json!({}));
     }
     // Rejecting an invite, or retracting a knock, with the hub.
     let (user, _) = call.who()?;
-    let m =
-        call.server.store.membership(user, &room)?.ok_or_else(|| ApiError::forbidden("You are not in this room"))?;
+    let m = call.server.store.membership(user, &room)?.ok_or_else(|| Failure::forbidden("You are not in this room"))?;
     if m.membership != "invite" && m.membership != "knock" {
         return Ok(json!({}));
     }
@@ -170,15 +168,15 @@ pub async fn leave(call: Call, room: &str) -> Result<Value, ApiError> {
     Ok(json!({}))
 }
 
-pub async fn knock(call: Call, room: &str) -> Result<Value, ApiError> {
+pub async fn knock(call: Call, room: &str) -> Result<Value, Failure> {
     let room = resolve(&call, room)?;
     if own_membership(&call, &room, "knock").await?.is_some() {
-        return Ok(json!({ "room_id": room.as_str() }));
+        return wire::to_json(&RoomIdAnswer { room_id: room.as_str() });
     }
     let (user, _) = call.who()?;
     let candidates = candidates(&call, user, &room)?;
     let mut extra = Object::new();
-    reason(&call, &mut extra);
+    reason(&call, &mut extra)?;
     let (hub, stripped, version) = call.server.remote.knock(&room, user, &candidates, &extra).await?;
     let m = Membership {
         membership: "knock".into(),
@@ -188,16 +186,16 @@ pub async fn knock(call: Call, room: &str) -> Result<Value, ApiError> {
         ..Default::default()
     };
     note_membership(&call, user, &room, m, None).await?;
-    Ok(json!({ "room_id": room.as_str() }))
+    wire::to_json(&RoomIdAnswer { room_id: room.as_str() })
 }
 
 /// `POST /rooms/{roomId}/forget`: the room leaves the user's sync.
-pub async fn forget(call: Call, room: &str) -> Result<Value, ApiError> {
+pub async fn forget(call: Call, room: &str) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     let room = room_id(room)?;
-    let m = call.server.store.membership(user, &room)?.ok_or_else(|| ApiError::not_found("Unknown room"))?;
+    let m = call.server.store.membership(user, &room)?.ok_or_else(|| Failure::not_found("Unknown room"))?;
     if m.membership == "join" || m.membership == "invite" || m.membership == "knock" {
-        return Err(ApiError::new(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Leave the room before forgetting it"));
+        return Err(Failure::BadRequest("Leave the room before forgetting it".into()));
     }
     let mut b = Batch::new();
     b.push(Op::PutMembership { user: user.clone(), room, membership: Membership { forgotten: true, ..m } });

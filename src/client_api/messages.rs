@@ -16,8 +16,9 @@ use super::Call;
 use super::ClientDeps;
 use crate::core::ids::EventId;
 use crate::core::rooms::StateView;
-use crate::http::{query_get, ApiError};
+use crate::http::query_get;
 use crate::room::RoomView;
+use crate::wire::Failure;
 
 /// Events of the room fetched from its hub, in client format, by id:
 /// `ids` must be a run of consecutive list events (oldest first).
@@ -25,13 +26,9 @@ pub async fn fetch_from_hub(
     server: &ClientDeps,
     view: &RoomView,
     ids: &[EventId],
-) -> Result<Vec<(EventId, Value)>, ApiError> {
+) -> Result<Vec<(EventId, Value)>, Failure> {
     let Some(last) = ids.last() else { return Ok(Vec::new()) };
-    let pdus = server
-        .remote
-        .backfill(view, last, ids.len())
-        .await
-        .map_err(|e| ApiError::new(http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", e))?;
+    let pdus = server.remote.backfill(view, last, ids.len()).await.map_err(Failure::Remote)?;
     Ok(pdus.iter().map(|p| (p.event_id().clone(), super::events::client_event(p.json(), p.event_id()))).collect())
 }
 
@@ -39,8 +36,8 @@ pub async fn fetch_from_hub(
 /// that matches nothing gets a short page and a token to go on from.
 const MAX_SCANNED: u64 = 2_000;
 
-fn bad_token() -> ApiError {
-    ApiError::new(http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "Unknown pagination token")
+fn bad_token() -> Failure {
+    Failure::invalid_param("Unknown pagination token")
 }
 
 enum Token {
@@ -48,7 +45,7 @@ enum Token {
     Remote(EventId),
 }
 
-fn parse_token(t: &str) -> Result<Token, ApiError> {
+fn parse_token(t: &str) -> Result<Token, Failure> {
     if let Some(i) = t.strip_prefix('t') {
         return i.parse().map(Token::Local).map_err(|_| bad_token());
     }
@@ -74,7 +71,7 @@ fn shared_history(view: &RoomView) -> bool {
     vis == "shared" || vis == "world_readable"
 }
 
-pub async fn messages(call: Call, room: &str) -> Result<Value, ApiError> {
+pub async fn messages(call: Call, room: &str) -> Result<Value, Failure> {
     let view = readable_room(&call, room)?;
     let (user, _) = call.who()?;
     let forward = query_get(&call.query, "dir") == Some("f");
@@ -118,7 +115,7 @@ fn forward_page(
     limit: usize,
     to: Option<u64>,
     f: &EventFilter,
-) -> Result<Page, ApiError> {
+) -> Result<Page, Failure> {
     let stop = to.unwrap_or(view.length).min(view.length);
     let mut chunk = Vec::new();
     let mut at = from;
@@ -145,7 +142,7 @@ async fn backward_page(
     limit: usize,
     to: Option<u64>,
     f: &EventFilter,
-) -> Result<Page, ApiError> {
+) -> Result<Page, Failure> {
     let floor = to.unwrap_or(0);
     let mut chunk = Vec::new();
     let mut at = from;
@@ -198,29 +195,21 @@ async fn remote_page(
     before: &EventId,
     limit: usize,
     f: &EventFilter,
-) -> Result<Page, ApiError> {
+) -> Result<Page, Failure> {
     let start = format!("r{before}");
     let prev = match crate::room::load::load_pdu(&server.store, view.version, before)? {
         Some(p) if !p.prev_events().is_empty() => p.prev_events()[0].clone(),
         Some(_) => return Ok(Page { chunk: Vec::new(), start, end: None }),
         None => {
             // Not held here: ask the hub for it (and what precedes it).
-            let got = server
-                .remote
-                .backfill(view, before, 1)
-                .await
-                .map_err(|e| ApiError::new(http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", e))?;
+            let got = server.remote.backfill(view, before, 1).await.map_err(Failure::Remote)?;
             match got.last().and_then(|p| p.prev_events().first().cloned()) {
                 Some(p) => p,
                 None => return Ok(Page { chunk: Vec::new(), start, end: None }),
             }
         }
     };
-    let pdus = server
-        .remote
-        .backfill(view, &prev, limit)
-        .await
-        .map_err(|e| ApiError::new(http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", e))?;
+    let pdus = server.remote.backfill(view, &prev, limit).await.map_err(Failure::Remote)?;
     let oldest = pdus.first().filter(|p| !p.prev_events().is_empty()).map(|p| format!("r{}", p.event_id()));
     let chunk = pdus
         .iter()

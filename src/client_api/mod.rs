@@ -21,17 +21,16 @@ mod unread;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use serde_json::Value;
 use tracing::Instrument;
 
 use crate::core::ids::UserId;
 use crate::core::json::{NumberPolicy, Object};
-use crate::http::{
-    json_object, ok_json, path_segments, query_pairs, read_body, ApiError, Body, BodyBudget, Handler, MAX_BODY,
-};
+use crate::http::{json_object, ok_json, path_segments, query_pairs, read_body, Body, BodyBudget, Handler, MAX_BODY};
 use crate::store::{BoxFuture, TokenHash};
+use crate::wire::{self, Failure, Surface};
 
 pub use account::Accounts;
 pub use deps::ClientDeps;
@@ -50,11 +49,8 @@ pub struct Call {
 
 impl Call {
     /// The authenticated user and device.
-    pub fn who(&self) -> Result<(&UserId, &str), ApiError> {
-        self.user
-            .as_ref()
-            .map(|(u, d)| (u, d.as_str()))
-            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN", "Missing access token"))
+    pub fn who(&self) -> Result<(&UserId, &str), Failure> {
+        self.user.as_ref().map(|(u, d)| (u, d.as_str())).ok_or(Failure::MissingToken)
     }
 }
 
@@ -87,7 +83,10 @@ impl Handler for ClientHandler {
             async move {
                 let mut resp = match self.route(req, remote).await {
                     Ok(v) => ok_json(&v),
-                    Err(e) => e.into_response(),
+                    Err(e) => {
+                        e.log_internal();
+                        wire::answer(Surface::Client, &e).into_response()
+                    }
                 };
                 // Browser clients call from other origins.
                 let h = resp.headers_mut();
@@ -118,11 +117,11 @@ fn token_of(req: &Request<Incoming>, query: &[(String, String)]) -> Option<Strin
 }
 
 impl ClientHandler {
-    async fn route(&self, req: Request<Incoming>, remote: SocketAddr) -> Result<Value, ApiError> {
+    async fn route(&self, req: Request<Incoming>, remote: SocketAddr) -> Result<Value, Failure> {
         if req.method() == Method::OPTIONS {
             return Ok(serde_json::json!({}));
         }
-        let segs = path_segments(req.uri().path()).ok_or_else(ApiError::unrecognized)?;
+        let segs = path_segments(req.uri().path()).ok_or_else(Failure::unrecognized)?;
         let query = query_pairs(req.uri().query());
         let token = token_of(&req, &query);
         let method = req.method().clone();
@@ -130,11 +129,8 @@ impl ClientHandler {
         // Who is asking is settled before the body is read.
         let user = match &token {
             Some(t) => {
-                let rec = self.server.store.access_token(&TokenHash::of(t))?.ok_or_else(|| {
-                    ApiError::new(StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN", "Unknown access token")
-                        .with("soft_logout", false.into())
-                })?;
-                let user = UserId::parse(&rec.user_id).map_err(|e| ApiError::unknown(e.to_string()))?;
+                let rec = self.server.store.access_token(&TokenHash::of(t))?.ok_or(Failure::UnknownToken)?;
+                let user = UserId::parse(&rec.user_id).map_err(Failure::corrupt)?;
                 Some((user, rec.device_id))
             }
             None => None,
@@ -157,7 +153,7 @@ impl ClientHandler {
             ["_matrix", "client", "versions"] => return only(&method, Method::GET).map(|_| account::versions()),
             ["_synapse", "admin", "v1", "register"] => return account::shared_secret_register(&method, call).await,
             ["_matrix", "client", "v3" | "r0", rest @ ..] => rest,
-            _ => return Err(ApiError::unrecognized()),
+            _ => return Err(Failure::unrecognized()),
         };
         match rest {
             ["login"] | ["register"] if method == Method::POST => self.logins.check(&address.to_string())?,
@@ -172,15 +168,15 @@ impl ClientHandler {
     }
 }
 
-fn only(method: &Method, want: Method) -> Result<(), ApiError> {
+fn only(method: &Method, want: Method) -> Result<(), Failure> {
     if *method == want {
         Ok(())
     } else {
-        Err(ApiError::method_not_allowed())
+        Err(Failure::method_not_allowed())
     }
 }
 
-async fn dispatch(method: &Method, rest: &[&str], call: Call) -> Result<Value, ApiError> {
+async fn dispatch(method: &Method, rest: &[&str], call: Call) -> Result<Value, Failure> {
     use Method as M;
     match (rest, method) {
         // Accounts, devices, profiles.
@@ -253,11 +249,11 @@ async fn dispatch(method: &Method, rest: &[&str], call: Call) -> Result<Value, A
         (["sync"], &M::GET) => sync::sync(call).await,
         // Known paths with another method.
         (["login"] | ["register"] | ["createRoom"] | ["sync"] | ["joined_rooms"] | ["devices", ..], _) => {
-            Err(ApiError::method_not_allowed())
+            Err(Failure::method_not_allowed())
         }
         (["rooms", _, "send" | "state" | "messages" | "invite" | "leave" | "join" | "kick" | "ban", ..], _) => {
-            Err(ApiError::method_not_allowed())
+            Err(Failure::method_not_allowed())
         }
-        _ => Err(ApiError::unrecognized()),
+        _ => Err(Failure::unrecognized()),
     }
 }

@@ -16,7 +16,7 @@ use argon2::password_hash::{Output, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tokio::sync::oneshot;
 
-use crate::http::ApiError;
+use crate::wire::Failure;
 
 /// Requests waiting for a hashing thread before new ones are refused.
 const QUEUE: usize = 64;
@@ -56,39 +56,36 @@ impl Passwords {
         Arc::new(Passwords { queue: tx })
     }
 
-    async fn run(&self, task: Task) -> Result<Done, ApiError> {
+    async fn run(&self, task: Task) -> Result<Done, Failure> {
         let (tx, rx) = oneshot::channel();
         match self.queue.try_send((task, tx)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                return Err(ApiError::limit_exceeded("Too many password checks at once", 1_000));
+                return Err(Failure::limit_exceeded("Too many password checks at once", 1_000));
             }
-            Err(TrySendError::Disconnected(_)) => return Err(ApiError::unknown("Password hashing stopped")),
+            Err(TrySendError::Disconnected(_)) => return Err(Failure::stopped("password hashing")),
         }
-        let done = rx.await.map_err(|_| ApiError::unknown("Password hashing stopped"))?;
-        done.map_err(|e| {
-            tracing::error!(error = %e, "password hashing failed");
-            ApiError::unknown("Password hashing failed")
-        })
+        let done = rx.await.map_err(|_| Failure::stopped("password hashing"))?;
+        done.map_err(|e| Failure::failed(format!("password hashing: {e}")))
     }
 
     /// A new PHC string for `password`, with a random salt.
-    pub async fn hash(&self, password: &str) -> Result<String, ApiError> {
+    pub async fn hash(&self, password: &str) -> Result<String, Failure> {
         match self.run(Task::Hash(password.to_owned())).await? {
             Done::Hashed(phc) => Ok(phc),
-            Done::Verified(_) => Err(ApiError::unknown("Password hashing answered the wrong question")),
+            Done::Verified(_) => Err(Failure::failed("password hashing answered the wrong question")),
         }
     }
 
     /// Whether `password` matches the stored PHC string; `false` for an
     /// empty or unreadable one.
-    pub async fn verify(&self, phc: &str, password: &str) -> Result<bool, ApiError> {
+    pub async fn verify(&self, phc: &str, password: &str) -> Result<bool, Failure> {
         if phc.is_empty() {
             return Ok(false);
         }
         match self.run(Task::Verify { phc: phc.to_owned(), password: password.to_owned() }).await? {
             Done::Verified(ok) => Ok(ok),
-            Done::Hashed(_) => Err(ApiError::unknown("Password hashing answered the wrong question")),
+            Done::Hashed(_) => Err(Failure::failed("password hashing answered the wrong question")),
         }
     }
 }
@@ -185,7 +182,7 @@ mod tests {
         let results = futures_util::future::join_all(calls).await;
         let refused = results
             .iter()
-            .filter(|r| r.as_ref().unwrap().as_ref().is_err_and(|e| e.errcode == "M_LIMIT_EXCEEDED"))
+            .filter(|r| r.as_ref().unwrap().as_ref().is_err_and(|e| matches!(e, Failure::LimitExceeded { .. })))
             .count();
         assert!(refused > 0, "more jobs than the queue holds are refused");
         assert!(results.iter().any(|r| r.as_ref().unwrap().is_ok()));

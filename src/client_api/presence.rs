@@ -10,40 +10,40 @@ use super::Call;
 use crate::core::ids::{EventId, RoomId, UserId};
 use crate::ephemeral::{record_side, Presence};
 use crate::federation::edu;
-use crate::http::ApiError;
 use crate::room::RoomView;
 use crate::store::records::side_entry::Kind;
 use crate::store::records::Receipt;
 use crate::sys::now_ms;
+use crate::wire::client::{self as body, ReadMarkers, Typing};
+use crate::wire::{self, Failure};
 
 /// Longest typing notification a client may ask for.
 const MAX_TYPING_MS: u64 = 120_000;
 
-fn room_id(s: &str) -> Result<RoomId, ApiError> {
-    RoomId::parse(s).map_err(|e| ApiError::new(http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string()))
+fn room_id(s: &str) -> Result<RoomId, Failure> {
+    RoomId::parse(s).map_err(|e| Failure::invalid_param(e.to_string()))
 }
 
 /// The room, if the caller is joined to it.
-fn joined_room(call: &Call, room: &str) -> Result<(UserId, std::sync::Arc<RoomView>), ApiError> {
+fn joined_room(call: &Call, room: &str) -> Result<(UserId, std::sync::Arc<RoomView>), Failure> {
     let (user, _) = call.who()?;
     let room = room_id(room)?;
     let view = call.server.view_of_joined(&room)?;
     use crate::core::rooms::StateView;
     if view.state.membership(user.as_str()) != "join" {
-        return Err(ApiError::forbidden("You are not in this room"));
+        return Err(Failure::forbidden("You are not in this room"));
     }
     Ok((user.clone(), view))
 }
 
 /// `PUT /rooms/{roomId}/typing/{userId}`.
-pub fn typing(call: Call, room: &str, user_id: &str) -> Result<Value, ApiError> {
+pub fn typing(call: Call, room: &str, user_id: &str) -> Result<Value, Failure> {
     let (user, view) = joined_room(&call, room)?;
     if user.as_str() != user_id {
-        return Err(ApiError::forbidden("You may only set your own typing state"));
+        return Err(Failure::forbidden("You may only set your own typing state"));
     }
-    let on =
-        call.body.get("typing").and_then(Value::as_bool).ok_or_else(|| ApiError::bad_json("typing is required"))?;
-    let timeout = call.body.get("timeout").and_then(Value::as_u64).unwrap_or(30_000).min(MAX_TYPING_MS);
+    let Typing { typing: on, timeout } = wire::read(&call.body)?;
+    let timeout = timeout.unwrap_or(30_000).min(MAX_TYPING_MS);
     let until = on.then(|| now_ms() + timeout as i64);
     let server = call.server.clone();
     if server.ephemeral.set_typing(&view.room_id, &user, until) || on {
@@ -73,10 +73,10 @@ fn receipt_for(
     kind: &str,
     event: &EventId,
     thread: &str,
-) -> Result<(), ApiError> {
-    let rec = call.server.store.event(event)?.ok_or_else(|| ApiError::not_found("Unknown event"))?;
+) -> Result<(), Failure> {
+    let rec = call.server.store.event(event)?.ok_or_else(|| Failure::not_found("Unknown event"))?;
     if rec.room_id != view.room_id.as_str() {
-        return Err(ApiError::not_found("The event is not in this room"));
+        return Err(Failure::not_found("The event is not in this room"));
     }
     let receipt = Receipt { event_id: event.to_string(), ts: now_ms(), thread_id: thread.to_owned(), stream: 0 };
     crate::ephemeral::store_receipt(
@@ -96,32 +96,33 @@ fn receipt_for(
 }
 
 /// `POST /rooms/{roomId}/receipt/{receiptType}/{eventId}`.
-pub async fn receipt(call: Call, room: &str, kind: &str, event: &str) -> Result<Value, ApiError> {
+pub async fn receipt(call: Call, room: &str, kind: &str, event: &str) -> Result<Value, Failure> {
     let (user, view) = joined_room(&call, room)?;
-    let event = EventId::parse(event)
-        .map_err(|e| ApiError::new(http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string()))?;
+    let event = EventId::parse(event).map_err(|e| Failure::invalid_param(e.to_string()))?;
     match kind {
         "m.read" | "m.read.private" => {
-            let thread = call.body.get("thread_id").and_then(Value::as_str).unwrap_or("");
+            let body::Receipt { thread_id } = wire::read(&call.body)?;
+            let thread = thread_id.unwrap_or("");
             receipt_for(&call, &view, &user, kind, &event, thread)?;
         }
         "m.fully_read" => {
             put_data(&call, &user, Some(&view.room_id), "m.fully_read", &json!({"event_id": event.as_str()})).await?;
         }
-        _ => return Err(ApiError::new(http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "Unknown receipt type")),
+        _ => return Err(Failure::invalid_param("Unknown receipt type")),
     }
     Ok(json!({}))
 }
 
 /// `POST /rooms/{roomId}/read_markers`.
-pub async fn read_markers(call: Call, room: &str) -> Result<Value, ApiError> {
+pub async fn read_markers(call: Call, room: &str) -> Result<Value, Failure> {
     let (user, view) = joined_room(&call, room)?;
-    let id = |k: &str| call.body.get(k).and_then(Value::as_str).and_then(|e| EventId::parse(e).ok());
-    if let Some(e) = id("m.fully_read") {
+    let markers: ReadMarkers = wire::read(&call.body)?;
+    let id = |e: Option<&str>| e.and_then(|e| EventId::parse(e).ok());
+    if let Some(e) = id(markers.fully_read) {
         put_data(&call, &user, Some(&view.room_id), "m.fully_read", &json!({"event_id": e.as_str()})).await?;
     }
-    for kind in ["m.read", "m.read.private"] {
-        if let Some(e) = id(kind) {
+    for (kind, e) in [("m.read", markers.read), ("m.read.private", markers.read_private)] {
+        if let Some(e) = id(e) {
             receipt_for(&call, &view, &user, kind, &e, "")?;
         }
     }
@@ -129,7 +130,7 @@ pub async fn read_markers(call: Call, room: &str) -> Result<Value, ApiError> {
 }
 
 /// Records a user's presence and tells the servers sharing a room.
-pub fn set_presence(call: &Call, user: &UserId, state: &str, status_msg: Option<String>) -> Result<(), ApiError> {
+pub fn set_presence(call: &Call, user: &UserId, state: &str, status_msg: Option<String>) -> Result<(), Failure> {
     let changed = call.server.ephemeral.presence(user).is_none_or(|p| p.state != state || p.status_msg != status_msg);
     let p = Presence { state: state.to_owned(), status_msg, last_active_ms: now_ms() };
     call.server.ephemeral.set_presence(user, p.clone());
@@ -141,26 +142,24 @@ pub fn set_presence(call: &Call, user: &UserId, state: &str, status_msg: Option<
     Ok(())
 }
 
-pub fn put_status(call: Call, user_id: &str) -> Result<Value, ApiError> {
+pub fn put_status(call: Call, user_id: &str) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     if user.as_str() != user_id {
-        return Err(ApiError::forbidden("You may only set your own presence"));
+        return Err(Failure::forbidden("You may only set your own presence"));
     }
-    let state =
-        call.body.get("presence").and_then(Value::as_str).ok_or_else(|| ApiError::bad_json("presence is required"))?;
+    let body::Presence { presence: state, status_msg } = wire::read(&call.body)?;
     if !["online", "offline", "unavailable"].contains(&state) {
-        return Err(ApiError::bad_json("presence must be online, offline or unavailable"));
+        return Err(Failure::bad_json("presence must be online, offline or unavailable"));
     }
-    let msg = call.body.get("status_msg").and_then(Value::as_str).map(str::to_owned);
+    let msg = status_msg.map(str::to_owned);
     let user = user.clone();
     set_presence(&call, &user, state, msg)?;
     Ok(json!({}))
 }
 
-pub fn get_status(call: Call, user_id: &str) -> Result<Value, ApiError> {
+pub fn get_status(call: Call, user_id: &str) -> Result<Value, Failure> {
     call.who()?;
-    let user = UserId::parse(user_id)
-        .map_err(|e| ApiError::new(http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string()))?;
+    let user = UserId::parse(user_id).map_err(|e| Failure::invalid_param(e.to_string()))?;
     match call.server.ephemeral.presence_event(&user) {
         Some(e) => Ok(e["content"].clone()),
         None => Ok(json!({"presence": "offline"})),

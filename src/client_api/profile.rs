@@ -7,19 +7,19 @@ use super::rooms::{draft, submit};
 use super::Call;
 use crate::core::ids::UserId;
 use crate::core::rooms::StateView;
-use crate::http::ApiError;
 use crate::store::{Batch, Op};
+use crate::wire::Failure;
 
-fn user_id(s: &str) -> Result<UserId, ApiError> {
-    UserId::parse(s).map_err(|e| ApiError::new(http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string()))
+fn user_id(s: &str) -> Result<UserId, Failure> {
+    UserId::parse(s).map_err(|e| Failure::invalid_param(e.to_string()))
 }
 
 /// `{displayname, avatar_url}` of a local user, or of a remote one as seen
 /// in the rooms the asker shares with them.
-fn profile_of(call: &Call, user: &UserId) -> Result<Value, ApiError> {
+fn profile_of(call: &Call, user: &UserId) -> Result<Value, Failure> {
     let mut out = json!({});
     if user.is_on(&call.server.name) {
-        let rec = call.server.store.user(user)?.ok_or_else(|| ApiError::not_found("Profile not found"))?;
+        let rec = call.server.store.user(user)?.ok_or_else(|| Failure::not_found("Profile not found"))?;
         if !rec.displayname.is_empty() {
             out["displayname"] = json!(rec.displayname);
         }
@@ -31,7 +31,7 @@ fn profile_of(call: &Call, user: &UserId) -> Result<Value, ApiError> {
     // Only rooms the asker is in (or invited to): what they may see, and a
     // lookup costs rooms they share rather than every room of the server.
     let Some((asker, _)) = &call.user else {
-        return Err(ApiError::not_found("Profile not found"));
+        return Err(Failure::not_found("Profile not found"));
     };
     let shared = call.server.store.memberships(asker)?;
     let shared = shared.iter().filter(|(_, m)| m.membership == "join" || m.membership == "invite");
@@ -46,31 +46,31 @@ fn profile_of(call: &Call, user: &UserId) -> Result<Value, ApiError> {
             return Ok(out);
         }
     }
-    Err(ApiError::not_found("Profile not found"))
+    Err(Failure::not_found("Profile not found"))
 }
 
-pub fn get(call: Call, user: &str, field: Option<&str>) -> Result<Value, ApiError> {
+pub fn get(call: Call, user: &str, field: Option<&str>) -> Result<Value, Failure> {
     let p = profile_of(&call, &user_id(user)?)?;
     match field {
         None => Ok(p),
         Some(f) => match p.get(f) {
             Some(v) => Ok(json!({ f: v })),
-            None => Err(ApiError::not_found("Profile field not set")),
+            None => Err(Failure::not_found("Profile field not set")),
         },
     }
 }
 
-pub async fn put(call: Call, user: &str, field: &str) -> Result<Value, ApiError> {
+pub async fn put(call: Call, user: &str, field: &str) -> Result<Value, Failure> {
     let (me, _) = call.who()?;
     let me = me.clone();
     if me.as_str() != user {
-        return Err(ApiError::forbidden("You may only change your own profile"));
+        return Err(Failure::forbidden("You may only change your own profile"));
     }
     if field != "displayname" && field != "avatar_url" {
-        return Err(ApiError::unrecognized());
+        return Err(Failure::unrecognized());
     }
     let value = call.body.get(field).and_then(Value::as_str).unwrap_or("").to_owned();
-    let mut rec = call.server.store.user(&me)?.ok_or_else(|| ApiError::not_found("Unknown user"))?;
+    let mut rec = call.server.store.user(&me)?.ok_or_else(|| Failure::not_found("Unknown user"))?;
     if field == "displayname" {
         rec.displayname = value.clone();
     } else {
@@ -93,7 +93,7 @@ pub async fn put(call: Call, user: &str, field: &str) -> Result<Value, ApiError>
             content.insert(field.into(), json!(value));
         }
         if let Err(e) = submit(&call, &room, draft(&me, "m.room.member", Some(me.as_str()), content)).await {
-            tracing::info!(%room, errcode = e.errcode, "profile change not sent to a room");
+            tracing::info!(%room, error = %e, "profile change not sent to a room");
         }
     }
     Ok(json!({}))

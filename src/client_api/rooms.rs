@@ -2,41 +2,41 @@
 
 use std::time::Duration;
 
-use http::StatusCode;
 use serde_json::{json, Value};
 
 use super::Call;
 use crate::core::event::{RoomVersion, LM_VERSION};
 use crate::core::ids::{EventId, RoomId, UserId};
 use crate::core::json::Object;
-use crate::http::ApiError;
 use crate::room::{Draft, LocalOutcome, RoomCmd, RoomError};
 use crate::sys::{now_ms, random_string};
+use crate::wire::client::{CreateRoom, EventIdAnswer, RoomIdAnswer};
+use crate::wire::{self, Failure, Taken};
 
-pub(super) fn room_id(s: &str) -> Result<RoomId, ApiError> {
-    RoomId::parse(s).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string()))
+pub(super) fn room_id(s: &str) -> Result<RoomId, Failure> {
+    RoomId::parse(s).map_err(|e| Failure::invalid_param(e.to_string()))
 }
 
 /// Hands a local user's event to its room and waits until it is sequenced:
 /// at once on a hub; on a participant when the hub's echo arrives, or a
 /// retryable error after `client.send_wait_ms` (the LPDU stays queued and a
 /// retry with the same transaction id picks it up).
-pub async fn submit(call: &Call, room: &RoomId, draft: Draft) -> Result<EventId, ApiError> {
+pub async fn submit(call: &Call, room: &RoomId, draft: Draft) -> Result<EventId, Failure> {
     let started = std::time::Instant::now();
     let id = sequence(call, room, draft).await?;
     tracing::debug!(%room, event = %id, answered_us = started.elapsed().as_micros() as u64, "client event answered");
     Ok(id)
 }
 
-async fn sequence(call: &Call, room: &RoomId, draft: Draft) -> Result<EventId, ApiError> {
-    let handle = call.server.rooms.get(room).ok_or_else(|| ApiError::forbidden("You are not in this room"))?;
+async fn sequence(call: &Call, room: &RoomId, draft: Draft) -> Result<EventId, Failure> {
+    let handle = call.server.rooms.get(room).ok_or_else(|| Failure::forbidden("You are not in this room"))?;
     let outcome = handle.ask(|reply| RoomCmd::Local { draft, reply }).await?;
     match outcome {
         LocalOutcome::Done(id) => Ok(id),
         LocalOutcome::Waiting { done, .. } => {
             let wait = Duration::from_millis(call.server.config.client.send_wait_ms);
             match tokio::time::timeout(wait, done).await {
-                Ok(Ok(r)) => r.map_err(ApiError::from),
+                Ok(Ok(r)) => r.map_err(Failure::from),
                 Ok(Err(_)) => Err(RoomError::Gone.into()),
                 Err(_) => Err(RoomError::Pending.into()),
             }
@@ -75,33 +75,26 @@ fn merge(base: &mut Object, over: &Object) {
     }
 }
 
-pub async fn create_room(call: Call) -> Result<Value, ApiError> {
+pub async fn create_room(call: Call) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     let user = user.clone();
     let server = call.server.clone();
     if server.config.mode == crate::config::Mode::Follower && !server.config.follower.host_rooms {
-        return Err(ApiError::forbidden(
+        return Err(Failure::forbidden(
             "This server runs in follower mode with follower.host_rooms = false: it does not host rooms",
         ));
     }
-    let body = &call.body;
-    let version_id = body.get("room_version").and_then(Value::as_str).unwrap_or(LM_VERSION);
-    let version = RoomVersion::find(version_id).filter(|v| v.hostable).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "M_UNSUPPORTED_ROOM_VERSION",
-            format!("Room version {version_id} is not supported"),
-        )
-    })?;
-    let visibility = body.get("visibility").and_then(Value::as_str).unwrap_or("private");
+    let body: CreateRoom = wire::read(&call.body)?;
+    let version_id = body.room_version.unwrap_or(LM_VERSION);
+    let version = RoomVersion::find(version_id)
+        .filter(|v| v.hostable)
+        .ok_or_else(|| Failure::UnsupportedRoomVersion(version_id.to_owned()))?;
+    let visibility = body.visibility.unwrap_or("private");
     let default_preset = if visibility == "public" { "public_chat" } else { "private_chat" };
-    let preset = body.get("preset").and_then(Value::as_str).unwrap_or(default_preset);
-    let invites: Vec<UserId> = body
-        .get("invite")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).filter_map(|u| UserId::parse(u).ok()).collect())
-        .unwrap_or_default();
-    let mut create = body.get("creation_content").and_then(Value::as_object).cloned().unwrap_or_default();
+    let preset = body.preset.unwrap_or(default_preset);
+    let invites =
+        body.invite.iter().map(|u| UserId::parse(u).map_err(Failure::invalid_param)).collect::<Result<Vec<_>, _>>()?;
+    let mut create = body.creation_content.unwrap_or_default();
     create.insert("room_version".into(), json!(version.id));
     if version.auth.creator_in_content {
         create.insert("creator".into(), json!(user.as_str()));
@@ -125,7 +118,7 @@ pub async fn create_room(call: Call) -> Result<Value, ApiError> {
             pl["users"][i.as_str()] = json!(100);
         }
     }
-    if let Some(o) = body.get("power_level_content_override").and_then(Value::as_object) {
+    if let Some(o) = &body.power_level_content_override {
         merge(&mut pl, o);
     }
     if version.auth.creators_infinite {
@@ -142,11 +135,10 @@ pub async fn create_room(call: Call) -> Result<Value, ApiError> {
     let (room, create_event) = if version.is_mixed() {
         let room_id = format!("!{}:{}", random_string(18), server.name);
         let pdu =
-            crate::room::build_create(&server.key, version, &room_id, &create, now_ms()).map_err(ApiError::from)?;
+            crate::room::build_create(&server.key, version, &room_id, &create, now_ms()).map_err(Failure::from)?;
         (pdu.room_id().clone(), Some(pdu))
     } else {
-        let id = RoomId::parse(&format!("!{}:{}", random_string(18), server.name))
-            .map_err(|e| ApiError::unknown(e.to_string()))?;
+        let id = RoomId::parse(&format!("!{}:{}", random_string(18), server.name)).map_err(Failure::failed)?;
         (id, None)
     };
     let mut drafts = vec![
@@ -160,35 +152,29 @@ pub async fn create_room(call: Call) -> Result<Value, ApiError> {
         draft(&user, "m.room.join_rules", Some(""), obj(json!({ "join_rule": join_rule }))),
         draft(&user, "m.room.history_visibility", Some(""), obj(json!({"history_visibility": "shared"}))),
     ];
-    for s in body.get("initial_state").and_then(Value::as_array).into_iter().flatten() {
-        let (Some(t), Some(c)) = (s.get("type").and_then(Value::as_str), s.get("content").and_then(Value::as_object))
-        else {
-            return Err(ApiError::bad_json("initial_state entries need type and content"));
-        };
-        let sk = s.get("state_key").and_then(Value::as_str).unwrap_or("");
-        drafts.push(draft(&user, t, Some(sk), c.clone()));
+    for s in body.initial_state {
+        drafts.push(draft(&user, s.kind, Some(s.state_key), s.content));
     }
-    let alias = match body.get("room_alias_name").and_then(Value::as_str) {
+    let alias = match body.room_alias_name {
         Some(local) => {
             let alias = format!("#{local}:{}", server.name);
             if server.store.alias(&alias)?.is_some() {
-                return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_ROOM_IN_USE", "Room alias already taken"));
+                return Err(Failure::Taken(Taken::AliasOnCreate));
             }
             drafts.push(draft(&user, "m.room.canonical_alias", Some(""), obj(json!({ "alias": alias }))));
             Some(alias)
         }
         None => None,
     };
-    if let Some(name) = body.get("name").and_then(Value::as_str) {
+    if let Some(name) = body.name {
         drafts.push(draft(&user, "m.room.name", Some(""), obj(json!({ "name": name }))));
     }
-    if let Some(topic) = body.get("topic").and_then(Value::as_str) {
+    if let Some(topic) = body.topic {
         drafts.push(draft(&user, "m.room.topic", Some(""), obj(json!({ "topic": topic }))));
     }
-    let is_direct = body.get("is_direct").and_then(Value::as_bool).unwrap_or(false);
     for i in &invites {
         let mut c = obj(json!({"membership": "invite"}));
-        if is_direct {
+        if body.is_direct {
             c.insert("is_direct".into(), json!(true));
         }
         drafts.push(draft(&user, "m.room.member", Some(i.as_str()), c));
@@ -209,24 +195,24 @@ pub async fn create_room(call: Call) -> Result<Value, ApiError> {
     for d in drafts {
         submit(&call, &room, d).await?;
     }
-    Ok(json!({ "room_id": room.as_str() }))
+    wire::to_json(&RoomIdAnswer { room_id: room.as_str() })
 }
 
-pub async fn send(call: Call, room: &str, event_type: &str, txn: &str) -> Result<Value, ApiError> {
+pub async fn send(call: Call, room: &str, event_type: &str, txn: &str) -> Result<Value, Failure> {
     let (user, device) = call.who()?;
     let mut d = draft(user, event_type, None, call.body.clone());
     d.txn = Some((device.to_owned(), txn.to_owned()));
     let room = room_id(room)?;
     let id = submit(&call, &room, d).await?;
-    Ok(json!({ "event_id": id.as_str() }))
+    wire::to_json(&EventIdAnswer { event_id: id.as_str() })
 }
 
-pub async fn put_state(call: Call, room: &str, event_type: &str, state_key: &str) -> Result<Value, ApiError> {
+pub async fn put_state(call: Call, room: &str, event_type: &str, state_key: &str) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     let d = draft(user, event_type, Some(state_key), call.body.clone());
     let room = room_id(room)?;
     let id = submit(&call, &room, d).await?;
-    Ok(json!({ "event_id": id.as_str() }))
+    wire::to_json(&EventIdAnswer { event_id: id.as_str() })
 }
 
 /// The time an event's age is measured from, for `unsigned.age`.
@@ -237,15 +223,14 @@ pub fn age_of(ts: i64) -> i64 {
 /// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`: an `m.room.redaction`
 /// event (v11 shape: `content.redacts`); the hub applies it to the stored
 /// event when the redactor may (OQ-11).
-pub async fn redact(call: Call, room: &str, event: &str, txn: &str) -> Result<Value, ApiError> {
+pub async fn redact(call: Call, room: &str, event: &str, txn: &str) -> Result<Value, Failure> {
     let (user, device) = call.who()?;
-    let target =
-        EventId::parse(event).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string()))?;
+    let target = EventId::parse(event).map_err(|e| Failure::invalid_param(e.to_string()))?;
     let mut content = call.body.clone();
     content.insert("redacts".into(), json!(target.as_str()));
     let mut d = draft(user, "m.room.redaction", None, content);
     d.txn = Some((device.to_owned(), format!("redact-{txn}")));
     let room = room_id(room)?;
     let id = submit(&call, &room, d).await?;
-    Ok(json!({ "event_id": id.as_str() }))
+    wire::to_json(&EventIdAnswer { event_id: id.as_str() })
 }

@@ -13,9 +13,10 @@ use super::filter::{self, SyncFilter};
 use super::Call;
 use crate::core::ids::{EventId, RoomId, UserId};
 use crate::core::json::{self, NumberPolicy};
-use crate::http::{query_get, ApiError};
+use crate::http::query_get;
 use crate::store::records::side_entry::Kind;
 use crate::store::records::Membership;
+use crate::wire::Failure;
 
 /// Timeline events per room when the filter sets no limit.
 const TIMELINE_LIMIT: u64 = 20;
@@ -27,20 +28,17 @@ fn parse_since(t: &str) -> Option<u64> {
     t.strip_prefix('s').unwrap_or(t).parse().ok()
 }
 
-pub async fn sync(call: Call) -> Result<Value, ApiError> {
+pub async fn sync(call: Call) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     let user = user.clone();
     let timeout =
         query_get(&call.query, "timeout").and_then(|t| t.parse::<u64>().ok()).unwrap_or(0).min(MAX_TIMEOUT_MS);
     let full_state = query_get(&call.query, "full_state") == Some("true");
     let filter = SyncFilter::from_json(&filter::resolve(&call, &user, query_get(&call.query, "filter"))?);
-    let since =
-        match query_get(&call.query, "since") {
-            Some(t) => Some(parse_since(t).ok_or_else(|| {
-                ApiError::new(http::StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "Unknown since token")
-            })?),
-            None => None,
-        };
+    let since = match query_get(&call.query, "since") {
+        Some(t) => Some(parse_since(t).ok_or_else(|| Failure::invalid_param("Unknown since token"))?),
+        None => None,
+    };
     let presence = query_get(&call.query, "set_presence").unwrap_or("online");
     if ["online", "unavailable", "offline"].contains(&presence) {
         let msg = call.server.ephemeral.presence(&user).and_then(|p| p.status_msg);
@@ -117,7 +115,7 @@ impl Syncer<'_> {
     }
 
     /// The last events of a room's list that pass the timeline filter.
-    fn recent(&self, room: &RoomId) -> Result<(Vec<Item>, bool), ApiError> {
+    fn recent(&self, room: &RoomId) -> Result<(Vec<Item>, bool), Failure> {
         let Some(h) = self.call.server.rooms.get(room) else { return Ok((Vec::new(), false)) };
         let length = h.view().length;
         let want = self.limit();
@@ -144,7 +142,7 @@ impl Syncer<'_> {
         Ok((items, limited))
     }
 
-    fn ephemeral(&self, room: &RoomId, receipts_since: Option<u64>, typing: bool) -> Result<Vec<Value>, ApiError> {
+    fn ephemeral(&self, room: &RoomId, receipts_since: Option<u64>, typing: bool) -> Result<Vec<Value>, Failure> {
         let mut out = Vec::new();
         if typing {
             let users: Vec<String> = self.call.server.ephemeral.typing(room).iter().map(|u| u.to_string()).collect();
@@ -170,7 +168,7 @@ impl Syncer<'_> {
         Ok(out.into_iter().filter(|e| self.filter.ephemeral.allows(e)).collect())
     }
 
-    fn account_data(&self, room: Option<&RoomId>, only: Option<&BTreeSet<String>>) -> Result<Vec<Value>, ApiError> {
+    fn account_data(&self, room: Option<&RoomId>, only: Option<&BTreeSet<String>>) -> Result<Vec<Value>, Failure> {
         let mut out = Vec::new();
         let mut have_rules = false;
         for (kind, bytes) in self.call.server.store.account_data_all(self.user, room)? {
@@ -190,7 +188,7 @@ impl Syncer<'_> {
 
     /// Messages from others after the user's read receipt (looking back
     /// at most `unread::LOOK_BACK` events when first counted).
-    fn unread(&self, room: &RoomId) -> Result<u64, ApiError> {
+    fn unread(&self, room: &RoomId) -> Result<u64, Failure> {
         let Some(h) = self.call.server.rooms.get(room) else { return Ok(0) };
         let length = h.view().length;
         let store = &self.call.server.store;
@@ -203,7 +201,7 @@ impl Syncer<'_> {
             for id in receipts.iter().filter_map(|r| EventId::parse(r).ok()) {
                 from = from.max(store.event(&id)?.map_or(0, |rec| rec.index + 1));
             }
-            Ok::<_, ApiError>(from)
+            Ok::<_, Failure>(from)
         };
         self.call.unread.count(self.user, room, &receipts.join(" "), read_from, length, |range| {
             let mut count = 0;
@@ -212,7 +210,7 @@ impl Syncer<'_> {
                     count += u64::from(counts_as_unread(&rec, self.user.as_str()));
                 }
             }
-            Ok::<_, ApiError>(count)
+            Ok::<_, Failure>(count)
         })
     }
 
@@ -224,7 +222,7 @@ impl Syncer<'_> {
         state: Vec<Value>,
         ephemeral: Vec<Value>,
         account_data: Vec<Value>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Value, Failure> {
         let mut tl = json!({
             "events": items.iter().map(|i| i.event.clone()).collect::<Vec<_>>(),
             "limited": limited,
@@ -258,7 +256,7 @@ impl Syncer<'_> {
 
     /// Whether `other` is joined to one of `rooms`, read without waking
     /// rooms at rest (their stored state says).
-    fn shares_a_room(&self, other: &UserId, rooms: &[RoomId]) -> Result<bool, ApiError> {
+    fn shares_a_room(&self, other: &UserId, rooms: &[RoomId]) -> Result<bool, Failure> {
         use crate::core::rooms::StateView;
         if other == self.user {
             return Ok(true);
@@ -293,7 +291,7 @@ impl Syncer<'_> {
         out
     }
 
-    fn initial(&self) -> Result<Value, ApiError> {
+    fn initial(&self) -> Result<Value, Failure> {
         let upto = self.call.server.positions.watermark();
         let mut answer = empty_answer(upto);
         let mut joined = Vec::new();
@@ -325,7 +323,7 @@ impl Syncer<'_> {
     }
 
     /// Changes in `(since, upto]`; also says whether there were none.
-    fn incremental(&self, since: u64, upto: u64) -> Result<(Value, bool), ApiError> {
+    fn incremental(&self, since: u64, upto: u64) -> Result<(Value, bool), Failure> {
         let store = &self.call.server.store;
         let entries: Vec<_> =
             store.stream_after(since, STREAM_PAGE)?.into_iter().take_while(|e| e.pos <= upto).collect();

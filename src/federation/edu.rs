@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
@@ -21,6 +22,7 @@ use crate::store::records::side_entry::Kind;
 use crate::store::records::{QueueItem, Receipt};
 use crate::store::{Batch, Op, StoreError};
 use crate::sys::now_ms;
+use crate::wire::federation::Edu;
 
 /// How long a remote typing notification lasts without a refresh.
 const REMOTE_TYPING_MS: i64 = 30_000;
@@ -121,8 +123,15 @@ pub fn presence_destinations(node: &Node, user: &UserId) -> BTreeSet<ServerName>
 /// participants send.
 pub async fn receive(node: &Arc<Node>, origin: &ServerName, edus: &[Value]) {
     for e in edus {
-        let kind = e.get("edu_type").or_else(|| e.get("type")).and_then(Value::as_str).unwrap_or("");
-        let content = e.get("content").cloned().unwrap_or(Value::Null);
+        let edu = match Edu::deserialize(e) {
+            Ok(edu) => edu,
+            Err(why) => {
+                tracing::debug!(%origin, error = %why, "malformed EDU ignored");
+                continue;
+            }
+        };
+        let kind = edu.kind();
+        let content = edu.content.map_or(Value::Null, Value::Object);
         let result = match kind {
             "m.typing" => typing(node, origin, &content, e),
             "m.receipt" => receipts(node, origin, &content),

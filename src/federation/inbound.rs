@@ -19,10 +19,11 @@ use crate::core::ids::ServerName;
 use crate::core::json::{NumberPolicy, Object};
 use crate::federation::Node;
 use crate::http::{
-    json_object, path_segments, query_pairs, read_body, ApiError, Body, BodyBudget, Handler, MAX_BODY, MAX_SEND_BODY,
+    json_object, path_segments, query_pairs, read_body, Body, BodyBudget, Handler, MAX_BODY, MAX_SEND_BODY,
 };
 use crate::store::BoxFuture;
 use crate::sys::now_ms;
+use crate::wire::{self, Failure, Surface};
 
 /// Bodies larger than this are parsed on the blocking pool.
 const PARSE_ELSEWHERE: usize = 256 << 10;
@@ -92,8 +93,10 @@ impl Handler for FedHandler {
                 match self.route(req).await {
                     Ok(r) => r,
                     Err(e) => {
-                        tracing::debug!(errcode = e.errcode, error = %e.message, "federation request refused");
-                        e.into_response()
+                        e.log_internal();
+                        let answer = wire::answer(Surface::Federation, &e);
+                        tracing::debug!(errcode = answer.errcode, error = %e, "federation request refused");
+                        answer.into_response()
                     }
                 }
             }
@@ -126,15 +129,15 @@ enum Endpoint {
     SendMembership(&'static str, String),
 }
 
-fn allow(method: &Method, want: Method) -> Result<(), ApiError> {
+fn allow(method: &Method, want: Method) -> Result<(), Failure> {
     if *method == want {
         Ok(())
     } else {
-        Err(ApiError::method_not_allowed())
+        Err(Failure::method_not_allowed())
     }
 }
 
-fn endpoint(method: &Method, segs: &[String]) -> Result<Option<Endpoint>, ApiError> {
+fn endpoint(method: &Method, segs: &[String]) -> Result<Option<Endpoint>, Failure> {
     use Endpoint::*;
     // The LM unstable paths and the stable ones of the digest (E5-E16).
     let unstable = segs_after(segs, &super::UNSTABLE_SEGMENTS);
@@ -215,10 +218,10 @@ fn endpoint(method: &Method, segs: &[String]) -> Result<Option<Endpoint>, ApiErr
 }
 
 impl FedHandler {
-    async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, Failure> {
         let budget = BodyBudget::of(&req);
         let (parts, body) = req.into_parts();
-        let segs = path_segments(parts.uri.path()).ok_or_else(ApiError::unrecognized)?;
+        let segs = path_segments(parts.uri.path()).ok_or_else(Failure::unrecognized)?;
         let segs_ref: Vec<&str> = segs.iter().map(String::as_str).collect();
         let node = &self.node;
         // Unauthenticated endpoints (E1-E4, version): `Authorization` is
@@ -251,7 +254,7 @@ impl FedHandler {
         let Some(ep) = endpoint(&parts.method, &segs)? else {
             // E17-E18 arrive with end-to-end encryption; until then, and for
             // every other path: unknown endpoint (item 127).
-            return Err(ApiError::unrecognized());
+            return Err(Failure::unrecognized());
         };
         // The signature covers the body, but the header's shape, origin,
         // destination and key are checked first, so a stranger without a
@@ -266,7 +269,7 @@ impl FedHandler {
             let bytes = bytes.clone();
             tokio::task::spawn_blocking(move || json_object(&bytes, NumberPolicy::Ieee754, empty_ok))
                 .await
-                .map_err(|e| ApiError::unknown(e.to_string()))??
+                .map_err(Failure::failed)??
         } else {
             json_object(&bytes, NumberPolicy::Ieee754, empty_ok)?
         };
@@ -291,8 +294,8 @@ impl FedHandler {
     }
 }
 
-fn refuse(why: &str) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, "M_FORBIDDEN", format!("Signature error on request: {why}"))
+fn refuse(why: &str) -> Failure {
+    Failure::BadSignature(why.to_owned())
 }
 
 /// `X-Matrix` headers whose shape, origin, destination and key passed;
@@ -304,7 +307,7 @@ pub struct Claimed {
 
 /// The first half of request authentication (items 151-157): everything
 /// but the signature over the body.
-async fn claimed_origin(node: &Arc<Node>, parts: &Parts) -> Result<Claimed, ApiError> {
+async fn claimed_origin(node: &Arc<Node>, parts: &Parts) -> Result<Claimed, Failure> {
     let headers: Vec<xmatrix::XMatrix> = parts
         .headers
         .get_all(http::header::AUTHORIZATION)
@@ -335,7 +338,7 @@ impl Claimed {
     /// The second half: every signature verifies over the request as
     /// received. A success also tells the delivery worker for that server
     /// that it is back (backoff reset).
-    fn verify(self, node: &Arc<Node>, parts: &Parts, body: Option<&Value>) -> Result<ServerName, ApiError> {
+    fn verify(self, node: &Arc<Node>, parts: &Parts, body: Option<&Value>) -> Result<ServerName, Failure> {
         // The request target exactly as sent: path and query, no re-encoding.
         let uri = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         for (h, key) in &self.headers {

@@ -1,6 +1,7 @@
-//! HTTP plumbing shared by the federation and client surfaces: one error
-//! type mapped to a Matrix error response in one place, body limits, JSON
-//! bodies, TLS, and a server loop (HTTP/1.1 and HTTP/2).
+//! HTTP plumbing shared by the federation and client surfaces: body limits
+//! and the body byte budget, JSON bodies, client addresses behind proxies,
+//! TLS, and a server loop (HTTP/1.1 and HTTP/2). What a failure answers is
+//! decided above, in `wire`.
 
 mod server;
 pub mod tls;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::core::json::{self, NumberPolicy, Object};
@@ -25,78 +26,20 @@ pub use crate::core::event::MAX_SEND_BODY;
 /// Largest body of any other request.
 pub const MAX_BODY: usize = 1 << 20;
 
-/// An error answer in Matrix's shape: `{"errcode", "error", ...extra}`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub errcode: &'static str,
-    pub message: String,
-    pub extra: Option<Object>,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, errcode: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, errcode, message: message.into(), extra: None }
-    }
-
-    pub fn with(mut self, key: &str, value: Value) -> Self {
-        self.extra.get_or_insert_with(Object::new).insert(key.into(), value);
-        self
-    }
-
-    pub fn unrecognized() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "M_UNRECOGNIZED", "Unrecognized request")
-    }
-
-    pub fn method_not_allowed() -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED", "Method not allowed on this endpoint")
-    }
-
-    pub fn not_json(why: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "M_NOT_JSON", format!("Body is not valid JSON: {why}"))
-    }
-
-    pub fn bad_json(why: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "M_BAD_JSON", why)
-    }
-
-    pub fn forbidden(why: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "M_FORBIDDEN", why)
-    }
-
-    pub fn not_found(why: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "M_NOT_FOUND", why)
-    }
-
-    pub fn too_large(why: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE", why)
-    }
-
-    pub fn unknown(why: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", why)
-    }
-
-    pub fn limit_exceeded(why: impl Into<String>, retry_after_ms: u64) -> Self {
-        Self::new(StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED", why).with("retry_after_ms", json!(retry_after_ms))
-    }
-
-    pub fn body(&self) -> Value {
-        let mut o = self.extra.clone().unwrap_or_default();
-        o.insert("errcode".into(), json!(self.errcode));
-        o.insert("error".into(), json!(self.message));
-        Value::Object(o)
-    }
-
-    pub fn into_response(self) -> Response<Body> {
-        json_response(self.status, &self.body())
-    }
-}
-
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
-        tracing::error!(error = %e, "storage failure");
-        ApiError::unknown("Internal storage error")
-    }
+/// Why a request body could not be taken. The surfaces turn it into an
+/// answer (`wire::answer`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyError {
+    /// Over the limit (bytes).
+    TooLarge(usize),
+    /// The connection failed while the body arrived.
+    Unreadable(String),
+    /// The listener's body budget stayed spent.
+    Busy,
+    /// The body took longer than the read timeout.
+    Slow,
+    NotJson(String),
+    NotObject,
 }
 
 pub fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
@@ -142,12 +85,12 @@ pub struct Held(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
 /// Reads a request body of at most `limit` bytes, taking its size from
 /// the listener's budget as it arrives (waiting a little when the budget is
 /// spent, then refusing with `429`), within the budget's read timeout.
-pub async fn read_body<B>(mut body: B, limit: usize, budget: &BodyBudget) -> Result<(Bytes, Held), ApiError>
+pub async fn read_body<B>(mut body: B, limit: usize, budget: &BodyBudget) -> Result<(Bytes, Held), BodyError>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let too_large = || ApiError::too_large(format!("Request body is over {limit} bytes"));
+    let too_large = || BodyError::TooLarge(limit);
     let read = async {
         let mut buf = bytes::BytesMut::new();
         let mut held: Option<OwnedSemaphorePermit> = None;
@@ -155,9 +98,7 @@ where
         // so the sender gets the answer rather than a reset connection.
         let mut discarded: Option<usize> = (body.size_hint().lower() > limit as u64).then_some(0);
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| {
-                ApiError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", format!("Could not read body: {e}"))
-            })?;
+            let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
             let Ok(data) = frame.into_data() else { continue };
             if let Some(n) = discarded.as_mut() {
                 *n += data.len();
@@ -180,7 +121,7 @@ where
                 .await
                 .ok()
                 .and_then(Result::ok)
-                .ok_or_else(|| ApiError::limit_exceeded("The server is receiving too much at once", 1_000))?;
+                .ok_or(BodyError::Busy)?;
             match held.as_mut() {
                 Some(h) => h.merge(permit),
                 None => held = Some(permit),
@@ -192,21 +133,19 @@ where
         }
         Ok((buf.freeze(), Held(held)))
     };
-    tokio::time::timeout(budget.read_timeout, read)
-        .await
-        .map_err(|_| ApiError::new(StatusCode::REQUEST_TIMEOUT, "M_UNKNOWN", "The request body took too long"))?
+    tokio::time::timeout(budget.read_timeout, read).await.map_err(|_| BodyError::Slow)?
 }
 
 /// Parses a body that must be a JSON object (an empty body counts as `{}`
 /// only where `empty_ok`).
-pub fn json_object(bytes: &[u8], policy: NumberPolicy, empty_ok: bool) -> Result<Object, ApiError> {
+pub fn json_object(bytes: &[u8], policy: NumberPolicy, empty_ok: bool) -> Result<Object, BodyError> {
     if empty_ok && bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Object::new());
     }
     match json::parse(bytes, policy) {
         Ok(Value::Object(o)) => Ok(o),
-        Ok(_) => Err(ApiError::bad_json("Body must be a JSON object")),
-        Err(e) => Err(ApiError::not_json(e)),
+        Ok(_) => Err(BodyError::NotObject),
+        Err(e) => Err(BodyError::NotJson(e.to_string())),
     }
 }
 
@@ -296,11 +235,11 @@ mod tests {
         assert_eq!((first.len(), b.bytes.available_permits()), (80, 20));
         // Over the limit: refused, and nothing stays taken.
         let e = read_body(Full::new(Bytes::from(vec![b'b'; 2_000])), 1_000, &b).await.unwrap_err();
-        assert_eq!(e.errcode, "M_TOO_LARGE");
+        assert_eq!(e, BodyError::TooLarge(1_000));
         assert_eq!(b.bytes.available_permits(), 20);
         // The budget is spent: a second body waits, then is refused.
         let e = read_body(Full::new(Bytes::from(vec![b'c'; 50])), 1_000, &b).await.unwrap_err();
-        assert_eq!((e.status.as_u16(), e.errcode), (429, "M_LIMIT_EXCEEDED"));
+        assert_eq!(e, BodyError::Busy);
         // Once the first is done with, it fits.
         drop(held);
         let (third, _held) = read_body(Full::new(Bytes::from(vec![b'c'; 50])), 1_000, &b).await.unwrap();
@@ -325,8 +264,5 @@ mod tests {
         let stranger: IpAddr = "192.0.2.1".parse().unwrap();
         assert_eq!(client_ip(stranger, &h, &trusted), stranger, "only trusted proxies may speak for others");
         assert_eq!(client_ip(proxy, &http::HeaderMap::new(), &trusted), proxy);
-        let e = ApiError::limit_exceeded("slow down", 500).body();
-        assert_eq!(e["retry_after_ms"], 500);
-        assert_eq!(e["errcode"], "M_LIMIT_EXCEEDED");
     }
 }

@@ -13,40 +13,41 @@ use crate::core::ids::{EventId, RoomId};
 use crate::core::rooms::{replay_order, Place, StateMap};
 use crate::federation::inbound::Req;
 use crate::federation::Node;
-use crate::http::{query_get, ApiError};
+use crate::http::query_get;
 use crate::room::load::load_pdu;
 use crate::room::RoomView;
+use crate::wire::Failure;
 
 /// Largest backfill page served (item 181).
 pub const MAX_BACKFILL: usize = 100;
 
-fn pdu(node: &Node, view: &RoomView, id: &EventId) -> Result<Arc<Pdu>, ApiError> {
-    load_pdu(&node.store, view.version, id)?.ok_or_else(|| ApiError::not_found("Unknown event"))
+fn pdu(node: &Node, view: &RoomView, id: &EventId) -> Result<Arc<Pdu>, Failure> {
+    load_pdu(&node.store, view.version, id)?.ok_or_else(|| Failure::not_found("Unknown event"))
 }
 
 /// An event the requesting server may know of (known here, not rejected,
 /// in a room it has a member event in), whole or redacted as it may see it
 /// (items 173, 174).
-pub(super) async fn readable_event(req: &Req, id: &str) -> Result<Value, ApiError> {
-    let unknown = || ApiError::not_found("Unknown event");
+pub(super) async fn readable_event(req: &Req, id: &str) -> Result<Value, Failure> {
+    let unknown = || Failure::not_found("Unknown event");
     let id = EventId::parse(id).map_err(|_| unknown())?;
     let rec = req.node.store.event(&id)?.filter(|r| r.rejected.is_empty() && !r.pruned);
     let rec = rec.ok_or_else(unknown)?;
-    let room = RoomId::parse(&rec.room_id).map_err(|e| ApiError::unknown(e.to_string()))?;
+    let room = RoomId::parse(&rec.room_id).map_err(Failure::corrupt)?;
     let view = req.node.rooms.get(&room).map(|h| h.view()).ok_or_else(unknown)?;
     let viewer = Viewer::new(&req.node, &view, &req.origin).await.map_err(|_| unknown())?;
     viewer.serve(&*pdu(&req.node, &view, &id)?)
 }
 
 /// E6: the bare event (LM), never an LPDU (we never store those).
-pub async fn event(req: Req, id: &str) -> Result<Value, ApiError> {
+pub async fn event(req: Req, id: &str) -> Result<Value, Failure> {
     readable_event(&req, id).await
 }
 
 /// The state in force before the event at list position `index`. Long
 /// lists are read a page at a time, yielding between pages so one request
 /// does not hold a runtime worker.
-async fn state_before(node: &Node, view: &RoomView, index: u64) -> Result<StateMap, ApiError> {
+async fn state_before(node: &Node, view: &RoomView, index: u64) -> Result<StateMap, Failure> {
     let mut state = StateMap::new();
     const PAGE: u64 = 1000;
     let mut from = 0;
@@ -69,16 +70,16 @@ async fn state_before(node: &Node, view: &RoomView, index: u64) -> Result<StateM
 }
 
 /// LM rooms: the state before a list event, by folding the list.
-pub async fn list_state_before(node: &Node, view: &RoomView, at: &EventId) -> Result<Vec<Arc<Pdu>>, ApiError> {
-    let rec = node.store.event(at)?.ok_or_else(|| ApiError::not_found("Unknown event"))?;
+pub async fn list_state_before(node: &Node, view: &RoomView, at: &EventId) -> Result<Vec<Arc<Pdu>>, Failure> {
+    let rec = node.store.event(at)?.ok_or_else(|| Failure::not_found("Unknown event"))?;
     Ok(state_before(node, view, rec.index).await?.iter().cloned().collect())
 }
 
 /// Mixed rooms: the state before an event, from its recorded snapshot.
-pub fn mixed_state_before(node: &Node, view: &RoomView, at: &EventId) -> Result<Vec<Arc<Pdu>>, ApiError> {
+pub fn mixed_state_before(node: &Node, view: &RoomView, at: &EventId) -> Result<Vec<Arc<Pdu>>, Failure> {
     let event = pdu(node, view, at)?;
     let ids = crate::room::snapshot::state_before(&node.store, &node.dag, &event)?
-        .ok_or_else(|| ApiError::not_found("No state is known at that event"))?;
+        .ok_or_else(|| Failure::not_found("No state is known at that event"))?;
     let mut out = Vec::with_capacity(ids.len());
     for id in ids.values() {
         out.push(pdu(node, view, id)?);
@@ -91,7 +92,7 @@ pub fn auth_chain(
     node: &Node,
     view: &RoomView,
     roots: impl IntoIterator<Item = Arc<Pdu>>,
-) -> Result<Vec<Arc<Pdu>>, ApiError> {
+) -> Result<Vec<Arc<Pdu>>, Failure> {
     let mut seen: BTreeSet<EventId> = BTreeSet::new();
     let mut queue: VecDeque<EventId> = roots.into_iter().flat_map(|p| p.auth_events().to_vec()).collect();
     let mut out = Vec::new();
@@ -109,7 +110,7 @@ pub fn auth_chain(
 
 /// `events` in the order a receiver can replay them with auth checks:
 /// auth events first, then by list position (outliers by depth, after).
-pub fn in_replay_order(node: &Node, events: Vec<Arc<Pdu>>) -> Result<Vec<Arc<Pdu>>, ApiError> {
+pub fn in_replay_order(node: &Node, events: Vec<Arc<Pdu>>) -> Result<Vec<Arc<Pdu>>, Failure> {
     let mut places = HashMap::with_capacity(events.len());
     for e in &events {
         let place = match node.store.event(e.event_id())? {
@@ -122,22 +123,22 @@ pub fn in_replay_order(node: &Node, events: Vec<Arc<Pdu>>) -> Result<Vec<Arc<Pdu
 }
 
 /// E7 and E8: `?event_id=` names the event whose prior state is wanted.
-pub async fn state(req: Req, room: &str, ids_only: bool) -> Result<Value, ApiError> {
+pub async fn state(req: Req, room: &str, ids_only: bool) -> Result<Value, Failure> {
     let (_, view) = known_room(&req, room)?;
     if !view.version.is_mixed() {
         require_hub(&req, &view)?;
     }
     let viewer = Viewer::new(&req.node, &view, &req.origin).await?;
-    let at = query_get(&req.query, "event_id").ok_or_else(|| ApiError::bad_json("event_id is required"))?;
-    let at = EventId::parse(at).map_err(|_| ApiError::not_found("Unknown event"))?;
-    let rec = req.node.store.event(&at)?.ok_or_else(|| ApiError::not_found("Unknown event"))?;
+    let at = query_get(&req.query, "event_id").ok_or_else(|| Failure::bad_json("event_id is required"))?;
+    let at = EventId::parse(at).map_err(|_| Failure::not_found("Unknown event"))?;
+    let rec = req.node.store.event(&at)?.ok_or_else(|| Failure::not_found("Unknown event"))?;
     if rec.room_id != view.room_id.as_str() || (rec.outlier && !view.version.is_mixed()) || !rec.rejected.is_empty() {
-        return Err(ApiError::not_found("The event is not in this room"));
+        return Err(Failure::not_found("The event is not in this room"));
     }
     // The state at an event the server may not see is not its business
     // (item 178).
     if viewer.sight(&*pdu(&req.node, &view, &at)?)? != Sight::Whole {
-        return Err(ApiError::not_found("Unknown event"));
+        return Err(Failure::not_found("Unknown event"));
     }
     let pdus: Vec<Arc<Pdu>> = if view.version.is_mixed() {
         mixed_state_before(&req.node, &view, &at)?
@@ -160,7 +161,7 @@ pub async fn state(req: Req, room: &str, ids_only: bool) -> Result<Value, ApiErr
 
 /// E9: the events before `v` and `v` itself, oldest first; with several
 /// `v` the newest list position counts (OQ-22).
-pub async fn backfill(req: Req, room: &str) -> Result<Value, ApiError> {
+pub async fn backfill(req: Req, room: &str) -> Result<Value, Failure> {
     let (_, view) = known_room(&req, room)?;
     require_hub(&req, &view)?;
     let viewer = Viewer::new(&req.node, &view, &req.origin).await?;
@@ -178,7 +179,7 @@ pub async fn backfill(req: Req, room: &str) -> Result<Value, ApiError> {
             }
         }
     }
-    let end = newest.ok_or_else(|| ApiError::not_found("None of the events named by v is in the room"))? + 1;
+    let end = newest.ok_or_else(|| Failure::not_found("None of the events named by v is in the room"))? + 1;
     let start = end.saturating_sub(limit as u64);
     let mut pdus = Vec::new();
     for id in req.node.store.list(&view.room_id, start, end)? {

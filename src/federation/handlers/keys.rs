@@ -12,13 +12,15 @@ use crate::core::ids::ServerName;
 use crate::core::json::Canonical;
 use crate::federation::keyring::{own_key_response, Keep};
 use crate::federation::Node;
-use crate::http::{ok_json, query_get, ApiError, Body};
+use crate::http::{ok_json, query_get, Body};
 use crate::sys::now_ms;
+use crate::wire::federation::KeyQuery;
+use crate::wire::{self, Failure};
 
-pub fn well_known(node: &Node) -> Result<Response<Body>, ApiError> {
+pub fn well_known(node: &Node) -> Result<Response<Body>, Failure> {
     match &node.config.federation.well_known_server {
         Some(s) => Ok(ok_json(&json!({ "m.server": s }))),
-        None => Err(ApiError::not_found("No delegation configured")),
+        None => Err(Failure::not_found("No delegation configured")),
     }
 }
 
@@ -49,37 +51,28 @@ async fn notarised(node: &Node, server: &ServerName, min_valid: i64) -> Option<V
 }
 
 /// E3.
-pub async fn query_one(node: &Arc<Node>, server: &str, query: &[(String, String)]) -> Result<Response<Body>, ApiError> {
-    let server = ServerName::parse(server).map_err(|e| ApiError::bad_json(e.to_string()))?;
+pub async fn query_one(node: &Arc<Node>, server: &str, query: &[(String, String)]) -> Result<Response<Body>, Failure> {
+    let server = ServerName::parse(server).map_err(|e| Failure::bad_json(e.to_string()))?;
     let min = query_get(query, "minimum_valid_until_ts").and_then(|v| v.parse().ok()).unwrap_or(0);
     let keys: Vec<Value> = notarised(node, &server, min).await.into_iter().collect();
     Ok(ok_json(&json!({ "server_keys": keys })))
 }
 
 /// E4: `{"server_keys": {server: {key_id: {minimum_valid_until_ts}}}}`.
-pub async fn query_batch(node: &Arc<Node>, body: crate::core::json::Object) -> Result<Response<Body>, ApiError> {
-    let asked = body
-        .get("server_keys")
-        .and_then(Value::as_object)
-        .ok_or_else(|| ApiError::bad_json("server_keys must be an object"))?;
+pub async fn query_batch(node: &Arc<Node>, body: crate::core::json::Object) -> Result<Response<Body>, Failure> {
+    let asked: KeyQuery = wire::read(&body)?;
     // One entry per name, however it is spelt.
     let mut names: BTreeMap<String, (ServerName, i64)> = BTreeMap::new();
-    for (server, wanted) in asked {
+    for (server, wanted) in &asked.server_keys {
         let Ok(name) = ServerName::parse(server) else {
             continue;
         };
-        let min = wanted
-            .as_object()
-            .into_iter()
-            .flat_map(|m| m.values())
-            .filter_map(|k| k.get("minimum_valid_until_ts").and_then(Value::as_i64))
-            .max()
-            .unwrap_or(0);
+        let min = wanted.values().filter_map(|k| k.minimum_valid_until_ts).max().unwrap_or(0);
         let entry = names.entry(name.as_str().to_ascii_lowercase()).or_insert((name, min));
         entry.1 = entry.1.max(min);
     }
     if names.len() > MAX_NOTARY_NAMES {
-        return Err(ApiError::too_large(format!("At most {MAX_NOTARY_NAMES} server names per query")));
+        return Err(Failure::too_large(format!("At most {MAX_NOTARY_NAMES} server names per query")));
     }
     let out: Vec<Value> = futures_util::stream::iter(names.into_values())
         .map(|(name, min)| async move { notarised(node, &name, min).await })

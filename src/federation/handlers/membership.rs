@@ -14,20 +14,21 @@ use crate::core::json::Object;
 use crate::core::rooms::{authorize, select_auth_events, EventSketch};
 use crate::federation::inbound::Req;
 use crate::federation::invite::stripped_state;
-use crate::http::ApiError;
 use crate::room::{Appended, RoomCmd, RoomView};
 use crate::store::records::{EventRecord, Membership, TxnResponse};
 use crate::store::{Batch, Op, StreamEntry};
 use crate::sys::now_ms;
+use crate::wire::federation::{Invite, MakeAnswer, SendJoinAnswer};
+use crate::wire::{self, Failure};
 
 /// E11/E13/E15: a template for a server whose user wants to join, leave or
 /// knock, after checking the change would pass the rules now.
-pub async fn make(req: Req, membership: &'static str, room: &str, user: &str) -> Result<Value, ApiError> {
+pub async fn make(req: Req, membership: &'static str, room: &str, user: &str) -> Result<Value, Failure> {
     let (_, view) = known_room(&req, room)?;
     require_hub(&req, &view)?;
-    let user = UserId::parse(user).map_err(|e| ApiError::bad_json(e.to_string()))?;
+    let user = UserId::parse(user).map_err(|e| Failure::bad_json(e.to_string()))?;
     if !user.is_on(&req.origin) {
-        return Err(ApiError::forbidden("The user does not belong to the requesting server"));
+        return Err(Failure::forbidden("The user does not belong to the requesting server"));
     }
     if membership != "leave" {
         let vers: Vec<&str> = req.query.iter().filter(|(k, _)| k == "ver").map(|(_, v)| v.as_str()).collect();
@@ -65,13 +66,13 @@ pub async fn make(req: Req, membership: &'static str, room: &str, user: &str) ->
     }
     // Would the change pass the rules against the current state?
     let probe = Pdu::from_object(view.version, template.as_object().cloned().unwrap_or_default(), Schema::Loose)
-        .map_err(|e| ApiError::unknown(e.to_string()))?;
-    authorize(&probe, &view.state).map_err(|e| ApiError::forbidden(e.to_string()))?;
+        .map_err(|e| Failure::bad_json(e.to_string()))?;
+    authorize(&probe, &view.state).map_err(|e| Failure::forbidden(e.to_string()))?;
     // OQ-25: always `{event, room_version}`.
-    Ok(json!({ "event": template, "room_version": view.version.id }))
+    wire::to_json(&MakeAnswer { event: &template, room_version: view.version.id })
 }
 
-fn replayed(req: &Req, endpoint: &str, txn: &str) -> Result<Option<Value>, ApiError> {
+fn replayed(req: &Req, endpoint: &str, txn: &str) -> Result<Option<Value>, Failure> {
     Ok(req
         .node
         .store
@@ -79,7 +80,7 @@ fn replayed(req: &Req, endpoint: &str, txn: &str) -> Result<Option<Value>, ApiEr
         .and_then(|r| serde_json::from_slice(&r.body).ok()))
 }
 
-fn remember(req: &Req, endpoint: &str, txn: &str, answer: &Value) -> Result<(), ApiError> {
+fn remember(req: &Req, endpoint: &str, txn: &str, answer: &Value) -> Result<(), Failure> {
     let mut b = Batch::new();
     b.push(Op::PutTxnResponse {
         origin: req.origin.to_string(),
@@ -96,7 +97,7 @@ fn remember(req: &Req, endpoint: &str, txn: &str, answer: &Value) -> Result<(), 
 
 /// E12/E14/E16: the body is the LPDU built from the template. The rules are
 /// checked again against the state at append time (item 199).
-pub async fn send(req: Req, membership: &'static str, txn: &str) -> Result<Value, ApiError> {
+pub async fn send(req: Req, membership: &'static str, txn: &str) -> Result<Value, Failure> {
     let endpoint = format!("send_{membership}");
     if let Some(answer) = replayed(&req, &endpoint, txn)? {
         return Ok(answer);
@@ -104,7 +105,7 @@ pub async fn send(req: Req, membership: &'static str, txn: &str) -> Result<Value
     let room = req.body.get("room_id").and_then(Value::as_str).unwrap_or_default().to_owned();
     let (handle, view) = known_room(&req, &room)?;
     require_hub(&req, &view)?;
-    let lpdu = accept_lpdu(&req, view.version, &req.body).await.map_err(ApiError::bad_json)?;
+    let lpdu = accept_lpdu(&req, view.version, &req.body).await.map_err(Failure::bad_json)?;
     check_membership_lpdu(&lpdu, membership)?;
     let with_state = membership == "join";
     let appended: Appended = handle.ask(|reply| RoomCmd::Lpdu { lpdu, with_state, reply }).await?;
@@ -129,7 +130,7 @@ pub async fn send(req: Req, membership: &'static str, txn: &str) -> Result<Value
 /// a DAG server's (or mixed-room participant's) signed membership event,
 /// built from our template. The room checks it like any event; only an
 /// accepted one is answered with success.
-pub async fn send_pdu(req: Req, membership: &'static str, room: &str, event_id: &str) -> Result<Value, ApiError> {
+pub async fn send_pdu(req: Req, membership: &'static str, room: &str, event_id: &str) -> Result<Value, Failure> {
     let endpoint = format!("send_{membership}_pdu");
     if let Some(answer) = replayed(&req, &endpoint, event_id)? {
         return Ok(answer);
@@ -138,16 +139,16 @@ pub async fn send_pdu(req: Req, membership: &'static str, room: &str, event_id: 
     require_hub(&req, &view)?;
     let pdu = crate::federation::fetch::checked_pdu(&req.node, view.version, req.body.clone())
         .await
-        .map_err(ApiError::bad_json)?;
+        .map_err(Failure::bad_json)?;
     if pdu.event_id().as_str() != event_id || pdu.room_id() != &view.room_id {
-        return Err(ApiError::bad_json("the event does not match the path"));
+        return Err(Failure::bad_json("the event does not match the path"));
     }
     let own = pdu.event_type() == "m.room.member"
         && pdu.state_key() == Some(pdu.sender().as_str())
         && pdu.membership() == Some(membership)
         && pdu.sender().is_on(&req.origin);
     if !own {
-        return Err(ApiError::bad_json(format!(
+        return Err(Failure::bad_json(format!(
             "expected the m.room.member event of a user of {} with membership {membership}",
             req.origin
         )));
@@ -156,9 +157,9 @@ pub async fn send_pdu(req: Req, membership: &'static str, room: &str, event_id: 
         let outcome = crate::federation::dag::offer(&req.node, &handle, &req.origin, vec![pdu.clone()]).await?;
         match outcome.into_iter().next().map(|(_, r)| r) {
             Some(Ok(crate::room::Verdict::Accepted | crate::room::Verdict::Known)) => Arc::new(pdu),
-            Some(Ok(other)) => return Err(ApiError::forbidden(format!("{other:?}"))),
+            Some(Ok(other)) => return Err(Failure::forbidden(format!("{other:?}"))),
             Some(Err(e)) => return Err(e.into()),
-            None => return Err(ApiError::unknown("the room gave no answer")),
+            None => return Err(Failure::stopped("the room's task")),
         }
     } else {
         let a = handle.ask(|reply| RoomCmd::LmDagEvent { pdu, reply }).await?;
@@ -189,60 +190,54 @@ pub async fn send_pdu(req: Req, membership: &'static str, room: &str, event_id: 
 /// order): a receiver that replays them with auth checks in array order
 /// (the LM reference implementation) must not meet an event before what
 /// allows it.
-fn join_answer(req: &Req, view: &RoomView, join: &Arc<Pdu>, state: Vec<Arc<Pdu>>) -> Result<Value, ApiError> {
+fn join_answer(req: &Req, view: &RoomView, join: &Arc<Pdu>, state: Vec<Arc<Pdu>>) -> Result<Value, Failure> {
     let roots = state.iter().cloned().chain(std::iter::once(join.clone()));
     let chain = in_replay_order(&req.node, auth_chain(&req.node, view, roots)?)?;
     let state = in_replay_order(&req.node, state)?;
-    Ok(json!({
-        "event": join.json(),
-        "state": state.iter().map(|p| p.json()).collect::<Vec<_>>(),
-        "auth_chain": chain.iter().map(|p| p.json()).collect::<Vec<_>>(),
-        "members_omitted": false,
-        "origin": req.node.name.as_str(),
-    }))
+    wire::to_json(&SendJoinAnswer {
+        event: join.json(),
+        state: state.iter().map(|p| p.json()).collect(),
+        auth_chain: chain.iter().map(|p| p.json()).collect(),
+        members_omitted: false,
+        origin: req.node.name.as_str(),
+    })
 }
 
-fn check_membership_lpdu(lpdu: &Lpdu, membership: &str) -> Result<(), ApiError> {
+fn check_membership_lpdu(lpdu: &Lpdu, membership: &str) -> Result<(), Failure> {
     let ok = lpdu.event_type() == "m.room.member"
         && lpdu.state_key() == Some(lpdu.sender().as_str())
         && lpdu.content().get("membership").and_then(Value::as_str) == Some(membership);
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad_json(format!("expected the sender's own m.room.member event with membership {membership}")))
+        Err(Failure::bad_json(format!("expected the sender's own m.room.member event with membership {membership}")))
     }
 }
 
 /// E10. Two roles: as the room's hub, an invite LPDU from a participant
 /// (the hub forwards it to the invitee's server when needed); as the
 /// invitee's server, a PDU from the hub to counter-sign.
-pub async fn invite(req: Req, txn: &str) -> Result<Value, ApiError> {
+pub async fn invite(mut req: Req, txn: &str) -> Result<Value, Failure> {
     if let Some(answer) = replayed(&req, "invite", txn)? {
         return Ok(answer);
     }
-    let event = req
-        .body
-        .get("event")
-        .and_then(Value::as_object)
-        .ok_or_else(|| ApiError::bad_json("`event` must be an object"))?
-        .clone();
-    let version_id = req.body.get("room_version").and_then(Value::as_str).unwrap_or("");
-    let version = supported(version_id).ok_or_else(|| incompatible(version_id))?;
+    let Invite { event, room_version: version_id, invite_room_state } = wire::take(std::mem::take(&mut req.body))?;
+    let version = supported(&version_id).ok_or_else(|| incompatible(&version_id))?;
     let is_invite = event.get("type").and_then(Value::as_str) == Some("m.room.member")
         && event.get("content").and_then(|c| c.get("membership")).and_then(Value::as_str) == Some("invite");
     if !is_invite {
-        return Err(ApiError::bad_json("the event must be an m.room.member invite"));
+        return Err(Failure::bad_json("the event must be an m.room.member invite"));
     }
     let room = event.get("room_id").and_then(Value::as_str).unwrap_or_default();
     let hubbed_here =
         RoomId::parse(room).ok().and_then(|r| req.node.rooms.get(&r)).is_some_and(|h| h.view().is_hub(&req.node.name));
     let answer = if hubbed_here && Lpdu::looks_like_lpdu(&event) {
         let (handle, view) = known_room(&req, room)?;
-        let lpdu = accept_lpdu(&req, view.version, &event).await.map_err(ApiError::bad_json)?;
+        let lpdu = accept_lpdu(&req, view.version, &event).await.map_err(Failure::bad_json)?;
         let appended = handle.ask(|reply| RoomCmd::Lpdu { lpdu, with_state: false, reply }).await?;
         json!({ "pdu": appended.pdu.json(), "event": appended.pdu.json() })
     } else {
-        countersign(&req, version, event).await?
+        countersign(&req, version, event, invite_room_state).await?
     };
     remember(&req, "invite", txn, &answer)?;
     Ok(answer)
@@ -254,19 +249,17 @@ async fn countersign(
     req: &Req,
     version: &'static crate::core::event::RoomVersion,
     event: Object,
-) -> Result<Value, ApiError> {
-    let checked =
-        crate::federation::fetch::checked_pdu(&req.node, version, event).await.map_err(ApiError::forbidden)?;
+    mut state: Vec<Value>,
+) -> Result<Value, Failure> {
+    let checked = crate::federation::fetch::checked_pdu(&req.node, version, event).await.map_err(Failure::forbidden)?;
     let target = checked
         .state_key()
         .and_then(|s| UserId::parse(s).ok())
         .filter(|u| u.is_on(&req.node.name))
-        .ok_or_else(|| ApiError::bad_json("the invitee is not a user of this server"))?;
+        .ok_or_else(|| Failure::bad_json("the invitee is not a user of this server"))?;
     let mut signed = checked.json().clone();
-    sign_event(version, &req.node.key, &mut signed).map_err(|e| ApiError::unknown(e.to_string()))?;
-    let signed_pdu = Pdu::from_object(version, signed, Schema::Full).map_err(|e| ApiError::unknown(e.to_string()))?;
-    let stripped = req.body.get("invite_room_state").cloned().unwrap_or_else(|| json!([]));
-    let mut state = stripped.as_array().cloned().unwrap_or_default();
+    sign_event(version, &req.node.key, &mut signed).map_err(Failure::failed)?;
+    let signed_pdu = Pdu::from_object(version, signed, Schema::Full).map_err(Failure::failed)?;
     let own = crate::federation::invite::strip(&signed_pdu);
     state.push(own);
     // The hub is whoever sent the invite (digest 7.1); in a mixed room a

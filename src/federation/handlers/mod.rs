@@ -10,36 +10,30 @@ pub mod visibility;
 
 use crate::core::event::RoomVersion;
 use crate::core::ids::RoomId;
-use crate::http::ApiError;
 use crate::room::{RoomHandle, RoomView};
+use crate::wire::Failure;
 
 use super::inbound::Req;
 
 /// The room named in a path, if this server knows it.
-pub(crate) fn known_room(req: &Req, room: &str) -> Result<(RoomHandle, std::sync::Arc<RoomView>), ApiError> {
-    let id = RoomId::parse(room).map_err(|e| ApiError::bad_json(e.to_string()))?;
-    let handle = req.node.rooms.get(&id).ok_or_else(|| ApiError::not_found("Unknown room"))?;
+pub(crate) fn known_room(req: &Req, room: &str) -> Result<(RoomHandle, std::sync::Arc<RoomView>), Failure> {
+    let id = RoomId::parse(room).map_err(|e| Failure::bad_json(e.to_string()))?;
+    let handle = req.node.rooms.get(&id).ok_or_else(|| Failure::not_found("Unknown room"))?;
     let view = handle.view();
     Ok((handle, view))
 }
 
 /// `400 M_WRONG_SERVER` unless this server hubs the room (items 179, 196).
-pub(crate) fn require_hub(req: &Req, view: &RoomView) -> Result<(), ApiError> {
+pub(crate) fn require_hub(req: &Req, view: &RoomView) -> Result<(), Failure> {
     if view.is_hub(&req.node.name) {
         Ok(())
     } else {
-        Err(ApiError::new(http::StatusCode::BAD_REQUEST, "M_WRONG_SERVER", "This server is not the room's hub")
-            .with("hub_server", serde_json::json!(view.hub.as_str())))
+        Err(Failure::WrongServer { hub: view.hub.as_str().to_owned() })
     }
 }
 
-pub(crate) fn incompatible(version: &str) -> ApiError {
-    ApiError::new(
-        http::StatusCode::BAD_REQUEST,
-        "M_INCOMPATIBLE_ROOM_VERSION",
-        format!("Room version {version} is not supported"),
-    )
-    .with("room_version", serde_json::json!(version))
+pub(crate) fn incompatible(version: &str) -> Failure {
+    Failure::UnsupportedRoomVersion(version.to_owned())
 }
 
 pub(crate) fn supported(version: &str) -> Option<&'static RoomVersion> {

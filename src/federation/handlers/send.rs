@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::known_room;
 use crate::core::event::{check_hashes, event_id, HashCheck, Lpdu, Pdu, RoomVersion};
@@ -15,11 +15,12 @@ use crate::core::ids::{RoomId, UserId};
 use crate::core::json::Object;
 use crate::federation::fetch::checked_pdu;
 use crate::federation::inbound::{Begin, Req};
-use crate::http::ApiError;
-use crate::room::{Appended, Asked, RoomCmd, RoomError, Verdict};
+use crate::room::{Appended, Asked, RoomCmd, Verdict};
 use crate::store::records::TxnResponse;
 use crate::store::{Batch, Op};
 use crate::sys::now_ms;
+use crate::wire::federation::{Transaction, TxnAnswer};
+use crate::wire::{self, Failure};
 
 pub const MAX_PDUS: usize = 50;
 pub const MAX_EDUS: usize = 100;
@@ -28,22 +29,14 @@ const TXN_KEEP_MS: i64 = 24 * 3600 * 1000;
 const ENDPOINT: &str = "send";
 const ENDPOINT_V1: &str = "send_v1";
 
-pub async fn send(req: Req, txn: &str, v1: bool) -> Result<Value, ApiError> {
+pub async fn send(mut req: Req, txn: &str, v1: bool) -> Result<Value, Failure> {
     let endpoint = if v1 { ENDPOINT_V1 } else { ENDPOINT };
-    let empty = Vec::new();
-    let pdus = match req.body.get("pdus") {
-        None => &empty,
-        Some(v) => v.as_array().ok_or_else(|| ApiError::bad_json("`pdus` must be an array"))?,
-    };
-    let edus = match req.body.get("edus") {
-        None => &empty,
-        Some(v) => v.as_array().ok_or_else(|| ApiError::bad_json("`edus` must be an array"))?,
-    };
+    let Transaction { pdus, edus, .. } = wire::take(std::mem::take(&mut req.body))?;
     if pdus.len() > MAX_PDUS {
-        return Err(ApiError::bad_json(format!("{} PDUs in one transaction; the limit is {MAX_PDUS}", pdus.len())));
+        return Err(Failure::bad_json(format!("{} PDUs in one transaction; the limit is {MAX_PDUS}", pdus.len())));
     }
     if edus.len() > MAX_EDUS {
-        return Err(ApiError::bad_json(format!("{} EDUs in one transaction; the limit is {MAX_EDUS}", edus.len())));
+        return Err(Failure::bad_json(format!("{} EDUs in one transaction; the limit is {MAX_EDUS}", edus.len())));
     }
     let origin = req.origin.to_string();
     if let Some(stored) = stored_answer(&req, &origin, endpoint, txn)? {
@@ -54,30 +47,17 @@ pub async fn send(req: Req, txn: &str, v1: bool) -> Result<Value, ApiError> {
         Begin::Running(done) => {
             done.notified().await;
             return stored_answer(&req, &origin, endpoint, txn)?
-                .ok_or_else(|| ApiError::unknown("The retried transaction did not complete"));
+                .ok_or_else(|| Failure::failed("a retried transaction did not complete"));
         }
         Begin::Busy => {
-            return Err(ApiError::new(
-                http::StatusCode::BAD_REQUEST,
-                "M_BAD_STATE",
-                "Another transaction from this server is still being processed",
-            ))
+            return Err(Failure::BadState("Another transaction from this server is still being processed".into()))
         }
     };
     crate::crash::point("send.before_append");
     let started = std::time::Instant::now();
-    let outcomes = process_pdus(&req, pdus).await;
-    crate::federation::edu::receive(&req.node, &req.origin, edus).await;
-    let answer = if v1 {
-        // Matrix: every PDU, `{}` when it was taken.
-        let all: BTreeMap<String, Value> =
-            outcomes.into_iter().map(|(id, r)| (id, r.map_or_else(|e| json!({ "error": e }), |_| json!({})))).collect();
-        json!({ "pdus": all })
-    } else {
-        let failed: BTreeMap<String, Value> =
-            outcomes.into_iter().filter_map(|(id, r)| r.err().map(|e| (id, json!({ "error": e })))).collect();
-        json!({ "failed_pdus": failed })
-    };
+    let outcomes = process_pdus(&req, &pdus).await;
+    crate::federation::edu::receive(&req.node, &req.origin, &edus).await;
+    let answer = wire::to_json(&TxnAnswer::new(v1, outcomes))?;
     let mut b = Batch::new();
     b.push(Op::PutTxnResponse {
         origin,
@@ -94,7 +74,7 @@ pub async fn send(req: Req, txn: &str, v1: bool) -> Result<Value, ApiError> {
     Ok(answer)
 }
 
-fn stored_answer(req: &Req, origin: &str, endpoint: &str, txn: &str) -> Result<Option<Value>, ApiError> {
+fn stored_answer(req: &Req, origin: &str, endpoint: &str, txn: &str) -> Result<Option<Value>, Failure> {
     let Some(r) = req.node.store.txn_response(origin, endpoint, txn)? else {
         return Ok(None);
     };
@@ -294,21 +274,5 @@ pub async fn accept_lpdu(req: &Req, version: &'static RoomVersion, obj: &Object)
         Ok(HashCheck::Match) => Ok(lpdu),
         Ok(HashCheck::Mismatch(_)) => Err("content hash mismatch".into()),
         Err(e) => Err(e.to_string()),
-    }
-}
-
-impl From<RoomError> for ApiError {
-    fn from(e: RoomError) -> Self {
-        match e.clone() {
-            RoomError::Forbidden(m) => ApiError::forbidden(m),
-            RoomError::BadEvent(m) => ApiError::bad_json(m),
-            RoomError::TooLarge(m) => ApiError::too_large(m),
-            RoomError::NotHub => {
-                ApiError::new(http::StatusCode::BAD_REQUEST, "M_WRONG_SERVER", "This server is not the room's hub")
-            }
-            RoomError::Pending => ApiError::limit_exceeded("The room's hub has not sequenced the event yet", 1000),
-            RoomError::Remote(m) => ApiError::new(http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", m),
-            RoomError::Storage(_) | RoomError::Gone => ApiError::unknown(e.public_reason()),
-        }
     }
 }

@@ -19,9 +19,9 @@ use crate::core::event::{redact, Pdu};
 use crate::core::ids::{RoomId, ServerName, UserId};
 use crate::core::rooms::StateView;
 use crate::federation::Node;
-use crate::http::ApiError;
 use crate::room::load::load_pdu;
 use crate::room::RoomView;
+use crate::wire::Failure;
 
 const DEFAULT_VISIBILITY: &str = "shared";
 
@@ -88,7 +88,7 @@ fn at(changes: &[(u64, String)], index: u64) -> Option<Option<&str>> {
 impl ListChanges {
     /// Reads list events not seen yet, a page at a time, yielding between
     /// pages so a long list does not hold a runtime worker.
-    async fn extend(&mut self, node: &Node, view: &RoomView) -> Result<(), ApiError> {
+    async fn extend(&mut self, node: &Node, view: &RoomView) -> Result<(), Failure> {
         const PAGE: u64 = 500;
         while self.scanned < view.length {
             let to = (self.scanned + PAGE).min(view.length);
@@ -152,7 +152,7 @@ pub struct Viewer<'a> {
 impl<'a> Viewer<'a> {
     /// `404` when the server has no member event in the room and the room
     /// is not world-readable.
-    pub async fn new(node: &'a Node, view: &'a RoomView, server: &'a ServerName) -> Result<Viewer<'a>, ApiError> {
+    pub async fn new(node: &'a Node, view: &'a RoomView, server: &'a ServerName) -> Result<Viewer<'a>, Failure> {
         let members: Vec<&str> = view
             .state
             .iter()
@@ -162,7 +162,7 @@ impl<'a> Viewer<'a> {
         let world = view.state.get("m.room.history_visibility", "").and_then(visibility_of).as_deref()
             == Some("world_readable");
         if members.is_empty() && !world {
-            return Err(ApiError::not_found("Unknown room"));
+            return Err(Failure::not_found("Unknown room"));
         }
         let changes = if view.version.is_mixed() {
             None
@@ -176,7 +176,7 @@ impl<'a> Viewer<'a> {
     }
 
     /// What the server may see of `pdu`.
-    pub fn sight(&self, pdu: &Pdu) -> Result<Sight, ApiError> {
+    pub fn sight(&self, pdu: &Pdu) -> Result<Sight, Failure> {
         let own_change = |before: &(String, Vec<String>)| {
             let mut after = before.clone();
             if let Some(v) = visibility_of(pdu) {
@@ -203,7 +203,7 @@ impl<'a> Viewer<'a> {
     }
 
     /// Mixed rooms: from the state recorded before the event.
-    fn mixed_before(&self, pdu: &Pdu) -> Result<(String, Vec<String>), ApiError> {
+    fn mixed_before(&self, pdu: &Pdu) -> Result<(String, Vec<String>), Failure> {
         let Some(state) = crate::room::snapshot::state_before(&self.node.store, &self.node.dag, pdu)? else {
             return Ok((DEFAULT_VISIBILITY.into(), Vec::new()));
         };
@@ -226,7 +226,7 @@ impl<'a> Viewer<'a> {
     }
 
     /// The event as this server may see it.
-    pub fn serve(&self, pdu: &Pdu) -> Result<Value, ApiError> {
+    pub fn serve(&self, pdu: &Pdu) -> Result<Value, Failure> {
         Ok(Value::Object(match self.sight(pdu)? {
             Sight::Whole => pdu.json().clone(),
             Sight::Redacted => redact(pdu.version(), pdu.json()),
