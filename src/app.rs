@@ -151,10 +151,12 @@ async fn write_record(node: &Node, path: &Path, last: &mut Option<CommitRecord>)
 
 const RECORD_EVERY: Duration = Duration::from_secs(2);
 
-/// Returns the allocator's free pages to the system. glibc keeps memory
-/// freed in the middle of its heaps (parsed events come and go by the
-/// thousand) until something trims it, so an idle server would go on
-/// holding its busiest moment's memory. Trimming holds the allocator's locks
+/// Returns glibc's free pages to the system. glibc keeps memory freed in
+/// the middle of its heaps (parsed events come and go by the thousand)
+/// until something trims it, so an idle server would go on holding its
+/// busiest moment's memory. The `lmx` binary allocates with jemalloc, which
+/// gives pages back by itself; this serves servers built into other
+/// programs (the tests) and what C code allocates. Trimming holds the allocator's locks
 /// for a while on a large heap, so it is done only when the server is
 /// quiet (nothing appended since the last look).
 fn give_back_free_memory() {

@@ -4,8 +4,24 @@ use std::process::ExitCode;
 use clap::Parser;
 use lmx::cli::{db, inspect, Cli, Command, Db};
 
+/// jemalloc instead of the C library's allocator: rooms that come and go
+/// (resting, waking) leave glibc's heaps fragmented, jemalloc's size
+/// classes and decay give the memory back (BENCHMARKS.md, "jemalloc").
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read at its start: a background thread returns
+/// freed pages to the system within a second (not on the next allocation),
+/// so an idle server's RSS follows what it holds. `_RJEM_MALLOC_CONF` in
+/// the environment adds to them (a small follower may trade speed for
+/// memory with `tcache_max:4096`).
+#[cfg(not(target_env = "msvc"))]
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 fn main() -> ExitCode {
-    keep_large_blocks_apart();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => match serve(config) {
@@ -44,19 +60,6 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-    }
-}
-
-/// glibc's allocator raises its threshold for mapping large blocks on their
-/// own each time one is freed, after which such blocks come from the heap
-/// and stay resident: a few password hashes (19 MiB each) or large request
-/// bodies would leave the process that much bigger for good. A fixed
-/// threshold gives every block of 1 MiB or more back when it is freed.
-fn keep_large_blocks_apart() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 
