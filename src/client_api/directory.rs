@@ -32,7 +32,7 @@ pub fn lookup(call: &Call, alias: &str) -> Result<RoomId, Failure> {
 pub fn get(call: Call, alias: &str) -> Result<Value, Failure> {
     let room = lookup(&call, alias)?;
     let mut servers = vec![call.server.name.to_string()];
-    if let Some(h) = call.server.rooms.get(&room) {
+    if let Some(h) = call.server.rooms.find(&room)? {
         let hub = h.view().hub.to_string();
         if !servers.contains(&hub) {
             servers.insert(0, hub);
@@ -48,7 +48,7 @@ pub fn create(call: &Call, alias: &str, room: &RoomId) -> Result<(), Failure> {
     if call.server.store.alias(&alias)?.is_some() {
         return Err(Failure::Taken(Taken::Alias));
     }
-    if call.server.rooms.get(room).is_none() {
+    if call.server.rooms.find(room)?.is_none() {
         return Err(Failure::not_found("Unknown room"));
     }
     let mut b = Batch::new();

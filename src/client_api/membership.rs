@@ -62,7 +62,7 @@ fn reason(call: &Call, content: &mut Object) -> Result<(), Failure> {
 
 async fn own_membership(call: &Call, room: &RoomId, membership: &str) -> Result<Option<EventId>, Failure> {
     let (user, _) = call.who()?;
-    let Some(h) = call.server.rooms.get(room) else { return Ok(None) };
+    let Some(h) = call.server.rooms.find(room)? else { return Ok(None) };
     if !participating(call, &h.view()) {
         return Ok(None);
     }

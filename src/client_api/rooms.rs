@@ -29,7 +29,7 @@ pub async fn submit(call: &Call, room: &RoomId, draft: Draft) -> Result<EventId,
 }
 
 async fn sequence(call: &Call, room: &RoomId, draft: Draft) -> Result<EventId, Failure> {
-    let handle = call.server.rooms.get(room).ok_or_else(|| Failure::forbidden("You are not in this room"))?;
+    let handle = call.server.rooms.find(room)?.ok_or_else(|| Failure::forbidden("You are not in this room"))?;
     let outcome = handle.ask(|reply| RoomCmd::Local { draft, reply }).await?;
     match outcome {
         LocalOutcome::Done(id) => Ok(id),

@@ -75,10 +75,16 @@ impl Shelf {
     }
 }
 
+/// One lock per room being woken, so that concurrent uses of a resting
+/// room load it once: the others wait for that load instead of repeating
+/// it (a peer's reads may name a resting room many times at once).
+type WakeLocks = HashMap<RoomId, Arc<Mutex<()>>>;
+
 pub struct Rooms {
     deps: RoomDeps,
     map: Shelf,
     joining: Arc<Mutex<JoinLocks>>,
+    waking: Mutex<WakeLocks>,
 }
 
 /// Held while one local user joins a room hubbed elsewhere.
@@ -103,7 +109,7 @@ impl Drop for JoinTurn {
 
 impl Rooms {
     pub fn new(deps: RoomDeps) -> Self {
-        Rooms { deps, map: Shelf::default(), joining: Arc::default() }
+        Rooms { deps, map: Shelf::default(), joining: Arc::default(), waking: Mutex::default() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Map> {
@@ -115,8 +121,14 @@ impl Rooms {
     }
 
     /// The writer of a room this server knows, started from the store if
-    /// the room was resting. A room that cannot be read back is logged and
-    /// treated as unknown.
+    /// the room was resting; `Err` when a resting room cannot be read back
+    /// (the caller fails, rather than taking the room for unknown).
+    pub fn find(&self, id: &RoomId) -> Result<Option<RoomHandle>, RoomError> {
+        self.wake(id)
+    }
+
+    /// `find` for readers that go on without the room: a room that cannot
+    /// be read back is logged and skipped.
     pub fn get(&self, id: &RoomId) -> Option<RoomHandle> {
         match self.wake(id) {
             Ok(h) => h,
@@ -128,6 +140,26 @@ impl Rooms {
     }
 
     fn wake(&self, id: &RoomId) -> Result<Option<RoomHandle>, RoomError> {
+        match self.lock().rooms.get(id) {
+            None => return Ok(None),
+            Some(Entry::Running(h)) => return Ok(Some(h.clone())),
+            Some(Entry::Resting { .. }) => {}
+        }
+        let turn = self.waking.lock().expect("poisoned").entry(id.clone()).or_default().clone();
+        let woken = {
+            // Blocks like the load it waits for: a load is synchronous.
+            let _turn = turn.lock().expect("poisoned");
+            self.load(id)
+        };
+        let mut waking = self.waking.lock().expect("poisoned");
+        // The map's and ours: nobody else waits on this room's load.
+        if Arc::strong_count(&turn) == 2 {
+            waking.remove(id);
+        }
+        woken
+    }
+
+    fn load(&self, id: &RoomId) -> Result<Option<RoomHandle>, RoomError> {
         loop {
             let (rested, pruned_upto) = match self.lock().rooms.get(id) {
                 None => return Ok(None),

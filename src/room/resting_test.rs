@@ -1,6 +1,7 @@
 //! Rooms at rest: an idle room's writer stops and the next use loads it
 //! from the store, with nothing lost and never two writers at once.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,13 +9,61 @@ use serde_json::json;
 
 use super::write_failures::{draft, key_of, participant_resting_after, rooms_resting_after, send, started_room};
 use super::Rooms;
-use super::{LocalOutcome, RoomCmd};
+use super::{LocalOutcome, RoomCmd, RoomError};
 use crate::core::ids::{EventId, RoomId, UserId};
 use crate::store::Store;
 
 fn resting_after(after: Duration) -> (Arc<dyn Store>, Arc<Rooms>) {
     let (_, store, rooms) = rooms_resting_after(key_of("hub.test", 7), Some(after));
     (store, Arc::new(rooms))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_uses_of_a_resting_room_load_it_once() {
+    let (kv, _store, rooms) = rooms_resting_after(key_of("hub.test", 7), Some(Duration::from_millis(20)));
+    let rooms = Arc::new(rooms);
+    let (room, _) = new_room(&rooms).await;
+    // Slow reads, so that loads started together overlap.
+    kv.read_delay_us.store(2_000, Ordering::SeqCst);
+    // Blocking threads, as request handlers that wake a room block.
+    let wake_all = |n: usize| {
+        let threads: Vec<_> = (0..n)
+            .map(|_| {
+                let (rooms, room) = (rooms.clone(), room.clone());
+                tokio::task::spawn_blocking(move || rooms.get(&room).is_some())
+            })
+            .collect();
+        async move {
+            let mut all = true;
+            for t in threads {
+                all &= t.await.unwrap();
+            }
+            all
+        }
+    };
+    until_resting(&rooms).await;
+    let before = kv.reads.load(Ordering::SeqCst);
+    assert!(wake_all(1).await);
+    let one_load = kv.reads.load(Ordering::SeqCst) - before;
+    assert!(one_load > 0, "a wake reads the store");
+    until_resting(&rooms).await;
+    let before = kv.reads.load(Ordering::SeqCst);
+    assert!(wake_all(8).await, "every caller gets the room");
+    let eight = kv.reads.load(Ordering::SeqCst) - before;
+    assert_eq!(eight, one_load, "eight callers at once read the room once");
+    assert_eq!(rooms.running(), 1);
+}
+
+#[tokio::test]
+async fn a_room_that_cannot_be_read_back_is_a_failure_not_an_unknown_room() {
+    let (kv, _store, rooms) = rooms_resting_after(key_of("hub.test", 7), Some(Duration::from_millis(20)));
+    let (room, _) = new_room(&rooms).await;
+    until_resting(&rooms).await;
+    kv.fail_reads.store(1, Ordering::SeqCst);
+    assert!(matches!(rooms.find(&room), Err(RoomError::Storage(_))), "the caller learns the store failed");
+    assert!(rooms.find(&room).unwrap().is_some(), "the room wakes once the store reads again");
+    let unknown = RoomId::parse("!other:hub.test").unwrap();
+    assert!(rooms.find(&unknown).unwrap().is_none());
 }
 
 /// A room with its create event and Alice's join, and no handle left.

@@ -20,13 +20,31 @@ use crate::core::event::{Pdu, RoomVersion, LM_VERSION};
 use crate::core::ids::{EventId, KeyId, RoomId, ServerName, UserId};
 use crate::store::{BoxFuture, Entries, Kv, KvStore, KvWrite, MemKv, Positions, Store, StoreError};
 
-/// Memory underneath; the next `fail_applies` writes and `fail_flushes`
-/// flushes fail, and a flush waits while the test holds `gate`.
+/// Memory underneath; the next `fail_applies` writes, `fail_flushes`
+/// flushes and `fail_reads` reads fail, a flush waits while the test holds
+/// `gate`, and each read takes `read_delay_us` and is counted in `reads`.
 pub(super) struct FlakyKv {
     inner: MemKv,
     fail_applies: AtomicUsize,
     fail_flushes: AtomicUsize,
+    pub(super) fail_reads: AtomicUsize,
+    pub(super) read_delay_us: AtomicUsize,
+    pub(super) reads: AtomicUsize,
     gate: RwLock<()>,
+}
+
+impl FlakyKv {
+    fn read(&self) -> Result<(), StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let delay = self.read_delay_us.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_micros(delay as u64));
+        }
+        if take_one(&self.fail_reads) {
+            return Err(StoreError::Backend("injected read failure".into()));
+        }
+        Ok(())
+    }
 }
 
 fn take_one(n: &AtomicUsize) -> bool {
@@ -100,6 +118,9 @@ pub(super) fn rooms_resting_after(
         inner: MemKv::new(),
         fail_applies: AtomicUsize::new(0),
         fail_flushes: AtomicUsize::new(0),
+        fail_reads: AtomicUsize::new(0),
+        read_delay_us: AtomicUsize::new(0),
+        reads: AtomicUsize::new(0),
         gate: RwLock::new(()),
     });
     let store: Arc<dyn Store> = Arc::new(KvStore::new(SharedKv(kv.clone())));
@@ -145,9 +166,11 @@ struct SharedKv(Arc<FlakyKv>);
 
 impl Kv for SharedKv {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.read()?;
         self.0.inner.get(key)
     }
     fn range(&self, start: &[u8], end: &[u8], reverse: bool, limit: usize) -> Result<Entries, StoreError> {
+        self.0.read()?;
         self.0.inner.range(start, end, reverse, limit)
     }
     fn apply(&self, writes: Vec<KvWrite>) -> Result<(), StoreError> {

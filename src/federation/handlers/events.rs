@@ -34,7 +34,7 @@ pub(super) async fn readable_event(req: &Req, id: &str) -> Result<Value, Failure
     let rec = req.node.store.event(&id)?.filter(|r| r.rejected.is_empty() && !r.pruned);
     let rec = rec.ok_or_else(unknown)?;
     let room = RoomId::parse(&rec.room_id).map_err(Failure::corrupt)?;
-    let view = req.node.rooms.get(&room).map(|h| h.view()).ok_or_else(unknown)?;
+    let view = req.node.rooms.find(&room)?.map(|h| h.view()).ok_or_else(unknown)?;
     let viewer = Viewer::new(&req.node, &view, &req.origin).await.map_err(|_| unknown())?;
     viewer.serve(&*pdu(&req.node, &view, &id)?)
 }

@@ -18,7 +18,7 @@ use super::inbound::Req;
 /// The room named in a path, if this server knows it.
 pub(crate) fn known_room(req: &Req, room: &str) -> Result<(RoomHandle, std::sync::Arc<RoomView>), Failure> {
     let id = RoomId::parse(room).map_err(|e| Failure::bad_json(e.to_string()))?;
-    let handle = req.node.rooms.get(&id).ok_or_else(|| Failure::not_found("Unknown room"))?;
+    let handle = req.node.rooms.find(&id)?.ok_or_else(|| Failure::not_found("Unknown room"))?;
     let view = handle.view();
     Ok((handle, view))
 }

@@ -55,7 +55,7 @@ pub async fn send(mut req: Req, txn: &str, v1: bool) -> Result<Value, Failure> {
     };
     crate::crash::point("send.before_append");
     let started = std::time::Instant::now();
-    let outcomes = process_pdus(&req, &pdus).await;
+    let outcomes = process_pdus(&req, &pdus).await?;
     crate::federation::edu::receive(&req.node, &req.origin, &edus).await;
     let answer = wire::to_json(&TxnAnswer::new(v1, outcomes))?;
     let mut b = Batch::new();
@@ -96,7 +96,10 @@ type Sequencing = Asked<Appended>;
 /// What became of each PDU of a transaction: `Err` carries the reason.
 type Outcomes = BTreeMap<String, Result<(), String>>;
 
-async fn process_pdus(req: &Req, pdus: &[Value]) -> Outcomes {
+/// `Err` when this server cannot tell what to do with the transaction (a
+/// room it knows cannot be read back): the sender retries it later, rather
+/// than its events being refused.
+async fn process_pdus(req: &Req, pdus: &[Value]) -> Result<Outcomes, Failure> {
     let mut out = Outcomes::new();
     // Events per room, each room taking its share in one go: PDUs from an
     // LM hub, and every event of a mixed room.
@@ -122,6 +125,7 @@ async fn process_pdus(req: &Req, pdus: &[Value]) -> Outcomes {
         let room = obj.get("room_id").and_then(Value::as_str).unwrap_or("");
         let (handle, view) = match known_room(req, room) {
             Ok(r) => r,
+            Err(e @ Failure::Room(_)) => return Err(e),
             Err(_) => {
                 // Unknown or invalid room: rejected, and reported (OQ-37).
                 out.insert(id_of(lm, obj), Err(format!("unknown room {room:?}")));
@@ -253,7 +257,7 @@ async fn process_pdus(req: &Req, pdus: &[Value]) -> Outcomes {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// The hub's checks on an LPDU before building anything: shape, the
