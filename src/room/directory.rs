@@ -128,15 +128,9 @@ impl Rooms {
     }
 
     /// `find` for readers that go on without the room: a room that cannot
-    /// be read back is logged and skipped.
+    /// be read back is skipped (`wake` logged why).
     pub fn get(&self, id: &RoomId) -> Option<RoomHandle> {
-        match self.wake(id) {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::error!(room = %id, error = %e, "a resting room could not be loaded");
-                None
-            }
-        }
+        self.wake(id).ok().flatten()
     }
 
     fn wake(&self, id: &RoomId) -> Result<Option<RoomHandle>, RoomError> {
@@ -147,15 +141,21 @@ impl Rooms {
         }
         let turn = self.waking.lock().expect("poisoned").entry(id.clone()).or_default().clone();
         let woken = {
-            // Blocks like the load it waits for: a load is synchronous.
-            let _turn = turn.lock().expect("poisoned");
+            // Blocks like the load it waits for: a load is synchronous. The
+            // lock guards nothing but the turn, so a load that panicked
+            // leaves nothing to distrust.
+            let _turn = turn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             self.load(id)
         };
+        if let Err(e) = &woken {
+            tracing::error!(room = %id, error = %e, "a resting room could not be loaded");
+        }
         let mut waking = self.waking.lock().expect("poisoned");
         // The map's and ours: nobody else waits on this room's load.
         if Arc::strong_count(&turn) == 2 {
             waking.remove(id);
         }
+        drop(turn);
         woken
     }
 

@@ -141,7 +141,7 @@ async fn process_pdus(req: &Req, pdus: &[Value]) -> Result<Outcomes, Failure> {
                 out.insert(id, Err("rooms of Matrix versions take full events, not LPDUs".into()));
                 continue;
             }
-            let checked = checked(&mut checks[i], req, version, obj).await;
+            let checked = checked(&mut checks.0[i], req, version, obj).await;
             match checked {
                 // A DAG server sends its events to every server; a
                 // participant takes the hub's copy, in the hub's order.
@@ -174,7 +174,7 @@ async fn process_pdus(req: &Req, pdus: &[Value]) -> Result<Outcomes, Failure> {
         }
         if is_hub {
             // A DAG-capable LM server's own event (digest 11.3).
-            let refused = match checked(&mut checks[i], req, version, obj).await {
+            let refused = match checked(&mut checks.0[i], req, version, obj).await {
                 Ok(pdu) if pdu.sender().is_on(&req.origin) => {
                     match handle.ask_later(|reply| RoomCmd::LmDagEvent { pdu, reply }).await {
                         Ok(answer) => {
@@ -194,7 +194,7 @@ async fn process_pdus(req: &Req, pdus: &[Value]) -> Result<Outcomes, Failure> {
         if req.origin != view.hub {
             continue;
         }
-        match checked(&mut checks[i], req, version, obj).await {
+        match checked(&mut checks.0[i], req, version, obj).await {
             Ok(pdu) => group(&mut from_hub, &view.room_id, pdu),
             Err(why) => {
                 out.insert(id, Err(why));
@@ -267,6 +267,18 @@ const CHECK_AHEAD_FROM: usize = 8;
 
 type Check = Option<tokio::task::JoinHandle<Result<Pdu, String>>>;
 
+/// Checks started ahead; those not taken when the transaction ends early
+/// (or its request goes away) are stopped.
+struct Checks(Vec<Check>);
+
+impl Drop for Checks {
+    fn drop(&mut self) {
+        for check in self.0.iter().flatten() {
+            check.abort();
+        }
+    }
+}
+
 /// Starts the receive checks (schema, signatures, hashes) of a large
 /// transaction's full events at once, as tasks the runtime spreads over its
 /// threads: a catching-up follower gets 50 events a transaction, and their
@@ -274,7 +286,7 @@ type Check = Option<tokio::task::JoinHandle<Result<Pdu, String>>>;
 /// gets the one signature check it always had; only where it runs changes.
 /// The loop takes the results in order; an event it does not check (an
 /// LPDU, one from a server it ignores) gets none.
-fn checks_ahead(req: &Req, pdus: &[Value]) -> Vec<Check> {
+fn checks_ahead(req: &Req, pdus: &[Value]) -> Checks {
     let wanted: Vec<Option<(&'static RoomVersion, &Object)>> = pdus
         .iter()
         .map(|item| {
@@ -289,22 +301,30 @@ fn checks_ahead(req: &Req, pdus: &[Value]) -> Vec<Check> {
         })
         .collect();
     if wanted.iter().flatten().count() < CHECK_AHEAD_FROM {
-        return pdus.iter().map(|_| None).collect();
+        return Checks(pdus.iter().map(|_| None).collect());
     }
-    wanted
-        .into_iter()
-        .map(|w| {
-            let (version, obj) = w?;
-            let (node, obj) = (req.node.clone(), obj.clone());
-            Some(tokio::spawn(async move { checked_pdu(&node, version, obj).await }))
-        })
-        .collect()
+    Checks(
+        wanted
+            .into_iter()
+            .map(|w| {
+                let (version, obj) = w?;
+                let (node, obj) = (req.node.clone(), obj.clone());
+                Some(tokio::spawn(async move { checked_pdu(&node, version, obj).await }))
+            })
+            .collect(),
+    )
 }
 
 /// The receive checks of one event: started ahead, or run now.
 async fn checked(ahead: &mut Check, req: &Req, version: &'static RoomVersion, obj: &Object) -> Result<Pdu, String> {
     match ahead.take() {
-        Some(check) => check.await.unwrap_or_else(|e| Err(format!("the event's checks failed: {e}"))),
+        Some(check) => match check.await {
+            Ok(checked) => checked,
+            // A panic goes on as it would have inline: the transaction is
+            // not answered, so its sender retries it.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err("the event's checks were stopped".into()),
+        },
         None => checked_pdu(&req.node, version, obj.clone()).await,
     }
 }
