@@ -293,7 +293,7 @@ pub async fn shared_secret_register(method: &Method, call: Call) -> Result<Value
         return Ok(json!({"nonce": call.accounts.nonces.issue()}));
     }
     if *method != Method::POST {
-        return Err(Failure::method_not_allowed());
+        return Err(Failure::MethodNotAllowed);
     }
     let SharedSecretRegister { nonce, username, password, mac, admin, user_type } = wire::read(&call.body)?;
     if !call.accounts.nonces.take(nonce) {

@@ -121,7 +121,7 @@ impl ClientHandler {
         if req.method() == Method::OPTIONS {
             return Ok(serde_json::json!({}));
         }
-        let segs = path_segments(req.uri().path()).ok_or_else(Failure::unrecognized)?;
+        let segs = path_segments(req.uri().path()).ok_or(Failure::Unrecognized)?;
         let query = query_pairs(req.uri().query());
         let token = token_of(&req, &query);
         let method = req.method().clone();
@@ -153,7 +153,7 @@ impl ClientHandler {
             ["_matrix", "client", "versions"] => return only(&method, Method::GET).map(|_| account::versions()),
             ["_synapse", "admin", "v1", "register"] => return account::shared_secret_register(&method, call).await,
             ["_matrix", "client", "v3" | "r0", rest @ ..] => rest,
-            _ => return Err(Failure::unrecognized()),
+            _ => return Err(Failure::Unrecognized),
         };
         match rest {
             ["login"] | ["register"] if method == Method::POST => self.logins.check(&address.to_string())?,
@@ -172,7 +172,7 @@ fn only(method: &Method, want: Method) -> Result<(), Failure> {
     if *method == want {
         Ok(())
     } else {
-        Err(Failure::method_not_allowed())
+        Err(Failure::MethodNotAllowed)
     }
 }
 
@@ -249,11 +249,11 @@ async fn dispatch(method: &Method, rest: &[&str], call: Call) -> Result<Value, F
         (["sync"], &M::GET) => sync::sync(call).await,
         // Known paths with another method.
         (["login"] | ["register"] | ["createRoom"] | ["sync"] | ["joined_rooms"] | ["devices", ..], _) => {
-            Err(Failure::method_not_allowed())
+            Err(Failure::MethodNotAllowed)
         }
         (["rooms", _, "send" | "state" | "messages" | "invite" | "leave" | "join" | "kick" | "ban", ..], _) => {
-            Err(Failure::method_not_allowed())
+            Err(Failure::MethodNotAllowed)
         }
-        _ => Err(Failure::unrecognized()),
+        _ => Err(Failure::Unrecognized),
     }
 }

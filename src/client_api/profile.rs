@@ -67,7 +67,7 @@ pub async fn put(call: Call, user: &str, field: &str) -> Result<Value, Failure> 
         return Err(Failure::forbidden("You may only change your own profile"));
     }
     if field != "displayname" && field != "avatar_url" {
-        return Err(Failure::unrecognized());
+        return Err(Failure::Unrecognized);
     }
     let value = call.body.get(field).and_then(Value::as_str).unwrap_or("").to_owned();
     let mut rec = call.server.store.user(&me)?.ok_or_else(|| Failure::not_found("Unknown user"))?;

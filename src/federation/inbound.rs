@@ -133,7 +133,7 @@ fn allow(method: &Method, want: Method) -> Result<(), Failure> {
     if *method == want {
         Ok(())
     } else {
-        Err(Failure::method_not_allowed())
+        Err(Failure::MethodNotAllowed)
     }
 }
 
@@ -221,7 +221,7 @@ impl FedHandler {
     async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, Failure> {
         let budget = BodyBudget::of(&req);
         let (parts, body) = req.into_parts();
-        let segs = path_segments(parts.uri.path()).ok_or_else(Failure::unrecognized)?;
+        let segs = path_segments(parts.uri.path()).ok_or(Failure::Unrecognized)?;
         let segs_ref: Vec<&str> = segs.iter().map(String::as_str).collect();
         let node = &self.node;
         // Unauthenticated endpoints (E1-E4, version): `Authorization` is
@@ -254,7 +254,7 @@ impl FedHandler {
         let Some(ep) = endpoint(&parts.method, &segs)? else {
             // E17-E18 arrive with end-to-end encryption; until then, and for
             // every other path: unknown endpoint (item 127).
-            return Err(Failure::unrecognized());
+            return Err(Failure::Unrecognized);
         };
         // The signature covers the body, but the header's shape, origin,
         // destination and key are checked first, so a stranger without a

@@ -92,12 +92,6 @@ pub enum Internal {
 }
 
 impl Failure {
-    pub fn unrecognized() -> Self {
-        Failure::Unrecognized
-    }
-    pub fn method_not_allowed() -> Self {
-        Failure::MethodNotAllowed
-    }
     pub fn bad_json(why: impl Into<String>) -> Self {
         Failure::BadJson(why.into())
     }

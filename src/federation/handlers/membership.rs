@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::events::{auth_chain, in_replay_order};
 use super::send::accept_lpdu;
-use super::{incompatible, known_room, require_hub, supported};
+use super::{known_room, require_hub, supported};
 use crate::core::event::{sign_event, Lpdu, Pdu, Schema};
 use crate::core::ids::{RoomId, UserId};
 use crate::core::json::Object;
@@ -33,7 +33,7 @@ pub async fn make(req: Req, membership: &'static str, room: &str, user: &str) ->
     if membership != "leave" {
         let vers: Vec<&str> = req.query.iter().filter(|(k, _)| k == "ver").map(|(_, v)| v.as_str()).collect();
         if !vers.contains(&view.version.id) {
-            return Err(incompatible(view.version.id));
+            return Err(Failure::UnsupportedRoomVersion(view.version.id.to_owned()));
         }
     }
     let mut content = Object::new();
@@ -222,7 +222,7 @@ pub async fn invite(mut req: Req, txn: &str) -> Result<Value, Failure> {
         return Ok(answer);
     }
     let Invite { event, room_version: version_id, invite_room_state } = wire::take(std::mem::take(&mut req.body))?;
-    let version = supported(&version_id).ok_or_else(|| incompatible(&version_id))?;
+    let version = supported(&version_id).ok_or_else(|| Failure::UnsupportedRoomVersion(version_id.clone()))?;
     let is_invite = event.get("type").and_then(Value::as_str) == Some("m.room.member")
         && event.get("content").and_then(|c| c.get("membership")).and_then(Value::as_str) == Some("invite");
     if !is_invite {

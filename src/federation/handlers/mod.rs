@@ -32,10 +32,6 @@ pub(crate) fn require_hub(req: &Req, view: &RoomView) -> Result<(), Failure> {
     }
 }
 
-pub(crate) fn incompatible(version: &str) -> Failure {
-    Failure::UnsupportedRoomVersion(version.to_owned())
-}
-
 pub(crate) fn supported(version: &str) -> Option<&'static RoomVersion> {
     RoomVersion::find(version).filter(|v| v.hostable)
 }

@@ -287,6 +287,11 @@ impl Drop for Checks {
 /// The loop takes the results in order; an event it does not check (an
 /// LPDU, one from a server it ignores) gets none.
 fn checks_ahead(req: &Req, pdus: &[Value]) -> Checks {
+    let inline = || Checks(pdus.iter().map(|_| None).collect());
+    if pdus.len() < CHECK_AHEAD_FROM {
+        // Too few to be worth spreading: no look-ups on the latency path.
+        return inline();
+    }
     let wanted: Vec<Option<(&'static RoomVersion, &Object)>> = pdus
         .iter()
         .map(|item| {
@@ -301,7 +306,7 @@ fn checks_ahead(req: &Req, pdus: &[Value]) -> Checks {
         })
         .collect();
     if wanted.iter().flatten().count() < CHECK_AHEAD_FROM {
-        return Checks(pdus.iter().map(|_| None).collect());
+        return inline();
     }
     Checks(
         wanted
