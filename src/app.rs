@@ -15,7 +15,6 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::client_api::{ClientDeps, ClientHandler};
 use crate::config::Config;
-use crate::core::ids::RoomId;
 use crate::federation::client::FedClient;
 use crate::federation::inbound::FedHandler;
 use crate::federation::keyring::load_or_create_signing_key;
@@ -208,7 +207,7 @@ impl App {
 
         let node = Node::new(config, key, store, positions, fed);
         for rec in node.store.rooms()? {
-            let id = RoomId::parse(&rec.room_id).context("stored room id")?;
+            let id = rec.room()?;
             node.rooms.register_stored(&id).map_err(|e| anyhow::anyhow!("loading {id}: {e}"))?;
         }
         tracing::info!(server = %node.name, rooms = node.rooms.len(), "lmx ready");

@@ -73,6 +73,73 @@ async fn sync_tokens_filters_and_restarts() {
     assert_eq!(errcode(&a), (400, "M_INVALID_PARAM".into()));
 }
 
+/// Incremental sync reads each of the user's rooms from its own part of the
+/// stream: busy rooms of others do not push its events out, the window and
+/// the filter apply per room, and a left room stops at the leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_sync_reads_each_room_on_its_own() {
+    let (_net, hub, _p1) = two_servers().await;
+    let alice = hub.client().register("alice").await;
+    let bob = hub.client().register("bob").await;
+    let public = json!({"preset": "public_chat"});
+    let busy = alice.create_room(public.clone()).await;
+    let quiet = alice.create_room(public.clone()).await;
+    let left = alice.create_room(public.clone()).await;
+    let elsewhere = bob.create_room(json!({})).await;
+    for room in [&busy, &left] {
+        assert_eq!(bob.join(room, "hub.test").await.status, 200);
+    }
+    let token = alice.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+
+    // Far more events in a room alice is not in than any page of the
+    // server's stream, around the ones she should see.
+    for i in 0..60 {
+        bob.send_ok(&elsewhere, &format!("e{i}"), "not for alice").await;
+    }
+    for i in 0..6 {
+        bob.send_ok(&busy, &format!("b{i}"), &format!("busy {i}")).await;
+        if i == 2 {
+            assert_eq!(alice.put_state(&busy, "m.room.topic", "", json!({"topic": "t"})).await.status, 200);
+        }
+    }
+    for i in 0..60 {
+        bob.send_ok(&elsewhere, &format!("f{i}"), "not for alice").await;
+    }
+    bob.send_ok(&left, "l0", "before the leave").await;
+    alice.ok("POST", &format!("/_matrix/client/v3/rooms/{}/leave", enc(&left)), Some(json!({}))).await;
+    bob.send_ok(&left, "l1", "after the leave").await;
+    bob.ok(
+        "PUT",
+        &format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&busy), enc(&bob.user_id)),
+        Some(json!({"typing": true, "timeout": 30000})),
+    )
+    .await;
+
+    let filter = enc(r#"{"room":{"timeline":{"limit":3,"types":["m.room.message"]}}}"#);
+    let next = alice.ok("GET", &format!("/_matrix/client/v3/sync?since={token}&filter={filter}"), None).await;
+    let joined = next["rooms"]["join"].as_object().unwrap();
+    assert_eq!(joined.keys().collect::<Vec<_>>(), [&busy], "only the room with news");
+    let room = &joined[&busy];
+    assert_eq!(bodies(room["timeline"]["events"].as_array().unwrap()), ["busy 3", "busy 4", "busy 5"]);
+    assert_eq!(room["timeline"]["limited"], true);
+    let state = room["state"]["events"].as_array().unwrap();
+    assert!(state.iter().any(|e| e["type"] == "m.room.topic"), "a limited timeline comes with the state: {state:?}");
+    let ephemeral = room["ephemeral"]["events"].as_array().unwrap();
+    assert!(ephemeral.iter().any(|e| e["type"] == "m.typing" && e["content"]["user_ids"][0] == bob.user_id.as_str()));
+    let gone = &next["rooms"]["leave"][&left]["timeline"]["events"];
+    assert_eq!(bodies(gone.as_array().unwrap()), ["before the leave"], "nothing after the leave");
+    assert!(next["rooms"]["join"].get(&quiet).is_none());
+
+    // The same window without a filter: every event, in order.
+    let all = alice.sync(Some(&token), 0).await;
+    let events = all["rooms"]["join"][&busy]["timeline"]["events"].as_array().unwrap().clone();
+    assert_eq!(events.len(), 7);
+    assert_eq!(events[3]["type"], "m.room.topic");
+    assert_eq!(all["rooms"]["join"][&busy]["timeline"]["limited"], false);
+    let leave = all["rooms"]["leave"][&left]["timeline"]["events"].as_array().unwrap().clone();
+    assert_eq!(leave.last().unwrap()["content"]["membership"], "leave");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pagination_edges() {
     let (_net, hub, _p1) = two_servers().await;

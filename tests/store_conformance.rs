@@ -6,7 +6,7 @@ use std::sync::Arc;
 use lmx::core::ids::{EventId, RoomId, ServerName, UserId};
 use lmx::store::records::queue_item::Item;
 use lmx::store::records::*;
-use lmx::store::{Batch, KvStore, MemKv, Op, Positions, SledKv, Store, StreamEntry, TokenHash};
+use lmx::store::{Batch, KvStore, MemKv, Op, Positions, SideTopic, SledKv, Store, StreamEntry, TokenHash};
 
 fn room() -> RoomId {
     RoomId::parse("!r:hub.test").unwrap()
@@ -118,11 +118,26 @@ fn rooms_and_events(store: &dyn Store) {
     assert_eq!(store.stream_after(0, 1).unwrap()[0].event, ev(0));
     let before: Vec<u64> = store.stream_before(12, 10).unwrap().iter().map(|e| e.pos).collect();
     assert_eq!(before, vec![11, 10]);
+    let in_room = |after, upto, limit| -> Vec<u64> {
+        store.room_stream(&r, after, upto, limit).unwrap().iter().map(|e| e.pos).collect()
+    };
+    assert_eq!(in_room(10, 12, 10), vec![12, 11], "newest first, after excluded, upto included");
+    assert_eq!(in_room(0, u64::MAX, 2), vec![12, 11]);
+    assert_eq!(in_room(12, 12, 10), Vec::<u64>::new());
+    assert_eq!(store.room_stream(&r, 9, 10, 1).unwrap()[0].event, ev(0));
     // Another room with a longer id sharing a prefix stays separate.
     let other = RoomId::parse("!r:hub.test2").unwrap();
-    write(store, vec![Op::ListEntry { room: other.clone(), index: 0, event: ev(7) }]);
+    write(
+        store,
+        vec![
+            Op::ListEntry { room: other.clone(), index: 0, event: ev(7) },
+            Op::StreamEntry(StreamEntry { pos: 13, room: other.clone(), event: ev(7) }),
+        ],
+    );
     assert_eq!(store.list(&r, 0, 10).unwrap().len(), 3);
     assert_eq!(store.list(&other, 0, 10).unwrap(), vec![ev(7)]);
+    assert_eq!(in_room(0, u64::MAX, 10), vec![12, 11, 10]);
+    assert_eq!(store.room_stream(&other, 0, u64::MAX, 10).unwrap()[0].pos, 13);
 }
 
 fn accounts(store: &dyn Store) {
@@ -194,8 +209,14 @@ fn accounts(store: &dyn Store) {
     assert_eq!(store.receipt(&room(), "m.read", &u).unwrap().unwrap().event_id, ev(1).to_string());
     assert!(store.receipt(&room(), "m.read.private", &u).unwrap().is_none(), "kinds are apart");
     assert_eq!(store.alias("#a:hub.test").unwrap().unwrap().room_id, room().to_string());
-    assert_eq!(store.side_after(11, 10).unwrap().len(), 1);
-    assert!(store.side_after(12, 10).unwrap().is_empty());
+    let typing_room = room();
+    let typing = SideTopic::Typing(typing_room.as_str());
+    assert_eq!(store.side_entries(typing, 11, u64::MAX, 10).unwrap().len(), 1);
+    assert_eq!(store.side_entries(typing, 11, 12, 10).unwrap()[0].0, 12);
+    assert!(store.side_entries(typing, 12, u64::MAX, 10).unwrap().is_empty());
+    assert!(store.side_entries(typing, 0, 11, 10).unwrap().is_empty());
+    assert!(store.side_entries(SideTopic::Receipts(room().as_str()), 0, u64::MAX, 10).unwrap().is_empty());
+    assert!(store.side_entries(SideTopic::Typing("!r:hub.test2"), 0, u64::MAX, 10).unwrap().is_empty());
     write(store, vec![Op::DeleteDevice { user: u.clone(), device: "D".into() }, Op::DeleteAlias("#a:hub.test".into())]);
     assert!(store.devices(&u).unwrap().is_empty());
     assert!(store.alias("#a:hub.test").unwrap().is_none());

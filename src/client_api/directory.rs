@@ -26,7 +26,7 @@ fn local_alias(call: &Call, alias: &str) -> Result<String, Failure> {
 pub fn lookup(call: &Call, alias: &str) -> Result<RoomId, Failure> {
     let alias = local_alias(call, alias)?;
     let rec = call.server.store.alias(&alias)?.ok_or_else(|| Failure::not_found("Room alias not found"))?;
-    RoomId::parse(&rec.room_id).map_err(Failure::corrupt)
+    Ok(rec.room()?)
 }
 
 pub fn get(call: Call, alias: &str) -> Result<Value, Failure> {

@@ -46,7 +46,7 @@ pub fn load_client_event(server: &ClientDeps, id: &EventId) -> Result<Option<Val
         return Ok(None);
     };
     let Some(mut e) = record_event(&rec, id) else { return Ok(None) };
-    if let Ok(by) = EventId::parse(&rec.redacted_by) {
+    if let Some(by) = rec.redacted_by_event()? {
         if let Some(because) = server.store.event(&by)?.and_then(|r| record_event(&r, &by)) {
             e["unsigned"]["redacted_because"] = because;
         }

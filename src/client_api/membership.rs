@@ -45,9 +45,7 @@ pub fn resolve(call: &Call, id_or_alias: &str) -> Result<RoomId, Failure> {
 fn candidates(call: &Call, user: &UserId, room: &RoomId) -> Result<Vec<ServerName>, Failure> {
     let mut servers = named_servers(call);
     if let Some(m) = call.server.store.membership(user, room)? {
-        if let Ok(s) = ServerName::parse(&m.via_server) {
-            servers.push(s);
-        }
+        servers.extend(m.via()?);
     }
     Ok(Remote::candidates(room, &servers))
 }
@@ -157,7 +155,7 @@ pub async fn leave(call: Call, room: &str) -> Result<Value, Failure> {
     }
     let candidates = candidates(&call, user, &room)?;
     call.server.remote.leave(&room, user, &candidates).await?;
-    let event = EventId::parse(&m.event_id).ok();
+    let event = m.event()?;
     let left = Membership {
         membership: "leave".into(),
         via_server: m.via_server,

@@ -130,7 +130,7 @@ impl ClientHandler {
         let user = match &token {
             Some(t) => {
                 let rec = self.server.store.access_token(&TokenHash::of(t))?.ok_or(Failure::UnknownToken)?;
-                let user = UserId::parse(&rec.user_id).map_err(Failure::corrupt)?;
+                let user = rec.user()?;
                 Some((user, rec.device_id))
             }
             None => None,

@@ -2,7 +2,7 @@
 //! long poll waits for the stream's watermark to move, so an event is never
 //! shown before it is durable and never skipped.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -16,12 +16,13 @@ use crate::core::json::{self, NumberPolicy};
 use crate::http::query_get;
 use crate::store::records::side_entry::Kind;
 use crate::store::records::Membership;
+use crate::store::SideTopic;
 use crate::wire::Failure;
 
 /// Timeline events per room when the filter sets no limit.
 const TIMELINE_LIMIT: u64 = 20;
-/// Stream entries read per answer; the token then points mid-way.
-const STREAM_PAGE: usize = 2000;
+/// Presence changes read per answer (presence is best effort).
+const PRESENCE_CHANGES: usize = 10_000;
 const MAX_TIMEOUT_MS: u64 = 120_000;
 
 fn parse_since(t: &str) -> Option<u64> {
@@ -324,51 +325,65 @@ impl Syncer<'_> {
         Ok(answer)
     }
 
-    /// Changes in `(since, upto]`; also says whether there were none.
+    /// A room's timeline events in `(since, upto]`, read newest first from
+    /// the room's own stream: the last `limit()` the filter lets through,
+    /// and whether there were more.
+    fn timeline_since(&self, room: &RoomId, since: u64, upto: u64) -> Result<(Vec<Item>, bool), Failure> {
+        let store = &self.call.server.store;
+        let want = self.limit();
+        // As in `recent`: a filter that lets little through must not make
+        // one sync read a room's whole history.
+        let budget = want * 4 + 1_000;
+        let page_size = want + 1;
+        let (mut items, mut read, mut before) = (Vec::new(), 0, upto);
+        let limited = 'pages: loop {
+            let page = store.room_stream(room, since, before, page_size)?;
+            for e in &page {
+                read += 1;
+                let Some(rec) = store.event(&e.event)?.filter(|r| !r.soft_failed && !r.outlier) else { continue };
+                let Some(ev) = record_event(&rec, &e.event).filter(|ev| self.filter.timeline.allows(ev)) else {
+                    continue;
+                };
+                if items.len() == want {
+                    break 'pages true;
+                }
+                items.push(Item { id: e.event.clone(), event: ev, index: rec.index });
+            }
+            match page.last() {
+                Some(last) if page.len() == page_size => {
+                    if read >= budget {
+                        break true;
+                    }
+                    before = last.pos - 1;
+                }
+                _ => break false,
+            }
+        };
+        items.reverse();
+        Ok((items, limited))
+    }
+
+    /// Changes in `(since, upto]`; also says whether there were none. Reads
+    /// only the user's rooms and topics, never the whole server's stream.
     fn incremental(&self, since: u64, upto: u64) -> Result<(Value, bool), Failure> {
         let store = &self.call.server.store;
-        let entries: Vec<_> =
-            store.stream_after(since, STREAM_PAGE)?.into_iter().take_while(|e| e.pos <= upto).collect();
-        let next = if entries.len() == STREAM_PAGE { entries.last().map_or(upto, |e| e.pos) } else { upto };
-        let memberships: HashMap<RoomId, Membership> = store.memberships(self.user)?.into_iter().collect();
-        let mut per_room: BTreeMap<RoomId, Vec<Item>> = BTreeMap::new();
-        for e in &entries {
-            let Some(m) = memberships.get(&e.room) else { continue };
-            // Nothing after the user left (or was kicked or banned).
-            if m.membership != "join" && e.pos > m.stream {
-                continue;
-            }
-            let Some(rec) = store.event(&e.event)?.filter(|r| !r.soft_failed && !r.outlier) else { continue };
-            if let Some(ev) = record_event(&rec, &e.event).filter(|ev| self.filter.timeline.allows(ev)) {
-                per_room.entry(e.room.clone()).or_default().push(Item {
-                    id: e.event.clone(),
-                    event: ev,
-                    index: rec.index,
-                });
+        let next = upto;
+        let memberships = store.memberships(self.user)?;
+        let changed = |topic| Ok::<_, Failure>(!store.side_entries(topic, since, next, 1)?.is_empty());
+        let (mut data, mut room_data): (BTreeSet<String>, BTreeMap<String, BTreeSet<String>>) = Default::default();
+        for (_, side) in store.side_entries(SideTopic::AccountData(self.user.as_str()), since, next, usize::MAX)? {
+            if let Some(Kind::AccountData(c)) = side.kind {
+                if c.room_id.is_empty() {
+                    data.insert(c.r#type);
+                } else {
+                    room_data.entry(c.room_id).or_default().insert(c.r#type);
+                }
             }
         }
-        // Non-event changes in the window.
-        let (mut typing, mut receipts, mut presence) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
-        let (mut data, mut room_data): (BTreeSet<String>, BTreeMap<String, BTreeSet<String>>) = Default::default();
-        for (_, side) in store.side_after(since, usize::MAX)?.into_iter().take_while(|(p, _)| *p <= next) {
-            match side.kind {
-                Some(Kind::TypingRoom(r)) => {
-                    typing.insert(r);
-                }
-                Some(Kind::ReceiptRoom(r)) => {
-                    receipts.insert(r);
-                }
-                Some(Kind::PresenceUser(u)) => {
-                    presence.insert(u);
-                }
-                Some(Kind::AccountData(c)) if c.user_id == self.user.as_str() => {
-                    if c.room_id.is_empty() {
-                        data.insert(c.r#type);
-                    } else {
-                        room_data.entry(c.room_id).or_default().insert(c.r#type);
-                    }
-                }
-                _ => {}
+        let mut presence = BTreeSet::new();
+        for (_, side) in store.side_entries(SideTopic::Presence, since, next, PRESENCE_CHANGES)? {
+            if let Some(Kind::PresenceUser(u)) = side.kind {
+                presence.insert(u);
             }
         }
         let mut answer = empty_answer(next);
@@ -379,7 +394,6 @@ impl Syncer<'_> {
                 continue;
             }
             let changed_membership = m.stream > since && m.stream <= next;
-            let items = per_room.remove(room).unwrap_or_default();
             let key = room.as_str();
             match m.membership.as_str() {
                 "invite" if changed_membership => {
@@ -392,16 +406,13 @@ impl Syncer<'_> {
                 }
                 "join" => {
                     joined.push(room.clone());
-                    let is_typing = typing.contains(key);
-                    let has_receipts = receipts.contains(key);
+                    let (items, limited) = self.timeline_since(room, since, next)?;
+                    let is_typing = changed(SideTopic::Typing(key))?;
+                    let has_receipts = changed(SideTopic::Receipts(key))?;
                     let data_types = room_data.get(key);
                     if items.is_empty() && !changed_membership && !is_typing && !has_receipts && data_types.is_none() {
                         continue;
                     }
-                    let want = self.limit();
-                    let limited = items.len() > want;
-                    let items: Vec<Item> =
-                        items.into_iter().rev().take(want).collect::<Vec<_>>().into_iter().rev().collect();
                     let ids: BTreeSet<EventId> = items.iter().map(|i| i.id.clone()).collect();
                     // A room joined in this window gets its state; a gap in the
                     // timeline may hide state changes, so it gets it too.
@@ -415,9 +426,11 @@ impl Syncer<'_> {
                     empty = false;
                 }
                 "leave" | "ban" if changed_membership => {
+                    // Nothing after the user left (or was kicked or banned).
+                    let (items, limited) = self.timeline_since(room, since, m.stream)?;
                     let events: Vec<Value> = items.iter().map(|i| i.event.clone()).collect();
                     answer["rooms"]["leave"][key] = json!({
-                        "timeline": {"events": events, "limited": false},
+                        "timeline": {"events": events, "limited": limited},
                         "state": {"events": []},
                         "account_data": {"events": []},
                     });

@@ -182,6 +182,13 @@ impl FedClient {
         SignedRequest { dest: dest.clone(), method, path: path_and_query.to_owned(), body, auth }
     }
 
+    /// As [`FedClient::sign`], for a body already canonical in both JSON
+    /// forms: signed and sent as it is.
+    pub fn sign_canonical(&self, dest: &ServerName, method: Method, path: &str, body: Vec<u8>) -> SignedRequest {
+        let auth = xmatrix::sign_request_canonical(&self.key, method.as_str(), path, dest.as_str(), &body);
+        SignedRequest { dest: dest.clone(), method, path: path.to_owned(), body: Some(Bytes::from(body)), auth }
+    }
+
     /// Sends a request made by [`FedClient::sign`].
     pub async fn send_signed(&self, req: &SignedRequest) -> Result<FedResponse, FedError> {
         let dest = &req.dest;

@@ -64,14 +64,13 @@ pub fn send_edu(node: &Arc<Node>, dests: &BTreeSet<ServerName>, edu: &Value) -> 
         return Ok(());
     }
     let alloc = node.positions.allocate(1)?;
-    let bytes = serde_json::to_vec(edu).unwrap_or_default();
+    let item = match edu.as_object().and_then(crate::core::json::object_canonical_in_both_forms) {
+        Some(bytes) => Item::EduCanonical(bytes),
+        None => Item::EduJson(serde_json::to_vec(edu).unwrap_or_default()),
+    };
     let mut b = Batch::new();
     for d in dests {
-        b.push(Op::Enqueue {
-            dest: d.clone(),
-            pos: alloc.first(),
-            item: QueueItem { item: Some(Item::EduJson(bytes.clone())) },
-        });
+        b.push(Op::Enqueue { dest: d.clone(), pos: alloc.first(), item: QueueItem { item: Some(item.clone()) } });
     }
     node.store.write(b)?;
     drop(alloc);

@@ -101,11 +101,74 @@ struct Txn {
     lpdus: Vec<(String, RoomId, String)>,
 }
 
+/// A PDU or EDU for a transaction: stored text that is canonical in both
+/// JSON forms goes out as it is; anything else is parsed (and re-written).
+enum Piece {
+    Canonical(Vec<u8>),
+    Parsed(Value),
+}
+
+impl Piece {
+    fn read(bytes: Vec<u8>, canonical: bool) -> Option<Piece> {
+        match canonical {
+            _ if bytes.is_empty() => None,
+            true => Some(Piece::Canonical(bytes)),
+            false => json::parse(&bytes, NumberPolicy::Ieee754).ok().map(Piece::Parsed),
+        }
+    }
+
+    fn canonical(&self) -> Option<&[u8]> {
+        match self {
+            Piece::Canonical(bytes) => Some(bytes),
+            Piece::Parsed(_) => None,
+        }
+    }
+
+    fn into_value(self) -> Option<Value> {
+        match self {
+            Piece::Canonical(bytes) => json::parse(&bytes, NumberPolicy::Ieee754).ok(),
+            Piece::Parsed(v) => Some(v),
+        }
+    }
+}
+
+/// A transaction body made of pieces canonical in both forms, written in
+/// canonical form itself (keys in order, no spaces), so that it is signed
+/// and sent as built.
+fn canonical_body(origin: &str, ts: i64, pdus: &[&[u8]], edus: &[&[u8]]) -> Vec<u8> {
+    fn list(out: &mut Vec<u8>, items: &[&[u8]]) {
+        out.push(b'[');
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(item);
+        }
+        out.push(b']');
+    }
+    let size: usize = pdus.iter().chain(edus).map(|p| p.len() + 1).sum();
+    let mut out = Vec::with_capacity(size + 128);
+    out.push(b'{');
+    if !edus.is_empty() {
+        out.extend_from_slice(b"\"edus\":");
+        list(&mut out, edus);
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"origin\":");
+    json::write_canonical_string(&mut out, origin);
+    out.extend_from_slice(b",\"origin_server_ts\":");
+    out.extend_from_slice(ts.to_string().as_bytes());
+    out.extend_from_slice(b",\"pdus\":");
+    list(&mut out, pdus);
+    out.push(b'}');
+    out
+}
+
 /// Queue items read for a transaction.
 #[derive(Default)]
 struct Contents {
-    pdus: Vec<Value>,
-    edus: Vec<Value>,
+    pdus: Vec<Piece>,
+    edus: Vec<Piece>,
     lpdus: Vec<(String, RoomId, String)>,
     /// The last queue position taken (the start position when none was).
     last: u64,
@@ -119,15 +182,26 @@ impl Contents {
     /// The transaction, signed for `dest` (`lm`: an LM peer).
     fn into_txn(self, node: &Node, dest: &ServerName, id: String, lm: bool) -> Txn {
         let full = self.is_full();
-        // Moved in, not copied (as `json!` would).
-        let mut body = Object::new();
-        body.insert("origin".into(), Value::String(node.name.to_string()));
-        body.insert("origin_server_ts".into(), Value::from(crate::sys::now_ms()));
-        body.insert("pdus".into(), Value::Array(self.pdus));
-        if !self.edus.is_empty() {
-            body.insert("edus".into(), Value::Array(self.edus));
-        }
-        let request = node.fed.sign(dest, Method::PUT, &txn_path(lm, &id), Some(&Value::Object(body)), lm);
+        let (path, ts) = (txn_path(lm, &id), crate::sys::now_ms());
+        let spliced: Option<Vec<&[u8]>> = self.pdus.iter().map(Piece::canonical).collect();
+        let spliced_edus: Option<Vec<&[u8]>> = self.edus.iter().map(Piece::canonical).collect();
+        let request = match (spliced, spliced_edus) {
+            (Some(pdus), Some(edus)) => {
+                let body = canonical_body(node.name.as_str(), ts, &pdus, &edus);
+                node.fed.sign_canonical(dest, Method::PUT, &path, body)
+            }
+            _ => {
+                // Moved in, not copied (as `json!` would).
+                let mut body = Object::new();
+                body.insert("origin".into(), Value::String(node.name.to_string()));
+                body.insert("origin_server_ts".into(), Value::from(ts));
+                body.insert("pdus".into(), self.pdus.into_iter().filter_map(Piece::into_value).collect());
+                if !self.edus.is_empty() {
+                    body.insert("edus".into(), self.edus.into_iter().filter_map(Piece::into_value).collect());
+                }
+                node.fed.sign(dest, Method::PUT, &path, Some(&Value::Object(body)), lm)
+            }
+        };
         Txn { id, last: self.last, full, request, lpdus: self.lpdus }
     }
 }
@@ -342,7 +416,7 @@ fn collect(
         if !in_range {
             break;
         }
-        let is_edu = matches!(item.item, Some(Item::EduJson(_)));
+        let is_edu = matches!(item.item, Some(Item::EduJson(_) | Item::EduCanonical(_)));
         let full = if is_edu { into.edus.len() >= MAX_EDUS } else { into.pdus.len() >= MAX_PDUS };
         if full && !retrying {
             break;
@@ -353,20 +427,23 @@ fn collect(
                     continue;
                 };
                 if let Some(rec) = node.store.event(&id)? {
-                    if let Ok(v) = json::parse(&rec.json, NumberPolicy::Ieee754) {
-                        into.pdus.push(v);
-                    }
+                    into.pdus.extend(Piece::read(rec.json, rec.canonical));
                 }
             }
             Some(Item::LpduHash(hash)) => {
                 // Settled since (sequenced or refused): the hub has had it.
                 if let Some(p) = node.store.pending_lpdu(&hash)? {
-                    if let Ok(v) = json::parse(&p.json, NumberPolicy::Ieee754) {
-                        match RoomId::parse(&p.room_id) {
-                            Ok(room) if !p.sent_id.is_empty() => into.lpdus.push((p.sent_id, room, hash)),
-                            _ => into.lpdus.extend(v.as_object().and_then(|o| own_event(node, o))),
+                    match p.room() {
+                        Ok(room) if !p.sent_id.is_empty() => {
+                            into.lpdus.push((p.sent_id, room, hash));
+                            into.pdus.extend(Piece::read(p.json, p.canonical));
                         }
-                        into.pdus.push(v);
+                        _ => {
+                            if let Ok(Value::Object(o)) = json::parse(&p.json, NumberPolicy::Ieee754) {
+                                into.lpdus.extend(own_event(node, &o));
+                                into.pdus.push(Piece::Parsed(Value::Object(o)));
+                            }
+                        }
                     }
                 }
             }
@@ -375,14 +452,11 @@ fn collect(
                     if let Some(sent) = own_event(node, &o) {
                         into.lpdus.push(sent);
                     }
-                    into.pdus.push(Value::Object(o));
+                    into.pdus.push(Piece::Parsed(Value::Object(o)));
                 }
             }
-            Some(Item::EduJson(bytes)) => {
-                if let Ok(v) = json::parse(&bytes, NumberPolicy::Ieee754) {
-                    into.edus.push(v);
-                }
-            }
+            Some(Item::EduJson(bytes)) => into.edus.extend(Piece::read(bytes, false)),
+            Some(Item::EduCanonical(bytes)) => into.edus.extend(Piece::read(bytes, true)),
             None => {}
         }
         into.last = pos;
@@ -420,5 +494,49 @@ async fn report_refused_lpdus(node: &Node, txn: &Txn, answer: &Value) {
         if let Some(h) = node.rooms.get(room) {
             let _ = h.send(RoomCmd::LpduRefused { lpdu_hash: hash.clone(), error }).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::json::{object_canonical_in_both_forms, to_canonical, Canonical};
+
+    fn slices(b: &[Vec<u8>]) -> Vec<&[u8]> {
+        b.iter().map(Vec::as_slice).collect()
+    }
+
+    #[test]
+    fn a_spliced_body_is_the_canonical_form_of_the_transaction() {
+        let pdus = [json!({"type": "m.room.message", "content": {"body": "é😀\n"}, "depth": 3}), json!({"a": []})];
+        let edus = [json!({"edu_type": "m.typing", "content": {"typing": true}})];
+        let bytes = |v: &Value| object_canonical_in_both_forms(v.as_object().unwrap()).unwrap();
+        let (pdu_bytes, edu_bytes): (Vec<_>, Vec<_>) =
+            (pdus.iter().map(bytes).collect(), edus.iter().map(bytes).collect());
+        for with_edus in [true, false] {
+            let edus_in = if with_edus { slices(&edu_bytes) } else { Vec::new() };
+            let spliced = canonical_body("hub.test", 1_700_000_000_000, &slices(&pdu_bytes), &edus_in);
+            let mut whole = json!({"origin": "hub.test", "origin_server_ts": 1_700_000_000_000i64, "pdus": pdus});
+            if with_edus {
+                whole["edus"] = json!(edus);
+            }
+            for form in [Canonical::Matrix, Canonical::Rfc8785] {
+                assert_eq!(
+                    String::from_utf8_lossy(&spliced),
+                    String::from_utf8_lossy(&to_canonical(&whole, form).unwrap())
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn stored_text_goes_out_unparsed_only_when_marked_canonical() {
+        let text = br#"{"a":1}"#.to_vec();
+        assert!(matches!(Piece::read(text.clone(), true), Some(Piece::Canonical(b)) if b == text));
+        assert!(
+            matches!(Piece::read(br#"{ "a" : 1 }"#.to_vec(), false), Some(Piece::Parsed(v)) if v == json!({"a": 1}))
+        );
+        assert!(Piece::read(Vec::new(), true).is_none(), "a pruned record has no text to send");
+        assert!(Piece::read(b"{".to_vec(), false).is_none());
     }
 }

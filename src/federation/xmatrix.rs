@@ -98,12 +98,27 @@ pub fn request_signing_bytes(
     content: Option<&Value>,
     form: Canonical,
 ) -> Result<Vec<u8>, JsonError> {
+    let content = content.map(|c| to_canonical(c, form)).transpose()?;
+    signing_bytes_around(method, uri, origin, destination, content.as_deref(), form)
+}
+
+/// The bytes a request signature covers, around a body already in
+/// canonical form.
+fn signing_bytes_around(
+    method: &str,
+    uri: &str,
+    origin: &str,
+    destination: Option<&str>,
+    content: Option<&[u8]>,
+    form: Canonical,
+) -> Result<Vec<u8>, JsonError> {
     let rest = object_to_canonical(&request_object(method, uri, origin, destination, None), form)?;
     let Some(content) = content else {
         return Ok(rest);
     };
-    let mut out = b"{\"content\":".to_vec();
-    out.extend(to_canonical(content, form)?);
+    let mut out = Vec::with_capacity(content.len() + rest.len() + 12);
+    out.extend_from_slice(b"{\"content\":");
+    out.extend_from_slice(content);
     out.push(b',');
     out.extend_from_slice(&rest[1..]);
     Ok(out)
@@ -131,13 +146,27 @@ pub fn sign_request(
     // Request objects hold integers only unless a body holds LM floats, in
     // which case RFC 8785 is the only form that can carry them.
     let bytes = bytes_in(form).or_else(|_| bytes_in(Canonical::Rfc8785)).unwrap_or_default();
-    let sig = key.sign_bytes(&bytes);
+    header(key, destination, &bytes)
+}
+
+/// As [`sign_request`], for a body that is canonical JSON on which both
+/// forms agree (`json::object_canonical_in_both_forms`): it is signed as it
+/// is, never parsed.
+pub fn sign_request_canonical(key: &SigningKey, method: &str, uri: &str, destination: &str, body: &[u8]) -> String {
+    // The other keys are ASCII: both forms order and write them alike.
+    let bytes =
+        signing_bytes_around(method, uri, key.server().as_str(), Some(destination), Some(body), Canonical::Matrix)
+            .unwrap_or_default();
+    header(key, destination, &bytes)
+}
+
+fn header(key: &SigningKey, destination: &str, signed: &[u8]) -> String {
     format!(
         "X-Matrix origin=\"{}\",destination=\"{}\",key=\"{}\",sig=\"{}\"",
         key.server(),
         destination,
         key.key_id(),
-        sig
+        key.sign_bytes(signed)
     )
 }
 
@@ -233,5 +262,24 @@ mod tests {
         assert!(verify_request(&h, &key.public_key(), "PUT", "/s", "b.example", Some(&body)));
         let other = json!({"pdus": [{"x": 0.25}]});
         assert!(!verify_request(&h, &key.public_key(), "PUT", "/s", "b.example", Some(&other)));
+    }
+
+    #[test]
+    fn a_body_signed_as_spliced_bytes_is_signed_as_its_value_is() {
+        let key = SigningKey::from_seed(
+            ServerName::parse("a.example").unwrap(),
+            KeyId::parse("ed25519:1").unwrap(),
+            &[3; 32],
+        )
+        .unwrap();
+        let body = json!({"pdus": [{"b": 1, "a": "\u{1F600}é\u{7}\"", "c": [-3, null, true]}], "origin": "a.example"});
+        let bytes = crate::core::json::object_canonical_in_both_forms(body.as_object().unwrap()).unwrap();
+        let header = sign_request_canonical(&key, "PUT", "/s/1", "b.example", &bytes);
+        for lm in [true, false] {
+            assert_eq!(header, sign_request(&key, "PUT", "/s/1", "b.example", Some(&body), lm), "lm peer: {lm}");
+        }
+        let h = parse_header(&header).unwrap();
+        let received = crate::core::json::parse(&bytes, crate::core::json::NumberPolicy::Ieee754).unwrap();
+        assert!(verify_request(&h, &key.public_key(), "PUT", "/s/1", "b.example", Some(&received)));
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::machine::snapshot;
 use super::RoomView;
 use crate::core::event::{Pdu, RoomVersion};
-use crate::core::ids::{EventId, RoomId, ServerName};
+use crate::core::ids::{EventId, RoomId};
 use crate::core::rooms::StateMap;
 use crate::store::{Store, StoreError};
 
@@ -25,15 +25,15 @@ pub fn load_view(store: &Arc<dyn Store>, room: &RoomId) -> Result<Option<RoomVie
     };
     let version =
         RoomVersion::find(&rec.room_version).ok_or_else(|| StoreError::Corrupt(format!("{room}: unknown version")))?;
-    let hub = ServerName::parse(&rec.hub_server).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let hub = rec.hub()?;
     let mut state = StateMap::new();
     for id in store.state_ids(room)? {
         if let Some(pdu) = snapshot::load_pdu(store, version, &id)? {
             state.apply(pdu);
         }
     }
-    let tail = if rec.tail.is_empty() { None } else { EventId::parse(&rec.tail).ok() };
-    let extremities = rec.extremities.iter().filter_map(|e| EventId::parse(e).ok()).collect();
+    let tail = rec.tail_event()?;
+    let extremities = rec.extremity_events()?;
     Ok(Some(RoomView {
         room_id: room.clone(),
         version,

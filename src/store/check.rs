@@ -4,7 +4,7 @@
 //! match (unless kept redacted) and their signatures verify where the key
 //! is known; LM hub events continue the list; each room's current state is
 //! what its list gives; every stream entry names an event that names it
-//! back. Reads only.
+//! back and is in its room's index. Reads only.
 
 use std::collections::BTreeMap;
 
@@ -323,6 +323,9 @@ fn check_stream(store: &dyn Store, r: &mut Report) -> StoreResult<()> {
                     e.pos, e.event, rec.stream, rec.room_id
                 )),
                 Some(_) => {}
+            }
+            if store.room_stream(&e.room, e.pos - 1, e.pos, 1)?.first().is_none_or(|i| i.event != e.event) {
+                r.problem(format!("stream position {} of room {} is missing from the room's index", e.pos, e.room));
             }
             if e.pos > high {
                 r.problem(format!("stream position {} is beyond the recorded high water {high}", e.pos));

@@ -29,8 +29,11 @@ pub mod table {
     pub const RECEIPT: u8 = b'i';
     pub const DEVICE: u8 = b'v';
     pub const ALIAS: u8 = b'w';
+    /// Format 2's side stream, moved under `SIDE_TOPIC` by format 3.
     pub const SIDE: u8 = b'o';
     pub const STATE_AFTER: u8 = b'g';
+    pub const ROOM_STREAM: u8 = b'y';
+    pub const SIDE_TOPIC: u8 = b'j';
     pub const META: u8 = b'_';
 }
 
@@ -117,6 +120,12 @@ pub fn state_prefix(room: &str) -> Vec<u8> {
 /// `position → (room, event id)`: this server's stream, for /sync.
 pub fn stream(pos: u64) -> Vec<u8> {
     Key::new(table::STREAM).n(pos).build()
+}
+
+/// `(room, position) → event id`: one room's part of the stream, so a
+/// sync reads only the rooms of its user.
+pub fn room_stream(room: &str, pos: u64) -> Vec<u8> {
+    Key::new(table::ROOM_STREAM).s(room).n(pos).build()
 }
 
 /// `(room, lpdu hash) → event id`: LPDUs a hub already sequenced (OQ-43).
@@ -208,9 +217,10 @@ pub fn alias(alias: &str) -> Vec<u8> {
     Key::new(table::ALIAS).s(alias).build()
 }
 
-/// `position → side entry`: non-event changes, for sync.
-pub fn side(pos: u64) -> Vec<u8> {
-    Key::new(table::SIDE).n(pos).build()
+/// `(topic, position) → side entry`: the side stream by what it is about.
+pub fn side_topic(topic: &super::SideTopic<'_>, pos: u64) -> Vec<u8> {
+    let (kind, id) = topic.parts();
+    Key::new(table::SIDE_TOPIC).s(kind).s(id).n(pos).build()
 }
 
 /// The store's format version (`FORMAT_VERSION`).

@@ -8,7 +8,7 @@ use super::records::{
     AccessToken, AliasRecord, ClientTxn, DestinationState, DeviceRecord, EventRecord, Membership, PendingLpdu,
     QueueItem, Receipt, RoomRecord, ServerKeys, SideEntry, StateSnapshot, TxnResponse, UserRecord,
 };
-use super::{Batch, Op, Store, StoreError, StoreResult, StreamEntry, TokenHash, FORMAT_VERSION};
+use super::{Batch, Op, SideTopic, Store, StoreError, StoreResult, StreamEntry, TokenHash, FORMAT_VERSION};
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
 
 pub struct KvStore<K> {
@@ -74,11 +74,52 @@ impl<K: Kv> KvStore<K> {
                 writes.push(put_str(k, TokenHash::of(&token).as_str()));
             }
         }
+        if found.is_some_and(|f| f < 3) {
+            self.index_streams()?;
+        }
         if found != Some(FORMAT_VERSION) {
             writes.push(KvWrite::Put(key, FORMAT_VERSION.to_be_bytes().to_vec()));
             self.kv.apply(writes)?;
         }
         Ok(found)
+    }
+
+    /// Format 3: indexes the stream by room and moves the side stream
+    /// under its topics, a page at a time. Keys are derived from what they
+    /// index, so an upgrade cut short is simply done again.
+    fn index_streams(&self) -> StoreResult<()> {
+        const PAGE: usize = 10_000;
+        let end = prefix_end(&[table::STREAM]);
+        let mut start = vec![table::STREAM];
+        loop {
+            let page = self.kv.range(&start, &end, false, PAGE)?;
+            let Some((last, _)) = page.last() else { break };
+            start = [last.as_slice(), &[0]].concat();
+            let mut writes = Vec::with_capacity(page.len());
+            for (k, v) in &page {
+                let e = stream_entry(k, v)?;
+                writes.push(put_str(keys::room_stream(e.room.as_str(), e.pos), e.event.as_str()));
+            }
+            self.kv.apply(writes)?;
+        }
+        let old_side = [table::SIDE];
+        loop {
+            let page = self.prefix(&old_side, false, PAGE)?;
+            if page.is_empty() {
+                break;
+            }
+            let mut writes = Vec::with_capacity(page.len() * 2);
+            for (k, v) in page {
+                let pos = KeyReader::new(&k).n().ok_or_else(|| corrupt(&k))?;
+                let entry: SideEntry = decode(&k, &v)?;
+                if let Some(topic) = SideTopic::of(&entry) {
+                    writes.push(KvWrite::Put(keys::side_topic(&topic, pos), v));
+                }
+                writes.push(KvWrite::Delete(k));
+            }
+            self.kv.apply(writes)?;
+        }
+        Ok(())
     }
 
     fn event_id_at(&self, key: &[u8]) -> StoreResult<Option<EventId>> {
@@ -163,6 +204,28 @@ impl<K: Kv> Store for KvStore<K> {
         let start = [table::STREAM];
         let end = keys::stream(before);
         self.kv.range(&start, &end, true, limit)?.iter().map(|(k, v)| stream_entry(k, v)).collect()
+    }
+
+    fn room_stream(&self, room: &RoomId, after: u64, upto: u64, limit: usize) -> StoreResult<Vec<StreamEntry>> {
+        if after >= upto {
+            return Ok(Vec::new());
+        }
+        let start = keys::room_stream(room.as_str(), after.saturating_add(1));
+        let end = match upto.checked_add(1) {
+            Some(end) => keys::room_stream(room.as_str(), end),
+            None => prefix_end(&Key::new(table::ROOM_STREAM).s(room.as_str()).build()),
+        };
+        self.kv
+            .range(&start, &end, true, limit)?
+            .iter()
+            .map(|(k, v)| {
+                let mut key = KeyReader::new(k);
+                key.s();
+                let pos = key.n().ok_or_else(|| corrupt(k))?;
+                let event = EventId::parse(std::str::from_utf8(v).map_err(|_| corrupt(k))?).map_err(|_| corrupt(k))?;
+                Ok(StreamEntry { pos, room: room.clone(), event })
+            })
+            .collect()
     }
 
     fn position_high_water(&self) -> StoreResult<u64> {
@@ -264,13 +327,33 @@ impl<K: Kv> Store for KvStore<K> {
         self.get(&keys::alias(alias))
     }
 
-    fn side_after(&self, after: u64, limit: usize) -> StoreResult<Vec<(u64, SideEntry)>> {
-        let start = keys::side(after.saturating_add(1));
-        let end = prefix_end(&[table::SIDE]);
+    fn side_entries(
+        &self,
+        topic: SideTopic<'_>,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<(u64, SideEntry)>> {
+        if after >= upto {
+            return Ok(Vec::new());
+        }
+        let start = keys::side_topic(&topic, after.saturating_add(1));
+        let end = match upto.checked_add(1) {
+            Some(end) => keys::side_topic(&topic, end),
+            None => {
+                let (kind, id) = topic.parts();
+                prefix_end(&Key::new(table::SIDE_TOPIC).s(kind).s(id).build())
+            }
+        };
         self.kv
             .range(&start, &end, false, limit)?
             .iter()
-            .map(|(k, v)| Ok((KeyReader::new(k).n().ok_or_else(|| corrupt(k))?, decode(k, v)?)))
+            .map(|(k, v)| {
+                let mut key = KeyReader::new(k);
+                key.s();
+                key.s();
+                Ok((key.n().ok_or_else(|| corrupt(k))?, decode(k, v)?))
+            })
             .collect()
     }
 
@@ -347,6 +430,7 @@ impl<K: Kv> Store for KvStore<K> {
                 Op::StreamEntry(e) => {
                     let value = Key::new(table::STREAM).s(e.room.as_str()).s(e.event.as_str()).build();
                     writes.push(KvWrite::Put(keys::stream(e.pos), value));
+                    writes.push(put_str(keys::room_stream(e.room.as_str(), e.pos), e.event.as_str()));
                 }
                 Op::LpduIndex { room, lpdu_hash, event } => {
                     writes.push(put_str(keys::lpdu_index(room.as_str(), &lpdu_hash), event.as_str()))
@@ -377,7 +461,11 @@ impl<K: Kv> Store for KvStore<K> {
                 }
                 Op::PutAlias { alias, record } => writes.push(put(keys::alias(&alias), &record)),
                 Op::DeleteAlias(alias) => writes.push(KvWrite::Delete(keys::alias(&alias))),
-                Op::SideEntry { pos, entry } => writes.push(put(keys::side(pos), &entry)),
+                Op::SideEntry { pos, entry } => {
+                    if let Some(topic) = SideTopic::of(&entry) {
+                        writes.push(put(keys::side_topic(&topic, pos), &entry))
+                    }
+                }
                 Op::Enqueue { dest, pos, item } => writes.push(put(keys::queue(dest.as_str(), pos), &item)),
                 Op::Dequeue { dest, up_to } => {
                     let start = keys::queue_prefix(dest.as_str());
@@ -436,6 +524,38 @@ mod tests {
         assert_eq!(store.device_token(&user, "D").unwrap(), Some(hash));
         assert_eq!(store.upgrade().unwrap(), Some(FORMAT_VERSION), "a second upgrade changes nothing");
 
+        store.kv.apply(vec![KvWrite::Put(keys::format_version(), 99u32.to_be_bytes().to_vec())]).unwrap();
+        assert!(matches!(store.upgrade(), Err(StoreError::NewerFormat { found: 99, .. })));
+    }
+
+    #[test]
+    fn format_2_streams_are_indexed_by_room_and_topic() {
+        use crate::store::records::side_entry::Kind;
+        let store = KvStore::new(MemKv::new());
+        let room = RoomId::parse("!r:hub.test").unwrap();
+        let event = EventId::parse("$e").unwrap();
+        let typing = SideEntry { kind: Some(Kind::TypingRoom(room.to_string())) };
+        let stream_value = Key::new(table::STREAM).s(room.as_str()).s(event.as_str()).build();
+        store
+            .kv
+            .apply(vec![
+                KvWrite::Put(keys::format_version(), 2u32.to_be_bytes().to_vec()),
+                KvWrite::Put(keys::stream(7), stream_value),
+                put(Key::new(table::SIDE).n(8).build(), &typing),
+            ])
+            .unwrap();
+        assert_eq!(store.upgrade().unwrap(), Some(2));
+        let entries = store.room_stream(&room, 0, u64::MAX, 10).unwrap();
+        assert_eq!(entries, vec![StreamEntry { pos: 7, room: room.clone(), event }]);
+        let topic = SideTopic::Typing(room.as_str());
+        assert_eq!(store.side_entries(topic, 0, u64::MAX, 10).unwrap(), vec![(8, typing)]);
+        assert!(store.prefix(&[table::SIDE], false, 10).unwrap().is_empty(), "the old side stream is gone");
+        assert_eq!(store.upgrade().unwrap(), Some(FORMAT_VERSION));
+    }
+
+    #[test]
+    fn newer_formats_are_refused() {
+        let store = KvStore::new(MemKv::new());
         store.kv.apply(vec![KvWrite::Put(keys::format_version(), 99u32.to_be_bytes().to_vec())]).unwrap();
         assert!(matches!(store.upgrade(), Err(StoreError::NewerFormat { found: 99, .. })));
     }

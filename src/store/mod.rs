@@ -10,6 +10,7 @@ mod kv_store;
 mod positions;
 pub mod record;
 mod sled_kv;
+mod typed;
 
 pub use kv::{BoxFuture, Entries, Kv, KvWrite, MemKv};
 pub use kv_store::KvStore;
@@ -39,8 +40,9 @@ pub enum StoreError {
 }
 
 /// The layout and meaning of stored records. 1: the first (unmarked);
-/// 2: access tokens kept as hashes.
-pub const FORMAT_VERSION: u32 = 2;
+/// 2: access tokens kept as hashes; 3: the stream indexed by room and the
+/// side stream by topic.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// What the store keeps of an access token: its SHA-256, so a copy of the
 /// store does not hand out sessions.
@@ -78,6 +80,50 @@ pub struct StreamEntry {
     pub pos: u64,
     pub room: RoomId,
     pub event: EventId,
+}
+
+/// An event's (or EDU's) text as stored, and whether it is canonical in
+/// both JSON forms (`EventRecord.canonical`): delivery then sends it as it
+/// is. Anything else is kept as serde_json writes it and parsed to send.
+pub fn stored_json(obj: &crate::core::json::Object) -> (Vec<u8>, bool) {
+    match crate::core::json::object_canonical_in_both_forms(obj) {
+        Some(bytes) => (bytes, true),
+        None => (serde_json::to_vec(obj).unwrap_or_default(), false),
+    }
+}
+
+/// What a side-stream entry is about; a sync reads only its user's topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SideTopic<'a> {
+    Typing(&'a str),
+    Receipts(&'a str),
+    AccountData(&'a str),
+    Presence,
+    Devices,
+}
+
+impl<'a> SideTopic<'a> {
+    pub fn of(entry: &'a SideEntry) -> Option<Self> {
+        use records::side_entry::Kind;
+        Some(match entry.kind.as_ref()? {
+            Kind::TypingRoom(room) => SideTopic::Typing(room),
+            Kind::ReceiptRoom(room) => SideTopic::Receipts(room),
+            Kind::AccountData(change) => SideTopic::AccountData(&change.user_id),
+            Kind::PresenceUser(_) => SideTopic::Presence,
+            Kind::DeviceUser(_) => SideTopic::Devices,
+        })
+    }
+
+    /// The topic's kind and the room or user it is about (empty if none).
+    pub fn parts(&self) -> (&'static str, &'a str) {
+        match *self {
+            SideTopic::Typing(room) => ("typing", room),
+            SideTopic::Receipts(room) => ("receipts", room),
+            SideTopic::AccountData(user) => ("account_data", user),
+            SideTopic::Presence => ("presence", ""),
+            SideTopic::Devices => ("devices", ""),
+        }
+    }
 }
 
 /// One write in an atomic batch.
@@ -245,6 +291,9 @@ pub trait Store: Send + Sync + 'static {
     fn stream_after(&self, after: u64, limit: usize) -> StoreResult<Vec<StreamEntry>>;
     /// Stream entries before `before`, descending, at most `limit`.
     fn stream_before(&self, before: u64, limit: usize) -> StoreResult<Vec<StreamEntry>>;
+    /// One room's stream entries in `(after, upto]`, newest first, at most
+    /// `limit`.
+    fn room_stream(&self, room: &RoomId, after: u64, upto: u64, limit: usize) -> StoreResult<Vec<StreamEntry>>;
     fn position_high_water(&self) -> StoreResult<u64>;
 
     // Accounts.
@@ -267,8 +316,15 @@ pub trait Store: Send + Sync + 'static {
     /// One user's receipt of one kind in a room.
     fn receipt(&self, room: &RoomId, kind: &str, user: &UserId) -> StoreResult<Option<Receipt>>;
     fn alias(&self, alias: &str) -> StoreResult<Option<AliasRecord>>;
-    /// Side-stream entries after `after`, ascending.
-    fn side_after(&self, after: u64, limit: usize) -> StoreResult<Vec<(u64, SideEntry)>>;
+    /// One topic's side-stream entries in `(after, upto]`, ascending, at
+    /// most `limit`.
+    fn side_entries(
+        &self,
+        topic: SideTopic<'_>,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<(u64, SideEntry)>>;
 
     // Federation.
     /// Queue entries for `dest` after position `after`, ascending.

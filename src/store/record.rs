@@ -228,7 +228,10 @@ mod tests {
 
         let empty = KvStore::new(MemKv::new());
         let new = empty.upgrade().unwrap();
-        assert!(record.missing(&empty, new, "hub.test").unwrap().contains(&Missing::Format { record: 2, store: None }));
+        assert!(record
+            .missing(&empty, new, "hub.test")
+            .unwrap()
+            .contains(&Missing::Format { record: FORMAT_VERSION, store: None }));
     }
 
     #[test]

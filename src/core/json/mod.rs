@@ -86,6 +86,30 @@ pub fn object_to_canonical(obj: &Object, form: Canonical) -> Result<Vec<u8>, Jso
     Ok(out)
 }
 
+/// The canonical bytes of an object when Matrix's form and RFC 8785 agree
+/// on them: integers only, and no key that the two orders sort apart (only
+/// keys holding characters from U+E000 up can be). A peer of either kind
+/// can then be sent the bytes as they are, and a signature over a message
+/// that splices them is the one its receiver computes.
+pub fn object_canonical_in_both_forms(obj: &Object) -> Option<Vec<u8>> {
+    fn keys_sort_alike(v: &Value) -> bool {
+        match v {
+            Value::Object(o) => o.iter().all(|(k, v)| !k.bytes().any(|c| c >= 0xEE) && keys_sort_alike(v)),
+            Value::Array(items) => items.iter().all(keys_sort_alike),
+            _ => true,
+        }
+    }
+    if !obj.iter().all(|(k, v)| !k.bytes().any(|c| c >= 0xEE) && keys_sort_alike(v)) {
+        return None;
+    }
+    object_to_canonical(obj, Canonical::Matrix).ok()
+}
+
+/// Writes a string as both canonical forms do.
+pub fn write_canonical_string(out: &mut Vec<u8>, s: &str) {
+    write_string(out, s)
+}
+
 fn write_value(out: &mut Vec<u8>, v: &Value, form: Canonical) -> Result<(), JsonError> {
     match v {
         Value::Null => out.extend_from_slice(b"null"),
@@ -211,6 +235,24 @@ mod tests {
     fn canon(input: &str, policy: NumberPolicy, form: Canonical) -> Result<String, JsonError> {
         let v = parse(input.as_bytes(), policy)?;
         Ok(String::from_utf8(to_canonical(&v, form)?).unwrap())
+    }
+
+    #[test]
+    fn bytes_both_forms_agree_on() {
+        let both = |input: &str| {
+            let v = parse(input.as_bytes(), NumberPolicy::Ieee754).unwrap();
+            object_canonical_in_both_forms(v.as_object().unwrap()).map(|b| String::from_utf8(b).unwrap())
+        };
+        for input in [r#"{"b":[1,-2,{"z":null,"y":"\u0007é😀"}],"a":2.0}"#, r#"{"\ud7ff":{"é":true}}"#] {
+            let v = parse(input.as_bytes(), NumberPolicy::Ieee754).unwrap();
+            let matrix = String::from_utf8(to_canonical(&v, Canonical::Matrix).unwrap()).unwrap();
+            let rfc = String::from_utf8(to_canonical(&v, Canonical::Rfc8785).unwrap()).unwrap();
+            assert_eq!((both(input).as_deref(), rfc.as_str()), (Some(matrix.as_str()), matrix.as_str()));
+        }
+        assert_eq!(both(r#"{"a":0.5}"#), None, "no Matrix form");
+        // The two orders sort these keys apart: no shared form.
+        assert_eq!(both(r#"{"x":{"\ue000":1,"😀":2}}"#), None);
+        assert_eq!(both(r#"{"\ue000":1}"#), None, "refused from U+E000 up, even alone");
     }
 
     #[test]

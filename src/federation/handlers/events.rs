@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::visibility::{Sight, Viewer};
 use super::{known_room, require_hub};
 use crate::core::event::Pdu;
-use crate::core::ids::{EventId, RoomId};
+use crate::core::ids::EventId;
 use crate::core::rooms::{replay_order, Place, StateMap};
 use crate::federation::inbound::Req;
 use crate::federation::Node;
@@ -33,7 +33,7 @@ pub(super) async fn readable_event(req: &Req, id: &str) -> Result<Value, Failure
     let id = EventId::parse(id).map_err(|_| unknown())?;
     let rec = req.node.store.event(&id)?.filter(|r| r.rejected.is_empty() && !r.pruned);
     let rec = rec.ok_or_else(unknown)?;
-    let room = RoomId::parse(&rec.room_id).map_err(Failure::corrupt)?;
+    let room = rec.room()?;
     let view = req.node.rooms.find(&room)?.map(|h| h.view()).ok_or_else(unknown)?;
     let viewer = Viewer::new(&req.node, &view, &req.origin).await.map_err(|_| unknown())?;
     viewer.serve(&*pdu(&req.node, &view, &id)?)

@@ -275,11 +275,13 @@ async fn countersign(
     let pos = alloc.first();
     let id = signed_pdu.event_id().clone();
     let room = signed_pdu.room_id().clone();
+    let (json, canonical) = crate::store::stored_json(signed_pdu.json());
     let mut b = Batch::new();
     b.push(Op::PutEvent(
         id.clone(),
         EventRecord {
-            json: serde_json::to_vec(signed_pdu.json()).unwrap_or_default(),
+            json,
+            canonical,
             room_id: room.to_string(),
             stream: pos,
             outlier: true,

@@ -20,7 +20,7 @@ impl Machine {
         }
         if let Some((device, txn)) = &draft.txn {
             if let Ok(Some(t)) = self.reads.client_txn(&draft.sender, device, txn) {
-                if let Ok(id) = EventId::parse(&t.event_id) {
+                if let Ok(Some(id)) = t.event() {
                     // Its batch may still be flushing: answered after ours.
                     return out.answer(ticket, Reply::Local(LocalDone::Sent(id)));
                 }
@@ -118,8 +118,10 @@ impl Machine {
         // Written only if the join itself can be staged.
         let mut records = crate::store::Batch::new();
         for e in seed.outliers.iter().filter(|e| e.event_id() != seed.join.event_id()) {
+            let (json, canonical) = crate::store::stored_json(e.json());
             let record = EventRecord {
-                json: serde_json::to_vec(e.json()).unwrap_or_default(),
+                json,
+                canonical,
                 room_id: room.to_string(),
                 outlier: true,
                 hash_redacted: e.hash_redacted(),

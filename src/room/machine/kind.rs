@@ -38,6 +38,8 @@ pub(super) struct ToHub {
     /// What the hub's answer names it by.
     pub sent_id: String,
     pub json: Vec<u8>,
+    /// `json` is canonical in both JSON forms (`store::stored_json`).
+    pub canonical: bool,
 }
 
 pub(super) fn rules_for(version: &'static RoomVersion) -> &'static dyn Rules {
@@ -62,11 +64,8 @@ impl Rules for Lm {
 
     fn to_hub(&self, m: &Machine, draft: &Draft) -> Result<ToHub, RoomError> {
         let lpdu = build::lpdu_from_draft(&m.cur, &m.env.key, draft, m.now)?;
-        Ok(ToHub {
-            key: lpdu.lpdu_hash().to_owned(),
-            sent_id: lpdu.lpdu_id().to_string(),
-            json: serde_json::to_vec(lpdu.json()).unwrap_or_default(),
-        })
+        let (json, canonical) = crate::store::stored_json(lpdu.json());
+        Ok(ToHub { key: lpdu.lpdu_hash().to_owned(), sent_id: lpdu.lpdu_id().to_string(), json, canonical })
     }
 
     fn echo_key<'a>(&self, pdu: &'a Pdu) -> Option<&'a str> {
@@ -110,7 +109,8 @@ impl Rules for Mixed {
     fn to_hub(&self, m: &Machine, draft: &Draft) -> Result<ToHub, RoomError> {
         let pdu = m.dag_build(draft)?;
         let id = pdu.event_id().to_string();
-        Ok(ToHub { key: id.clone(), sent_id: id, json: serde_json::to_vec(pdu.json()).unwrap_or_default() })
+        let (json, canonical) = crate::store::stored_json(pdu.json());
+        Ok(ToHub { key: id.clone(), sent_id: id, json, canonical })
     }
 
     fn echo_key<'a>(&self, pdu: &'a Pdu) -> Option<&'a str> {

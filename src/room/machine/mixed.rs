@@ -108,8 +108,10 @@ impl Machine {
         let stored = self.reads.stored_event(&id)?;
         let pdu = Arc::new(o.pdu);
         if stored.is_none() && !out.staged_ids.contains(&id) {
+            let (json, canonical) = crate::store::stored_json(pdu.json());
             let record = EventRecord {
-                json: serde_json::to_vec(pdu.json()).unwrap_or_default(),
+                json,
+                canonical,
                 room_id: self.cur.room_id.to_string(),
                 outlier: true,
                 hash_redacted: pdu.hash_redacted(),
@@ -139,8 +141,10 @@ impl Machine {
         {
             return;
         }
+        let (json, canonical) = crate::store::stored_json(pdu.json());
         let record = EventRecord {
-            json: serde_json::to_vec(pdu.json()).unwrap_or_default(),
+            json,
+            canonical,
             room_id: self.cur.room_id.to_string(),
             outlier: true,
             rejected: reason.to_owned(),

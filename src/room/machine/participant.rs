@@ -5,7 +5,7 @@
 use super::build::Draft;
 use super::kind::ToHub;
 use super::{Effects, LocalDone, Machine, Reply, RoomError, Ticket};
-use crate::core::ids::{EventId, UserId};
+use crate::core::ids::EventId;
 use crate::store::records::{queue_item, ClientTxn, PendingLpdu, QueueItem};
 use crate::store::Op;
 
@@ -16,20 +16,20 @@ impl Machine {
         }
         if let Some((device, txn)) = &draft.txn {
             match self.reads.client_txn(&draft.sender, device, txn) {
-                Ok(Some(t)) if !t.event_id.is_empty() => {
-                    // Its batch may still be flushing: answered after ours.
-                    return match EventId::parse(&t.event_id) {
-                        Ok(id) => out.answer(ticket, Reply::Local(LocalDone::Sent(id))),
-                        Err(e) => out.refuse(ticket, RoomError::Storage(e.to_string())),
-                    };
+                Ok(Some(t)) => {
+                    return match t.event() {
+                        // Its batch may still be flushing: answered after ours.
+                        Ok(Some(id)) => out.answer(ticket, Reply::Local(LocalDone::Sent(id))),
+                        Err(e) => out.refuse(ticket, e.into()),
+                        Ok(None) if !t.error.is_empty() => out.refuse(ticket, RoomError::Forbidden(t.error)),
+                        Ok(None) => out.answer(ticket, Reply::Local(LocalDone::Waiting { lpdu_hash: t.lpdu_hash })),
+                    }
                 }
-                Ok(Some(t)) if !t.error.is_empty() => return out.refuse(ticket, RoomError::Forbidden(t.error)),
-                Ok(Some(t)) => return out.answer(ticket, Reply::Local(LocalDone::Waiting { lpdu_hash: t.lpdu_hash })),
                 Ok(None) => {}
                 Err(e) => return out.refuse(ticket, e.into()),
             }
         }
-        let ToHub { key: hash, sent_id, json } = match self.rules.to_hub(self, &draft) {
+        let ToHub { key: hash, sent_id, json, canonical } = match self.rules.to_hub(self, &draft) {
             Ok(b) => b,
             Err(e) => return out.refuse(ticket, e),
         };
@@ -48,6 +48,7 @@ impl Machine {
                 pending: PendingLpdu {
                     room_id: self.cur.room_id.to_string(),
                     json,
+                    canonical,
                     created_ts: self.now,
                     txn_user: user,
                     txn_device: device,
@@ -87,7 +88,10 @@ impl Machine {
     fn settle_pending(&mut self, out: &mut Effects, hash: &str, outcome: Result<EventId, String>) {
         let Ok(Some(p)) = self.reads.pending_lpdu(hash) else { return };
         out.batch.push(Op::DeletePending(hash.to_owned()));
-        if let Ok(user) = UserId::parse(&p.txn_user) {
+        if let Some(user) = p.txn_sender().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "a pending LPDU's client transaction cannot be recorded");
+            None
+        }) {
             let (event_id, error) = match outcome {
                 Ok(id) => (id.to_string(), String::new()),
                 Err(e) => (String::new(), e),

@@ -54,11 +54,8 @@ impl Machine {
                 }
             }
         }
-        let record = EventRecord {
-            json: serde_json::to_vec(&redacted).unwrap_or_default(),
-            redacted_by: redaction.event_id().to_string(),
-            ..rec
-        };
+        let (json, canonical) = crate::store::stored_json(&redacted);
+        let record = EventRecord { json, canonical, redacted_by: redaction.event_id().to_string(), ..rec };
         self.cache.forget_event(&target);
         out.changed.push(target.clone());
         out.batch.push(Op::PutEvent(target, record));
@@ -87,7 +84,10 @@ impl Machine {
             }
             if let Ok(Some(rec)) = self.reads.stored_event(&id) {
                 if !self.rules.keeps(self, &id, &rec) {
-                    out.batch.push(Op::PutEvent(id, EventRecord { json: Vec::new(), pruned: true, ..rec }));
+                    out.batch.push(Op::PutEvent(
+                        id,
+                        EventRecord { json: Vec::new(), canonical: false, pruned: true, ..rec },
+                    ));
                 }
             }
         }

@@ -199,11 +199,9 @@ impl<'a> Dag<'a> {
         // Walk to a whole snapshot (or a cached one), then replay the changes.
         let mut changes = vec![first];
         let mut state = loop {
-            let last = changes.last().expect("not empty");
-            if last.base.is_empty() {
+            let Some(base) = changes.last().expect("not empty").base_event()? else {
                 break StateIds::new();
-            }
-            let base = EventId::parse(&last.base).map_err(|_| StoreError::Corrupt(format!("snapshot base of {id}")))?;
+            };
             if let Some(s) = self.cache.states.lock().expect("poisoned").get(&base) {
                 break (*s.state).clone();
             }
@@ -215,16 +213,13 @@ impl<'a> Dag<'a> {
         };
         for snap in changes.iter().rev() {
             for e in &snap.entries {
-                if e.event_id.is_empty() {
-                    state.remove(&key_of(e));
-                } else {
-                    let ev =
-                        EventId::parse(&e.event_id).map_err(|_| StoreError::Corrupt(format!("snapshot of {id}")))?;
-                    state.insert(key_of(e), ev);
-                }
+                match e.event()? {
+                    Some(ev) => state.insert(key_of(e), ev),
+                    None => state.remove(&key_of(e)),
+                };
             }
         }
-        let replaced = EventId::parse(&changes[0].replaced).ok();
+        let replaced = changes[0].replaced_event()?;
         let s = Snapshot { state: Arc::new(state), chain: changes[0].chain, replaced };
         self.cache.remember_state(id, s.clone());
         Ok(Some(s))
@@ -297,8 +292,7 @@ impl<'a> Dag<'a> {
             chain: 0,
             replaced,
         });
-        let cached =
-            Snapshot { state: Arc::new(after), chain: record.chain, replaced: EventId::parse(&record.replaced).ok() };
+        let cached = Snapshot { state: Arc::new(after), chain: record.chain, replaced: record.replaced_event()? };
         batch.push(Op::PutStateAfter { event: event.event_id().clone(), snapshot: record });
         self.cache.remember_state(event.event_id(), cached);
         Ok(())

@@ -55,13 +55,14 @@ impl Machine {
         let id = pdu.event_id().clone();
         let room = self.cur.room_id.clone();
         let index = self.cur.length;
-        let json = serde_json::to_vec(pdu.json()).unwrap_or_default();
+        let (json, canonical) = crate::store::stored_json(pdu.json());
         let stream = if soft_failed { 0 } else { pos };
         out.batch
             .push(Op::PutEvent(
                 id.clone(),
                 EventRecord {
                     json,
+                    canonical,
                     room_id: room.to_string(),
                     index,
                     stream,
