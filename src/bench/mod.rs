@@ -30,6 +30,8 @@ pub enum Scenario {
     Catchup,
     /// Memory after registrations, and of a follower after traffic.
     Memory,
+    /// A user's incremental sync while others' rooms are busy.
+    Sync,
     /// 5: Synapse under scenario 1's and scenario 2's workloads.
     Synapse,
     /// Everything above.
@@ -62,8 +64,8 @@ pub struct Args {
     /// Scenario 1 only with these numbers of rooms.
     #[arg(long, value_delimiter = ',')]
     pub rooms: Vec<usize>,
-    /// Events per run of scenarios 1, 2 (closed loop) and 4, instead of
-    /// their defaults.
+    /// Events per run of scenarios 1, 2 (closed loop) and 4, and others'
+    /// events behind the sync scenario's token, instead of their defaults.
     #[arg(long)]
     pub events: Option<u64>,
 }
@@ -83,6 +85,7 @@ struct Sizes {
     registrations: usize,
     follower_events: u64,
     synapse_events: u64,
+    sync_behind: u64,
 }
 
 const FULL: Sizes = Sizes {
@@ -99,6 +102,7 @@ const FULL: Sizes = Sizes {
     registrations: 100,
     follower_events: 10_000,
     synapse_events: 2_000,
+    sync_behind: 20_000,
 };
 
 const SMOKE: Sizes = Sizes {
@@ -115,6 +119,7 @@ const SMOKE: Sizes = Sizes {
     registrations: 10,
     follower_events: 200,
     synapse_events: 20,
+    sync_behind: 200,
 };
 
 /// Runs the asked scenarios; the rows of every table printed.
@@ -170,6 +175,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
     if wanted(Scenario::Memory) {
         let rows = scenarios::memory(&w, size.registrations, size.follower_events).await?;
         section("Memory", rows, &mut all);
+    }
+    if wanted(Scenario::Sync) {
+        let rows = vec![scenarios::sync_behind_others(&w, args.events.unwrap_or(size.sync_behind), 20).await?];
+        section("Sync behind busy rooms", rows, &mut all);
     }
     if wanted(Scenario::Synapse) {
         match &args.synapse_python {

@@ -622,3 +622,55 @@ pub async fn memory(w: &Workdir, registrations: usize, events: u64) -> anyhow::R
     rows.push(row);
     Ok(rows)
 }
+
+/// A user's incremental `/sync` from a token taken before other users' rooms
+/// took `events` events, with one new event in the user's own room: how
+/// many calls and how long until that event shows, measured `repeats`
+/// times from the same token, then an idle sync's time.
+pub async fn sync_behind_others(w: &Workdir, events: u64, repeats: usize) -> anyhow::Result<Row> {
+    let net = Net::new(&w.next("sync"), &["hub"])?;
+    let hub = net.start("hub", Mode::Hub).await?;
+    let mut reader = registered(hub.conn(), "reader").await?;
+    let own = create_room(&mut reader).await?;
+    let since =
+        reader.ok("GET", "/_matrix/client/v3/sync", None).await?["next_batch"].as_str().unwrap_or_default().to_owned();
+    let (senders, ids) = users_in_rooms(|| hub.conn(), 10, 10, "u").await?;
+    let label = format!("sync behind {events} events of others' rooms");
+    let progress = Progress::start(label.clone(), events);
+    send_load(senders, &ids, events, "o", progress.counter()).await?;
+    drop(progress);
+    send(&mut reader, &own, "mine", "for the reader").await?;
+    let procs: [&dyn Measured; 1] = [&hub];
+    let before = usages(&procs);
+    let (mut lat, mut calls, mut upto) = (Latencies::default(), 0u64, since.clone());
+    let started = Instant::now();
+    for _ in 0..repeats {
+        let t = Instant::now();
+        let mut token = since.clone();
+        loop {
+            let v = reader.ok("GET", &format!("/_matrix/client/v3/sync?since={token}&timeout=0"), None).await?;
+            calls += 1;
+            token = v["next_batch"].as_str().unwrap_or_default().to_owned();
+            if v["rooms"]["join"].get(&own).is_some() {
+                break;
+            }
+        }
+        lat.push(t.elapsed());
+        upto = token;
+    }
+    let elapsed = started.elapsed();
+    let idle_started = Instant::now();
+    for _ in 0..repeats {
+        reader.ok("GET", &format!("/_matrix/client/v3/sync?since={upto}&timeout=0"), None).await?;
+    }
+    let idle = idle_started.elapsed() / repeats.max(1) as u32;
+    let mut row = Row::new(label, repeats as u64, elapsed, &lat);
+    row.processes = figures(&procs, &before, repeats as u64);
+    row.notes.push(format!(
+        "latency: from the old token until the reader's own event shows, in {:.1} calls on average; an idle \
+         incremental sync {:.2} ms",
+        calls as f64 / repeats.max(1) as f64,
+        idle.as_secs_f64() * 1000.0
+    ));
+    Ok(row)
+}

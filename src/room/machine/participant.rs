@@ -23,7 +23,7 @@ impl Machine {
                         Err(e) => out.refuse(ticket, e.into()),
                         Ok(None) if !t.error.is_empty() => out.refuse(ticket, RoomError::Forbidden(t.error)),
                         Ok(None) => out.answer(ticket, Reply::Local(LocalDone::Waiting { lpdu_hash: t.lpdu_hash })),
-                    }
+                    };
                 }
                 Ok(None) => {}
                 Err(e) => return out.refuse(ticket, e.into()),
