@@ -140,6 +140,54 @@ async fn incremental_sync_reads_each_room_on_its_own() {
     assert_eq!(leave.last().unwrap()["content"]["membership"], "leave");
 }
 
+/// A store left by a build before format 3 (no room index, the side stream
+/// by position only) is indexed at start, and sync tokens handed out before
+/// still see everything after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_2_store_is_indexed_at_start() {
+    use lmx::store::{Kv, KvWrite, SledKv};
+    let (_net, mut hub, _p1) = two_servers().await;
+    let alice = hub.client().register("alice").await;
+    let room = alice.create_room(json!({})).await;
+    let token = alice.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    for i in 0..3 {
+        alice.send_ok(&room, &format!("t{i}"), &format!("m{i}")).await;
+    }
+    let data = format!("/_matrix/client/v3/user/{}/account_data/m.old", enc(&alice.user_id));
+    alice.ok("PUT", &data, Some(json!({"kept": true}))).await;
+    hub.stop().await;
+
+    // Back to format 2's layout: indexes gone, side entries under `o`.
+    let kv = SledKv::open(&hub.config.data_dir.join("db"), 1 << 20).unwrap();
+    let mut writes = Vec::new();
+    for (k, _) in kv.range(b"y", b"z", false, usize::MAX).unwrap() {
+        writes.push(KvWrite::Delete(k));
+    }
+    for (k, v) in kv.range(b"j", b"k", false, usize::MAX).unwrap() {
+        // Tag, two length-prefixed strings, the position.
+        let pos = k[k.len() - 8..].to_vec();
+        writes.push(KvWrite::Put([b"o".as_slice(), &pos].concat(), v));
+        writes.push(KvWrite::Delete(k));
+    }
+    assert!(writes.len() >= 5, "three events and one side entry were indexed");
+    let format_key = [b"_".as_slice(), &6u16.to_be_bytes(), b"format"].concat();
+    writes.push(KvWrite::Put(format_key, 2u32.to_be_bytes().to_vec()));
+    kv.apply(writes).unwrap();
+    kv.flush().await.unwrap();
+    drop(kv);
+    let record_path = hub.config.data_dir.join("committed.json");
+    let mut record: serde_json::Value = serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+    record["format"] = json!(2);
+    std::fs::write(&record_path, serde_json::to_vec(&record).unwrap()).unwrap();
+
+    hub.restart_stopped().await;
+    let next = alice.sync(Some(&token), 0).await;
+    let events = next["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap().clone();
+    assert_eq!(bodies(&events), ["m0", "m1", "m2"]);
+    let account = next["account_data"]["events"].as_array().unwrap();
+    assert!(account.iter().any(|e| e["type"] == "m.old"), "{account:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pagination_edges() {
     let (_net, hub, _p1) = two_servers().await;
