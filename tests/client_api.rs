@@ -179,6 +179,9 @@ async fn a_format_2_store_is_indexed_at_start() {
     let mut record: serde_json::Value = serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
     record["format"] = json!(2);
     std::fs::write(&record_path, serde_json::to_vec(&record).unwrap()).unwrap();
+    let checked = lmx::cli::db::check(&hub.config).unwrap();
+    assert!(checked.healthy, "an older format is not damage:\n{}", checked.text);
+    assert!(checked.text.contains("format: 2"), "{}", checked.text);
 
     hub.restart_stopped().await;
     let next = alice.sync(Some(&token), 0).await;

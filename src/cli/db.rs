@@ -117,6 +117,11 @@ pub fn check(config: &Config) -> anyhow::Result<Checked> {
         let raw = serde_json::from_slice(&stored.response_json).ok()?;
         parse_key_response(server, raw, stored.fetched_ts)?.public_key(key_id)
     };
+    if format.is_some_and(|f| f < FORMAT_VERSION) {
+        // What a start would serve: the copy is upgraded as a start would.
+        store.upgrade()?;
+        text.push_str(&format!("the copy checked was brought to format {FORMAT_VERSION}, as a start would\n"));
+    }
     let report: Report = check::check(&store, &lookup)?;
     text.push_str(&report.summary());
     text.push('\n');

@@ -153,9 +153,9 @@ pub async fn leave(call: Call, room: &str) -> Result<Value, Failure> {
     if m.membership != "invite" && m.membership != "knock" {
         return Ok(json!({}));
     }
+    let event = m.event()?;
     let candidates = candidates(&call, user, &room)?;
     call.server.remote.leave(&room, user, &candidates).await?;
-    let event = m.event()?;
     let left = Membership {
         membership: "leave".into(),
         via_server: m.via_server,

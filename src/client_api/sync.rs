@@ -380,8 +380,12 @@ impl Syncer<'_> {
                 }
             }
         }
+        let presence_changes = store.side_entries(SideTopic::Presence, since, next, PRESENCE_CHANGES)?;
+        // Past the cap the changes are not all read: every contact's
+        // presence goes out, as in an initial sync.
+        let all_presence = presence_changes.len() == PRESENCE_CHANGES;
         let mut presence = BTreeSet::new();
-        for (_, side) in store.side_entries(SideTopic::Presence, since, next, PRESENCE_CHANGES)? {
+        for (_, side) in presence_changes {
             if let Some(Kind::PresenceUser(u)) = side.kind {
                 presence.insert(u);
             }
@@ -410,7 +414,10 @@ impl Syncer<'_> {
                     let is_typing = changed(SideTopic::Typing(key))?;
                     let has_receipts = changed(SideTopic::Receipts(key))?;
                     let data_types = room_data.get(key);
-                    if items.is_empty() && !changed_membership && !is_typing && !has_receipts && data_types.is_none() {
+                    // A timeline cut short with nothing the filter lets
+                    // through still tells the client of its gap.
+                    let quiet = items.is_empty() && !limited;
+                    if quiet && !changed_membership && !is_typing && !has_receipts && data_types.is_none() {
                         continue;
                     }
                     let ids: BTreeSet<EventId> = items.iter().map(|i| i.id.clone()).collect();
@@ -443,12 +450,17 @@ impl Syncer<'_> {
             answer["account_data"]["events"] = json!(self.account_data(None, Some(&data))?);
             empty = false;
         }
-        let mut changed = BTreeSet::new();
-        for user in presence.iter().filter_map(|u| UserId::parse(u).ok()) {
-            if self.shares_a_room(&user, &joined)? {
-                changed.insert(user);
+        let changed = if all_presence {
+            self.contacts(&joined)
+        } else {
+            let mut changed = BTreeSet::new();
+            for user in presence.iter().filter_map(|u| UserId::parse(u).ok()) {
+                if self.shares_a_room(&user, &joined)? {
+                    changed.insert(user);
+                }
             }
-        }
+            changed
+        };
         if !changed.is_empty() {
             answer["presence"]["events"] = json!(self.presence_events(&changed));
             empty = false;

@@ -324,7 +324,8 @@ fn check_stream(store: &dyn Store, r: &mut Report) -> StoreResult<()> {
                 )),
                 Some(_) => {}
             }
-            if store.room_stream(&e.room, e.pos - 1, e.pos, 1)?.first().is_none_or(|i| i.event != e.event) {
+            if store.room_stream(&e.room, e.pos.saturating_sub(1), e.pos, 1)?.first().is_none_or(|i| i.event != e.event)
+            {
                 r.problem(format!("stream position {} of room {} is missing from the room's index", e.pos, e.room));
             }
             if e.pos > high {

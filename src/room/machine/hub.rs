@@ -19,11 +19,11 @@ impl Machine {
             return out.answer(ticket, Reply::Local(done));
         }
         if let Some((device, txn)) = &draft.txn {
-            if let Ok(Some(t)) = self.reads.client_txn(&draft.sender, device, txn) {
-                if let Ok(Some(id)) = t.event() {
-                    // Its batch may still be flushing: answered after ours.
-                    return out.answer(ticket, Reply::Local(LocalDone::Sent(id)));
-                }
+            match self.reads.client_txn(&draft.sender, device, txn).map(|t| t.map(|t| t.event())) {
+                // Its batch may still be flushing: answered after ours.
+                Ok(Some(Ok(Some(id)))) => return out.answer(ticket, Reply::Local(LocalDone::Sent(id))),
+                Ok(Some(Err(e))) | Err(e) => return out.refuse(ticket, e.into()),
+                Ok(_) => {}
             }
         }
         match self.rules.build_local(self, &draft) {
