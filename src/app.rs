@@ -114,6 +114,7 @@ fn client_deps(node: &Arc<Node>) -> ClientDeps {
         positions: node.positions.clone(),
         rooms: node.rooms.clone(),
         ephemeral: node.ephemeral.clone(),
+        e2ee: node.e2ee.clone(),
         remote: crate::federation::Remote::new(node.clone()),
         spawn: Arc::new(move |task| {
             if let Some(node) = weak.upgrade() {

@@ -12,6 +12,7 @@ pub mod client_api;
 pub mod config;
 pub mod core;
 pub mod crash;
+pub mod e2ee;
 pub mod ephemeral;
 pub mod federation;
 pub mod http;

@@ -191,6 +191,29 @@ async fn a_format_2_store_is_indexed_at_start() {
     assert!(account.iter().any(|e| e["type"] == "m.old"), "{account:?}");
 }
 
+/// An invite of a user of the same server shows, in the invitee's sync,
+/// the room's stripped state with the invite itself (clients read the
+/// membership from it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_invite_comes_with_the_rooms_stripped_state() {
+    let (_net, hub, _p1) = two_servers().await;
+    let alice = hub.client().register("alice").await;
+    let bob = hub.client().register("bob").await;
+    let since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let room = alice.create_room(json!({"name": "the room", "invite": [bob.user_id]})).await;
+    let got = bob.sync(Some(&since), 5000).await;
+    let shown = got["rooms"]["invite"][&room]["invite_state"]["events"].as_array().unwrap().clone();
+    let find = |ty: &str, key: &str| shown.iter().find(|e| e["type"] == ty && e["state_key"] == key).cloned();
+    let invite = find("m.room.member", &bob.user_id).expect("the invite itself");
+    assert_eq!(
+        (invite["content"]["membership"].as_str(), invite["sender"].as_str()),
+        (Some("invite"), Some(alice.user_id.as_str()))
+    );
+    assert_eq!(find("m.room.name", "").expect("the name")["content"]["name"], "the room");
+    assert!(find("m.room.create", "").is_some() && find("m.room.member", &alice.user_id).is_some(), "{shown:?}");
+    assert!(shown.iter().all(|e| e.get("event_id").is_none()), "stripped: {shown:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pagination_edges() {
     let (_net, hub, _p1) = two_servers().await;

@@ -23,6 +23,7 @@ pub struct ClientDeps {
     pub positions: Arc<Positions>,
     pub rooms: Arc<Rooms>,
     pub ephemeral: Arc<Ephemeral>,
+    pub e2ee: Arc<crate::e2ee::E2ee>,
     pub remote: Remote,
     /// Runs a task that stops with the server (a typing notice's expiry).
     pub spawn: Spawn,

@@ -8,6 +8,7 @@ mod devices;
 mod directory;
 mod events;
 pub mod filter;
+mod keys;
 mod membership;
 mod messages;
 pub mod passwords;
@@ -247,6 +248,10 @@ async fn dispatch(method: &Method, rest: &[&str], call: Call) -> Result<Value, F
         (["directory", "room", alias], &M::DELETE) => directory::delete(call, alias),
         (["joined_rooms"], &M::GET) => events::joined_rooms(call),
         (["sync"], &M::GET) => sync::sync(call).await,
+        (["keys", "upload"], &M::POST) => keys::upload(call).await,
+        (["keys", "query"], &M::POST) => keys::query(call).await,
+        (["keys", "claim"], &M::POST) => keys::claim(call).await,
+        (["sendToDevice", ty, txn], &M::PUT) => keys::send(call, ty, txn).await,
         // Known paths with another method.
         (["login"] | ["register"] | ["createRoom"] | ["sync"] | ["joined_rooms"] | ["devices", ..], _) => {
             Err(Failure::MethodNotAllowed)

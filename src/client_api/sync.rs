@@ -25,8 +25,38 @@ const TIMELINE_LIMIT: u64 = 20;
 const PRESENCE_CHANGES: usize = 10_000;
 const MAX_TIMEOUT_MS: u64 = 120_000;
 
-fn parse_since(t: &str) -> Option<u64> {
-    t.strip_prefix('s').unwrap_or(t).parse().ok()
+/// A sync token: `s<stream position>`, and `_<position>` when the device's
+/// to-device inbox was read only up to there (it held more than one answer
+/// carries). Tokens survive restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Token {
+    pos: u64,
+    to_device: u64,
+}
+
+impl Token {
+    fn at(pos: u64) -> Token {
+        Token { pos, to_device: pos }
+    }
+
+    fn parse(t: &str) -> Option<Token> {
+        let t = t.strip_prefix('s').unwrap_or(t);
+        match t.split_once('_') {
+            Some((pos, to_device)) => {
+                let token = Token { pos: pos.parse().ok()?, to_device: to_device.parse().ok()? };
+                (token.to_device <= token.pos).then_some(token)
+            }
+            None => t.parse().ok().map(Token::at),
+        }
+    }
+
+    fn text(&self) -> String {
+        if self.to_device == self.pos {
+            format!("s{}", self.pos)
+        } else {
+            format!("s{}_{}", self.pos, self.to_device)
+        }
+    }
 }
 
 pub async fn sync(call: Call) -> Result<Value, Failure> {
@@ -37,7 +67,7 @@ pub async fn sync(call: Call) -> Result<Value, Failure> {
     let full_state = query_get(&call.query, "full_state") == Some("true");
     let filter = SyncFilter::from_json(&filter::resolve(&call, &user, query_get(&call.query, "filter"))?);
     let since = match query_get(&call.query, "since") {
-        Some(t) => Some(parse_since(t).ok_or_else(|| Failure::invalid_param("Unknown since token"))?),
+        Some(t) => Some(Token::parse(t).ok_or_else(|| Failure::invalid_param("Unknown since token"))?),
         None => None,
     };
     let presence = query_get(&call.query, "set_presence").unwrap_or("online");
@@ -45,40 +75,33 @@ pub async fn sync(call: Call) -> Result<Value, Failure> {
         let msg = call.server.ephemeral.presence(&user).and_then(|p| p.status_msg);
         super::presence::set_presence(&call, &user, presence, msg)?;
     }
-    let s = Syncer { call: &call, user: &user, filter: &filter };
+    let device = call.who()?.1.to_owned();
+    let s = Syncer { call: &call, user: &user, device: &device, filter: &filter };
+    // The client holds everything up to its token: those messages go.
+    if let Some(since) = since {
+        call.server.e2ee.acknowledge(&user, &device, since.to_device)?;
+    }
     let Some(since) = since.filter(|_| !full_state) else {
-        return s.initial();
+        return s.initial(since.map_or(0, |t| t.to_device));
     };
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
     let mut marks = call.server.positions.subscribe();
     loop {
         let upto = *marks.borrow_and_update();
-        if upto > since {
+        if upto > since.to_device {
             let (answer, empty) = s.incremental(since, upto)?;
             if !empty || tokio::time::Instant::now() >= deadline {
-                tracing::debug!(%user, since, upto, empty, "sync answered");
+                tracing::debug!(%user, since = since.pos, upto, empty, "sync answered");
                 return Ok(answer);
             }
         } else if tokio::time::Instant::now() >= deadline {
-            return Ok(empty_answer(since));
+            return s.empty_answer(since);
         }
         if tokio::time::timeout_at(deadline, marks.changed()).await.is_err() {
             let upto = call.server.positions.watermark();
-            return if upto > since { Ok(s.incremental(since, upto)?.0) } else { Ok(empty_answer(since)) };
+            return if upto > since.to_device { Ok(s.incremental(since, upto)?.0) } else { s.empty_answer(since) };
         }
     }
-}
-
-fn empty_answer(pos: u64) -> Value {
-    json!({
-        "next_batch": format!("s{pos}"),
-        "rooms": {"join": {}, "invite": {}, "leave": {}, "knock": {}},
-        "presence": {"events": []},
-        "account_data": {"events": []},
-        "to_device": {"events": []},
-        "device_lists": {"changed": [], "left": []},
-        "device_one_time_keys_count": {},
-    })
 }
 
 fn stripped(m: &Membership) -> Value {
@@ -95,10 +118,36 @@ struct Item {
 struct Syncer<'a> {
     call: &'a Call,
     user: &'a UserId,
+    device: &'a str,
     filter: &'a SyncFilter,
 }
 
 impl Syncer<'_> {
+    /// An answer with no rooms' news at `token`, with the device's key
+    /// counts (clients read them on every answer) and its to-device
+    /// messages from the token's inbox position on.
+    fn answer_at(&self, token: Token, upto: u64) -> Result<(Value, bool), Failure> {
+        let e2ee = &self.call.server.e2ee;
+        let inbox = e2ee.inbox(self.user, self.device, token.to_device, upto)?;
+        let counts = e2ee.counts(self.user, self.device)?;
+        let next = Token { pos: upto, to_device: inbox.more_after.unwrap_or(upto) };
+        let empty = inbox.events.is_empty();
+        let answer = json!({
+            "next_batch": next.text(),
+            "rooms": {"join": {}, "invite": {}, "leave": {}, "knock": {}},
+            "presence": {"events": []},
+            "account_data": {"events": []},
+            "to_device": {"events": inbox.events},
+            "device_one_time_keys_count": counts.one_time,
+            "device_unused_fallback_key_types": counts.unused_fallback,
+        });
+        Ok((answer, empty))
+    }
+
+    fn empty_answer(&self, since: Token) -> Result<Value, Failure> {
+        Ok(self.answer_at(since, since.pos)?.0)
+    }
+
     fn limit(&self) -> usize {
         self.filter.timeline.limit.unwrap_or(TIMELINE_LIMIT).clamp(1, 500) as usize
     }
@@ -294,9 +343,11 @@ impl Syncer<'_> {
         out
     }
 
-    fn initial(&self) -> Result<Value, Failure> {
+    /// Everything now; to-device messages from `to_device` on (0 unless a
+    /// `full_state` sync names a token).
+    fn initial(&self, to_device: u64) -> Result<Value, Failure> {
         let upto = self.call.server.positions.watermark();
-        let mut answer = empty_answer(upto);
+        let (mut answer, _) = self.answer_at(Token { pos: upto, to_device }, upto)?;
         let mut joined = Vec::new();
         for (room, m) in self.call.server.store.memberships(self.user)? {
             if !self.filter.rooms.allows_room(room.as_str()) {
@@ -365,9 +416,9 @@ impl Syncer<'_> {
 
     /// Changes in `(since, upto]`; also says whether there were none. Reads
     /// only the user's rooms and topics, never the whole server's stream.
-    fn incremental(&self, since: u64, upto: u64) -> Result<(Value, bool), Failure> {
+    fn incremental(&self, token: Token, upto: u64) -> Result<(Value, bool), Failure> {
         let store = &self.call.server.store;
-        let next = upto;
+        let (since, next) = (token.pos, upto);
         let memberships = store.memberships(self.user)?;
         let changed = |topic| Ok::<_, Failure>(!store.side_entries(topic, since, next, 1)?.is_empty());
         let (mut data, mut room_data): (BTreeSet<String>, BTreeMap<String, BTreeSet<String>>) = Default::default();
@@ -390,8 +441,7 @@ impl Syncer<'_> {
                 presence.insert(u);
             }
         }
-        let mut answer = empty_answer(next);
-        let mut empty = true;
+        let (mut answer, mut empty) = self.answer_at(token, upto)?;
         let mut joined = Vec::new();
         for (room, m) in &memberships {
             if !self.filter.rooms.allows_room(room.as_str()) || m.forgotten {

@@ -121,6 +121,7 @@ pub fn presence_destinations(node: &Node, user: &UserId) -> BTreeSet<ServerName>
 /// server, or from the room's hub relaying it; the hub relays what its
 /// participants send.
 pub async fn receive(node: &Arc<Node>, origin: &ServerName, edus: &[Value]) {
+    let mut kept = false;
     for e in edus {
         let edu = match Edu::deserialize(e) {
             Ok(edu) => edu,
@@ -135,10 +136,21 @@ pub async fn receive(node: &Arc<Node>, origin: &ServerName, edus: &[Value]) {
             "m.typing" => typing(node, origin, &content, e),
             "m.receipt" => receipts(node, origin, &content),
             "m.presence" => presence(node, origin, &content),
+            "m.direct_to_device" => {
+                kept = true;
+                direct_to_device(node, origin, &content)
+            }
             _ => Ok(()),
         };
         if let Err(err) = result {
             tracing::debug!(%origin, kind, error = %err, "EDU ignored");
+        }
+    }
+    // To-device messages are acknowledged with the transaction: on disk
+    // first, so a crash loses none the sender thinks delivered.
+    if kept {
+        if let Err(e) = node.store.flush().await {
+            tracing::error!(error = %e, "to-device messages not flushed");
         }
     }
 }
@@ -227,5 +239,39 @@ fn presence(node: &Arc<Node>, origin: &ServerName, c: &Value) -> Result<(), Stri
                 .map_err(|e| e.to_string())?;
         }
     }
+    Ok(())
+}
+
+/// To-device messages from a user of `origin` to ours: into the devices'
+/// inboxes once per `message_id` (a transaction may come again when its
+/// answer was lost), with the mark in the same write.
+fn direct_to_device(node: &Arc<Node>, origin: &ServerName, c: &Value) -> Result<(), String> {
+    let text = |f: &str| c.get(f).and_then(Value::as_str).ok_or_else(|| format!("no {f}"));
+    let sender = UserId::parse(text("sender")?).map_err(|e| e.to_string())?;
+    if !sender.is_on(origin) {
+        return Err(format!("{sender} is not a user of {origin}"));
+    }
+    let (event_type, message_id) = (text("type")?, text("message_id")?);
+    if message_id.chars().count() > 32 {
+        return Err("message_id longer than 32 characters".into());
+    }
+    if node.e2ee.seen(origin, message_id).map_err(|e| e.to_string())? {
+        return Ok(());
+    }
+    let mut batch = node.e2ee.to_device_batch(sender.as_str(), event_type);
+    for (user, devices) in c.get("messages").and_then(Value::as_object).into_iter().flatten() {
+        let Ok(user) = UserId::parse(user) else { continue };
+        if !node.is_me(&user.server_name()) {
+            continue;
+        }
+        for (device, content) in devices.as_object().into_iter().flatten() {
+            if let Some(content) = content.as_object() {
+                batch.add(&user, device, content).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    let alloc = node.positions.allocate(1).map_err(|e| e.to_string())?;
+    let mark = Op::ToDeviceSeen { origin: origin.clone(), message_id: message_id.to_owned(), ts: now_ms() };
+    batch.write(alloc.first(), Some(mark)).map_err(|e| e.to_string())?;
     Ok(())
 }

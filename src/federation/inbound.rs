@@ -127,6 +127,8 @@ enum Endpoint {
     Invite(String),
     Make(&'static str, String, String),
     SendMembership(&'static str, String),
+    UserKeysQuery,
+    UserKeysClaim,
 }
 
 fn allow(method: &Method, want: Method) -> Result<(), Failure> {
@@ -212,6 +214,14 @@ fn endpoint(method: &Method, segs: &[String]) -> Result<Option<Endpoint>, Failur
             allow(method, Method::POST)?;
             SendMembership(m(which), txn.to_string())
         }
+        (_, Some(["v1", "user", "keys", "query"])) => {
+            allow(method, Method::POST)?;
+            UserKeysQuery
+        }
+        (_, Some(["v1", "user", "keys", "claim"])) => {
+            allow(method, Method::POST)?;
+            UserKeysClaim
+        }
         _ => return Ok(None),
     };
     Ok(Some(ep))
@@ -252,8 +262,7 @@ impl FedHandler {
             _ => {}
         }
         let Some(ep) = endpoint(&parts.method, &segs)? else {
-            // E17-E18 arrive with end-to-end encryption; until then, and for
-            // every other path: unknown endpoint (item 127).
+            // Every other path: unknown endpoint (item 127).
             return Err(Failure::Unrecognized);
         };
         // The signature covers the body, but the header's shape, origin,
@@ -289,6 +298,8 @@ impl FedHandler {
             Endpoint::Invite(txn) => handlers::membership::invite(req, &txn).await,
             Endpoint::Make(kind, room, user) => handlers::membership::make(req, kind, &room, &user).await,
             Endpoint::SendMembership(kind, txn) => handlers::membership::send(req, kind, &txn).await,
+            Endpoint::UserKeysQuery => handlers::e2ee::keys_query(req),
+            Endpoint::UserKeysClaim => handlers::e2ee::keys_claim(req).await,
         }?;
         Ok(crate::http::json_response(StatusCode::OK, &answer))
     }

@@ -8,51 +8,18 @@ use super::client::FedError;
 use crate::core::crypto::signature_key_ids;
 use crate::core::event::{verify_event_signature, Pdu, Schema};
 use crate::core::ids::UserId;
-use crate::core::rooms::StateView;
 use crate::federation::Node;
 use crate::http::encode_segment;
 use crate::room::{RoomError, RoomView};
 use crate::sys::now_ms;
 
-/// State an invitee sees before joining (item 49): each entry only
-/// `type`, `state_key`, `sender`, `content` (item 50).
+/// State an invitee sees before joining (item 49), with the inviter's
+/// member event.
 pub fn stripped_state(room: &RoomView, inviter: Option<&UserId>) -> Vec<Value> {
-    let mut keys: Vec<(&str, String)> = [
-        "m.room.create",
-        "m.room.name",
-        "m.room.avatar",
-        "m.room.topic",
-        "m.room.join_rules",
-        "m.room.canonical_alias",
-        "m.room.encryption",
-    ]
-    .into_iter()
-    .map(|t| (t, String::new()))
-    .collect();
-    if let Some(i) = inviter {
-        keys.push(("m.room.member", i.to_string()));
-    }
-    keys.iter()
-        .filter_map(|(t, k)| room.state.get(t, k))
-        .map(|e| {
-            // The whole create event, so the invitee can check it (MSC4311).
-            if room.version.is_mixed() && e.event_type() == "m.room.create" {
-                Value::Object(e.json().clone())
-            } else {
-                strip(e)
-            }
-        })
-        .collect()
+    room.stripped_state(inviter)
 }
 
-pub fn strip(e: &Pdu) -> Value {
-    json!({
-        "type": e.event_type(),
-        "state_key": e.state_key().unwrap_or(""),
-        "sender": e.sender().as_str(),
-        "content": e.content(),
-    })
-}
+pub use crate::room::machine::stripped::strip;
 
 /// The invite answer's event: `pdu` (the draft) or `event` (Matrix, the
 /// reference implementation): accept both, prefer `pdu`.

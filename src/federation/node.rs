@@ -28,6 +28,8 @@ pub struct Node {
     pub keyring: KeyRing,
     pub rooms: Arc<Rooms>,
     pub ephemeral: Arc<Ephemeral>,
+    /// Devices' keys and to-device inboxes.
+    pub e2ee: Arc<crate::e2ee::E2ee>,
     pub outbound: Outbound,
     pub inbound: InboundTxns,
     /// Events and states of mixed rooms as the federation handlers read
@@ -73,6 +75,7 @@ impl Node {
                     s => Some(std::time::Duration::from_secs(s)),
                 },
             });
+            let e2ee = Arc::new(crate::e2ee::E2ee::new(store.clone()));
             Node {
                 name,
                 key,
@@ -83,6 +86,7 @@ impl Node {
                 keyring,
                 rooms: Arc::new(rooms),
                 ephemeral: Arc::default(),
+                e2ee,
                 outbound,
                 inbound: InboundTxns::default(),
                 dag,

@@ -69,6 +69,22 @@ impl Remote {
         super::dag::offer(&self.0, handle, &self.0.name, pdus).await
     }
 
+    /// Asks `server` about its users' keys: `what` is `query` or `claim`
+    /// (`/user/keys/{what}`), answered within `timeout` or not at all.
+    pub async fn user_keys(
+        &self,
+        server: &ServerName,
+        what: &'static str,
+        body: &Value,
+        timeout: std::time::Duration,
+    ) -> Result<Value, String> {
+        let path = format!("/_matrix/federation/v1/user/keys/{what}");
+        let lm = super::fetch::lm_peer(&self.0, server).await;
+        let call = self.0.fed.request(server, http::Method::POST, &path, Some(body), lm);
+        let resp = tokio::time::timeout(timeout, call).await.map_err(|_| "timed out".to_owned())?;
+        resp.and_then(|r| r.json(server.as_str())).map_err(|e| e.to_string())
+    }
+
     /// Queues `edu` for each of `dests` and wakes their delivery.
     pub fn send_edu(&self, dests: &BTreeSet<ServerName>, edu: &Value) -> Result<(), StoreError> {
         super::edu::send_edu(&self.0, dests, edu)

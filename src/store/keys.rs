@@ -32,6 +32,12 @@ pub mod table {
     /// Format 2's side stream, moved under `SIDE_TOPIC` by format 3.
     pub const SIDE: u8 = b'o';
     pub const STATE_AFTER: u8 = b'g';
+    pub const DEVICE_KEYS: u8 = b'K';
+    pub const ONE_TIME_KEY: u8 = b'O';
+    pub const FALLBACK_KEY: u8 = b'F';
+    pub const TO_DEVICE: u8 = b'T';
+    pub const TO_DEVICE_SEEN: u8 = b'M';
+    pub const TO_DEVICE_TXN: u8 = b'N';
     pub const ROOM_STREAM: u8 = b'y';
     pub const SIDE_TOPIC: u8 = b'j';
     pub const META: u8 = b'_';
@@ -211,6 +217,52 @@ pub fn device(user: &str, device: &str) -> Vec<u8> {
 
 pub fn device_prefix(user: &str) -> Vec<u8> {
     Key::new(table::DEVICE).s(user).build()
+}
+
+/// `(user, device) → DeviceKeysRecord`.
+pub fn device_keys(user: &str, device: &str) -> Vec<u8> {
+    Key::new(table::DEVICE_KEYS).s(user).s(device).build()
+}
+
+pub fn device_keys_prefix(user: &str) -> Vec<u8> {
+    Key::new(table::DEVICE_KEYS).s(user).build()
+}
+
+/// `(user, device, algorithm, key id) → OneTimeKeyRecord`.
+pub fn one_time_key(user: &str, device: &str, algorithm: &str, key_id: &str) -> Vec<u8> {
+    Key::new(table::ONE_TIME_KEY).s(user).s(device).s(algorithm).s(key_id).build()
+}
+
+pub fn one_time_key_prefix(user: &str, device: &str) -> Vec<u8> {
+    Key::new(table::ONE_TIME_KEY).s(user).s(device).build()
+}
+
+/// `(user, device, algorithm) → FallbackKeyRecord`.
+pub fn fallback_key(user: &str, device: &str, algorithm: &str) -> Vec<u8> {
+    Key::new(table::FALLBACK_KEY).s(user).s(device).s(algorithm).build()
+}
+
+pub fn fallback_key_prefix(user: &str, device: &str) -> Vec<u8> {
+    Key::new(table::FALLBACK_KEY).s(user).s(device).build()
+}
+
+/// `(user, device, position) → ToDeviceRecord`: a device's inbox.
+pub fn to_device(user: &str, device: &str, pos: u64) -> Vec<u8> {
+    Key::new(table::TO_DEVICE).s(user).s(device).n(pos).build()
+}
+
+pub fn to_device_prefix(user: &str, device: &str) -> Vec<u8> {
+    Key::new(table::TO_DEVICE).s(user).s(device).build()
+}
+
+/// `(origin, message id) → time seen`: `m.direct_to_device` EDUs taken.
+pub fn to_device_seen(origin: &str, message_id: &str) -> Vec<u8> {
+    Key::new(table::TO_DEVICE_SEEN).s(origin).s(message_id).build()
+}
+
+/// `(user, device, event type, txn id)`: a client's `sendToDevice` done.
+pub fn to_device_txn(user: &str, device: &str, event_type: &str, txn: &str) -> Vec<u8> {
+    Key::new(table::TO_DEVICE_TXN).s(user).s(device).s(event_type).s(txn).build()
 }
 
 pub fn alias(alias: &str) -> Vec<u8> {

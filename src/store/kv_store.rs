@@ -5,8 +5,9 @@ use prost::Message;
 use super::keys::{self, table, Key, KeyReader};
 use super::kv::{prefix_end, BoxFuture, Entries, Kv, KvWrite};
 use super::records::{
-    AccessToken, AliasRecord, ClientTxn, DestinationState, DeviceRecord, EventRecord, Membership, PendingLpdu,
-    QueueItem, Receipt, RoomRecord, ServerKeys, SideEntry, StateSnapshot, TxnResponse, UserRecord,
+    AccessToken, AliasRecord, ClientTxn, DestinationState, DeviceKeysRecord, DeviceRecord, EventRecord,
+    FallbackKeyRecord, Membership, OneTimeKeyRecord, PendingLpdu, QueueItem, Receipt, RoomRecord, ServerKeys,
+    SideEntry, StateSnapshot, ToDeviceRecord, TxnResponse, UserRecord,
 };
 use super::{Batch, Op, SideTopic, Store, StoreError, StoreResult, StreamEntry, TokenHash, FORMAT_VERSION};
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
@@ -327,6 +328,83 @@ impl<K: Kv> Store for KvStore<K> {
         self.get(&keys::alias(alias))
     }
 
+    fn device_keys(&self, user: &UserId, device: &str) -> StoreResult<Option<DeviceKeysRecord>> {
+        self.get(&keys::device_keys(user.as_str(), device))
+    }
+
+    fn all_device_keys(&self, user: &UserId) -> StoreResult<Vec<(String, DeviceKeysRecord)>> {
+        self.prefix(&keys::device_keys_prefix(user.as_str()), false, usize::MAX)?
+            .iter()
+            .map(|(k, v)| {
+                let mut r = KeyReader::new(k);
+                r.s();
+                Ok((r.s().ok_or_else(|| corrupt(k))?.to_owned(), decode(k, v)?))
+            })
+            .collect()
+    }
+
+    fn one_time_keys(&self, user: &UserId, device: &str) -> StoreResult<Vec<(String, String, OneTimeKeyRecord)>> {
+        self.prefix(&keys::one_time_key_prefix(user.as_str(), device), false, usize::MAX)?
+            .iter()
+            .map(|(k, v)| {
+                let mut r = KeyReader::new(k);
+                r.s();
+                r.s();
+                let algorithm = r.s().ok_or_else(|| corrupt(k))?.to_owned();
+                let key_id = r.s().ok_or_else(|| corrupt(k))?.to_owned();
+                Ok((algorithm, key_id, decode(k, v)?))
+            })
+            .collect()
+    }
+
+    fn fallback_keys(&self, user: &UserId, device: &str) -> StoreResult<Vec<(String, FallbackKeyRecord)>> {
+        self.prefix(&keys::fallback_key_prefix(user.as_str(), device), false, usize::MAX)?
+            .iter()
+            .map(|(k, v)| {
+                let mut r = KeyReader::new(k);
+                r.s();
+                r.s();
+                Ok((r.s().ok_or_else(|| corrupt(k))?.to_owned(), decode(k, v)?))
+            })
+            .collect()
+    }
+
+    fn to_device_seen(&self, origin: &ServerName, message_id: &str) -> StoreResult<bool> {
+        Ok(self.kv.get(&keys::to_device_seen(origin.as_str(), message_id))?.is_some())
+    }
+
+    fn to_device_txn_done(&self, user: &UserId, device: &str, event_type: &str, txn: &str) -> StoreResult<bool> {
+        Ok(self.kv.get(&keys::to_device_txn(user.as_str(), device, event_type, txn))?.is_some())
+    }
+
+    fn to_device(
+        &self,
+        user: &UserId,
+        device: &str,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<(u64, ToDeviceRecord)>> {
+        if after >= upto {
+            return Ok(Vec::new());
+        }
+        let start = keys::to_device(user.as_str(), device, after.saturating_add(1));
+        let end = match upto.checked_add(1) {
+            Some(end) => keys::to_device(user.as_str(), device, end),
+            None => prefix_end(&keys::to_device_prefix(user.as_str(), device)),
+        };
+        self.kv
+            .range(&start, &end, false, limit)?
+            .iter()
+            .map(|(k, v)| {
+                let mut r = KeyReader::new(k);
+                r.s();
+                r.s();
+                Ok((r.n().ok_or_else(|| corrupt(k))?, decode(k, v)?))
+            })
+            .collect()
+    }
+
     fn side_entries(
         &self,
         topic: SideTopic<'_>,
@@ -450,7 +528,44 @@ impl<K: Kv> Store for KvStore<K> {
                 Op::PutDevice { user, device, record } => {
                     writes.push(put(keys::device(user.as_str(), &device), &record))
                 }
-                Op::DeleteDevice { user, device } => writes.push(KvWrite::Delete(keys::device(user.as_str(), &device))),
+                Op::DeleteDevice { user, device } => {
+                    let (u, d) = (user.as_str(), device.as_str());
+                    writes.push(KvWrite::Delete(keys::device(u, d)));
+                    writes.push(KvWrite::Delete(keys::device_keys(u, d)));
+                    for prefix in
+                        [keys::one_time_key_prefix(u, d), keys::fallback_key_prefix(u, d), keys::to_device_prefix(u, d)]
+                    {
+                        for (k, _) in self.prefix(&prefix, false, usize::MAX)? {
+                            writes.push(KvWrite::Delete(k));
+                        }
+                    }
+                }
+                Op::PutDeviceKeys { user, device, keys: k } => {
+                    writes.push(put(keys::device_keys(user.as_str(), &device), &k))
+                }
+                Op::PutOneTimeKey { user, device, algorithm, key_id, key } => {
+                    writes.push(put(keys::one_time_key(user.as_str(), &device, &algorithm, &key_id), &key))
+                }
+                Op::DeleteOneTimeKey { user, device, algorithm, key_id } => {
+                    writes.push(KvWrite::Delete(keys::one_time_key(user.as_str(), &device, &algorithm, &key_id)))
+                }
+                Op::PutFallbackKey { user, device, algorithm, key } => {
+                    writes.push(put(keys::fallback_key(user.as_str(), &device, &algorithm), &key))
+                }
+                Op::PutToDevice { user, device, pos, message } => {
+                    writes.push(put(keys::to_device(user.as_str(), &device, pos), &message))
+                }
+                Op::ToDeviceSeen { origin, message_id, ts } => writes
+                    .push(KvWrite::Put(keys::to_device_seen(origin.as_str(), &message_id), ts.to_be_bytes().to_vec())),
+                Op::ToDeviceTxn { user, device, event_type, txn } => writes
+                    .push(KvWrite::Put(keys::to_device_txn(user.as_str(), &device, &event_type, &txn), Vec::new())),
+                Op::DeleteToDevice { user, device, up_to } => {
+                    let start = keys::to_device_prefix(user.as_str(), &device);
+                    let end = keys::to_device(user.as_str(), &device, up_to.saturating_add(1));
+                    for (k, _) in self.kv.range(&start, &end, false, usize::MAX)? {
+                        writes.push(KvWrite::Delete(k));
+                    }
+                }
                 Op::PutAccountData { user, room, kind, content } => {
                     let room = room.as_ref().map_or("", |r| r.as_str());
                     writes.push(KvWrite::Put(keys::account_data(user.as_str(), room, &kind), content))

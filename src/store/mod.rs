@@ -23,8 +23,9 @@ pub mod records {
 }
 
 use records::{
-    AccessToken, AliasRecord, ClientTxn, DestinationState, DeviceRecord, EventRecord, Membership, PendingLpdu,
-    QueueItem, Receipt, RoomRecord, ServerKeys, SideEntry, StateSnapshot, TxnResponse, UserRecord,
+    AccessToken, AliasRecord, ClientTxn, DestinationState, DeviceKeysRecord, DeviceRecord, EventRecord,
+    FallbackKeyRecord, Membership, OneTimeKeyRecord, PendingLpdu, QueueItem, Receipt, RoomRecord, ServerKeys,
+    SideEntry, StateSnapshot, ToDeviceRecord, TxnResponse, UserRecord,
 };
 
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
@@ -179,9 +180,59 @@ pub enum Op {
         device: String,
         record: DeviceRecord,
     },
+    /// Removes the device with its keys and its to-device inbox.
     DeleteDevice {
         user: UserId,
         device: String,
+    },
+    PutDeviceKeys {
+        user: UserId,
+        device: String,
+        keys: DeviceKeysRecord,
+    },
+    PutOneTimeKey {
+        user: UserId,
+        device: String,
+        algorithm: String,
+        key_id: String,
+        key: OneTimeKeyRecord,
+    },
+    DeleteOneTimeKey {
+        user: UserId,
+        device: String,
+        algorithm: String,
+        key_id: String,
+    },
+    PutFallbackKey {
+        user: UserId,
+        device: String,
+        algorithm: String,
+        key: FallbackKeyRecord,
+    },
+    PutToDevice {
+        user: UserId,
+        device: String,
+        pos: u64,
+        message: ToDeviceRecord,
+    },
+    /// An `m.direct_to_device` EDU taken, so a repeat is not delivered twice.
+    ToDeviceSeen {
+        origin: ServerName,
+        message_id: String,
+        ts: i64,
+    },
+    /// A client's `sendToDevice` transaction done.
+    ToDeviceTxn {
+        user: UserId,
+        device: String,
+        event_type: String,
+        txn: String,
+    },
+    /// Removes a device's to-device messages up to and including `up_to`.
+    DeleteToDevice {
+        user: UserId,
+        device: String,
+        up_to: u64,
     },
     /// Global (`room: None`) or room account data, as JSON text.
     PutAccountData {
@@ -316,6 +367,26 @@ pub trait Store: Send + Sync + 'static {
     /// One user's receipt of one kind in a room.
     fn receipt(&self, room: &RoomId, kind: &str, user: &UserId) -> StoreResult<Option<Receipt>>;
     fn alias(&self, alias: &str) -> StoreResult<Option<AliasRecord>>;
+
+    // End-to-end encryption.
+    fn device_keys(&self, user: &UserId, device: &str) -> StoreResult<Option<DeviceKeysRecord>>;
+    /// Every device of the user that uploaded keys, with them.
+    fn all_device_keys(&self, user: &UserId) -> StoreResult<Vec<(String, DeviceKeysRecord)>>;
+    /// A device's unclaimed one-time keys: `(algorithm, key id, key)`.
+    fn one_time_keys(&self, user: &UserId, device: &str) -> StoreResult<Vec<(String, String, OneTimeKeyRecord)>>;
+    /// A device's fallback keys: `(algorithm, key)`.
+    fn fallback_keys(&self, user: &UserId, device: &str) -> StoreResult<Vec<(String, FallbackKeyRecord)>>;
+    fn to_device_seen(&self, origin: &ServerName, message_id: &str) -> StoreResult<bool>;
+    fn to_device_txn_done(&self, user: &UserId, device: &str, event_type: &str, txn: &str) -> StoreResult<bool>;
+    /// A device's to-device messages in `(after, upto]`, oldest first.
+    fn to_device(
+        &self,
+        user: &UserId,
+        device: &str,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<(u64, ToDeviceRecord)>>;
     /// One topic's side-stream entries in `(after, upto]`, ascending, at
     /// most `limit`.
     fn side_entries(

@@ -180,3 +180,39 @@ pub struct LoggedIn<'a> {
     pub device_id: &'a str,
     pub home_server: &'a str,
 }
+
+/// `POST /keys/upload`. Keys stay JSON: they are signed objects, kept and
+/// handed out as the device wrote them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct KeysUpload {
+    pub device_keys: Option<Object>,
+    pub one_time_keys: Option<Object>,
+    pub fallback_keys: Option<Object>,
+}
+
+/// `POST /keys/query`: the devices wanted per user (none listed: all).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct KeysQuery<'a> {
+    #[serde(borrow)]
+    pub device_keys: std::collections::BTreeMap<&'a str, Vec<&'a str>>,
+    pub timeout: Option<u64>,
+}
+
+/// `POST /keys/claim`: per user and device, the algorithm of the key wanted.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct KeysClaim<'a> {
+    #[serde(borrow)]
+    pub one_time_keys: std::collections::BTreeMap<&'a str, std::collections::BTreeMap<&'a str, &'a str>>,
+    pub timeout: Option<u64>,
+}
+
+/// `PUT /sendToDevice/{type}/{txnId}`: per user, per device (or `*`), the
+/// message's content.
+#[derive(Debug, Deserialize)]
+pub struct SendToDevice<'a> {
+    #[serde(borrow)]
+    pub messages: std::collections::BTreeMap<&'a str, std::collections::BTreeMap<&'a str, Object>>,
+}

@@ -26,6 +26,7 @@ mod receive;
 mod redaction;
 pub mod snapshot;
 mod stage;
+pub mod stripped;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Range;

@@ -117,6 +117,19 @@ impl Machine {
         self.joined.update(&user, &old, new);
         if user.is_on(self.me()) {
             let event_id = event.as_ref().map(|e| e.event_id().to_string()).unwrap_or_default();
+            // What the invitee's or knocker's clients show of the room
+            // (their own member event among it) before they join.
+            let invite_state_json = match (new, &event) {
+                ("invite" | "knock", Some(e)) => {
+                    let mut shown = self.cur.stripped_state(Some(e.sender()));
+                    // A knock's sender is its target: listed already.
+                    if e.sender() != &user {
+                        shown.push(crate::room::machine::stripped::strip(e));
+                    }
+                    serde_json::to_vec(&shown).unwrap_or_default()
+                }
+                _ => Vec::new(),
+            };
             out.batch.push(Op::PutMembership {
                 user,
                 room,
@@ -126,6 +139,7 @@ impl Machine {
                     event_id,
                     via_server: self.cur.hub.to_string(),
                     room_version: self.cur.version.id.to_owned(),
+                    invite_state_json,
                     ..Default::default()
                 },
             });

@@ -1,0 +1,201 @@
+//! End-to-end encryption: device keys (`/keys/upload`, `/keys/query`,
+//! `/keys/claim`) and to-device messages (`/sendToDevice`). What the server
+//! decides is in `e2ee`; other servers' users are asked over federation.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::Call;
+use crate::core::ids::{ServerName, UserId};
+use crate::core::json::Object;
+use crate::e2ee::MAX_TO_DEVICE_BYTES;
+use crate::http::query_get;
+use crate::store::Op;
+use crate::sys::random_string;
+use crate::wire::client::{KeysClaim, KeysQuery, KeysUpload, SendToDevice};
+use crate::wire::{self, Failure};
+
+/// How long a query or claim waits for other servers unless told.
+const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+const MAX_TIMEOUT_MS: u64 = 30_000;
+/// Users one query or claim may name.
+const MAX_USERS: usize = 1_000;
+
+pub async fn upload(call: Call) -> Result<Value, Failure> {
+    let (user, device) = call.who()?;
+    let body: KeysUpload = wire::read(&call.body)?;
+    let counts = call.server.e2ee.upload(user, device, body)?;
+    // Keys a client was told are kept must survive a crash.
+    call.server.store.flush().await?;
+    Ok(json!({ "one_time_key_counts": counts.one_time }))
+}
+
+/// The timeout for other servers: the body's, else the query string's
+/// (Synapse reads it there), else the default.
+fn remote_timeout(call: &Call, body: Option<u64>) -> Duration {
+    let asked = body.or_else(|| query_get(&call.query, "timeout").and_then(|t| t.parse().ok()));
+    Duration::from_millis(asked.unwrap_or(DEFAULT_TIMEOUT_MS).min(MAX_TIMEOUT_MS))
+}
+
+/// Users named in a request, by server; ids that do not parse are left
+/// out, as Matrix servers do.
+fn by_server<T>(named: BTreeMap<&str, T>) -> Result<BTreeMap<ServerName, Vec<(UserId, T)>>, Failure> {
+    if named.len() > MAX_USERS {
+        return Err(Failure::too_large(format!("at most {MAX_USERS} users a request")));
+    }
+    let mut out: BTreeMap<ServerName, Vec<(UserId, T)>> = BTreeMap::new();
+    for (user, wanted) in named {
+        if let Ok(user) = UserId::parse(user) {
+            out.entry(user.server_name()).or_default().push((user, wanted));
+        }
+    }
+    Ok(out)
+}
+
+/// Asks every other server named, side by side, within `timeout`: what
+/// each said of its own users under `field` (a server speaks for no one
+/// else), and a `failures` entry for each that did not answer.
+async fn ask_servers(
+    call: &Call,
+    what: &'static str,
+    field: &str,
+    requests: Vec<(ServerName, Value)>,
+    timeout: Duration,
+) -> (Object, Object) {
+    let asks = requests.into_iter().map(|(server, body)| {
+        let remote = call.server.remote.clone();
+        async move {
+            let answer = remote.user_keys(&server, what, &body, timeout).await;
+            (server, answer)
+        }
+    });
+    let mut answers = Object::new();
+    let mut failures = Object::new();
+    for (server, answer) in futures_util::future::join_all(asks).await {
+        match answer {
+            Ok(v) => {
+                for (user, per_device) in v.get(field).and_then(Value::as_object).into_iter().flatten() {
+                    let own = UserId::parse(user).is_ok_and(|u| u.server_name() == server);
+                    if own && per_device.is_object() {
+                        answers.insert(user.clone(), per_device.clone());
+                    }
+                }
+            }
+            Err(why) => {
+                tracing::info!(%server, error = %why, what, "keys not fetched from another server");
+                failures.insert(server.to_string(), json!({"status": 503, "message": "server unreachable"}));
+            }
+        }
+    }
+    (answers, failures)
+}
+
+pub async fn query(call: Call) -> Result<Value, Failure> {
+    call.who()?;
+    let KeysQuery { device_keys, timeout } = wire::read(&call.body)?;
+    let timeout = remote_timeout(&call, timeout);
+    let mut out = Object::new();
+    let mut remote = Vec::new();
+    for (server, users) in by_server(device_keys)? {
+        if server == call.server.name {
+            for (user, devices) in users {
+                let keys = call.server.e2ee.device_keys(&user, &devices, true)?;
+                out.insert(user.to_string(), Value::Object(keys));
+            }
+        } else {
+            let asked: Object = users.into_iter().map(|(u, d)| (u.to_string(), json!(d))).collect();
+            remote.push((server, json!({ "device_keys": asked })));
+        }
+    }
+    let (answers, failures) = ask_servers(&call, "query", "device_keys", remote, timeout).await;
+    out.extend(answers);
+    Ok(json!({ "device_keys": out, "failures": failures }))
+}
+
+pub async fn claim(call: Call) -> Result<Value, Failure> {
+    call.who()?;
+    let KeysClaim { one_time_keys, timeout } = wire::read(&call.body)?;
+    let timeout = remote_timeout(&call, timeout);
+    let mut out = Object::new();
+    let mut remote = Vec::new();
+    for (server, users) in by_server(one_time_keys)? {
+        if server == call.server.name {
+            for (user, devices) in users {
+                let mut keys = Object::new();
+                for (device, algorithm) in devices {
+                    if let Some(claimed) = call.server.e2ee.claim(&user, device, algorithm)? {
+                        keys.insert(device.to_owned(), json!({ claimed.name: claimed.key }));
+                    }
+                }
+                if !keys.is_empty() {
+                    out.insert(user.to_string(), Value::Object(keys));
+                }
+            }
+        } else {
+            let asked: Object = users.into_iter().map(|(u, d)| (u.to_string(), json!(d))).collect();
+            remote.push((server, json!({ "one_time_keys": asked })));
+        }
+    }
+    // A key handed out must stay handed out after a crash.
+    call.server.store.flush().await?;
+    let (answers, failures) = ask_servers(&call, "claim", "one_time_keys", remote, timeout).await;
+    out.extend(answers);
+    Ok(json!({ "one_time_keys": out, "failures": failures }))
+}
+
+/// `PUT /sendToDevice/{type}/{txnId}`: local devices' inboxes get their
+/// messages in one write with the transaction's mark (a retry delivers
+/// nothing twice); each other server gets one `m.direct_to_device` EDU.
+pub async fn send(call: Call, event_type: &str, txn: &str) -> Result<Value, Failure> {
+    let (user, device) = call.who()?;
+    let SendToDevice { messages } = wire::read(&call.body)?;
+    let e2ee = &call.server.e2ee;
+    if call.server.store.to_device_txn_done(user, device, event_type, txn)? {
+        return Ok(json!({}));
+    }
+    let mut local = e2ee.to_device_batch(user.as_str(), event_type);
+    let mut remote: BTreeMap<ServerName, Object> = BTreeMap::new();
+    for (target, devices) in by_server(messages)?.into_values().flatten() {
+        for content in devices.values() {
+            if crate::core::json::object_to_canonical(content, crate::core::json::Canonical::Rfc8785)
+                .map_or(true, |b| b.len() > MAX_TO_DEVICE_BYTES)
+            {
+                return Err(Failure::too_large(format!("a to-device message is at most {MAX_TO_DEVICE_BYTES} bytes")));
+            }
+        }
+        if target.server_name() == call.server.name {
+            for (target_device, content) in &devices {
+                local.add(&target, target_device, content)?;
+            }
+        } else {
+            let per_device: Object = devices.into_iter().map(|(d, c)| (d.to_owned(), Value::Object(c))).collect();
+            remote.entry(target.server_name()).or_default().insert(target.to_string(), Value::Object(per_device));
+        }
+    }
+    for (server, messages) in remote {
+        let edu = json!({
+            "edu_type": "m.direct_to_device",
+            "type": "m.direct_to_device",
+            "content": {
+                "sender": user.as_str(),
+                "type": event_type,
+                "message_id": random_string(24),
+                "messages": messages,
+            },
+        });
+        call.server.remote.send_edu(&std::collections::BTreeSet::from([server]), &edu)?;
+    }
+    let alloc = call.server.positions.allocate(1)?;
+    let done = Op::ToDeviceTxn {
+        user: user.clone(),
+        device: device.to_owned(),
+        event_type: event_type.to_owned(),
+        txn: txn.to_owned(),
+    };
+    local.write(alloc.first(), Some(done))?;
+    call.server.store.flush().await?;
+    drop(alloc);
+    Ok(json!({}))
+}

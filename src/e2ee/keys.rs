@@ -1,0 +1,215 @@
+//! Device keys, one-time keys and fallback keys: what a device uploads,
+//! what others see of it, and what they claim from it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{json, Value};
+
+use super::E2ee;
+use crate::core::ids::UserId;
+use crate::core::json::{self, NumberPolicy, Object};
+use crate::store::records::{DeviceKeysRecord, FallbackKeyRecord, OneTimeKeyRecord};
+use crate::store::{Batch, Op, StoreError, StoreResult};
+use crate::wire::client::KeysUpload;
+use crate::wire::Failure;
+
+/// Unclaimed one-time keys a device may hold (clients keep about 50): the
+/// bound on what one device can make the server keep.
+pub const MAX_ONE_TIME_KEYS: usize = 1_000;
+/// Fallback keys a device may hold, one per algorithm (clients use one).
+pub const MAX_FALLBACK_KEYS: usize = 8;
+/// Clients read this count even when it is zero: without it some never
+/// upload one-time keys at all.
+const SIGNED_CURVE25519: &str = "signed_curve25519";
+
+/// What `/keys/upload` and `/sync` report of a device's keys.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KeyCounts {
+    pub one_time: BTreeMap<String, u64>,
+    /// Algorithms with a fallback key not handed out yet.
+    pub unused_fallback: Vec<String>,
+}
+
+/// A key handed out: its `algorithm:key_id` and its JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    pub name: String,
+    pub key: Value,
+}
+
+/// `algorithm:key_id`, with exactly one colon.
+fn split_key_name(name: &str) -> Result<(&str, &str), Failure> {
+    match name.split_once(':') {
+        Some((alg, id)) if !alg.is_empty() && !id.is_empty() && !id.contains(':') => Ok((alg, id)),
+        _ => Err(Failure::invalid_param(format!("key name {name:?} is not algorithm:key_id"))),
+    }
+}
+
+/// A key's content apart from its signatures, which a client may add to.
+fn unsigned_part(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("signatures");
+    }
+    v
+}
+
+fn parse_stored(bytes: &[u8]) -> StoreResult<Value> {
+    json::parse(bytes, NumberPolicy::Ieee754).map_err(|e| StoreError::Corrupt(format!("stored key: {e}")))
+}
+
+impl E2ee {
+    /// `/keys/upload`: device keys (only the uploading device's own),
+    /// one-time keys (kept until claimed) and fallback keys (one per
+    /// algorithm). Written, not yet flushed: the caller flushes before it
+    /// answers.
+    pub fn upload(&self, user: &UserId, device: &str, upload: KeysUpload) -> Result<KeyCounts, Failure> {
+        let _guard = self.lock(user);
+        let mut b = Batch::new();
+        if let Some(keys) = upload.device_keys {
+            let names = |f: &str| keys.get(f).and_then(Value::as_str);
+            if names("user_id") != Some(user.as_str()) || names("device_id") != Some(device) {
+                return Err(Failure::bad_json("device_keys must name the uploading user and device"));
+            }
+            let (json, _) = crate::store::stored_json(&keys);
+            if self.store.device_keys(user, device)?.is_none_or(|k| k.json != json) {
+                let keys = DeviceKeysRecord { json };
+                b.push(Op::PutDeviceKeys { user: user.clone(), device: device.to_owned(), keys });
+            }
+        }
+        if let Some(one_time) = upload.one_time_keys {
+            self.add_one_time_keys(user, device, one_time, &mut b)?;
+        }
+        if let Some(fallback) = upload.fallback_keys {
+            self.set_fallback_keys(user, device, fallback, &mut b)?;
+        }
+        if !b.is_empty() {
+            self.store.write(b)?;
+        }
+        Ok(self.counts(user, device)?)
+    }
+
+    fn add_one_time_keys(&self, user: &UserId, device: &str, keys: Object, b: &mut Batch) -> Result<(), Failure> {
+        let held = self.store.one_time_keys(user, device)?;
+        let upload = held.iter().map(|(_, _, k)| k.upload).max().map_or(1, |n| n + 1);
+        let mut added = 0;
+        for (name, key) in keys {
+            let (algorithm, key_id) = split_key_name(&name)?;
+            if let Some((_, _, old)) = held.iter().find(|(a, i, _)| a == algorithm && i == key_id) {
+                // A client retrying its upload sends the same keys again.
+                if unsigned_part(&parse_stored(&old.json)?) != unsigned_part(&key) {
+                    return Err(Failure::BadRequest(format!("one-time key {name} exists with other content")));
+                }
+                continue;
+            }
+            added += 1;
+            b.push(Op::PutOneTimeKey {
+                user: user.clone(),
+                device: device.to_owned(),
+                algorithm: algorithm.to_owned(),
+                key_id: key_id.to_owned(),
+                key: OneTimeKeyRecord { json: serde_json::to_vec(&key).unwrap_or_default(), upload },
+            });
+        }
+        if held.len() + added > MAX_ONE_TIME_KEYS {
+            return Err(Failure::BadRequest(format!("a device holds at most {MAX_ONE_TIME_KEYS} one-time keys")));
+        }
+        Ok(())
+    }
+
+    fn set_fallback_keys(&self, user: &UserId, device: &str, keys: Object, b: &mut Batch) -> Result<(), Failure> {
+        let stored = self.store.fallback_keys(user, device)?;
+        let mut algorithms = BTreeSet::new();
+        for (name, key) in keys {
+            let (algorithm, key_id) = split_key_name(&name)?;
+            if !algorithms.insert(algorithm.to_owned()) {
+                return Err(Failure::invalid_param(format!("more than one fallback key for {algorithm}")));
+            }
+            let json = serde_json::to_vec(&key).unwrap_or_default();
+            // Clients send their fallback key with every upload: the same
+            // key again must not make a used one look fresh.
+            if stored.iter().any(|(a, k)| a == algorithm && k.key_id == key_id && k.json == json) {
+                continue;
+            }
+            b.push(Op::PutFallbackKey {
+                user: user.clone(),
+                device: device.to_owned(),
+                algorithm: algorithm.to_owned(),
+                key: FallbackKeyRecord { key_id: key_id.to_owned(), json, used: false },
+            });
+        }
+        let held = stored.iter().filter(|(a, _)| !algorithms.contains(a)).count();
+        if held + algorithms.len() > MAX_FALLBACK_KEYS {
+            return Err(Failure::BadRequest(format!("a device holds at most {MAX_FALLBACK_KEYS} fallback keys")));
+        }
+        Ok(())
+    }
+
+    /// A device's unclaimed one-time keys per algorithm and its unused
+    /// fallback keys' algorithms.
+    pub fn counts(&self, user: &UserId, device: &str) -> StoreResult<KeyCounts> {
+        let mut one_time = BTreeMap::from([(SIGNED_CURVE25519.to_owned(), 0)]);
+        for (algorithm, _, _) in self.store.one_time_keys(user, device)? {
+            *one_time.entry(algorithm).or_default() += 1;
+        }
+        let unused_fallback =
+            self.store.fallback_keys(user, device)?.into_iter().filter(|(_, k)| !k.used).map(|(a, _)| a).collect();
+        Ok(KeyCounts { one_time, unused_fallback })
+    }
+
+    /// A user's devices' keys as `/keys/query` shows them (`wanted` empty:
+    /// every device), each with an `unsigned` the server writes (the
+    /// device's display name if `with_names`), never what the client put
+    /// there.
+    pub fn device_keys(&self, user: &UserId, wanted: &[&str], with_names: bool) -> StoreResult<Object> {
+        let names: BTreeMap<String, String> =
+            self.store.devices(user)?.into_iter().map(|(d, r)| (d, r.display_name)).collect();
+        let mut out = Object::new();
+        for (device, rec) in self.store.all_device_keys(user)? {
+            if !wanted.is_empty() && !wanted.contains(&device.as_str()) {
+                continue;
+            }
+            let Some(name) = names.get(&device) else { continue };
+            let Value::Object(mut keys) = parse_stored(&rec.json)? else { continue };
+            let mut unsigned = Object::new();
+            if with_names && !name.is_empty() {
+                unsigned.insert("device_display_name".into(), json!(name));
+            }
+            keys.insert("unsigned".into(), Value::Object(unsigned));
+            out.insert(device, Value::Object(keys));
+        }
+        Ok(out)
+    }
+
+    /// Hands out a device's oldest one-time key of `algorithm` (then it is
+    /// gone), or else its fallback key (which stays, marked used). Written,
+    /// not yet flushed: the caller flushes before it answers.
+    pub fn claim(&self, user: &UserId, device: &str, algorithm: &str) -> StoreResult<Option<Claimed>> {
+        let _guard = self.lock(user);
+        let oldest = self
+            .store
+            .one_time_keys(user, device)?
+            .into_iter()
+            .filter(|(a, _, _)| a == algorithm)
+            .min_by(|x, y| (x.2.upload, &x.1).cmp(&(y.2.upload, &y.1)));
+        let mut b = Batch::new();
+        if let Some((algorithm, key_id, key)) = oldest {
+            let claimed = Claimed { name: format!("{algorithm}:{key_id}"), key: parse_stored(&key.json)? };
+            b.push(Op::DeleteOneTimeKey { user: user.clone(), device: device.to_owned(), algorithm, key_id });
+            self.store.write(b)?;
+            return Ok(Some(claimed));
+        }
+        let Some((algorithm, mut fallback)) =
+            self.store.fallback_keys(user, device)?.into_iter().find(|(a, _)| a == algorithm)
+        else {
+            return Ok(None);
+        };
+        let claimed = Claimed { name: format!("{algorithm}:{}", fallback.key_id), key: parse_stored(&fallback.json)? };
+        if !fallback.used {
+            fallback.used = true;
+            b.push(Op::PutFallbackKey { user: user.clone(), device: device.to_owned(), algorithm, key: fallback });
+            self.store.write(b)?;
+        }
+        Ok(Some(claimed))
+    }
+}

@@ -1,0 +1,139 @@
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::core::ids::UserId;
+use crate::core::json::Object;
+use crate::store::records::DeviceRecord;
+use crate::store::{Batch, KvStore, MemKv, Op, Store};
+use crate::wire::client::KeysUpload;
+use crate::wire::Failure;
+
+fn setup() -> (Arc<dyn Store>, E2ee, UserId) {
+    let store: Arc<dyn Store> = Arc::new(KvStore::new(MemKv::new()));
+    let user = UserId::parse("@a:hub.test").unwrap();
+    let mut b = Batch::new();
+    for device in ["D1", "D2"] {
+        b.push(Op::PutDevice { user: user.clone(), device: device.into(), record: DeviceRecord::default() });
+    }
+    store.write(b).unwrap();
+    (store.clone(), E2ee::new(store), user)
+}
+
+fn object(v: Value) -> Object {
+    v.as_object().unwrap().clone()
+}
+
+fn otk(key: &str) -> Value {
+    json!({"key": key, "signatures": {"@a:hub.test": {"ed25519:D1": "sig"}}})
+}
+
+fn upload(one_time: Value, fallback: Value) -> KeysUpload {
+    KeysUpload { device_keys: None, one_time_keys: Some(object(one_time)), fallback_keys: Some(object(fallback)) }
+}
+
+#[test]
+fn one_time_keys_go_once_oldest_first_then_the_fallback_again_and_again() {
+    let (_, e, user) = setup();
+    let counts = e.upload(&user, "D1", upload(json!({"signed_curve25519:A": otk("a")}), json!({}))).unwrap();
+    assert_eq!(counts.one_time["signed_curve25519"], 1);
+    let fallback = json!({"signed_curve25519:F": otk("f")});
+    let counts = e.upload(&user, "D1", upload(json!({"signed_curve25519:B": otk("b")}), fallback.clone())).unwrap();
+    assert_eq!(
+        (counts.one_time["signed_curve25519"], counts.unused_fallback.clone()),
+        (2, vec!["signed_curve25519".to_owned()])
+    );
+
+    let claim = || e.claim(&user, "D1", "signed_curve25519").unwrap().map(|c| c.name);
+    assert_eq!(claim().as_deref(), Some("signed_curve25519:A"), "the oldest upload first");
+    assert_eq!(claim().as_deref(), Some("signed_curve25519:B"));
+    assert_eq!(claim().as_deref(), Some("signed_curve25519:F"), "then the fallback key");
+    assert_eq!(claim().as_deref(), Some("signed_curve25519:F"), "as often as asked");
+    let counts = e.counts(&user, "D1").unwrap();
+    assert_eq!((counts.one_time["signed_curve25519"], counts.unused_fallback.len()), (0, 0));
+    // The same fallback key again does not look fresh; a new one does.
+    let counts = e.upload(&user, "D1", upload(json!({}), fallback)).unwrap();
+    assert!(counts.unused_fallback.is_empty());
+    let counts = e.upload(&user, "D1", upload(json!({}), json!({"signed_curve25519:G": otk("g")}))).unwrap();
+    assert_eq!(counts.unused_fallback, ["signed_curve25519"]);
+    assert_eq!(e.claim(&user, "D2", "signed_curve25519").unwrap(), None, "another device has none");
+}
+
+#[test]
+fn an_upload_again_is_taken_and_a_changed_key_refused() {
+    let (_, e, user) = setup();
+    e.upload(&user, "D1", upload(json!({"signed_curve25519:A": otk("a")}), json!({}))).unwrap();
+    let mut resigned = otk("a");
+    resigned["signatures"]["@a:hub.test"]["ed25519:D1"] = json!("other");
+    let counts = e.upload(&user, "D1", upload(json!({"signed_curve25519:A": resigned}), json!({}))).unwrap();
+    assert_eq!(counts.one_time["signed_curve25519"], 1, "a retry adds nothing");
+    let changed = e.upload(&user, "D1", upload(json!({"signed_curve25519:A": otk("z")}), json!({})));
+    assert!(matches!(changed, Err(Failure::BadRequest(_))));
+    let bad_name = e.upload(&user, "D1", upload(json!({"signed_curve25519": otk("a")}), json!({})));
+    assert!(matches!(bad_name, Err(Failure::InvalidParam(_))));
+    let two = e.upload(&user, "D1", upload(json!({}), json!({"x:1": otk("a"), "x:2": otk("b")})));
+    assert!(matches!(two, Err(Failure::InvalidParam(_))), "one fallback key per algorithm");
+    let many: serde_json::Map<String, Value> =
+        (0..=MAX_FALLBACK_KEYS).map(|n| (format!("alg{n}:k"), otk("a"))).collect();
+    let many = e.upload(&user, "D1", upload(json!({}), Value::Object(many)));
+    assert!(matches!(many, Err(Failure::BadRequest(_))), "a bounded number of fallback keys");
+}
+
+#[test]
+fn device_keys_are_the_devices_own_and_shown_with_the_servers_unsigned() {
+    let (store, e, user) = setup();
+    let keys = |device: &str| {
+        json!({"user_id": "@a:hub.test", "device_id": device, "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+            "keys": {format!("ed25519:{device}"): "k"}, "signatures": {}, "unsigned": {"device_display_name": "forged"}})
+    };
+    let as_device = |device: &str, body: Value| {
+        e.upload(
+            &user,
+            device,
+            KeysUpload { device_keys: Some(object(body)), one_time_keys: None, fallback_keys: None },
+        )
+    };
+    assert!(matches!(as_device("D2", keys("D1")), Err(Failure::BadJson(_))), "another device's keys");
+    as_device("D1", keys("D1")).unwrap();
+    let mut b = Batch::new();
+    let named = DeviceRecord { display_name: "phone".into(), ..Default::default() };
+    b.push(Op::PutDevice { user: user.clone(), device: "D1".into(), record: named });
+    store.write(b).unwrap();
+    let shown = e.device_keys(&user, &[], true).unwrap();
+    assert_eq!(shown["D1"]["unsigned"], json!({"device_display_name": "phone"}));
+    let to_servers = e.device_keys(&user, &[], false).unwrap();
+    assert_eq!(to_servers["D1"]["unsigned"], json!({}), "names are not told to other servers");
+    assert!(e.device_keys(&user, &["D2"], true).unwrap().is_empty());
+    // A deleted device takes its keys and its inbox with it.
+    e.upload(&user, "D1", upload(json!({"signed_curve25519:A": otk("a")}), json!({}))).unwrap();
+    let mut b = Batch::new();
+    b.push(Op::DeleteDevice { user: user.clone(), device: "D1".into() });
+    store.write(b).unwrap();
+    assert!(e.device_keys(&user, &[], true).unwrap().is_empty());
+    assert_eq!(e.counts(&user, "D1").unwrap().one_time["signed_curve25519"], 0);
+}
+
+#[test]
+fn an_inbox_is_read_in_order_a_sync_at_a_time_and_emptied_when_acknowledged() {
+    let (_, e, user) = setup();
+    let mut batch = e.to_device_batch("@b:other.test", "m.room.encrypted");
+    batch.add(&user, "*", &object(json!({"n": 0}))).unwrap();
+    batch.add(&user, "NOPE", &object(json!({"n": -1}))).unwrap();
+    assert_eq!(batch.write(5, None).unwrap(), 2, "both devices, not the unknown one");
+    for pos in 6..6 + TO_DEVICE_PER_SYNC as u64 + 10 {
+        let mut batch = e.to_device_batch("@b:other.test", "m.room.encrypted");
+        batch.add(&user, "D1", &object(json!({"n": pos}))).unwrap();
+        batch.write(pos, None).unwrap();
+    }
+    let first = e.inbox(&user, "D1", 0, 1_000).unwrap();
+    assert_eq!(first.events.len(), TO_DEVICE_PER_SYNC);
+    assert_eq!(first.events[0], json!({"sender": "@b:other.test", "type": "m.room.encrypted", "content": {"n": 0}}));
+    let mark = first.more_after.expect("more are waiting");
+    let rest = e.inbox(&user, "D1", mark, 1_000).unwrap();
+    assert_eq!((rest.events.len(), rest.more_after), (11, None));
+    assert_eq!(e.inbox(&user, "D1", 0, 5).unwrap().events.len(), 1, "nothing past the stream's watermark");
+    e.acknowledge(&user, "D1", mark).unwrap();
+    assert_eq!(e.inbox(&user, "D1", 0, 1_000).unwrap().events.len(), 11, "what the client had is gone");
+    assert_eq!(e.inbox(&user, "D2", 0, 1_000).unwrap().events.len(), 1, "another device's inbox is its own");
+}
