@@ -92,6 +92,18 @@ async fn keys_are_uploaded_queried_and_claimed_across_servers() {
     assert_eq!(after["device_one_time_keys_count"]["signed_curve25519"], 0);
     assert_eq!(after["device_unused_fallback_key_types"], json!([]), "the fallback key was handed out");
 
+    // A device logged out is gone with its keys: others stop encrypting to it.
+    let phone = hub.client().login("alice").await;
+    let phone_device = device_of(&phone).await;
+    upload(&phone, json!({"device_keys": device_keys(&phone, &phone_device)})).await;
+    let mine = json!({"device_keys": {alice.user_id.as_str(): []}});
+    let both = alice.ok("POST", "/_matrix/client/v3/keys/query", Some(mine.clone())).await;
+    assert!(both["device_keys"][&alice.user_id].get(&phone_device).is_some());
+    phone.ok("POST", "/_matrix/client/v3/logout", Some(json!({}))).await;
+    let left = alice.ok("POST", "/_matrix/client/v3/keys/query", Some(mine)).await;
+    assert!(left["device_keys"][&alice.user_id].get(&phone_device).is_none(), "{left}");
+    assert!(left["device_keys"][&alice.user_id].get(&alice_device).is_some());
+
     // A server that does not answer is a failure, not an error.
     let q = json!({"device_keys": {"@x:unreachable.test": []}, "timeout": 2000});
     let partly = bob.ok("POST", "/_matrix/client/v3/keys/query", Some(q)).await;

@@ -238,23 +238,27 @@ pub fn whoami(call: Call) -> Result<Value, Failure> {
     Ok(json!({"user_id": user.as_str(), "device_id": device, "is_guest": false}))
 }
 
+/// Ends the session and deletes its device with the device's keys and
+/// inbox, as the spec has it: others stop encrypting to it.
 pub fn logout(call: Call) -> Result<Value, Failure> {
     let (user, device) = call.who()?;
     let hash = TokenHash::of(call.token.as_deref().unwrap_or_default());
     let mut b = Batch::new();
     b.push(Op::DeleteToken { hash, user: user.clone(), device: device.to_owned() });
+    b.push(Op::DeleteDevice { user: user.clone(), device: device.to_owned() });
     call.server.store.write(b)?;
     Ok(json!({}))
 }
 
-/// Ends every session of the user (devices stay listed, without tokens).
+/// Ends every session of the user and deletes every device.
 pub fn logout_all(call: Call) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     let mut b = Batch::new();
     for (device, _) in call.server.store.devices(user)? {
         if let Some(hash) = call.server.store.device_token(user, &device)? {
-            b.push(Op::DeleteToken { hash, user: user.clone(), device });
+            b.push(Op::DeleteToken { hash, user: user.clone(), device: device.clone() });
         }
+        b.push(Op::DeleteDevice { user: user.clone(), device });
     }
     call.server.store.write(b)?;
     Ok(json!({}))

@@ -13,7 +13,6 @@ use crate::core::json::Object;
 use crate::e2ee::MAX_TO_DEVICE_BYTES;
 use crate::http::query_get;
 use crate::store::Op;
-use crate::sys::random_string;
 use crate::wire::client::{KeysClaim, KeysQuery, KeysUpload, SendToDevice};
 use crate::wire::{self, Failure};
 
@@ -145,57 +144,117 @@ pub async fn claim(call: Call) -> Result<Value, Failure> {
     Ok(json!({ "one_time_keys": out, "failures": failures }))
 }
 
+/// Messages an `m.direct_to_device` EDU carries at most, in bytes of
+/// content, so no transaction outgrows what a receiver takes.
+const EDU_BYTES: usize = 60_000;
+
 /// `PUT /sendToDevice/{type}/{txnId}`: local devices' inboxes get their
-/// messages in one write with the transaction's mark (a retry delivers
-/// nothing twice); each other server gets one `m.direct_to_device` EDU.
+/// messages in one write with the transaction's mark, and each other server
+/// gets `m.direct_to_device` EDUs whose message ids come from the
+/// transaction, so a retry delivers nothing twice here or there.
 pub async fn send(call: Call, event_type: &str, txn: &str) -> Result<Value, Failure> {
     let (user, device) = call.who()?;
     let SendToDevice { messages } = wire::read(&call.body)?;
     let e2ee = &call.server.e2ee;
-    if call.server.store.to_device_txn_done(user, device, event_type, txn)? {
-        return Ok(json!({}));
-    }
     let mut local = e2ee.to_device_batch(user.as_str(), event_type);
-    let mut remote: BTreeMap<ServerName, Object> = BTreeMap::new();
+    let mut remote: BTreeMap<ServerName, Vec<(UserId, String, Object, usize)>> = BTreeMap::new();
     for (target, devices) in by_server(messages)?.into_values().flatten() {
-        for content in devices.values() {
-            if crate::core::json::object_to_canonical(content, crate::core::json::Canonical::Rfc8785)
-                .map_or(true, |b| b.len() > MAX_TO_DEVICE_BYTES)
-            {
+        for (target_device, content) in devices {
+            let size = crate::core::json::object_to_canonical(&content, crate::core::json::Canonical::Rfc8785)
+                .map_or(usize::MAX, |b| b.len());
+            if size > MAX_TO_DEVICE_BYTES {
                 return Err(Failure::too_large(format!("a to-device message is at most {MAX_TO_DEVICE_BYTES} bytes")));
             }
-        }
-        if target.server_name() == call.server.name {
-            for (target_device, content) in &devices {
-                local.add(&target, target_device, content)?;
+            if target.server_name() == call.server.name {
+                local.add(&target, target_device, &content)?;
+            } else {
+                remote.entry(target.server_name()).or_default().push((
+                    target.clone(),
+                    target_device.to_owned(),
+                    content,
+                    size,
+                ));
             }
-        } else {
-            let per_device: Object = devices.into_iter().map(|(d, c)| (d.to_owned(), Value::Object(c))).collect();
-            remote.entry(target.server_name()).or_default().insert(target.to_string(), Value::Object(per_device));
         }
     }
-    for (server, messages) in remote {
-        let edu = json!({
-            "edu_type": "m.direct_to_device",
-            "type": "m.direct_to_device",
-            "content": {
-                "sender": user.as_str(),
-                "type": event_type,
-                "message_id": random_string(24),
-                "messages": messages,
-            },
-        });
-        call.server.remote.send_edu(&std::collections::BTreeSet::from([server]), &edu)?;
-    }
-    let alloc = call.server.positions.allocate(1)?;
-    let done = Op::ToDeviceTxn {
-        user: user.clone(),
-        device: device.to_owned(),
-        event_type: event_type.to_owned(),
-        txn: txn.to_owned(),
+    let seed = format!("{user}\n{device}\n{event_type}\n{txn}");
+    let id_base =
+        crate::core::crypto::sha256(seed.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect::<String>();
+    // The check and the writes under the user's lock: two copies of one
+    // request arriving together deliver once. The position is held until
+    // the flush, so no sync shows a message before it is on disk.
+    let _alloc = {
+        let _guard = e2ee.lock(user);
+        if call.server.store.to_device_txn_done(user, device, event_type, txn)? {
+            return Ok(json!({}));
+        }
+        for (server, items) in remote {
+            let dests = std::collections::BTreeSet::from([server]);
+            for (n, chunk) in chunks(items).into_iter().enumerate() {
+                let mut messages = Object::new();
+                for (target, target_device, content, _) in chunk {
+                    let per_user = messages.entry(target.to_string()).or_insert_with(|| json!({}));
+                    per_user[target_device] = Value::Object(content);
+                }
+                let edu = json!({
+                    "edu_type": "m.direct_to_device",
+                    "type": "m.direct_to_device",
+                    "content": {
+                        "sender": user.as_str(),
+                        "type": event_type,
+                        "message_id": format!("{id_base}{n}"),
+                        "messages": messages,
+                    },
+                });
+                call.server.remote.send_edu(&dests, &edu)?;
+            }
+        }
+        let alloc = call.server.positions.allocate(1)?;
+        let done = Op::ToDeviceTxn {
+            user: user.clone(),
+            device: device.to_owned(),
+            event_type: event_type.to_owned(),
+            txn: txn.to_owned(),
+        };
+        local.write(alloc.first(), Some(done))?;
+        alloc
     };
-    local.write(alloc.first(), Some(done))?;
     call.server.store.flush().await?;
-    drop(alloc);
     Ok(json!({}))
+}
+
+/// Messages for one server in EDUs of at most `EDU_BYTES` of content
+/// (a message larger than that alone in its own).
+fn chunks(items: Vec<(UserId, String, Object, usize)>) -> Vec<Vec<(UserId, String, Object, usize)>> {
+    let mut out: Vec<Vec<(UserId, String, Object, usize)>> = vec![Vec::new()];
+    let mut size = 0;
+    for item in items {
+        if size + item.3 > EDU_BYTES && !out.last().is_some_and(Vec::is_empty) {
+            out.push(Vec::new());
+            size = 0;
+        }
+        size += item.3;
+        out.last_mut().expect("never empty").push(item);
+    }
+    out.retain(|c| !c.is_empty());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_for_a_server_are_split_into_edus_of_bounded_size() {
+        let user = UserId::parse("@u:other.test").unwrap();
+        let item = |size: usize| (user.clone(), "D".to_owned(), Object::new(), size);
+        let sizes = |chunks: Vec<Vec<(UserId, String, Object, usize)>>| -> Vec<Vec<usize>> {
+            chunks.into_iter().map(|c| c.into_iter().map(|i| i.3).collect()).collect()
+        };
+        assert_eq!(sizes(chunks(vec![item(10), item(20)])), [vec![10, 20]]);
+        let big = EDU_BYTES / 2 + 1;
+        assert_eq!(sizes(chunks(vec![item(big), item(big), item(10)])), [vec![big], vec![big, 10]]);
+        assert_eq!(sizes(chunks(vec![item(EDU_BYTES + 5), item(1)])), [vec![EDU_BYTES + 5], vec![1]]);
+        assert!(chunks(Vec::new()).is_empty());
+    }
 }

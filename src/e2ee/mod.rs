@@ -32,7 +32,9 @@ impl E2ee {
         E2ee { store, stripes: (0..STRIPES).map(|_| Mutex::new(())).collect() }
     }
 
-    fn lock(&self, user: &UserId) -> MutexGuard<'_, ()> {
+    /// Holds the user's key changes off while the caller reads and writes
+    /// (a to-device transaction's check and its write).
+    pub fn lock(&self, user: &UserId) -> MutexGuard<'_, ()> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         user.as_str().hash(&mut h);

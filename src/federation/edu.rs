@@ -120,8 +120,14 @@ pub fn presence_destinations(node: &Node, user: &UserId) -> BTreeSet<ServerName>
 /// EDUs from a `/send`. A user's EDU is accepted from the user's own
 /// server, or from the room's hub relaying it; the hub relays what its
 /// participants send.
-pub async fn receive(node: &Arc<Node>, origin: &ServerName, edus: &[Value]) {
-    let mut kept = false;
+///
+/// To-device messages are kept durably: a store failure there fails the
+/// whole transaction, so the sender sends it again (the messages' ids keep
+/// them from arriving twice).
+pub async fn receive(node: &Arc<Node>, origin: &ServerName, edus: &[Value]) -> Result<(), StoreError> {
+    // Positions held until the flush: no sync shows a message before it is
+    // on disk.
+    let mut kept = Vec::new();
     for e in edus {
         let edu = match Edu::deserialize(e) {
             Ok(edu) => edu,
@@ -136,10 +142,14 @@ pub async fn receive(node: &Arc<Node>, origin: &ServerName, edus: &[Value]) {
             "m.typing" => typing(node, origin, &content, e),
             "m.receipt" => receipts(node, origin, &content),
             "m.presence" => presence(node, origin, &content),
-            "m.direct_to_device" => {
-                kept = true;
-                direct_to_device(node, origin, &content)
-            }
+            "m.direct_to_device" => match direct_to_device(node, origin, &content) {
+                Ok(alloc) => {
+                    kept.extend(alloc);
+                    Ok(())
+                }
+                Err(ToDeviceRefused::Store(e)) => return Err(e),
+                Err(ToDeviceRefused::Bad(why)) => Err(why),
+            },
             _ => Ok(()),
         };
         if let Err(err) = result {
@@ -148,10 +158,21 @@ pub async fn receive(node: &Arc<Node>, origin: &ServerName, edus: &[Value]) {
     }
     // To-device messages are acknowledged with the transaction: on disk
     // first, so a crash loses none the sender thinks delivered.
-    if kept {
-        if let Err(e) = node.store.flush().await {
-            tracing::error!(error = %e, "to-device messages not flushed");
-        }
+    if !kept.is_empty() {
+        node.store.flush().await?;
+    }
+    Ok(())
+}
+
+enum ToDeviceRefused {
+    /// Malformed or not the origin's to send: ignored, as other EDUs.
+    Bad(String),
+    Store(StoreError),
+}
+
+impl From<StoreError> for ToDeviceRefused {
+    fn from(e: StoreError) -> Self {
+        ToDeviceRefused::Store(e)
     }
 }
 
@@ -245,18 +266,23 @@ fn presence(node: &Arc<Node>, origin: &ServerName, c: &Value) -> Result<(), Stri
 /// To-device messages from a user of `origin` to ours: into the devices'
 /// inboxes once per `message_id` (a transaction may come again when its
 /// answer was lost), with the mark in the same write.
-fn direct_to_device(node: &Arc<Node>, origin: &ServerName, c: &Value) -> Result<(), String> {
-    let text = |f: &str| c.get(f).and_then(Value::as_str).ok_or_else(|| format!("no {f}"));
-    let sender = UserId::parse(text("sender")?).map_err(|e| e.to_string())?;
+fn direct_to_device(
+    node: &Arc<Node>,
+    origin: &ServerName,
+    c: &Value,
+) -> Result<Option<crate::store::Allocation>, ToDeviceRefused> {
+    let bad = |why: String| ToDeviceRefused::Bad(why);
+    let text = |f: &str| c.get(f).and_then(Value::as_str).ok_or_else(|| bad(format!("no {f}")));
+    let sender = UserId::parse(text("sender")?).map_err(|e| bad(e.to_string()))?;
     if !sender.is_on(origin) {
-        return Err(format!("{sender} is not a user of {origin}"));
+        return Err(bad(format!("{sender} is not a user of {origin}")));
     }
     let (event_type, message_id) = (text("type")?, text("message_id")?);
     if message_id.chars().count() > 32 {
-        return Err("message_id longer than 32 characters".into());
+        return Err(bad("message_id longer than 32 characters".into()));
     }
-    if node.e2ee.seen(origin, message_id).map_err(|e| e.to_string())? {
-        return Ok(());
+    if node.e2ee.seen(origin, message_id)? {
+        return Ok(None);
     }
     let mut batch = node.e2ee.to_device_batch(sender.as_str(), event_type);
     for (user, devices) in c.get("messages").and_then(Value::as_object).into_iter().flatten() {
@@ -266,12 +292,17 @@ fn direct_to_device(node: &Arc<Node>, origin: &ServerName, c: &Value) -> Result<
         }
         for (device, content) in devices.as_object().into_iter().flatten() {
             if let Some(content) = content.as_object() {
-                batch.add(&user, device, content).map_err(|e| e.to_string())?;
+                batch.add(&user, device, content)?;
             }
         }
     }
-    let alloc = node.positions.allocate(1).map_err(|e| e.to_string())?;
+    if batch.is_empty() {
+        // Nothing here for it: no mark either, so a stranger's EDUs for no
+        // one leave nothing behind.
+        return Ok(None);
+    }
+    let alloc = node.positions.allocate(1)?;
     let mark = Op::ToDeviceSeen { origin: origin.clone(), message_id: message_id.to_owned(), ts: now_ms() };
-    batch.write(alloc.first(), Some(mark)).map_err(|e| e.to_string())?;
-    Ok(())
+    batch.write(alloc.first(), Some(mark))?;
+    Ok(Some(alloc))
 }

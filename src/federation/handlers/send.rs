@@ -56,7 +56,7 @@ pub async fn send(mut req: Req, txn: &str, v1: bool) -> Result<Value, Failure> {
     crate::crash::point("send.before_append");
     let started = std::time::Instant::now();
     let outcomes = process_pdus(&req, &pdus).await?;
-    crate::federation::edu::receive(&req.node, &req.origin, &edus).await;
+    crate::federation::edu::receive(&req.node, &req.origin, &edus).await?;
     let answer = wire::to_json(&TxnAnswer::new(v1, outcomes))?;
     let mut b = Batch::new();
     b.push(Op::PutTxnResponse {
