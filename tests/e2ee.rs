@@ -9,12 +9,7 @@ use common::*;
 use serde_json::{json, Value};
 
 fn device_keys(c: &Client, device: &str) -> Value {
-    json!({
-        "user_id": c.user_id, "device_id": device,
-        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
-        "keys": {format!("curve25519:{device}"): "curve", format!("ed25519:{device}"): "ed"},
-        "signatures": {c.user_id.as_str(): {format!("ed25519:{device}"): "self-signature"}},
-    })
+    common::keys::signed_device_keys(&c.user_id, device)
 }
 
 fn otk(n: u32) -> Value {
@@ -67,12 +62,19 @@ async fn keys_are_uploaded_queried_and_claimed_across_servers() {
         .call("POST", "/_matrix/client/v3/keys/upload", Some(json!({"device_keys": device_keys(&alice, "NOT_MINE")})))
         .await;
     assert_eq!((other.status, other.body["errcode"].as_str()), (400, Some("M_BAD_JSON")));
+    // Keys signed by another device's key are refused, and nothing is kept.
+    let mut forged = device_keys(&alice, "OTHER");
+    forged["device_id"] = json!(alice_device);
+    forged["keys"] = device_keys(&alice, &alice_device)["keys"].clone();
+    let forged = alice.call("POST", "/_matrix/client/v3/keys/upload", Some(json!({"device_keys": forged}))).await;
+    assert_eq!((forged.status, forged.body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{:?}", forged.body);
 
     // Bob, on another server, sees alice's device through his own.
     let q = json!({"device_keys": {alice.user_id.as_str(): []}});
     let seen = bob.ok("POST", "/_matrix/client/v3/keys/query", Some(q)).await;
     let keys = &seen["device_keys"][&alice.user_id][&alice_device];
-    assert_eq!(keys["keys"][format!("ed25519:{alice_device}")], "ed", "{seen}");
+    let own_key = common::keys::TestKey::new(&alice_device).public();
+    assert_eq!(keys["keys"][format!("ed25519:{alice_device}")], own_key.as_str(), "{seen}");
     assert!(keys["unsigned"].is_object());
     assert_eq!(seen["failures"], json!({}));
 

@@ -1,7 +1,7 @@
 //! Real Matrix client libraries against a hub and a follower: matrix-nio
 //! (Python) and matrix-js-sdk (Node), each running the same chat scenario
 //! (tests/clients/), once straight through and once with both servers
-//! restarted half-way. `scripts/test-all` installs the libraries and points
+//! restarted half-way; and matrix-js-sdk's encryption scenario. `scripts/test-all` installs the libraries and points
 //! LMX_NIO_PYTHON and LMX_JS_DIR at them.
 
 mod common;
@@ -21,6 +21,7 @@ fn client_command(kind: &str) -> Option<(String, Vec<String>)> {
         "nio" => {
             std::env::var("LMX_NIO_PYTHON").ok().map(|py| (py, vec![format!("{dir}/tests/clients/nio_scenario.py")]))
         }
+        "js-e2ee" => std::env::var("LMX_JS_DIR").ok().map(|js| ("node".to_owned(), vec![format!("{js}/e2ee.mjs")])),
         _ => std::env::var("LMX_JS_DIR").ok().map(|js| ("node".to_owned(), vec![format!("{js}/scenario.mjs")])),
     };
     if found.is_none() {
@@ -92,6 +93,9 @@ async fn scenario(kind: &str, pause: bool) {
     if pause {
         assert!(seen.iter().any(|l| l == "PAUSE"), "the servers were restarted mid-way");
     }
+    if kind == "js-e2ee" {
+        return;
+    }
     // The follower kept a bounded cache: some history came from the hub.
     let node = follower.node();
     let pruned = node
@@ -125,4 +129,12 @@ async fn matrix_js_sdk_scenario() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matrix_js_sdk_scenario_across_restarts() {
     scenario("js", true).await;
+}
+
+/// Encryption with matrix-js-sdk's Rust crypto: alice on the hub, bob on
+/// the follower, a megolm room both decrypt, a second device of alice's
+/// that learns of the room's keys, and to-device messages delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_js_sdk_encrypted_room() {
+    scenario("js-e2ee", false).await;
 }

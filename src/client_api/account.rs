@@ -240,27 +240,30 @@ pub fn whoami(call: Call) -> Result<Value, Failure> {
 
 /// Ends the session and deletes its device with the device's keys and
 /// inbox, as the spec has it: others stop encrypting to it.
-pub fn logout(call: Call) -> Result<Value, Failure> {
+pub async fn logout(call: Call) -> Result<Value, Failure> {
     let (user, device) = call.who()?;
     let hash = TokenHash::of(call.token.as_deref().unwrap_or_default());
     let mut b = Batch::new();
     b.push(Op::DeleteToken { hash, user: user.clone(), device: device.to_owned() });
     b.push(Op::DeleteDevice { user: user.clone(), device: device.to_owned() });
-    call.server.store.write(b)?;
+    let gone = [(device, crate::e2ee::DeviceChange::Deleted)];
+    super::keys::commit_device_changes(&call, user, &gone, b).await?;
     Ok(json!({}))
 }
 
 /// Ends every session of the user and deletes every device.
-pub fn logout_all(call: Call) -> Result<Value, Failure> {
+pub async fn logout_all(call: Call) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     let mut b = Batch::new();
-    for (device, _) in call.server.store.devices(user)? {
-        if let Some(hash) = call.server.store.device_token(user, &device)? {
+    let devices: Vec<String> = call.server.store.devices(user)?.into_iter().map(|(d, _)| d).collect();
+    for device in &devices {
+        if let Some(hash) = call.server.store.device_token(user, device)? {
             b.push(Op::DeleteToken { hash, user: user.clone(), device: device.clone() });
         }
-        b.push(Op::DeleteDevice { user: user.clone(), device });
+        b.push(Op::DeleteDevice { user: user.clone(), device: device.clone() });
     }
-    call.server.store.write(b)?;
+    let gone: Vec<_> = devices.iter().map(|d| (d.as_str(), crate::e2ee::DeviceChange::Deleted)).collect();
+    super::keys::commit_device_changes(&call, user, &gone, b).await?;
     Ok(json!({}))
 }
 

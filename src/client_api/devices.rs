@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 
 use super::Call;
 use crate::core::ids::UserId;
+use crate::e2ee::DeviceChange;
 use crate::store::records::DeviceRecord;
 use crate::store::{Batch, Op};
 use crate::sys::random_string;
@@ -43,7 +44,7 @@ pub fn get(call: Call, id: &str) -> Result<Value, Failure> {
     Ok(device_json(id, &find(&call, user, id)?))
 }
 
-pub fn update(call: Call, id: &str) -> Result<Value, Failure> {
+pub async fn update(call: Call, id: &str) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     let mut record = find(&call, user, id)?;
     let DeviceUpdate { display_name } = wire::read(&call.body)?;
@@ -52,13 +53,14 @@ pub fn update(call: Call, id: &str) -> Result<Value, Failure> {
     }
     let mut b = Batch::new();
     b.push(Op::PutDevice { user: user.clone(), device: id.to_owned(), record });
-    call.server.store.write(b)?;
+    // The device's owner sees names in `keys/query`: their devices re-read.
+    super::keys::commit_device_changes(&call, user, &[(id, DeviceChange::Updated { keys: None })], b).await?;
     Ok(json!({}))
 }
 
 /// User-interactive auth with `m.login.password`: a `401` with the flows
 /// until the body carries the user's password.
-async fn require_password(call: &Call, user: &UserId) -> Result<(), Failure> {
+pub(super) async fn require_password(call: &Call, user: &UserId) -> Result<(), Failure> {
     let Authenticated { auth } = wire::read(&call.body)?;
     let password = auth.filter(|a| a.kind == Some("m.login.password")).and_then(|a| a.password);
     let challenge =
@@ -86,7 +88,7 @@ pub async fn delete(call: Call, id: &str) -> Result<Value, Failure> {
     require_password(&call, user).await?;
     let mut b = Batch::new();
     delete_ops(&call, user, id, &mut b)?;
-    call.server.store.write(b)?;
+    super::keys::commit_device_changes(&call, user, &[(id, DeviceChange::Deleted)], b).await?;
     Ok(json!({}))
 }
 
@@ -104,9 +106,13 @@ pub async fn delete_many(call: Call) -> Result<Value, Failure> {
         .map(str::to_owned)
         .collect();
     let mut b = Batch::new();
-    for id in ids {
-        delete_ops(&call, user, &id, &mut b)?;
+    let known: std::collections::BTreeSet<String> =
+        call.server.store.devices(user)?.into_iter().map(|(d, _)| d).collect();
+    let mut changes = Vec::new();
+    for id in ids.iter().filter(|id| known.contains(*id)) {
+        delete_ops(&call, user, id, &mut b)?;
+        changes.push((id.as_str(), DeviceChange::Deleted));
     }
-    call.server.store.write(b)?;
+    super::keys::commit_device_changes(&call, user, &changes, b).await?;
     Ok(json!({}))
 }

@@ -2,7 +2,7 @@
 //! `/keys/claim`) and to-device messages (`/sendToDevice`). What the server
 //! decides is in `e2ee`; other servers' users are asked over federation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -10,9 +10,10 @@ use serde_json::{json, Value};
 use super::Call;
 use crate::core::ids::{ServerName, UserId};
 use crate::core::json::Object;
+use crate::e2ee::DeviceChange;
 use crate::e2ee::MAX_TO_DEVICE_BYTES;
 use crate::http::query_get;
-use crate::store::Op;
+use crate::store::{Allocation, Batch, Op};
 use crate::wire::client::{KeysClaim, KeysQuery, KeysUpload, SendToDevice};
 use crate::wire::{self, Failure};
 
@@ -25,10 +26,69 @@ const MAX_USERS: usize = 1_000;
 pub async fn upload(call: Call) -> Result<Value, Failure> {
     let (user, device) = call.who()?;
     let body: KeysUpload = wire::read(&call.body)?;
-    let counts = call.server.e2ee.upload(user, device, body)?;
+    let e2ee = &call.server.e2ee;
+    let (_alloc, dests) = {
+        let _guard = e2ee.lock(user);
+        let mut b = Batch::new();
+        let changed = e2ee.stage_upload(user, device, body, &mut b)?;
+        let told = match &changed {
+            Some(keys) => Some(stage_device_changes(
+                &call,
+                user,
+                &[(device, DeviceChange::Updated { keys: Some(keys) })],
+                &mut b,
+            )?),
+            None => None,
+        };
+        if !b.is_empty() {
+            call.server.store.write(b)?;
+        }
+        told.unzip()
+    };
+    call.server.remote.wake(&dests.unwrap_or_default());
     // Keys a client was told are kept must survive a crash.
     call.server.store.flush().await?;
+    let counts = e2ee.counts(user, device)?;
     Ok(json!({ "one_time_key_counts": counts.one_time }))
+}
+
+/// Writes `b` with the user's device changes (deletions, renames) and
+/// tells the servers sharing a room, durably.
+pub(super) async fn commit_device_changes(
+    call: &Call,
+    user: &UserId,
+    changes: &[(&str, DeviceChange<'_>)],
+    mut b: Batch,
+) -> Result<(), Failure> {
+    let (_alloc, dests) = {
+        let _guard = call.server.e2ee.lock(user);
+        let told = if changes.is_empty() { None } else { Some(stage_device_changes(call, user, changes, &mut b)?) };
+        call.server.store.write(b)?;
+        told.unzip()
+    };
+    call.server.remote.wake(&dests.unwrap_or_default());
+    call.server.store.flush().await?;
+    Ok(())
+}
+
+/// A local user's device changes staged in `b`: the list's next versions
+/// and their side entries, and `m.device_list_update` EDUs queued for every
+/// server sharing a room with the user. The caller holds the user's lock
+/// until `b` is written, then wakes the servers answered and keeps the
+/// positions until its flush.
+pub(super) fn stage_device_changes(
+    call: &Call,
+    user: &UserId,
+    changes: &[(&str, DeviceChange<'_>)],
+    b: &mut Batch,
+) -> Result<(Allocation, BTreeSet<ServerName>), Failure> {
+    let alloc = call.server.positions.allocate(changes.len() as u64)?;
+    let edus = call.server.e2ee.local_device_changes(user, changes, alloc.first(), b)?;
+    let dests = call.server.remote.sharing_servers(user);
+    for (pos, edu) in alloc.positions().zip(&edus) {
+        call.server.remote.queue_edu(&dests, pos, edu, b);
+    }
+    Ok((alloc, dests))
 }
 
 /// The timeout for other servers: the body's, else the query string's
@@ -53,16 +113,23 @@ fn by_server<T>(named: BTreeMap<&str, T>) -> Result<BTreeMap<ServerName, Vec<(Us
     Ok(out)
 }
 
+/// What other servers said of their users: one object per answer field
+/// asked for, and a `failures` entry for each that did not answer.
+struct Answers {
+    fields: BTreeMap<&'static str, Object>,
+    failures: Object,
+}
+
 /// Asks every other server named, side by side, within `timeout`: what
-/// each said of its own users under `field` (a server speaks for no one
-/// else), and a `failures` entry for each that did not answer.
+/// each said of its own users under `fields` (a server speaks for no one
+/// else).
 async fn ask_servers(
     call: &Call,
     what: &'static str,
-    field: &str,
+    fields: &[&'static str],
     requests: Vec<(ServerName, Value)>,
     timeout: Duration,
-) -> (Object, Object) {
+) -> Answers {
     let asks = requests.into_iter().map(|(server, body)| {
         let remote = call.server.remote.clone();
         async move {
@@ -70,47 +137,129 @@ async fn ask_servers(
             (server, answer)
         }
     });
-    let mut answers = Object::new();
-    let mut failures = Object::new();
+    let mut out = Answers { fields: fields.iter().map(|f| (*f, Object::new())).collect(), failures: Object::new() };
     for (server, answer) in futures_util::future::join_all(asks).await {
         match answer {
             Ok(v) => {
-                for (user, per_device) in v.get(field).and_then(Value::as_object).into_iter().flatten() {
-                    let own = UserId::parse(user).is_ok_and(|u| u.server_name() == server);
-                    if own && per_device.is_object() {
-                        answers.insert(user.clone(), per_device.clone());
+                for (field, into) in &mut out.fields {
+                    for (user, value) in v.get(*field).and_then(Value::as_object).into_iter().flatten() {
+                        let own = UserId::parse(user).is_ok_and(|u| u.server_name() == server);
+                        if own && value.is_object() {
+                            into.insert(user.clone(), value.clone());
+                        }
                     }
                 }
             }
             Err(why) => {
                 tracing::info!(%server, error = %why, what, "keys not fetched from another server");
-                failures.insert(server.to_string(), json!({"status": 503, "message": "server unreachable"}));
+                out.failures.insert(server.to_string(), json!({"status": 503, "message": "server unreachable"}));
             }
         }
     }
-    (answers, failures)
+    out
+}
+
+/// `keys/query`'s answer being built: device keys and cross-signing keys
+/// by user.
+#[derive(Default)]
+struct QueryAnswer {
+    device_keys: Object,
+    master_keys: Object,
+    self_signing_keys: Object,
+    user_signing_keys: Object,
+}
+
+impl QueryAnswer {
+    fn local(&mut self, call: &Call, asker: &UserId, user: &UserId, devices: &[&str]) -> Result<(), Failure> {
+        let e2ee = &call.server.e2ee;
+        self.device_keys.insert(user.to_string(), Value::Object(e2ee.device_keys(user, devices, true)?));
+        let mut kinds = vec![("master", &mut self.master_keys), ("self_signing", &mut self.self_signing_keys)];
+        // A user-signing key is its owner's alone.
+        if user == asker {
+            kinds.push(("user_signing", &mut self.user_signing_keys));
+        }
+        for (kind, into) in kinds {
+            if let Some(key) = e2ee.cross_signing_key(user, kind)? {
+                into.insert(user.to_string(), key);
+            }
+        }
+        Ok(())
+    }
+
+    fn cached(&mut self, user: &UserId, devices: &[&str], cache: crate::e2ee::CachedDevices) {
+        let keys: Object =
+            cache.devices.into_iter().filter(|(d, _)| devices.is_empty() || devices.contains(&d.as_str())).collect();
+        self.device_keys.insert(user.to_string(), Value::Object(keys));
+        for (key, into) in
+            [(cache.master_key, &mut self.master_keys), (cache.self_signing_key, &mut self.self_signing_keys)]
+        {
+            if let Some(key) = key {
+                into.insert(user.to_string(), key);
+            }
+        }
+    }
+
+    /// The asker's own signatures (by their user-signing key) on others'
+    /// master keys: shown to them alone.
+    fn add_own_signatures(&mut self, call: &Call, asker: &UserId) -> Result<(), Failure> {
+        for (user, key) in self.master_keys.iter_mut() {
+            let Ok(target) = UserId::parse(user) else { continue };
+            if &target != asker {
+                if let Some(signed) = call.server.e2ee.user_signatures(asker, &target)? {
+                    crate::e2ee::merge_signatures(key, &signed);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 pub async fn query(call: Call) -> Result<Value, Failure> {
-    call.who()?;
+    let (asker, _) = call.who()?;
     let KeysQuery { device_keys, timeout } = wire::read(&call.body)?;
     let timeout = remote_timeout(&call, timeout);
-    let mut out = Object::new();
+    let mut out = QueryAnswer::default();
     let mut remote = Vec::new();
     for (server, users) in by_server(device_keys)? {
         if server == call.server.name {
             for (user, devices) in users {
-                let keys = call.server.e2ee.device_keys(&user, &devices, true)?;
-                out.insert(user.to_string(), Value::Object(keys));
+                out.local(&call, asker, &user, &devices)?;
             }
-        } else {
-            let asked: Object = users.into_iter().map(|(u, d)| (u.to_string(), json!(d))).collect();
+            continue;
+        }
+        let mut asked = Object::new();
+        for (user, devices) in users {
+            // A cached list is current while its server's updates chain;
+            // a user not cached yet is fetched for next time.
+            match call.server.e2ee.cached_devices(&user)? {
+                Some(cache) => out.cached(&user, &devices, cache),
+                None => {
+                    call.server.remote.track_devices(&user);
+                    asked.insert(user.to_string(), json!(devices));
+                }
+            }
+        }
+        if !asked.is_empty() {
             remote.push((server, json!({ "device_keys": asked })));
         }
     }
-    let (answers, failures) = ask_servers(&call, "query", "device_keys", remote, timeout).await;
-    out.extend(answers);
-    Ok(json!({ "device_keys": out, "failures": failures }))
+    let fields = ["device_keys", "master_keys", "self_signing_keys"];
+    let mut answers = ask_servers(&call, "query", &fields, remote, timeout).await;
+    for (field, into) in [
+        ("device_keys", &mut out.device_keys),
+        ("master_keys", &mut out.master_keys),
+        ("self_signing_keys", &mut out.self_signing_keys),
+    ] {
+        into.extend(answers.fields.remove(field).unwrap_or_default());
+    }
+    out.add_own_signatures(&call, asker)?;
+    Ok(json!({
+        "device_keys": out.device_keys,
+        "master_keys": out.master_keys,
+        "self_signing_keys": out.self_signing_keys,
+        "user_signing_keys": out.user_signing_keys,
+        "failures": answers.failures,
+    }))
 }
 
 pub async fn claim(call: Call) -> Result<Value, Failure> {
@@ -139,9 +288,9 @@ pub async fn claim(call: Call) -> Result<Value, Failure> {
     }
     // A key handed out must stay handed out after a crash.
     call.server.store.flush().await?;
-    let (answers, failures) = ask_servers(&call, "claim", "one_time_keys", remote, timeout).await;
-    out.extend(answers);
-    Ok(json!({ "one_time_keys": out, "failures": failures }))
+    let mut answers = ask_servers(&call, "claim", &["one_time_keys"], remote, timeout).await;
+    out.extend(answers.fields.remove("one_time_keys").unwrap_or_default());
+    Ok(json!({ "one_time_keys": out, "failures": answers.failures }))
 }
 
 /// Messages an `m.direct_to_device` EDU carries at most, in bytes of

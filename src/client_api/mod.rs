@@ -3,6 +3,8 @@
 
 mod account;
 mod account_data;
+mod backup;
+mod cross_signing;
 mod deps;
 mod devices;
 mod directory;
@@ -186,12 +188,12 @@ async fn dispatch(method: &Method, rest: &[&str], call: Call) -> Result<Value, F
         (["register"], &M::POST) => account::register(call).await,
         (["register", "available"], &M::GET) => account::available(call),
         (["account", "whoami"], &M::GET) => account::whoami(call),
-        (["logout"], &M::POST) => account::logout(call),
-        (["logout", "all"], &M::POST) => account::logout_all(call),
+        (["logout"], &M::POST) => account::logout(call).await,
+        (["logout", "all"], &M::POST) => account::logout_all(call).await,
         (["capabilities"], &M::GET) => Ok(account::capabilities()),
         (["devices"], &M::GET) => devices::list(call),
         (["devices", id], &M::GET) => devices::get(call, id),
-        (["devices", id], &M::PUT) => devices::update(call, id),
+        (["devices", id], &M::PUT) => devices::update(call, id).await,
         (["devices", id], &M::DELETE) => devices::delete(call, id).await,
         (["delete_devices"], &M::POST) => devices::delete_many(call).await,
         (["profile", user], &M::GET) => profile::get(call, user, None),
@@ -252,10 +254,33 @@ async fn dispatch(method: &Method, rest: &[&str], call: Call) -> Result<Value, F
         (["keys", "query"], &M::POST) => keys::query(call).await,
         (["keys", "claim"], &M::POST) => keys::claim(call).await,
         (["sendToDevice", ty, txn], &M::PUT) => keys::send(call, ty, txn).await,
+        (["keys", "changes"], &M::GET) => sync::keys_changes(call),
+        (["keys", "device_signing", "upload"], &M::POST) => cross_signing::upload(call).await,
+        (["keys", "signatures", "upload"], &M::POST) => cross_signing::signatures(call).await,
+        (["room_keys", "version"], &M::POST) => backup::create(call).await,
+        (["room_keys", "version"], &M::GET) => backup::info(call, None),
+        (["room_keys", "version", v], &M::GET) => backup::info(call, Some(v)),
+        (["room_keys", "version", v], &M::PUT) => backup::update(call, v).await,
+        (["room_keys", "version", v], &M::DELETE) => backup::delete(call, v).await,
+        (["room_keys", "keys", scope @ ..], method) if scope.len() <= 2 => backup::keys(call, method, scope).await,
         // Known paths with another method.
-        (["login"] | ["register"] | ["createRoom"] | ["sync"] | ["joined_rooms"] | ["devices", ..], _) => {
-            Err(Failure::MethodNotAllowed)
-        }
+        (
+            ["login"]
+            | ["register"]
+            | ["createRoom"]
+            | ["sync"]
+            | ["joined_rooms"]
+            | ["devices", ..]
+            | ["keys", "upload" | "query" | "claim" | "changes"]
+            | ["keys", "device_signing" | "signatures", "upload"]
+            | ["room_keys", "version"]
+            | ["room_keys", "version", _]
+            | ["room_keys", "keys"]
+            | ["room_keys", "keys", _]
+            | ["room_keys", "keys", _, _]
+            | ["sendToDevice", _, _],
+            _,
+        ) => Err(Failure::MethodNotAllowed),
         (["rooms", _, "send" | "state" | "messages" | "invite" | "leave" | "join" | "kick" | "ban", ..], _) => {
             Err(Failure::MethodNotAllowed)
         }

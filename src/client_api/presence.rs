@@ -136,7 +136,7 @@ pub fn set_presence(call: &Call, user: &UserId, state: &str, status_msg: Option<
     call.server.ephemeral.set_presence(user, p.clone());
     if changed {
         record_side(&*call.server.store, &call.server.positions, Kind::PresenceUser(user.to_string()))?;
-        let dests = call.server.remote.presence_destinations(user);
+        let dests = call.server.remote.sharing_servers(user);
         call.server.remote.send_edu(&dests, &edu::presence_edu(user, &p))?;
     }
     Ok(())

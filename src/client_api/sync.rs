@@ -443,6 +443,7 @@ impl Syncer<'_> {
         }
         let (mut answer, mut empty) = self.answer_at(token, upto)?;
         let mut joined = Vec::new();
+        let mut members = MemberChanges::default();
         for (room, m) in &memberships {
             if !self.filter.rooms.allows_room(room.as_str()) || m.forgotten {
                 continue;
@@ -461,6 +462,10 @@ impl Syncer<'_> {
                 "join" => {
                     joined.push(room.clone());
                     let (items, limited) = self.timeline_since(room, since, next)?;
+                    if changed_membership {
+                        members.rooms_joined.push(room.clone());
+                    }
+                    members.read(&items);
                     let is_typing = changed(SideTopic::Typing(key))?;
                     let has_receipts = changed(SideTopic::Receipts(key))?;
                     let data_types = room_data.get(key);
@@ -483,6 +488,7 @@ impl Syncer<'_> {
                     empty = false;
                 }
                 "leave" | "ban" if changed_membership => {
+                    members.rooms_left.push(room.clone());
                     // Nothing after the user left (or was kicked or banned).
                     let (items, limited) = self.timeline_since(room, since, m.stream)?;
                     let events: Vec<Value> = items.iter().map(|i| i.event.clone()).collect();
@@ -515,7 +521,132 @@ impl Syncer<'_> {
             answer["presence"]["events"] = json!(self.presence_events(&changed));
             empty = false;
         }
+        let (changed, left) = self.device_lists(since, next, &joined, &members)?;
+        if !changed.is_empty() || !left.is_empty() {
+            answer["device_lists"] = json!({"changed": changed, "left": left});
+            empty = false;
+        }
         Ok((answer, empty))
+    }
+
+    /// Users whose device lists changed in `(since, upto]` and who share a
+    /// joined room with ours (ours among them), and users who newly share
+    /// one; and users who no longer share any. Clients encrypt to what this
+    /// says.
+    fn device_lists(
+        &self,
+        since: u64,
+        upto: u64,
+        joined: &[RoomId],
+        members: &MemberChanges,
+    ) -> Result<(BTreeSet<String>, BTreeSet<String>), Failure> {
+        let mut changed = BTreeSet::new();
+        for user in device_list_news(&self.call.server.store, since, upto)? {
+            if self.shares_a_room(&user, joined)? {
+                changed.insert(user.to_string());
+            }
+        }
+        for room in &members.rooms_joined {
+            if let Some(h) = self.call.server.rooms.get(room) {
+                changed.extend(h.view().state.joined_members().filter(|u| u != self.user).map(|u| u.to_string()));
+            }
+        }
+        changed.extend(members.joined.iter().filter(|u| *u != self.user).map(|u| u.to_string()));
+        let mut gone: BTreeSet<UserId> = members.left.clone();
+        for room in &members.rooms_left {
+            if let Some(h) = self.call.server.rooms.get(room) {
+                gone.extend(h.view().state.joined_members());
+            }
+        }
+        let mut left = BTreeSet::new();
+        for user in gone {
+            if &user != self.user && !self.shares_a_room(&user, joined)? {
+                changed.remove(user.as_str());
+                left.insert(user.to_string());
+            }
+        }
+        Ok((changed, left))
+    }
+}
+
+/// `GET keys/changes?from=&to=`: users whose device lists changed between
+/// two sync tokens and who share a room with the caller now.
+pub fn keys_changes(call: Call) -> Result<Value, Failure> {
+    let (user, device) = call.who()?;
+    let token = |name: &str| {
+        let t = query_get(&call.query, name).ok_or_else(|| Failure::MissingParam(format!("{name} is required")))?;
+        Token::parse(t).ok_or_else(|| Failure::invalid_param(format!("unknown {name} token")))
+    };
+    let (from, to) = (token("from")?, token("to")?);
+    let upto = to.pos.min(call.server.positions.watermark());
+    let filter = SyncFilter::default();
+    let s = Syncer { call: &call, user, device, filter: &filter };
+    let joined: Vec<RoomId> = call
+        .server
+        .store
+        .memberships(user)?
+        .into_iter()
+        .filter(|(_, m)| m.membership == "join")
+        .map(|(room, _)| room)
+        .collect();
+    let mut changed = BTreeSet::new();
+    for other in device_list_news(&call.server.store, from.pos, upto)? {
+        if s.shares_a_room(&other, &joined)? {
+            changed.insert(other.to_string());
+        }
+    }
+    Ok(json!({"changed": changed, "left": []}))
+}
+
+/// Device list side entries read per answer at most.
+const DEVICE_LIST_CHANGES: usize = 10_000;
+
+/// Users whose device lists changed in `(since, upto]`, as the side stream
+/// has them.
+pub(super) fn device_list_news(
+    store: &std::sync::Arc<dyn crate::store::Store>,
+    since: u64,
+    upto: u64,
+) -> Result<BTreeSet<UserId>, Failure> {
+    let mut users = BTreeSet::new();
+    for (_, side) in store.side_entries(SideTopic::Devices, since, upto, DEVICE_LIST_CHANGES)? {
+        if let Some(Kind::DeviceUser(u)) = side.kind {
+            users.extend(UserId::parse(&u).ok());
+        }
+    }
+    Ok(users)
+}
+
+/// Membership news in the timelines a sync shows: who joined or left the
+/// user's rooms, and which rooms the user joined or left.
+#[derive(Default)]
+struct MemberChanges {
+    joined: BTreeSet<UserId>,
+    left: BTreeSet<UserId>,
+    rooms_joined: Vec<RoomId>,
+    rooms_left: Vec<RoomId>,
+}
+
+impl MemberChanges {
+    fn read(&mut self, items: &[Item]) {
+        for item in items {
+            let e = &item.event;
+            if e["type"].as_str() != Some("m.room.member") {
+                continue;
+            }
+            let Some(user) = e["state_key"].as_str().and_then(|u| UserId::parse(u).ok()) else { continue };
+            match e["content"]["membership"].as_str() {
+                Some("join") => {
+                    self.left.remove(&user);
+                    self.joined.insert(user);
+                }
+                Some("leave" | "ban") => {
+                    self.joined.remove(&user);
+                    self.left.insert(user);
+                }
+                _ => {}
+            }
+        }
     }
 }
 

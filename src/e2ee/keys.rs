@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{json, Value};
 
 use super::E2ee;
+use crate::core::crypto::PublicKey;
 use crate::core::ids::UserId;
 use crate::core::json::{self, NumberPolicy, Object};
 use crate::store::records::{DeviceKeysRecord, FallbackKeyRecord, OneTimeKeyRecord};
@@ -54,39 +55,95 @@ fn unsigned_part(v: &Value) -> Value {
     v
 }
 
+/// Device keys must name the uploading user and device and carry the
+/// device's own signature with its ed25519 key.
+fn check_device_keys(user: &UserId, device: &str, keys: &Value) -> Result<(), Failure> {
+    let names = |f: &str| keys.get(f).and_then(Value::as_str);
+    if names("user_id") != Some(user.as_str()) || names("device_id") != Some(device) {
+        return Err(Failure::bad_json("device_keys must name the uploading user and device"));
+    }
+    let key_id = format!("ed25519:{device}");
+    let key = keys.get("keys").and_then(|k| k.get(&key_id)).and_then(Value::as_str);
+    let key = key.and_then(|k| PublicKey::from_base64(k).ok());
+    let Some(key) = key else {
+        return Err(Failure::invalid_param(format!("device_keys must hold the device's key {key_id}")));
+    };
+    if !super::signed_by(keys, user, &key_id, &key) {
+        return Err(Failure::invalid_param("device_keys are not signed by the device's own key"));
+    }
+    Ok(())
+}
+
 fn parse_stored(bytes: &[u8]) -> StoreResult<Value> {
     json::parse(bytes, NumberPolicy::Ieee754).map_err(|e| StoreError::Corrupt(format!("stored key: {e}")))
 }
 
 impl E2ee {
-    /// `/keys/upload`: device keys (only the uploading device's own),
-    /// one-time keys (kept until claimed) and fallback keys (one per
-    /// algorithm). Written, not yet flushed: the caller flushes before it
-    /// answers.
-    pub fn upload(&self, user: &UserId, device: &str, upload: KeysUpload) -> Result<KeyCounts, Failure> {
-        let _guard = self.lock(user);
-        let mut b = Batch::new();
+    /// `/keys/upload`'s writes put in `b`: device keys (only the uploading
+    /// device's own, signed by itself), one-time keys (kept until
+    /// claimed) and fallback keys (one per algorithm). Answers the
+    /// device's keys as now kept when they changed, so others are told.
+    /// The caller holds the user's lock until `b` is written.
+    pub fn stage_upload(
+        &self,
+        user: &UserId,
+        device: &str,
+        upload: KeysUpload,
+        b: &mut Batch,
+    ) -> Result<Option<Value>, Failure> {
+        let mut changed = None;
         if let Some(keys) = upload.device_keys {
-            let names = |f: &str| keys.get(f).and_then(Value::as_str);
-            if names("user_id") != Some(user.as_str()) || names("device_id") != Some(device) {
-                return Err(Failure::bad_json("device_keys must name the uploading user and device"));
+            let keys = Value::Object(keys);
+            check_device_keys(user, device, &keys)?;
+            let stored = self.store.device_keys(user, device)?.map(|k| parse_stored(&k.json)).transpose()?;
+            // A device uploads its keys again without the signatures others
+            // added (its self-signing key's): those are kept.
+            let mut kept = keys.clone();
+            if let Some(stored) = &stored {
+                if unsigned_part(stored) == unsigned_part(&keys) {
+                    kept = stored.clone();
+                    super::merge_signatures(&mut kept, &keys);
+                }
             }
-            let (json, _) = crate::store::stored_json(&keys);
-            if self.store.device_keys(user, device)?.is_none_or(|k| k.json != json) {
-                let keys = DeviceKeysRecord { json };
-                b.push(Op::PutDeviceKeys { user: user.clone(), device: device.to_owned(), keys });
+            if stored.as_ref() != Some(&kept) {
+                let (json, _) = crate::store::stored_json(kept.as_object().expect("an object"));
+                b.push(Op::PutDeviceKeys {
+                    user: user.clone(),
+                    device: device.to_owned(),
+                    keys: DeviceKeysRecord { json },
+                });
+                changed = Some(kept);
             }
         }
         if let Some(one_time) = upload.one_time_keys {
-            self.add_one_time_keys(user, device, one_time, &mut b)?;
+            self.add_one_time_keys(user, device, one_time, b)?;
         }
         if let Some(fallback) = upload.fallback_keys {
-            self.set_fallback_keys(user, device, fallback, &mut b)?;
+            self.set_fallback_keys(user, device, fallback, b)?;
         }
-        if !b.is_empty() {
-            self.store.write(b)?;
-        }
-        Ok(self.counts(user, device)?)
+        Ok(changed)
+    }
+
+    /// A device's keys with a signature added by the user's self-signing
+    /// key, put in `b` (the caller checked the signature).
+    pub fn stage_device_signature(
+        &self,
+        user: &UserId,
+        device: &str,
+        signed: &Value,
+        b: &mut Batch,
+    ) -> Result<Value, Failure> {
+        let stored = self.store.device_keys(user, device)?.ok_or_else(|| Failure::not_found("unknown device"))?;
+        let mut keys = parse_stored(&stored.json)?;
+        super::merge_signatures(&mut keys, signed);
+        let (json, _) = crate::store::stored_json(keys.as_object().expect("an object"));
+        b.push(Op::PutDeviceKeys { user: user.clone(), device: device.to_owned(), keys: DeviceKeysRecord { json } });
+        Ok(keys)
+    }
+
+    /// A device's stored keys.
+    pub fn device_keys_of(&self, user: &UserId, device: &str) -> StoreResult<Option<Value>> {
+        self.store.device_keys(user, device)?.map(|k| parse_stored(&k.json)).transpose()
     }
 
     fn add_one_time_keys(&self, user: &UserId, device: &str, keys: Object, b: &mut Batch) -> Result<(), Failure> {

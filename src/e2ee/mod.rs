@@ -3,6 +3,9 @@
 //! carries to-device messages. The keys are the devices' own signed JSON;
 //! the server checks who uploads them, never what they encrypt.
 
+mod backup;
+mod cross_signing;
+mod device_lists;
 mod keys;
 mod to_device;
 
@@ -14,6 +17,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::core::ids::UserId;
 use crate::store::Store;
 
+pub use backup::Scope as BackupScope;
+pub use cross_signing::{
+    merge_signatures, public_key as cross_signing_public_key, signed_by, KINDS as CROSS_SIGNING_KINDS,
+};
+pub use device_lists::{CachedDevices, DeviceChange, RemoteUpdate};
 pub use keys::{Claimed, KeyCounts, MAX_FALLBACK_KEYS, MAX_ONE_TIME_KEYS};
 pub use to_device::{Inbox, ToDeviceBatch, MAX_TO_DEVICE_BYTES, TO_DEVICE_PER_SYNC};
 
@@ -22,14 +30,30 @@ pub use to_device::{Inbox, ToDeviceBatch, MAX_TO_DEVICE_BYTES, TO_DEVICE_PER_SYN
 /// and two at once could hand one key out twice.
 const STRIPES: usize = 64;
 
+/// Device lists fetched at once, at most: past that an update's fetch is
+/// left out (its user's keys are asked for live until the next one).
+const MAX_RESYNCS: usize = 64;
+
 pub struct E2ee {
     store: Arc<dyn Store>,
     stripes: Vec<Mutex<()>>,
+    resyncing: Mutex<std::collections::HashSet<UserId>>,
 }
 
 impl E2ee {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        E2ee { store, stripes: (0..STRIPES).map(|_| Mutex::new(())).collect() }
+        E2ee { store, stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(), resyncing: Default::default() }
+    }
+
+    /// Whether a fetch of `user`'s device list may start now (none is
+    /// running for them, and few are running at all).
+    pub fn begin_resync(&self, user: &UserId) -> bool {
+        let mut running = self.resyncing.lock().unwrap_or_else(|p| p.into_inner());
+        running.len() < MAX_RESYNCS && running.insert(user.clone())
+    }
+
+    pub fn end_resync(&self, user: &UserId) {
+        self.resyncing.lock().unwrap_or_else(|p| p.into_inner()).remove(user);
     }
 
     /// Holds the user's key changes off while the caller reads and writes

@@ -21,6 +21,34 @@ fn setup() -> (Arc<dyn Store>, E2ee, UserId) {
     (store.clone(), E2ee::new(store), user)
 }
 
+impl E2ee {
+    /// An upload as `/keys/upload` makes it, written at once.
+    fn upload(&self, user: &UserId, device: &str, upload: KeysUpload) -> Result<KeyCounts, Failure> {
+        let _guard = self.lock(user);
+        let mut b = Batch::new();
+        self.stage_upload(user, device, upload, &mut b)?;
+        if !b.is_empty() {
+            self.store.write(b)?;
+        }
+        Ok(self.counts(user, device)?)
+    }
+}
+
+/// `keys` signed as `user`'s `key_id` with `seed`'s key.
+fn sign(mut keys: Value, user: &str, key_id: &str, seed: u8) -> Value {
+    let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+    let bytes =
+        crate::core::crypto::signing_bytes(keys.as_object().unwrap(), crate::core::json::Canonical::Matrix).unwrap();
+    use ed25519_dalek::Signer;
+    let sig = crate::core::crypto::b64_encode(&key.sign(&bytes).to_bytes());
+    keys["signatures"][user][key_id] = json!(sig);
+    keys
+}
+
+fn public(seed: u8) -> String {
+    crate::core::crypto::b64_encode(ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key().as_bytes())
+}
+
 fn object(v: Value) -> Object {
     v.as_object().unwrap().clone()
 }
@@ -84,8 +112,11 @@ fn an_upload_again_is_taken_and_a_changed_key_refused() {
 fn device_keys_are_the_devices_own_and_shown_with_the_servers_unsigned() {
     let (store, e, user) = setup();
     let keys = |device: &str| {
-        json!({"user_id": "@a:hub.test", "device_id": device, "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
-            "keys": {format!("ed25519:{device}"): "k"}, "signatures": {}, "unsigned": {"device_display_name": "forged"}})
+        let k = json!({"user_id": "@a:hub.test", "device_id": device, "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+            "keys": {format!("ed25519:{device}"): public(1)}, "signatures": {}});
+        let mut k = sign(k, "@a:hub.test", &format!("ed25519:{device}"), 1);
+        k["unsigned"] = json!({"device_display_name": "forged"});
+        k
     };
     let as_device = |device: &str, body: Value| {
         e.upload(
@@ -95,6 +126,10 @@ fn device_keys_are_the_devices_own_and_shown_with_the_servers_unsigned() {
         )
     };
     assert!(matches!(as_device("D2", keys("D1")), Err(Failure::BadJson(_))), "another device's keys");
+    let mut wrong = keys("D1");
+    wrong["keys"]["ed25519:D1"] = json!(public(2));
+    assert!(matches!(as_device("D1", wrong), Err(Failure::InvalidParam(_))), "signed by another key");
+    assert!(e.device_keys(&user, &[], true).unwrap().is_empty(), "nothing kept");
     as_device("D1", keys("D1")).unwrap();
     let mut b = Batch::new();
     let named = DeviceRecord { display_name: "phone".into(), ..Default::default() };

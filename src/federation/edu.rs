@@ -64,20 +64,26 @@ pub fn send_edu(node: &Arc<Node>, dests: &BTreeSet<ServerName>, edu: &Value) -> 
         return Ok(());
     }
     let alloc = node.positions.allocate(1)?;
-    let item = match edu.as_object().and_then(crate::core::json::object_canonical_in_both_forms) {
-        Some(bytes) => Item::EduCanonical(bytes),
-        None => Item::EduJson(serde_json::to_vec(edu).unwrap_or_default()),
-    };
     let mut b = Batch::new();
-    for d in dests {
-        b.push(Op::Enqueue { dest: d.clone(), pos: alloc.first(), item: QueueItem { item: Some(item.clone()) } });
-    }
+    queue_edu(dests, alloc.first(), edu, &mut b);
     node.store.write(b)?;
     drop(alloc);
     for d in dests {
         node.outbound.wake(node, d);
     }
     Ok(())
+}
+
+/// The writes that queue `edu` for each of `dests` at position `pos`, for
+/// a caller who commits them with its own (then wakes the destinations).
+pub fn queue_edu(dests: &BTreeSet<ServerName>, pos: u64, edu: &Value, b: &mut Batch) {
+    let item = match edu.as_object().and_then(crate::core::json::object_canonical_in_both_forms) {
+        Some(bytes) => Item::EduCanonical(bytes),
+        None => Item::EduJson(serde_json::to_vec(edu).unwrap_or_default()),
+    };
+    for d in dests {
+        b.push(Op::Enqueue { dest: d.clone(), pos, item: QueueItem { item: Some(item.clone()) } });
+    }
 }
 
 fn joined_servers(view: &RoomView) -> BTreeSet<ServerName> {
@@ -94,10 +100,11 @@ pub fn room_destinations(node: &Node, view: &RoomView, except: Option<&ServerNam
     out
 }
 
-/// Servers sharing a room with `user` (a local user), for presence. The
+/// Servers sharing a room with `user` (a local user): where presence and
+/// device list changes go. The
 /// user's own memberships name the rooms, so rooms they are not in stay at
 /// rest.
-pub fn presence_destinations(node: &Node, user: &UserId) -> BTreeSet<ServerName> {
+pub fn sharing_servers(node: &Node, user: &UserId) -> BTreeSet<ServerName> {
     let mut out = BTreeSet::new();
     let joined = match node.store.memberships(user) {
         Ok(m) => m.into_iter().filter(|(_, m)| m.membership == "join").map(|(room, _)| room),
@@ -142,6 +149,20 @@ pub async fn receive(node: &Arc<Node>, origin: &ServerName, edus: &[Value]) -> R
             "m.typing" => typing(node, origin, &content, e),
             "m.receipt" => receipts(node, origin, &content),
             "m.presence" => presence(node, origin, &content),
+            "m.device_list_update" | "m.signing_key_update" => {
+                let taken = if kind == "m.device_list_update" {
+                    super::device_lists::device_list_update(node, origin, &content)?
+                } else {
+                    super::device_lists::signing_key_update(node, origin, &content)?
+                };
+                match taken {
+                    super::device_lists::Outcome::Taken(alloc) => {
+                        kept.extend(alloc);
+                        Ok(())
+                    }
+                    super::device_lists::Outcome::Refused(why) => Err(why),
+                }
+            }
             "m.direct_to_device" => match direct_to_device(node, origin, &content) {
                 Ok(alloc) => {
                     kept.extend(alloc);

@@ -129,6 +129,7 @@ enum Endpoint {
     SendMembership(&'static str, String),
     UserKeysQuery,
     UserKeysClaim,
+    UserDevices(String),
 }
 
 fn allow(method: &Method, want: Method) -> Result<(), Failure> {
@@ -222,6 +223,10 @@ fn endpoint(method: &Method, segs: &[String]) -> Result<Option<Endpoint>, Failur
             allow(method, Method::POST)?;
             UserKeysClaim
         }
+        (_, Some(["v1", "user", "devices", user])) => {
+            allow(method, Method::GET)?;
+            UserDevices(user.to_string())
+        }
         _ => return Ok(None),
     };
     Ok(Some(ep))
@@ -300,6 +305,7 @@ impl FedHandler {
             Endpoint::SendMembership(kind, txn) => handlers::membership::send(req, kind, &txn).await,
             Endpoint::UserKeysQuery => handlers::e2ee::keys_query(req),
             Endpoint::UserKeysClaim => handlers::e2ee::keys_claim(req).await,
+            Endpoint::UserDevices(user) => handlers::e2ee::user_devices(req, &user),
         }?;
         Ok(crate::http::json_response(StatusCode::OK, &answer))
     }

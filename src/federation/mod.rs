@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod dag;
+pub mod device_lists;
 pub mod discovery;
 pub mod edu;
 pub mod fetch;

@@ -95,8 +95,27 @@ impl Remote {
         super::edu::room_destinations(&self.0, view, except)
     }
 
-    /// Servers sharing a room with a local user, for presence.
-    pub fn presence_destinations(&self, user: &UserId) -> BTreeSet<ServerName> {
-        super::edu::presence_destinations(&self.0, user)
+    /// Servers sharing a room with a local user: where presence and device
+    /// list changes go.
+    pub fn sharing_servers(&self, user: &UserId) -> BTreeSet<ServerName> {
+        super::edu::sharing_servers(&self.0, user)
+    }
+
+    /// The writes queueing `edu` for `dests` at `pos`, committed by the
+    /// caller with its own; `wake` them after.
+    pub fn queue_edu(&self, dests: &BTreeSet<ServerName>, pos: u64, edu: &Value, b: &mut crate::store::Batch) {
+        super::edu::queue_edu(dests, pos, edu, b)
+    }
+
+    pub fn wake(&self, dests: &BTreeSet<ServerName>) {
+        for d in dests {
+            self.0.outbound.wake(&self.0, d);
+        }
+    }
+
+    /// Fetches a remote user's device list now if none is cached (a local
+    /// user asked for their keys, so they will be tracked).
+    pub fn track_devices(&self, user: &UserId) {
+        super::device_lists::resync(&self.0, user.clone())
     }
 }

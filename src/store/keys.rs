@@ -40,6 +40,7 @@ pub mod table {
     pub const TO_DEVICE_TXN: u8 = b'N';
     pub const ROOM_STREAM: u8 = b'y';
     pub const SIDE_TOPIC: u8 = b'j';
+    pub const USER_KEY: u8 = b'E';
     pub const META: u8 = b'_';
 }
 
@@ -267,6 +268,20 @@ pub fn to_device_txn(user: &str, device: &str, event_type: &str, txn: &str) -> V
 
 pub fn alias(alias: &str) -> Vec<u8> {
     Key::new(table::ALIAS).s(alias).build()
+}
+
+/// `(user, kind, a, b) → UserKeyEntry`: a user's encryption objects.
+pub fn user_key(user: &str, kind: &str, a: &str, b: &str) -> Vec<u8> {
+    Key::new(table::USER_KEY).s(user).s(kind).s(a).s(b).build()
+}
+
+/// Every `(a, b)` of one kind, or of one `a` of it.
+pub fn user_key_prefix(user: &str, kind: &str, a: Option<&str>) -> Vec<u8> {
+    let k = Key::new(table::USER_KEY).s(user).s(kind);
+    match a {
+        Some(a) => k.s(a).build(),
+        None => k.build(),
+    }
 }
 
 /// `(topic, position) → side entry`: the side stream by what it is about.

@@ -7,7 +7,7 @@ use super::kv::{prefix_end, BoxFuture, Entries, Kv, KvWrite};
 use super::records::{
     AccessToken, AliasRecord, ClientTxn, DestinationState, DeviceKeysRecord, DeviceRecord, EventRecord,
     FallbackKeyRecord, Membership, OneTimeKeyRecord, PendingLpdu, QueueItem, Receipt, RoomRecord, ServerKeys,
-    SideEntry, StateSnapshot, ToDeviceRecord, TxnResponse, UserRecord,
+    SideEntry, StateSnapshot, ToDeviceRecord, TxnResponse, UserKeyEntry, UserRecord,
 };
 use super::{Batch, Op, SideTopic, Store, StoreError, StoreResult, StreamEntry, TokenHash, FORMAT_VERSION};
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
@@ -343,6 +343,30 @@ impl<K: Kv> Store for KvStore<K> {
             .collect()
     }
 
+    fn user_key(&self, user: &UserId, kind: &str, a: &str, b: &str) -> StoreResult<Option<UserKeyEntry>> {
+        self.get(&keys::user_key(user.as_str(), kind, a, b))
+    }
+
+    fn user_keys(
+        &self,
+        user: &UserId,
+        kind: &str,
+        a: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, String, UserKeyEntry)>> {
+        self.prefix(&keys::user_key_prefix(user.as_str(), kind, a), false, limit)?
+            .iter()
+            .map(|(k, v)| {
+                let mut r = KeyReader::new(k);
+                r.s();
+                r.s();
+                let a = r.s().ok_or_else(|| corrupt(k))?.to_owned();
+                let b = r.s().ok_or_else(|| corrupt(k))?.to_owned();
+                Ok((a, b, decode(k, v)?))
+            })
+            .collect()
+    }
+
     fn one_time_keys(&self, user: &UserId, device: &str) -> StoreResult<Vec<(String, String, OneTimeKeyRecord)>> {
         self.prefix(&keys::one_time_key_prefix(user.as_str(), device), false, usize::MAX)?
             .iter()
@@ -552,6 +576,19 @@ impl<K: Kv> Store for KvStore<K> {
                 Op::PutFallbackKey { user, device, algorithm, key } => {
                     writes.push(put(keys::fallback_key(user.as_str(), &device, &algorithm), &key))
                 }
+                Op::PutUserKey { user, kind, a, b, entry } => {
+                    writes.push(put(keys::user_key(user.as_str(), &kind, &a, &b), &entry))
+                }
+                Op::DeleteUserKeys { user, kind, a, b } => match (a, b) {
+                    (Some(a), Some(b)) => writes.push(KvWrite::Delete(keys::user_key(user.as_str(), &kind, &a, &b))),
+                    (a, _) => {
+                        for (k, _) in
+                            self.prefix(&keys::user_key_prefix(user.as_str(), &kind, a.as_deref()), false, usize::MAX)?
+                        {
+                            writes.push(KvWrite::Delete(k));
+                        }
+                    }
+                },
                 Op::PutToDevice { user, device, pos, message } => {
                     writes.push(put(keys::to_device(user.as_str(), &device, pos), &message))
                 }

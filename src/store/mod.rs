@@ -25,7 +25,7 @@ pub mod records {
 use records::{
     AccessToken, AliasRecord, ClientTxn, DestinationState, DeviceKeysRecord, DeviceRecord, EventRecord,
     FallbackKeyRecord, Membership, OneTimeKeyRecord, PendingLpdu, QueueItem, Receipt, RoomRecord, ServerKeys,
-    SideEntry, StateSnapshot, ToDeviceRecord, TxnResponse, UserRecord,
+    SideEntry, StateSnapshot, ToDeviceRecord, TxnResponse, UserKeyEntry, UserRecord,
 };
 
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
@@ -234,6 +234,22 @@ pub enum Op {
         device: String,
         up_to: u64,
     },
+    /// A user's encryption object (`kind`, `a`, `b` name it).
+    PutUserKey {
+        user: UserId,
+        kind: String,
+        a: String,
+        b: String,
+        entry: UserKeyEntry,
+    },
+    /// Removes one object (`b` given), every one under `a`, or every one
+    /// of the kind.
+    DeleteUserKeys {
+        user: UserId,
+        kind: String,
+        a: Option<String>,
+        b: Option<String>,
+    },
     /// Global (`room: None`) or room account data, as JSON text.
     PutAccountData {
         user: UserId,
@@ -387,6 +403,16 @@ pub trait Store: Send + Sync + 'static {
         upto: u64,
         limit: usize,
     ) -> StoreResult<Vec<(u64, ToDeviceRecord)>>;
+    fn user_key(&self, user: &UserId, kind: &str, a: &str, b: &str) -> StoreResult<Option<UserKeyEntry>>;
+    /// A user's objects of one kind (under one `a` if given): `(a, b, entry)`
+    /// in key order, at most `limit`.
+    fn user_keys(
+        &self,
+        user: &UserId,
+        kind: &str,
+        a: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, String, UserKeyEntry)>>;
     /// One topic's side-stream entries in `(after, upto]`, ascending, at
     /// most `limit`.
     fn side_entries(

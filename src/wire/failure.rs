@@ -51,6 +51,9 @@ pub enum Failure {
     LimitExceeded { why: String, retry_after_ms: u64 },
     #[error("too large: {0}")]
     TooLarge(String),
+    /// Key backup written to a version that is not the current one (named).
+    #[error("backup version {0} is the current one")]
+    WrongRoomKeysVersion(String),
     /// A hub's request sent to a server that is not the room's hub.
     #[error("not the hub; the hub is {hub}")]
     WrongServer { hub: String },

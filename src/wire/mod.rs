@@ -102,6 +102,10 @@ pub fn answer(surface: Surface, failure: &Failure) -> Answer {
             (S::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED", why.clone())
         }
         F::TooLarge(m) => (S::PAYLOAD_TOO_LARGE, "M_TOO_LARGE", m.clone()),
+        F::WrongRoomKeysVersion(current) => {
+            extra.insert("current_version".into(), json!(current));
+            (S::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION", "Wrong backup version".into())
+        }
         F::WrongServer { hub } => {
             extra.insert("hub_server".into(), json!(hub));
             (S::BAD_REQUEST, "M_WRONG_SERVER", "This server is not the room's hub".into())

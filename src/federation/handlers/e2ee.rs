@@ -1,6 +1,8 @@
-//! Other servers asking for our users' device keys (`user/keys/query`)
-//! and one-time keys (`user/keys/claim`). Only users of this server may be
-//! named; a request naming another's is refused whole.
+//! Other servers asking for our users' device keys (`user/keys/query`,
+//! with their master and self-signing keys), one-time keys
+//! (`user/keys/claim`) and whole device lists (`user/devices`). Only users
+//! of this server may be named; a request naming another's is refused
+//! whole.
 
 use serde_json::{json, Value};
 
@@ -26,13 +28,28 @@ pub fn keys_query(req: Req) -> Result<Value, Failure> {
     if device_keys.len() > MAX_USERS {
         return Err(Failure::too_large(format!("at most {MAX_USERS} users a request")));
     }
-    let mut out = Object::new();
+    let (mut out, mut masters, mut self_signing) = (Object::new(), Object::new(), Object::new());
     for (user, devices) in device_keys {
         let user = local_user(&req, user)?;
         // Device names stay on this server, as Synapse keeps them by default.
         out.insert(user.to_string(), Value::Object(req.node.e2ee.device_keys(&user, &devices, false)?));
+        for (kind, into) in [("master", &mut masters), ("self_signing", &mut self_signing)] {
+            if let Some(key) = req.node.e2ee.cross_signing_key(&user, kind)? {
+                into.insert(user.to_string(), key);
+            }
+        }
     }
-    Ok(json!({ "device_keys": out }))
+    Ok(json!({ "device_keys": out, "master_keys": masters, "self_signing_keys": self_signing }))
+}
+
+/// `GET user/devices/{userId}`: a local user's whole device list and its
+/// version, for a server that saw a gap in its updates.
+pub fn user_devices(req: Req, user: &str) -> Result<Value, Failure> {
+    let user = local_user(&req, user)?;
+    if req.node.store.user(&user)?.is_none() {
+        return Err(Failure::not_found("Unknown user"));
+    }
+    Ok(req.node.e2ee.devices_answer(&user)?)
 }
 
 pub async fn keys_claim(req: Req) -> Result<Value, Failure> {
