@@ -401,6 +401,11 @@ async fn moderation_knocks_aliases_and_redactions() {
     let ev = alice.ok("GET", &format!("/_matrix/client/v3/rooms/{r}/event/{}", enc(&id)), None).await;
     assert_eq!(ev["content"], json!({}));
     assert_eq!(ev["unsigned"]["redacted_because"]["content"]["reason"], "oops");
+    // Clients find what a redaction redacts at its top level.
+    assert_eq!(ev["unsigned"]["redacted_because"]["redacts"], id.as_str());
+    let red_id = red["event_id"].as_str().unwrap();
+    let red_ev = alice.ok("GET", &format!("/_matrix/client/v3/rooms/{r}/event/{}", enc(red_id)), None).await;
+    assert_eq!(red_ev["redacts"], id.as_str(), "{red_ev}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

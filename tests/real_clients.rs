@@ -21,6 +21,9 @@ fn client_command(kind: &str) -> Option<(String, Vec<String>)> {
         "nio" => {
             std::env::var("LMX_NIO_PYTHON").ok().map(|py| (py, vec![format!("{dir}/tests/clients/nio_scenario.py")]))
         }
+        "nio-e2ee" => {
+            std::env::var("LMX_NIO_PYTHON").ok().map(|py| (py, vec![format!("{dir}/tests/clients/nio_e2ee.py")]))
+        }
         "js-e2ee" => std::env::var("LMX_JS_DIR").ok().map(|js| ("node".to_owned(), vec![format!("{js}/e2ee.mjs")])),
         _ => std::env::var("LMX_JS_DIR").ok().map(|js| ("node".to_owned(), vec![format!("{js}/scenario.mjs")])),
     };
@@ -93,7 +96,7 @@ async fn scenario(kind: &str, pause: bool) {
     if pause {
         assert!(seen.iter().any(|l| l == "PAUSE"), "the servers were restarted mid-way");
     }
-    if kind == "js-e2ee" {
+    if kind.ends_with("e2ee") {
         return;
     }
     // The follower kept a bounded cache: some history came from the hub.
@@ -129,6 +132,12 @@ async fn matrix_js_sdk_scenario() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matrix_js_sdk_scenario_across_restarts() {
     scenario("js", true).await;
+}
+
+/// Encryption with matrix-nio (vodozemac): the same as below.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_nio_encrypted_room() {
+    scenario("nio-e2ee", false).await;
 }
 
 /// Encryption with matrix-js-sdk's Rust crypto: alice on the hub, bob on

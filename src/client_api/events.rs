@@ -24,6 +24,14 @@ pub fn client_event(obj: &Object, id: &EventId) -> Value {
             e.insert(k.into(), v.clone());
         }
     }
+    // Clients read `redacts` at the top level (where versions up to 10 put
+    // it); later versions keep it in the content, and servers copy it up.
+    if obj.get("type").and_then(Value::as_str) == Some("m.room.redaction") {
+        let redacts = obj.get("redacts").or_else(|| obj.get("content").and_then(|c| c.get("redacts")));
+        if let Some(r) = redacts.filter(|r| r.is_string()) {
+            e.insert("redacts".into(), r.clone());
+        }
+    }
     e.insert("event_id".into(), json!(id.as_str()));
     let ts = obj.get("origin_server_ts").and_then(Value::as_i64).unwrap_or(0);
     e.insert("unsigned".into(), json!({ "age": super::rooms::age_of(ts) }));
@@ -92,22 +100,36 @@ pub fn joined_rooms(call: Call) -> Result<Value, Failure> {
 /// `GET /rooms/{roomId}/event/{eventId}`.
 pub async fn event(call: Call, room: &str, id: &str) -> Result<Value, Failure> {
     let view = readable_room(&call, room)?;
-    let id = EventId::parse(id).map_err(|_| Failure::not_found("Event not found"))?;
+    let (user, _) = call.who()?;
+    let reader = call.server.remote.reader(&view, user).await?;
+    let not_found = || Failure::not_found("Event not found");
+    let id = EventId::parse(id).map_err(|_| not_found())?;
     let rec = call.server.store.event(&id)?.filter(|r| r.room_id == view.room_id.as_str());
     if rec.is_some_and(|r| r.pruned) {
-        let got = super::messages::fetch_from_hub(&call.server, &view, std::slice::from_ref(&id)).await?;
-        return got.into_iter().next().map(|(_, e)| e).ok_or_else(|| Failure::not_found("Event not found"));
+        let pdus = call.server.remote.backfill(&view, &id, 1).await.map_err(Failure::Remote)?;
+        let pdu = pdus.into_iter().find(|p| p.event_id() == &id).ok_or_else(not_found)?;
+        // History the user may not read is not theirs to know of.
+        return if reader.sees(&pdu)? { Ok(client_event(pdu.json(), pdu.event_id())) } else { Err(not_found()) };
     }
-    load_client_event(&call.server, &id)?.ok_or_else(|| Failure::not_found("Event not found"))
+    if !super::messages::may_read(&call.server, &reader, &view, &id)? {
+        return Err(not_found());
+    }
+    load_client_event(&call.server, &id)?.ok_or_else(not_found)
 }
 
 /// `GET /rooms/{roomId}/context/{eventId}`: events around one, and the
 /// state at the end.
-pub fn context(call: Call, room: &str, id: &str) -> Result<Value, Failure> {
+pub async fn context(call: Call, room: &str, id: &str) -> Result<Value, Failure> {
     let view = readable_room(&call, room)?;
+    let (user, _) = call.who()?;
+    let reader = call.server.remote.reader(&view, user).await?;
+    let readable = |id: &EventId| super::messages::may_read(&call.server, &reader, &view, id);
     let id = EventId::parse(id).map_err(|_| Failure::not_found("Event not found"))?;
     let rec = call.server.store.event(&id)?.filter(|r| r.room_id == view.room_id.as_str() && !r.outlier);
     let rec = rec.ok_or_else(|| Failure::not_found("Event not found"))?;
+    if !readable(&id)? {
+        return Err(Failure::not_found("Event not found"));
+    }
     let event = load_client_event(&call.server, &id)?.ok_or_else(|| Failure::not_found("Event not found"))?;
     let limit = query_get(&call.query, "limit").and_then(|l| l.parse::<u64>().ok()).unwrap_or(10).min(100);
     let before_n = limit / 2;
@@ -115,6 +137,9 @@ pub fn context(call: Call, room: &str, id: &str) -> Result<Value, Failure> {
     let load = |ids: Vec<EventId>| -> Result<Vec<Value>, Failure> {
         let mut out = Vec::new();
         for i in &ids {
+            if !readable(i)? {
+                continue;
+            }
             if let Some(e) = load_client_event(&call.server, i)? {
                 out.push(e);
             }

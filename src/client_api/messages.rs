@@ -16,21 +16,10 @@ use super::Call;
 use super::ClientDeps;
 use crate::core::ids::EventId;
 use crate::core::rooms::StateView;
+use crate::federation::handlers::visibility::Viewer;
 use crate::http::query_get;
 use crate::room::RoomView;
 use crate::wire::Failure;
-
-/// Events of the room fetched from its hub, in client format, by id:
-/// `ids` must be a run of consecutive list events (oldest first).
-pub async fn fetch_from_hub(
-    server: &ClientDeps,
-    view: &RoomView,
-    ids: &[EventId],
-) -> Result<Vec<(EventId, Value)>, Failure> {
-    let Some(last) = ids.last() else { return Ok(Vec::new()) };
-    let pdus = server.remote.backfill(view, last, ids.len()).await.map_err(Failure::Remote)?;
-    Ok(pdus.iter().map(|p| (p.event_id().clone(), super::events::client_event(p.json(), p.event_id()))).collect())
-}
 
 /// Events one request looks at, whatever its filter lets through: a filter
 /// that matches nothing gets a short page and a token to go on from.
@@ -71,9 +60,18 @@ fn shared_history(view: &RoomView) -> bool {
     vis == "shared" || vis == "world_readable"
 }
 
+/// Whether `user`'s `reader` lets them see the stored event `id`.
+pub fn may_read(server: &ClientDeps, reader: &Viewer<'_>, view: &RoomView, id: &EventId) -> Result<bool, Failure> {
+    match crate::room::load::load_pdu(&server.store, view.version, id)? {
+        Some(pdu) => reader.sees(&pdu),
+        None => Ok(false),
+    }
+}
+
 pub async fn messages(call: Call, room: &str) -> Result<Value, Failure> {
     let view = readable_room(&call, room)?;
     let (user, _) = call.who()?;
+    let reader = call.server.remote.reader(&view, user).await?;
     let forward = query_get(&call.query, "dir") == Some("f");
     let limit = query_get(&call.query, "limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(10).clamp(1, 1000);
     let filter_json = filter::resolve(&call, user, query_get(&call.query, "filter"))?;
@@ -88,9 +86,11 @@ pub async fn messages(call: Call, room: &str) -> Result<Value, Failure> {
         _ => None,
     });
     let page = match (from, forward) {
-        (Token::Local(i), true) => forward_page(&call, &view, i.min(view.length), limit, to, &filter)?,
-        (Token::Local(i), false) => backward_page(&call, &view, i.min(view.length), limit, to, &filter).await?,
-        (Token::Remote(id), false) => remote_page(&call.server, &view, &id, limit, &filter).await?,
+        (Token::Local(i), true) => forward_page(&call, &view, &reader, i.min(view.length), limit, to, &filter)?,
+        (Token::Local(i), false) => {
+            backward_page(&call, &view, &reader, i.min(view.length), limit, to, &filter).await?
+        }
+        (Token::Remote(id), false) => remote_page(&call.server, &view, &reader, &id, limit, &filter).await?,
         (Token::Remote(_), true) => {
             Page { chunk: Vec::new(), start: query_get(&call.query, "from").unwrap_or("").into(), end: None }
         }
@@ -111,6 +111,7 @@ struct Page {
 fn forward_page(
     call: &Call,
     view: &RoomView,
+    reader: &Viewer<'_>,
     from: u64,
     limit: usize,
     to: Option<u64>,
@@ -123,6 +124,9 @@ fn forward_page(
         let end = (at + limit as u64).min(stop);
         for id in call.server.store.list(&view.room_id, at, end)? {
             at += 1;
+            if !may_read(&call.server, reader, view, &id)? {
+                continue;
+            }
             if let Some(e) = load_client_event(&call.server, &id)?.filter(|e| f.allows(e)) {
                 chunk.push(e);
                 if chunk.len() == limit {
@@ -138,6 +142,7 @@ fn forward_page(
 async fn backward_page(
     call: &Call,
     view: &RoomView,
+    reader: &Viewer<'_>,
     from: u64,
     limit: usize,
     to: Option<u64>,
@@ -150,7 +155,7 @@ async fn backward_page(
         let start = at.saturating_sub(limit as u64).max(floor);
         let ids = call.server.store.list(&view.room_id, start, at)?;
         // Events a follower pruned are fetched back from the hub.
-        let mut fetched: HashMap<EventId, Value> = HashMap::new();
+        let mut fetched: HashMap<EventId, (Value, bool)> = HashMap::new();
         let pruned: Vec<EventId> = ids
             .iter()
             .filter(|id| call.server.store.event(id).ok().flatten().is_some_and(|r| r.pruned))
@@ -159,7 +164,11 @@ async fn backward_page(
         if !pruned.is_empty() {
             let run_end = ids.iter().rposition(|id| pruned.contains(id)).unwrap_or(0);
             let run_start = ids.iter().position(|id| pruned.contains(id)).unwrap_or(0);
-            fetched.extend(fetch_from_hub(&call.server, view, &ids[run_start..=run_end]).await?);
+            let pdus = call.server.remote.backfill(view, &ids[run_end], run_end - run_start + 1).await;
+            for p in pdus.map_err(Failure::Remote)? {
+                let seen = reader.sees(&p)?;
+                fetched.insert(p.event_id().clone(), (super::events::client_event(p.json(), p.event_id()), seen));
+            }
         }
         let mut taken = 0;
         for id in ids.iter().rev() {
@@ -168,8 +177,9 @@ async fn backward_page(
             }
             taken += 1;
             let e = match fetched.remove(id) {
-                Some(e) => Some(e),
-                None => load_client_event(&call.server, id)?,
+                Some((e, seen)) => seen.then_some(e),
+                None if may_read(&call.server, reader, view, id)? => load_client_event(&call.server, id)?,
+                None => None,
             };
             if let Some(e) = e.filter(|e| f.allows(e)) {
                 chunk.push(e);
@@ -192,6 +202,7 @@ async fn backward_page(
 async fn remote_page(
     server: &ClientDeps,
     view: &RoomView,
+    reader: &Viewer<'_>,
     before: &EventId,
     limit: usize,
     f: &EventFilter,
@@ -211,11 +222,12 @@ async fn remote_page(
     };
     let pdus = server.remote.backfill(view, &prev, limit).await.map_err(Failure::Remote)?;
     let oldest = pdus.first().filter(|p| !p.prev_events().is_empty()).map(|p| format!("r{}", p.event_id()));
-    let chunk = pdus
-        .iter()
-        .rev()
-        .map(|p| super::events::client_event(p.json(), p.event_id()))
-        .filter(|e| f.allows(e))
-        .collect();
+    let mut chunk = Vec::new();
+    for p in pdus.iter().rev() {
+        if reader.sees(p)? {
+            chunk.push(super::events::client_event(p.json(), p.event_id()));
+        }
+    }
+    chunk.retain(|e| f.allows(e));
     Ok(Page { chunk, start, end: oldest })
 }

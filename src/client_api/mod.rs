@@ -238,7 +238,7 @@ async fn dispatch(method: &Method, rest: &[&str], call: Call) -> Result<Value, F
         (["rooms", room, "state", ty], &M::GET) => events::state_event(call, room, ty, ""),
         (["rooms", room, "state", ty, key], &M::GET) => events::state_event(call, room, ty, key),
         (["rooms", room, "event", id], &M::GET) => events::event(call, room, id).await,
-        (["rooms", room, "context", id], &M::GET) => events::context(call, room, id),
+        (["rooms", room, "context", id], &M::GET) => events::context(call, room, id).await,
         (["rooms", room, "members"], &M::GET) => events::members(call, room),
         (["rooms", room, "joined_members"], &M::GET) => events::joined_members(call, room),
         (["rooms", room, "messages"], &M::GET) => messages::messages(call, room).await,

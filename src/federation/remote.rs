@@ -95,6 +95,17 @@ impl Remote {
         super::edu::room_destinations(&self.0, view, except)
     }
 
+    /// Judges what `user` may read of `view`'s history (its history
+    /// visibility and the user's memberships at each event).
+    pub async fn reader<'a>(
+        &'a self,
+        view: &'a RoomView,
+        user: &'a UserId,
+    ) -> Result<super::handlers::visibility::Viewer<'a>, crate::wire::Failure> {
+        use super::handlers::visibility::{Audience, Viewer};
+        Viewer::of(&self.0, view, Audience::User(user)).await
+    }
+
     /// Servers sharing a room with a local user: where presence and device
     /// list changes go.
     pub fn sharing_servers(&self, user: &UserId) -> BTreeSet<ServerName> {

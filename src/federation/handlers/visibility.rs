@@ -48,8 +48,21 @@ pub fn sight(before: (&str, &[String]), after: (&str, &[String]), joined_now: bo
     }
 }
 
-fn is_of(user: &str, server: &ServerName) -> bool {
-    UserId::parse(user).is_ok_and(|u| u.is_on(server))
+/// Whose sight is judged: a server (through all its users) or one local
+/// user (a client reading history).
+#[derive(Clone, Copy)]
+pub enum Audience<'a> {
+    Server(&'a ServerName),
+    User(&'a UserId),
+}
+
+impl Audience<'_> {
+    fn covers(&self, user: &str) -> bool {
+        match self {
+            Audience::Server(server) => UserId::parse(user).is_ok_and(|u| u.is_on(server)),
+            Audience::User(u) => u.as_str() == user,
+        }
+    }
 }
 
 fn visibility_of(pdu: &Pdu) -> Option<String> {
@@ -116,7 +129,7 @@ impl ListChanges {
     /// Visibility and `server`'s memberships before list position `index`.
     /// A key the list never changed holds what the current state says
     /// (a participant's copy of the list starts at its join).
-    fn before(&self, index: u64, server: &ServerName, view: &RoomView) -> (String, Vec<String>) {
+    fn before(&self, index: u64, who: Audience<'_>, view: &RoomView) -> (String, Vec<String>) {
         let current_visibility = || {
             view.state
                 .get("m.room.history_visibility", "")
@@ -129,7 +142,7 @@ impl ListChanges {
         };
         let mut memberships = Vec::new();
         for e in view.state.iter().filter(|e| e.event_type() == "m.room.member") {
-            let Some(user) = e.state_key().filter(|u| is_of(u, server)) else { continue };
+            let Some(user) = e.state_key().filter(|u| who.covers(u)) else { continue };
             let m = match self.members.get(user).and_then(|c| at(c, index)) {
                 Some(m) => m.map(str::to_owned),
                 None => e.membership().map(str::to_owned),
@@ -140,11 +153,12 @@ impl ListChanges {
     }
 }
 
-/// Serves a room's events to one server by the rules above.
+/// Serves a room's events to one server (or shows them to one user) by the
+/// rules above.
 pub struct Viewer<'a> {
     node: &'a Node,
     view: &'a RoomView,
-    server: &'a ServerName,
+    who: Audience<'a>,
     joined_now: bool,
     changes: Option<tokio::sync::OwnedMutexGuard<ListChanges>>,
 }
@@ -153,10 +167,14 @@ impl<'a> Viewer<'a> {
     /// `404` when the server has no member event in the room and the room
     /// is not world-readable.
     pub async fn new(node: &'a Node, view: &'a RoomView, server: &'a ServerName) -> Result<Viewer<'a>, Failure> {
+        Self::of(node, view, Audience::Server(server)).await
+    }
+
+    pub async fn of(node: &'a Node, view: &'a RoomView, who: Audience<'a>) -> Result<Viewer<'a>, Failure> {
         let members: Vec<&str> = view
             .state
             .iter()
-            .filter(|e| e.event_type() == "m.room.member" && e.state_key().is_some_and(|u| is_of(u, server)))
+            .filter(|e| e.event_type() == "m.room.member" && e.state_key().is_some_and(|u| who.covers(u)))
             .filter_map(|e| e.membership())
             .collect();
         let world = view.state.get("m.room.history_visibility", "").and_then(visibility_of).as_deref()
@@ -172,7 +190,7 @@ impl<'a> Viewer<'a> {
             guard.extend(node, view).await?;
             Some(guard)
         };
-        Ok(Viewer { node, view, server, joined_now: members.contains(&"join"), changes })
+        Ok(Viewer { node, view, who, joined_now: members.contains(&"join"), changes })
     }
 
     /// What the server may see of `pdu`.
@@ -183,7 +201,7 @@ impl<'a> Viewer<'a> {
                 after.0 = v;
             }
             if let (Some(user), Some(m)) = (pdu.state_key(), pdu.membership()) {
-                if pdu.event_type() == "m.room.member" && is_of(user, self.server) {
+                if pdu.event_type() == "m.room.member" && self.who.covers(user) {
                     after.1.push(m.to_owned());
                 }
             }
@@ -194,7 +212,7 @@ impl<'a> Viewer<'a> {
                 let rec = self.node.store.event(pdu.event_id())?;
                 // Outliers (a participant's pre-join state) sit before the list.
                 let index = rec.filter(|r| !r.outlier).map_or(0, |r| r.index);
-                changes.before(index, self.server, self.view)
+                changes.before(index, self.who, self.view)
             }
             None => self.mixed_before(pdu)?,
         };
@@ -212,7 +230,7 @@ impl<'a> Viewer<'a> {
         let mut memberships = Vec::new();
         for ((ty, key), id) in &state {
             let wanted = (ty == "m.room.history_visibility" && key.is_empty())
-                || (ty == "m.room.member" && is_of(key, self.server));
+                || (ty == "m.room.member" && self.who.covers(key));
             if !wanted {
                 continue;
             }
@@ -223,6 +241,11 @@ impl<'a> Viewer<'a> {
             }
         }
         Ok((visibility, memberships))
+    }
+
+    /// Whether the event is seen whole (a client is shown nothing else).
+    pub fn sees(&self, pdu: &Pdu) -> Result<bool, Failure> {
+        Ok(self.sight(pdu)? == Sight::Whole)
     }
 
     /// The event as this server may see it.

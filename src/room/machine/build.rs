@@ -69,7 +69,24 @@ fn finish(view: &RoomView, key: &SigningKey, mut o: Object) -> Result<Pdu, RoomE
     sign_event(view.version, key, &mut o).map_err(event_error)?;
     let pdu = Pdu::from_object(view.version, o, Schema::Full).map_err(event_error)?;
     check_append(view.tail.as_ref(), &view.state, &pdu).map_err(append_error)?;
+    encryption_stays(&view.state, &pdu)?;
     Ok(pdu)
+}
+
+/// An LM room's encryption, once set, stays as it is: the draft settles a
+/// room's encryption for its life, so a later `m.room.encryption` may
+/// repeat the algorithm but never change or drop it (a client that changed
+/// it would leave other servers' members unable to read).
+pub fn encryption_stays(state: &impl crate::core::rooms::StateView, pdu: &Pdu) -> Result<(), RoomError> {
+    if pdu.event_type() != "m.room.encryption" || pdu.state_key() != Some("") {
+        return Ok(());
+    }
+    let Some(current) = state.get("m.room.encryption", "") else { return Ok(()) };
+    let algorithm = |p: &Pdu| p.content().get("algorithm").and_then(serde_json::Value::as_str).map(str::to_owned);
+    if algorithm(current).is_some() && algorithm(current) != algorithm(pdu) {
+        return Err(RoomError::Forbidden("this room's encryption algorithm is fixed once set".into()));
+    }
+    Ok(())
 }
 
 /// The hub's own event for a local user (OQ-3: no `hub_server`).
