@@ -65,9 +65,9 @@ pub async fn upload(call: Call) -> Result<Value, Failure> {
     Ok(json!({}))
 }
 
-/// Why one signed object was not taken.
-fn refused(code: &str, why: impl Into<String>) -> Value {
-    json!({"errcode": code, "error": why.into()})
+/// Why one signed object was not taken, as an error body.
+fn refused(failure: Failure) -> Value {
+    crate::wire::answer(crate::wire::Surface::Client, &failure).body
 }
 
 /// `keys/signatures/upload`: signatures by the user's self-signing key on
@@ -99,13 +99,13 @@ pub async fn signatures(call: Call) -> Result<Value, Failure> {
             let Some(objects) = objects.as_object() else { continue };
             let Ok(target_user) = UserId::parse(target) else {
                 for key_id in objects.keys() {
-                    fail(target, key_id, refused("M_INVALID_PARAM", "not a user id"));
+                    fail(target, key_id, refused(Failure::invalid_param("not a user id")));
                 }
                 continue;
             };
             for (key_id, signed) in objects {
                 if signed.get("user_id").and_then(Value::as_str) != Some(target.as_str()) {
-                    fail(target, key_id, refused("M_INVALID_PARAM", "the object names another user"));
+                    fail(target, key_id, refused(Failure::invalid_param("the object names another user")));
                     continue;
                 }
                 if &target_user == user {
@@ -119,17 +119,21 @@ pub async fn signatures(call: Call) -> Result<Value, Failure> {
                         continue;
                     }
                     let Some(stored) = e2ee.device_keys_of(user, key_id)? else {
-                        fail(target, key_id, refused("M_NOT_FOUND", "no such device or key"));
+                        fail(target, key_id, refused(Failure::not_found("no such device or key")));
                         continue;
                     };
                     match &own_ssk {
                         Some((id, ssk)) if same_content(&stored, signed) && signed_by(signed, user, id, ssk) => {
                             devices_signed.push((key_id.clone(), signed.clone()))
                         }
-                        Some(_) => {
-                            fail(target, key_id, refused("M_INVALID_SIGNATURE", "not signed by the self-signing key"))
+                        Some(_) => fail(
+                            target,
+                            key_id,
+                            refused(Failure::InvalidSignature("not signed by the self-signing key".into())),
+                        ),
+                        None => {
+                            fail(target, key_id, refused(Failure::MissingParam("no self-signing key uploaded".into())))
                         }
-                        None => fail(target, key_id, refused("M_MISSING_PARAM", "no self-signing key uploaded")),
                     }
                     continue;
                 }
@@ -144,9 +148,9 @@ pub async fn signatures(call: Call) -> Result<Value, Failure> {
                     Some(_) => fail(
                         target,
                         key_id,
-                        refused("M_INVALID_SIGNATURE", "not a master key signed by the user-signing key"),
+                        refused(Failure::InvalidSignature("not a master key signed by the user-signing key".into())),
                     ),
-                    None => fail(target, key_id, refused("M_MISSING_PARAM", "no user-signing key uploaded")),
+                    None => fail(target, key_id, refused(Failure::MissingParam("no user-signing key uploaded".into()))),
                 }
             }
         }
@@ -201,9 +205,9 @@ pub async fn signatures(call: Call) -> Result<Value, Failure> {
 /// The user's master key, signed by one of the user's devices with the
 /// device's own key.
 fn check_device_signed_master(call: &Call, user: &UserId, master: Option<&Value>, signed: &Value) -> Result<(), Value> {
-    let Some(master) = master else { return Err(refused("M_NOT_FOUND", "no master key")) };
+    let Some(master) = master else { return Err(refused(Failure::not_found("no master key"))) };
     if !same_content(master, signed) {
-        return Err(refused("M_INVALID_PARAM", "this is not the stored master key"));
+        return Err(refused(Failure::invalid_param("this is not the stored master key")));
     }
     let sigs = signed.get("signatures").and_then(|s| s.get(user.as_str())).and_then(Value::as_object);
     for key_id in sigs.into_iter().flatten().map(|(k, _)| k) {
@@ -217,7 +221,7 @@ fn check_device_signed_master(call: &Call, user: &UserId, master: Option<&Value>
             return Ok(());
         }
     }
-    Err(refused("M_INVALID_SIGNATURE", "not signed by one of the user's devices"))
+    Err(refused(Failure::InvalidSignature("not signed by one of the user's devices".into())))
 }
 
 /// Two signed objects alike but for their signatures and `unsigned`.

@@ -51,6 +51,9 @@ pub enum Failure {
     LimitExceeded { why: String, retry_after_ms: u64 },
     #[error("too large: {0}")]
     TooLarge(String),
+    /// A signature that does not verify (signed keys a client uploads).
+    #[error("invalid signature: {0}")]
+    InvalidSignature(String),
     /// Key backup written to a version that is not the current one (named).
     #[error("backup version {0} is the current one")]
     WrongRoomKeysVersion(String),

@@ -102,6 +102,7 @@ pub fn answer(surface: Surface, failure: &Failure) -> Answer {
             (S::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED", why.clone())
         }
         F::TooLarge(m) => (S::PAYLOAD_TOO_LARGE, "M_TOO_LARGE", m.clone()),
+        F::InvalidSignature(m) => (S::BAD_REQUEST, "M_INVALID_SIGNATURE", m.clone()),
         F::WrongRoomKeysVersion(current) => {
             extra.insert("current_version".into(), json!(current));
             (S::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION", "Wrong backup version".into())
