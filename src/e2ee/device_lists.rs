@@ -178,7 +178,8 @@ impl E2ee {
 
     /// Another server's `m.device_list_update` for its user `user`
     /// (checked by the caller), at local position `pos`: applied to the
-    /// cache when it follows the cached version, else the cache goes. A
+    /// cache when no version it follows is missing there, else the cache
+    /// goes. A
     /// side entry tells local syncs either way. Caller holds the lock.
     pub fn remote_device_update(
         &self,
@@ -199,7 +200,10 @@ impl E2ee {
         b.push(side_entry(pos, user));
         let cached = entry.as_ref().and_then(CachedDevices::from_entry);
         match cached {
-            Some(mut cache) if prev.contains(&cache.stream_id) => {
+            // Every version the sender says came before is one the cache
+            // already reflects (none: the sender never told us of this
+            // user, and the cache came from a full fetch).
+            Some(mut cache) if prev.iter().all(|p| *p <= cache.stream_id) => {
                 let own = |k: &&Value| {
                     k.get("user_id").and_then(Value::as_str) == Some(user.as_str())
                         && k.get("device_id").and_then(Value::as_str) == Some(device)

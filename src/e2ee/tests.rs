@@ -172,3 +172,65 @@ fn an_inbox_is_read_in_order_a_sync_at_a_time_and_emptied_when_acknowledged() {
     assert_eq!(e.inbox(&user, "D1", 0, 1_000).unwrap().events.len(), 11, "what the client had is gone");
     assert_eq!(e.inbox(&user, "D2", 0, 1_000).unwrap().events.len(), 1, "another device's inbox is its own");
 }
+
+#[test]
+fn local_device_changes_chain_their_versions() {
+    let (store, e, user) = setup();
+    let mut b = Batch::new();
+    let changes = [("D1", DeviceChange::Updated { keys: None }), ("D2", DeviceChange::Deleted)];
+    let edus = e.local_device_changes(&user, &changes, 10, &mut b).unwrap();
+    store.write(b).unwrap();
+    let ids = |edu: &Value| (edu["content"]["stream_id"].clone(), edu["content"]["prev_id"].clone());
+    assert_eq!(ids(&edus[0]), (json!(10), json!([])), "the first version names none before it");
+    assert_eq!(ids(&edus[1]), (json!(11), json!([10])));
+    assert_eq!(edus[1]["content"]["deleted"], true);
+    assert_eq!(e.device_list_version(&user).unwrap(), 11);
+    let mut b = Batch::new();
+    let next = e.local_device_changes(&user, &[("D1", DeviceChange::Updated { keys: None })], 20, &mut b).unwrap();
+    assert_eq!(ids(&next[0]), (json!(20), json!([11])));
+}
+
+#[test]
+fn a_remote_list_follows_its_chain_and_is_dropped_at_a_gap() {
+    let (store, e, _) = setup();
+    let bob = UserId::parse("@bob:other.test").unwrap();
+    let keys = |d: &str| json!({"user_id": "@bob:other.test", "device_id": d, "keys": {}});
+    let fetched = CachedDevices::from_answer(&json!({
+        "user_id": "@bob:other.test", "stream_id": 5,
+        "devices": [{"device_id": "B1", "keys": keys("B1")}, {"device_id": "X", "keys": keys("not X")}],
+    }))
+    .unwrap();
+    assert_eq!(fetched.devices.keys().collect::<Vec<_>>(), ["B1"], "keys naming another device are left out");
+    assert!(e.store_fetched_devices(&bob, &fetched).unwrap());
+    let update = |stream: u64, prev: Value, device: &str| {
+        let mut b = Batch::new();
+        let content = json!({"user_id": "@bob:other.test", "device_id": device, "stream_id": stream,
+            "prev_id": prev, "keys": keys(device)});
+        let out = e.remote_device_update(&bob, &content, 100 + stream, &mut b).unwrap();
+        if !b.is_empty() {
+            store.write(b).unwrap();
+        }
+        out
+    };
+    assert_eq!(update(6, json!([5]), "B2"), RemoteUpdate::Taken);
+    assert!(e.cached_devices(&bob).unwrap().unwrap().devices.contains_key("B2"));
+    assert_eq!(update(6, json!([5]), "B2"), RemoteUpdate::Seen, "the same update again");
+    assert_eq!(update(9, json!([8]), "B3"), RemoteUpdate::Resync, "version 8 never came");
+    assert!(e.cached_devices(&bob).unwrap().is_none(), "the cache is dropped");
+    // A full list older than what was heard of is not taken for current.
+    let older = CachedDevices { stream_id: 7, ..fetched.clone() };
+    assert!(!e.store_fetched_devices(&bob, &older).unwrap());
+    let newer = CachedDevices { stream_id: 9, ..fetched };
+    assert!(e.store_fetched_devices(&bob, &newer).unwrap());
+}
+
+#[test]
+fn a_backed_up_session_is_replaced_only_by_a_better_copy() {
+    let copy = |verified: bool, first: u64, forwarded: u64| json!({"is_verified": verified, "first_message_index": first, "forwarded_count": forwarded});
+    let better = super::backup::better_session;
+    assert!(better(&copy(true, 9, 9), &copy(false, 0, 0)), "verified first");
+    assert!(!better(&copy(false, 0, 0), &copy(true, 9, 9)));
+    assert!(better(&copy(false, 1, 9), &copy(false, 2, 0)), "then the earlier first index");
+    assert!(better(&copy(false, 2, 0), &copy(false, 2, 1)), "then fewer forwards");
+    assert!(!better(&copy(false, 2, 1), &copy(false, 2, 1)), "an equal copy changes nothing");
+}
