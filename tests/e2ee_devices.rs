@@ -123,6 +123,18 @@ async fn device_list_changes_reach_syncs_on_other_servers() {
     assert!(cache.devices.contains_key(&tablet_device), "the lost update's device came with the fetch");
     let seen = query(&bob, &alice.user_id).await;
     assert!(seen["device_keys"][&alice.user_id].get(&tablet_device).is_some(), "{seen}");
+
+    // Alice joining a room of p1's again: p1 no longer trusts its copy
+    // (her server may have stopped telling it while they shared no room).
+    let lobby = alice.create_room(json!({"preset": "public_chat"})).await;
+    assert_eq!(bob.join(&lobby, "hub.test").await.status, 200);
+    alice.ok("POST", &format!("/_matrix/client/v3/rooms/{}/leave", enc(&lobby)), Some(json!({}))).await;
+    assert!(p1.node().e2ee.cached_devices(&alice_id).unwrap().is_some());
+    assert_eq!(alice.join(&lobby, "hub.test").await.status, 200);
+    eventually("p1 drops alice's cached list when she joins again", || {
+        p1.node().e2ee.cached_devices(&alice_id).unwrap().is_none()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

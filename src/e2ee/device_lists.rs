@@ -14,8 +14,7 @@ use crate::store::records::side_entry::Kind;
 use crate::store::records::{SideEntry, UserKeyEntry};
 use crate::store::{Batch, Op, StoreResult};
 
-/// The user-key kind holding a list's version (and a remote user's cache).
-const DEVICE_LIST: &str = "device_list";
+use crate::store::DEVICE_LIST_KIND as DEVICE_LIST;
 
 /// What changed of a local user's device.
 pub enum DeviceChange<'a> {

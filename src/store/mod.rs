@@ -93,6 +93,10 @@ pub fn stored_json(obj: &crate::core::json::Object) -> (Vec<u8>, bool) {
     }
 }
 
+/// The user-key kind of a user's device-list version (and, for another
+/// server's user, the cached list).
+pub const DEVICE_LIST_KIND: &str = "device_list";
+
 /// What a side-stream entry is about; a sync reads only its user's topics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SideTopic<'a> {

@@ -115,6 +115,17 @@ impl Machine {
         let new = event.as_ref().and_then(|e| e.membership()).unwrap_or("leave");
         let Ok(user) = UserId::parse(sk) else { return };
         self.joined.update(&user, &old, new);
+        if !user.is_on(self.me()) && new == "join" && old != "join" {
+            // A user of another server now shares a room with ours: their
+            // server may not have told us of device changes while none
+            // did, so a cached copy of their device list is not trusted.
+            out.batch.push(Op::DeleteUserKeys {
+                user: user.clone(),
+                kind: crate::store::DEVICE_LIST_KIND.into(),
+                a: None,
+                b: None,
+            });
+        }
         if user.is_on(self.me()) {
             let event_id = event.as_ref().map(|e| e.event_id().to_string()).unwrap_or_default();
             // What the invitee's or knocker's clients show of the room
