@@ -279,3 +279,33 @@ async fn a_key_backup_keeps_the_best_copy_of_each_session() {
     let now = alice.ok("GET", "/_matrix/client/v3/room_keys/version", None).await;
     assert_eq!(now["version"].as_str(), Some(v1.as_str()), "the older version is current again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_who_start_or_stop_sharing_a_room_are_in_device_lists() {
+    let (_net, hub, p1) = hub_and_p1().await;
+    let alice = hub.client().register("alice").await;
+    let bob = p1.client().register("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    let since = alice.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(bob.join(&room, "hub.test").await.status, 200);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut token = since.clone();
+    loop {
+        let r = alice.sync(Some(&token), 1000).await;
+        token = r["next_batch"].as_str().unwrap().to_owned();
+        if r["device_lists"]["changed"].as_array().is_some_and(|c| c.iter().any(|u| u == bob.user_id.as_str())) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "bob's join never put him in changed");
+    }
+    bob.ok("POST", &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), Some(json!({}))).await;
+    loop {
+        let r = alice.sync(Some(&token), 1000).await;
+        token = r["next_batch"].as_str().unwrap().to_owned();
+        if r["device_lists"]["left"].as_array().is_some_and(|c| c.iter().any(|u| u == bob.user_id.as_str())) {
+            assert!(!r["device_lists"]["changed"].as_array().unwrap().iter().any(|u| u == bob.user_id.as_str()));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "bob's leave never put him in left");
+    }
+}
