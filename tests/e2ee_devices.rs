@@ -208,6 +208,8 @@ async fn cross_signing_keys_and_signatures_are_checked_and_shown() {
         json!({"master_key": cross_signing_key(&b, "master", &bob_master), "user_signing_key": bob_usk_key});
     bob.ok("POST", path, Some(bob_upload)).await;
     let usk_id = format!("ed25519:{}", bob_usk.public());
+    let alice_since = alice.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let bob_since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
     let alice_master_signed = bob_usk.sign(master_key.clone(), &b, &usk_id);
     let r = bob.ok("POST", sigs, Some(json!({a.as_str(): {master.public(): alice_master_signed}}))).await;
     assert_eq!(r["failures"], json!({}), "{r}");
@@ -215,6 +217,13 @@ async fn cross_signing_keys_and_signatures_are_checked_and_shown() {
     assert!(theirs["master_keys"][&a]["signatures"][&b][&usk_id].is_string(), "{theirs}");
     let others = query(&alice, &a).await;
     assert!(others["master_keys"][&a]["signatures"].get(&b).is_none(), "bob's signature is his: {others}");
+    // Bob's devices are told to re-read alice's keys; alice is not told of
+    // a signature she cannot see (bob's own new keys may reach her sync).
+    let told = bob.sync(Some(&bob_since), 0).await;
+    assert!(told["device_lists"]["changed"].as_array().is_some_and(|c| c.iter().any(|u| u == a.as_str())), "{told}");
+    let untold = alice.sync(Some(&alice_since), 0).await;
+    let listed = untold["device_lists"]["changed"].as_array().cloned().unwrap_or_default();
+    assert!(!listed.iter().any(|u| u == a.as_str()), "{untold}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

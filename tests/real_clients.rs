@@ -142,7 +142,10 @@ async fn matrix_nio_encrypted_room() {
 
 /// Encryption with matrix-js-sdk's Rust crypto: alice on the hub, bob on
 /// the follower, a megolm room both decrypt, a second device of alice's
-/// that learns of the room's keys, and to-device messages delivered once.
+/// that learns of the room's keys, to-device messages delivered once,
+/// cross-signing (a device signed by its owner shows so to bob; bob
+/// verifies alice), a blocked device that gets no keys, and a device
+/// logged in later that restores old keys from the server-side backup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matrix_js_sdk_encrypted_room() {
     scenario("js-e2ee", false).await;

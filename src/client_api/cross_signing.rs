@@ -49,13 +49,10 @@ pub async fn upload(call: Call) -> Result<Value, Failure> {
                 now.insert(kind.into(), k);
             }
         }
-        let edu = e2ee.local_signing_key_change(user, &now, alloc.first(), &mut b);
         // The user-signing key is the user's own business.
-        let dests = if changed.iter().any(|k| *k != "user_signing") {
-            call.server.remote.sharing_servers(user)
-        } else {
-            Default::default()
-        };
+        let public = changed.iter().any(|k| *k != "user_signing");
+        let edu = e2ee.local_signing_key_change(user, &now, public, alloc.first(), &mut b);
+        let dests = if public { call.server.remote.sharing_servers(user) } else { Default::default() };
         call.server.remote.queue_edu(&dests, alloc.first(), &edu, &mut b);
         call.server.store.write(b)?;
         (alloc, dests)
@@ -177,7 +174,7 @@ pub async fn signatures(call: Call) -> Result<Value, Failure> {
             if let Some(k) = e2ee.cross_signing_key(user, "self_signing")? {
                 now.insert("self_signing".into(), k);
             }
-            let edu = e2ee.local_signing_key_change(user, &now, alloc.first(), &mut b);
+            let edu = e2ee.local_signing_key_change(user, &now, true, alloc.first(), &mut b);
             let sharing = call.server.remote.sharing_servers(user);
             call.server.remote.queue_edu(&sharing, alloc.first(), &edu, &mut b);
             dests.extend(sharing);
@@ -189,7 +186,7 @@ pub async fn signatures(call: Call) -> Result<Value, Failure> {
             e2ee.stage_user_signatures(user, target, &kept, &mut b);
             let alloc = call.server.positions.allocate(1)?;
             // The signer's own devices re-read the target's keys.
-            e2ee.note_keys_changed(user, alloc.first(), &mut b);
+            e2ee.note_keys_seen_by(user, target, alloc.first(), &mut b);
             held.push(alloc);
         }
         if !b.is_empty() {

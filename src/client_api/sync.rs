@@ -546,6 +546,7 @@ impl Syncer<'_> {
                 changed.insert(user.to_string());
             }
         }
+        changed.extend(keys_seen_by(&self.call.server.store, self.user, since, upto)?);
         for room in &members.rooms_joined {
             if let Some(h) = self.call.server.rooms.get(room) {
                 changed.extend(h.view().state.joined_members().filter(|u| u != self.user).map(|u| u.to_string()));
@@ -595,7 +596,25 @@ pub fn keys_changes(call: Call) -> Result<Value, Failure> {
             changed.insert(other.to_string());
         }
     }
+    changed.extend(keys_seen_by(&call.server.store, user, from.pos, upto)?);
     Ok(json!({"changed": changed, "left": []}))
+}
+
+/// Users whose keys changed as `viewer` alone sees them, in `(since, upto]`.
+fn keys_seen_by(
+    store: &std::sync::Arc<dyn crate::store::Store>,
+    viewer: &UserId,
+    since: u64,
+    upto: u64,
+) -> Result<BTreeSet<String>, Failure> {
+    let topic = SideTopic::DevicesSeenBy(viewer.as_str());
+    let mut users = BTreeSet::new();
+    for (_, side) in store.side_entries(topic, since, upto, DEVICE_LIST_CHANGES)? {
+        if let Some(Kind::KeysSeenBy(k)) = side.kind {
+            users.insert(k.user);
+        }
+    }
+    Ok(users)
 }
 
 /// Device list side entries read per answer at most.

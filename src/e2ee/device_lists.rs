@@ -11,7 +11,7 @@ use super::E2ee;
 use crate::core::ids::UserId;
 use crate::core::json::Object;
 use crate::store::records::side_entry::Kind;
-use crate::store::records::{SideEntry, UserKeyEntry};
+use crate::store::records::{KeysSeenBy, SideEntry, UserKeyEntry};
 use crate::store::{Batch, Op, StoreResult};
 
 use crate::store::DEVICE_LIST_KIND as DEVICE_LIST;
@@ -157,9 +157,22 @@ impl E2ee {
     /// devices and those sharing a room re-read them) and the
     /// `m.signing_key_update` EDU for other servers, naming the public keys
     /// (the user-signing key stays here).
-    /// `keys` are the user's keys as `b` leaves them, by kind.
-    pub fn local_signing_key_change(&self, user: &UserId, keys: &Object, pos: u64, b: &mut Batch) -> Value {
-        b.push(side_entry(pos, user));
+    /// `keys` are the user's keys as `b` leaves them, by kind. When only
+    /// the user-signing key changed (`public` false), only the user's own
+    /// devices are told.
+    pub fn local_signing_key_change(
+        &self,
+        user: &UserId,
+        keys: &Object,
+        public: bool,
+        pos: u64,
+        b: &mut Batch,
+    ) -> Value {
+        if public {
+            b.push(side_entry(pos, user));
+        } else {
+            self.note_keys_seen_by(user, user, pos, b);
+        }
         let mut content = json!({ "user_id": user.as_str() });
         for (kind, field) in [("master", "master_key"), ("self_signing", "self_signing_key")] {
             if let Some(k) = keys.get(kind) {
@@ -169,10 +182,11 @@ impl E2ee {
         json!({"edu_type": "m.signing_key_update", "type": "m.signing_key_update", "content": content})
     }
 
-    /// A side entry for `user` alone: local devices sharing a room re-read
-    /// their keys (someone's signatures on them changed).
-    pub fn note_keys_changed(&self, user: &UserId, pos: u64, b: &mut Batch) {
-        b.push(side_entry(pos, user));
+    /// `target`'s keys changed as `viewer` alone sees them (the viewer
+    /// signed them): the viewer's devices re-read them.
+    pub fn note_keys_seen_by(&self, viewer: &UserId, target: &UserId, pos: u64, b: &mut Batch) {
+        let kind = Kind::KeysSeenBy(KeysSeenBy { viewer: viewer.to_string(), user: target.to_string() });
+        b.push(Op::SideEntry { pos, entry: SideEntry { kind: Some(kind) } });
     }
 
     /// Another server's `m.device_list_update` for its user `user`

@@ -105,6 +105,8 @@ pub enum SideTopic<'a> {
     AccountData(&'a str),
     Presence,
     Devices,
+    /// Keys changes one user alone is told of.
+    DevicesSeenBy(&'a str),
 }
 
 impl<'a> SideTopic<'a> {
@@ -116,6 +118,7 @@ impl<'a> SideTopic<'a> {
             Kind::AccountData(change) => SideTopic::AccountData(&change.user_id),
             Kind::PresenceUser(_) => SideTopic::Presence,
             Kind::DeviceUser(_) => SideTopic::Devices,
+            Kind::KeysSeenBy(k) => SideTopic::DevicesSeenBy(&k.viewer),
         })
     }
 
@@ -127,6 +130,7 @@ impl<'a> SideTopic<'a> {
             SideTopic::AccountData(user) => ("account_data", user),
             SideTopic::Presence => ("presence", ""),
             SideTopic::Devices => ("devices", ""),
+            SideTopic::DevicesSeenBy(viewer) => ("devices_seen_by", viewer),
         }
     }
 }
