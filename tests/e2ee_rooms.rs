@@ -86,4 +86,17 @@ async fn history_visibility_applies_to_encrypted_events() {
     assert!(!ids.contains(&before), "not what was sent before: {ids:?}");
     let event = format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&before));
     assert_eq!(carol.call("GET", &event, None).await.status, 404);
+
+    // Her sync's timeline neither, also after she changed her name (which
+    // is not a join).
+    let name = json!({"membership": "join", "displayname": "Carol"});
+    assert_eq!(carol.put_state(&room, "m.room.member", &carol.user_id, name).await.status, 200);
+    let synced = carol.sync(None, 0).await;
+    let timeline: Vec<&str> = synced["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert!(timeline.contains(&after.as_str()) && !timeline.contains(&before.as_str()), "{timeline:?}");
 }

@@ -164,6 +164,57 @@ impl Syncer<'_> {
             .collect()
     }
 
+    /// A timeline without what the room's history visibility keeps from
+    /// the user: under `joined` or `invited` visibility, the events before
+    /// their join (a user joined before the window reads all of it). The
+    /// visibility is the room's current one.
+    fn readable(&self, room: &RoomId, items: Vec<Item>) -> Result<Vec<Item>, Failure> {
+        use crate::core::rooms::StateView;
+        let Some(h) = self.call.server.rooms.get(room) else { return Ok(items) };
+        let visibility = h
+            .view()
+            .state
+            .get("m.room.history_visibility", "")
+            .and_then(|e| e.content().get("history_visibility").and_then(Value::as_str).map(str::to_owned));
+        if !matches!(visibility.as_deref(), Some("joined" | "invited")) {
+            return Ok(items);
+        }
+        let Some(joined_at) = self.joined_at(room, h.view().version)? else { return Ok(items) };
+        Ok(items.into_iter().filter(|i| i.index >= joined_at).collect())
+    }
+
+    /// The list position of the user's join to the room: their latest
+    /// member event, followed back through the member events it was
+    /// authorised by while those were joins too (a name change is not a
+    /// join).
+    fn joined_at(
+        &self,
+        room: &RoomId,
+        version: &'static crate::core::event::RoomVersion,
+    ) -> Result<Option<u64>, Failure> {
+        let store = &self.call.server.store;
+        let Some(m) = store.membership(self.user, room)? else { return Ok(None) };
+        let Ok(mut id) = EventId::parse(&m.event_id) else { return Ok(None) };
+        for _ in 0..100 {
+            let Some(pdu) = crate::room::load::load_pdu(store, version, &id)? else { return Ok(None) };
+            if pdu.membership() != Some("join") {
+                return Ok(None);
+            }
+            let mut before = None;
+            for auth in pdu.auth_events() {
+                let Some(a) = crate::room::load::load_pdu(store, version, auth)? else { continue };
+                if a.event_type() == "m.room.member" && a.state_key() == Some(self.user.as_str()) {
+                    before = Some(a);
+                }
+            }
+            match before {
+                Some(prev) if prev.membership() == Some("join") => id = prev.event_id().clone(),
+                _ => return Ok(store.event(&id)?.filter(|r| !r.outlier).map(|r| r.index)),
+            }
+        }
+        Ok(None)
+    }
+
     /// The last events of a room's list that pass the timeline filter.
     fn recent(&self, room: &RoomId) -> Result<(Vec<Item>, bool), Failure> {
         let Some(h) = self.call.server.rooms.get(room) else { return Ok((Vec::new(), false)) };
@@ -356,6 +407,7 @@ impl Syncer<'_> {
             match m.membership.as_str() {
                 "join" => {
                     let (items, limited) = self.recent(&room)?;
+                    let items = self.readable(&room, items)?;
                     let ids: BTreeSet<EventId> = items.iter().map(|i| i.id.clone()).collect();
                     let state = self.state_events(&room, &ids);
                     let eph = self.ephemeral(&room, Some(0), true)?;
@@ -462,6 +514,7 @@ impl Syncer<'_> {
                 "join" => {
                     joined.push(room.clone());
                     let (items, limited) = self.timeline_since(room, since, next)?;
+                    let items = if changed_membership { self.readable(room, items)? } else { items };
                     if changed_membership {
                         members.rooms_joined.push(room.clone());
                     }
