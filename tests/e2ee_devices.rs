@@ -166,6 +166,16 @@ async fn cross_signing_keys_and_signatures_are_checked_and_shown() {
     let r = alice.call("POST", path, Some(replace.clone())).await;
     assert_eq!(r.status, 401, "{:?}", r.body);
     assert_eq!(r.body["flows"][0]["stages"][0], "m.login.password");
+    // A wrong password is a failed attempt in the same session, to try again.
+    let session = r.body["session"].as_str().unwrap().to_owned();
+    let mut wrong = replace.clone();
+    wrong["auth"] = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"},
+        "password": "not it", "session": session});
+    let r = alice.call("POST", path, Some(wrong)).await;
+    assert_eq!(
+        (r.status, r.body["errcode"].as_str(), r.body["session"].as_str()),
+        (401, Some("M_FORBIDDEN"), Some(session.as_str()))
+    );
 
     // Bob sees the master and self-signing keys; only alice her user-signing key.
     let theirs = query(&bob, &a).await;

@@ -1,7 +1,9 @@
 //! Real Matrix client libraries against a hub and a follower: matrix-nio
 //! (Python) and matrix-js-sdk (Node), each running the same chat scenario
 //! (tests/clients/), once straight through and once with both servers
-//! restarted half-way; and matrix-js-sdk's encryption scenario. `scripts/test-all` installs the libraries and points
+//! restarted half-way; and the encryption scenarios of matrix-js-sdk,
+//! matrix-nio and matrix-rust-sdk (tests/clients/rust, a program of its
+//! own that `scripts/test-all` builds and names in LMX_RUST_CLIENT). `scripts/test-all` installs the libraries and points
 //! LMX_NIO_PYTHON and LMX_JS_DIR at them.
 
 mod common;
@@ -24,6 +26,7 @@ fn client_command(kind: &str) -> Option<(String, Vec<String>)> {
         "nio-e2ee" => {
             std::env::var("LMX_NIO_PYTHON").ok().map(|py| (py, vec![format!("{dir}/tests/clients/nio_e2ee.py")]))
         }
+        "rust-e2ee" => std::env::var("LMX_RUST_CLIENT").ok().map(|bin| (bin, Vec::new())),
         "js-e2ee" => std::env::var("LMX_JS_DIR").ok().map(|js| ("node".to_owned(), vec![format!("{js}/e2ee.mjs")])),
         _ => std::env::var("LMX_JS_DIR").ok().map(|js| ("node".to_owned(), vec![format!("{js}/scenario.mjs")])),
     };
@@ -132,6 +135,14 @@ async fn matrix_js_sdk_scenario() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matrix_js_sdk_scenario_across_restarts() {
     scenario("js", true).await;
+}
+
+/// Encryption with matrix-rust-sdk 0.18 (its crypto on): the scenario
+/// below up to cross-signing, with both users resetting their keys with
+/// their password (a wrong one first) at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_rust_sdk_encrypted_room() {
+    scenario("rust-e2ee", false).await;
 }
 
 /// Encryption with matrix-nio (vodozemac): the same as below.

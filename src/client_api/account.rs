@@ -176,7 +176,12 @@ pub async fn register(call: Call) -> Result<Value, Failure> {
     let auth_type = body.auth.as_ref().and_then(|a| a.kind);
     if auth_type != Some("m.login.dummy") {
         let session = random_string(16);
-        return Err(Failure::AuthNeeded { stage: "m.login.dummy", session, why: "Authentication required" });
+        return Err(Failure::AuthNeeded {
+            stage: "m.login.dummy",
+            session,
+            why: "Authentication required",
+            failed: false,
+        });
     }
     let user = match username {
         Some(u) => u,

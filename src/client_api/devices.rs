@@ -62,15 +62,17 @@ pub async fn update(call: Call, id: &str) -> Result<Value, Failure> {
 /// until the body carries the user's password.
 pub(super) async fn require_password(call: &Call, user: &UserId) -> Result<(), Failure> {
     let Authenticated { auth } = wire::read(&call.body)?;
+    // The client's session is kept, so it may try again in it.
+    let session = auth.as_ref().and_then(|a| a.session).map_or_else(|| random_string(16), str::to_owned);
     let password = auth.filter(|a| a.kind == Some("m.login.password")).and_then(|a| a.password);
     let challenge =
-        || Failure::AuthNeeded { stage: "m.login.password", session: random_string(16), why: "Password required" };
-    let Some(password) = password else { return Err(challenge()) };
-    let rec = call.server.store.user(user)?.ok_or_else(challenge)?;
+        |why, failed| Failure::AuthNeeded { stage: "m.login.password", session: session.clone(), why, failed };
+    let Some(password) = password else { return Err(challenge("Password required", false)) };
+    let rec = call.server.store.user(user)?.ok_or_else(|| challenge("Password required", false))?;
     if call.accounts.passwords.verify(&rec.password_hash, password).await? {
         Ok(())
     } else {
-        Err(Failure::forbidden("Invalid password"))
+        Err(challenge("Invalid password", true))
     }
 }
 

@@ -33,7 +33,10 @@ pub enum Failure {
     UnknownToken,
     /// User-interactive authentication: complete `stage` in `session`.
     #[error("authentication needed: {why}")]
-    AuthNeeded { stage: &'static str, session: String, why: &'static str },
+    /// `failed`: an attempt at the stage was made and failed (the answer
+    /// then carries `errcode` and `error`, as the spec has it; a first
+    /// challenge carries neither).
+    AuthNeeded { stage: &'static str, session: String, why: &'static str, failed: bool },
     /// An `X-Matrix` authorization that authenticates nothing.
     #[error("bad request signature: {0}")]
     BadSignature(String),

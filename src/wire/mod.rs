@@ -82,10 +82,13 @@ pub fn answer(surface: Surface, failure: &Failure) -> Answer {
             extra.insert("soft_logout".into(), json!(false));
             (S::UNAUTHORIZED, "M_UNKNOWN_TOKEN", "Unknown access token".into())
         }
-        F::AuthNeeded { stage, session, why } => {
+        F::AuthNeeded { stage, session, why, failed } => {
             extra.insert("flows".into(), json!([{ "stages": [stage] }]));
             extra.insert("params".into(), json!({}));
             extra.insert("session".into(), json!(session));
+            if *failed {
+                extra.insert("completed".into(), json!([]));
+            }
             (S::UNAUTHORIZED, "M_FORBIDDEN", why.to_string())
         }
         // Item 156: a request that authenticates nothing is `401 M_FORBIDDEN`.
@@ -128,6 +131,11 @@ pub fn answer(surface: Surface, failure: &Failure) -> Answer {
     };
     extra.insert("errcode".into(), json!(errcode));
     extra.insert("error".into(), json!(words));
+    // A first user-interactive challenge is not an error of the client's.
+    if matches!(failure, F::AuthNeeded { failed: false, .. }) {
+        extra.remove("errcode");
+        extra.remove("error");
+    }
     Answer { status, errcode, body: Value::Object(extra) }
 }
 

@@ -32,11 +32,16 @@ fn every_answer_has_matrix_shape() {
     assert_eq!(a.body["retry_after_ms"], 500);
     let a = answer(Surface::Client, &Failure::UnknownToken);
     assert_eq!((a.status.as_u16(), a.body["soft_logout"].as_bool()), (401, Some(false)));
-    let a = answer(Surface::Client, &Failure::AuthNeeded { stage: "m.login.dummy", session: "s".into(), why: "w" });
+    let challenge = |failed| Failure::AuthNeeded { stage: "m.login.dummy", session: "s".into(), why: "w", failed };
+    let a = answer(Surface::Client, &challenge(false));
     assert_eq!(a.status.as_u16(), 401);
     assert_eq!(a.body["flows"][0]["stages"][0], "m.login.dummy");
     assert_eq!(a.body["session"], "s");
     assert!(a.body["params"].is_object());
+    assert!(a.body.get("errcode").is_none(), "a first challenge is no error");
+    let a = answer(Surface::Client, &challenge(true));
+    assert_eq!((a.status.as_u16(), a.body["errcode"].as_str()), (401, Some("M_FORBIDDEN")));
+    assert_eq!(a.body["session"], "s");
 }
 
 #[test]
