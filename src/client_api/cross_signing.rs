@@ -10,7 +10,9 @@ use super::keys::stage_device_changes;
 use super::Call;
 use crate::core::ids::UserId;
 use crate::core::json::Object;
-use crate::e2ee::{cross_signing_public_key, signed_by, DeviceChange, CROSS_SIGNING_KINDS};
+use crate::e2ee::{
+    cross_signing_public_key, one_signature, same_content, signed_by, DeviceChange, CROSS_SIGNING_KINDS,
+};
 use crate::store::Batch;
 use crate::wire::Failure;
 
@@ -25,7 +27,7 @@ pub async fn upload(call: Call) -> Result<Value, Failure> {
     let mut new_keys = false;
     for kind in CROSS_SIGNING_KINDS {
         if let Some(key) = call.body.get(&format!("{kind}_key")) {
-            new_keys |= e2ee.cross_signing_key(user, kind)?.as_ref() != Some(key);
+            new_keys |= !e2ee.cross_signing_key(user, kind)?.is_some_and(|k| same_content(&k, key));
         }
     }
     if new_keys && e2ee.cross_signing_key(user, "master")?.is_some() {
@@ -110,7 +112,7 @@ pub async fn signatures(call: Call) -> Result<Value, Failure> {
                     if master_id.as_deref() == Some(&format!("ed25519:{key_id}")) {
                         // One of the user's devices signs their master key.
                         match check_device_signed_master(&call, user, own_master.as_ref(), signed) {
-                            Ok(()) => master_signed = Some(signed.clone()),
+                            Ok(by) => master_signed = Some(one_signature(signed, user.as_str(), &by)),
                             Err(why) => fail(target, key_id, why),
                         }
                         continue;
@@ -121,7 +123,7 @@ pub async fn signatures(call: Call) -> Result<Value, Failure> {
                     };
                     match &own_ssk {
                         Some((id, ssk)) if same_content(&stored, signed) && signed_by(signed, user, id, ssk) => {
-                            devices_signed.push((key_id.clone(), signed.clone()))
+                            devices_signed.push((key_id.clone(), one_signature(signed, user.as_str(), id)))
                         }
                         Some(_) => fail(
                             target,
@@ -182,7 +184,8 @@ pub async fn signatures(call: Call) -> Result<Value, Failure> {
         }
         for (target, signed) in &others {
             let mut kept = e2ee.user_signatures(user, target)?.unwrap_or_else(|| json!({}));
-            crate::e2ee::merge_signatures(&mut kept, &only_signatures_of(signed, user));
+            let usk_id = own_usk.as_ref().map_or("", |(id, _)| id.as_str());
+            crate::e2ee::merge_signatures(&mut kept, &one_signature(signed, user.as_str(), usk_id));
             e2ee.stage_user_signatures(user, target, &kept, &mut b);
             let alloc = call.server.positions.allocate(1)?;
             // The signer's own devices re-read the target's keys.
@@ -201,7 +204,12 @@ pub async fn signatures(call: Call) -> Result<Value, Failure> {
 
 /// The user's master key, signed by one of the user's devices with the
 /// device's own key.
-fn check_device_signed_master(call: &Call, user: &UserId, master: Option<&Value>, signed: &Value) -> Result<(), Value> {
+fn check_device_signed_master(
+    call: &Call,
+    user: &UserId,
+    master: Option<&Value>,
+    signed: &Value,
+) -> Result<String, Value> {
     let Some(master) = master else { return Err(refused(Failure::not_found("no master key"))) };
     if !same_content(master, signed) {
         return Err(refused(Failure::invalid_param("this is not the stored master key")));
@@ -215,27 +223,8 @@ fn check_device_signed_master(call: &Call, user: &UserId, master: Option<&Value>
             .and_then(|k| k.get("keys")?.get(key_id)?.as_str().map(str::to_owned))
             .and_then(|k| crate::core::crypto::PublicKey::from_base64(&k).ok());
         if public.is_some_and(|p| signed_by(signed, user, key_id, &p)) {
-            return Ok(());
+            return Ok(key_id.clone());
         }
     }
     Err(refused(Failure::InvalidSignature("not signed by one of the user's devices".into())))
-}
-
-/// Two signed objects alike but for their signatures and `unsigned`.
-fn same_content(a: &Value, b: &Value) -> bool {
-    let strip = |v: &Value| {
-        let mut v = v.clone();
-        if let Some(o) = v.as_object_mut() {
-            o.remove("signatures");
-            o.remove("unsigned");
-        }
-        v
-    };
-    strip(a) == strip(b)
-}
-
-/// A signed object's signatures by `signer` alone.
-fn only_signatures_of(signed: &Value, signer: &UserId) -> Value {
-    let mine = signed.get("signatures").and_then(|s| s.get(signer.as_str())).cloned().unwrap_or_else(|| json!({}));
-    json!({ "signatures": { signer.as_str(): mine } })
 }

@@ -179,8 +179,25 @@ impl Syncer<'_> {
         if !matches!(visibility.as_deref(), Some("joined" | "invited")) {
             return Ok(items);
         }
-        let Some(joined_at) = self.joined_at(room, h.view().version)? else { return Ok(items) };
+        // Not found (more name changes than are followed, a join not in
+        // this copy of the list): nothing before the latest member event.
+        let joined_at = match self.joined_at(room, h.view().version)? {
+            Some(at) => at,
+            None => self.latest_member_index(room)?,
+        };
         Ok(items.into_iter().filter(|i| i.index >= joined_at).collect())
+    }
+
+    /// Where the user's latest member event sits (the end of the list if
+    /// it cannot be read: then nothing of the timeline is shown).
+    fn latest_member_index(&self, room: &RoomId) -> Result<u64, Failure> {
+        let store = &self.call.server.store;
+        let id = store.membership(self.user, room)?.and_then(|m| EventId::parse(&m.event_id).ok());
+        let index = match id {
+            Some(id) => store.event(&id)?.filter(|r| !r.outlier).map(|r| r.index),
+            None => None,
+        };
+        Ok(index.unwrap_or(u64::MAX))
     }
 
     /// The list position of the user's join to the room: their latest
@@ -594,10 +611,15 @@ impl Syncer<'_> {
         members: &MemberChanges,
     ) -> Result<(BTreeSet<String>, BTreeSet<String>), Failure> {
         let mut changed = BTreeSet::new();
-        for user in device_list_news(&self.call.server.store, since, upto)? {
-            if self.shares_a_room(&user, joined)? {
-                changed.insert(user.to_string());
+        match device_list_news(&self.call.server.store, since, upto)? {
+            Some(news) => {
+                for user in news {
+                    if self.shares_a_room(&user, joined)? {
+                        changed.insert(user.to_string());
+                    }
+                }
             }
+            None => changed.extend(self.contacts(joined).iter().map(|u| u.to_string())),
         }
         changed.extend(keys_seen_by(&self.call.server.store, self.user, since, upto)?);
         for room in &members.rooms_joined {
@@ -644,10 +666,15 @@ pub fn keys_changes(call: Call) -> Result<Value, Failure> {
         .map(|(room, _)| room)
         .collect();
     let mut changed = BTreeSet::new();
-    for other in device_list_news(&call.server.store, from.pos, upto)? {
-        if s.shares_a_room(&other, &joined)? {
-            changed.insert(other.to_string());
+    match device_list_news(&call.server.store, from.pos, upto)? {
+        Some(news) => {
+            for other in news {
+                if s.shares_a_room(&other, &joined)? {
+                    changed.insert(other.to_string());
+                }
+            }
         }
+        None => changed.extend(s.contacts(&joined).iter().map(|u| u.to_string())),
     }
     changed.extend(keys_seen_by(&call.server.store, user, from.pos, upto)?);
     Ok(json!({"changed": changed, "left": []}))
@@ -675,18 +702,25 @@ const DEVICE_LIST_CHANGES: usize = 10_000;
 
 /// Users whose device lists changed in `(since, upto]`, as the side stream
 /// has them.
+/// `None` when there were more than one answer reads: then every contact
+/// counts as changed (a client far behind re-reads them all rather than
+/// miss one).
 pub(super) fn device_list_news(
     store: &std::sync::Arc<dyn crate::store::Store>,
     since: u64,
     upto: u64,
-) -> Result<BTreeSet<UserId>, Failure> {
+) -> Result<Option<BTreeSet<UserId>>, Failure> {
+    let entries = store.side_entries(SideTopic::Devices, since, upto, DEVICE_LIST_CHANGES)?;
+    if entries.len() == DEVICE_LIST_CHANGES {
+        return Ok(None);
+    }
     let mut users = BTreeSet::new();
-    for (_, side) in store.side_entries(SideTopic::Devices, since, upto, DEVICE_LIST_CHANGES)? {
+    for (_, side) in entries {
         if let Some(Kind::DeviceUser(u)) = side.kind {
             users.extend(UserId::parse(&u).ok());
         }
     }
-    Ok(users)
+    Ok(Some(users))
 }
 
 /// Membership news in the timelines a sync shows: who joined or left the

@@ -56,6 +56,29 @@ pub fn merge_signatures(into: &mut Value, from: &Value) {
     }
 }
 
+/// Just the one signature `signer`'s `key_id` made on `signed`, as an
+/// object `merge_signatures` takes (the others in it were not checked).
+pub fn one_signature(signed: &Value, signer: &str, key_id: &str) -> Value {
+    let sig = signed.get("signatures").and_then(|s| s.get(signer)).and_then(|s| s.get(key_id)).cloned();
+    match sig {
+        Some(sig) => json!({ "signatures": { signer: { key_id: sig } } }),
+        None => json!({}),
+    }
+}
+
+/// Two signed objects alike but for their signatures and `unsigned`.
+pub fn same_content(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("signatures");
+            o.remove("unsigned");
+        }
+        v
+    };
+    strip(a) == strip(b)
+}
+
 fn key_op(user: &UserId, kind: &str, key: &Value) -> Op {
     Op::PutUserKey {
         user: user.clone(),
@@ -104,7 +127,8 @@ impl E2ee {
                     return Err(bad("is not signed by the master key"));
                 }
             }
-            if self.cross_signing_key(user, kind)?.as_ref() != Some(key) {
+            // The same key again keeps the signatures added to it since.
+            if !self.cross_signing_key(user, kind)?.is_some_and(|k| same_content(&k, key)) {
                 b.push(key_op(user, kind, key));
                 changed.push(kind);
             }

@@ -101,8 +101,10 @@ impl E2ee {
             let mut kept = keys.clone();
             if let Some(stored) = &stored {
                 if unsigned_part(stored) == unsigned_part(&keys) {
+                    // Only the device's own (checked) signature is taken.
                     kept = stored.clone();
-                    super::merge_signatures(&mut kept, &keys);
+                    let own = super::one_signature(&keys, user.as_str(), &format!("ed25519:{device}"));
+                    super::merge_signatures(&mut kept, &own);
                 }
             }
             if stored.as_ref() != Some(&kept) {

@@ -19,7 +19,8 @@ use crate::store::Store;
 
 pub use backup::Scope as BackupScope;
 pub use cross_signing::{
-    merge_signatures, public_key as cross_signing_public_key, signed_by, KINDS as CROSS_SIGNING_KINDS,
+    merge_signatures, one_signature, public_key as cross_signing_public_key, same_content, signed_by,
+    KINDS as CROSS_SIGNING_KINDS,
 };
 pub use device_lists::{CachedDevices, DeviceChange, RemoteUpdate};
 pub use keys::{Claimed, KeyCounts, MAX_FALLBACK_KEYS, MAX_ONE_TIME_KEYS};

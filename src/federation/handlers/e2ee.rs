@@ -49,6 +49,8 @@ pub fn user_devices(req: Req, user: &str) -> Result<Value, Failure> {
     if req.node.store.user(&user)?.is_none() {
         return Err(Failure::not_found("Unknown user"));
     }
+    // One consistent reading: the version must be that of the devices.
+    let _guard = req.node.e2ee.lock(&user);
     Ok(req.node.e2ee.devices_answer(&user)?)
 }
 
