@@ -608,13 +608,19 @@ async fn items_29_30_31_33_34_162_195_what_a_participant_sends_its_hub() {
     for e in &make {
         assert!(e.line.contains(&format!("ver={}", enc(event::LM_VERSION))), "{}", e.line);
     }
-    let mut lpdus: Vec<Object> =
-        proxy.exchanges("/send_join/").iter().map(|e| e.body.as_object().unwrap().clone()).collect();
-    assert_eq!(lpdus.len(), 1);
-    for e in proxy.exchanges("/send/") {
-        lpdus.extend(e.body["pdus"].as_array().unwrap().iter().map(|p| p.as_object().unwrap().clone()));
-    }
-    assert!(lpdus.len() >= 3, "the join, the message, the member event");
+    // The proxy logs a `/send` once the hub has answered it, which may be
+    // after bob's client saw the event come back: wait for the log.
+    let sent = || -> Vec<Object> {
+        let mut lpdus: Vec<Object> =
+            proxy.exchanges("/send_join/").iter().map(|e| e.body.as_object().unwrap().clone()).collect();
+        assert_eq!(lpdus.len(), 1);
+        for e in proxy.exchanges("/send/") {
+            lpdus.extend(e.body["pdus"].as_array().unwrap().iter().map(|p| p.as_object().unwrap().clone()));
+        }
+        lpdus
+    };
+    eventually("the join, the message, the member event", || sent().len() >= 3).await;
+    let lpdus = sent();
     let key = &p1.node().key;
     for l in &lpdus {
         // Items 162, 29, 30: LPDUs, never PDUs.
