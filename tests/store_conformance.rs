@@ -35,6 +35,7 @@ fn rooms_and_events(store: &dyn Store) {
         tail: ev(2).to_string(),
         extremities: vec![ev(2).to_string()],
         max_depth: 3,
+        mls_commit: ev(1).to_string(),
     })];
     for i in 0..3u32 {
         ops.push(Op::PutEvent(

@@ -82,11 +82,28 @@ pub(super) fn stage_device_changes(
     changes: &[(&str, DeviceChange<'_>)],
     b: &mut Batch,
 ) -> Result<(Allocation, BTreeSet<ServerName>), Failure> {
-    let alloc = call.server.positions.allocate(changes.len() as u64)?;
+    // Deleted devices that had an MLS device object: LM servers are told
+    // they are removed (item 203).
+    let mut removed = Vec::new();
+    for (device, change) in changes {
+        if matches!(change, DeviceChange::Deleted) && !call.server.e2ee.device_objects(user, &[device])?.is_empty() {
+            removed.push((*device).to_owned());
+        }
+    }
+    let extra = u64::from(!removed.is_empty());
+    let alloc = call.server.positions.allocate(changes.len() as u64 + extra)?;
     let edus = call.server.e2ee.local_device_changes(user, changes, alloc.first(), b)?;
-    let dests = call.server.remote.sharing_servers(user);
+    let mut dests = call.server.remote.sharing_servers(user);
     for (pos, edu) in alloc.positions().zip(&edus) {
         call.server.remote.queue_edu(&dests, pos, edu, b);
+    }
+    if !removed.is_empty() {
+        // The position after the Matrix updates' own.
+        let pos = alloc.first() + changes.len() as u64;
+        let lm = call.server.remote.sharing_lm_servers(user);
+        let edu = crate::federation::edu::lm_device_list_edu(user, Vec::new(), removed);
+        call.server.remote.queue_edu(&lm, pos, &edu, b);
+        dests.extend(lm);
     }
     Ok((alloc, dests))
 }
@@ -273,8 +290,9 @@ pub async fn claim(call: Call) -> Result<Value, Failure> {
             for (user, devices) in users {
                 let mut keys = Object::new();
                 for (device, algorithm) in devices {
-                    if let Some(claimed) = call.server.e2ee.claim(&user, device, algorithm)? {
-                        keys.insert(device.to_owned(), json!({ claimed.name: claimed.key }));
+                    let now = crate::sys::now_ms().max(0) as u64 / 1000;
+                    if let Some(claimed) = call.server.e2ee.claim(&user, device, algorithm, now)? {
+                        keys.insert(device.to_owned(), claimed.answer());
                     }
                 }
                 if !keys.is_empty() {
@@ -326,6 +344,14 @@ pub async fn send(call: Call, event_type: &str, txn: &str) -> Result<Value, Fail
             }
         }
     }
+    // LM servers get LM's one-message EDUs (§10); a wildcard device is
+    // Matrix's, so it goes in Matrix's form.
+    let mut lm_peers = std::collections::BTreeSet::new();
+    for server in remote.keys() {
+        if call.server.remote.is_lm_peer(server).await {
+            lm_peers.insert(server.clone());
+        }
+    }
     let seed = format!("{user}\n{device}\n{event_type}\n{txn}");
     let id_base =
         crate::core::crypto::sha256(seed.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect::<String>();
@@ -338,7 +364,21 @@ pub async fn send(call: Call, event_type: &str, txn: &str) -> Result<Value, Fail
             return Ok(json!({}));
         }
         for (server, items) in remote {
+            let lm = lm_peers.contains(&server);
             let dests = std::collections::BTreeSet::from([server]);
+            let (single, items): (Vec<_>, Vec<_>) = items.into_iter().partition(|i| lm && i.1 != "*");
+            for (n, (target, target_device, content, _)) in single.into_iter().enumerate() {
+                let id = format!("{id_base}d{n}");
+                let edu = crate::federation::edu::lm_to_device_edu(
+                    user,
+                    event_type,
+                    &id,
+                    &target,
+                    &target_device,
+                    Value::Object(content),
+                );
+                call.server.remote.send_edu(&dests, &edu)?;
+            }
             for (n, chunk) in chunks(items).into_iter().enumerate() {
                 let mut messages = Object::new();
                 for (target, target_device, content, _) in chunk {

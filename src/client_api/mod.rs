@@ -13,6 +13,7 @@ pub mod filter;
 mod keys;
 mod membership;
 mod messages;
+mod mls;
 pub mod passwords;
 mod presence;
 mod profile;
@@ -156,6 +157,14 @@ impl ClientHandler {
             ["_matrix", "client", "versions"] => return only(&method, Method::GET).map(|_| account::versions()),
             ["_synapse", "admin", "v1", "register"] => return account::shared_secret_register(&method, call).await,
             ["_matrix", "client", "v3" | "r0", rest @ ..] => rest,
+            ["_matrix", "client", "unstable", "org.lmx.mls", "keys", what @ ("upload" | "query" | "claim")] => {
+                only(&method, Method::POST)?;
+                return match *what {
+                    "upload" => mls::upload(call).await,
+                    "query" => mls::query(call).await,
+                    _ => keys::claim(call).await,
+                };
+            }
             _ => return Err(Failure::Unrecognized),
         };
         match rest {

@@ -166,8 +166,8 @@ impl Syncer<'_> {
 
     /// A timeline without what the room's history visibility keeps from
     /// the user: under `joined` or `invited` visibility, the events before
-    /// their join (a user joined before the window reads all of it). The
-    /// visibility is the room's current one.
+    /// their join (a user joined before the window reads all of it) but
+    /// MLS commits. The visibility is the room's current one.
     fn readable(&self, room: &RoomId, items: Vec<Item>) -> Result<Vec<Item>, Failure> {
         use crate::core::rooms::StateView;
         let Some(h) = self.call.server.rooms.get(room) else { return Ok(items) };
@@ -185,7 +185,9 @@ impl Syncer<'_> {
             Some(at) => at,
             None => self.latest_member_index(room)?,
         };
-        Ok(items.into_iter().filter(|i| i.index >= joined_at).collect())
+        // A group's commits are every member's to read (item 117).
+        let commit = |i: &Item| i.event.get("type").and_then(Value::as_str) == Some("m.mls.commit");
+        Ok(items.into_iter().filter(|i| i.index >= joined_at || commit(i)).collect())
     }
 
     /// Where the user's latest member event sits (the end of the list if

@@ -154,6 +154,7 @@ impl E2ee {
         let mut added = 0;
         for (name, key) in keys {
             let (algorithm, key_id) = split_key_name(&name)?;
+            super::mls::check_uploaded_package(user, device, algorithm, &key)?;
             if let Some((_, _, old)) = held.iter().find(|(a, i, _)| a == algorithm && i == key_id) {
                 // A client retrying its upload sends the same keys again.
                 if unsigned_part(&parse_stored(&old.json)?) != unsigned_part(&key) {
@@ -184,6 +185,7 @@ impl E2ee {
             if !algorithms.insert(algorithm.to_owned()) {
                 return Err(Failure::invalid_param(format!("more than one fallback key for {algorithm}")));
             }
+            super::mls::check_uploaded_package(user, device, algorithm, &key)?;
             let json = serde_json::to_vec(&key).unwrap_or_default();
             // Clients send their fallback key with every upload: the same
             // key again must not make a used one look fresh.
@@ -242,33 +244,51 @@ impl E2ee {
 
     /// Hands out a device's oldest one-time key of `algorithm` (then it is
     /// gone), or else its fallback key (which stays, marked used). Written,
-    /// not yet flushed: the caller flushes before it answers.
-    pub fn claim(&self, user: &UserId, device: &str, algorithm: &str) -> StoreResult<Option<Claimed>> {
+    /// not yet flushed: the caller flushes before it answers. MLS key
+    /// packages past their lifetime at `now_secs` are never handed out
+    /// (item 209): expired one-time ones are dropped on the way.
+    pub fn claim(&self, user: &UserId, device: &str, algorithm: &str, now_secs: u64) -> StoreResult<Option<Claimed>> {
         let _guard = self.lock(user);
-        let oldest = self
-            .store
-            .one_time_keys(user, device)?
-            .into_iter()
-            .filter(|(a, _, _)| a == algorithm)
-            .min_by(|x, y| (x.2.upload, &x.1).cmp(&(y.2.upload, &y.1)));
+        let mut held: Vec<_> =
+            self.store.one_time_keys(user, device)?.into_iter().filter(|(a, _, _)| a == algorithm).collect();
+        held.sort_by(|x, y| (x.2.upload, &x.1).cmp(&(y.2.upload, &y.1)));
         let mut b = Batch::new();
-        if let Some((algorithm, key_id, key)) = oldest {
-            let claimed = Claimed { name: format!("{algorithm}:{key_id}"), key: parse_stored(&key.json)? };
-            b.push(Op::DeleteOneTimeKey { user: user.clone(), device: device.to_owned(), algorithm, key_id });
-            self.store.write(b)?;
-            return Ok(Some(claimed));
+        for (algorithm, key_id, key) in held {
+            let value = parse_stored(&key.json)?;
+            let usable = super::mls::usable_at(&algorithm, &value, now_secs);
+            b.push(Op::DeleteOneTimeKey {
+                user: user.clone(),
+                device: device.to_owned(),
+                algorithm: algorithm.clone(),
+                key_id: key_id.clone(),
+            });
+            if usable {
+                self.store.write(b)?;
+                return Ok(Some(Claimed { name: format!("{algorithm}:{key_id}"), key: value }));
+            }
         }
-        let Some((algorithm, mut fallback)) =
-            self.store.fallback_keys(user, device)?.into_iter().find(|(a, _)| a == algorithm)
-        else {
-            return Ok(None);
+        let fallback = self.store.fallback_keys(user, device)?.into_iter().find(|(a, _)| a == algorithm);
+        let claimed = match fallback {
+            Some((algorithm, mut fallback)) => {
+                let value = parse_stored(&fallback.json)?;
+                let usable = super::mls::usable_at(&algorithm, &value, now_secs);
+                let claimed = usable.then(|| Claimed { name: format!("{algorithm}:{}", fallback.key_id), key: value });
+                if usable && !fallback.used {
+                    fallback.used = true;
+                    b.push(Op::PutFallbackKey {
+                        user: user.clone(),
+                        device: device.to_owned(),
+                        algorithm,
+                        key: fallback,
+                    });
+                }
+                claimed
+            }
+            None => None,
         };
-        let claimed = Claimed { name: format!("{algorithm}:{}", fallback.key_id), key: parse_stored(&fallback.json)? };
-        if !fallback.used {
-            fallback.used = true;
-            b.push(Op::PutFallbackKey { user: user.clone(), device: device.to_owned(), algorithm, key: fallback });
+        if !b.is_empty() {
             self.store.write(b)?;
         }
-        Ok(Some(claimed))
+        Ok(claimed)
     }
 }

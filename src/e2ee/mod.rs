@@ -7,6 +7,7 @@ mod backup;
 mod cross_signing;
 mod device_lists;
 mod keys;
+mod mls;
 mod to_device;
 
 #[cfg(test)]

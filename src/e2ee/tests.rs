@@ -73,7 +73,7 @@ fn one_time_keys_go_once_oldest_first_then_the_fallback_again_and_again() {
         (2, vec!["signed_curve25519".to_owned()])
     );
 
-    let claim = || e.claim(&user, "D1", "signed_curve25519").unwrap().map(|c| c.name);
+    let claim = || e.claim(&user, "D1", "signed_curve25519", 0).unwrap().map(|c| c.name);
     assert_eq!(claim().as_deref(), Some("signed_curve25519:A"), "the oldest upload first");
     assert_eq!(claim().as_deref(), Some("signed_curve25519:B"));
     assert_eq!(claim().as_deref(), Some("signed_curve25519:F"), "then the fallback key");
@@ -85,7 +85,7 @@ fn one_time_keys_go_once_oldest_first_then_the_fallback_again_and_again() {
     assert!(counts.unused_fallback.is_empty());
     let counts = e.upload(&user, "D1", upload(json!({}), json!({"signed_curve25519:G": otk("g")}))).unwrap();
     assert_eq!(counts.unused_fallback, ["signed_curve25519"]);
-    assert_eq!(e.claim(&user, "D2", "signed_curve25519").unwrap(), None, "another device has none");
+    assert_eq!(e.claim(&user, "D2", "signed_curve25519", 0).unwrap(), None, "another device has none");
 }
 
 #[test]

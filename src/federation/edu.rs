@@ -1,10 +1,13 @@
-//! EDUs: typing, read receipts and presence (digest 10; OQ-33, OQ-34).
+//! EDUs: typing, read receipts, presence, to-device messages and device
+//! lists (digest 10; OQ-33, OQ-34; items 202, 203, 205).
 //!
-//! Room EDUs follow the room's star: a participant sends its users' typing
-//! and receipts to the hub, which applies them and relays them to the other
-//! servers in the room. Presence goes straight to every server that shares
-//! a room with the user. Each EDU carries both `type` (LM) and `edu_type`
-//! (Matrix) and the LM `sender`.
+//! EDUs go straight to the servers concerned, never through a room's hub:
+//! typing and receipts to every server with a user joined to the room,
+//! presence and device lists to every server sharing a room with the user,
+//! to-device messages to the target's server. Each EDU carries both `type`
+//! (LM) and `edu_type` (Matrix) and the LM `sender`, with Matrix's content
+//! for typing, receipts and presence, and LM's for to-device messages
+//! and device objects sent to LM servers.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -58,6 +61,33 @@ pub fn presence_edu(user: &UserId, p: &Presence) -> Value {
     edu("m.presence", user.as_str(), json!({ "push": [entry] }))
 }
 
+/// LM's `m.direct_to_device` (§10): one message for one device. The
+/// content's `message_id` is not the draft's: it lets the receiver take a
+/// resent transaction's message once.
+pub fn lm_to_device_edu(
+    sender: &UserId,
+    message_type: &str,
+    message_id: &str,
+    target: &UserId,
+    target_device: &str,
+    message: Value,
+) -> Value {
+    let content = json!({
+        "target": target.as_str(),
+        "target_device": target_device,
+        "message_type": message_type,
+        "message": message,
+        "message_id": message_id,
+    });
+    edu("m.direct_to_device", sender.as_str(), content)
+}
+
+/// LM's `m.device_list_update` (§10): the user's changed device objects
+/// whole, and the ids of removed devices.
+pub fn lm_device_list_edu(user: &UserId, changed: Vec<Value>, removed: Vec<String>) -> Value {
+    edu("m.device_list_update", user.as_str(), json!({ "changed": changed, "removed": removed }))
+}
+
 /// Queues an EDU for each destination (durably, like PDUs).
 pub fn send_edu(node: &Arc<Node>, dests: &BTreeSet<ServerName>, edu: &Value) -> Result<(), StoreError> {
     if dests.is_empty() {
@@ -90,9 +120,10 @@ fn joined_servers(view: &RoomView) -> BTreeSet<ServerName> {
     view.state.joined_members().map(|u| u.server_name()).collect()
 }
 
-/// Where a room EDU from this server goes: everyone (as hub) or the hub.
+/// Where a room EDU from this server goes: every server with a joined
+/// user, directly (item 202).
 pub fn room_destinations(node: &Node, view: &RoomView, except: Option<&ServerName>) -> BTreeSet<ServerName> {
-    let mut out = if view.is_hub(&node.name) { joined_servers(view) } else { BTreeSet::from([view.hub.clone()]) };
+    let mut out = joined_servers(view);
     out.remove(&node.name);
     if let Some(e) = except {
         out.remove(e);
@@ -125,8 +156,8 @@ pub fn sharing_servers(node: &Node, user: &UserId) -> BTreeSet<ServerName> {
 }
 
 /// EDUs from a `/send`. A user's EDU is accepted from the user's own
-/// server, or from the room's hub relaying it; the hub relays what its
-/// participants send.
+/// server, or from the room's hub (lmx hubs relayed their participants'
+/// typing and receipts before these went directly).
 ///
 /// To-device messages are kept durably: a store failure there fails the
 /// whole transaction, so the sender sends it again (the messages' ids keep
@@ -143,12 +174,13 @@ pub async fn receive(node: &Arc<Node>, origin: &ServerName, edus: &[Value]) -> R
                 continue;
             }
         };
-        let kind = edu.kind();
+        let (kind, sender) = (edu.kind(), edu.sender());
         let content = edu.content.map_or(Value::Null, Value::Object);
         let result = match kind {
-            "m.typing" => typing(node, origin, &content, e),
+            "m.typing" => typing(node, origin, &content),
             "m.receipt" => receipts(node, origin, &content),
             "m.presence" => presence(node, origin, &content),
+            "m.device_list_update" if is_lm_device_list(&content) => lm_device_list(node, origin, sender, &content)?,
             "m.device_list_update" | "m.signing_key_update" => {
                 let taken = if kind == "m.device_list_update" {
                     super::device_lists::device_list_update(node, origin, &content)?
@@ -163,7 +195,7 @@ pub async fn receive(node: &Arc<Node>, origin: &ServerName, edus: &[Value]) -> R
                     super::device_lists::Outcome::Refused(why) => Err(why),
                 }
             }
-            "m.direct_to_device" => match direct_to_device(node, origin, &content) {
+            "m.direct_to_device" => match direct_to_device(node, origin, sender, &content) {
                 Ok(alloc) => {
                     kept.extend(alloc);
                     Ok(())
@@ -210,7 +242,7 @@ fn room_for(node: &Node, origin: &ServerName, room: &str, user: &UserId) -> Resu
     Ok(view)
 }
 
-fn typing(node: &Arc<Node>, origin: &ServerName, c: &Value, raw: &Value) -> Result<(), String> {
+fn typing(node: &Arc<Node>, origin: &ServerName, c: &Value) -> Result<(), String> {
     let user = UserId::parse(c.get("user_id").and_then(Value::as_str).unwrap_or("")).map_err(|e| e.to_string())?;
     let view = room_for(node, origin, c.get("room_id").and_then(Value::as_str).unwrap_or(""), &user)?;
     let on = c.get("typing").and_then(Value::as_bool).unwrap_or(false);
@@ -218,9 +250,6 @@ fn typing(node: &Arc<Node>, origin: &ServerName, c: &Value, raw: &Value) -> Resu
     if node.ephemeral.set_typing(&view.room_id, &user, until) {
         record_side(&*node.store, &node.positions, Kind::TypingRoom(view.room_id.to_string()))
             .map_err(|e| e.to_string())?;
-    }
-    if view.is_hub(&node.name) {
-        send_edu(node, &room_destinations(node, &view, Some(origin)), raw).map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -250,10 +279,6 @@ fn receipts(node: &Arc<Node>, origin: &ServerName, c: &Value) -> Result<(), Stri
                     receipt.clone(),
                 )
                 .map_err(|e| e.to_string())?;
-                if view.is_hub(&node.name) {
-                    let relay = receipt_edu(&view.room_id, kind, &user, &event, &receipt);
-                    send_edu(node, &room_destinations(node, &view, Some(origin)), &relay).map_err(|e| e.to_string())?;
-                }
             }
         }
     }
@@ -287,33 +312,53 @@ fn presence(node: &Arc<Node>, origin: &ServerName, c: &Value) -> Result<(), Stri
 /// To-device messages from a user of `origin` to ours: into the devices'
 /// inboxes once per `message_id` (a transaction may come again when its
 /// answer was lost), with the mark in the same write.
+///
+/// Matrix's form batches messages under `messages`; LM's (§10) carries
+/// one, for `target`'s `target_device`, with the sender on the envelope.
+/// Messages for unknown users or devices are dropped (item 205).
 fn direct_to_device(
     node: &Arc<Node>,
     origin: &ServerName,
+    envelope_sender: Option<&str>,
     c: &Value,
 ) -> Result<Option<crate::store::Allocation>, ToDeviceRefused> {
     let bad = |why: String| ToDeviceRefused::Bad(why);
     let text = |f: &str| c.get(f).and_then(Value::as_str).ok_or_else(|| bad(format!("no {f}")));
-    let sender = UserId::parse(text("sender")?).map_err(|e| bad(e.to_string()))?;
+    let lm = c.get("target").is_some() && c.get("messages").is_none();
+    let sender = if lm { envelope_sender.ok_or_else(|| bad("no sender".into()))? } else { text("sender")? };
+    let sender = UserId::parse(sender).map_err(|e| bad(e.to_string()))?;
     if !sender.is_on(origin) {
         return Err(bad(format!("{sender} is not a user of {origin}")));
     }
-    let (event_type, message_id) = (text("type")?, text("message_id")?);
-    if message_id.chars().count() > 32 {
+    let event_type = if lm { text("message_type")? } else { text("type")? };
+    // LM's form needs no id; without one, the transaction's id alone keeps
+    // a resent message from arriving twice.
+    let message_id = if lm { c.get("message_id").and_then(Value::as_str) } else { Some(text("message_id")?) };
+    if message_id.is_some_and(|m| m.chars().count() > 32) {
         return Err(bad("message_id longer than 32 characters".into()));
     }
-    if node.e2ee.seen(origin, message_id)? {
-        return Ok(None);
+    if let Some(id) = message_id {
+        if node.e2ee.seen(origin, id)? {
+            return Ok(None);
+        }
     }
     let mut batch = node.e2ee.to_device_batch(sender.as_str(), event_type);
-    for (user, devices) in c.get("messages").and_then(Value::as_object).into_iter().flatten() {
-        let Ok(user) = UserId::parse(user) else { continue };
-        if !node.is_me(&user.server_name()) {
-            continue;
-        }
-        for (device, content) in devices.as_object().into_iter().flatten() {
+    let mut add = |user: &str, device: &str, content: &Value| -> Result<(), ToDeviceRefused> {
+        let Ok(user) = UserId::parse(user) else { return Ok(()) };
+        // A wildcard is Matrix's; an LM message names one device.
+        if node.is_me(&user.server_name()) && !(lm && device == "*") {
             if let Some(content) = content.as_object() {
                 batch.add(&user, device, content)?;
+            }
+        }
+        Ok(())
+    };
+    if lm {
+        add(text("target")?, text("target_device")?, c.get("message").unwrap_or(&Value::Null))?;
+    } else {
+        for (user, devices) in c.get("messages").and_then(Value::as_object).into_iter().flatten() {
+            for (device, content) in devices.as_object().into_iter().flatten() {
+                add(user, device, content)?;
             }
         }
     }
@@ -323,7 +368,40 @@ fn direct_to_device(
         return Ok(None);
     }
     let alloc = node.positions.allocate(1)?;
-    let mark = Op::ToDeviceSeen { origin: origin.clone(), message_id: message_id.to_owned(), ts: now_ms() };
-    batch.write(alloc.first(), Some(mark))?;
+    let mark =
+        message_id.map(|id| Op::ToDeviceSeen { origin: origin.clone(), message_id: id.to_owned(), ts: now_ms() });
+    batch.write(alloc.first(), mark)?;
     Ok(Some(alloc))
+}
+
+/// LM's device-list update carries device objects, Matrix's one device's
+/// keys with stream ids.
+fn is_lm_device_list(c: &Value) -> bool {
+    (c.get("changed").is_some() || c.get("removed").is_some()) && c.get("device_id").is_none()
+}
+
+/// An LM `m.device_list_update` (item 203): the sender's device objects
+/// kept as their server gives them.
+fn lm_device_list(
+    node: &Arc<Node>,
+    origin: &ServerName,
+    sender: Option<&str>,
+    c: &Value,
+) -> Result<Result<(), String>, StoreError> {
+    let Some(sender) = sender.and_then(|s| UserId::parse(s).ok()) else {
+        return Ok(Err("no sender".into()));
+    };
+    if !sender.is_on(origin) || node.is_me(origin) {
+        return Ok(Err(format!("{sender} is not a user of {origin}")));
+    }
+    let changed = c.get("changed").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let removed: Vec<&str> =
+        c.get("removed").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+    let mut b = crate::store::Batch::new();
+    let _guard = node.e2ee.lock(&sender);
+    if let Err(why) = node.e2ee.stage_remote_device_objects(&sender, changed, &removed, &mut b) {
+        return Ok(Err(why));
+    }
+    node.store.write(b)?;
+    Ok(Ok(()))
 }

@@ -130,6 +130,8 @@ enum Endpoint {
     UserKeysQuery,
     UserKeysClaim,
     UserDevices(String),
+    /// E17: one device's MLS device object.
+    UserDevice(String, String),
 }
 
 fn allow(method: &Method, want: Method) -> Result<(), Failure> {
@@ -219,13 +221,25 @@ fn endpoint(method: &Method, segs: &[String]) -> Result<Option<Endpoint>, Failur
             allow(method, Method::POST)?;
             UserKeysQuery
         }
-        (_, Some(["v1", "user", "keys", "claim"])) => {
+        (Some(["user", "keys", "claim"]), _) | (_, Some(["v1", "user", "keys", "claim"])) => {
             allow(method, Method::POST)?;
             UserKeysClaim
         }
         (_, Some(["v1", "user", "devices", user])) => {
             allow(method, Method::GET)?;
             UserDevices(user.to_string())
+        }
+        (_, Some(["v1", "user", user, "device", device])) => {
+            allow(method, Method::GET)?;
+            UserDevice(user.to_string(), device.to_string())
+        }
+        // The draft prints this path with PUT, its companion with POST
+        // (OQ-26): all three are taken.
+        (Some(["user", user, "device", device]), _) => {
+            if ![Method::GET, Method::PUT, Method::POST].contains(method) {
+                allow(method, Method::GET)?;
+            }
+            UserDevice(user.to_string(), device.to_string())
         }
         _ => return Ok(None),
     };
@@ -306,6 +320,7 @@ impl FedHandler {
             Endpoint::UserKeysQuery => handlers::e2ee::keys_query(req),
             Endpoint::UserKeysClaim => handlers::e2ee::keys_claim(req).await,
             Endpoint::UserDevices(user) => handlers::e2ee::user_devices(req, &user),
+            Endpoint::UserDevice(user, device) => handlers::e2ee::user_device(req, &user, &device),
         }?;
         Ok(crate::http::json_response(StatusCode::OK, &answer))
     }

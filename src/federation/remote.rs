@@ -85,6 +85,36 @@ impl Remote {
         resp.and_then(|r| r.json(server.as_str())).map_err(|e| e.to_string())
     }
 
+    /// E17: one device object of `user` from their server, within `timeout`.
+    pub async fn device_object(
+        &self,
+        user: &UserId,
+        device: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Value, String> {
+        use crate::http::encode_segment;
+        let server = user.server_name();
+        let path =
+            format!("/_matrix/federation/v1/user/{}/device/{}", encode_segment(user.as_str()), encode_segment(device));
+        let lm = super::fetch::lm_peer(&self.0, &server).await;
+        let call = self.0.fed.request(&server, http::Method::GET, &path, None, lm);
+        let resp = tokio::time::timeout(timeout, call).await.map_err(|_| "timed out".to_owned())?;
+        resp.and_then(|r| r.json(server.as_str())).map_err(|e| e.to_string())
+    }
+
+    /// Whether `server` speaks LM (its keys are fetched if not known).
+    pub async fn is_lm_peer(&self, server: &ServerName) -> bool {
+        super::fetch::lm_peer(&self.0, server).await
+    }
+
+    /// Servers sharing a room with a local user that are not known to be
+    /// DAG servers: where LM's device objects go.
+    pub fn sharing_lm_servers(&self, user: &UserId) -> BTreeSet<ServerName> {
+        let mut out = self.sharing_servers(user);
+        out.retain(|s| self.0.keyring.cached_linearized(s) != Some(false));
+        out
+    }
+
     /// Queues `edu` for each of `dests` and wakes their delivery.
     pub fn send_edu(&self, dests: &BTreeSet<ServerName>, edu: &Value) -> Result<(), StoreError> {
         super::edu::send_edu(&self.0, dests, edu)

@@ -43,5 +43,6 @@ pub fn load_view(store: &Arc<dyn Store>, room: &RoomId) -> Result<Option<RoomVie
         length: rec.length,
         extremities,
         max_depth: rec.max_depth,
+        mls_commit: rec.mls_commit_event()?,
     }))
 }

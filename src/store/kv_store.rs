@@ -556,6 +556,7 @@ impl<K: Kv> Store for KvStore<K> {
                     let (u, d) = (user.as_str(), device.as_str());
                     writes.push(KvWrite::Delete(keys::device(u, d)));
                     writes.push(KvWrite::Delete(keys::device_keys(u, d)));
+                    writes.push(KvWrite::Delete(keys::user_key(u, super::MLS_DEVICE_KIND, d, "")));
                     for prefix in
                         [keys::one_time_key_prefix(u, d), keys::fallback_key_prefix(u, d), keys::to_device_prefix(u, d)]
                     {

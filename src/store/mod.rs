@@ -96,6 +96,9 @@ pub fn stored_json(obj: &crate::core::json::Object) -> (Vec<u8>, bool) {
 /// The user-key kind of a user's device-list version (and, for another
 /// server's user, the cached list).
 pub const DEVICE_LIST_KIND: &str = "device_list";
+/// The user-key kind of MLS device objects (draft §9.2), by device id;
+/// deleted with their device.
+pub const MLS_DEVICE_KIND: &str = "mls_device";
 
 /// What a side-stream entry is about; a sync reads only its user's topics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

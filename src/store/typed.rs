@@ -35,6 +35,10 @@ impl RoomRecord {
     pub fn extremity_events(&self) -> StoreResult<Vec<EventId>> {
         self.extremities.iter().map(|e| required("forward extremity", e)).collect()
     }
+
+    pub fn mls_commit_event(&self) -> StoreResult<Option<EventId>> {
+        optional("last MLS commit", &self.mls_commit)
+    }
 }
 
 impl EventRecord {

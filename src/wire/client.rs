@@ -191,6 +191,27 @@ pub struct KeysUpload {
     pub fallback_keys: Option<Object>,
 }
 
+/// `POST …/org.lmx.mls/keys/upload`: a device's MLS device object and key
+/// packages (`algorithm:version` → unpadded base64), the last-resort ones
+/// apart.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct MlsKeysUpload {
+    pub device_object: Option<Object>,
+    pub key_packages: Option<Object>,
+    pub last_resort_key_packages: Option<Object>,
+}
+
+/// `POST …/org.lmx.mls/keys/query`: the device objects wanted per user
+/// (none listed: all known).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct MlsKeysQuery<'a> {
+    #[serde(borrow)]
+    pub device_objects: std::collections::BTreeMap<&'a str, Vec<&'a str>>,
+    pub timeout: Option<u64>,
+}
+
 /// `POST /keys/query`: the devices wanted per user (none listed: all).
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]

@@ -28,11 +28,18 @@ pub struct Edu<'a> {
     #[serde(rename = "type")]
     pub lm_type: Option<&'a str>,
     pub content: Option<Object>,
+    /// LM's envelope sender, spelt either way (OQ-33).
+    sender: Option<&'a str>,
+    sender_id: Option<&'a str>,
 }
 
 impl<'a> Edu<'a> {
     pub fn kind(&self) -> &'a str {
         self.edu_type.or(self.lm_type).unwrap_or("")
+    }
+
+    pub fn sender(&self) -> Option<&'a str> {
+        self.sender.or(self.sender_id)
     }
 }
 

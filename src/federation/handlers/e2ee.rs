@@ -54,18 +54,28 @@ pub fn user_devices(req: Req, user: &str) -> Result<Value, Failure> {
     Ok(req.node.e2ee.devices_answer(&user)?)
 }
 
+/// E17 (item 204): a local device's MLS device object, as uploaded.
+pub fn user_device(req: Req, user: &str, device: &str) -> Result<Value, Failure> {
+    let not_found = || Failure::not_found("No such device");
+    let user = local_user(&req, user).map_err(|_| not_found())?;
+    let mut objects = req.node.e2ee.device_objects(&user, &[device])?;
+    objects.remove(device).ok_or_else(not_found)
+}
+
 pub async fn keys_claim(req: Req) -> Result<Value, Failure> {
     let KeysClaim { one_time_keys, .. } = wire::read(&req.body)?;
     if one_time_keys.len() > MAX_USERS {
         return Err(Failure::too_large(format!("at most {MAX_USERS} users a request")));
     }
     let mut out = Object::new();
+    let now = crate::sys::now_ms().max(0) as u64 / 1000;
     for (user, devices) in one_time_keys {
-        let user = local_user(&req, user)?;
+        // Other servers' users and unknown ones are skipped (item 207).
+        let Ok(user) = local_user(&req, user) else { continue };
         let mut keys = Object::new();
         for (device, algorithm) in devices {
-            if let Some(claimed) = req.node.e2ee.claim(&user, device, algorithm)? {
-                keys.insert(device.to_owned(), json!({ claimed.name: claimed.key }));
+            if let Some(claimed) = req.node.e2ee.claim(&user, device, algorithm, now)? {
+                keys.insert(device.to_owned(), claimed.answer());
             }
         }
         if !keys.is_empty() {

@@ -195,6 +195,12 @@ impl<'a> Viewer<'a> {
 
     /// What the server may see of `pdu`.
     pub fn sight(&self, pdu: &Pdu) -> Result<Sight, Failure> {
+        // A group's commits are for every member, whatever came before
+        // their join (item 117): without them no member could follow the
+        // group's epochs.
+        if pdu.event_type() == "m.mls.commit" && self.joined_now {
+            return Ok(Sight::Whole);
+        }
         let own_change = |before: &(String, Vec<String>)| {
             let mut after = before.clone();
             if let Some(v) = visibility_of(pdu) {

@@ -26,7 +26,8 @@ impl Machine {
                 Ok(_) => {}
             }
         }
-        match self.rules.build_local(self, &draft) {
+        let built = self.rules.build_local(self, &draft);
+        match built.and_then(|pdu| self.mls_check(out, &pdu).map(|()| pdu)) {
             Ok(pdu) if self.invitee_to_ask(&pdu).is_some() => {
                 self.ask_invitee(pdu, InviteFor::Local { draft, ticket }, out)
             }
@@ -74,7 +75,8 @@ impl Machine {
             let appended = Appended { event_id: pdu.event_id().clone(), pdu, state_before };
             return out.answer(ticket, Reply::Appended(appended));
         }
-        match build::hub_event_from_lpdu(&self.cur, &self.env.key, &lpdu) {
+        let built = build::hub_event_from_lpdu(&self.cur, &self.env.key, &lpdu);
+        match built.and_then(|pdu| self.mls_check(out, &pdu).map(|()| pdu)) {
             Ok(pdu) if self.invitee_to_ask(&pdu).is_some() => {
                 self.ask_invitee(pdu, InviteFor::Lpdu { lpdu, with_state, ticket }, out)
             }

@@ -17,6 +17,7 @@ mod hub;
 mod invite;
 mod kind;
 mod mixed;
+mod mls;
 #[cfg(test)]
 mod model_participant_test;
 #[cfg(test)]
@@ -35,6 +36,7 @@ use std::sync::Arc;
 pub use build::Draft;
 pub use invite::InviteFor;
 pub use mixed::{build_create, Outlier, Verdict};
+pub use mls::creation_algorithm;
 
 use crate::core::crypto::SigningKey;
 use crate::core::event::{Lpdu, Pdu, RoomVersion};
@@ -102,6 +104,8 @@ pub struct RoomView {
     pub extremities: Vec<EventId>,
     /// Mixed rooms: the greatest depth accepted so far.
     pub max_depth: i64,
+    /// MLS rooms: the last accepted `m.mls.commit`.
+    pub mls_commit: Option<EventId>,
 }
 
 impl RoomView {
@@ -116,6 +120,7 @@ impl RoomView {
             length: 0,
             extremities: Vec::new(),
             max_depth: 0,
+            mls_commit: None,
         }
     }
 
@@ -320,6 +325,10 @@ pub struct Machine {
     cache: DagCache,
     /// The time of the input being handled.
     now: i64,
+    /// MLS rooms: the group of the room's last commit, when read.
+    mls: Option<mls::Checked>,
+    /// MLS rooms: the group of a commit checked and about to be appended.
+    mls_checked: Option<mls::Checked>,
 }
 
 impl Machine {
@@ -336,6 +345,8 @@ impl Machine {
             // Per room, so smaller than the handlers' shared one.
             cache: DagCache::bounded(2048, 128),
             now: 0,
+            mls: None,
+            mls_checked: None,
         }
     }
 
@@ -432,6 +443,7 @@ impl Machine {
                 tail: self.cur.tail.as_ref().map(|t| t.to_string()).unwrap_or_default(),
                 extremities: self.cur.extremities.iter().map(|e| e.to_string()).collect(),
                 max_depth: self.cur.max_depth,
+                mls_commit: self.cur.mls_commit.as_ref().map(|e| e.to_string()).unwrap_or_default(),
             }));
             out.view = Some(self.cur.clone());
         }

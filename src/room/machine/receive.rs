@@ -86,6 +86,11 @@ impl Machine {
             .map_err(|e| RoomError::Forbidden(format!("against its auth events: {e}")))?;
         authorize(&pdu, &self.cur.state)
             .map_err(|e| RoomError::Forbidden(format!("against the current state: {e}")))?;
+        if let Err(e) = self.mls_check(out, &pdu) {
+            // A full event breaking the MLS rules is soft-failed (§9.4).
+            tracing::info!(event = %pdu.event_id(), sender = %pdu.sender(), reason = %e, "soft-failed an event");
+            return self.stage_with(out, pdu, true);
+        }
         self.stage(out, pdu)
     }
 
@@ -94,7 +99,13 @@ impl Machine {
     /// but marked soft-failed: not shown, not applied to state.
     pub(super) fn append_audited(&mut self, pdu: Pdu, out: &mut Effects) -> Result<(), RoomError> {
         match check_append(self.cur.tail.as_ref(), &self.cur.state, &pdu) {
-            Ok(()) => self.stage(out, pdu).map(|_| ()),
+            Ok(()) => match self.mls_check(out, &pdu) {
+                Ok(()) => self.stage(out, pdu).map(|_| ()),
+                Err(e) => {
+                    tracing::warn!(event = %pdu.event_id(), hub = %self.cur.hub, error = %e, "hub audit: the hub sent an event that fails the MLS rules");
+                    self.stage_with(out, pdu, true).map(|_| ())
+                }
+            },
             Err(AppendError::NotOnTail { expected }) => {
                 Err(RoomError::BadEvent(format!("{} does not continue the list after {expected}", pdu.event_id())))
             }

@@ -30,6 +30,7 @@ impl Machine {
             if let Some(sk) = pdu.state_key() {
                 self.set_state(out, pdu.event_type(), sk, Some(pdu.clone()), pos);
             }
+            self.mls_appended(&pdu);
         }
         self.after_append(out, &pdu, soft_failed, old_membership.as_deref(), pos);
         Ok(pdu)
