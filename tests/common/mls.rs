@@ -157,6 +157,12 @@ impl MlsDevice {
         b64_of(&proposal)
     }
 
+    /// Drops the proposals this device made or took (none was committed).
+    pub fn forget_proposals(&mut self) {
+        let storage = self.provider.storage();
+        self.group.as_mut().unwrap().clear_pending_proposals(storage).unwrap();
+    }
+
     /// Takes another member's proposal into the pending ones.
     pub fn take_proposal(&mut self, proposal: &str) {
         let message = message_in(proposal).try_into_protocol_message().unwrap();
@@ -186,10 +192,13 @@ impl MlsDevice {
         self.group.as_mut().unwrap().merge_pending_commit(provider).unwrap();
     }
 
-    /// The hub refused our pending commit.
+    /// The hub refused our pending commit: it and the proposals it was
+    /// made of are forgotten (a later commit would carry them by reference).
     pub fn refused(&mut self) {
         let storage = self.provider.storage();
-        self.group.as_mut().unwrap().clear_pending_commit(storage).unwrap();
+        let group = self.group.as_mut().unwrap();
+        group.clear_pending_commit(storage).unwrap();
+        group.clear_pending_proposals(storage).unwrap();
     }
 
     /// Joins a group from a Welcome.

@@ -63,6 +63,10 @@ pub fn user_device(req: Req, user: &str, device: &str) -> Result<Value, Failure>
 }
 
 pub async fn keys_claim(req: Req) -> Result<Value, Failure> {
+    // Required in the request (item 206), even if empty.
+    if req.body.get("one_time_keys").is_none() {
+        return Err(Failure::bad_json("one_time_keys is required"));
+    }
     let KeysClaim { one_time_keys, .. } = wire::read(&req.body)?;
     if one_time_keys.len() > MAX_USERS {
         return Err(Failure::too_large(format!("at most {MAX_USERS} users a request")));
