@@ -6,6 +6,8 @@
 //! listener that records what the hub sends it.
 
 mod common;
+#[path = "common/mls.rs"]
+mod mls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -441,6 +443,72 @@ async fn a_dag_capable_lm_peer_takes_part_in_an_lm_room() {
         ids.body["pdu_ids"].as_array().unwrap().iter().any(|e| e == &json!(join_id)),
         "Dan is in the state before his message"
     );
+}
+
+/// An MLS commit in a full PDU (digest 9.4): the hub soft-fails one that
+/// breaks the group's rules (a PDU is not refused, item 111-112) and takes
+/// one that keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dag_peers_commit_that_breaks_the_mls_rules_is_soft_failed() {
+    use lmx::core::mls::ROOM_ALGORITHM;
+    let mut net = Net::new();
+    for h in ["hub.test", "part.test", "dag.test"] {
+        net.reserve(h);
+    }
+    let hub = Server::start(net.config("hub.test")).await;
+    let part = Server::start(net.config("part.test")).await;
+    let peer = Peer::start(&net, RoomVersion::lm()).await;
+    let alice = hub.client().register("alice").await;
+    let bob = part.client().register("bob").await;
+    let create = json!({"preset": "public_chat", "creation_content": {"encryption": {"algorithm": ROOM_ALGORITHM}}});
+    let room = alice.create_room(create).await;
+    assert_eq!(join_ok(&bob, &room).await, 200);
+    let (join, joined) = peer.join(&net, &hub, &room).await;
+    let alice_device =
+        alice.ok("GET", "/_matrix/client/v3/account/whoami", None).await["device_id"].as_str().unwrap().to_owned();
+    let mut alice_d = mls::MlsDevice::new(&alice.user_id, &alice_device);
+    let mut dan_d = mls::MlsDevice::new(DAN, "DAND");
+    let commit = |content: &Value| {
+        let path = format!("/_matrix/client/v3/rooms/{}/send/m.mls.commit/{}", enc(&room), lmx::sys::random_string(8));
+        let alice = alice.clone();
+        let content = content.clone();
+        async move { alice.ok("PUT", &path, Some(content)).await["event_id"].as_str().unwrap().to_owned() }
+    };
+    let first = alice_d.create_group(&room);
+    commit(&first).await;
+    alice_d.accepted();
+    let (add, welcome) = alice_d.add(&[dan_d.key_package(false, None).1]);
+    commit(&add).await;
+    alice_d.accepted();
+    dan_d.join(&welcome);
+
+    let st = &joined["state"];
+    let auth = vec![
+        state_id(RoomVersion::lm(), st, "m.room.create", ""),
+        state_id(RoomVersion::lm(), st, "m.room.power_levels", ""),
+        peer.id(&join),
+    ];
+    let tail = || vec![hub.list(&room).last().unwrap().to_string()];
+    // The good commit below is built on what the participant also holds:
+    // a soft-failed event is not relayed.
+    let before_bad = tail();
+    let remove_alice = dan_d.remove(&[dan_d.leaf_of(&alice.user_id, &alice_device).unwrap()]);
+    let bad = peer.event(&room, "m.mls.commit", None, remove_alice, &tail(), &auth);
+    assert_eq!(peer.send(&net, &hub, &bad).await, json!({}), "a PDU is taken, not refused");
+    dan_d.refused();
+    let bad_id = peer.id(&bad);
+    let rec = hub.node().store.event(&lmx::core::ids::EventId::parse(&bad_id).unwrap()).unwrap().unwrap();
+    assert!(rec.soft_failed, "removing a joined user's device soft-fails the commit");
+    let update = dan_d.self_update();
+    let good = peer.event(&room, "m.mls.commit", None, update, &before_bad, &auth);
+    assert_eq!(peer.send(&net, &hub, &good).await, json!({}));
+    let good_id = peer.id(&good);
+    let rec = hub.node().store.event(&lmx::core::ids::EventId::parse(&good_id).unwrap()).unwrap().unwrap();
+    assert!(!rec.soft_failed, "an update keeps the rules");
+    let seen = bob.sync_until(&room, |evs| evs.iter().any(|e| e["event_id"] == good_id)).await;
+    assert!(seen.iter().any(|e| e["event_id"] == good_id), "the good commit reaches the participant");
+    assert!(!seen.iter().any(|e| e["event_id"] == bad_id), "the soft-failed one does not");
+    alice_d.process_commit(&seen.iter().find(|e| e["event_id"] == good_id).unwrap()["content"]);
 }
 
 async fn join_ok(c: &Client, room: &str) -> u16 {

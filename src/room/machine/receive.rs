@@ -47,7 +47,10 @@ impl Machine {
         if let Some(p) = pdu.prev_events().iter().find(|p| !self.knows(out, p)) {
             return Err(RoomError::BadEvent(format!("prev event {p} of a DAG server's event is not in the list")));
         }
-        match authorize(&pdu, &self.cur.state) {
+        match authorize(&pdu, &self.cur.state)
+            .map_err(|e| e.to_string())
+            .and_then(|()| self.mls_check(out, &pdu).map_err(|e| e.to_string()))
+        {
             Ok(()) => self.stage(out, pdu).map(|_| ()),
             Err(e) => {
                 tracing::warn!(event = %pdu.event_id(), error = %e, "hub audit: a relayed DAG event fails the rules");
