@@ -492,22 +492,40 @@ async fn a_dag_peers_commit_that_breaks_the_mls_rules_is_soft_failed() {
     // The good commit below is built on what the participant also holds:
     // a soft-failed event is not relayed.
     let before_bad = tail();
-    let remove_alice = dan_d.remove(&[dan_d.leaf_of(&alice.user_id, &alice_device).unwrap()]);
-    let bad = peer.event(&room, "m.mls.commit", None, remove_alice, &tail(), &auth);
-    assert_eq!(peer.send(&net, &hub, &bad).await, json!({}), "a PDU is taken, not refused");
-    dan_d.refused();
-    let bad_id = peer.id(&bad);
-    let rec = hub.node().store.event(&lmx::core::ids::EventId::parse(&bad_id).unwrap()).unwrap().unwrap();
-    assert!(rec.soft_failed, "removing a joined user's device soft-fails the commit");
+    let soft_failed = |id: &str| {
+        let id = lmx::core::ids::EventId::parse(id).unwrap();
+        hub.node().store.event(&id).unwrap().unwrap().soft_failed
+    };
+    let stranger = mls::MlsDevice::new("@stranger:hub.test", "S");
+    let mut bad_ids = Vec::new();
+    for case in ["removes a joined user's device", "adds a user who is not joined", "a PrivateMessage"] {
+        let content = match case {
+            "removes a joined user's device" => dan_d.remove(&[dan_d.leaf_of(&alice.user_id, &alice_device).unwrap()]),
+            "adds a user who is not joined" => dan_d.add(&[stranger.key_package(false, None).1]).0,
+            _ => {
+                dan_d.encrypt_handshakes();
+                let c = dan_d.self_update();
+                dan_d.plain_handshakes();
+                c
+            }
+        };
+        let bad = peer.event(&room, "m.mls.commit", None, content, &tail(), &auth);
+        assert_eq!(peer.send(&net, &hub, &bad).await, json!({}), "{case}: a PDU is taken, not refused");
+        dan_d.refused();
+        assert!(soft_failed(&peer.id(&bad)), "{case}: soft-failed");
+        bad_ids.push(peer.id(&bad));
+    }
     let update = dan_d.self_update();
     let good = peer.event(&room, "m.mls.commit", None, update, &before_bad, &auth);
     assert_eq!(peer.send(&net, &hub, &good).await, json!({}));
     let good_id = peer.id(&good);
-    let rec = hub.node().store.event(&lmx::core::ids::EventId::parse(&good_id).unwrap()).unwrap().unwrap();
-    assert!(!rec.soft_failed, "an update keeps the rules");
+    assert!(!soft_failed(&good_id), "an update keeps the rules");
     let seen = bob.sync_until(&room, |evs| evs.iter().any(|e| e["event_id"] == good_id)).await;
     assert!(seen.iter().any(|e| e["event_id"] == good_id), "the good commit reaches the participant");
-    assert!(!seen.iter().any(|e| e["event_id"] == bad_id), "the soft-failed one does not");
+    assert!(
+        !seen.iter().any(|e| bad_ids.contains(&e["event_id"].as_str().unwrap().to_owned())),
+        "soft-failed ones do not"
+    );
     alice_d.process_commit(&seen.iter().find(|e| e["event_id"] == good_id).unwrap()["content"]);
 }
 

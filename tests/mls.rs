@@ -110,10 +110,6 @@ async fn an_mls_room_from_its_first_commit_to_a_member_leaving() {
     let (carol, mut carol_d) = mls_user(&hub, "carol", 2).await;
     let room = alice.create_room(mls_room()).await;
 
-    // Item 106: no m.room.encryption in a room created with MLS.
-    let a = alice.put_state(&room, "m.room.encryption", "", json!({"algorithm": "m.megolm.v1.aes-sha2"})).await;
-    assert_eq!(a.status, 403, "{}", a.body);
-
     let first = alice_d.create_group(&room);
     let first_id = commit(&alice, &mut alice_d, &room, first).await;
     assert_eq!(bob.join(&room, "hub.test").await.status, 200);
@@ -152,23 +148,40 @@ async fn an_mls_room_from_its_first_commit_to_a_member_leaving() {
     let a = send(&alice, &room, "m.room.encrypted", &json!({"algorithm": ROOM_ALGORITHM, "ciphertext": "AA"})).await;
     assert_eq!(a.status, 403, "no commit_event_id: {}", a.body);
 
-    // Refusals, from the hub's own user and from a participant's (LPDU).
-    let (dave, dave_d) = mls_user(&hub, "dave", 1).await;
-    let dave_kp = claim(&alice, &dave.user_id, &dave_d.device).await.unwrap();
-    let (add_dave, _) = alice_d.add(std::slice::from_ref(&dave_kp));
-    refused(&alice, &mut alice_d, &room, add_dave, "adds a user who is not joined").await;
-    let (add_dave, _) = bob_d.add(&[dave_kp]);
-    refused(&bob, &mut bob_d, &room, add_dave, "adds a user who is not joined, from p1").await;
-    let remove_alice = bob_d.remove(&[bob_d.leaf_of(&alice.user_id, &alice_d.device).unwrap()]);
-    refused(&bob, &mut bob_d, &room, remove_alice, "removes a joined user's device").await;
+    // Refusals, each from the hub's own user (refused at once) and from
+    // the participant's (its LPDU refused by the hub): all 403.
+    let (dave, dave_d) = mls_user(&hub, "dave", 2).await;
+    let (alice_dev, carol_dev) = (alice_d.device.clone(), carol_d.device.clone());
+    for (c, d) in [(&alice, &mut alice_d), (&bob, &mut bob_d)] {
+        let who = &c.user_id;
+        // Item 106: no m.room.encryption in a room created with MLS.
+        let a = c.put_state(&room, "m.room.encryption", "", json!({"algorithm": "m.megolm.v1.aes-sha2"})).await;
+        assert_eq!(a.status, 403, "{who}: {}", a.body);
+        // Item 111.
+        let dave_kp = claim(c, &dave.user_id, &dave_d.device).await.unwrap();
+        let (add_dave, _) = d.add(&[dave_kp]);
+        refused(c, d, &room, add_dave, &format!("{who} adds a user who is not joined")).await;
+        // Item 112.
+        let other = if who == &alice.user_id { (&carol.user_id, &carol_dev) } else { (&alice.user_id, &alice_dev) };
+        let remove = d.remove(&[d.leaf_of(other.0, other.1).unwrap()]);
+        refused(c, d, &room, remove, &format!("{who} removes a joined user's device")).await;
+        // Item 105.
+        d.encrypt_handshakes();
+        let private = d.self_update();
+        refused(c, d, &room, private, &format!("{who}'s PrivateMessage commit")).await;
+        d.plain_handshakes();
+    }
+    // Item 113: a commit carrying another member's proposal, both ways.
     let proposal = bob_d.propose_add(&MlsDevice::new("@x:p1.test", "X").key_package(false, None).1);
+    bob_d.forget_proposals();
     alice_d.take_proposal(&proposal);
     let by_reference = alice_d.commit_pending();
-    refused(&alice, &mut alice_d, &room, by_reference, "carries another member's proposal").await;
-    bob_d.forget_proposals();
-    carol_d.encrypt_handshakes();
-    let private = carol_d.self_update();
-    refused(&carol, &mut carol_d, &room, private, "a PrivateMessage commit").await;
+    refused(&alice, &mut alice_d, &room, by_reference, "carries Bob's proposal").await;
+    let proposal = alice_d.propose_add(&MlsDevice::new("@y:hub.test", "Y").key_package(false, None).1);
+    alice_d.forget_proposals();
+    bob_d.take_proposal(&proposal);
+    let by_reference = bob_d.commit_pending();
+    refused(&bob, &mut bob_d, &room, by_reference, "carries Alice's proposal").await;
     // Commits must come from their committer's user.
     let alice_update = alice_d.self_update();
     refused(&bob, &mut alice_d, &room, alice_update, "Alice's commit sent by Bob").await;
@@ -184,6 +197,40 @@ async fn an_mls_room_from_its_first_commit_to_a_member_leaving() {
     let after_id = send(&alice, &room, "m.room.encrypted", &after).await.body["event_id"].as_str().unwrap().to_owned();
     assert_eq!(bob_d.decrypt(&timeline_event(&bob, &room, &after_id).await["content"]), "carol is gone");
     assert!(!first_id.is_empty());
+}
+
+/// Item 117: a member who joined under `joined` history visibility reads
+/// the group's earlier commits, not the messages around them, locally and
+/// through the hub from another server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_are_visible_to_members_whatever_the_history_visibility() {
+    let (_net, hub, p1) = hub_and_p1().await;
+    let (alice, mut alice_d) = mls_user(&hub, "alice", 1).await;
+    let (carol, _) = mls_user(&hub, "carol", 1).await;
+    let (bob, _) = mls_user(&p1, "bob", 1).await;
+    let mut create = mls_room();
+    create["initial_state"] =
+        json!([{"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}]);
+    let room = alice.create_room(create).await;
+    let first = alice_d.create_group(&room);
+    let first_id = commit(&alice, &mut alice_d, &room, first).await;
+    let secret = alice.send_ok(&room, "s1", "before anyone joined").await;
+    assert_eq!(carol.join(&room, &hub.name()).await.status, 200);
+    assert_eq!(bob.join(&room, &hub.name()).await.status, 200);
+    let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(&room));
+    let page = carol.ok("GET", &path, None).await;
+    let ids: Vec<&str> = page["chunk"].as_array().unwrap().iter().filter_map(|e| e["event_id"].as_str()).collect();
+    assert!(ids.contains(&first_id.as_str()), "the commit is shown: {ids:?}");
+    assert!(!ids.contains(&secret.as_str()), "the message before the join is not");
+    let initial = carol.sync(None, 0).await;
+    let timeline = initial["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap();
+    assert!(timeline.iter().any(|e| e["event_id"] == first_id), "and in an initial sync");
+    assert!(!timeline.iter().any(|e| e["event_id"] == secret));
+    let event = |id: &str| format!("/_matrix/federation/v1/event/{}", enc(id));
+    let (status, body) = fed(&p1, &hub.name(), Method::GET, &event(&first_id), None).await;
+    assert_eq!((status, &body["pdus"][0]["content"]["message"].is_string()), (200, &true), "{body}");
+    let (_, body) = fed(&p1, &hub.name(), Method::GET, &event(&secret), None).await;
+    assert!(body["pdus"][0]["content"].get("body").is_none(), "redacted for p1: {body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -186,6 +186,12 @@ impl MlsDevice {
         self.group.as_mut().unwrap().set_configuration(storage, &config(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)).unwrap();
     }
 
+    /// Handshake messages go out as `PublicMessage` again.
+    pub fn plain_handshakes(&mut self) {
+        let storage = self.provider.storage();
+        self.group.as_mut().unwrap().set_configuration(storage, &config(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)).unwrap();
+    }
+
     /// The hub took our pending commit.
     pub fn accepted(&mut self) {
         let provider = &self.provider;
