@@ -394,3 +394,46 @@ async fn uploads_are_checked() {
         again.ok("POST", &format!("{MLS_API}/query"), Some(json!({"device_objects": { &alice.user_id: [] }}))).await;
     assert_eq!(q["device_objects"][&alice.user_id], json!({}), "deleted with its device");
 }
+
+/// Item 65: a participant repeats the hub's check. A commit the hub should
+/// have refused (removing a joined user's device), sent to the
+/// participant with the hub's signature as if the hub had taken it, is
+/// kept in the participant's list soft-failed and never shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_soft_fails_a_commit_its_hub_should_have_refused() {
+    let (_net, hub, p1) = hub_and_p1().await;
+    let (alice, mut alice_d) = mls_user(&hub, "alice", 1).await;
+    let (bob, mut bob_d) = mls_user(&p1, "bob", 1).await;
+    let room = alice.create_room(mls_room()).await;
+    let first = alice_d.create_group(&room);
+    commit(&alice, &mut alice_d, &room, first).await;
+    assert_eq!(bob.join(&room, &hub.name()).await.status, 200);
+    let kp = claim(&alice, &bob.user_id, &bob_d.device).await.unwrap();
+    let (add, welcome) = alice_d.add(&[kp]);
+    let add_id = commit(&alice, &mut alice_d, &room, add).await;
+    bob_d.join(&welcome);
+    timeline_event(&bob, &room, &add_id).await;
+
+    let remove_bob = alice_d.remove(&[alice_d.leaf_of(&bob.user_id, &bob_d.device).unwrap()]);
+    let room_id = lmx::core::ids::RoomId::parse(&room).unwrap();
+    let view = hub.node().rooms.get(&room_id).unwrap().view();
+    let draft = lmx::room::machine::Draft {
+        sender: lmx::core::ids::UserId::parse(&alice.user_id).unwrap(),
+        event_type: "m.mls.commit".into(),
+        state_key: None,
+        content: remove_bob.as_object().unwrap().clone(),
+        txn: None,
+    };
+    let forged =
+        lmx::room::machine::build::hub_event_from_draft(&view, &hub.node().key, &draft, lmx::sys::now_ms()).unwrap();
+    let id = forged.event_id().clone();
+    let txn = json!({"origin": hub.name(), "origin_server_ts": lmx::sys::now_ms(), "pdus": [forged.json()]});
+    let path = format!("{}/send/forged1", lmx::federation::UNSTABLE);
+    let (status, body) = fed(&hub, &p1.name(), Method::PUT, &path, Some(&txn)).await;
+    assert_eq!(status, 200, "{body}");
+    eventually("the participant to keep the forged commit", || p1.node().store.event(&id).unwrap().is_some()).await;
+    assert!(p1.node().store.event(&id).unwrap().unwrap().soft_failed, "soft-failed by the participant's audit");
+    let sync = bob.sync(None, 0).await;
+    let timeline = sync["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap();
+    assert!(!timeline.iter().any(|e| e["event_id"] == id.as_str()), "never shown");
+}
