@@ -16,10 +16,6 @@ fn otk(n: u32) -> Value {
     json!({"key": format!("otk{n}"), "signatures": {}})
 }
 
-async fn device_of(c: &Client) -> String {
-    c.ok("GET", "/_matrix/client/v3/account/whoami", None).await["device_id"].as_str().unwrap().to_owned()
-}
-
 async fn upload(c: &Client, body: Value) -> Value {
     c.ok("POST", "/_matrix/client/v3/keys/upload", Some(body)).await
 }
@@ -42,7 +38,7 @@ async fn keys_are_uploaded_queried_and_claimed_across_servers() {
     let (_net, hub, p1) = hub_and_p1().await;
     let alice = hub.client().register("alice").await;
     let bob = p1.client().register("bob").await;
-    let alice_device = device_of(&alice).await;
+    let alice_device = alice.device_id().await;
 
     let counts = upload(
         &alice,
@@ -96,7 +92,7 @@ async fn keys_are_uploaded_queried_and_claimed_across_servers() {
 
     // A device logged out is gone with its keys: others stop encrypting to it.
     let phone = hub.client().login("alice").await;
-    let phone_device = device_of(&phone).await;
+    let phone_device = phone.device_id().await;
     upload(&phone, json!({"device_keys": device_keys(&phone, &phone_device)})).await;
     let mine = json!({"device_keys": {alice.user_id.as_str(): []}});
     let both = alice.ok("POST", "/_matrix/client/v3/keys/query", Some(mine.clone())).await;
@@ -118,7 +114,7 @@ async fn to_device_messages_arrive_once_locally_and_across_servers() {
     let alice = hub.client().register("alice").await;
     let alice_phone = hub.client().login("alice").await;
     let bob = p1.client().register("bob").await;
-    let (alice_device, phone_device) = (device_of(&alice).await, device_of(&alice_phone).await);
+    let (alice_device, phone_device) = (alice.device_id().await, alice_phone.device_id().await);
     let since = alice.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
 
     // From bob's server, to one of alice's devices; sent twice with one

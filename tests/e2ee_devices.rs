@@ -7,26 +7,11 @@
 
 mod common;
 
-use common::keys::{cross_signing_key, signed_device_keys, TestKey};
+use common::keys::{cross_signing_key, signed_device_keys, upload_device, TestKey};
 use common::peer::fed;
 use common::*;
 use hyper::Method;
 use serde_json::{json, Value};
-
-async fn device_of(c: &Client) -> String {
-    c.ok("GET", "/_matrix/client/v3/account/whoami", None).await["device_id"].as_str().unwrap().to_owned()
-}
-
-async fn upload_device(c: &Client) -> String {
-    let device = device_of(c).await;
-    c.ok(
-        "POST",
-        "/_matrix/client/v3/keys/upload",
-        Some(json!({"device_keys": signed_device_keys(&c.user_id, &device)})),
-    )
-    .await;
-    device
-}
 
 async fn query(c: &Client, user: &str) -> Value {
     c.ok("POST", "/_matrix/client/v3/keys/query", Some(json!({"device_keys": {user: []}}))).await

@@ -7,26 +7,12 @@
 mod common;
 
 use common::keys::signed_device_keys;
+use common::keys::upload_device;
 use common::peer::fed;
 use common::*;
 use hyper::Method;
 use lmx::core::ids::UserId;
 use serde_json::{json, Value};
-
-async fn device_of(c: &Client) -> String {
-    c.ok("GET", "/_matrix/client/v3/account/whoami", None).await["device_id"].as_str().unwrap().to_owned()
-}
-
-async fn upload_device(c: &Client) -> String {
-    let device = device_of(c).await;
-    c.ok(
-        "POST",
-        "/_matrix/client/v3/keys/upload",
-        Some(json!({"device_keys": signed_device_keys(&c.user_id, &device)})),
-    )
-    .await;
-    device
-}
 
 /// Syncs from the same `since` (acknowledging nothing, so every answer
 /// holds all that came after it) until `done` holds for an answer.

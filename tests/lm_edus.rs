@@ -16,10 +16,6 @@ use common::*;
 use hyper::Method;
 use serde_json::{json, Value};
 
-async fn device_of(c: &Client) -> String {
-    c.ok("GET", "/_matrix/client/v3/account/whoami", None).await["device_id"].as_str().unwrap().to_owned()
-}
-
 /// The EDUs of `kind` the proxy saw in transactions.
 fn edus(proxy: &FaultProxy, kind: &str) -> Vec<Value> {
     proxy
@@ -92,7 +88,7 @@ async fn edus_go_directly_in_lm_shapes() {
 
     // Item 205: a to-device message to an LM server in LM's shape, one
     // per device, with the sender on the envelope.
-    let bob_device = device_of(&bob).await;
+    let bob_device = bob.device_id().await;
     let message = json!({"algorithm": "m.mls.v1.welcome.dhkemx25519-aes128gcm-sha256-ed25519",
                          "ciphertext": "AAAA", "commit_event_id": hello});
     let body = json!({"messages": { &bob.user_id: { &bob_device: message } }});
@@ -111,7 +107,7 @@ async fn edus_go_directly_in_lm_shapes() {
 
     // Item 203: a device object reaches the servers sharing a room, whole,
     // in LM's m.device_list_update; its device's deletion as `removed`.
-    let alice_d = mls::MlsDevice::new(&alice.user_id, &device_of(&alice).await);
+    let alice_d = mls::MlsDevice::new(&alice.user_id, &alice.device_id().await);
     let upload = json!({"device_object": alice_d.device_object()});
     alice.ok("POST", "/_matrix/client/unstable/org.lmx.mls/keys/upload", Some(upload)).await;
     let query = json!({"device_objects": { &alice.user_id: [] }});
@@ -138,7 +134,7 @@ async fn edus_go_directly_in_lm_shapes() {
 async fn lm_to_device_edus_for_unknown_devices_or_from_strangers_are_dropped() {
     let (_net, hub, p1) = hub_and_p1().await;
     let alice = hub.client().register("alice").await;
-    let alice_device = device_of(&alice).await;
+    let alice_device = alice.device_id().await;
     let bob = format!("@bob:{}", p1.name());
     let edu = |sender: &str, device: &str, body: &str| {
         json!({"type": "m.direct_to_device", "sender": sender, "content": {

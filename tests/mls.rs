@@ -17,15 +17,11 @@ use serde_json::{json, Value};
 
 const MLS_API: &str = "/_matrix/client/unstable/org.lmx.mls/keys";
 
-async fn device_of(c: &Client) -> String {
-    c.ok("GET", "/_matrix/client/v3/account/whoami", None).await["device_id"].as_str().unwrap().to_owned()
-}
-
 /// A registered user's MLS device, published with `packages` key packages
 /// and a last-resort one.
 async fn mls_user(server: &Server, name: &str, packages: usize) -> (Client, MlsDevice) {
     let c = server.client().register(name).await;
-    let d = MlsDevice::new(&c.user_id, &device_of(&c).await);
+    let d = MlsDevice::new(&c.user_id, &c.device_id().await);
     publish(&c, &d, packages).await;
     (c, d)
 }
@@ -350,7 +346,7 @@ async fn concurrent_claims_never_get_one_package_twice_and_expired_ones_never() 
 
     // Item 209: a package past its lifetime is never handed out.
     let bob = hub.client().register("bob").await;
-    let bob_d = MlsDevice::new(&bob.user_id, &device_of(&bob).await);
+    let bob_d = MlsDevice::new(&bob.user_id, &bob.device_id().await);
     let (id, short) = bob_d.key_package(false, Some(2));
     let body = json!({"device_object": bob_d.device_object(), "key_packages": { id: short }});
     bob.ok("POST", &format!("{MLS_API}/upload"), Some(body)).await;
@@ -362,7 +358,7 @@ async fn concurrent_claims_never_get_one_package_twice_and_expired_ones_never() 
 async fn uploads_are_checked() {
     let (_net, hub, _p1) = hub_and_p1().await;
     let alice = hub.client().register("alice").await;
-    let d = MlsDevice::new(&alice.user_id, &device_of(&alice).await);
+    let d = MlsDevice::new(&alice.user_id, &alice.device_id().await);
     let other = MlsDevice::new(&alice.user_id, "OTHER");
     let upload = |body: Value| {
         let alice = alice.clone();

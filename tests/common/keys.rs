@@ -48,3 +48,15 @@ pub fn signed_device_keys(user: &str, device: &str) -> Value {
 pub fn cross_signing_key(user: &str, usage: &str, key: &TestKey) -> Value {
     json!({"user_id": user, "usage": [usage], "keys": {format!("ed25519:{}", key.public()): key.public()}})
 }
+
+/// Uploads the client's device keys (signed by the device); its device id.
+pub async fn upload_device(c: &super::Client) -> String {
+    let device = c.device_id().await;
+    c.ok(
+        "POST",
+        "/_matrix/client/v3/keys/upload",
+        Some(json!({"device_keys": signed_device_keys(&c.user_id, &device)})),
+    )
+    .await;
+    device
+}

@@ -330,6 +330,11 @@ impl Client {
         a.body
     }
 
+    /// The device this client's access token belongs to.
+    pub async fn device_id(&self) -> String {
+        self.ok("GET", "/_matrix/client/v3/account/whoami", None).await["device_id"].as_str().unwrap().to_owned()
+    }
+
     pub async fn register(mut self, name: &str) -> Client {
         let body = json!({"username": name, "password": "secret-pw", "auth": {"type": "m.login.dummy"}});
         let r = self.ok("POST", "/_matrix/client/v3/register", Some(body)).await;
