@@ -9,7 +9,7 @@ use super::records::{
     FallbackKeyRecord, Membership, OneTimeKeyRecord, PendingLpdu, QueueItem, Receipt, RoomRecord, ServerKeys,
     SideEntry, StateSnapshot, ToDeviceRecord, TxnResponse, UserKeyEntry, UserRecord,
 };
-use super::{Batch, Op, SideTopic, Store, StoreError, StoreResult, StreamEntry, TokenHash, FORMAT_VERSION};
+use super::{Batch, SideTopic, Store, StoreError, StoreResult, StreamEntry, TokenHash, FORMAT_VERSION};
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
 
 pub struct KvStore<K> {
@@ -34,7 +34,7 @@ impl<K: Kv> KvStore<K> {
         }
     }
 
-    fn prefix(&self, prefix: &[u8], reverse: bool, limit: usize) -> StoreResult<Entries> {
+    pub(super) fn prefix(&self, prefix: &[u8], reverse: bool, limit: usize) -> StoreResult<Entries> {
         self.kv.range(prefix, &prefix_end(prefix), reverse, limit)
     }
 
@@ -132,11 +132,11 @@ fn corrupt(key: &[u8]) -> StoreError {
     StoreError::Corrupt(String::from_utf8_lossy(key).into_owned())
 }
 
-fn put<M: Message>(key: Vec<u8>, m: &M) -> KvWrite {
+pub(super) fn put<M: Message>(key: Vec<u8>, m: &M) -> KvWrite {
     KvWrite::Put(key, m.encode_to_vec())
 }
 
-fn put_str(key: Vec<u8>, s: &str) -> KvWrite {
+pub(super) fn put_str(key: Vec<u8>, s: &str) -> KvWrite {
     KvWrite::Put(key, s.as_bytes().to_vec())
 }
 
@@ -514,135 +514,7 @@ impl<K: Kv> Store for KvStore<K> {
     }
 
     fn write(&self, batch: Batch) -> StoreResult<()> {
-        let mut writes = Vec::with_capacity(batch.ops.len());
-        for op in batch.ops {
-            match op {
-                Op::PutRoom(r) => writes.push(put(keys::room(&r.room_id), &r)),
-                Op::PutEvent(id, r) => writes.push(put(keys::event(id.as_str()), &r)),
-                Op::ListEntry { room, index, event } => {
-                    writes.push(put_str(keys::list(room.as_str(), index), event.as_str()))
-                }
-                Op::SetState { room, event_type, state_key, event } => {
-                    writes.push(put_str(keys::state(room.as_str(), &event_type, &state_key), event.as_str()))
-                }
-                Op::DeleteState { room, event_type, state_key } => {
-                    writes.push(KvWrite::Delete(keys::state(room.as_str(), &event_type, &state_key)))
-                }
-                Op::PutStateAfter { event, snapshot } => writes.push(put(keys::state_after(event.as_str()), &snapshot)),
-                Op::StreamEntry(e) => {
-                    let value = Key::new(table::STREAM).s(e.room.as_str()).s(e.event.as_str()).build();
-                    writes.push(KvWrite::Put(keys::stream(e.pos), value));
-                    writes.push(put_str(keys::room_stream(e.room.as_str(), e.pos), e.event.as_str()));
-                }
-                Op::LpduIndex { room, lpdu_hash, event } => {
-                    writes.push(put_str(keys::lpdu_index(room.as_str(), &lpdu_hash), event.as_str()))
-                }
-                Op::PutMembership { user, room, membership } => {
-                    writes.push(put(keys::membership(user.as_str(), room.as_str()), &membership))
-                }
-                Op::PutUser(u) => writes.push(put(keys::user(&u.user_id), &u)),
-                Op::PutToken { hash, record } => {
-                    writes.push(put_str(keys::user_token(&record.user_id, &record.device_id), hash.as_str()));
-                    writes.push(put(keys::token(hash.as_str()), &record));
-                }
-                Op::DeleteToken { hash, user, device } => {
-                    writes.push(KvWrite::Delete(keys::token(hash.as_str())));
-                    writes.push(KvWrite::Delete(keys::user_token(user.as_str(), &device)));
-                }
-                Op::PutDevice { user, device, record } => {
-                    writes.push(put(keys::device(user.as_str(), &device), &record))
-                }
-                Op::DeleteDevice { user, device } => {
-                    let (u, d) = (user.as_str(), device.as_str());
-                    writes.push(KvWrite::Delete(keys::device(u, d)));
-                    writes.push(KvWrite::Delete(keys::device_keys(u, d)));
-                    writes.push(KvWrite::Delete(keys::user_key(u, super::MLS_DEVICE_KIND, d, "")));
-                    for prefix in
-                        [keys::one_time_key_prefix(u, d), keys::fallback_key_prefix(u, d), keys::to_device_prefix(u, d)]
-                    {
-                        for (k, _) in self.prefix(&prefix, false, usize::MAX)? {
-                            writes.push(KvWrite::Delete(k));
-                        }
-                    }
-                }
-                Op::PutDeviceKeys { user, device, keys: k } => {
-                    writes.push(put(keys::device_keys(user.as_str(), &device), &k))
-                }
-                Op::PutOneTimeKey { user, device, algorithm, key_id, key } => {
-                    writes.push(put(keys::one_time_key(user.as_str(), &device, &algorithm, &key_id), &key))
-                }
-                Op::DeleteOneTimeKey { user, device, algorithm, key_id } => {
-                    writes.push(KvWrite::Delete(keys::one_time_key(user.as_str(), &device, &algorithm, &key_id)))
-                }
-                Op::PutFallbackKey { user, device, algorithm, key } => {
-                    writes.push(put(keys::fallback_key(user.as_str(), &device, &algorithm), &key))
-                }
-                Op::PutUserKey { user, kind, a, b, entry } => {
-                    writes.push(put(keys::user_key(user.as_str(), &kind, &a, &b), &entry))
-                }
-                Op::DeleteUserKeys { user, kind, a, b } => match (a, b) {
-                    (Some(a), Some(b)) => writes.push(KvWrite::Delete(keys::user_key(user.as_str(), &kind, &a, &b))),
-                    (a, _) => {
-                        for (k, _) in
-                            self.prefix(&keys::user_key_prefix(user.as_str(), &kind, a.as_deref()), false, usize::MAX)?
-                        {
-                            writes.push(KvWrite::Delete(k));
-                        }
-                    }
-                },
-                Op::PutToDevice { user, device, pos, message } => {
-                    writes.push(put(keys::to_device(user.as_str(), &device, pos), &message))
-                }
-                Op::ToDeviceSeen { origin, message_id, ts } => writes
-                    .push(KvWrite::Put(keys::to_device_seen(origin.as_str(), &message_id), ts.to_be_bytes().to_vec())),
-                Op::ToDeviceTxn { user, device, event_type, txn } => writes
-                    .push(KvWrite::Put(keys::to_device_txn(user.as_str(), &device, &event_type, &txn), Vec::new())),
-                Op::DeleteToDevice { user, device, up_to } => {
-                    let start = keys::to_device_prefix(user.as_str(), &device);
-                    let end = keys::to_device(user.as_str(), &device, up_to.saturating_add(1));
-                    for (k, _) in self.kv.range(&start, &end, false, usize::MAX)? {
-                        writes.push(KvWrite::Delete(k));
-                    }
-                }
-                Op::PutAccountData { user, room, kind, content } => {
-                    let room = room.as_ref().map_or("", |r| r.as_str());
-                    writes.push(KvWrite::Put(keys::account_data(user.as_str(), room, &kind), content))
-                }
-                Op::PutFilter { user, id, json } => writes.push(KvWrite::Put(keys::filter(user.as_str(), &id), json)),
-                Op::PutReceipt { room, kind, user, receipt } => {
-                    writes.push(put(keys::receipt(room.as_str(), &kind, user.as_str()), &receipt))
-                }
-                Op::PutAlias { alias, record } => writes.push(put(keys::alias(&alias), &record)),
-                Op::DeleteAlias(alias) => writes.push(KvWrite::Delete(keys::alias(&alias))),
-                Op::SideEntry { pos, entry } => {
-                    if let Some(topic) = SideTopic::of(&entry) {
-                        writes.push(put(keys::side_topic(&topic, pos), &entry))
-                    }
-                }
-                Op::Enqueue { dest, pos, item } => writes.push(put(keys::queue(dest.as_str(), pos), &item)),
-                Op::Dequeue { dest, up_to } => {
-                    let start = keys::queue_prefix(dest.as_str());
-                    let end = keys::queue(dest.as_str(), up_to.saturating_add(1));
-                    for (k, _) in self.kv.range(&start, &end, false, usize::MAX)? {
-                        writes.push(KvWrite::Delete(k));
-                    }
-                }
-                Op::PutDestination { dest, state } => writes.push(put(keys::destination(dest.as_str()), &state)),
-                Op::PutTxnResponse { origin, endpoint, txn, response } => {
-                    writes.push(put(keys::txn(&origin, &endpoint, &txn), &response))
-                }
-                Op::PutPending { lpdu_hash, pending } => writes.push(put(keys::pending(&lpdu_hash), &pending)),
-                Op::DeletePending(hash) => writes.push(KvWrite::Delete(keys::pending(&hash))),
-                Op::PutClientTxn { user, device, txn, record } => {
-                    writes.push(put(keys::client_txn(user.as_str(), &device, &txn), &record))
-                }
-                Op::PutServerKeys { server, keys: k } => writes.push(put(keys::server_keys(server.as_str()), &k)),
-                Op::PositionHighWater(pos) => {
-                    writes.push(KvWrite::Put(keys::position_high_water(), pos.to_be_bytes().to_vec()))
-                }
-            }
-        }
-        self.kv.apply(writes)
+        self.kv.apply(self.writes_of(batch)?)
     }
 
     fn flush(&self) -> BoxFuture<'_, StoreResult<()>> {

@@ -7,6 +7,7 @@ pub mod check;
 mod keys;
 mod kv;
 mod kv_store;
+mod kv_writes;
 mod positions;
 pub mod record;
 mod sled_kv;

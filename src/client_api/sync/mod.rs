@@ -25,6 +25,12 @@ const TIMELINE_LIMIT: u64 = 20;
 const PRESENCE_CHANGES: usize = 10_000;
 const MAX_TIMEOUT_MS: u64 = 120_000;
 
+mod device_lists;
+mod history;
+
+pub use device_lists::keys_changes;
+use device_lists::MemberChanges;
+
 /// A sync token: `s<stream position>`, and `_<position>` when the device's
 /// to-device inbox was read only up to there (it held more than one answer
 /// carries). Tokens survive restarts.
@@ -162,76 +168,6 @@ impl Syncer<'_> {
             .map(|p| client_event(p.json(), p.event_id()))
             .filter(|e| self.filter.state.allows(e))
             .collect()
-    }
-
-    /// A timeline without what the room's history visibility keeps from
-    /// the user: under `joined` or `invited` visibility, the events before
-    /// their join (a user joined before the window reads all of it) but
-    /// MLS commits. The visibility is the room's current one.
-    fn readable(&self, room: &RoomId, items: Vec<Item>) -> Result<Vec<Item>, Failure> {
-        use crate::core::rooms::StateView;
-        let Some(h) = self.call.server.rooms.get(room) else { return Ok(items) };
-        let visibility = h
-            .view()
-            .state
-            .get("m.room.history_visibility", "")
-            .and_then(|e| e.content().get("history_visibility").and_then(Value::as_str).map(str::to_owned));
-        if !matches!(visibility.as_deref(), Some("joined" | "invited")) {
-            return Ok(items);
-        }
-        // Not found (more name changes than are followed, a join not in
-        // this copy of the list): nothing before the latest member event.
-        let joined_at = match self.joined_at(room, h.view().version)? {
-            Some(at) => at,
-            None => self.latest_member_index(room)?,
-        };
-        // A group's commits are every member's to read (item 117).
-        let commit = |i: &Item| i.event.get("type").and_then(Value::as_str) == Some("m.mls.commit");
-        Ok(items.into_iter().filter(|i| i.index >= joined_at || commit(i)).collect())
-    }
-
-    /// Where the user's latest member event sits (the end of the list if
-    /// it cannot be read: then nothing of the timeline is shown).
-    fn latest_member_index(&self, room: &RoomId) -> Result<u64, Failure> {
-        let store = &self.call.server.store;
-        let id = store.membership(self.user, room)?.and_then(|m| EventId::parse(&m.event_id).ok());
-        let index = match id {
-            Some(id) => store.event(&id)?.filter(|r| !r.outlier).map(|r| r.index),
-            None => None,
-        };
-        Ok(index.unwrap_or(u64::MAX))
-    }
-
-    /// The list position of the user's join to the room: their latest
-    /// member event, followed back through the member events it was
-    /// authorised by while those were joins too (a name change is not a
-    /// join).
-    fn joined_at(
-        &self,
-        room: &RoomId,
-        version: &'static crate::core::event::RoomVersion,
-    ) -> Result<Option<u64>, Failure> {
-        let store = &self.call.server.store;
-        let Some(m) = store.membership(self.user, room)? else { return Ok(None) };
-        let Ok(mut id) = EventId::parse(&m.event_id) else { return Ok(None) };
-        for _ in 0..100 {
-            let Some(pdu) = crate::room::load::load_pdu(store, version, &id)? else { return Ok(None) };
-            if pdu.membership() != Some("join") {
-                return Ok(None);
-            }
-            let mut before = None;
-            for auth in pdu.auth_events() {
-                let Some(a) = crate::room::load::load_pdu(store, version, auth)? else { continue };
-                if a.event_type() == "m.room.member" && a.state_key() == Some(self.user.as_str()) {
-                    before = Some(a);
-                }
-            }
-            match before {
-                Some(prev) if prev.membership() == Some("join") => id = prev.event_id().clone(),
-                _ => return Ok(store.event(&id)?.filter(|r| !r.outlier).map(|r| r.index)),
-            }
-        }
-        Ok(None)
     }
 
     /// The last events of a room's list that pass the timeline filter.
@@ -374,43 +310,6 @@ impl Syncer<'_> {
             .filter_map(|u| self.call.server.ephemeral.presence_event(u))
             .filter(|e| self.filter.presence.allows(e))
             .collect()
-    }
-
-    /// Whether `other` is joined to one of `rooms`, read without waking
-    /// rooms at rest (their stored state says).
-    fn shares_a_room(&self, other: &UserId, rooms: &[RoomId]) -> Result<bool, Failure> {
-        use crate::core::rooms::StateView;
-        if other == self.user {
-            return Ok(true);
-        }
-        let store = &self.call.server.store;
-        for room in rooms {
-            let joined = match self.call.server.rooms.peek(room) {
-                Some(view) => view.state.membership(other.as_str()) == "join",
-                None => match store.state_event(room, "m.room.member", other.as_str())? {
-                    Some(id) => store.event(&id)?.is_some_and(|rec| {
-                        serde_json::from_slice::<Value>(&rec.json)
-                            .is_ok_and(|e| e["content"]["membership"].as_str() == Some("join"))
-                    }),
-                    None => false,
-                },
-            };
-            if joined {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
-    /// Users sharing a joined room with ours.
-    fn contacts(&self, rooms: &[RoomId]) -> BTreeSet<UserId> {
-        let mut out = BTreeSet::from([self.user.clone()]);
-        for room in rooms {
-            if let Some(h) = self.call.server.rooms.get(room) {
-                out.extend(h.view().state.joined_members());
-            }
-        }
-        out
     }
 
     /// Everything now; to-device messages from `to_device` on (0 unless a
@@ -599,162 +498,6 @@ impl Syncer<'_> {
             empty = false;
         }
         Ok((answer, empty))
-    }
-
-    /// Users whose device lists changed in `(since, upto]` and who share a
-    /// joined room with ours (ours among them), and users who newly share
-    /// one; and users who no longer share any. Clients encrypt to what this
-    /// says.
-    fn device_lists(
-        &self,
-        since: u64,
-        upto: u64,
-        joined: &[RoomId],
-        members: &MemberChanges,
-    ) -> Result<(BTreeSet<String>, BTreeSet<String>), Failure> {
-        let mut changed = BTreeSet::new();
-        match device_list_news(&self.call.server.store, since, upto)? {
-            Some(news) => {
-                for user in news {
-                    if self.shares_a_room(&user, joined)? {
-                        changed.insert(user.to_string());
-                    }
-                }
-            }
-            None => changed.extend(self.contacts(joined).iter().map(|u| u.to_string())),
-        }
-        changed.extend(keys_seen_by(&self.call.server.store, self.user, since, upto)?);
-        for room in &members.rooms_joined {
-            if let Some(h) = self.call.server.rooms.get(room) {
-                changed.extend(h.view().state.joined_members().filter(|u| u != self.user).map(|u| u.to_string()));
-            }
-        }
-        changed.extend(members.joined.iter().filter(|u| *u != self.user).map(|u| u.to_string()));
-        let mut gone: BTreeSet<UserId> = members.left.clone();
-        for room in &members.rooms_left {
-            if let Some(h) = self.call.server.rooms.get(room) {
-                gone.extend(h.view().state.joined_members());
-            }
-        }
-        let mut left = BTreeSet::new();
-        for user in gone {
-            if &user != self.user && !self.shares_a_room(&user, joined)? {
-                changed.remove(user.as_str());
-                left.insert(user.to_string());
-            }
-        }
-        Ok((changed, left))
-    }
-}
-
-/// `GET keys/changes?from=&to=`: users whose device lists changed between
-/// two sync tokens and who share a room with the caller now.
-pub fn keys_changes(call: Call) -> Result<Value, Failure> {
-    let (user, device) = call.who()?;
-    let token = |name: &str| {
-        let t = query_get(&call.query, name).ok_or_else(|| Failure::MissingParam(format!("{name} is required")))?;
-        Token::parse(t).ok_or_else(|| Failure::invalid_param(format!("unknown {name} token")))
-    };
-    let (from, to) = (token("from")?, token("to")?);
-    let upto = to.pos.min(call.server.positions.watermark());
-    let filter = SyncFilter::default();
-    let s = Syncer { call: &call, user, device, filter: &filter };
-    let joined: Vec<RoomId> = call
-        .server
-        .store
-        .memberships(user)?
-        .into_iter()
-        .filter(|(_, m)| m.membership == "join")
-        .map(|(room, _)| room)
-        .collect();
-    let mut changed = BTreeSet::new();
-    match device_list_news(&call.server.store, from.pos, upto)? {
-        Some(news) => {
-            for other in news {
-                if s.shares_a_room(&other, &joined)? {
-                    changed.insert(other.to_string());
-                }
-            }
-        }
-        None => changed.extend(s.contacts(&joined).iter().map(|u| u.to_string())),
-    }
-    changed.extend(keys_seen_by(&call.server.store, user, from.pos, upto)?);
-    Ok(json!({"changed": changed, "left": []}))
-}
-
-/// Users whose keys changed as `viewer` alone sees them, in `(since, upto]`.
-fn keys_seen_by(
-    store: &std::sync::Arc<dyn crate::store::Store>,
-    viewer: &UserId,
-    since: u64,
-    upto: u64,
-) -> Result<BTreeSet<String>, Failure> {
-    let topic = SideTopic::DevicesSeenBy(viewer.as_str());
-    let mut users = BTreeSet::new();
-    for (_, side) in store.side_entries(topic, since, upto, DEVICE_LIST_CHANGES)? {
-        if let Some(Kind::KeysSeenBy(k)) = side.kind {
-            users.insert(k.user);
-        }
-    }
-    Ok(users)
-}
-
-/// Device list side entries read per answer at most.
-const DEVICE_LIST_CHANGES: usize = 10_000;
-
-/// Users whose device lists changed in `(since, upto]`, as the side stream
-/// has them.
-/// `None` when there were more than one answer reads: then every contact
-/// counts as changed (a client far behind re-reads them all rather than
-/// miss one).
-pub(super) fn device_list_news(
-    store: &std::sync::Arc<dyn crate::store::Store>,
-    since: u64,
-    upto: u64,
-) -> Result<Option<BTreeSet<UserId>>, Failure> {
-    let entries = store.side_entries(SideTopic::Devices, since, upto, DEVICE_LIST_CHANGES)?;
-    if entries.len() == DEVICE_LIST_CHANGES {
-        return Ok(None);
-    }
-    let mut users = BTreeSet::new();
-    for (_, side) in entries {
-        if let Some(Kind::DeviceUser(u)) = side.kind {
-            users.extend(UserId::parse(&u).ok());
-        }
-    }
-    Ok(Some(users))
-}
-
-/// Membership news in the timelines a sync shows: who joined or left the
-/// user's rooms, and which rooms the user joined or left.
-#[derive(Default)]
-struct MemberChanges {
-    joined: BTreeSet<UserId>,
-    left: BTreeSet<UserId>,
-    rooms_joined: Vec<RoomId>,
-    rooms_left: Vec<RoomId>,
-}
-
-impl MemberChanges {
-    fn read(&mut self, items: &[Item]) {
-        for item in items {
-            let e = &item.event;
-            if e["type"].as_str() != Some("m.room.member") {
-                continue;
-            }
-            let Some(user) = e["state_key"].as_str().and_then(|u| UserId::parse(u).ok()) else { continue };
-            match e["content"]["membership"].as_str() {
-                Some("join") => {
-                    self.left.remove(&user);
-                    self.joined.insert(user);
-                }
-                Some("leave" | "ban") => {
-                    self.joined.remove(&user);
-                    self.left.insert(user);
-                }
-                _ => {}
-            }
-        }
     }
 }
 
