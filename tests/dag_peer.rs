@@ -498,10 +498,22 @@ async fn a_dag_peers_commit_that_breaks_the_mls_rules_is_soft_failed() {
     };
     let stranger = mls::MlsDevice::new("@stranger:hub.test", "S");
     let mut bad_ids = Vec::new();
-    for case in ["removes a joined user's device", "adds a user who is not joined", "a PrivateMessage"] {
+    let cases = [
+        "removes a joined user's device",
+        "adds a user who is not joined",
+        "a PrivateMessage",
+        "carries Alice's proposal",
+    ];
+    for case in cases {
         let content = match case {
             "removes a joined user's device" => dan_d.remove(&[dan_d.leaf_of(&alice.user_id, &alice_device).unwrap()]),
             "adds a user who is not joined" => dan_d.add(&[stranger.key_package(false, None).1]).0,
+            "carries Alice's proposal" => {
+                let proposal = alice_d.propose_add(&stranger.key_package(false, None).1);
+                alice_d.forget_proposals();
+                dan_d.take_proposal(&proposal);
+                dan_d.commit_pending()
+            }
             _ => {
                 dan_d.encrypt_handshakes();
                 let c = dan_d.self_update();
@@ -515,6 +527,17 @@ async fn a_dag_peers_commit_that_breaks_the_mls_rules_is_soft_failed() {
         assert!(soft_failed(&peer.id(&bad)), "{case}: soft-failed");
         bad_ids.push(peer.id(&bad));
     }
+    // Item 106 for a PDU: Dan, given the power to, turns on Megolm.
+    let levels = json!({"users": {&alice.user_id: 100, DAN: 100}});
+    let levels_id =
+        alice.put_state(&room, "m.room.power_levels", "", levels).await.body["event_id"].as_str().unwrap().to_owned();
+    let mut auth_now = auth.clone();
+    auth_now[1] = levels_id;
+    let megolm = json!({"algorithm": "m.megolm.v1.aes-sha2"});
+    let encryption = peer.event(&room, "m.room.encryption", Some(""), megolm, &tail(), &auth_now);
+    assert_eq!(peer.send(&net, &hub, &encryption).await, json!({}), "a PDU is taken, not refused");
+    assert!(soft_failed(&peer.id(&encryption)), "an encryption change soft-fails");
+    bad_ids.push(peer.id(&encryption));
     let update = dan_d.self_update();
     let good = peer.event(&room, "m.mls.commit", None, update, &before_bad, &auth);
     assert_eq!(peer.send(&net, &hub, &good).await, json!({}));

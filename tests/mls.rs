@@ -360,6 +360,8 @@ async fn uploads_are_checked() {
     let alice = hub.client().register("alice").await;
     let d = MlsDevice::new(&alice.user_id, &alice.device_id().await);
     let other = MlsDevice::new(&alice.user_id, "OTHER");
+    let versions = alice.ok("GET", "/_matrix/client/versions", None).await;
+    assert_eq!(versions["unstable_features"]["org.lmx.mls"], true, "the MLS client API is announced");
     let upload = |body: Value| {
         let alice = alice.clone();
         async move { alice.call("POST", &format!("{MLS_API}/upload"), Some(body)).await }

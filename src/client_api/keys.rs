@@ -345,13 +345,10 @@ pub async fn send(call: Call, event_type: &str, txn: &str) -> Result<Value, Fail
         }
     }
     // LM servers get LM's one-message EDUs (§10); a wildcard device is
-    // Matrix's, so it goes in Matrix's form.
-    let mut lm_peers = std::collections::BTreeSet::new();
-    for server in remote.keys() {
-        if call.server.remote.is_lm_peer(server).await {
-            lm_peers.insert(server.clone());
-        }
-    }
+    // Matrix's, so it goes in Matrix's form, as does everything to a server
+    // whose keys say nothing yet (lmx takes both).
+    let lm_peers: std::collections::BTreeSet<ServerName> =
+        remote.keys().filter(|s| call.server.remote.known_lm_peer(s)).cloned().collect();
     let seed = format!("{user}\n{device}\n{event_type}\n{txn}");
     let id_base =
         crate::core::crypto::sha256(seed.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect::<String>();

@@ -102,9 +102,10 @@ impl Remote {
         resp.and_then(|r| r.json(server.as_str())).map_err(|e| e.to_string())
     }
 
-    /// Whether `server` speaks LM (its keys are fetched if not known).
-    pub async fn is_lm_peer(&self, server: &ServerName) -> bool {
-        super::fetch::lm_peer(&self.0, server).await
+    /// Whether `server` is known to speak LM, from its cached keys: a send
+    /// is not held up, nor made to fetch keys from every server it names.
+    pub fn known_lm_peer(&self, server: &ServerName) -> bool {
+        self.0.keyring.cached_linearized(server) == Some(true)
     }
 
     /// Servers sharing a room with a local user that are not known to be
