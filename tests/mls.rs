@@ -258,6 +258,7 @@ async fn the_hub_follows_the_group_across_a_restart() {
     assert_eq!(a.status, 403, "a stale commit: {}", a.body);
 }
 
+/// Items 124 (the draft's endpoints are all served), 204, 206-208.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_objects_and_key_packages_over_e17_and_e18() {
     let (_net, hub, p1) = hub_and_p1().await;
