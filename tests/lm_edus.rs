@@ -98,6 +98,9 @@ async fn edus_go_directly_in_lm_shapes() {
         (&got["sender"], &got["type"], &got["content"]),
         (&json!(alice.user_id), &json!("m.room.encrypted"), &message)
     );
+    // The proxy logs an exchange once p1 has answered it, which can be
+    // after bob's sync saw the message.
+    eventually("the proxy to log the to-device EDU", || !edus(&to_p1, "m.direct_to_device").is_empty()).await;
     let sent = edus(&to_p1, "m.direct_to_device");
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0]["sender"], alice.user_id);

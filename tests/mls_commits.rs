@@ -178,3 +178,33 @@ fn the_group_state_must_be_the_one_the_commit_makes() {
     alice.accepted();
     assert!(check_commit(Some(&facts.after), ROOM, obj(&b)).is_err());
 }
+
+/// Writes the seeds of the `mls_objects` fuzz target (`message | group
+/// state | device object | key package`, split by `0xFF 0x00`): run with
+/// `--ignored` when these formats change.
+#[test]
+#[ignore]
+fn write_fuzz_seeds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/mls_objects");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut alice = MlsDevice::new(ALICE, "AD1");
+    let bob = MlsDevice::new(BOB, "BD1");
+    let seed = |commit: &Value, device: &MlsDevice, last_resort: bool| {
+        let mut out = Vec::new();
+        for part in [
+            &b64_decode(commit["message"].as_str().unwrap()).unwrap(),
+            &b64_decode(commit["public_group_state"].as_str().unwrap()).unwrap(),
+            &serde_json::to_vec(&device.device_object()).unwrap(),
+        ] {
+            out.extend_from_slice(part);
+            out.extend_from_slice(&[0xFF, 0x00]);
+        }
+        out.extend(b64_decode(&device.key_package(last_resort, None).1).unwrap());
+        out
+    };
+    let first = alice.create_group(ROOM);
+    std::fs::write(dir.join("first-commit"), seed(&first, &alice, false)).unwrap();
+    alice.accepted();
+    let (add, _) = alice.add(&[bob.key_package(false, None).1]);
+    std::fs::write(dir.join("add-commit"), seed(&add, &bob, true)).unwrap();
+}
