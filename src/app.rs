@@ -115,6 +115,7 @@ fn client_deps(node: &Arc<Node>) -> ClientDeps {
         rooms: node.rooms.clone(),
         ephemeral: node.ephemeral.clone(),
         e2ee: node.e2ee.clone(),
+        media: node.media.clone(),
         remote: crate::federation::Remote::new(node.clone()),
         spawn: Arc::new(move |task| {
             if let Some(node) = weak.upgrade() {
@@ -207,6 +208,7 @@ impl App {
             .with_context(|| format!("binding {}", config.client.listen))?;
 
         let node = Node::new(config, key, store, positions, fed);
+        node.media.clean_tmp().context("clearing half-written media files")?;
         for rec in node.store.rooms()? {
             let id = rec.room()?;
             node.rooms.register_stored(&id).map_err(|e| anyhow::anyhow!("loading {id}: {e}"))?;

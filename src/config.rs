@@ -38,6 +38,7 @@ pub struct Config {
     pub storage: Storage,
     pub follower: Follower,
     pub http: Http,
+    pub media: Media,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,6 +122,33 @@ pub struct Follower {
     pub timeline_cache: u64,
 }
 
+/// The media repository: files under `<data_dir>/media/`, named by their
+/// SHA-256, their metadata in the store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Media {
+    /// Largest upload, in bytes; also the largest remote file fetched.
+    pub max_upload_bytes: u64,
+    /// Bytes of media one local user may have stored; 0: no limit.
+    pub user_quota_bytes: u64,
+    /// Uploads per user (token bucket); 0 turns the limit off.
+    pub uploads_per_second: f64,
+    pub upload_burst: f64,
+    /// Media ids reserved with `create` and not yet uploaded, per user.
+    pub max_pending_per_user: u64,
+    /// How long a reserved media id waits for its upload, in seconds.
+    pub pending_expiry_secs: u64,
+    /// Bytes of other servers' media kept; the oldest fetched goes first
+    /// once over. 0: no limit. Default: none for a hub, 1 GiB for a
+    /// follower.
+    pub remote_cache_bytes: Option<u64>,
+    /// Whether the deprecated unauthenticated download and thumbnail
+    /// endpoints (`/_matrix/media/v3/...`) serve media. Off, they answer
+    /// 404 `M_NOT_FOUND` as the spec allows once authenticated media is
+    /// served.
+    pub unauthenticated_legacy: bool,
+}
+
 /// Limits of both HTTP listeners: what one stranger can hold.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -181,6 +209,16 @@ impl Default for Config {
                 body_timeout_ms: 60_000,
                 body_bytes_in_flight: 256 << 20,
             },
+            media: Media {
+                max_upload_bytes: 50 << 20,
+                user_quota_bytes: 0,
+                uploads_per_second: 1.0,
+                upload_burst: 20.0,
+                max_pending_per_user: 50,
+                pending_expiry_secs: 86_400,
+                remote_cache_bytes: None,
+                unauthenticated_legacy: false,
+            },
         }
     }
 }
@@ -197,12 +235,12 @@ pub enum ConfigError {
     ResolveName(String),
     #[error("http.body_bytes_in_flight must be at least {0} (the largest request body)")]
     BodyBudget(usize),
-    #[error("http.{0} must be above 0")]
+    #[error("{0} must be above 0")]
     Zero(&'static str),
 }
 
 /// The top-level keys, for picking `LMX_` variables.
-const TOP_LEVEL_KEYS: [&str; 10] = [
+const TOP_LEVEL_KEYS: [&str; 11] = [
     "server_name",
     "mode",
     "data_dir",
@@ -213,6 +251,7 @@ const TOP_LEVEL_KEYS: [&str; 10] = [
     "storage",
     "follower",
     "http",
+    "media",
 ];
 
 impl Config {
@@ -248,11 +287,13 @@ impl Config {
             return Err(ConfigError::BodyBudget(crate::core::event::MAX_SEND_BODY));
         }
         for (name, v) in [
-            ("max_connections", http.max_connections as u64),
-            ("max_connections_per_ip", http.max_connections_per_ip as u64),
-            ("first_byte_timeout_ms", http.first_byte_timeout_ms),
-            ("idle_timeout_ms", http.idle_timeout_ms),
-            ("body_timeout_ms", http.body_timeout_ms),
+            ("http.max_connections", http.max_connections as u64),
+            ("http.max_connections_per_ip", http.max_connections_per_ip as u64),
+            ("http.first_byte_timeout_ms", http.first_byte_timeout_ms),
+            ("http.idle_timeout_ms", http.idle_timeout_ms),
+            ("http.body_timeout_ms", http.body_timeout_ms),
+            ("media.max_upload_bytes", self.media.max_upload_bytes),
+            ("media.pending_expiry_secs", self.media.pending_expiry_secs),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
@@ -273,6 +314,14 @@ impl Config {
             Mode::Follower => 16,
         });
         mb << 20
+    }
+
+    /// Bytes of remote media kept (0: no limit), by mode unless set.
+    pub fn remote_media_cache_bytes(&self) -> u64 {
+        self.media.remote_cache_bytes.unwrap_or(match self.mode {
+            Mode::Hub => 0,
+            Mode::Follower => 1 << 30,
+        })
     }
 
     pub fn signing_key_path(&self) -> PathBuf {

@@ -16,6 +16,7 @@ pub mod e2ee;
 pub mod ephemeral;
 pub mod federation;
 pub mod http;
+pub mod media;
 pub mod room;
 pub mod store;
 pub mod sys;

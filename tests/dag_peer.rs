@@ -13,10 +13,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use common::*;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use lmx::core::crypto::SigningKey;
 use lmx::core::event::{event_id, sign_event, RoomVersion};
@@ -141,7 +140,7 @@ impl Handler for PeerServer {
             Response::builder()
                 .status(status)
                 .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(answer.to_string())))
+                .body(lmx::http::full(answer.to_string()))
                 .unwrap()
         })
     }

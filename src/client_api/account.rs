@@ -43,13 +43,22 @@ pub fn versions() -> Value {
     })
 }
 
+/// What a client may do here: room versions as they can be created (the
+/// LM draft's as unstable), and which account changes are served.
 pub fn capabilities() -> Value {
+    let mut available = serde_json::Map::new();
+    for v in crate::core::event::RoomVersion::all().iter().filter(|v| v.hostable) {
+        if v.id != crate::core::event::LM_VERSION_ALIAS {
+            available.insert(v.id.to_owned(), json!(if v.lm { "unstable" } else { "stable" }));
+        }
+    }
     json!({"capabilities": {
         "m.change_password": {"enabled": false},
-        "m.room_versions": {"default": crate::core::event::LM_VERSION, "available": {crate::core::event::LM_VERSION: "unstable"}},
-        "m.set_displayname": {"enabled": false},
-        "m.set_avatar_url": {"enabled": false},
+        "m.room_versions": {"default": crate::core::event::LM_VERSION, "available": available},
+        "m.set_displayname": {"enabled": true},
+        "m.set_avatar_url": {"enabled": true},
         "m.3pid_changes": {"enabled": false},
+        "m.get_login_token": {"enabled": false},
     }})
 }
 
@@ -162,7 +171,7 @@ pub async fn register(call: Call) -> Result<Value, Failure> {
     }
     // What the request names is checked before the auth stage, as Synapse
     // does, so a client learns of a taken name or a weak password at once.
-    let body: Register = wire::read(&call.body)?;
+    let body: Register = wire::read(call.body()?)?;
     let username = body.username.map(|u| local_user(&server, u)).transpose()?;
     if let Some(u) = &username {
         if server.store.user(u)?.is_some() {
@@ -208,7 +217,7 @@ pub fn available(call: Call) -> Result<Value, Failure> {
 }
 
 pub async fn login(call: Call) -> Result<Value, Failure> {
-    let body: Login = wire::read(&call.body)?;
+    let body: Login = wire::read(call.body()?)?;
     if body.kind != Some("m.login.password") {
         return Err(Failure::BadRequest("Only m.login.password is supported".into()));
     }
@@ -307,7 +316,7 @@ pub async fn shared_secret_register(method: &Method, call: Call) -> Result<Value
     if *method != Method::POST {
         return Err(Failure::MethodNotAllowed);
     }
-    let SharedSecretRegister { nonce, username, password, mac, admin, user_type } = wire::read(&call.body)?;
+    let SharedSecretRegister { nonce, username, password, mac, admin, user_type } = wire::read(call.body()?)?;
     if !call.accounts.nonces.take(nonce) {
         return Err(Failure::BadRequest("Unrecognised nonce".into()));
     }

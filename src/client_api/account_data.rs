@@ -62,7 +62,7 @@ pub async fn put(call: Call, user_id: &str, room: Option<&str>, kind: &str) -> R
         return Err(Failure::bad_json(format!("{kind} is managed by the server")));
     }
     let room = room.map(room_id).transpose()?;
-    put_data(&call, &user, room.as_ref(), kind, &Value::Object(call.body.clone())).await?;
+    put_data(&call, &user, room.as_ref(), kind, &Value::Object(call.body()?.clone())).await?;
     Ok(json!({}))
 }
 
@@ -181,14 +181,14 @@ pub async fn put_push_rule(call: Call, kind: &str, rule_id: &str, attr: Option<&
         rules["global"][kind].as_array_mut().ok_or_else(|| Failure::corrupt("stored push rules are malformed"))?;
     let found = list.iter().position(|r| r["rule_id"] == rule_id);
     match (attr, found) {
-        (Some("enabled"), Some(i)) => list[i]["enabled"] = call.body.get("enabled").cloned().unwrap_or(json!(true)),
-        (Some("actions"), Some(i)) => list[i]["actions"] = call.body.get("actions").cloned().unwrap_or(json!([])),
+        (Some("enabled"), Some(i)) => list[i]["enabled"] = call.body()?.get("enabled").cloned().unwrap_or(json!(true)),
+        (Some("actions"), Some(i)) => list[i]["actions"] = call.body()?.get("actions").cloned().unwrap_or(json!([])),
         (Some(_), _) => return Err(Failure::not_found("Push rule not found")),
         (None, _) if rule_id.starts_with('.') => {
             return Err(Failure::invalid_param("Server-default rules cannot be replaced"))
         }
         (None, existing) => {
-            let mut r = Value::Object(call.body.clone());
+            let mut r = Value::Object(call.body()?.clone());
             r["rule_id"] = json!(rule_id);
             r["default"] = json!(false);
             r["enabled"] = json!(true);

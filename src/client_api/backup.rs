@@ -11,9 +11,9 @@ use crate::wire::Failure;
 
 pub async fn create(call: Call) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
-    let algorithm = call.body.get("algorithm").filter(|a| a.is_string()).cloned();
+    let algorithm = call.body()?.get("algorithm").filter(|a| a.is_string()).cloned();
     let algorithm = algorithm.ok_or_else(|| Failure::bad_json("algorithm must be a string"))?;
-    let auth_data = call.body.get("auth_data").filter(|a| a.is_object()).cloned();
+    let auth_data = call.body()?.get("auth_data").filter(|a| a.is_object()).cloned();
     let auth_data = auth_data.ok_or_else(|| Failure::bad_json("auth_data must be an object"))?;
     let version = call.server.e2ee.create_backup(user, algorithm, auth_data)?;
     call.server.store.flush().await?;
@@ -27,7 +27,7 @@ pub fn info(call: Call, version: Option<&str>) -> Result<Value, Failure> {
 
 pub async fn update(call: Call, version: &str) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
-    call.server.e2ee.update_backup(user, version, &call.body)?;
+    call.server.e2ee.update_backup(user, version, call.body()?)?;
     call.server.store.flush().await?;
     Ok(json!({}))
 }
@@ -77,7 +77,7 @@ pub async fn keys(call: Call, method: &Method, scope: &[&str]) -> Result<Value, 
     match *method {
         Method::GET => e2ee.get_backup_keys(user, version, level),
         Method::PUT => {
-            let sessions = sessions_of(&Value::Object(call.body.clone()), scope)?;
+            let sessions = sessions_of(&Value::Object(call.body()?.clone()), scope)?;
             let answer = e2ee.put_backup_keys(user, version, sessions)?;
             call.server.store.flush().await?;
             Ok(answer)

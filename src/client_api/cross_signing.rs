@@ -26,7 +26,7 @@ pub async fn upload(call: Call) -> Result<Value, Failure> {
     // key exists; uploading the same keys again does not.
     let mut new_keys = false;
     for kind in CROSS_SIGNING_KINDS {
-        if let Some(key) = call.body.get(&format!("{kind}_key")) {
+        if let Some(key) = call.body()?.get(&format!("{kind}_key")) {
             new_keys |= !e2ee.cross_signing_key(user, kind)?.is_some_and(|k| same_content(&k, key));
         }
     }
@@ -36,14 +36,14 @@ pub async fn upload(call: Call) -> Result<Value, Failure> {
     let (_alloc, dests) = {
         let _guard = e2ee.lock(user);
         let mut b = Batch::new();
-        let changed = e2ee.stage_cross_signing(user, &call.body, &mut b)?;
+        let changed = e2ee.stage_cross_signing(user, call.body()?, &mut b)?;
         if changed.is_empty() {
             return Ok(json!({}));
         }
         let alloc = call.server.positions.allocate(1)?;
         let mut now = Object::new();
         for kind in CROSS_SIGNING_KINDS {
-            let key = match call.body.get(&format!("{kind}_key")) {
+            let key = match call.body()?.get(&format!("{kind}_key")) {
                 Some(k) => Some(k.clone()),
                 None => e2ee.cross_signing_key(user, kind)?,
             };
@@ -76,7 +76,7 @@ fn refused(failure: Failure) -> Value {
 pub async fn signatures(call: Call) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     let e2ee = &call.server.e2ee;
-    let count: usize = call.body.values().filter_map(Value::as_object).map(Object::len).sum();
+    let count: usize = call.body()?.values().filter_map(Value::as_object).map(Object::len).sum();
     if count > MAX_SIGNED_OBJECTS {
         return Err(Failure::too_large(format!("at most {MAX_SIGNED_OBJECTS} signed objects a request")));
     }
@@ -94,7 +94,7 @@ pub async fn signatures(call: Call) -> Result<Value, Failure> {
         let own_master = e2ee.cross_signing_key(user, "master")?;
         let own_ssk = e2ee.cross_signing_key(user, "self_signing")?.as_ref().and_then(cross_signing_public_key);
         let own_usk = e2ee.cross_signing_key(user, "user_signing")?.as_ref().and_then(cross_signing_public_key);
-        for (target, objects) in &call.body {
+        for (target, objects) in call.body()? {
             let Some(objects) = objects.as_object() else { continue };
             let Ok(target_user) = UserId::parse(target) else {
                 for key_id in objects.keys() {

@@ -24,6 +24,7 @@ pub struct ClientDeps {
     pub rooms: Arc<Rooms>,
     pub ephemeral: Arc<Ephemeral>,
     pub e2ee: Arc<crate::e2ee::E2ee>,
+    pub media: Arc<crate::media::Media>,
     pub remote: Remote,
     /// Runs a task that stops with the server (a typing notice's expiry).
     pub spawn: Spawn,

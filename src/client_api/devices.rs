@@ -47,7 +47,7 @@ pub fn get(call: Call, id: &str) -> Result<Value, Failure> {
 pub async fn update(call: Call, id: &str) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     let mut record = find(&call, user, id)?;
-    let DeviceUpdate { display_name } = wire::read(&call.body)?;
+    let DeviceUpdate { display_name } = wire::read(call.body()?)?;
     if let Some(name) = display_name {
         record.display_name = name.to_owned();
     }
@@ -61,7 +61,7 @@ pub async fn update(call: Call, id: &str) -> Result<Value, Failure> {
 /// User-interactive auth with `m.login.password`: a `401` with the flows
 /// until the body carries the user's password.
 pub(super) async fn require_password(call: &Call, user: &UserId) -> Result<(), Failure> {
-    let Authenticated { auth } = wire::read(&call.body)?;
+    let Authenticated { auth } = wire::read(call.body()?)?;
     // The client's session is kept, so it may try again in it.
     let session = auth.as_ref().and_then(|a| a.session).map_or_else(|| random_string(16), str::to_owned);
     let password = auth.filter(|a| a.kind == Some("m.login.password")).and_then(|a| a.password);
@@ -99,7 +99,7 @@ pub async fn delete_many(call: Call) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     require_password(&call, user).await?;
     let ids: Vec<String> = call
-        .body
+        .body()?
         .get("devices")
         .and_then(Value::as_array)
         .ok_or_else(|| Failure::bad_json("devices must be a list"))?

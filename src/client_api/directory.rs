@@ -59,7 +59,7 @@ pub fn create(call: &Call, alias: &str, room: &RoomId) -> Result<(), Failure> {
 
 pub fn put(call: Call, alias: &str) -> Result<Value, Failure> {
     let room = call
-        .body
+        .body()?
         .get("room_id")
         .and_then(Value::as_str)
         .and_then(|r| RoomId::parse(r).ok())

@@ -191,7 +191,7 @@ fn own(call: &Call, user_id: &str) -> Result<UserId, Failure> {
 
 pub fn create(call: Call, user_id: &str) -> Result<Value, Failure> {
     let user = own(&call, user_id)?;
-    let body = Value::Object(call.body.clone());
+    let body = Value::Object(call.body()?.clone());
     check_limits(&body)?;
     let json = serde_json::to_vec(&body).unwrap_or_default();
     if json.len() > MAX_FILTER_BYTES {

@@ -25,7 +25,7 @@ const MAX_USERS: usize = 1_000;
 
 pub async fn upload(call: Call) -> Result<Value, Failure> {
     let (user, device) = call.who()?;
-    let body: KeysUpload = wire::read(&call.body)?;
+    let body: KeysUpload = wire::read(call.body()?)?;
     let e2ee = &call.server.e2ee;
     let (_alloc, dests) = {
         let _guard = e2ee.lock(user);
@@ -233,7 +233,7 @@ impl QueryAnswer {
 
 pub async fn query(call: Call) -> Result<Value, Failure> {
     let (asker, _) = call.who()?;
-    let KeysQuery { device_keys, timeout } = wire::read(&call.body)?;
+    let KeysQuery { device_keys, timeout } = wire::read(call.body()?)?;
     let timeout = remote_timeout(&call, timeout);
     let mut out = QueryAnswer::default();
     let mut remote = Vec::new();
@@ -281,7 +281,7 @@ pub async fn query(call: Call) -> Result<Value, Failure> {
 
 pub async fn claim(call: Call) -> Result<Value, Failure> {
     call.who()?;
-    let KeysClaim { one_time_keys, timeout } = wire::read(&call.body)?;
+    let KeysClaim { one_time_keys, timeout } = wire::read(call.body()?)?;
     let timeout = remote_timeout(&call, timeout);
     let mut out = Object::new();
     let mut remote = Vec::new();
@@ -321,7 +321,7 @@ const EDU_BYTES: usize = 60_000;
 /// transaction, so a retry delivers nothing twice here or there.
 pub async fn send(call: Call, event_type: &str, txn: &str) -> Result<Value, Failure> {
     let (user, device) = call.who()?;
-    let SendToDevice { messages } = wire::read(&call.body)?;
+    let SendToDevice { messages } = wire::read(call.body()?)?;
     let e2ee = &call.server.e2ee;
     let mut local = e2ee.to_device_batch(user.as_str(), event_type);
     let mut remote: BTreeMap<ServerName, Vec<(UserId, String, Object, usize)>> = BTreeMap::new();

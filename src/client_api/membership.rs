@@ -51,7 +51,7 @@ fn candidates(call: &Call, user: &UserId, room: &RoomId) -> Result<Vec<ServerNam
 }
 
 fn reason(call: &Call, content: &mut Object) -> Result<(), Failure> {
-    let Reason { reason } = wire::read(&call.body)?;
+    let Reason { reason } = wire::read(call.body()?)?;
     if let Some(r) = reason {
         content.insert("reason".into(), json!(r));
     }
@@ -99,7 +99,7 @@ pub async fn join(call: Call, room: &str) -> Result<Value, Failure> {
 pub async fn change_other(call: Call, room: &str, membership: &str) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     let room = room_id(room)?;
-    let asked: MemberTarget = wire::read(&call.body)?;
+    let asked: MemberTarget = wire::read(call.body()?)?;
     let target =
         UserId::parse(asked.user_id).map_err(|e| Failure::bad_json(format!("user_id must be a user id: {e}")))?;
     if membership == "unban" {

@@ -41,7 +41,7 @@ fn only_key_packages(keys: &Option<Object>) -> Result<(), Failure> {
 
 pub async fn upload(call: Call) -> Result<Value, Failure> {
     let (user, device) = call.who()?;
-    let body: MlsKeysUpload = wire::read(&call.body)?;
+    let body: MlsKeysUpload = wire::read(call.body()?)?;
     only_key_packages(&body.key_packages)?;
     only_key_packages(&body.last_resort_key_packages)?;
     let e2ee = &call.server.e2ee;
@@ -86,7 +86,7 @@ pub async fn upload(call: Call) -> Result<Value, Failure> {
 /// fetched from its server (E17) and kept.
 pub async fn query(call: Call) -> Result<Value, Failure> {
     call.who()?;
-    let MlsKeysQuery { device_objects, timeout } = wire::read(&call.body)?;
+    let MlsKeysQuery { device_objects, timeout } = wire::read(call.body()?)?;
     if device_objects.len() > 1_000 {
         return Err(Failure::too_large("at most 1000 users a request"));
     }

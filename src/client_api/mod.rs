@@ -11,6 +11,7 @@ mod directory;
 mod events;
 pub mod filter;
 mod keys;
+mod media;
 mod membership;
 mod messages;
 mod mls;
@@ -44,7 +45,10 @@ use ratelimit::Limiter;
 pub struct Call {
     pub server: Arc<ClientDeps>,
     pub query: Vec<(String, String)>,
-    pub body: Object,
+    /// The JSON body, parsed only to be kept: a bad one is refused by the
+    /// endpoint that reads it, so a path that does not exist answers
+    /// `M_UNRECOGNIZED` whatever came with it.
+    body: Result<Object, crate::http::BodyError>,
     pub user: Option<(UserId, String)>,
     pub token: Option<String>,
     pub accounts: Arc<Accounts>,
@@ -56,6 +60,11 @@ impl Call {
     pub fn who(&self) -> Result<(&UserId, &str), Failure> {
         self.user.as_ref().map(|(u, d)| (u, d.as_str())).ok_or(Failure::MissingToken)
     }
+
+    /// The request's JSON object (`{}` for an empty body).
+    pub fn body(&self) -> Result<&Object, Failure> {
+        self.body.as_ref().map_err(|e| Failure::from(e.clone()))
+    }
 }
 
 pub struct ClientHandler {
@@ -64,6 +73,7 @@ pub struct ClientHandler {
     unread: Arc<unread::UnreadCounts>,
     sends: Limiter,
     logins: Limiter,
+    uploads: Limiter,
 }
 
 impl ClientHandler {
@@ -73,6 +83,7 @@ impl ClientHandler {
         ClientHandler {
             sends: Limiter::new(c.send_per_second, c.send_burst),
             logins: Limiter::new(c.login_per_second, c.login_burst),
+            uploads: Limiter::new(server.config.media.uploads_per_second, server.config.media.upload_burst),
             accounts: Accounts::new(passwords::Passwords::new(hashing_threads)),
             unread: Arc::default(),
             server,
@@ -86,7 +97,7 @@ impl Handler for ClientHandler {
         Box::pin(
             async move {
                 let mut resp = match self.route(req, remote).await {
-                    Ok(v) => ok_json(&v),
+                    Ok(r) => r,
                     Err(e) => {
                         e.log_internal();
                         wire::answer(Surface::Client, &e).into_response()
@@ -121,9 +132,9 @@ fn token_of(req: &Request<Incoming>, query: &[(String, String)]) -> Option<Strin
 }
 
 impl ClientHandler {
-    async fn route(&self, req: Request<Incoming>, remote: SocketAddr) -> Result<Value, Failure> {
+    async fn route(&self, req: Request<Incoming>, remote: SocketAddr) -> Result<Response<Body>, Failure> {
         if req.method() == Method::OPTIONS {
-            return Ok(serde_json::json!({}));
+            return Ok(ok_json(&serde_json::json!({})));
         }
         let segs = path_segments(req.uri().path()).ok_or(Failure::Unrecognized)?;
         let query = query_pairs(req.uri().query());
@@ -139,9 +150,23 @@ impl ClientHandler {
             }
             None => None,
         };
+        let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+        // Media is routed before a body is read: uploads stream to disk.
+        if let Some(media_route) = media::route(&method, &s) {
+            let content_type =
+                req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let call = media::MediaCall {
+                deps: &self.server,
+                uploads: &self.uploads,
+                user: user.as_ref().map(|(u, _)| u),
+                query: &query,
+                content_type: content_type.as_deref(),
+            };
+            return media::serve(call, media_route?, req.into_body()).await;
+        }
         let budget = BodyBudget::of(&req);
         let (bytes, _held) = read_body(req.into_body(), MAX_BODY, &budget).await?;
-        let body = json_object(&bytes, NumberPolicy::Ieee754, true)?;
+        let body = json_object(&bytes, NumberPolicy::Ieee754, true);
         let call = Call {
             server: self.server.clone(),
             query,
@@ -151,19 +176,23 @@ impl ClientHandler {
             accounts: self.accounts.clone(),
             unread: self.unread.clone(),
         };
-        let s: Vec<&str> = segs.iter().map(String::as_str).collect();
         // `/_matrix/client/{v3,r0}/…`: r0 is the alias older clients call.
         let rest = match s.as_slice() {
-            ["_matrix", "client", "versions"] => return only(&method, Method::GET).map(|_| account::versions()),
-            ["_synapse", "admin", "v1", "register"] => return account::shared_secret_register(&method, call).await,
+            ["_matrix", "client", "versions"] => {
+                return only(&method, Method::GET).map(|_| ok_json(&account::versions()))
+            }
+            ["_synapse", "admin", "v1", "register"] => {
+                return account::shared_secret_register(&method, call).await.map(|v| ok_json(&v))
+            }
             ["_matrix", "client", "v3" | "r0", rest @ ..] => rest,
             ["_matrix", "client", "unstable", "org.lmx.mls", "keys", what @ ("upload" | "query" | "claim")] => {
                 only(&method, Method::POST)?;
-                return match *what {
+                let answer = match *what {
                     "upload" => mls::upload(call).await,
                     "query" => mls::query(call).await,
                     _ => keys::claim(call).await,
                 };
+                return answer.map(|v| ok_json(&v));
             }
             _ => return Err(Failure::Unrecognized),
         };
@@ -176,7 +205,7 @@ impl ClientHandler {
             }
             _ => {}
         }
-        dispatch(&method, rest, call).await
+        dispatch(&method, rest, call).await.map(|v| ok_json(&v))
     }
 }
 

@@ -42,7 +42,7 @@ pub fn typing(call: Call, room: &str, user_id: &str) -> Result<Value, Failure> {
     if user.as_str() != user_id {
         return Err(Failure::forbidden("You may only set your own typing state"));
     }
-    let Typing { typing: on, timeout } = wire::read(&call.body)?;
+    let Typing { typing: on, timeout } = wire::read(call.body()?)?;
     let timeout = timeout.unwrap_or(30_000).min(MAX_TYPING_MS);
     let until = on.then(|| now_ms() + timeout as i64);
     let server = call.server.clone();
@@ -101,7 +101,7 @@ pub async fn receipt(call: Call, room: &str, kind: &str, event: &str) -> Result<
     let event = EventId::parse(event).map_err(|e| Failure::invalid_param(e.to_string()))?;
     match kind {
         "m.read" | "m.read.private" => {
-            let body::Receipt { thread_id } = wire::read(&call.body)?;
+            let body::Receipt { thread_id } = wire::read(call.body()?)?;
             let thread = thread_id.unwrap_or("");
             receipt_for(&call, &view, &user, kind, &event, thread)?;
         }
@@ -116,7 +116,7 @@ pub async fn receipt(call: Call, room: &str, kind: &str, event: &str) -> Result<
 /// `POST /rooms/{roomId}/read_markers`.
 pub async fn read_markers(call: Call, room: &str) -> Result<Value, Failure> {
     let (user, view) = joined_room(&call, room)?;
-    let markers: ReadMarkers = wire::read(&call.body)?;
+    let markers: ReadMarkers = wire::read(call.body()?)?;
     let id = |e: Option<&str>| e.and_then(|e| EventId::parse(e).ok());
     if let Some(e) = id(markers.fully_read) {
         put_data(&call, &user, Some(&view.room_id), "m.fully_read", &json!({"event_id": e.as_str()})).await?;
@@ -147,7 +147,7 @@ pub fn put_status(call: Call, user_id: &str) -> Result<Value, Failure> {
     if user.as_str() != user_id {
         return Err(Failure::forbidden("You may only set your own presence"));
     }
-    let body::Presence { presence: state, status_msg } = wire::read(&call.body)?;
+    let body::Presence { presence: state, status_msg } = wire::read(call.body()?)?;
     if !["online", "offline", "unavailable"].contains(&state) {
         return Err(Failure::bad_json("presence must be online, offline or unavailable"));
     }

@@ -69,7 +69,7 @@ pub async fn put(call: Call, user: &str, field: &str) -> Result<Value, Failure> 
     if field != "displayname" && field != "avatar_url" {
         return Err(Failure::Unrecognized);
     }
-    let value = call.body.get(field).and_then(Value::as_str).unwrap_or("").to_owned();
+    let value = call.body()?.get(field).and_then(Value::as_str).unwrap_or("").to_owned();
     let mut rec = call.server.store.user(&me)?.ok_or_else(|| Failure::not_found("Unknown user"))?;
     if field == "displayname" {
         rec.displayname = value.clone();

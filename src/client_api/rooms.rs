@@ -84,7 +84,7 @@ pub async fn create_room(call: Call) -> Result<Value, Failure> {
             "This server runs in follower mode with follower.host_rooms = false: it does not host rooms",
         ));
     }
-    let body: CreateRoom = wire::read(&call.body)?;
+    let body: CreateRoom = wire::read(call.body()?)?;
     let version_id = body.room_version.unwrap_or(LM_VERSION);
     let version = RoomVersion::find(version_id)
         .filter(|v| v.hostable)
@@ -200,7 +200,7 @@ pub async fn create_room(call: Call) -> Result<Value, Failure> {
 
 pub async fn send(call: Call, room: &str, event_type: &str, txn: &str) -> Result<Value, Failure> {
     let (user, device) = call.who()?;
-    let mut d = draft(user, event_type, None, call.body.clone());
+    let mut d = draft(user, event_type, None, call.body()?.clone());
     d.txn = Some((device.to_owned(), txn.to_owned()));
     let room = room_id(room)?;
     let id = submit(&call, &room, d).await?;
@@ -209,7 +209,7 @@ pub async fn send(call: Call, room: &str, event_type: &str, txn: &str) -> Result
 
 pub async fn put_state(call: Call, room: &str, event_type: &str, state_key: &str) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
-    let d = draft(user, event_type, Some(state_key), call.body.clone());
+    let d = draft(user, event_type, Some(state_key), call.body()?.clone());
     let room = room_id(room)?;
     let id = submit(&call, &room, d).await?;
     wire::to_json(&EventIdAnswer { event_id: id.as_str() })
@@ -226,7 +226,7 @@ pub fn age_of(ts: i64) -> i64 {
 pub async fn redact(call: Call, room: &str, event: &str, txn: &str) -> Result<Value, Failure> {
     let (user, device) = call.who()?;
     let target = EventId::parse(event).map_err(|e| Failure::invalid_param(e.to_string()))?;
-    let mut content = call.body.clone();
+    let mut content = call.body()?.clone();
     content.insert("redacts".into(), json!(target.as_str()));
     let mut d = draft(user, "m.room.redaction", None, content);
     d.txn = Some((device.to_owned(), format!("redact-{txn}")));

@@ -21,7 +21,6 @@ use super::xmatrix;
 use crate::core::crypto::SigningKey;
 use crate::core::ids::ServerName;
 use crate::core::json::{self, NumberPolicy};
-use crate::http::Body;
 
 /// Largest response accepted (a big room's `send_join` state).
 const MAX_RESPONSE: usize = 64 << 20;
@@ -44,6 +43,9 @@ pub enum FedError {
     Status(String, StatusCode, String),
     #[error("bad response from {0}: {1}")]
     BadResponse(String, String),
+    /// The answer was over the size the caller takes.
+    #[error("the answer from {0} is over {1} bytes")]
+    TooLarge(String, usize),
 }
 
 impl FedError {
@@ -61,6 +63,7 @@ impl FedError {
                 _ => format!("{server} answered {}", status.as_u16()),
             },
             FedError::BadResponse(server, _) => format!("bad response from {server}"),
+            FedError::TooLarge(server, limit) => format!("the answer from {server} is over {limit} bytes"),
         }
     }
 
@@ -83,6 +86,16 @@ impl FedError {
         }
     }
 
+    /// The peer does not serve the endpoint (`M_UNRECOGNIZED`).
+    pub fn is_unrecognized(&self) -> bool {
+        self.errcode().as_deref() == Some("M_UNRECOGNIZED")
+    }
+
+    /// A media id reserved on the peer still waits for its upload.
+    pub fn is_not_yet_uploaded(&self) -> bool {
+        self.errcode().as_deref() == Some("M_NOT_YET_UPLOADED")
+    }
+
     pub fn status(&self) -> Option<StatusCode> {
         match self {
             FedError::Status(_, s, _) => Some(*s),
@@ -95,6 +108,7 @@ impl FedError {
 pub struct FedResponse {
     pub status: StatusCode,
     pub body: Bytes,
+    pub content_type: Option<String>,
     pub retry_after_ms: Option<u64>,
 }
 
@@ -107,8 +121,8 @@ impl FedResponse {
 }
 
 enum Sender {
-    H1(http1::SendRequest<Body>),
-    H2(http2::SendRequest<Body>),
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
 }
 
 impl Sender {
@@ -191,6 +205,12 @@ impl FedClient {
 
     /// Sends a request made by [`FedClient::sign`].
     pub async fn send_signed(&self, req: &SignedRequest) -> Result<FedResponse, FedError> {
+        self.send_signed_limited(req, MAX_RESPONSE).await
+    }
+
+    /// As [`FedClient::send_signed`], taking an answer of at most `limit`
+    /// bytes (a media file).
+    pub async fn send_signed_limited(&self, req: &SignedRequest, limit: usize) -> Result<FedResponse, FedError> {
         let dest = &req.dest;
         // The name look-up (well-known, DNS) counts against the timeout too.
         let fut = async {
@@ -200,7 +220,7 @@ impl FedClient {
                 path: &req.path,
                 body: req.body.clone(),
                 auth: Some(req.auth.clone()),
-                limit: MAX_RESPONSE,
+                limit,
             };
             self.send(&target, &out).await
         };
@@ -442,12 +462,16 @@ impl FedClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .map(|s| s * 1000);
+        let content_type = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let body = Limited::new(resp.into_body(), *limit)
             .collect()
             .await
-            .map_err(|e| FedError::BadResponse(t.host_header.clone(), e.to_string()))?
+            .map_err(|e| match e.downcast_ref::<http_body_util::LengthLimitError>() {
+                Some(_) => FedError::TooLarge(t.host_header.clone(), *limit),
+                None => FedError::BadResponse(t.host_header.clone(), e.to_string()),
+            })?
             .to_bytes();
-        Ok((RawResponse { status, body, location, retry_after_ms }, sender))
+        Ok((RawResponse { status, body, content_type, location, retry_after_ms }, sender))
     }
 }
 
@@ -479,13 +503,14 @@ impl<'a> Outgoing<'a> {
 struct RawResponse {
     status: StatusCode,
     body: Bytes,
+    content_type: Option<String>,
     location: Option<String>,
     retry_after_ms: Option<u64>,
 }
 
 impl From<RawResponse> for FedResponse {
     fn from(r: RawResponse) -> Self {
-        FedResponse { status: r.status, body: r.body, retry_after_ms: r.retry_after_ms }
+        FedResponse { status: r.status, body: r.body, content_type: r.content_type, retry_after_ms: r.retry_after_ms }
     }
 }
 

@@ -132,6 +132,8 @@ enum Endpoint {
     UserDevices(String),
     /// E17: one device's MLS device object.
     UserDevice(String, String),
+    /// A local file (`true`: a thumbnail of it).
+    Media(String, bool),
 }
 
 fn allow(method: &Method, want: Method) -> Result<(), Failure> {
@@ -233,6 +235,10 @@ fn endpoint(method: &Method, segs: &[String]) -> Result<Option<Endpoint>, Failur
             allow(method, Method::GET)?;
             UserDevice(user.to_string(), device.to_string())
         }
+        (_, Some(["v1", "media", which @ ("download" | "thumbnail"), id])) => {
+            allow(method, Method::GET)?;
+            Media(id.to_string(), *which == "thumbnail")
+        }
         // The draft prints this path with PUT, its companion with POST
         // (OQ-26): all three are taken.
         (Some(["user", user, "device", device]), _) => {
@@ -305,6 +311,7 @@ impl FedHandler {
         let origin = claimed.verify(node, &parts, body_value.as_ref())?;
         let req = Req { node: node.clone(), origin, query: query_pairs(parts.uri.query()), body };
         let answer = match ep {
+            Endpoint::Media(id, thumbnail) => return handlers::media::serve(req, &id, thumbnail).await,
             Endpoint::Send(txn, v1) => handlers::send::send(req, &txn, v1).await,
             Endpoint::Event(id) => handlers::events::event(req, &id).await,
             Endpoint::EventV1(id) => handlers::dag::event(req, &id).await,

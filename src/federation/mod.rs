@@ -13,6 +13,7 @@ pub mod inbound;
 pub mod invite;
 pub mod join;
 pub mod keyring;
+pub mod media;
 pub mod node;
 pub mod outbound;
 pub mod policy;

@@ -30,6 +30,8 @@ pub struct Node {
     pub ephemeral: Arc<Ephemeral>,
     /// Devices' keys and to-device inboxes.
     pub e2ee: Arc<crate::e2ee::E2ee>,
+    /// Uploaded and fetched files.
+    pub media: Arc<crate::media::Media>,
     pub outbound: Outbound,
     pub inbound: InboundTxns,
     /// Events and states of mixed rooms as the federation handlers read
@@ -76,6 +78,12 @@ impl Node {
                 },
             });
             let e2ee = Arc::new(crate::e2ee::E2ee::new(store.clone()));
+            let media = Arc::new(crate::media::Media::new(
+                name.clone(),
+                store.clone(),
+                config.data_dir.join("media"),
+                crate::media::MediaLimits::of(&config),
+            ));
             Node {
                 name,
                 key,
@@ -87,6 +95,7 @@ impl Node {
                 rooms: Arc::new(rooms),
                 ephemeral: Arc::default(),
                 e2ee,
+                media,
                 outbound,
                 inbound: InboundTxns::default(),
                 dag,

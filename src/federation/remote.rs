@@ -102,6 +102,17 @@ impl Remote {
         resp.and_then(|r| r.json(server.as_str())).map_err(|e| e.to_string())
     }
 
+    /// Another server's file (or a thumbnail of it), at most `limit` bytes.
+    pub async fn fetch_media(
+        &self,
+        server: &ServerName,
+        id: &str,
+        thumbnail: Option<(u32, u32, crate::media::content::Method)>,
+        limit: u64,
+    ) -> Result<super::media::Fetched, crate::wire::Failure> {
+        super::media::fetch(&self.0, server, id, thumbnail, limit).await
+    }
+
     /// Whether `server` is known to speak LM, from its cached keys: a send
     /// is not held up, nor made to fetch keys from every server it names.
     pub fn known_lm_peer(&self, server: &ServerName) -> bool {

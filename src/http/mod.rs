@@ -20,7 +20,28 @@ use crate::core::json::{self, NumberPolicy, Object};
 
 pub use server::{serve, Handler, Limits, Served};
 
-pub type Body = Full<Bytes>;
+/// A response body: bytes at hand, or a file streamed as it is read.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// A body of bytes already in memory.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// `head`, then `file` read in chunks, then `tail`.
+pub fn framed_file_body(head: Bytes, file: tokio::fs::File, tail: Bytes) -> Body {
+    use futures_util::{stream, StreamExt, TryStreamExt};
+    let file = tokio_util::io::ReaderStream::new(file);
+    let frames = stream::once(async { Ok(head) }).chain(file).chain(stream::once(async { Ok(tail) }));
+    http_body_util::StreamBody::new(frames.map_ok(hyper::body::Frame::data)).boxed_unsync()
+}
+
+/// A body read from `file` in chunks as the connection takes them.
+pub fn file_body(file: tokio::fs::File) -> Body {
+    use futures_util::TryStreamExt;
+    let frames = tokio_util::io::ReaderStream::new(file).map_ok(hyper::body::Frame::data);
+    http_body_util::StreamBody::new(frames).boxed_unsync()
+}
 
 pub use crate::core::event::MAX_SEND_BODY;
 /// Largest body of any other request.
@@ -44,7 +65,7 @@ pub enum BodyError {
 
 pub fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
     let bytes = serde_json::to_vec(value).unwrap_or_default();
-    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    let mut r = Response::new(full(bytes));
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r

@@ -41,6 +41,11 @@ pub mod table {
     pub const ROOM_STREAM: u8 = b'y';
     pub const SIDE_TOPIC: u8 = b'j';
     pub const USER_KEY: u8 = b'E';
+    pub const MEDIA: u8 = b'D';
+    pub const THUMBNAIL: u8 = b'H';
+    pub const MEDIA_BY_USER: u8 = b'U';
+    pub const MEDIA_REMOTE: u8 = b'R';
+    pub const MEDIA_FILE_REF: u8 = b'S';
     pub const META: u8 = b'_';
 }
 
@@ -298,6 +303,60 @@ pub fn format_version() -> Vec<u8> {
 /// The highest position handed out, so a restart never reuses one.
 pub fn position_high_water() -> Vec<u8> {
     Key::new(table::POSITION).build()
+}
+
+/// `(server, media id) → MediaRecord`.
+pub fn media(server: &str, id: &str) -> Vec<u8> {
+    Key::new(table::MEDIA).s(server).s(id).build()
+}
+
+/// `(server, media id, size and method) → ThumbnailRecord`.
+pub fn thumbnail(server: &str, id: &str, spec: &str) -> Vec<u8> {
+    Key::new(table::THUMBNAIL).s(server).s(id).s(spec).build()
+}
+
+pub fn thumbnail_prefix(server: &str, id: &str) -> Vec<u8> {
+    Key::new(table::THUMBNAIL).s(server).s(id).build()
+}
+
+/// `(user, media id) → size (8 bytes) and pending (1 byte)`: a local
+/// user's uploads and reservations, for quotas.
+pub fn media_by_user(user: &str, id: &str) -> Vec<u8> {
+    Key::new(table::MEDIA_BY_USER).s(user).s(id).build()
+}
+
+pub fn media_usage(size: u64, pending: bool) -> Vec<u8> {
+    let mut v = size.to_be_bytes().to_vec();
+    v.push(u8::from(pending));
+    v
+}
+
+pub fn media_usage_value(v: &[u8]) -> Option<(u64, bool)> {
+    let size = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+    Some((size, *v.get(8)? == 1))
+}
+
+pub fn media_by_user_prefix(user: &str) -> Vec<u8> {
+    Key::new(table::MEDIA_BY_USER).s(user).build()
+}
+
+/// `(fetched_ts, server, media id) → size`: remote media, oldest first.
+pub fn media_remote(fetched_ts: u64, server: &str, id: &str) -> Vec<u8> {
+    Key::new(table::MEDIA_REMOTE).n(fetched_ts).s(server).s(id).build()
+}
+
+pub fn media_remote_prefix() -> Vec<u8> {
+    Key::new(table::MEDIA_REMOTE).build()
+}
+
+/// `(sha256, server, media id, thumbnail spec or "") → ()`: what uses a
+/// file, so it is deleted with its last user.
+pub fn media_file_ref(sha256: &str, server: &str, id: &str, spec: &str) -> Vec<u8> {
+    Key::new(table::MEDIA_FILE_REF).s(sha256).s(server).s(id).s(spec).build()
+}
+
+pub fn media_file_ref_prefix(sha256: &str) -> Vec<u8> {
+    Key::new(table::MEDIA_FILE_REF).s(sha256).build()
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@ use super::keys::{self, table, Key, KeyReader};
 use super::kv::{prefix_end, BoxFuture, Entries, Kv, KvWrite};
 use super::records::{
     AccessToken, AliasRecord, ClientTxn, DestinationState, DeviceKeysRecord, DeviceRecord, EventRecord,
-    FallbackKeyRecord, Membership, OneTimeKeyRecord, PendingLpdu, QueueItem, Receipt, RoomRecord, ServerKeys,
-    SideEntry, StateSnapshot, ToDeviceRecord, TxnResponse, UserKeyEntry, UserRecord,
+    FallbackKeyRecord, MediaRecord, Membership, OneTimeKeyRecord, PendingLpdu, QueueItem, Receipt, RoomRecord,
+    ServerKeys, SideEntry, StateSnapshot, ThumbnailRecord, ToDeviceRecord, TxnResponse, UserKeyEntry, UserRecord,
 };
 use super::{Batch, SideTopic, Store, StoreError, StoreResult, StreamEntry, TokenHash, FORMAT_VERSION};
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
@@ -25,7 +25,7 @@ impl<K: Kv> KvStore<K> {
         &self.kv
     }
 
-    fn get<M: Message + Default>(&self, key: &[u8]) -> StoreResult<Option<M>> {
+    pub(super) fn get<M: Message + Default>(&self, key: &[u8]) -> StoreResult<Option<M>> {
         match self.kv.get(key)? {
             None => Ok(None),
             Some(bytes) => M::decode(bytes.as_slice())
@@ -128,7 +128,7 @@ impl<K: Kv> KvStore<K> {
     }
 }
 
-fn corrupt(key: &[u8]) -> StoreError {
+pub(super) fn corrupt(key: &[u8]) -> StoreError {
     StoreError::Corrupt(String::from_utf8_lossy(key).into_owned())
 }
 
@@ -326,6 +326,55 @@ impl<K: Kv> Store for KvStore<K> {
 
     fn alias(&self, alias: &str) -> StoreResult<Option<AliasRecord>> {
         self.get(&keys::alias(alias))
+    }
+
+    fn media(&self, server: &ServerName, id: &str) -> StoreResult<Option<MediaRecord>> {
+        self.get(&keys::media(server.as_str(), id))
+    }
+
+    fn thumbnail(&self, server: &ServerName, id: &str, spec: &str) -> StoreResult<Option<ThumbnailRecord>> {
+        self.get(&keys::thumbnail(server.as_str(), id, spec))
+    }
+
+    fn thumbnails(&self, server: &ServerName, id: &str) -> StoreResult<Vec<(String, ThumbnailRecord)>> {
+        self.prefix(&keys::thumbnail_prefix(server.as_str(), id), false, usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| {
+                let mut r = KeyReader::new(&k);
+                let spec = r.s().and(r.s()).and(r.s()).ok_or_else(|| corrupt(&k))?.to_owned();
+                Ok((spec, decode(&k, &v)?))
+            })
+            .collect()
+    }
+
+    fn user_media(&self, user: &UserId) -> StoreResult<Vec<(String, u64, bool)>> {
+        self.prefix(&keys::media_by_user_prefix(user.as_str()), false, usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| {
+                let mut r = KeyReader::new(&k);
+                let (_, id) = (r.s(), r.s().ok_or_else(|| corrupt(&k))?);
+                let (size, pending) = keys::media_usage_value(&v).ok_or_else(|| corrupt(&k))?;
+                Ok((id.to_owned(), size, pending))
+            })
+            .collect()
+    }
+
+    fn remote_media(&self, limit: usize) -> StoreResult<Vec<(ServerName, String, u64)>> {
+        self.prefix(&keys::media_remote_prefix(), false, limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let mut r = KeyReader::new(&k);
+                let _fetched = r.n();
+                let server = r.s().and_then(|s| ServerName::parse(s).ok()).ok_or_else(|| corrupt(&k))?;
+                let id = r.s().ok_or_else(|| corrupt(&k))?.to_owned();
+                let size = u64::from_be_bytes(v.as_slice().try_into().map_err(|_| corrupt(&k))?);
+                Ok((server, id, size))
+            })
+            .collect()
+    }
+
+    fn media_file_used(&self, sha256: &str) -> StoreResult<bool> {
+        Ok(!self.prefix(&keys::media_file_ref_prefix(sha256), false, 1)?.is_empty())
     }
 
     fn device_keys(&self, user: &UserId, device: &str) -> StoreResult<Option<DeviceKeysRecord>> {

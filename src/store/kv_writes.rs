@@ -2,9 +2,12 @@
 //! applies in one atomic step. Deletions that cover a whole prefix (a
 //! device's keys and inbox) read the keys they remove first.
 
-use super::keys::{self, table, Key};
+use prost::Message;
+
+use super::keys::{self, table, Key, KeyReader};
 use super::kv::{Kv, KvWrite};
-use super::kv_store::{put, put_str, KvStore};
+use super::kv_store::{corrupt, put, put_str, KvStore};
+use super::records::{MediaRecord, ThumbnailRecord};
 use super::{Batch, Op, SideTopic, StoreResult};
 
 impl<K: Kv> KvStore<K> {
@@ -109,6 +112,44 @@ impl<K: Kv> KvStore<K> {
                 }
                 Op::PutAlias { alias, record } => writes.push(put(keys::alias(&alias), &record)),
                 Op::DeleteAlias(alias) => writes.push(KvWrite::Delete(keys::alias(&alias))),
+                Op::PutMedia { server, id, record } => {
+                    let key = keys::media(server.as_str(), &id);
+                    if let Some(old) = self.get::<MediaRecord>(&key)? {
+                        writes.extend(media_index_deletes(server.as_str(), &id, &old));
+                    }
+                    let server = server.as_str();
+                    if !record.sha256.is_empty() {
+                        writes.push(KvWrite::Put(keys::media_file_ref(&record.sha256, server, &id, ""), Vec::new()));
+                    }
+                    if !record.uploader.is_empty() {
+                        let usage = keys::media_usage(record.size, record.pending);
+                        writes.push(KvWrite::Put(keys::media_by_user(&record.uploader, &id), usage));
+                    } else {
+                        let at = keys::media_remote(record.fetched_ts.max(0) as u64, server, &id);
+                        writes.push(KvWrite::Put(at, record.size.to_be_bytes().to_vec()));
+                    }
+                    writes.push(put(key, &record));
+                }
+                Op::DeleteMedia { server, id } => {
+                    let server = server.as_str();
+                    let key = keys::media(server, &id);
+                    if let Some(old) = self.get::<MediaRecord>(&key)? {
+                        writes.extend(media_index_deletes(server, &id, &old));
+                    }
+                    writes.push(KvWrite::Delete(key));
+                    for (k, v) in self.prefix(&keys::thumbnail_prefix(server, &id), false, usize::MAX)? {
+                        let thumb = ThumbnailRecord::decode(v.as_slice()).map_err(|_| corrupt(&k))?;
+                        let mut r = KeyReader::new(&k);
+                        let spec = r.s().and(r.s()).and(r.s()).ok_or_else(|| corrupt(&k))?;
+                        writes.push(KvWrite::Delete(keys::media_file_ref(&thumb.sha256, server, &id, spec)));
+                        writes.push(KvWrite::Delete(k));
+                    }
+                }
+                Op::PutThumbnail { server, id, spec, record } => {
+                    let server = server.as_str();
+                    writes.push(KvWrite::Put(keys::media_file_ref(&record.sha256, server, &id, &spec), Vec::new()));
+                    writes.push(put(keys::thumbnail(server, &id, &spec), &record));
+                }
                 Op::SideEntry { pos, entry } => {
                     if let Some(topic) = SideTopic::of(&entry) {
                         writes.push(put(keys::side_topic(&topic, pos), &entry))
@@ -139,4 +180,18 @@ impl<K: Kv> KvStore<K> {
         }
         Ok(writes)
     }
+}
+
+/// The index entries a media record put in place.
+fn media_index_deletes(server: &str, id: &str, old: &MediaRecord) -> Vec<KvWrite> {
+    let mut out = Vec::new();
+    if !old.sha256.is_empty() {
+        out.push(KvWrite::Delete(keys::media_file_ref(&old.sha256, server, id, "")));
+    }
+    if old.uploader.is_empty() {
+        out.push(KvWrite::Delete(keys::media_remote(old.fetched_ts.max(0) as u64, server, id)));
+    } else {
+        out.push(KvWrite::Delete(keys::media_by_user(&old.uploader, id)));
+    }
+    out
 }

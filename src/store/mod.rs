@@ -25,8 +25,8 @@ pub mod records {
 
 use records::{
     AccessToken, AliasRecord, ClientTxn, DestinationState, DeviceKeysRecord, DeviceRecord, EventRecord,
-    FallbackKeyRecord, Membership, OneTimeKeyRecord, PendingLpdu, QueueItem, Receipt, RoomRecord, ServerKeys,
-    SideEntry, StateSnapshot, ToDeviceRecord, TxnResponse, UserKeyEntry, UserRecord,
+    FallbackKeyRecord, MediaRecord, Membership, OneTimeKeyRecord, PendingLpdu, QueueItem, Receipt, RoomRecord,
+    ServerKeys, SideEntry, StateSnapshot, ThumbnailRecord, ToDeviceRecord, TxnResponse, UserKeyEntry, UserRecord,
 };
 
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
@@ -285,6 +285,24 @@ pub enum Op {
         record: AliasRecord,
     },
     DeleteAlias(String),
+    /// A media file's record, replacing one kept under the same id (its
+    /// indexes follow).
+    PutMedia {
+        server: ServerName,
+        id: String,
+        record: MediaRecord,
+    },
+    /// A media record, its thumbnails and their indexes.
+    DeleteMedia {
+        server: ServerName,
+        id: String,
+    },
+    PutThumbnail {
+        server: ServerName,
+        id: String,
+        spec: String,
+        record: ThumbnailRecord,
+    },
     SideEntry {
         pos: u64,
         entry: SideEntry,
@@ -395,6 +413,17 @@ pub trait Store: Send + Sync + 'static {
     /// One user's receipt of one kind in a room.
     fn receipt(&self, room: &RoomId, kind: &str, user: &UserId) -> StoreResult<Option<Receipt>>;
     fn alias(&self, alias: &str) -> StoreResult<Option<AliasRecord>>;
+    fn media(&self, server: &ServerName, id: &str) -> StoreResult<Option<MediaRecord>>;
+    fn thumbnail(&self, server: &ServerName, id: &str, spec: &str) -> StoreResult<Option<ThumbnailRecord>>;
+    /// A media file's thumbnails: `(spec, record)`.
+    fn thumbnails(&self, server: &ServerName, id: &str) -> StoreResult<Vec<(String, ThumbnailRecord)>>;
+    /// A local user's media: `(id, size, pending)`.
+    fn user_media(&self, user: &UserId) -> StoreResult<Vec<(String, u64, bool)>>;
+    /// Remote media, oldest fetched first: `(server, id, size)`, at most
+    /// `limit`.
+    fn remote_media(&self, limit: usize) -> StoreResult<Vec<(ServerName, String, u64)>>;
+    /// Whether a media record or thumbnail still uses the file `sha256`.
+    fn media_file_used(&self, sha256: &str) -> StoreResult<bool>;
 
     // End-to-end encryption.
     fn device_keys(&self, user: &UserId, device: &str) -> StoreResult<Option<DeviceKeysRecord>>;

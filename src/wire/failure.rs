@@ -54,6 +54,15 @@ pub enum Failure {
     LimitExceeded { why: String, retry_after_ms: u64 },
     #[error("too large: {0}")]
     TooLarge(String),
+    /// Another server's file is over what this server takes.
+    #[error("remote content too large: {0}")]
+    RemoteTooLarge(String),
+    /// A media id reserved for an upload that has not come.
+    #[error("media not yet uploaded")]
+    NotYetUploaded,
+    /// An upload to a media id that has its file.
+    #[error("media already uploaded")]
+    CannotOverwriteMedia,
     /// A signature that does not verify (signed keys a client uploads).
     #[error("invalid signature: {0}")]
     InvalidSignature(String),

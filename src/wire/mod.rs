@@ -105,6 +105,11 @@ pub fn answer(surface: Surface, failure: &Failure) -> Answer {
             (S::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED", why.clone())
         }
         F::TooLarge(m) => (S::PAYLOAD_TOO_LARGE, "M_TOO_LARGE", m.clone()),
+        F::RemoteTooLarge(m) => (S::BAD_GATEWAY, "M_TOO_LARGE", m.clone()),
+        F::NotYetUploaded => (S::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED", "The media has not been uploaded yet".into()),
+        F::CannotOverwriteMedia => {
+            (S::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA", "This media id already has its content".into())
+        }
         F::InvalidSignature(m) => (S::BAD_REQUEST, "M_INVALID_SIGNATURE", m.clone()),
         F::WrongRoomKeysVersion(current) => {
             extra.insert("current_version".into(), json!(current));

@@ -280,6 +280,22 @@ pub struct Answer {
     pub body: Value,
 }
 
+pub struct RawAnswer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl RawAnswer {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
 impl Client {
     pub fn new(base: SocketAddr) -> Client {
         Client {
@@ -322,6 +338,23 @@ impl Client {
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await.ok()?.to_bytes();
         Some(Answer { status, body: serde_json::from_slice(&body).unwrap_or(Value::Null) })
+    }
+
+    /// A request with any body and headers, answered as bytes: for media.
+    pub async fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> RawAnswer {
+        let mut req = http::Request::builder().method(method).uri(format!("http://{}{}", self.base, path));
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp =
+            self.http.request(req.body(Full::new(Bytes::from(body))).unwrap()).await.expect("the server answers");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        RawAnswer { status, headers, body }
     }
 
     pub async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {

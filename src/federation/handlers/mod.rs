@@ -5,6 +5,7 @@ pub mod dag;
 pub mod e2ee;
 pub mod events;
 pub mod keys;
+pub mod media;
 pub mod membership;
 pub mod send;
 pub mod visibility;
