@@ -537,3 +537,38 @@ async fn room_version_11_with_synapse() {
 async fn room_version_12_with_synapse() {
     scenario("12").await;
 }
+
+/// Media through matrix-nio across the three servers (tests/clients/
+/// nio_media.py): an image uploaded on the follower downloaded with
+/// thumbnails on the hub and on Synapse, and the reverse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_across_a_follower_a_hub_and_synapse() {
+    let Some(py) = python() else { return };
+    let Ok(nio) = std::env::var("LMX_NIO_PYTHON") else {
+        assert!(std::env::var("LMX_REQUIRE_CLIENT_TESTS").is_err(), "matrix-nio is not installed");
+        return eprintln!("skipping: matrix-nio is not installed (run scripts/test-all)");
+    };
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let t = trio(&py).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/nio_media.py");
+    let run = tokio::process::Command::new(&nio)
+        .arg(script)
+        .env("LMX_HUB_URL", format!("http://{}", t.hub.client))
+        .env("LMX_FOLLOWER_URL", format!("http://{}", t.follower.client))
+        .env("LMX_SYNAPSE_URL", format!("http://127.0.0.1:{}", t.synapse.client_port))
+        .env("LMX_HUB_NAME", t.hub.name())
+        .env("LMX_ROOM_VERSION", "11")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(240), run).await.expect("the scenario ends").unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.lines().last() == Some("OK"),
+        "nio media scenario failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{stdout}");
+    // The follower keeps Synapse's file, fetched over federation.
+    let synapse = lmx::core::ids::ServerName::parse(&t.synapse.name).unwrap();
+    assert!(t.follower.node().store.remote_media(100).unwrap().iter().any(|(s, _, _)| *s == synapse));
+}

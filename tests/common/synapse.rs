@@ -57,7 +57,7 @@ listeners:
     bind_addresses: ["127.0.0.1"]
     type: http
     resources:
-      - names: [client]
+      - names: [client, media]
         compress: false
 tls_certificate_path: "{cert}"
 tls_private_key_path: "{key}"
