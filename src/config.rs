@@ -86,6 +86,8 @@ pub struct Client {
     /// Logins and registrations per second per remote address, and burst.
     pub login_per_second: f64,
     pub login_burst: f64,
+    /// Lifetime of an access token issued with a refresh token, in ms.
+    pub refreshable_token_lifetime_ms: u64,
     /// Reverse proxies whose `X-Forwarded-For` names the real client
     /// (for rate limits); requests from other addresses cannot set it.
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -100,6 +102,9 @@ pub struct Registration {
     pub shared_secret: Option<String>,
     /// Shortest password open registration accepts, in characters.
     pub min_password_length: usize,
+    /// Open registration also needs a registration token the operator
+    /// made (`/_synapse/admin/v1/registration_tokens`).
+    pub requires_token: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -196,9 +201,15 @@ impl Default for Config {
                 send_burst: 1000.0,
                 login_per_second: 5.0,
                 login_burst: 50.0,
+                refreshable_token_lifetime_ms: 300_000,
                 trusted_proxies: Vec::new(),
             },
-            registration: Registration { enabled: false, shared_secret: None, min_password_length: 8 },
+            registration: Registration {
+                enabled: false,
+                shared_secret: None,
+                min_password_length: 8,
+                requires_token: false,
+            },
             storage: Storage { cache_mb: None, room_idle_secs: 60 },
             follower: Follower { host_rooms: true, timeline_cache: 500 },
             http: Http {
@@ -293,6 +304,7 @@ impl Config {
             ("http.idle_timeout_ms", http.idle_timeout_ms),
             ("http.body_timeout_ms", http.body_timeout_ms),
             ("media.max_upload_bytes", self.media.max_upload_bytes),
+            ("client.refreshable_token_lifetime_ms", self.client.refreshable_token_lifetime_ms),
             ("media.pending_expiry_secs", self.media.pending_expiry_secs),
         ] {
             if v == 0 {

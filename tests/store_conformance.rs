@@ -149,7 +149,7 @@ fn accounts(store: &dyn Store) {
             Op::PutUser(UserRecord { user_id: u.to_string(), password_hash: "h".into(), ..Default::default() }),
             Op::PutToken {
                 hash: TokenHash::of("t1"),
-                record: AccessToken { user_id: u.to_string(), device_id: "D".into() },
+                record: AccessToken { user_id: u.to_string(), device_id: "D".into(), ..Default::default() },
             },
             Op::PutMembership {
                 user: u.clone(),

@@ -27,12 +27,18 @@ const MAX_PASSWORD_BYTES: usize = 1024;
 pub struct Accounts {
     pub passwords: Arc<Passwords>,
     pub nonces: RegistrationNonces,
+    pub login_tokens: super::tokens::LoginTokens,
     creating: Mutex<()>,
 }
 
 impl Accounts {
     pub fn new(passwords: Arc<Passwords>) -> Arc<Accounts> {
-        Arc::new(Accounts { passwords, nonces: RegistrationNonces::default(), creating: Mutex::new(()) })
+        Arc::new(Accounts {
+            passwords,
+            nonces: RegistrationNonces::default(),
+            login_tokens: Default::default(),
+            creating: Mutex::new(()),
+        })
     }
 }
 
@@ -53,17 +59,17 @@ pub fn capabilities() -> Value {
         }
     }
     json!({"capabilities": {
-        "m.change_password": {"enabled": false},
+        "m.change_password": {"enabled": true},
         "m.room_versions": {"default": crate::core::event::LM_VERSION, "available": available},
         "m.set_displayname": {"enabled": true},
         "m.set_avatar_url": {"enabled": true},
         "m.3pid_changes": {"enabled": false},
-        "m.get_login_token": {"enabled": false},
+        "m.get_login_token": {"enabled": true},
     }})
 }
 
 pub fn login_flows() -> Value {
-    json!({"flows": [{"type": "m.login.password"}]})
+    json!({"flows": [{"type": "m.login.password"}, {"type": "m.login.token", "get_login_token": true}]})
 }
 
 /// `@localpart:us`, with the LM localpart grammar (item 15).
@@ -81,7 +87,7 @@ fn user_in_use() -> Failure {
 }
 
 /// The password rules of open registration (`registration.min_password_length`).
-fn check_password(server: &ClientDeps, password: &str) -> Result<(), Failure> {
+pub(super) fn check_password(server: &ClientDeps, password: &str) -> Result<(), Failure> {
     let min = server.config.registration.min_password_length;
     if password.chars().count() < min {
         return Err(Failure::WeakPassword(format!("Passwords must have at least {min} characters")));
@@ -99,6 +105,9 @@ struct NewUser<'a> {
     device: Option<&'a str>,
     device_name: Option<&'a str>,
     login: bool,
+    refreshable: bool,
+    /// The registration token the request completed, used up on success.
+    registration_token: Option<&'a str>,
 }
 
 /// Creates a user and, unless `inhibit_login`, a device with a token. The
@@ -119,44 +128,91 @@ fn commit_user(call: &Call, user: &UserId, new: &NewUser<'_>, hash: String) -> R
         return Err(user_in_use());
     }
     let mut b = Batch::new();
+    if let Some(token) = new.registration_token {
+        // Counted under the lock that creates users: never over its uses.
+        let mut rec = super::tokens::usable_registration_token(server, token)?
+            .ok_or_else(|| Failure::forbidden("Invalid registration token"))?;
+        rec.completed += 1;
+        b.push(Op::PutRegistrationToken { token: token.to_owned(), record: rec });
+    }
     b.push(Op::PutUser(UserRecord {
         user_id: user.to_string(),
         password_hash: hash,
         admin: new.admin,
         displayname: user.localpart().to_owned(),
         created_ts: now_ms(),
-        avatar_url: String::new(),
+        ..Default::default()
     }));
     let mut out = json!({"user_id": user.as_str(), "home_server": server.name.as_str()});
     if new.login {
-        let (token, device) = new_token(server, &mut b, user, new.device, new.device_name)?;
-        out["access_token"] = json!(token);
-        out["device_id"] = json!(device);
+        let session = new_token(server, &mut b, user, new.device, new.device_name, new.refreshable)?;
+        out["access_token"] = json!(session.access_token);
+        out["device_id"] = json!(session.device);
+        if let Some((refresh, expires_in_ms)) = session.refresh {
+            out["refresh_token"] = json!(refresh);
+            out["expires_in_ms"] = json!(expires_in_ms);
+        }
     }
     server.store.write(b)?;
     Ok(out)
 }
 
+/// A session made by [`new_token`].
+pub(super) struct Session {
+    pub access_token: String,
+    pub device: String,
+    /// The refresh token and the access token's lifetime, when asked for.
+    pub refresh: Option<(String, i64)>,
+}
+
 /// A new session on `device` (a new device when none is given); a device
 /// that logs in again gets a new token, the old one stops working.
-fn new_token(
+/// `refreshable`: the access token expires and a refresh token renews it.
+pub(super) fn new_token(
     server: &ClientDeps,
     b: &mut Batch,
     user: &UserId,
     device: Option<&str>,
     display_name: Option<&str>,
-) -> Result<(String, String), Failure> {
-    let token = format!("lmx_{}", random_string(32));
+    refreshable: bool,
+) -> Result<Session, Failure> {
     let device = device.map(str::to_owned).unwrap_or_else(|| random_string(10).to_uppercase());
-    if let Some(old) = server.store.device_token(user, &device)? {
-        b.push(Op::DeleteToken { hash: old, user: user.clone(), device: device.clone() });
-    }
-    let record = AccessToken { user_id: user.to_string(), device_id: device.clone() };
-    b.push(Op::PutToken { hash: TokenHash::of(&token), record });
-    let name = display_name.unwrap_or_default().to_owned();
-    let record = DeviceRecord { display_name: name, last_seen_ts: now_ms(), ..Default::default() };
+    let existing = server.store.devices(user)?.into_iter().find(|(d, _)| *d == device).map(|(_, r)| r);
+    let record = match (existing, display_name) {
+        (Some(mut r), Some(name)) => {
+            r.display_name = name.to_owned();
+            r
+        }
+        (Some(r), None) => r,
+        (None, name) => DeviceRecord { display_name: name.unwrap_or_default().to_owned(), ..Default::default() },
+    };
+    let record = DeviceRecord { last_seen_ts: now_ms(), ..record };
     b.push(Op::PutDevice { user: user.clone(), device: device.clone(), record });
-    Ok((token, device))
+    session_on(server, b, user, &device, refreshable)
+}
+
+/// New tokens for an existing device, replacing its old ones.
+pub(super) fn session_on(
+    server: &ClientDeps,
+    b: &mut Batch,
+    user: &UserId,
+    device: &str,
+    refreshable: bool,
+) -> Result<Session, Failure> {
+    let token = format!("lmx_{}", random_string(32));
+    if let Some(old) = server.store.device_token(user, device)? {
+        b.push(Op::DeleteToken { hash: old, user: user.clone(), device: device.to_owned() });
+    }
+    let mut record = AccessToken { user_id: user.to_string(), device_id: device.to_owned(), ..Default::default() };
+    let refresh = refreshable.then(|| {
+        let refresh = format!("lmxr_{}", random_string(32));
+        let lifetime = i64::try_from(server.config.client.refreshable_token_lifetime_ms).unwrap_or(i64::MAX);
+        record.expires_ts = now_ms().saturating_add(lifetime);
+        record.refresh_hash = TokenHash::of(&refresh).as_str().to_owned();
+        (refresh, lifetime)
+    });
+    b.push(Op::PutToken { hash: TokenHash::of(&token), record });
+    Ok(Session { access_token: token, device: device.to_owned(), refresh })
 }
 
 /// `POST /register`: open registration with the `m.login.dummy` stage,
@@ -182,16 +238,7 @@ pub async fn register(call: Call) -> Result<Value, Failure> {
     if let Some(p) = password {
         check_password(&server, p)?;
     }
-    let auth_type = body.auth.as_ref().and_then(|a| a.kind);
-    if auth_type != Some("m.login.dummy") {
-        let session = random_string(16);
-        return Err(Failure::AuthNeeded {
-            stage: "m.login.dummy",
-            session,
-            why: "Authentication required",
-            failed: false,
-        });
-    }
+    let registration_token = registration_stage(&call, body.auth.as_ref())?;
     let user = match username {
         Some(u) => u,
         None => local_user(&server, &random_string(12).to_lowercase())?,
@@ -203,8 +250,33 @@ pub async fn register(call: Call) -> Result<Value, Failure> {
         device: body.device_id,
         device_name: body.initial_device_display_name,
         login: !body.inhibit_login,
+        refreshable: body.refresh_token,
+        registration_token,
     };
     create_user(&call, &user, new).await
+}
+
+/// The user-interactive stage open registration asks for: `m.login.dummy`,
+/// or a registration token when the operator requires one (answered with
+/// the token, used up when the account is made).
+fn registration_stage<'a>(
+    call: &Call,
+    auth: Option<&crate::wire::client::AuthData<'a>>,
+) -> Result<Option<&'a str>, Failure> {
+    let requires_token = call.server.config.registration.requires_token;
+    let stage = if requires_token { "m.login.registration_token" } else { "m.login.dummy" };
+    let session = auth.and_then(|a| a.session).map_or_else(|| random_string(16), str::to_owned);
+    if auth.and_then(|a| a.kind) != Some(stage) {
+        return Err(Failure::AuthNeeded { stage, session, why: "Authentication required", failed: false });
+    }
+    if !requires_token {
+        return Ok(None);
+    }
+    let token = auth.and_then(|a| a.token).unwrap_or_default();
+    match super::tokens::usable_registration_token(&call.server, token)? {
+        Some(_) => Ok(Some(token)),
+        None => Err(Failure::AuthNeeded { stage, session, why: "Invalid registration token", failed: true }),
+    }
 }
 
 pub fn available(call: Call) -> Result<Value, Failure> {
@@ -218,32 +290,51 @@ pub fn available(call: Call) -> Result<Value, Failure> {
 
 pub async fn login(call: Call) -> Result<Value, Failure> {
     let body: Login = wire::read(call.body()?)?;
-    if body.kind != Some("m.login.password") {
-        return Err(Failure::BadRequest("Only m.login.password is supported".into()));
-    }
-    let name = body
-        .identifier
-        .as_ref()
-        .and_then(|i| i.user)
-        .or(body.user)
-        .ok_or_else(|| Failure::bad_json("identifier.user is required"))?;
-    let localpart = name.strip_prefix('@').map(|n| n.split(':').next().unwrap_or(n)).unwrap_or(name);
     let bad = || Failure::forbidden("Invalid username or password");
-    let user = local_user(&call.server, localpart).map_err(|_| bad())?;
-    let rec = call.server.store.user(&user)?.ok_or_else(bad)?;
-    let password = body.password.ok_or_else(bad)?;
-    if password.len() > MAX_PASSWORD_BYTES || !call.accounts.passwords.verify(&rec.password_hash, password).await? {
-        return Err(bad());
-    }
+    let user = match body.kind {
+        Some("m.login.password") => {
+            let name = body
+                .identifier
+                .as_ref()
+                .and_then(|i| i.user)
+                .or(body.user)
+                .ok_or_else(|| Failure::bad_json("identifier.user is required"))?;
+            let localpart = name.strip_prefix('@').map(|n| n.split(':').next().unwrap_or(n)).unwrap_or(name);
+            let user = local_user(&call.server, localpart).map_err(|_| bad())?;
+            let rec = call.server.store.user(&user)?.ok_or_else(bad)?;
+            if rec.deactivated {
+                return Err(Failure::UserDeactivated);
+            }
+            let password = body.password.ok_or_else(bad)?;
+            if password.len() > MAX_PASSWORD_BYTES
+                || !call.accounts.passwords.verify(&rec.password_hash, password).await?
+            {
+                return Err(bad());
+            }
+            user
+        }
+        Some("m.login.token") => {
+            let token = body.token.ok_or_else(|| Failure::bad_json("token is required"))?;
+            let user =
+                call.accounts.login_tokens.take(token).ok_or_else(|| Failure::forbidden("Invalid login token"))?;
+            if call.server.store.user(&user)?.is_none_or(|r| r.deactivated) {
+                return Err(Failure::UserDeactivated);
+            }
+            user
+        }
+        _ => return Err(Failure::BadRequest("Supported login types: m.login.password, m.login.token".into())),
+    };
     let mut b = Batch::new();
     let display = body.initial_device_display_name;
-    let (token, device) = new_token(&call.server, &mut b, &user, body.device_id, display)?;
+    let session = new_token(&call.server, &mut b, &user, body.device_id, display, body.refresh_token)?;
     call.server.store.write(b)?;
     wire::to_json(&LoggedIn {
         user_id: user.as_str(),
-        access_token: &token,
-        device_id: &device,
+        access_token: &session.access_token,
+        device_id: &session.device,
         home_server: call.server.name.as_str(),
+        refresh_token: session.refresh.as_ref().map(|(r, _)| r.as_str()),
+        expires_in_ms: session.refresh.as_ref().map(|(_, e)| *e),
     })
 }
 
@@ -337,7 +428,15 @@ pub async fn shared_secret_register(method: &Method, call: Call) -> Result<Value
         return Err(Failure::forbidden("HMAC incorrect"));
     }
     let user = local_user(&call.server, username)?;
-    let new = NewUser { password, admin, device: None, device_name: None, login: true };
+    let new = NewUser {
+        password,
+        admin,
+        device: None,
+        device_name: None,
+        login: true,
+        refreshable: false,
+        registration_token: None,
+    };
     create_user(&call, &user, new).await
 }
 

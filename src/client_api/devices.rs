@@ -76,7 +76,7 @@ pub(super) async fn require_password(call: &Call, user: &UserId) -> Result<(), F
     }
 }
 
-fn delete_ops(call: &Call, user: &UserId, id: &str, b: &mut Batch) -> Result<(), Failure> {
+pub(super) fn delete_ops(call: &Call, user: &UserId, id: &str, b: &mut Batch) -> Result<(), Failure> {
     if let Some(hash) = call.server.store.device_token(user, id)? {
         b.push(Op::DeleteToken { hash, user: user.clone(), device: id.to_owned() });
     }

@@ -2,6 +2,7 @@
 //! endpoint but `versions`, `login` and `register` needs an access token.
 
 mod account;
+mod account_changes;
 mod account_data;
 mod backup;
 mod cross_signing;
@@ -21,6 +22,7 @@ mod profile;
 mod ratelimit;
 mod rooms;
 mod sync;
+mod tokens;
 mod unread;
 
 use std::net::SocketAddr;
@@ -42,6 +44,7 @@ pub use deps::ClientDeps;
 use ratelimit::Limiter;
 
 /// A request after routing: the caller (if authenticated) and its inputs.
+#[derive(Clone)]
 pub struct Call {
     pub server: Arc<ClientDeps>,
     pub query: Vec<(String, String)>,
@@ -142,13 +145,18 @@ impl ClientHandler {
         let method = req.method().clone();
         let address = crate::http::client_ip(remote.ip(), req.headers(), &self.server.config.client.trusted_proxies);
         // Who is asking is settled before the body is read.
+        // A refresh needs no access token: an expired one must not stop it.
+        let refreshing = matches!(segs.as_slice(), [_, _, _, last] if last == "refresh");
         let user = match &token {
-            Some(t) => {
+            Some(t) if !refreshing => {
                 let rec = self.server.store.access_token(&TokenHash::of(t))?.ok_or(Failure::UnknownToken)?;
+                if rec.expires_ts != 0 && rec.expires_ts <= crate::sys::now_ms() {
+                    return Err(Failure::ExpiredToken);
+                }
                 let user = rec.user()?;
                 Some((user, rec.device_id))
             }
-            None => None,
+            _ => None,
         };
         let s: Vec<&str> = segs.iter().map(String::as_str).collect();
         // Media is routed before a body is read: uploads stream to disk.
@@ -184,6 +192,15 @@ impl ClientHandler {
             ["_synapse", "admin", "v1", "register"] => {
                 return account::shared_secret_register(&method, call).await.map(|v| ok_json(&v))
             }
+            ["_synapse", "admin", "v1", "registration_tokens", rest @ ..] => {
+                return tokens::admin(call, &method, rest).await.map(|v| ok_json(&v))
+            }
+            ["_matrix", "client", "v1", rest @ ..] => {
+                if let ["register", ..] = rest {
+                    self.logins.check(&address.to_string())?;
+                }
+                return dispatch_v1(&method, rest, call).await.map(|v| ok_json(&v));
+            }
             ["_matrix", "client", "v3" | "r0", rest @ ..] => rest,
             ["_matrix", "client", "unstable", "org.lmx.mls", "keys", what @ ("upload" | "query" | "claim")] => {
                 only(&method, Method::POST)?;
@@ -197,7 +214,9 @@ impl ClientHandler {
             _ => return Err(Failure::Unrecognized),
         };
         match rest {
-            ["login"] | ["register"] if method == Method::POST => self.logins.check(&address.to_string())?,
+            ["login"] | ["register"] | ["refresh"] if method == Method::POST => {
+                self.logins.check(&address.to_string())?
+            }
             ["rooms", _, "send" | "state" | "redact", ..] if method == Method::PUT => {
                 if let Some((u, _)) = &call.user {
                     self.sends.check(u.as_str())?;
@@ -206,6 +225,19 @@ impl ClientHandler {
             _ => {}
         }
         dispatch(&method, rest, call).await.map(|v| ok_json(&v))
+    }
+}
+
+/// `/_matrix/client/v1/…`: the endpoints the spec added there.
+async fn dispatch_v1(method: &Method, rest: &[&str], call: Call) -> Result<Value, Failure> {
+    use Method as M;
+    match (rest, method) {
+        (["login", "get_token"], &M::POST) => tokens::get_login_token(call).await,
+        (["register", "m.login.registration_token", "validity"], &M::GET) => tokens::validity(call),
+        (["login", "get_token"], _) | (["register", "m.login.registration_token", "validity"], _) => {
+            Err(Failure::MethodNotAllowed)
+        }
+        _ => Err(Failure::Unrecognized),
     }
 }
 
@@ -228,6 +260,14 @@ async fn dispatch(method: &Method, rest: &[&str], call: Call) -> Result<Value, F
         (["account", "whoami"], &M::GET) => account::whoami(call),
         (["logout"], &M::POST) => account::logout(call).await,
         (["logout", "all"], &M::POST) => account::logout_all(call).await,
+        (["refresh"], &M::POST) => tokens::refresh(call).await,
+        (["account", "password"], &M::POST) => account_changes::password(call).await,
+        (["account", "deactivate"], &M::POST) => account_changes::deactivate(call).await,
+        (["account", "3pid"], &M::GET) => account_changes::threepids(call),
+        (["account", "3pid", "delete" | "unbind"], &M::POST) => account_changes::threepid_removed(call),
+        (["account", "3pid", "add" | "bind"], &M::POST)
+        | (["account", "3pid" | "password", "email" | "msisdn", "requestToken"], &M::POST)
+        | (["register", "email" | "msisdn", "requestToken"], &M::POST) => Err(Failure::ThreepidUnsupported),
         (["capabilities"], &M::GET) => Ok(account::capabilities()),
         (["devices"], &M::GET) => devices::list(call),
         (["devices", id], &M::GET) => devices::get(call, id),
@@ -304,6 +344,8 @@ async fn dispatch(method: &Method, rest: &[&str], call: Call) -> Result<Value, F
         // Known paths with another method.
         (
             ["login"]
+            | ["refresh"]
+            | ["account", "password" | "deactivate" | "3pid"]
             | ["register"]
             | ["createRoom"]
             | ["sync"]

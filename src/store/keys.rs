@@ -42,6 +42,8 @@ pub mod table {
     pub const SIDE_TOPIC: u8 = b'j';
     pub const USER_KEY: u8 = b'E';
     pub const MEDIA: u8 = b'D';
+    pub const REFRESH_TOKEN: u8 = b'Q';
+    pub const REGISTRATION_TOKEN: u8 = b'G';
     pub const THUMBNAIL: u8 = b'H';
     pub const MEDIA_BY_USER: u8 = b'U';
     pub const MEDIA_REMOTE: u8 = b'R';
@@ -303,6 +305,20 @@ pub fn format_version() -> Vec<u8> {
 /// The highest position handed out, so a restart never reuses one.
 pub fn position_high_water() -> Vec<u8> {
     Key::new(table::POSITION).build()
+}
+
+/// `refresh token hash → RefreshToken`.
+pub fn refresh_token(hash: &str) -> Vec<u8> {
+    Key::new(table::REFRESH_TOKEN).s(hash).build()
+}
+
+/// `token → RegistrationTokenRecord`.
+pub fn registration_token(token: &str) -> Vec<u8> {
+    Key::new(table::REGISTRATION_TOKEN).s(token).build()
+}
+
+pub fn registration_token_prefix() -> Vec<u8> {
+    Key::new(table::REGISTRATION_TOKEN).build()
 }
 
 /// `(server, media id) → MediaRecord`.

@@ -6,8 +6,9 @@ use super::keys::{self, table, Key, KeyReader};
 use super::kv::{prefix_end, BoxFuture, Entries, Kv, KvWrite};
 use super::records::{
     AccessToken, AliasRecord, ClientTxn, DestinationState, DeviceKeysRecord, DeviceRecord, EventRecord,
-    FallbackKeyRecord, MediaRecord, Membership, OneTimeKeyRecord, PendingLpdu, QueueItem, Receipt, RoomRecord,
-    ServerKeys, SideEntry, StateSnapshot, ThumbnailRecord, ToDeviceRecord, TxnResponse, UserKeyEntry, UserRecord,
+    FallbackKeyRecord, MediaRecord, Membership, OneTimeKeyRecord, PendingLpdu, QueueItem, Receipt, RefreshToken,
+    RegistrationTokenRecord, RoomRecord, ServerKeys, SideEntry, StateSnapshot, ThumbnailRecord, ToDeviceRecord,
+    TxnResponse, UserKeyEntry, UserRecord,
 };
 use super::{Batch, SideTopic, Store, StoreError, StoreResult, StreamEntry, TokenHash, FORMAT_VERSION};
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
@@ -328,6 +329,21 @@ impl<K: Kv> Store for KvStore<K> {
         self.get(&keys::alias(alias))
     }
 
+    fn refresh_token(&self, hash: &TokenHash) -> StoreResult<Option<RefreshToken>> {
+        self.get(&keys::refresh_token(hash.as_str()))
+    }
+
+    fn registration_token(&self, token: &str) -> StoreResult<Option<RegistrationTokenRecord>> {
+        self.get(&keys::registration_token(token))
+    }
+
+    fn registration_tokens(&self) -> StoreResult<Vec<(String, RegistrationTokenRecord)>> {
+        self.prefix(&keys::registration_token_prefix(), false, usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| Ok((KeyReader::new(&k).s().ok_or_else(|| corrupt(&k))?.to_owned(), decode(&k, &v)?)))
+            .collect()
+    }
+
     fn media(&self, server: &ServerName, id: &str) -> StoreResult<Option<MediaRecord>> {
         self.get(&keys::media(server.as_str(), id))
     }
@@ -580,7 +596,7 @@ mod tests {
     fn format_1_tokens_become_hashes_and_newer_formats_are_refused() {
         let store = KvStore::new(MemKv::new());
         assert_eq!(store.format().unwrap(), None, "empty");
-        let record = AccessToken { user_id: "@a:hub.test".into(), device_id: "D".into() };
+        let record = AccessToken { user_id: "@a:hub.test".into(), device_id: "D".into(), ..Default::default() };
         store
             .kv
             .apply(vec![

@@ -7,7 +7,7 @@ use prost::Message;
 use super::keys::{self, table, Key, KeyReader};
 use super::kv::{Kv, KvWrite};
 use super::kv_store::{corrupt, put, put_str, KvStore};
-use super::records::{MediaRecord, ThumbnailRecord};
+use super::records::{AccessToken, MediaRecord, RefreshToken, ThumbnailRecord};
 use super::{Batch, Op, SideTopic, StoreResult};
 
 impl<K: Kv> KvStore<K> {
@@ -41,9 +41,19 @@ impl<K: Kv> KvStore<K> {
                 Op::PutUser(u) => writes.push(put(keys::user(&u.user_id), &u)),
                 Op::PutToken { hash, record } => {
                     writes.push(put_str(keys::user_token(&record.user_id, &record.device_id), hash.as_str()));
+                    if !record.refresh_hash.is_empty() {
+                        let refresh =
+                            RefreshToken { user_id: record.user_id.clone(), device_id: record.device_id.clone() };
+                        writes.push(put(keys::refresh_token(&record.refresh_hash), &refresh));
+                    }
                     writes.push(put(keys::token(hash.as_str()), &record));
                 }
                 Op::DeleteToken { hash, user, device } => {
+                    if let Some(old) = self.get::<AccessToken>(&keys::token(hash.as_str()))? {
+                        if !old.refresh_hash.is_empty() {
+                            writes.push(KvWrite::Delete(keys::refresh_token(&old.refresh_hash)));
+                        }
+                    }
                     writes.push(KvWrite::Delete(keys::token(hash.as_str())));
                     writes.push(KvWrite::Delete(keys::user_token(user.as_str(), &device)));
                 }
@@ -112,6 +122,10 @@ impl<K: Kv> KvStore<K> {
                 }
                 Op::PutAlias { alias, record } => writes.push(put(keys::alias(&alias), &record)),
                 Op::DeleteAlias(alias) => writes.push(KvWrite::Delete(keys::alias(&alias))),
+                Op::PutRegistrationToken { token, record } => {
+                    writes.push(put(keys::registration_token(&token), &record))
+                }
+                Op::DeleteRegistrationToken(token) => writes.push(KvWrite::Delete(keys::registration_token(&token))),
                 Op::PutMedia { server, id, record } => {
                     let key = keys::media(server.as_str(), &id);
                     if let Some(old) = self.get::<MediaRecord>(&key)? {

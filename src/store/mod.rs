@@ -25,8 +25,9 @@ pub mod records {
 
 use records::{
     AccessToken, AliasRecord, ClientTxn, DestinationState, DeviceKeysRecord, DeviceRecord, EventRecord,
-    FallbackKeyRecord, MediaRecord, Membership, OneTimeKeyRecord, PendingLpdu, QueueItem, Receipt, RoomRecord,
-    ServerKeys, SideEntry, StateSnapshot, ThumbnailRecord, ToDeviceRecord, TxnResponse, UserKeyEntry, UserRecord,
+    FallbackKeyRecord, MediaRecord, Membership, OneTimeKeyRecord, PendingLpdu, QueueItem, Receipt, RefreshToken,
+    RegistrationTokenRecord, RoomRecord, ServerKeys, SideEntry, StateSnapshot, ThumbnailRecord, ToDeviceRecord,
+    TxnResponse, UserKeyEntry, UserRecord,
 };
 
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
@@ -177,7 +178,8 @@ pub enum Op {
         membership: Membership,
     },
     PutUser(UserRecord),
-    /// A session: the token's hash, indexed by user and device too.
+    /// A session: the token's hash, indexed by user and device too (and
+    /// its refresh token, if it names one).
     PutToken {
         hash: TokenHash,
         record: AccessToken,
@@ -285,6 +287,11 @@ pub enum Op {
         record: AliasRecord,
     },
     DeleteAlias(String),
+    PutRegistrationToken {
+        token: String,
+        record: RegistrationTokenRecord,
+    },
+    DeleteRegistrationToken(String),
     /// A media file's record, replacing one kept under the same id (its
     /// indexes follow).
     PutMedia {
@@ -413,6 +420,9 @@ pub trait Store: Send + Sync + 'static {
     /// One user's receipt of one kind in a room.
     fn receipt(&self, room: &RoomId, kind: &str, user: &UserId) -> StoreResult<Option<Receipt>>;
     fn alias(&self, alias: &str) -> StoreResult<Option<AliasRecord>>;
+    fn refresh_token(&self, hash: &TokenHash) -> StoreResult<Option<RefreshToken>>;
+    fn registration_token(&self, token: &str) -> StoreResult<Option<RegistrationTokenRecord>>;
+    fn registration_tokens(&self) -> StoreResult<Vec<(String, RegistrationTokenRecord)>>;
     fn media(&self, server: &ServerName, id: &str) -> StoreResult<Option<MediaRecord>>;
     fn thumbnail(&self, server: &ServerName, id: &str, spec: &str) -> StoreResult<Option<ThumbnailRecord>>;
     /// A media file's thumbnails: `(spec, record)`.

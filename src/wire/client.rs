@@ -42,6 +42,8 @@ pub struct AuthData<'a> {
     pub kind: Option<&'a str>,
     pub session: Option<&'a str>,
     pub password: Option<&'a str>,
+    /// `m.login.registration_token`.
+    pub token: Option<&'a str>,
 }
 
 /// A request whose only typed part is its user-interactive `auth`.
@@ -63,9 +65,11 @@ pub struct Register<'a> {
     pub inhibit_login: bool,
     pub device_id: Option<&'a str>,
     pub initial_device_display_name: Option<&'a str>,
+    /// The client takes a refresh token (and an expiring access token).
+    pub refresh_token: bool,
 }
 
-/// `POST /login` (the password flow).
+/// `POST /login` (the password and token flows).
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct Login<'a> {
@@ -75,8 +79,11 @@ pub struct Login<'a> {
     /// The deprecated form of `identifier.user`.
     pub user: Option<&'a str>,
     pub password: Option<&'a str>,
+    /// `m.login.token`.
+    pub token: Option<&'a str>,
     pub device_id: Option<&'a str>,
     pub initial_device_display_name: Option<&'a str>,
+    pub refresh_token: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -179,6 +186,46 @@ pub struct LoggedIn<'a> {
     pub access_token: &'a str,
     pub device_id: &'a str,
     pub home_server: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_ms: Option<i64>,
+}
+
+/// `POST /account/password`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct PasswordChange<'a> {
+    #[serde(borrow)]
+    pub new_password: Option<&'a str>,
+    pub logout_devices: Option<bool>,
+}
+
+/// `POST /refresh`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Refresh<'a> {
+    #[serde(borrow)]
+    pub refresh_token: Option<&'a str>,
+}
+
+/// `POST /_synapse/admin/v1/registration_tokens/new` and the `PUT` of one.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RegistrationTokenSpec<'a> {
+    #[serde(borrow)]
+    pub token: Option<&'a str>,
+    pub length: Option<u64>,
+    /// `Some(None)`: `null` given (no limit).
+    #[serde(deserialize_with = "present")]
+    pub uses_allowed: Option<Option<i64>>,
+    #[serde(deserialize_with = "present")]
+    pub expiry_time: Option<Option<i64>>,
+}
+
+/// A field that may be absent, `null` or a value, told apart.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// `POST /keys/upload`. Keys stay JSON: they are signed objects, kept and

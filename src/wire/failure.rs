@@ -31,6 +31,14 @@ pub enum Failure {
     MissingToken,
     #[error("unknown access token")]
     UnknownToken,
+    /// An access token past its lifetime: the client may refresh it.
+    #[error("expired access token")]
+    ExpiredToken,
+    #[error("user deactivated")]
+    UserDeactivated,
+    /// Email and phone numbers are not served.
+    #[error("third-party identifiers are not supported")]
+    ThreepidUnsupported,
     /// User-interactive authentication: complete `stage` in `session`.
     #[error("authentication needed: {why}")]
     /// `failed`: an attempt at the stage was made and failed (the answer

@@ -82,6 +82,16 @@ pub fn answer(surface: Surface, failure: &Failure) -> Answer {
             extra.insert("soft_logout".into(), json!(false));
             (S::UNAUTHORIZED, "M_UNKNOWN_TOKEN", "Unknown access token".into())
         }
+        F::ExpiredToken => {
+            extra.insert("soft_logout".into(), json!(true));
+            (S::UNAUTHORIZED, "M_UNKNOWN_TOKEN", "The access token has expired".into())
+        }
+        F::UserDeactivated => (S::FORBIDDEN, "M_USER_DEACTIVATED", "This account has been deactivated".into()),
+        F::ThreepidUnsupported => (
+            S::BAD_REQUEST,
+            "M_THREEPID_MEDIUM_NOT_SUPPORTED",
+            "This server does not support email addresses or phone numbers".into(),
+        ),
         F::AuthNeeded { stage, session, why, failed } => {
             extra.insert("flows".into(), json!([{ "stages": [stage] }]));
             extra.insert("params".into(), json!({}));
