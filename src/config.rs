@@ -39,6 +39,23 @@ pub struct Config {
     pub follower: Follower,
     pub http: Http,
     pub media: Media,
+    pub turn: Turn,
+}
+
+/// TURN servers handed to clients for calls (`voip/turnServer`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Turn {
+    /// `turn:`/`turns:` URIs; none: no TURN server is offered.
+    pub uris: Vec<String>,
+    /// The TURN server's REST API secret (coturn `static-auth-secret`):
+    /// each user gets a name and password that expire.
+    pub shared_secret: Option<String>,
+    /// Or one fixed name and password for everyone.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// How long a shared-secret credential lasts, in seconds.
+    pub user_lifetime_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -230,6 +247,13 @@ impl Default for Config {
                 remote_cache_bytes: None,
                 unauthenticated_legacy: false,
             },
+            turn: Turn {
+                uris: Vec::new(),
+                shared_secret: None,
+                username: None,
+                password: None,
+                user_lifetime_secs: 86_400,
+            },
         }
     }
 }
@@ -251,7 +275,7 @@ pub enum ConfigError {
 }
 
 /// The top-level keys, for picking `LMX_` variables.
-const TOP_LEVEL_KEYS: [&str; 11] = [
+const TOP_LEVEL_KEYS: [&str; 12] = [
     "server_name",
     "mode",
     "data_dir",
@@ -263,6 +287,7 @@ const TOP_LEVEL_KEYS: [&str; 11] = [
     "follower",
     "http",
     "media",
+    "turn",
 ];
 
 impl Config {

@@ -32,6 +32,21 @@ pub async fn put_data(
     kind: &str,
     content: &Value,
 ) -> Result<(), Failure> {
+    let alloc = write_data(call, user, room, kind, content)?;
+    call.server.store.flush().await?;
+    drop(alloc);
+    Ok(())
+}
+
+/// Writes account data and its change for sync; the position it holds
+/// must be kept until the write is flushed.
+pub fn write_data(
+    call: &Call,
+    user: &UserId,
+    room: Option<&RoomId>,
+    kind: &str,
+    content: &Value,
+) -> Result<crate::store::Allocation, Failure> {
     let alloc = call.server.positions.allocate(1)?;
     let change = AccountDataChange {
         user_id: user.to_string(),
@@ -47,9 +62,7 @@ pub async fn put_data(
     })
     .push(Op::SideEntry { pos: alloc.first(), entry: SideEntry { kind: Some(Kind::AccountData(change)) } });
     call.server.store.write(b)?;
-    call.server.store.flush().await?;
-    drop(alloc);
-    Ok(())
+    Ok(alloc)
 }
 
 pub fn get_data(call: &Call, user: &UserId, room: Option<&RoomId>, kind: &str) -> Result<Option<Value>, Failure> {

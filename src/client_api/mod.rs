@@ -20,10 +20,14 @@ pub mod passwords;
 mod presence;
 mod profile;
 mod ratelimit;
+mod reports;
 mod rooms;
 mod sync;
+mod tags;
+mod timestamp;
 mod tokens;
 mod unread;
+mod voip;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -192,6 +196,10 @@ impl ClientHandler {
             ["_synapse", "admin", "v1", "register"] => {
                 return account::shared_secret_register(&method, call).await.map(|v| ok_json(&v))
             }
+            ["_synapse", "admin", "v1", "event_reports"] => {
+                only(&method, Method::GET)?;
+                return reports::admin_list(call).map(|v| ok_json(&v));
+            }
             ["_synapse", "admin", "v1", "registration_tokens", rest @ ..] => {
                 return tokens::admin(call, &method, rest).await.map(|v| ok_json(&v))
             }
@@ -233,6 +241,7 @@ async fn dispatch_v1(method: &Method, rest: &[&str], call: Call) -> Result<Value
     use Method as M;
     match (rest, method) {
         (["login", "get_token"], &M::POST) => tokens::get_login_token(call).await,
+        (["rooms", room, "timestamp_to_event"], &M::GET) => timestamp::timestamp_to_event(call, room).await,
         (["register", "m.login.registration_token", "validity"], &M::GET) => tokens::validity(call),
         (["login", "get_token"], _) | (["register", "m.login.registration_token", "validity"], _) => {
             Err(Failure::MethodNotAllowed)
@@ -286,6 +295,13 @@ async fn dispatch(method: &Method, rest: &[&str], call: Call) -> Result<Value, F
         (["user", user, "rooms", room, "account_data", kind], &M::PUT) => {
             account_data::put(call, user, Some(room), kind).await
         }
+        (["user", user, "rooms", room, "tags"], &M::GET) => tags::get(call, user, room),
+        (["user", user, "rooms", room, "tags", tag], &M::PUT) => tags::change(call, user, room, tag, true).await,
+        (["user", user, "rooms", room, "tags", tag], &M::DELETE) => tags::change(call, user, room, tag, false).await,
+        (["rooms", room, "report"], &M::POST) => reports::room_or_event(call, room, None).await,
+        (["rooms", room, "report", event], &M::POST) => reports::room_or_event(call, room, Some(event)).await,
+        (["users", user, "report"], &M::POST) => reports::user(call, user).await,
+        (["voip", "turnServer"], &M::GET) => voip::turn_server(call),
         (["user", user, "filter"], &M::POST) => filter::create(call, user),
         (["user", user, "filter", id], &M::GET) => filter::get(call, user, id),
         (["pushrules", rest @ ..], &M::GET) if rest.first().is_none_or(|s| s.is_empty() || *s == "global") => {

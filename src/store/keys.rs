@@ -43,6 +43,7 @@ pub mod table {
     pub const USER_KEY: u8 = b'E';
     pub const MEDIA: u8 = b'D';
     pub const REFRESH_TOKEN: u8 = b'Q';
+    pub const REPORT: u8 = b'V';
     pub const REGISTRATION_TOKEN: u8 = b'G';
     pub const THUMBNAIL: u8 = b'H';
     pub const MEDIA_BY_USER: u8 = b'U';
@@ -305,6 +306,15 @@ pub fn format_version() -> Vec<u8> {
 /// The highest position handed out, so a restart never reuses one.
 pub fn position_high_water() -> Vec<u8> {
     Key::new(table::POSITION).build()
+}
+
+/// `(ts, id) → ReportRecord`: reports, oldest first.
+pub fn report(ts: u64, id: &str) -> Vec<u8> {
+    Key::new(table::REPORT).n(ts).s(id).build()
+}
+
+pub fn report_prefix() -> Vec<u8> {
+    Key::new(table::REPORT).build()
 }
 
 /// `refresh token hash → RefreshToken`.

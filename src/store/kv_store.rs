@@ -7,8 +7,8 @@ use super::kv::{prefix_end, BoxFuture, Entries, Kv, KvWrite};
 use super::records::{
     AccessToken, AliasRecord, ClientTxn, DestinationState, DeviceKeysRecord, DeviceRecord, EventRecord,
     FallbackKeyRecord, MediaRecord, Membership, OneTimeKeyRecord, PendingLpdu, QueueItem, Receipt, RefreshToken,
-    RegistrationTokenRecord, RoomRecord, ServerKeys, SideEntry, StateSnapshot, ThumbnailRecord, ToDeviceRecord,
-    TxnResponse, UserKeyEntry, UserRecord,
+    RegistrationTokenRecord, ReportRecord, RoomRecord, ServerKeys, SideEntry, StateSnapshot, ThumbnailRecord,
+    ToDeviceRecord, TxnResponse, UserKeyEntry, UserRecord,
 };
 use super::{Batch, SideTopic, Store, StoreError, StoreResult, StreamEntry, TokenHash, FORMAT_VERSION};
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
@@ -341,6 +341,17 @@ impl<K: Kv> Store for KvStore<K> {
         self.prefix(&keys::registration_token_prefix(), false, usize::MAX)?
             .into_iter()
             .map(|(k, v)| Ok((KeyReader::new(&k).s().ok_or_else(|| corrupt(&k))?.to_owned(), decode(&k, &v)?)))
+            .collect()
+    }
+
+    fn reports(&self, limit: usize) -> StoreResult<Vec<(String, ReportRecord)>> {
+        self.prefix(&keys::report_prefix(), true, limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let mut r = KeyReader::new(&k);
+                let id = r.n().and(r.s()).ok_or_else(|| corrupt(&k))?.to_owned();
+                Ok((id, decode(&k, &v)?))
+            })
             .collect()
     }
 

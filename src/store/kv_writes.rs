@@ -126,6 +126,7 @@ impl<K: Kv> KvStore<K> {
                     writes.push(put(keys::registration_token(&token), &record))
                 }
                 Op::DeleteRegistrationToken(token) => writes.push(KvWrite::Delete(keys::registration_token(&token))),
+                Op::PutReport { id, record } => writes.push(put(keys::report(record.ts.max(0) as u64, &id), &record)),
                 Op::PutMedia { server, id, record } => {
                     let key = keys::media(server.as_str(), &id);
                     if let Some(old) = self.get::<MediaRecord>(&key)? {

@@ -26,8 +26,8 @@ pub mod records {
 use records::{
     AccessToken, AliasRecord, ClientTxn, DestinationState, DeviceKeysRecord, DeviceRecord, EventRecord,
     FallbackKeyRecord, MediaRecord, Membership, OneTimeKeyRecord, PendingLpdu, QueueItem, Receipt, RefreshToken,
-    RegistrationTokenRecord, RoomRecord, ServerKeys, SideEntry, StateSnapshot, ThumbnailRecord, ToDeviceRecord,
-    TxnResponse, UserKeyEntry, UserRecord,
+    RegistrationTokenRecord, ReportRecord, RoomRecord, ServerKeys, SideEntry, StateSnapshot, ThumbnailRecord,
+    ToDeviceRecord, TxnResponse, UserKeyEntry, UserRecord,
 };
 
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
@@ -292,6 +292,10 @@ pub enum Op {
         record: RegistrationTokenRecord,
     },
     DeleteRegistrationToken(String),
+    PutReport {
+        id: String,
+        record: ReportRecord,
+    },
     /// A media file's record, replacing one kept under the same id (its
     /// indexes follow).
     PutMedia {
@@ -423,6 +427,8 @@ pub trait Store: Send + Sync + 'static {
     fn refresh_token(&self, hash: &TokenHash) -> StoreResult<Option<RefreshToken>>;
     fn registration_token(&self, token: &str) -> StoreResult<Option<RegistrationTokenRecord>>;
     fn registration_tokens(&self) -> StoreResult<Vec<(String, RegistrationTokenRecord)>>;
+    /// Reports, newest first: `(id, record)`, at most `limit`.
+    fn reports(&self, limit: usize) -> StoreResult<Vec<(String, ReportRecord)>>;
     fn media(&self, server: &ServerName, id: &str) -> StoreResult<Option<MediaRecord>>;
     fn thumbnail(&self, server: &ServerName, id: &str, spec: &str) -> StoreResult<Option<ThumbnailRecord>>;
     /// A media file's thumbnails: `(spec, record)`.

@@ -1,0 +1,143 @@
+//! Tags, reports, TURN credentials and timestamp look-ups through the
+//! HTTP API.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+async fn hub_with(change: impl FnOnce(&mut lmx::config::Config)) -> (Net, Server) {
+    let mut net = Net::new();
+    net.reserve("hub.test");
+    let mut config = net.config("hub.test");
+    change(&mut config);
+    let server = Server::start(config).await;
+    (net, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_are_room_account_data() {
+    let (_net, hub) = hub_with(|_| {}).await;
+    let alice = hub.client().register("alice").await;
+    let bob = hub.client().register("bob").await;
+    let room = alice.create_room(json!({})).await;
+    let base = format!("/_matrix/client/v3/user/{}/rooms/{}/tags", enc(&alice.user_id), enc(&room));
+    assert_eq!(alice.ok("GET", &base, None).await, json!({"tags": {}}));
+    alice.ok("PUT", &format!("{base}/m.favourite"), Some(json!({"order": 0.25}))).await;
+    alice.ok("PUT", &format!("{base}/u.work"), Some(json!({}))).await;
+    let tags = alice.ok("GET", &base, None).await;
+    assert_eq!(tags, json!({"tags": {"m.favourite": {"order": 0.25}, "u.work": {}}}));
+    let synced = alice.sync(None, 0).await;
+    let data = synced["rooms"]["join"][&room]["account_data"]["events"].as_array().unwrap().clone();
+    assert!(data.iter().any(|e| e["type"] == "m.tag" && e["content"]["tags"]["u.work"] == json!({})), "{data:?}");
+    alice.ok("DELETE", &format!("{base}/u.work"), None).await;
+    assert_eq!(alice.ok("GET", &base, None).await, json!({"tags": {"m.favourite": {"order": 0.25}}}));
+    let bad = alice.call("PUT", &format!("{base}/x"), Some(json!({"order": "first"}))).await;
+    assert_eq!((bad.status, &bad.body["errcode"]), (400, &json!("M_INVALID_PARAM")));
+    let others = bob.call("GET", &base, None).await;
+    assert_eq!((others.status, &others.body["errcode"]), (403, &json!("M_FORBIDDEN")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_are_kept_for_the_operator() {
+    let (_net, hub) = hub_with(|c| c.registration.shared_secret = Some("test-secret".into())).await;
+    let alice = hub.client().register("alice").await;
+    let bob = hub.client().register("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room, &hub.name()).await;
+    let event = alice.send_ok(&room, "t1", "something rude").await;
+    let path = format!("/_matrix/client/v3/rooms/{}/report/{}", enc(&room), enc(&event));
+    bob.ok("POST", &path, Some(json!({"reason": "rude", "score": -100}))).await;
+    let bad = bob.call("POST", &path, Some(json!({"score": 5}))).await;
+    assert_eq!((bad.status, &bad.body["errcode"]), (400, &json!("M_INVALID_PARAM")));
+    let unknown = format!("/_matrix/client/v3/rooms/{}/report/{}", enc(&room), enc("$nothing"));
+    assert_eq!(bob.call("POST", &unknown, Some(json!({}))).await.status, 404);
+    bob.ok("POST", &format!("/_matrix/client/v3/rooms/{}/report", enc(&room)), Some(json!({"reason": "spam room"})))
+        .await;
+    bob.ok("POST", &format!("/_matrix/client/v3/users/{}/report", enc(&alice.user_id)), Some(json!({"reason": "x"})))
+        .await;
+    let stranger = bob.call("POST", "/_matrix/client/v3/users/@nobody:elsewhere.test/report", Some(json!({}))).await;
+    assert_eq!(stranger.status, 404);
+
+    let listed = bob.call("GET", "/_synapse/admin/v1/event_reports", None).await;
+    assert_eq!(listed.status, 403, "only admins read reports");
+    hub.node()
+        .store
+        .write({
+            let mut rec =
+                hub.node().store.user(&lmx::core::ids::UserId::parse(&alice.user_id).unwrap()).unwrap().unwrap();
+            rec.admin = true;
+            let mut b = lmx::store::Batch::new();
+            b.push(lmx::store::Op::PutUser(rec));
+            b
+        })
+        .unwrap();
+    let listed = alice.ok("GET", "/_synapse/admin/v1/event_reports", None).await;
+    let reports = listed["event_reports"].as_array().unwrap();
+    assert_eq!(reports.len(), 3);
+    let of_event = reports.iter().find(|r| r["event_id"] == json!(event)).unwrap();
+    assert_eq!(
+        (&of_event["reason"], &of_event["score"], &of_event["user_id"]),
+        (&json!("rude"), &json!(-100), &json!(bob.user_id))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_credentials_follow_the_rest_api() {
+    let (_net, hub) = hub_with(|c| {
+        c.turn.uris = vec!["turn:turn.example.org:3478?transport=udp".into()];
+        c.turn.shared_secret = Some("coturn-secret".into());
+        c.turn.user_lifetime_secs = 600;
+    })
+    .await;
+    let alice = hub.client().register("alice").await;
+    let got = alice.ok("GET", "/_matrix/client/v3/voip/turnServer", None).await;
+    assert_eq!((&got["uris"], &got["ttl"]), (&json!(["turn:turn.example.org:3478?transport=udp"]), &json!(600)));
+    let username = got["username"].as_str().unwrap();
+    let (expiry, user) = username.split_once(':').unwrap();
+    assert_eq!(user, alice.user_id);
+    let expiry: i64 = expiry.parse().unwrap();
+    assert!((expiry - lmx::sys::now_ms() / 1000 - 600).abs() <= 5);
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(b"coturn-secret").unwrap();
+    mac.update(username.as_bytes());
+    use base64::Engine;
+    let want = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    assert_eq!(got["password"], json!(want));
+
+    let (_net2, plain) = hub_with(|_| {}).await;
+    let bob = plain.client().register("bob").await;
+    assert_eq!(bob.ok("GET", "/_matrix/client/v3/voip/turnServer", None).await, json!({}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamps_find_the_nearest_readable_event() {
+    let (_net, hub) = hub_with(|_| {}).await;
+    let alice = hub.client().register("alice").await;
+    let room = alice.create_room(json!({})).await;
+    let mut sent: Vec<(String, i64)> = Vec::new();
+    for n in 0..3 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let id = alice.send_ok(&room, &format!("t{n}"), &format!("m{n}")).await;
+        let ev = alice.ok("GET", &format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&id)), None).await;
+        sent.push((id, ev["origin_server_ts"].as_i64().unwrap()));
+    }
+    let ask =
+        |ts: i64, dir: &str| format!("/_matrix/client/v1/rooms/{}/timestamp_to_event?ts={ts}&dir={dir}", enc(&room));
+    let between = (sent[0].1 + sent[1].1) / 2;
+    let f = alice.ok("GET", &ask(between, "f"), None).await;
+    assert_eq!((&f["event_id"], &f["origin_server_ts"]), (&json!(sent[1].0), &json!(sent[1].1)));
+    let b = alice.ok("GET", &ask(between, "b"), None).await;
+    assert_eq!(b["event_id"], json!(sent[0].0));
+    let exact = alice.ok("GET", &ask(sent[2].1, "b"), None).await;
+    assert_eq!(exact["event_id"], json!(sent[2].0));
+    let future = alice.call("GET", &ask(sent[2].1 + 60_000, "f"), None).await;
+    assert_eq!((future.status, &future.body["errcode"]), (404, &json!("M_NOT_FOUND")));
+    let no_dir =
+        alice.call("GET", &format!("/_matrix/client/v1/rooms/{}/timestamp_to_event?ts=1", enc(&room)), None).await;
+    assert_eq!(no_dir.status, 400);
+    let stranger = hub.client().register("mallory").await;
+    assert_eq!(stranger.call("GET", &ask(between, "f"), None).await.status, 403);
+}
