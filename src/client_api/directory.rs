@@ -1,43 +1,53 @@
-//! Local room aliases (`/directory/room/{alias}`). Aliases of other
-//! servers are not looked up over federation yet.
+//! Room aliases (`/directory/room/{alias}`): this server's kept here,
+//! other servers' asked of them over federation.
 
 use serde_json::{json, Value};
 
 use super::Call;
-use crate::core::ids::RoomId;
+use crate::core::ids::{RoomId, ServerName};
 use crate::store::records::AliasRecord;
 use crate::store::{Batch, Op};
 use crate::wire::{Failure, Taken};
 
-/// `#local:server` with `server` this one.
-fn local_alias(call: &Call, alias: &str) -> Result<String, Failure> {
+/// The server of a well-formed `#local:server`.
+fn alias_server(alias: &str) -> Result<&str, Failure> {
     let bad = || Failure::invalid_param("An alias is #localpart:server");
     let rest = alias.strip_prefix('#').ok_or_else(bad)?;
     let (local, server) = rest.split_once(':').ok_or_else(bad)?;
     if local.is_empty() || local.len() > 200 || local.chars().any(|c| c.is_whitespace() || c == ':') {
         return Err(bad());
     }
-    if server != call.server.name.as_str() {
-        return Err(Failure::not_found("Room alias not found (aliases of other servers are not looked up)"));
+    Ok(server)
+}
+
+/// `#local:server` with `server` this one.
+fn local_alias(call: &Call, alias: &str) -> Result<String, Failure> {
+    if alias_server(alias)? != call.server.name.as_str() {
+        return Err(Failure::invalid_param("Only aliases of this server can be changed here"));
     }
     Ok(alias.to_owned())
 }
 
-pub fn lookup(call: &Call, alias: &str) -> Result<RoomId, Failure> {
-    let alias = local_alias(call, alias)?;
-    let rec = call.server.store.alias(&alias)?.ok_or_else(|| Failure::not_found("Room alias not found"))?;
-    Ok(rec.room()?)
-}
-
-pub fn get(call: Call, alias: &str) -> Result<Value, Failure> {
-    let room = lookup(&call, alias)?;
-    let mut servers = vec![call.server.name.to_string()];
+/// The room an alias names and servers to join it through.
+pub async fn resolve(call: &Call, alias: &str) -> Result<(RoomId, Vec<ServerName>), Failure> {
+    if alias_server(alias)? != call.server.name.as_str() {
+        return call.server.remote.resolve_alias(alias).await;
+    }
+    let rec = call.server.store.alias(alias)?.ok_or_else(|| Failure::not_found("Room alias not found"))?;
+    let room = rec.room()?;
+    let mut servers = vec![call.server.name.clone()];
     if let Some(h) = call.server.rooms.find(&room)? {
-        let hub = h.view().hub.to_string();
+        let hub = h.view().hub.clone();
         if !servers.contains(&hub) {
             servers.insert(0, hub);
         }
     }
+    Ok((room, servers))
+}
+
+pub async fn get(call: Call, alias: &str) -> Result<Value, Failure> {
+    let (room, servers) = resolve(&call, alias).await?;
+    let servers: Vec<&str> = servers.iter().map(ServerName::as_str).collect();
     Ok(json!({"room_id": room.as_str(), "servers": servers}))
 }
 

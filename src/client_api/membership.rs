@@ -32,18 +32,21 @@ fn named_servers(call: &Call) -> Vec<ServerName> {
         .collect()
 }
 
-/// A room id, or a local alias resolved to one.
-pub fn resolve(call: &Call, id_or_alias: &str) -> Result<RoomId, Failure> {
+/// A room id, or an alias resolved to one (another server's over
+/// federation), with the servers the alias names to join through.
+pub async fn resolve(call: &Call, id_or_alias: &str) -> Result<(RoomId, Vec<ServerName>), Failure> {
     if id_or_alias.starts_with('#') {
-        return super::directory::lookup(call, id_or_alias);
+        return super::directory::resolve(call, id_or_alias).await;
     }
-    room_id(id_or_alias)
+    Ok((room_id(id_or_alias)?, Vec::new()))
 }
 
-/// Servers to ask about a room we do not take part in: the caller's hints
-/// and the server an invite or knock of ours came through.
-fn candidates(call: &Call, user: &UserId, room: &RoomId) -> Result<Vec<ServerName>, Failure> {
+/// Servers to ask about a room we do not take part in: the caller's hints,
+/// those its alias named, and the server an invite or knock of ours came
+/// through.
+fn candidates(call: &Call, user: &UserId, room: &RoomId, named: Vec<ServerName>) -> Result<Vec<ServerName>, Failure> {
     let mut servers = named_servers(call);
+    servers.extend(named);
     if let Some(m) = call.server.store.membership(user, room)? {
         servers.extend(m.via()?);
     }
@@ -79,12 +82,12 @@ async fn own_membership(call: &Call, room: &RoomId, membership: &str) -> Result<
 }
 
 pub async fn join(call: Call, room: &str) -> Result<Value, Failure> {
-    let room = resolve(&call, room)?;
+    let (room, named) = resolve(&call, room).await?;
     if own_membership(&call, &room, "join").await?.is_some() {
         return wire::to_json(&RoomIdAnswer { room_id: room.as_str() });
     }
     let (user, _) = call.who()?;
-    let candidates = candidates(&call, user, &room)?;
+    let candidates = candidates(&call, user, &room, named)?;
     let mut extra = Object::new();
     if let Some(rec) = call.server.store.user(user)? {
         if !rec.displayname.is_empty() {
@@ -154,7 +157,7 @@ pub async fn leave(call: Call, room: &str) -> Result<Value, Failure> {
         return Ok(json!({}));
     }
     let event = m.event()?;
-    let candidates = candidates(&call, user, &room)?;
+    let candidates = candidates(&call, user, &room, Vec::new())?;
     call.server.remote.leave(&room, user, &candidates).await?;
     let left = Membership {
         membership: "leave".into(),
@@ -167,12 +170,12 @@ pub async fn leave(call: Call, room: &str) -> Result<Value, Failure> {
 }
 
 pub async fn knock(call: Call, room: &str) -> Result<Value, Failure> {
-    let room = resolve(&call, room)?;
+    let (room, named) = resolve(&call, room).await?;
     if own_membership(&call, &room, "knock").await?.is_some() {
         return wire::to_json(&RoomIdAnswer { room_id: room.as_str() });
     }
     let (user, _) = call.who()?;
-    let candidates = candidates(&call, user, &room)?;
+    let candidates = candidates(&call, user, &room, named)?;
     let mut extra = Object::new();
     reason(&call, &mut extra)?;
     let (hub, stripped, version) = call.server.remote.knock(&room, user, &candidates, &extra).await?;

@@ -19,6 +19,7 @@ mod mls;
 pub mod passwords;
 mod presence;
 mod profile;
+mod public_rooms;
 mod ratelimit;
 mod reports;
 mod rooms;
@@ -283,8 +284,8 @@ async fn dispatch(method: &Method, rest: &[&str], call: Call) -> Result<Value, F
         (["devices", id], &M::PUT) => devices::update(call, id).await,
         (["devices", id], &M::DELETE) => devices::delete(call, id).await,
         (["delete_devices"], &M::POST) => devices::delete_many(call).await,
-        (["profile", user], &M::GET) => profile::get(call, user, None),
-        (["profile", user, field], &M::GET) => profile::get(call, user, Some(field)),
+        (["profile", user], &M::GET) => profile::get(call, user, None).await,
+        (["profile", user, field], &M::GET) => profile::get(call, user, Some(field)).await,
         (["profile", user, field], &M::PUT) => profile::put(call, user, field).await,
         // Account data, filters, push rules, presence.
         (["user", user, "account_data", kind], &M::GET) => account_data::get(call, user, None, kind),
@@ -339,7 +340,12 @@ async fn dispatch(method: &Method, rest: &[&str], call: Call) -> Result<Value, F
         (["rooms", room, "typing", user], &M::PUT) => presence::typing(call, room, user),
         (["rooms", room, "receipt", kind, event], &M::POST) => presence::receipt(call, room, kind, event).await,
         (["rooms", room, "read_markers"], &M::POST) => presence::read_markers(call, room).await,
-        (["directory", "room", alias], &M::GET) => directory::get(call, alias),
+        (["directory", "room", alias], &M::GET) => directory::get(call, alias).await,
+        (["directory", "list", "room", room], &M::GET) => public_rooms::listing(call, room),
+        (["directory", "list", "room", room], &M::PUT) => public_rooms::set_listing(call, room).await,
+        (["publicRooms"], &M::GET) => public_rooms::public_rooms(call, false).await,
+        (["publicRooms"], &M::POST) => public_rooms::public_rooms(call, true).await,
+        (["user_directory", "search"], &M::POST) => public_rooms::search_users(call),
         (["directory", "room", alias], &M::PUT) => directory::put(call, alias),
         (["directory", "room", alias], &M::DELETE) => directory::delete(call, alias),
         (["joined_rooms"], &M::GET) => events::joined_rooms(call),

@@ -49,8 +49,15 @@ fn profile_of(call: &Call, user: &UserId) -> Result<Value, Failure> {
     Err(Failure::not_found("Profile not found"))
 }
 
-pub fn get(call: Call, user: &str, field: Option<&str>) -> Result<Value, Failure> {
-    let p = profile_of(&call, &user_id(user)?)?;
+pub async fn get(call: Call, user: &str, field: Option<&str>) -> Result<Value, Failure> {
+    let user = user_id(user)?;
+    let p = match profile_of(&call, &user) {
+        // Not in a shared room: asked of the user's server.
+        Err(Failure::NotFound(_)) if !user.is_on(&call.server.name) && call.user.is_some() => {
+            call.server.remote.profile(&user, None).await?
+        }
+        other => other?,
+    };
     match field {
         None => Ok(p),
         Some(f) => match p.get(f) {

@@ -195,6 +195,12 @@ pub async fn create_room(call: Call) -> Result<Value, Failure> {
     for d in drafts {
         submit(&call, &room, d).await?;
     }
+    if visibility == "public" {
+        let mut b = crate::store::Batch::new();
+        b.push(crate::store::Op::PublishRoom(room.clone(), true));
+        server.store.write(b)?;
+        server.store.flush().await?;
+    }
     wire::to_json(&RoomIdAnswer { room_id: room.as_str() })
 }
 

@@ -134,6 +134,10 @@ enum Endpoint {
     UserDevice(String, String),
     /// A local file (`true`: a thumbnail of it).
     Media(String, bool),
+    /// `true`: POST, with a filter.
+    PublicRooms(bool),
+    QueryDirectory,
+    QueryProfile,
 }
 
 fn allow(method: &Method, want: Method) -> Result<(), Failure> {
@@ -235,6 +239,20 @@ fn endpoint(method: &Method, segs: &[String]) -> Result<Option<Endpoint>, Failur
             allow(method, Method::GET)?;
             UserDevice(user.to_string(), device.to_string())
         }
+        (_, Some(["v1", "publicRooms"])) => {
+            if *method != Method::POST {
+                allow(method, Method::GET)?;
+            }
+            PublicRooms(*method == Method::POST)
+        }
+        (_, Some(["v1", "query", "directory"])) => {
+            allow(method, Method::GET)?;
+            QueryDirectory
+        }
+        (_, Some(["v1", "query", "profile"])) => {
+            allow(method, Method::GET)?;
+            QueryProfile
+        }
         (_, Some(["v1", "media", which @ ("download" | "thumbnail"), id])) => {
             allow(method, Method::GET)?;
             Media(id.to_string(), *which == "thumbnail")
@@ -328,6 +346,9 @@ impl FedHandler {
             Endpoint::UserKeysClaim => handlers::e2ee::keys_claim(req).await,
             Endpoint::UserDevices(user) => handlers::e2ee::user_devices(req, &user),
             Endpoint::UserDevice(user, device) => handlers::e2ee::user_device(req, &user, &device),
+            Endpoint::PublicRooms(post) => handlers::directory::public_rooms(req, post),
+            Endpoint::QueryDirectory => handlers::directory::query_directory(req),
+            Endpoint::QueryProfile => handlers::directory::query_profile(req),
         }?;
         Ok(crate::http::json_response(StatusCode::OK, &answer))
     }

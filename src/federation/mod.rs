@@ -17,6 +17,7 @@ pub mod media;
 pub mod node;
 pub mod outbound;
 pub mod policy;
+pub mod queries;
 pub mod remote;
 pub mod room_network;
 pub mod xmatrix;

@@ -102,6 +102,21 @@ impl Remote {
         resp.and_then(|r| r.json(server.as_str())).map_err(|e| e.to_string())
     }
 
+    /// Another server's public room directory.
+    pub async fn public_rooms(&self, server: &ServerName, body: &Value) -> Result<Value, crate::wire::Failure> {
+        super::queries::public_rooms(&self.0, server, body).await
+    }
+
+    /// The room another server's alias names, and servers to join through.
+    pub async fn resolve_alias(&self, alias: &str) -> Result<(RoomId, Vec<ServerName>), crate::wire::Failure> {
+        super::queries::directory(&self.0, alias).await
+    }
+
+    /// Another server's user's profile.
+    pub async fn profile(&self, user: &UserId, field: Option<&str>) -> Result<Value, crate::wire::Failure> {
+        super::queries::profile(&self.0, user, field).await
+    }
+
     /// Another server's file (or a thumbnail of it), at most `limit` bytes.
     pub async fn fetch_media(
         &self,

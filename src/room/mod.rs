@@ -9,6 +9,7 @@ pub mod machine;
 #[cfg(test)]
 mod resting_test;
 pub mod snapshot;
+pub mod summary;
 mod task;
 #[cfg(test)]
 mod write_failures;

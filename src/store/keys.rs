@@ -44,6 +44,7 @@ pub mod table {
     pub const MEDIA: u8 = b'D';
     pub const REFRESH_TOKEN: u8 = b'Q';
     pub const REPORT: u8 = b'V';
+    pub const PUBLISHED_ROOM: u8 = b'W';
     pub const REGISTRATION_TOKEN: u8 = b'G';
     pub const THUMBNAIL: u8 = b'H';
     pub const MEDIA_BY_USER: u8 = b'U';
@@ -306,6 +307,15 @@ pub fn format_version() -> Vec<u8> {
 /// The highest position handed out, so a restart never reuses one.
 pub fn position_high_water() -> Vec<u8> {
     Key::new(table::POSITION).build()
+}
+
+/// `room → ()`: rooms in this server's public room directory.
+pub fn published_room(room: &str) -> Vec<u8> {
+    Key::new(table::PUBLISHED_ROOM).s(room).build()
+}
+
+pub fn published_room_prefix() -> Vec<u8> {
+    Key::new(table::PUBLISHED_ROOM).build()
 }
 
 /// `(ts, id) → ReportRecord`: reports, oldest first.

@@ -344,6 +344,17 @@ impl<K: Kv> Store for KvStore<K> {
             .collect()
     }
 
+    fn published_rooms(&self) -> StoreResult<Vec<RoomId>> {
+        self.prefix(&keys::published_room_prefix(), false, usize::MAX)?
+            .into_iter()
+            .map(|(k, _)| KeyReader::new(&k).s().and_then(|r| RoomId::parse(r).ok()).ok_or_else(|| corrupt(&k)))
+            .collect()
+    }
+
+    fn is_published(&self, room: &RoomId) -> StoreResult<bool> {
+        Ok(self.kv().get(&keys::published_room(room.as_str()))?.is_some())
+    }
+
     fn reports(&self, limit: usize) -> StoreResult<Vec<(String, ReportRecord)>> {
         self.prefix(&keys::report_prefix(), true, limit)?
             .into_iter()

@@ -126,6 +126,10 @@ impl<K: Kv> KvStore<K> {
                     writes.push(put(keys::registration_token(&token), &record))
                 }
                 Op::DeleteRegistrationToken(token) => writes.push(KvWrite::Delete(keys::registration_token(&token))),
+                Op::PublishRoom(room, true) => {
+                    writes.push(KvWrite::Put(keys::published_room(room.as_str()), Vec::new()))
+                }
+                Op::PublishRoom(room, false) => writes.push(KvWrite::Delete(keys::published_room(room.as_str()))),
                 Op::PutReport { id, record } => writes.push(put(keys::report(record.ts.max(0) as u64, &id), &record)),
                 Op::PutMedia { server, id, record } => {
                     let key = keys::media(server.as_str(), &id);

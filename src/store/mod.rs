@@ -296,6 +296,8 @@ pub enum Op {
         id: String,
         record: ReportRecord,
     },
+    /// Lists a room in (`true`) or removes it from the public directory.
+    PublishRoom(RoomId, bool),
     /// A media file's record, replacing one kept under the same id (its
     /// indexes follow).
     PutMedia {
@@ -427,6 +429,9 @@ pub trait Store: Send + Sync + 'static {
     fn refresh_token(&self, hash: &TokenHash) -> StoreResult<Option<RefreshToken>>;
     fn registration_token(&self, token: &str) -> StoreResult<Option<RegistrationTokenRecord>>;
     fn registration_tokens(&self) -> StoreResult<Vec<(String, RegistrationTokenRecord)>>;
+    /// Rooms in this server's public room directory.
+    fn published_rooms(&self) -> StoreResult<Vec<RoomId>>;
+    fn is_published(&self, room: &RoomId) -> StoreResult<bool>;
     /// Reports, newest first: `(id, record)`, at most `limit`.
     fn reports(&self, limit: usize) -> StoreResult<Vec<(String, ReportRecord)>>;
     fn media(&self, server: &ServerName, id: &str) -> StoreResult<Option<MediaRecord>>;

@@ -2,6 +2,7 @@
 //! endpoint table.
 
 pub mod dag;
+pub mod directory;
 pub mod e2ee;
 pub mod events;
 pub mod keys;
