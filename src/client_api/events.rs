@@ -114,7 +114,9 @@ pub async fn event(call: Call, room: &str, id: &str) -> Result<Value, Failure> {
     if !super::messages::may_read(&call.server, &reader, &view, &id)? {
         return Err(not_found());
     }
-    load_client_event(&call.server, &id)?.ok_or_else(not_found)
+    let mut event = load_client_event(&call.server, &id)?.ok_or_else(not_found)?;
+    super::relations::bundle_into(&call.server, &view.room_id, user, &mut event)?;
+    Ok(event)
 }
 
 /// `GET /rooms/{roomId}/context/{eventId}`: events around one, and the
@@ -130,7 +132,8 @@ pub async fn context(call: Call, room: &str, id: &str) -> Result<Value, Failure>
     if !readable(&id)? {
         return Err(Failure::not_found("Event not found"));
     }
-    let event = load_client_event(&call.server, &id)?.ok_or_else(|| Failure::not_found("Event not found"))?;
+    let mut event = load_client_event(&call.server, &id)?.ok_or_else(|| Failure::not_found("Event not found"))?;
+    super::relations::bundle_into(&call.server, &view.room_id, user, &mut event)?;
     let limit = query_get(&call.query, "limit").and_then(|l| l.parse::<u64>().ok()).unwrap_or(10).min(100);
     let before_n = limit / 2;
     let after_n = limit - before_n;

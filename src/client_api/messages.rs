@@ -95,7 +95,11 @@ pub async fn messages(call: Call, room: &str) -> Result<Value, Failure> {
             Page { chunk: Vec::new(), start: query_get(&call.query, "from").unwrap_or("").into(), end: None }
         }
     };
-    let mut out = json!({ "chunk": page.chunk, "start": page.start });
+    let mut chunk = page.chunk;
+    for e in &mut chunk {
+        super::relations::bundle_into(&call.server, &view.room_id, user, e)?;
+    }
+    let mut out = json!({ "chunk": chunk, "start": page.start });
     if let Some(end) = page.end {
         out["end"] = json!(end);
     }

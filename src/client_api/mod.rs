@@ -21,6 +21,7 @@ mod presence;
 mod profile;
 mod public_rooms;
 mod ratelimit;
+mod relations;
 mod reports;
 mod rooms;
 mod sync;
@@ -243,6 +244,14 @@ async fn dispatch_v1(method: &Method, rest: &[&str], call: Call) -> Result<Value
     match (rest, method) {
         (["login", "get_token"], &M::POST) => tokens::get_login_token(call).await,
         (["rooms", room, "timestamp_to_event"], &M::GET) => timestamp::timestamp_to_event(call, room).await,
+        (["rooms", room, "relations", event], &M::GET) => relations::relations(call, room, event, None, None).await,
+        (["rooms", room, "relations", event, rel], &M::GET) => {
+            relations::relations(call, room, event, Some(rel), None).await
+        }
+        (["rooms", room, "relations", event, rel, ty], &M::GET) => {
+            relations::relations(call, room, event, Some(rel), Some(ty)).await
+        }
+        (["rooms", room, "threads"], &M::GET) => relations::threads(call, room).await,
         (["register", "m.login.registration_token", "validity"], &M::GET) => tokens::validity(call),
         (["login", "get_token"], _) | (["register", "m.login.registration_token", "validity"], _) => {
             Err(Failure::MethodNotAllowed)

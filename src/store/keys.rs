@@ -45,6 +45,7 @@ pub mod table {
     pub const REFRESH_TOKEN: u8 = b'Q';
     pub const REPORT: u8 = b'V';
     pub const PUBLISHED_ROOM: u8 = b'W';
+    pub const RELATION: u8 = b'P';
     pub const REGISTRATION_TOKEN: u8 = b'G';
     pub const THUMBNAIL: u8 = b'H';
     pub const MEDIA_BY_USER: u8 = b'U';
@@ -307,6 +308,20 @@ pub fn format_version() -> Vec<u8> {
 /// The highest position handed out, so a restart never reuses one.
 pub fn position_high_water() -> Vec<u8> {
     Key::new(table::POSITION).build()
+}
+
+/// `(room, parent, position) → RelationEntry`: events relating to another,
+/// in stream order.
+pub fn relation(room: &str, parent: &str, pos: u64) -> Vec<u8> {
+    Key::new(table::RELATION).s(room).s(parent).n(pos).build()
+}
+
+pub fn relation_prefix(room: &str, parent: Option<&str>) -> Vec<u8> {
+    let k = Key::new(table::RELATION).s(room);
+    match parent {
+        Some(p) => k.s(p).build(),
+        None => k.build(),
+    }
 }
 
 /// `room → ()`: rooms in this server's public room directory.

@@ -7,8 +7,8 @@ use super::kv::{prefix_end, BoxFuture, Entries, Kv, KvWrite};
 use super::records::{
     AccessToken, AliasRecord, ClientTxn, DestinationState, DeviceKeysRecord, DeviceRecord, EventRecord,
     FallbackKeyRecord, MediaRecord, Membership, OneTimeKeyRecord, PendingLpdu, QueueItem, Receipt, RefreshToken,
-    RegistrationTokenRecord, ReportRecord, RoomRecord, ServerKeys, SideEntry, StateSnapshot, ThumbnailRecord,
-    ToDeviceRecord, TxnResponse, UserKeyEntry, UserRecord,
+    RegistrationTokenRecord, RelationEntry, ReportRecord, RoomRecord, ServerKeys, SideEntry, StateSnapshot,
+    ThumbnailRecord, ToDeviceRecord, TxnResponse, UserKeyEntry, UserRecord,
 };
 use super::{Batch, SideTopic, Store, StoreError, StoreResult, StreamEntry, TokenHash, FORMAT_VERSION};
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
@@ -341,6 +341,40 @@ impl<K: Kv> Store for KvStore<K> {
         self.prefix(&keys::registration_token_prefix(), false, usize::MAX)?
             .into_iter()
             .map(|(k, v)| Ok((KeyReader::new(&k).s().ok_or_else(|| corrupt(&k))?.to_owned(), decode(&k, &v)?)))
+            .collect()
+    }
+
+    fn relations(
+        &self,
+        room: &RoomId,
+        parent: &str,
+        after: u64,
+        before: u64,
+        forward: bool,
+        limit: usize,
+    ) -> StoreResult<Vec<(u64, RelationEntry)>> {
+        let start = keys::relation(room.as_str(), parent, after.saturating_add(1));
+        let end = keys::relation(room.as_str(), parent, before);
+        self.kv()
+            .range(&start, &end, !forward, limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let mut r = KeyReader::new(&k);
+                let pos = r.s().and(r.s()).and(r.n()).ok_or_else(|| corrupt(&k))?;
+                Ok((pos, decode(&k, &v)?))
+            })
+            .collect()
+    }
+
+    fn room_relations(&self, room: &RoomId, limit: usize) -> StoreResult<Vec<(String, u64, RelationEntry)>> {
+        self.prefix(&keys::relation_prefix(room.as_str(), None), false, limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let mut r = KeyReader::new(&k);
+                let parent = r.s().and(r.s()).ok_or_else(|| corrupt(&k))?.to_owned();
+                let pos = r.n().ok_or_else(|| corrupt(&k))?;
+                Ok((parent, pos, decode(&k, &v)?))
+            })
             .collect()
     }
 

@@ -126,6 +126,9 @@ impl<K: Kv> KvStore<K> {
                     writes.push(put(keys::registration_token(&token), &record))
                 }
                 Op::DeleteRegistrationToken(token) => writes.push(KvWrite::Delete(keys::registration_token(&token))),
+                Op::PutRelation { room, parent, pos, entry } => {
+                    writes.push(put(keys::relation(room.as_str(), &parent, pos), &entry))
+                }
                 Op::PublishRoom(room, true) => {
                     writes.push(KvWrite::Put(keys::published_room(room.as_str()), Vec::new()))
                 }

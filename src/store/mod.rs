@@ -26,8 +26,8 @@ pub mod records {
 use records::{
     AccessToken, AliasRecord, ClientTxn, DestinationState, DeviceKeysRecord, DeviceRecord, EventRecord,
     FallbackKeyRecord, MediaRecord, Membership, OneTimeKeyRecord, PendingLpdu, QueueItem, Receipt, RefreshToken,
-    RegistrationTokenRecord, ReportRecord, RoomRecord, ServerKeys, SideEntry, StateSnapshot, ThumbnailRecord,
-    ToDeviceRecord, TxnResponse, UserKeyEntry, UserRecord,
+    RegistrationTokenRecord, RelationEntry, ReportRecord, RoomRecord, ServerKeys, SideEntry, StateSnapshot,
+    ThumbnailRecord, ToDeviceRecord, TxnResponse, UserKeyEntry, UserRecord,
 };
 
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
@@ -296,6 +296,13 @@ pub enum Op {
         id: String,
         record: ReportRecord,
     },
+    /// An event relating to `parent`, at its stream position.
+    PutRelation {
+        room: RoomId,
+        parent: String,
+        pos: u64,
+        entry: RelationEntry,
+    },
     /// Lists a room in (`true`) or removes it from the public directory.
     PublishRoom(RoomId, bool),
     /// A media file's record, replacing one kept under the same id (its
@@ -429,6 +436,19 @@ pub trait Store: Send + Sync + 'static {
     fn refresh_token(&self, hash: &TokenHash) -> StoreResult<Option<RefreshToken>>;
     fn registration_token(&self, token: &str) -> StoreResult<Option<RegistrationTokenRecord>>;
     fn registration_tokens(&self) -> StoreResult<Vec<(String, RegistrationTokenRecord)>>;
+    /// Events relating to `parent` with positions in `(after, before)`,
+    /// newest first unless `forward`, at most `limit`.
+    fn relations(
+        &self,
+        room: &RoomId,
+        parent: &str,
+        after: u64,
+        before: u64,
+        forward: bool,
+        limit: usize,
+    ) -> StoreResult<Vec<(u64, RelationEntry)>>;
+    /// Every relation of a room: `(parent, position, entry)`, at most `limit`.
+    fn room_relations(&self, room: &RoomId, limit: usize) -> StoreResult<Vec<(String, u64, RelationEntry)>>;
     /// Rooms in this server's public room directory.
     fn published_rooms(&self) -> StoreResult<Vec<RoomId>>;
     fn is_published(&self, room: &RoomId) -> StoreResult<bool>;

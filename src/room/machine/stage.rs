@@ -10,7 +10,7 @@ use super::{Effects, Machine, RoomError};
 use crate::core::event::Pdu;
 use crate::core::ids::{EventId, ServerName, UserId};
 use crate::core::rooms::StateView;
-use crate::store::records::{queue_item, EventRecord, Membership, QueueItem};
+use crate::store::records::{queue_item, EventRecord, Membership, QueueItem, RelationEntry};
 use crate::store::{Op, StreamEntry};
 
 impl Machine {
@@ -74,6 +74,15 @@ impl Machine {
             ))
             .push(Op::ListEntry { room: room.clone(), index, event: id.clone() });
         if !soft_failed {
+            if let Some((parent, rel_type)) = relation_of(pdu) {
+                let entry = RelationEntry {
+                    child: id.to_string(),
+                    rel_type,
+                    event_type: pdu.event_type().to_owned(),
+                    sender: pdu.sender().to_string(),
+                };
+                out.batch.push(Op::PutRelation { room: room.clone(), parent, pos, entry });
+            }
             out.batch.push(Op::StreamEntry(StreamEntry { pos, room, event: id.clone() }));
         }
         if self.rules.caches_events() {
@@ -208,4 +217,13 @@ impl Machine {
     pub(super) fn knows(&self, out: &Effects, id: &EventId) -> bool {
         out.staged_ids.contains(id) || matches!(self.reads.stored_event(id), Ok(Some(r)) if !r.outlier)
     }
+}
+
+/// The parent and kind of an event's relation (`m.relates_to` with a
+/// `rel_type` and an `event_id`), for the relations index.
+fn relation_of(pdu: &Pdu) -> Option<(String, String)> {
+    let rel = pdu.content().get("m.relates_to")?.as_object()?;
+    let rel_type = rel.get("rel_type")?.as_str().filter(|t| !t.is_empty() && t.len() <= 255)?;
+    let parent = rel.get("event_id")?.as_str().filter(|p| p.starts_with('$') && p.len() <= 255)?;
+    Some((parent.to_owned(), rel_type.to_owned()))
 }
