@@ -11,6 +11,7 @@ mod devices;
 mod directory;
 mod events;
 pub mod filter;
+mod hierarchy;
 mod keys;
 mod media;
 mod membership;
@@ -252,6 +253,7 @@ async fn dispatch_v1(method: &Method, rest: &[&str], call: Call) -> Result<Value
             relations::relations(call, room, event, Some(rel), Some(ty)).await
         }
         (["rooms", room, "threads"], &M::GET) => relations::threads(call, room).await,
+        (["rooms", room, "hierarchy"], &M::GET) => hierarchy::hierarchy(call, room).await,
         (["register", "m.login.registration_token", "validity"], &M::GET) => tokens::validity(call),
         (["login", "get_token"], _) | (["register", "m.login.registration_token", "validity"], _) => {
             Err(Failure::MethodNotAllowed)

@@ -138,6 +138,7 @@ enum Endpoint {
     PublicRooms(bool),
     QueryDirectory,
     QueryProfile,
+    Hierarchy(String),
 }
 
 fn allow(method: &Method, want: Method) -> Result<(), Failure> {
@@ -245,6 +246,10 @@ fn endpoint(method: &Method, segs: &[String]) -> Result<Option<Endpoint>, Failur
             }
             PublicRooms(*method == Method::POST)
         }
+        (_, Some(["v1", "hierarchy", room])) => {
+            allow(method, Method::GET)?;
+            Hierarchy(room.to_string())
+        }
         (_, Some(["v1", "query", "directory"])) => {
             allow(method, Method::GET)?;
             QueryDirectory
@@ -349,6 +354,7 @@ impl FedHandler {
             Endpoint::PublicRooms(post) => handlers::directory::public_rooms(req, post),
             Endpoint::QueryDirectory => handlers::directory::query_directory(req),
             Endpoint::QueryProfile => handlers::directory::query_profile(req),
+            Endpoint::Hierarchy(room) => handlers::hierarchy::hierarchy(req, &room),
         }?;
         Ok(crate::http::json_response(StatusCode::OK, &answer))
     }

@@ -107,3 +107,24 @@ pub async fn profile(node: &Node, user: &UserId, field: Option<&str>) -> Result<
     }
     Ok(out)
 }
+
+/// A space another server holds, as a hierarchy entry (its children's
+/// summaries are not kept: the walk asks for what it needs).
+pub async fn hierarchy(node: &Node, via: &[ServerName], room: &RoomId, suggested_only: bool) -> Result<Value, Failure> {
+    let path =
+        format!("/_matrix/federation/v1/hierarchy/{}?suggested_only={suggested_only}", encode_segment(room.as_str()));
+    let mut last = Failure::not_found("Room not found");
+    for server in via.iter().filter(|s| **s != node.name).take(3) {
+        match ask(node, server, Method::GET, &path, None, "Room").await {
+            Ok(answer) => {
+                let entry = answer.get("room").filter(|r| r.get("room_id") == Some(&json!(room.as_str())));
+                match entry {
+                    Some(e) if e.get("children_state").is_none_or(Value::is_array) => return Ok(e.clone()),
+                    _ => last = Failure::Remote(format!("{server} sent a hierarchy for another room")),
+                }
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}

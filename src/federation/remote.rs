@@ -112,6 +112,16 @@ impl Remote {
         super::queries::directory(&self.0, alias).await
     }
 
+    /// A space held elsewhere, asked of `via`.
+    pub async fn hierarchy(
+        &self,
+        via: &[ServerName],
+        room: &RoomId,
+        suggested_only: bool,
+    ) -> Result<Value, crate::wire::Failure> {
+        super::queries::hierarchy(&self.0, via, room, suggested_only).await
+    }
+
     /// Another server's user's profile.
     pub async fn profile(&self, user: &UserId, field: Option<&str>) -> Result<Value, crate::wire::Failure> {
         super::queries::profile(&self.0, user, field).await

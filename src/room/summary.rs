@@ -75,3 +75,49 @@ pub fn public_rooms(
     }
     Ok(out)
 }
+
+/// A space's children as the hierarchy API shows them: its
+/// `m.space.child` state events with a non-empty `via`, stripped (with
+/// their timestamps, which order children without an `order`).
+pub fn children_state(view: &RoomView) -> Vec<Value> {
+    let mut children: Vec<Value> = view
+        .state
+        .iter()
+        .filter(|e| e.event_type() == "m.space.child")
+        .filter(|e| e.content().get("via").and_then(Value::as_array).is_some_and(|v| !v.is_empty()))
+        .map(|e| {
+            let mut s = super::machine::stripped::strip(e);
+            s["origin_server_ts"] = e.json().get("origin_server_ts").cloned().unwrap_or(json!(0));
+            s
+        })
+        .collect();
+    // The spec's order: a valid `order` first (lexicographic), then the
+    // child event's time, then the room id.
+    let order = |c: &Value| {
+        let o =
+            c["content"]["order"].as_str().filter(|o| o.len() <= 50 && o.chars().all(|ch| (' '..='~').contains(&ch)));
+        (
+            o.is_none(),
+            o.unwrap_or("").to_owned(),
+            c["origin_server_ts"].as_i64().unwrap_or(0),
+            c["state_key"].to_string(),
+        )
+    };
+    children.sort_by_key(order);
+    children
+}
+
+/// A room's hierarchy entry: its directory entry with its children.
+pub fn hierarchy_entry(view: &RoomView) -> Value {
+    let mut e = public_entry(view);
+    e["children_state"] = Value::Array(children_state(view));
+    e
+}
+
+/// Whether anyone may look into a room from the outside: it is public,
+/// knockable or world-readable.
+pub fn open_to_peek(view: &RoomView) -> bool {
+    let rule = view.state.join_rule();
+    matches!(rule, "public" | "knock" | "knock_restricted")
+        || state_str(view, "m.room.history_visibility", "history_visibility").as_deref() == Some("world_readable")
+}

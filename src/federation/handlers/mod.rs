@@ -5,6 +5,7 @@ pub mod dag;
 pub mod directory;
 pub mod e2ee;
 pub mod events;
+pub mod hierarchy;
 pub mod keys;
 pub mod media;
 pub mod membership;
