@@ -40,7 +40,7 @@ pub async fn hierarchy(call: Call, room: &str) -> Result<Value, Failure> {
     let mut found: Vec<Value> = Vec::new();
     let mut remote_asks = 0;
     while let Some((id, depth, via)) = queue.pop_front() {
-        if found.len() >= skip + limit + 1 || seen.len() > MAX_WALK {
+        if found.len() > skip + limit || seen.len() > MAX_WALK {
             break;
         }
         let entry = match local_entry(&call, &user, &id)? {
