@@ -63,6 +63,7 @@ pub struct Call {
     pub token: Option<String>,
     pub accounts: Arc<Accounts>,
     pub unread: Arc<unread::UnreadCounts>,
+    pub sliding: Arc<sync::sliding::Connections>,
 }
 
 impl Call {
@@ -81,6 +82,7 @@ pub struct ClientHandler {
     server: Arc<ClientDeps>,
     accounts: Arc<Accounts>,
     unread: Arc<unread::UnreadCounts>,
+    sliding: Arc<sync::sliding::Connections>,
     sends: Limiter,
     logins: Limiter,
     uploads: Limiter,
@@ -96,6 +98,7 @@ impl ClientHandler {
             uploads: Limiter::new(server.config.media.uploads_per_second, server.config.media.upload_burst),
             accounts: Accounts::new(passwords::Passwords::new(hashing_threads)),
             unread: Arc::default(),
+            sliding: Arc::default(),
             server,
         }
     }
@@ -190,6 +193,7 @@ impl ClientHandler {
             token,
             accounts: self.accounts.clone(),
             unread: self.unread.clone(),
+            sliding: self.sliding.clone(),
         };
         // `/_matrix/client/{v3,r0}/…`: r0 is the alias older clients call.
         let rest = match s.as_slice() {
@@ -213,6 +217,10 @@ impl ClientHandler {
                 return dispatch_v1(&method, rest, call).await.map(|v| ok_json(&v));
             }
             ["_matrix", "client", "v3" | "r0", rest @ ..] => rest,
+            ["_matrix", "client", "unstable", "org.matrix.simplified_msc3575", "sync"] => {
+                only(&method, Method::POST)?;
+                return sync::sliding::sliding_sync(call).await.map(|v| ok_json(&v));
+            }
             ["_matrix", "client", "unstable", "org.lmx.mls", "keys", what @ ("upload" | "query" | "claim")] => {
                 only(&method, Method::POST)?;
                 let answer = match *what {

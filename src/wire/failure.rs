@@ -36,6 +36,9 @@ pub enum Failure {
     ExpiredToken,
     #[error("user deactivated")]
     UserDeactivated,
+    /// A sliding sync position this server no longer knows.
+    #[error("unknown sliding sync position")]
+    UnknownPos,
     /// Email and phone numbers are not served.
     #[error("third-party identifiers are not supported")]
     ThreepidUnsupported,

@@ -86,6 +86,7 @@ pub fn answer(surface: Surface, failure: &Failure) -> Answer {
             extra.insert("soft_logout".into(), json!(true));
             (S::UNAUTHORIZED, "M_UNKNOWN_TOKEN", "The access token has expired".into())
         }
+        F::UnknownPos => (S::BAD_REQUEST, "M_UNKNOWN_POS", "Unknown position: start again without one".into()),
         F::UserDeactivated => (S::FORBIDDEN, "M_USER_DEACTIVATED", "This account has been deactivated".into()),
         F::ThreepidUnsupported => (
             S::BAD_REQUEST,

@@ -27,6 +27,7 @@ const MAX_TIMEOUT_MS: u64 = 120_000;
 
 mod device_lists;
 mod history;
+pub mod sliding;
 
 pub use device_lists::keys_changes;
 use device_lists::MemberChanges;
