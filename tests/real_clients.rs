@@ -27,6 +27,11 @@ fn client_command(kind: &str) -> Option<(String, Vec<String>)> {
             std::env::var("LMX_NIO_PYTHON").ok().map(|py| (py, vec![format!("{dir}/tests/clients/nio_e2ee.py")]))
         }
         "rust-e2ee" => std::env::var("LMX_RUST_CLIENT").ok().map(|bin| (bin, Vec::new())),
+        // Built beside the e2ee program, from the same crate.
+        "rust-room-list" => std::env::var("LMX_RUST_CLIENT").ok().map(|bin| {
+            let dir = std::path::Path::new(&bin).parent().map(|p| p.to_path_buf()).unwrap_or_default();
+            (dir.join("lmx-rust-room-list").to_string_lossy().into_owned(), Vec::new())
+        }),
         "js-e2ee" => std::env::var("LMX_JS_DIR").ok().map(|js| ("node".to_owned(), vec![format!("{js}/e2ee.mjs")])),
         _ => std::env::var("LMX_JS_DIR").ok().map(|js| ("node".to_owned(), vec![format!("{js}/scenario.mjs")])),
     };
@@ -99,7 +104,7 @@ async fn scenario(kind: &str, pause: bool) {
     if pause {
         assert!(seen.iter().any(|l| l == "PAUSE"), "the servers were restarted mid-way");
     }
-    if kind.ends_with("e2ee") {
+    if kind.ends_with("e2ee") || kind == "rust-room-list" {
         return;
     }
     // The follower kept a bounded cache: some history came from the hub.
@@ -160,4 +165,11 @@ async fn matrix_nio_encrypted_room() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matrix_js_sdk_encrypted_room() {
     scenario("js-e2ee", false).await;
+}
+
+/// Element X's room list: matrix-rust-sdk's sync service over sliding
+/// sync, watched on the hub and on the follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_rust_sdk_room_list() {
+    scenario("rust-room-list", false).await;
 }
