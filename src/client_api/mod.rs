@@ -25,11 +25,13 @@ mod ratelimit;
 mod relations;
 mod reports;
 mod rooms;
+mod search;
 mod sync;
 mod tags;
 mod timestamp;
 mod tokens;
 mod unread;
+mod upgrade;
 mod voip;
 
 use std::net::SocketAddr;
@@ -322,6 +324,8 @@ async fn dispatch(method: &Method, rest: &[&str], call: Call) -> Result<Value, F
         (["rooms", room, "report", event], &M::POST) => reports::room_or_event(call, room, Some(event)).await,
         (["users", user, "report"], &M::POST) => reports::user(call, user).await,
         (["voip", "turnServer"], &M::GET) => voip::turn_server(call),
+        (["search"], &M::POST) => search::search(call).await,
+        (["rooms", room, "upgrade"], &M::POST) => upgrade::upgrade(call, room).await,
         (["user", user, "filter"], &M::POST) => filter::create(call, user),
         (["user", user, "filter", id], &M::GET) => filter::get(call, user, id),
         (["pushrules", rest @ ..], &M::GET) if rest.first().is_none_or(|s| s.is_empty() || *s == "global") => {
