@@ -169,6 +169,11 @@ pub struct Media {
     /// 404 `M_NOT_FOUND` as the spec allows once authenticated media is
     /// served.
     pub unauthenticated_legacy: bool,
+    /// URL previews (`preview_url`): pages fetched by this server.
+    pub url_previews: bool,
+    /// Ranges previews may reach although private or special (loopback,
+    /// RFC 1918...), which are refused otherwise.
+    pub preview_allow_ip_ranges: Vec<ipnet::IpNet>,
 }
 
 /// Limits of both HTTP listeners: what one stranger can hold.
@@ -246,6 +251,8 @@ impl Default for Config {
                 pending_expiry_secs: 86_400,
                 remote_cache_bytes: None,
                 unauthenticated_legacy: false,
+                url_previews: true,
+                preview_allow_ip_ranges: Vec::new(),
             },
             turn: Turn {
                 uris: Vec::new(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::{Method, Response};
 use hyper::body::Incoming;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::deps::ClientDeps;
 use super::ratelimit::Limiter;
@@ -110,7 +110,10 @@ pub async fn serve(call: MediaCall<'_>, route: Route<'_>, body: Incoming) -> Res
             })))
         }
         Route::Config => Ok(ok_json(&json!({ "m.upload.size": media.limits.max_upload }))),
-        Route::PreviewUrl => Err(Failure::Unrecognized),
+        Route::PreviewUrl => {
+            let user = user.ok_or(Failure::MissingToken)?;
+            preview(&call, user).await
+        }
         Route::Download { server, id, filename, authenticated } => {
             legacy_allowed(call.deps, authenticated)?;
             download(&call, server, id, filename).await
@@ -211,4 +214,66 @@ async fn thumbnail(call: &MediaCall<'_>, server: &str, id: &str) -> Result<Respo
     let record = record_of(call, &server, id).await?;
     let (t, bytes) = media.thumbnail(&server, id, &record, size).await?;
     Ok(answer(&t.content_type, bytes))
+}
+
+/// Bytes of a page read for its preview.
+const PAGE_LIMIT: usize = 1 << 20;
+
+/// `GET .../preview_url`: the page's Open Graph data, its image kept as
+/// the user's media (an `mxc://` URI), or an image's own details.
+async fn preview(call: &MediaCall<'_>, user: &UserId) -> Result<Response<Body>, Failure> {
+    if !call.deps.config.media.url_previews {
+        return Err(Failure::Unrecognized);
+    }
+    let url = query_get(call.query, "url").ok_or_else(|| Failure::MissingParam("url is required".into()))?;
+    if url.len() > 2048 {
+        return Err(Failure::invalid_param("The URL is too long"));
+    }
+    let media = &call.deps.media;
+    if let Some(kept) = media.kept_preview(url, crate::sys::now_ms()) {
+        return Ok(ok_json(&kept));
+    }
+    call.uploads.check(user.as_str())?;
+    let page = call.deps.remote.fetch_page(url, PAGE_LIMIT).await?;
+    let mut og = serde_json::Map::new();
+    let image = if page.content_type.starts_with("image/") {
+        Some(page)
+    } else if page.content_type.starts_with("text/html") || page.content_type.is_empty() {
+        og = crate::media::preview::open_graph(&String::from_utf8_lossy(&page.body), &page.url);
+        match og.get("og:image").and_then(Value::as_str).map(str::to_owned) {
+            Some(img) => {
+                let limit = usize::try_from(media.limits.max_upload).unwrap_or(usize::MAX);
+                call.deps.remote.fetch_page(&img, limit).await.ok().filter(|p| p.content_type.starts_with("image/"))
+            }
+            None => None,
+        }
+    } else {
+        return Err(Failure::BadRequest(format!("Cannot preview content of type {}", page.content_type)));
+    };
+    og.remove("og:image");
+    if let Some(img) = image {
+        let content_type = img.content_type.split(';').next().unwrap_or("image/png").trim().to_owned();
+        if content::valid_content_type(&content_type) {
+            let size = img.body.len();
+            let dims = image_dimensions(&img.body);
+            let upload =
+                Upload { reserved: None, content_type: &content_type, filename: None, now: crate::sys::now_ms() };
+            let body = http_body_util::Full::new(img.body);
+            let id = media.upload(user, upload, body, Duration::from_secs(10)).await?;
+            og.insert("og:image".into(), json!(format!("mxc://{}/{id}", call.deps.name)));
+            og.insert("og:image:type".into(), json!(content_type));
+            og.insert("matrix:image:size".into(), json!(size));
+            if let Some((w, h)) = dims {
+                og.insert("og:image:width".into(), json!(w));
+                og.insert("og:image:height".into(), json!(h));
+            }
+        }
+    }
+    let answer = Value::Object(og);
+    media.keep_preview(url, &answer, crate::sys::now_ms());
+    Ok(ok_json(&answer))
+}
+
+fn image_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().ok()?.into_dimensions().ok()
 }

@@ -20,6 +20,7 @@ pub mod policy;
 pub mod queries;
 pub mod remote;
 pub mod room_network;
+pub mod web;
 pub mod xmatrix;
 
 pub use node::Node;

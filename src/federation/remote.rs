@@ -112,6 +112,12 @@ impl Remote {
         super::queries::directory(&self.0, alias).await
     }
 
+    /// A web page for a URL preview, within the preview address policy.
+    pub async fn fetch_page(&self, url: &str, limit: usize) -> Result<super::web::Page, crate::wire::Failure> {
+        let policy = super::policy::AddressPolicy::new(self.0.config.media.preview_allow_ip_ranges.clone());
+        super::web::fetch(url, &policy, limit).await
+    }
+
     /// A space held elsewhere, asked of `via`.
     pub async fn hierarchy(
         &self,

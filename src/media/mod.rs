@@ -7,6 +7,7 @@
 pub mod content;
 mod files;
 pub mod multipart;
+pub mod preview;
 pub mod thumbnail;
 
 use std::collections::HashMap;
@@ -70,7 +71,13 @@ pub struct Media {
     fetching: Mutex<HashMap<(String, String), FetchLock>>,
     /// Bytes of remote media kept, once counted.
     remote_bytes: Mutex<Option<u64>>,
+    /// URL previews made lately: `url → (made at, answer)`.
+    previews: Mutex<HashMap<String, (i64, serde_json::Value)>>,
 }
+
+/// How long a URL preview is reused.
+const PREVIEW_KEPT_MS: i64 = 3_600_000;
+const PREVIEWS_KEPT: usize = 1_000;
 
 /// A file a download serves: the record and the open file.
 pub struct Served {
@@ -92,6 +99,7 @@ impl Media {
             thumbnailers: Semaphore::new(THUMBNAILERS),
             fetching: Mutex::default(),
             remote_bytes: Mutex::default(),
+            previews: Mutex::default(),
         }
     }
 
@@ -363,6 +371,23 @@ impl Media {
         let t = self.store.thumbnail(server, id, spec).ok()??;
         let bytes = self.files.read(&t.sha256, t.size).await.ok()?;
         Some((t, bytes))
+    }
+
+    /// A preview made within the last hour.
+    pub fn kept_preview(&self, url: &str, now: i64) -> Option<serde_json::Value> {
+        let map = self.previews.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(url).filter(|(at, _)| now - at < PREVIEW_KEPT_MS).map(|(_, v)| v.clone())
+    }
+
+    pub fn keep_preview(&self, url: &str, answer: &serde_json::Value, now: i64) {
+        let mut map = self.previews.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= PREVIEWS_KEPT {
+            map.retain(|_, (at, _)| now - *at < PREVIEW_KEPT_MS);
+            if map.len() >= PREVIEWS_KEPT {
+                map.clear();
+            }
+        }
+        map.insert(url.to_owned(), (now, answer.clone()));
     }
 
     /// The lock a fetch of one remote file holds, so one fetch serves all
