@@ -92,6 +92,16 @@ async fn threads_edits_and_relations_are_indexed_on_every_server() {
             "{who}: the sender's own edit"
         );
     }
+    // /sync and /messages bundle too.
+    let synced = alice.sync(None, 0).await;
+    let timeline = synced["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap().clone();
+    let e = timeline.iter().find(|e| e["event_id"] == json!(root)).expect("the root in the timeline");
+    assert_eq!(e["unsigned"]["m.relations"]["m.thread"]["count"], 2, "{e}");
+    let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=20", enc(&room));
+    let page = alice.ok("GET", &path, None).await;
+    let root_in_page =
+        page["chunk"].as_array().unwrap().iter().find(|e| e["event_id"] == json!(root)).cloned().unwrap();
+    assert_eq!(root_in_page["unsigned"]["m.relations"]["m.thread"]["count"], 2);
     let theirs =
         carol.ok("GET", &format!("/_matrix/client/v1/rooms/{}/threads?include=participated", enc(&room)), None).await;
     assert_eq!(theirs["chunk"], json!([]), "carol took no part");

@@ -22,7 +22,7 @@ mod presence;
 mod profile;
 mod public_rooms;
 mod ratelimit;
-mod relations;
+pub(crate) mod relations;
 mod reports;
 mod rooms;
 mod search;

@@ -280,10 +280,11 @@ impl Syncer<'_> {
         ephemeral: Vec<Value>,
         account_data: Vec<Value>,
     ) -> Result<Value, Failure> {
-        let mut tl = json!({
-            "events": items.iter().map(|i| i.event.clone()).collect::<Vec<_>>(),
-            "limited": limited,
-        });
+        let mut events: Vec<Value> = items.iter().map(|i| i.event.clone()).collect();
+        for e in &mut events {
+            super::relations::bundle_into(&self.call.server, room, self.user, e)?;
+        }
+        let mut tl = json!({ "events": events, "limited": limited });
         if let Some(first) = items.first() {
             tl["prev_batch"] = json!(format!("t{}", first.index));
         }

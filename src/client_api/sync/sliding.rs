@@ -378,7 +378,10 @@ fn room_answer(
     if had.is_some() && items.is_empty() {
         return Ok(None);
     }
-    let timeline: Vec<Value> = items.iter().map(|i| i.event.clone()).collect();
+    let mut timeline: Vec<Value> = items.iter().map(|i| i.event.clone()).collect();
+    for e in &mut timeline {
+        crate::client_api::relations::bundle_into(&call.server, id, user, e)?;
+    }
     if let Some(first) = items.first() {
         out["prev_batch"] = json!(format!("t{}", first.index));
     } else {
