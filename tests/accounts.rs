@@ -8,15 +8,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-async fn hub_with(change: impl FnOnce(&mut lmx::config::Config)) -> (Net, Server) {
-    let mut net = Net::new();
-    net.reserve("hub.test");
-    let mut config = net.config("hub.test");
-    change(&mut config);
-    let server = Server::start(config).await;
-    (net, server)
-}
-
 fn password_auth(user: &str, password: &str) -> Value {
     json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password})
 }

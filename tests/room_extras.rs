@@ -8,15 +8,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-async fn hub_with(change: impl FnOnce(&mut lmx::config::Config)) -> (Net, Server) {
-    let mut net = Net::new();
-    net.reserve("hub.test");
-    let mut config = net.config("hub.test");
-    change(&mut config);
-    let server = Server::start(config).await;
-    (net, server)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tags_are_room_account_data() {
     let (_net, hub) = hub_with(|_| {}).await;

@@ -153,6 +153,16 @@ impl Net {
     }
 }
 
+/// `hub.test` alone, started with its configuration changed by `change`.
+pub async fn hub_with(change: impl FnOnce(&mut Config)) -> (Net, Server) {
+    let mut net = Net::new();
+    net.reserve("hub.test");
+    let mut config = net.config("hub.test");
+    change(&mut config);
+    let server = Server::start(config).await;
+    (net, server)
+}
+
 /// `hub.test` and `p1.test`, started, with TLS between them.
 pub async fn hub_and_p1() -> (Net, Server, Server) {
     let mut net = Net::new();

@@ -386,15 +386,17 @@ impl Syncer<'_> {
         Ok((items, limited))
     }
 
-    /// Changes in `(since, upto]`; also says whether there were none. Reads
-    /// only the user's rooms and topics, never the whole server's stream.
-    fn incremental(&self, token: Token, upto: u64) -> Result<(Value, bool), Failure> {
-        let store = &self.call.server.store;
-        let (since, next) = (token.pos, upto);
-        let memberships = store.memberships(self.user)?;
-        let changed = |topic| Ok::<_, Failure>(!store.side_entries(topic, since, next, 1)?.is_empty());
+    /// The account data types that changed in `(since, upto]`: global,
+    /// and by room.
+    #[allow(clippy::type_complexity)]
+    fn account_data_changes(
+        &self,
+        since: u64,
+        upto: u64,
+    ) -> Result<(BTreeSet<String>, BTreeMap<String, BTreeSet<String>>), Failure> {
         let (mut data, mut room_data): (BTreeSet<String>, BTreeMap<String, BTreeSet<String>>) = Default::default();
-        for (_, side) in store.side_entries(SideTopic::AccountData(self.user.as_str()), since, next, usize::MAX)? {
+        let topic = SideTopic::AccountData(self.user.as_str());
+        for (_, side) in self.call.server.store.side_entries(topic, since, upto, usize::MAX)? {
             if let Some(Kind::AccountData(c)) = side.kind {
                 if c.room_id.is_empty() {
                     data.insert(c.r#type);
@@ -403,6 +405,17 @@ impl Syncer<'_> {
                 }
             }
         }
+        Ok((data, room_data))
+    }
+
+    /// Changes in `(since, upto]`; also says whether there were none. Reads
+    /// only the user's rooms and topics, never the whole server's stream.
+    fn incremental(&self, token: Token, upto: u64) -> Result<(Value, bool), Failure> {
+        let store = &self.call.server.store;
+        let (since, next) = (token.pos, upto);
+        let memberships = store.memberships(self.user)?;
+        let changed = |topic| Ok::<_, Failure>(!store.side_entries(topic, since, next, 1)?.is_empty());
+        let (data, room_data) = self.account_data_changes(since, next)?;
         let presence_changes = store.side_entries(SideTopic::Presence, since, next, PRESENCE_CHANGES)?;
         // Past the cap the changes are not all read: every contact's
         // presence goes out, as in an initial sync.

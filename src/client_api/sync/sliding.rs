@@ -20,7 +20,6 @@ use crate::client_api::Call;
 use crate::core::ids::{RoomId, UserId};
 use crate::core::rooms::StateView;
 use crate::http::query_get;
-use crate::store::records::side_entry::Kind;
 use crate::store::SideTopic;
 use crate::wire::Failure;
 
@@ -498,17 +497,7 @@ fn extensions(
                 (s.account_data(None, None)?, rooms)
             }
             Some(since) => {
-                let (mut data, mut room_data): (BTreeSet<String>, BTreeMap<String, BTreeSet<String>>) =
-                    Default::default();
-                for (_, side) in store.side_entries(SideTopic::AccountData(user.as_str()), since, upto, usize::MAX)? {
-                    if let Some(Kind::AccountData(c)) = side.kind {
-                        if c.room_id.is_empty() {
-                            data.insert(c.r#type);
-                        } else {
-                            room_data.entry(c.room_id).or_default().insert(c.r#type);
-                        }
-                    }
-                }
+                let (data, room_data) = s.account_data_changes(since, upto)?;
                 let global = if data.is_empty() { Vec::new() } else { s.account_data(None, Some(&data))? };
                 let mut rooms = Map::new();
                 for (room, types) in &room_data {
