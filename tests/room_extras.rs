@@ -132,3 +132,43 @@ async fn timestamps_find_the_nearest_readable_event() {
     let stranger = hub.client().register("mallory").await;
     assert_eq!(stranger.call("GET", &ask(between, "f"), None).await.status, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_rules_decide_what_counts_and_what_highlights() {
+    let (_net, hub) = hub_with(|_| {}).await;
+    let alice = hub.client().register("alice").await;
+    let bob = hub.client().register("bob").await;
+    let carol = hub.client().register("carol").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    for c in [&bob, &carol] {
+        assert_eq!(c.join(&room, &hub.name()).await.status, 200);
+    }
+    let counts = |synced: &serde_json::Value| {
+        let u = &synced["rooms"]["join"][&room]["unread_notifications"];
+        (u["notification_count"].as_u64().unwrap(), u["highlight_count"].as_u64().unwrap())
+    };
+    let send = |c: &Client, txn: &str, content: serde_json::Value| {
+        let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(&room));
+        let c = c.clone();
+        async move { c.ok("PUT", &path, Some(content)).await }
+    };
+    send(&bob, "1", json!({"msgtype": "m.text", "body": "hello"})).await;
+    send(&bob, "2", json!({"msgtype": "m.notice", "body": "a bot speaks"})).await;
+    send(&bob, "3", json!({"msgtype": "m.text", "body": "hey you", "m.mentions": {"user_ids": [alice.user_id]}})).await;
+    send(&carol, "4", json!({"msgtype": "m.text", "body": "everyone!", "m.mentions": {"room": true}})).await;
+    let synced = alice.sync(None, 0).await;
+    assert_eq!(counts(&synced), (3, 1), "notices do not count; a user mention highlights; carol may not @room");
+
+    // The room muted by a room rule: what follows does not count.
+    let path = format!("/_matrix/client/v3/pushrules/global/room/{}", enc(&room));
+    alice.ok("PUT", &path, Some(json!({"actions": []}))).await;
+    send(&bob, "5", json!({"msgtype": "m.text", "body": "more"})).await;
+    let synced = alice.sync(None, 0).await;
+    assert_eq!(counts(&synced), (3, 1));
+    // A receipt on the latest event clears the counts.
+    let last =
+        synced["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap().last().unwrap()["event_id"].clone();
+    let receipt = format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(last.as_str().unwrap()));
+    alice.ok("POST", &receipt, Some(json!({}))).await;
+    assert_eq!(counts(&alice.sync(None, 0).await), (0, 0));
+}

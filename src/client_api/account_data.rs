@@ -90,76 +90,8 @@ pub fn get(call: Call, user_id: &str, room: Option<&str>, kind: &str) -> Result<
 
 // ---- push rules ----
 
-fn event_match(key: &str, pattern: &str) -> Value {
-    json!({"kind": "event_match", "key": key, "pattern": pattern})
-}
-
-fn rule(id: &str, enabled: bool, conditions: Value, actions: Value) -> Value {
-    json!({"rule_id": id, "default": true, "enabled": enabled, "conditions": conditions, "actions": actions})
-}
-
-/// The spec's server-default rules for `user` (push module, "Predefined
-/// Rules").
-pub fn default_rules(user: &UserId) -> Value {
-    let sound = |v: &str| json!(["notify", {"set_tweak": "sound", "value": v}]);
-    let highlight_sound = json!(["notify", {"set_tweak": "sound", "value": "default"}, {"set_tweak": "highlight"}]);
-    let override_rules = vec![
-        rule(".m.rule.master", false, json!([]), json!([])),
-        rule(".m.rule.suppress_notices", true, json!([event_match("content.msgtype", "m.notice")]), json!([])),
-        rule(
-            ".m.rule.invite_for_me",
-            true,
-            json!([
-                event_match("type", "m.room.member"),
-                event_match("content.membership", "invite"),
-                event_match("state_key", user.as_str())
-            ]),
-            sound("default"),
-        ),
-        rule(".m.rule.member_event", true, json!([event_match("type", "m.room.member")]), json!([])),
-        rule(
-            ".m.rule.is_user_mention",
-            true,
-            json!([{"kind": "event_property_contains", "key": "content.m\\.mentions.user_ids", "value": user.as_str()}]),
-            highlight_sound,
-        ),
-        rule(
-            ".m.rule.is_room_mention",
-            true,
-            json!([{"kind": "event_property_is", "key": "content.m\\.mentions.room", "value": true},
-                   {"kind": "sender_notification_permission", "key": "room"}]),
-            json!(["notify", {"set_tweak": "highlight"}]),
-        ),
-        rule(
-            ".m.rule.tombstone",
-            true,
-            json!([event_match("type", "m.room.tombstone"), event_match("state_key", "")]),
-            json!(["notify", {"set_tweak": "highlight"}]),
-        ),
-        rule(".m.rule.reaction", true, json!([event_match("type", "m.reaction")]), json!([])),
-        rule(
-            ".m.rule.room.server_acl",
-            true,
-            json!([event_match("type", "m.room.server_acl"), event_match("state_key", "")]),
-            json!([]),
-        ),
-        rule(
-            ".m.rule.suppress_edits",
-            true,
-            json!([{"kind": "event_property_is", "key": "content.m\\.relates_to.rel_type", "value": "m.replace"}]),
-            json!([]),
-        ),
-    ];
-    let one_to_one = |t: &str| json!([{"kind": "room_member_count", "is": "2"}, event_match("type", t)]);
-    let underride = vec![
-        rule(".m.rule.call", true, json!([event_match("type", "m.call.invite")]), sound("ring")),
-        rule(".m.rule.encrypted_room_one_to_one", true, one_to_one("m.room.encrypted"), sound("default")),
-        rule(".m.rule.room_one_to_one", true, one_to_one("m.room.message"), sound("default")),
-        rule(".m.rule.message", true, json!([event_match("type", "m.room.message")]), json!(["notify"])),
-        rule(".m.rule.encrypted", true, json!([event_match("type", "m.room.encrypted")]), json!(["notify"])),
-    ];
-    json!({"global": {"override": override_rules, "content": [], "room": [], "sender": [], "underride": underride}})
-}
+pub use crate::core::push::default_rules;
+use crate::core::push::event_match;
 
 fn push_rules_value(call: &Call, user: &UserId) -> Result<Value, Failure> {
     Ok(get_data(call, user, None, "m.push_rules")?.unwrap_or_else(|| default_rules(user)))

@@ -8,4 +8,5 @@ pub mod event;
 pub mod ids;
 pub mod json;
 pub mod mls;
+pub mod push;
 pub mod rooms;

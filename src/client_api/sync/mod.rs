@@ -243,11 +243,13 @@ impl Syncer<'_> {
         Ok(out.into_iter().filter(|e| filter.allows(e)).collect())
     }
 
-    /// Messages from others after the user's read receipt (looking back
-    /// at most `unread::LOOK_BACK` events when first counted).
-    fn unread(&self, room: &RoomId) -> Result<u64, Failure> {
-        let Some(h) = self.call.server.rooms.get(room) else { return Ok(0) };
-        let length = h.view().length;
+    /// Notifications and highlights after the user's read receipt: events
+    /// of others that the user's push rules say notify (looking back at
+    /// most `unread::LOOK_BACK` events when first counted).
+    fn unread(&self, room: &RoomId) -> Result<(u64, u64), Failure> {
+        let Some(h) = self.call.server.rooms.get(room) else { return Ok((0, 0)) };
+        let view = h.view();
+        let length = view.length;
         let store = &self.call.server.store;
         let mut receipts = Vec::new();
         for kind in ["m.read", "m.read.private"] {
@@ -261,13 +263,21 @@ impl Syncer<'_> {
             Ok::<_, Failure>(from)
         };
         self.call.unread.count(self.user, room, &receipts.join(" "), read_from, length, |range| {
-            let mut count = 0;
+            let stored = store.account_data(self.user, None, "m.push_rules")?;
+            let rules = stored
+                .and_then(|b| json::parse(&b, NumberPolicy::Ieee754).ok())
+                .unwrap_or_else(|| default_rules(self.user))["global"]
+                .clone();
+            let push = PushFacts::of(&view, self.user);
+            let mut counts = (0, 0);
             for id in store.list(room, range.start, range.end)? {
                 if let Some(rec) = store.event(&id)? {
-                    count += u64::from(counts_as_unread(&rec, self.user.as_str()));
+                    let actions = push.actions(&rules, &rec, self.user.as_str());
+                    counts.0 += u64::from(actions.notify);
+                    counts.1 += u64::from(actions.highlight);
                 }
             }
-            Ok::<_, Failure>(count)
+            Ok::<_, Failure>(counts)
         })
     }
 
@@ -295,13 +305,13 @@ impl Syncer<'_> {
         }
         let joined = view.as_ref().map_or(0, |v| v.state.joined_members().count());
         let invited = view.as_ref().map_or(0, |v| v.state.iter().filter(|e| e.membership() == Some("invite")).count());
-        let unread = self.unread(room)?;
+        let (notifications, highlights) = self.unread(room)?;
         Ok(json!({
             "timeline": tl,
             "state": { "events": state },
             "ephemeral": { "events": ephemeral },
             "account_data": { "events": account_data },
-            "unread_notifications": { "notification_count": unread, "highlight_count": 0 },
+            "unread_notifications": { "notification_count": notifications, "highlight_count": highlights },
             "summary": { "m.joined_member_count": joined, "m.invited_member_count": invited },
         }))
     }
@@ -516,20 +526,53 @@ impl Syncer<'_> {
     }
 }
 
-/// A message or encrypted event from someone else, shown to clients. Only
-/// `type` and `sender` are read from the stored bytes: this runs for every
-/// recent event of a room on every sync that touches it.
-fn counts_as_unread(rec: &crate::store::records::EventRecord, user: &str) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Head<'a> {
-        #[serde(rename = "type", borrow)]
-        event_type: std::borrow::Cow<'a, str>,
-        #[serde(borrow)]
-        sender: std::borrow::Cow<'a, str>,
+/// What push rules need of a room, read once per count.
+struct PushFacts<'a> {
+    view: &'a crate::room::RoomView,
+    display_name: Option<String>,
+    member_count: u64,
+    room_power: i64,
+}
+
+impl<'a> PushFacts<'a> {
+    fn of(view: &'a crate::room::RoomView, user: &UserId) -> Self {
+        use crate::core::rooms::StateView;
+        let display_name = view
+            .state
+            .member(user.as_str())
+            .and_then(|m| m.content().get("displayname").and_then(Value::as_str).map(str::to_owned));
+        let room_power = view
+            .state
+            .power_levels()
+            .and_then(|p| p.content().get("notifications")?.get("room")?.as_i64())
+            .unwrap_or(50);
+        PushFacts { view, display_name, member_count: view.state.joined_members().count() as u64, room_power }
     }
-    if rec.soft_failed || !rec.rejected.is_empty() || rec.json.is_empty() {
-        return false;
+
+    /// The actions an event of someone else calls for; none for the
+    /// user's own, soft-failed or rejected events.
+    fn actions(
+        &self,
+        rules: &Value,
+        rec: &crate::store::records::EventRecord,
+        user: &str,
+    ) -> crate::core::push::Actions {
+        if rec.soft_failed || !rec.rejected.is_empty() || rec.json.is_empty() {
+            return Default::default();
+        }
+        let Ok(event) = json::parse(&rec.json, NumberPolicy::Ieee754) else { return Default::default() };
+        let sender = event.get("sender").and_then(Value::as_str).unwrap_or("");
+        if sender == user {
+            return Default::default();
+        }
+        let levels = crate::core::rooms::PowerLevels::from_state(&*self.view.state, self.view.version);
+        let ctx = crate::core::push::PushContext {
+            user_id: user,
+            display_name: self.display_name.as_deref(),
+            member_count: self.member_count,
+            sender_power: levels.user_level(sender),
+            room_notification_power: self.room_power,
+        };
+        crate::core::push::evaluate(rules, &event, &ctx)
     }
-    serde_json::from_slice::<Head>(&rec.json)
-        .is_ok_and(|h| matches!(h.event_type.as_ref(), "m.room.message" | "m.room.encrypted") && h.sender != user)
 }

@@ -393,8 +393,9 @@ fn room_answer(
     name_and_heroes(&view, me, &mut out);
     out["joined_count"] = json!(view.state.joined_members().count());
     out["invited_count"] = json!(view.state.iter().filter(|e| e.membership() == Some("invite")).count());
-    out["notification_count"] = json!(s.unread(id)?);
-    out["highlight_count"] = json!(0);
+    let (notifications, highlights) = s.unread(id)?;
+    out["notification_count"] = json!(notifications);
+    out["highlight_count"] = json!(highlights);
     Ok(Some(out))
 }
 
