@@ -104,7 +104,7 @@ fn current_record(node: &Node) -> Result<CommitRecord, crate::store::StoreError>
 }
 
 /// The client API's share of the server.
-fn client_deps(node: &Arc<Node>) -> ClientDeps {
+fn client_deps(node: &Arc<Node>, push: Arc<crate::push::Push>) -> ClientDeps {
     let weak = Arc::downgrade(node);
     ClientDeps {
         name: node.name.clone(),
@@ -117,12 +117,32 @@ fn client_deps(node: &Arc<Node>) -> ClientDeps {
         e2ee: node.e2ee.clone(),
         media: node.media.clone(),
         remote: crate::federation::Remote::new(node.clone()),
+        push,
         spawn: Arc::new(move |task| {
             if let Some(node) = weak.upgrade() {
                 node.spawn(task);
             }
         }),
     }
+}
+
+/// Starts push delivery, its tasks stopping with the server's.
+fn start_push(node: &Arc<Node>) -> Arc<crate::push::Push> {
+    let weak = Arc::downgrade(node);
+    let push = crate::push::Push::new(crate::push::PushDeps {
+        name: node.name.clone(),
+        config: node.config.clone(),
+        store: node.store.clone(),
+        positions: node.positions.clone(),
+        rooms: node.rooms.clone(),
+        spawn: Arc::new(move |task| {
+            if let Some(node) = weak.upgrade() {
+                node.spawn(task);
+            }
+        }),
+    });
+    push.start();
+    push
 }
 
 /// Keeps the commit record a couple of seconds behind the store. What it
@@ -233,7 +253,8 @@ impl App {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let fed_handler: Arc<dyn Handler> = Arc::new(FedHandler { node: self.node.clone() });
-        let client_handler: Arc<dyn Handler> = Arc::new(ClientHandler::new(Arc::new(client_deps(&self.node))));
+        let push = start_push(&self.node);
+        let client_handler: Arc<dyn Handler> = Arc::new(ClientHandler::new(Arc::new(client_deps(&self.node, push))));
         let limits = Limits::from(&self.node.config.http);
         let fed_task = tokio::spawn(serve(self.federation, self.tls, fed_handler, limits.clone(), stop_rx.clone()));
         let client_task = tokio::spawn(serve(self.client, None, client_handler, limits, stop_rx));

@@ -40,6 +40,23 @@ pub struct Config {
     pub http: Http,
     pub media: Media,
     pub turn: Turn,
+    pub push: Push,
+}
+
+/// Delivery of notifications to the push gateways clients name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Push {
+    /// Address ranges a gateway may sit in beyond the public internet
+    /// (loopback and private ranges are refused otherwise, as for previews).
+    pub allow_ip_ranges: Vec<ipnet::IpNet>,
+    /// Whether a push carries the message's content, or only its ids for
+    /// the app to fetch (`event_id_only` pushers never get content).
+    pub include_content: bool,
+    /// How long one gateway request may take, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Gateway requests in flight at once, for the whole server.
+    pub max_concurrent_requests: usize,
 }
 
 /// TURN servers handed to clients for calls (`voip/turnServer`).
@@ -254,6 +271,12 @@ impl Default for Config {
                 url_previews: true,
                 preview_allow_ip_ranges: Vec::new(),
             },
+            push: Push {
+                allow_ip_ranges: Vec::new(),
+                include_content: true,
+                request_timeout_ms: 10_000,
+                max_concurrent_requests: 32,
+            },
             turn: Turn {
                 uris: Vec::new(),
                 shared_secret: None,
@@ -338,6 +361,8 @@ impl Config {
             ("media.max_upload_bytes", self.media.max_upload_bytes),
             ("client.refreshable_token_lifetime_ms", self.client.refreshable_token_lifetime_ms),
             ("media.pending_expiry_secs", self.media.pending_expiry_secs),
+            ("push.request_timeout_ms", self.push.request_timeout_ms),
+            ("push.max_concurrent_requests", self.push.max_concurrent_requests as u64),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));

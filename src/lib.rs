@@ -17,6 +17,7 @@ pub mod ephemeral;
 pub mod federation;
 pub mod http;
 pub mod media;
+pub mod push;
 pub mod room;
 pub mod store;
 pub mod sys;

@@ -207,8 +207,13 @@ fn accounts(store: &dyn Store) {
     assert!(store.account_data(&u, None, "m.y").unwrap().is_none(), "room and global data are apart");
     assert!(store.filter(&u, "f1").unwrap().is_some());
     assert_eq!(store.receipts(&room()).unwrap()[0].2.stream, 9);
-    assert_eq!(store.receipt(&room(), "m.read", &u).unwrap().unwrap().event_id, ev(1).to_string());
-    assert!(store.receipt(&room(), "m.read.private", &u).unwrap().is_none(), "kinds are apart");
+    assert_eq!(store.user_receipts(&room(), "m.read", &u).unwrap()[0].event_id, ev(1).to_string());
+    assert!(store.user_receipts(&room(), "m.read.private", &u).unwrap().is_empty(), "kinds are apart");
+    let in_thread = Receipt { event_id: ev(2).to_string(), thread_id: ev(1).to_string(), ..Default::default() };
+    write(store, vec![Op::PutReceipt { room: room(), kind: "m.read".into(), user: u.clone(), receipt: in_thread }]);
+    let mine = store.user_receipts(&room(), "m.read", &u).unwrap();
+    assert_eq!(mine.len(), 2, "a thread's receipt sits beside the unthreaded one");
+    assert!(store.user_receipts(&room(), "m.read", &user("@v:hub.test")).unwrap().is_empty());
     assert_eq!(store.alias("#a:hub.test").unwrap().unwrap().room_id, room().to_string());
     let typing_room = room();
     let typing = SideTopic::Typing(typing_room.as_str());
@@ -290,6 +295,54 @@ fn federation(store: &dyn Store) {
     assert_eq!(store.server_keys(&a).unwrap().unwrap().fetched_ts, 5);
 }
 
+fn push(store: &dyn Store) {
+    let (u, v) = (user("@u:hub.test"), user("@v:hub.test"));
+    assert_eq!(store.push_cursor().unwrap(), None);
+    let pusher = |device: &str| PusherRecord { json: b"{}".to_vec(), device_id: device.into(), created_ts: 1 };
+    let item = |n: &str| PushItem { room_id: room().to_string(), event_id: n.into(), ..Default::default() };
+    let key = |user: &UserId, k: &str| (user.clone(), "app".to_owned(), k.to_owned());
+    let queued = |(user, app_id, pushkey): (UserId, String, String), pos, n| Op::PushQueued {
+        user,
+        app_id,
+        pushkey,
+        pos,
+        item: item(n),
+    };
+    let (uk, vk) = (key(&u, "k1"), key(&v, "k2"));
+    write(
+        store,
+        vec![
+            Op::PutPusher { user: u.clone(), app_id: "app".into(), pushkey: "k1".into(), record: pusher("D1") },
+            Op::PutPusher { user: v.clone(), app_id: "app".into(), pushkey: "k2".into(), record: pusher("D2") },
+            queued(uk.clone(), 7, "$b"),
+            queued(uk.clone(), 5, "$a"),
+            queued(vk.clone(), 6, "$c"),
+            Op::PushCursor(9),
+        ],
+    );
+    assert_eq!(store.push_cursor().unwrap(), Some(9));
+    assert_eq!(store.pushers(None).unwrap().len(), 2);
+    let mine = store.pushers(Some(&u)).unwrap();
+    assert_eq!(
+        (mine.len(), mine[0].1.as_str(), mine[0].2.as_str(), mine[0].3.device_id.as_str()),
+        (1, "app", "k1", "D1")
+    );
+    let q = store.push_queue(&u, "app", "k1", 10).unwrap();
+    assert_eq!(
+        q.iter().map(|(p, i)| (*p, i.event_id.as_str())).collect::<Vec<_>>(),
+        [(5, "$a"), (7, "$b")],
+        "oldest first"
+    );
+    write(store, vec![Op::PushDone { user: u.clone(), app_id: "app".into(), pushkey: "k1".into(), pos: 5 }]);
+    assert_eq!(store.push_queue(&u, "app", "k1", 10).unwrap().len(), 1);
+    // A deleted device takes its pushers and their queues.
+    write(store, vec![Op::DeleteDevice { user: u.clone(), device: "D1".into() }]);
+    assert!(store.pushers(Some(&u)).unwrap().is_empty());
+    assert!(store.push_queue(&u, "app", "k1", 10).unwrap().is_empty());
+    write(store, vec![Op::DeletePusher { user: v.clone(), app_id: "app".into(), pushkey: "k2".into() }]);
+    assert!(store.pushers(None).unwrap().is_empty() && store.push_queue(&v, "app", "k2", 10).unwrap().is_empty());
+}
+
 fn positions(store: Arc<dyn Store>) {
     let p = Positions::open(store.clone()).unwrap();
     let a = p.allocate(3).unwrap();
@@ -304,6 +357,7 @@ fn suite(store: Arc<dyn Store>) {
     rooms_and_events(store.as_ref());
     accounts(store.as_ref());
     federation(store.as_ref());
+    push(store.as_ref());
     positions(store);
 }
 

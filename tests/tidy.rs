@@ -89,6 +89,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("e2ee", &["core", "store", "wire"]),
     ("media", &["core", "sys", "config", "store", "http", "wire"]),
     ("federation", &["core", "sys", "crash", "config", "store", "http", "room", "ephemeral", "wire", "e2ee", "media"]),
+    ("push", &["core", "sys", "config", "store", "http", "room", "wire", "federation"]),
     (
         "client_api",
         &[
@@ -104,6 +105,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "e2ee",
             "media",
             "federation",
+            "push",
         ],
     ),
     ("bench", &["core", "sys", "config", "http", "store"]),
@@ -122,6 +124,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "e2ee",
             "media",
             "federation",
+            "push",
             "client_api",
         ],
     ),

@@ -26,6 +26,8 @@ pub struct ClientDeps {
     pub e2ee: Arc<crate::e2ee::E2ee>,
     pub media: Arc<crate::media::Media>,
     pub remote: Remote,
+    /// Pushers' delivery and unread counts.
+    pub push: Arc<crate::push::Push>,
     /// Runs a task that stops with the server (a typing notice's expiry).
     pub spawn: Spawn,
 }

@@ -139,6 +139,8 @@ pub struct SyncFilter {
     pub room_account_data: EventFilter,
     pub account_data: EventFilter,
     pub presence: EventFilter,
+    /// `room.timeline.unread_thread_notifications`: counts split by thread.
+    pub thread_counts: bool,
 }
 
 impl SyncFilter {
@@ -152,6 +154,9 @@ impl SyncFilter {
             room_account_data: EventFilter::from_json(room.and_then(|r| r.get("account_data"))),
             account_data: EventFilter::from_json(v.get("account_data")),
             presence: EventFilter::from_json(v.get("presence")),
+            thread_counts: room
+                .and_then(|r| r.get("timeline")?.get("unread_thread_notifications")?.as_bool())
+                .unwrap_or(false),
         }
     }
 }

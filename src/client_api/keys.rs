@@ -67,6 +67,10 @@ pub(super) async fn commit_device_changes(
         told.unzip()
     };
     call.server.remote.wake(&dests.unwrap_or_default());
+    if changes.iter().any(|(_, c)| matches!(c, DeviceChange::Deleted)) {
+        // The store removed the deleted devices' pushers with them.
+        call.server.push.pushers_changed();
+    }
     call.server.store.flush().await?;
     Ok(())
 }

@@ -69,13 +69,7 @@ async fn own_membership(call: &Call, room: &RoomId, membership: &str) -> Result<
     }
     let mut content = obj(json!({ "membership": membership }));
     if membership == "join" {
-        let rec = call.server.store.user(user)?;
-        if let Some(name) = rec.as_ref().map(|r| r.displayname.clone()).filter(|n| !n.is_empty()) {
-            content.insert("displayname".into(), json!(name));
-        }
-        if let Some(url) = rec.map(|r| r.avatar_url).filter(|u| !u.is_empty()) {
-            content.insert("avatar_url".into(), json!(url));
-        }
+        content.extend(super::profile::member_fields(call, user)?);
     }
     reason(call, &mut content)?;
     Ok(Some(submit(call, room, draft(user, "m.room.member", Some(user.as_str()), content)).await?))
@@ -88,12 +82,7 @@ pub async fn join(call: Call, room: &str) -> Result<Value, Failure> {
     }
     let (user, _) = call.who()?;
     let candidates = candidates(&call, user, &room, named)?;
-    let mut extra = Object::new();
-    if let Some(rec) = call.server.store.user(user)? {
-        if !rec.displayname.is_empty() {
-            extra.insert("displayname".into(), json!(rec.displayname));
-        }
-    }
+    let extra = super::profile::member_fields(&call, user)?;
     call.server.remote.join(&room, user, &candidates, &extra).await?;
     wire::to_json(&RoomIdAnswer { room_id: room.as_str() })
 }

@@ -17,10 +17,12 @@ mod media;
 mod membership;
 mod messages;
 mod mls;
+mod newest;
 pub mod passwords;
 mod presence;
 mod profile;
 mod public_rooms;
+mod pushers;
 mod ratelimit;
 pub(crate) mod relations;
 mod reports;
@@ -30,7 +32,6 @@ mod sync;
 mod tags;
 mod timestamp;
 mod tokens;
-mod unread;
 mod upgrade;
 mod voip;
 
@@ -64,7 +65,6 @@ pub struct Call {
     pub user: Option<(UserId, String)>,
     pub token: Option<String>,
     pub accounts: Arc<Accounts>,
-    pub unread: Arc<unread::UnreadCounts>,
     pub sliding: Arc<sync::sliding::Connections>,
 }
 
@@ -83,7 +83,6 @@ impl Call {
 pub struct ClientHandler {
     server: Arc<ClientDeps>,
     accounts: Arc<Accounts>,
-    unread: Arc<unread::UnreadCounts>,
     sliding: Arc<sync::sliding::Connections>,
     sends: Limiter,
     logins: Limiter,
@@ -99,7 +98,6 @@ impl ClientHandler {
             logins: Limiter::new(c.login_per_second, c.login_burst),
             uploads: Limiter::new(server.config.media.uploads_per_second, server.config.media.upload_burst),
             accounts: Accounts::new(passwords::Passwords::new(hashing_threads)),
-            unread: Arc::default(),
             sliding: Arc::default(),
             server,
         }
@@ -194,7 +192,6 @@ impl ClientHandler {
             user,
             token,
             accounts: self.accounts.clone(),
-            unread: self.unread.clone(),
             sliding: self.sliding.clone(),
         };
         // `/_matrix/client/{v3,r0}/…`: r0 is the alias older clients call.
@@ -336,6 +333,9 @@ async fn dispatch(method: &Method, rest: &[&str], call: Call) -> Result<Value, F
             account_data::put_push_rule(call, kind, id, Some(attr)).await
         }
         (["pushrules", "global", kind, id], &M::DELETE) => account_data::delete_push_rule(call, kind, id).await,
+        (["pushers"], &M::GET) => pushers::list(call),
+        (["pushers", "set"], &M::POST) => pushers::set(call).await,
+        (["notifications"], &M::GET) => pushers::notifications(call),
         (["presence", user, "status"], &M::GET) => presence::get_status(call, user),
         (["presence", user, "status"], &M::PUT) => presence::put_status(call, user),
         // Rooms.
@@ -403,7 +403,9 @@ async fn dispatch(method: &Method, rest: &[&str], call: Call) -> Result<Value, F
             | ["room_keys", "keys"]
             | ["room_keys", "keys", _]
             | ["room_keys", "keys", _, _]
-            | ["sendToDevice", _, _],
+            | ["sendToDevice", _, _]
+            | ["pushers" | "notifications"]
+            | ["pushers", "set"],
             _,
         ) => Err(Failure::MethodNotAllowed),
         (["rooms", _, "send" | "state" | "messages" | "invite" | "leave" | "join" | "kick" | "ban", ..], _) => {

@@ -78,6 +78,14 @@ fn receipt_for(
     if rec.room_id != view.room_id.as_str() {
         return Err(Failure::not_found("The event is not in this room"));
     }
+    if !thread.is_empty() {
+        // A thread's receipt names an event of that thread (or its root).
+        let in_thread = crate::push::unread::pushable(&rec)
+            .is_some_and(|e| crate::push::unread::thread_of(&e) == thread || event.as_str() == thread);
+        if !in_thread {
+            return Err(Failure::invalid_param("The event is not in the thread thread_id names"));
+        }
+    }
     let receipt = Receipt { event_id: event.to_string(), ts: now_ms(), thread_id: thread.to_owned(), stream: 0 };
     crate::ephemeral::store_receipt(
         &*call.server.store,
@@ -103,6 +111,9 @@ pub async fn receipt(call: Call, room: &str, kind: &str, event: &str) -> Result<
         "m.read" | "m.read.private" => {
             let body::Receipt { thread_id } = wire::read(call.body()?)?;
             let thread = thread_id.unwrap_or("");
+            if thread_id.is_some_and(|t| t != crate::push::unread::MAIN && !t.starts_with('$')) {
+                return Err(Failure::invalid_param("thread_id must be \"main\" or a thread root's event id"));
+            }
             receipt_for(&call, &view, &user, kind, &event, thread)?;
         }
         "m.fully_read" => {

@@ -14,6 +14,19 @@ fn user_id(s: &str) -> Result<UserId, Failure> {
     UserId::parse(s).map_err(|e| Failure::invalid_param(e.to_string()))
 }
 
+/// The profile fields a local user's join carries (those that are set).
+pub fn member_fields(call: &Call, user: &UserId) -> Result<crate::core::json::Object, Failure> {
+    let mut out = crate::core::json::Object::new();
+    if let Some(rec) = call.server.store.user(user)? {
+        for (name, value) in [("displayname", rec.displayname), ("avatar_url", rec.avatar_url)] {
+            if !value.is_empty() {
+                out.insert(name.into(), json!(value));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// `{displayname, avatar_url}` of a local user, or of a remote one as seen
 /// in the rooms the asker shares with them.
 fn profile_of(call: &Call, user: &UserId) -> Result<Value, Failure> {

@@ -142,12 +142,11 @@ pub async fn create_room(call: Call) -> Result<Value, Failure> {
         (id, None)
     };
     let mut drafts = vec![
-        draft(
-            &user,
-            "m.room.member",
-            Some(user.as_str()),
-            obj(json!({"membership": "join", "displayname": user.localpart()})),
-        ),
+        draft(&user, "m.room.member", Some(user.as_str()), {
+            let mut member = obj(json!({"membership": "join"}));
+            member.extend(super::profile::member_fields(&call, &user)?);
+            member
+        }),
         draft(&user, "m.room.power_levels", Some(""), pl),
         draft(&user, "m.room.join_rules", Some(""), obj(json!({ "join_rule": join_rule }))),
         draft(&user, "m.room.history_visibility", Some(""), obj(json!({"history_visibility": "shared"}))),

@@ -20,8 +20,6 @@ use crate::wire::Failure;
 
 /// Events looked at by one request, at most.
 const SCAN_BUDGET: usize = 5_000;
-/// Events read per room and round.
-const PAGE: usize = 100;
 const KEYS: [&str; 3] = ["content.body", "content.name", "content.topic"];
 
 pub async fn search(call: Call) -> Result<Value, Failure> {
@@ -47,7 +45,7 @@ pub async fn search(call: Call) -> Result<Value, Failure> {
     let limit =
         category.get("filter").and_then(|f| f.get("limit")).and_then(Value::as_u64).unwrap_or(10).clamp(1, 50) as usize;
     let context = category.get("event_context");
-    let mut before: u64 = match query_get(&call.query, "next_batch") {
+    let before: u64 = match query_get(&call.query, "next_batch") {
         None => u64::MAX,
         Some(t) => {
             t.strip_prefix('s').and_then(|n| n.parse().ok()).ok_or_else(|| Failure::invalid_param("bad next_batch"))?
@@ -70,39 +68,21 @@ pub async fn search(call: Call) -> Result<Value, Failure> {
     let mut results = Vec::new();
     let mut scanned = 0;
     let mut next = None;
-    'rounds: while before > 0 {
-        // Each room's newest entries below `before`; below the highest
-        // last entry of a full page some room may hold more, unread yet.
-        let mut entries = Vec::new();
-        let mut frontier = 0;
-        for room in views.keys() {
-            let page = call.server.store.room_stream(room, 0, before.saturating_sub(1), PAGE)?;
-            if page.len() == PAGE {
-                frontier = frontier.max(page.last().map_or(0, |e| e.pos));
+    let mut walk = super::newest::NewestFirst::new(&*call.server.store, views.keys().cloned().collect(), before);
+    while let Some(e) = walk.next()? {
+        scanned += 1;
+        let view = &views[&e.room];
+        if let Some(event) = matching(&call, view, &user, &e.event, &words, &keys, &filter).await? {
+            results.push((e.room.clone(), e.event.clone(), event));
+            if results.len() == limit {
+                next = Some(e.pos);
+                break;
             }
-            entries.extend(page);
         }
-        entries.retain(|e| e.pos >= frontier);
-        entries.sort_by_key(|e| std::cmp::Reverse(e.pos));
-        if entries.is_empty() {
+        if scanned >= SCAN_BUDGET {
+            next = Some(e.pos);
             break;
         }
-        for e in &entries {
-            scanned += 1;
-            let view = &views[&e.room];
-            if let Some(event) = matching(&call, view, &user, &e.event, &words, &keys, &filter).await? {
-                results.push((e.room.clone(), e.event.clone(), event));
-                if results.len() == limit {
-                    next = Some(e.pos);
-                    break 'rounds;
-                }
-            }
-            if scanned >= SCAN_BUDGET {
-                next = Some(e.pos);
-                break 'rounds;
-            }
-        }
-        before = frontier;
     }
     let mut out_results = Vec::new();
     for (room, id, event) in results {

@@ -1,9 +1,10 @@
-//! Fetching web pages for URL previews: `http` and `https` only, every
-//! address a name resolves to checked against the outbound address policy
-//! (with `media.preview_allow_ip_ranges`), the connection made to the
-//! checked address itself (no second look-up a rebinding name could turn),
-//! at most three redirects (each checked again), a time limit and a size
-//! limit.
+//! Requests to addresses users give: web pages for URL previews and push
+//! gateways. `http` and `https` only, every address a name resolves to
+//! checked against an outbound address policy (with
+//! `media.preview_allow_ip_ranges` or `push.allow_ip_ranges`), the
+//! connection made to the checked address itself (no second look-up a
+//! rebinding name could turn), at most three redirects for a page (each
+//! checked again, none for a push), a time limit and a size limit.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 
 use super::policy::AddressPolicy;
@@ -27,7 +28,7 @@ pub struct Page {
 }
 
 fn refused(why: impl std::fmt::Display) -> Failure {
-    Failure::forbidden(format!("This address may not be previewed: {why}"))
+    Failure::forbidden(format!("This address may not be reached: {why}"))
 }
 
 fn tls() -> Option<tokio_rustls::TlsConnector> {
@@ -45,11 +46,12 @@ pub async fn fetch(url: &str, policy: &AddressPolicy, limit: usize) -> Result<Pa
     tokio::time::timeout(TIMEOUT, async {
         let mut url = url.to_owned();
         for _ in 0..=MAX_REDIRECTS {
-            match get(&url, policy, limit).await? {
+            match exchange(&url, None, policy, limit).await? {
                 Fetched::Page(page) => return Ok(page),
                 Fetched::Redirect(to) => {
                     url = crate::media::preview::absolute(&url, &to).ok_or_else(|| refused("a bad redirect"))?;
                 }
+                Fetched::Answer(..) => return Err(Failure::failed("a GET answered as a POST")),
             }
         }
         Err(Failure::Remote("Too many redirects".into()))
@@ -61,9 +63,30 @@ pub async fn fetch(url: &str, policy: &AddressPolicy, limit: usize) -> Result<Pa
 enum Fetched {
     Page(Page),
     Redirect(String),
+    /// A POST's answer, whatever its status.
+    Answer(StatusCode, Bytes),
 }
 
-async fn get(url: &str, policy: &AddressPolicy, limit: usize) -> Result<Fetched, Failure> {
+/// POSTs a JSON body to `url` (no redirects followed): the answer's status
+/// and at most `limit` bytes of its body.
+pub async fn post_json(
+    url: &str,
+    body: Vec<u8>,
+    policy: &AddressPolicy,
+    limit: usize,
+    timeout: Duration,
+) -> Result<(StatusCode, Bytes), Failure> {
+    let fetched = tokio::time::timeout(timeout, exchange(url, Some(body), policy, limit))
+        .await
+        .map_err(|_| Failure::Remote("The gateway took too long".into()))??;
+    match fetched {
+        Fetched::Answer(status, body) => Ok((status, body)),
+        Fetched::Page(_) | Fetched::Redirect(_) => Err(Failure::failed("a POST answered as a GET")),
+    }
+}
+
+/// A GET (no body) or a JSON POST.
+async fn exchange(url: &str, post: Option<Vec<u8>>, policy: &AddressPolicy, limit: usize) -> Result<Fetched, Failure> {
     let uri: Uri = url.parse().map_err(|_| Failure::invalid_param("Not a URL"))?;
     let https = match uri.scheme_str() {
         Some("https") => true,
@@ -88,12 +111,18 @@ async fn get(url: &str, policy: &AddressPolicy, limit: usize) -> Result<Fetched,
     let tcp = tokio::net::TcpStream::connect(addrs[0]).await.map_err(|e| Failure::Remote(format!("{host}: {e}")))?;
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let authority = uri.authority().map(|a| a.as_str().to_owned()).unwrap_or(host.clone());
-    let request = Request::get(path)
-        .header(header::HOST, authority)
-        .header(header::USER_AGENT, "lmx URL preview")
-        .header(header::ACCEPT, "text/html, image/*;q=0.9, */*;q=0.1")
-        .body(Empty::<Bytes>::new())
-        .map_err(Failure::failed)?;
+    let is_post = post.is_some();
+    let request = match post {
+        None => Request::get(path)
+            .header(header::USER_AGENT, "lmx URL preview")
+            .header(header::ACCEPT, "text/html, image/*;q=0.9, */*;q=0.1"),
+        Some(_) => {
+            Request::post(path).header(header::USER_AGENT, "lmx push").header(header::CONTENT_TYPE, "application/json")
+        }
+    }
+    .header(header::HOST, authority)
+    .body(Full::new(Bytes::from(post.unwrap_or_default())))
+    .map_err(Failure::failed)?;
     let response = if https {
         let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|_| refused("a bad host name"))?;
         let stream = tls()
@@ -106,6 +135,14 @@ async fn get(url: &str, policy: &AddressPolicy, limit: usize) -> Result<Fetched,
         send(TokioIo::new(tcp), request).await?
     };
     let status = response.status();
+    if is_post {
+        let body = Limited::new(response.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|_| Failure::RemoteTooLarge(format!("The answer of {host} is too large or broken")))?
+            .to_bytes();
+        return Ok(Fetched::Answer(status, body));
+    }
     if status.is_redirection() {
         let to = response.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
         return Ok(Fetched::Redirect(to));
@@ -125,7 +162,7 @@ async fn get(url: &str, policy: &AddressPolicy, limit: usize) -> Result<Fetched,
 
 async fn send<T>(
     io: TokioIo<T>,
-    request: Request<Empty<Bytes>>,
+    request: Request<Full<Bytes>>,
 ) -> Result<http::Response<hyper::body::Incoming>, Failure>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

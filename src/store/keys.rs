@@ -51,6 +51,8 @@ pub mod table {
     pub const MEDIA_BY_USER: u8 = b'U';
     pub const MEDIA_REMOTE: u8 = b'R';
     pub const MEDIA_FILE_REF: u8 = b'S';
+    pub const PUSHER: u8 = b'B';
+    pub const PUSH_QUEUE: u8 = b'C';
     pub const META: u8 = b'_';
 }
 
@@ -214,8 +216,15 @@ pub fn filter(user: &str, id: &str) -> Vec<u8> {
 }
 
 /// `(room, receipt type, user) → receipt`.
-pub fn receipt(room: &str, kind: &str, user: &str) -> Vec<u8> {
-    Key::new(table::RECEIPT).s(room).s(kind).s(user).build()
+/// `(room, kind, user[, thread]) → Receipt`: an unthreaded receipt's key
+/// is the prefix of the same user's receipts in threads.
+pub fn receipt(room: &str, kind: &str, user: &str, thread: &str) -> Vec<u8> {
+    let k = Key::new(table::RECEIPT).s(room).s(kind).s(user);
+    if thread.is_empty() {
+        k.build()
+    } else {
+        k.s(thread).build()
+    }
 }
 
 pub fn receipt_prefix(room: &str) -> Vec<u8> {
@@ -303,6 +312,34 @@ pub fn side_topic(topic: &super::SideTopic<'_>, pos: u64) -> Vec<u8> {
 /// The store's format version (`FORMAT_VERSION`).
 pub fn format_version() -> Vec<u8> {
     Key::new(table::META).s("format").build()
+}
+
+/// The stream position through which events were looked at for pushers.
+pub fn push_cursor() -> Vec<u8> {
+    Key::new(table::META).s("push_cursor").build()
+}
+
+/// `(user, app_id, pushkey) → PusherRecord`.
+pub fn pusher(user: &str, app_id: &str, pushkey: &str) -> Vec<u8> {
+    Key::new(table::PUSHER).s(user).s(app_id).s(pushkey).build()
+}
+
+/// Every pusher, or one user's.
+pub fn pusher_prefix(user: Option<&str>) -> Vec<u8> {
+    let k = Key::new(table::PUSHER);
+    match user {
+        Some(u) => k.s(u).build(),
+        None => k.build(),
+    }
+}
+
+/// `(user, app_id, pushkey, position) → PushItem`: a pusher's queue.
+pub fn push_item(user: &str, app_id: &str, pushkey: &str, pos: u64) -> Vec<u8> {
+    Key::new(table::PUSH_QUEUE).s(user).s(app_id).s(pushkey).n(pos).build()
+}
+
+pub fn push_queue_prefix(user: &str, app_id: &str, pushkey: &str) -> Vec<u8> {
+    Key::new(table::PUSH_QUEUE).s(user).s(app_id).s(pushkey).build()
 }
 
 /// The highest position handed out, so a restart never reuses one.

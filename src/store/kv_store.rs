@@ -6,9 +6,9 @@ use super::keys::{self, table, Key, KeyReader};
 use super::kv::{prefix_end, BoxFuture, Entries, Kv, KvWrite};
 use super::records::{
     AccessToken, AliasRecord, ClientTxn, DestinationState, DeviceKeysRecord, DeviceRecord, EventRecord,
-    FallbackKeyRecord, MediaRecord, Membership, OneTimeKeyRecord, PendingLpdu, QueueItem, Receipt, RefreshToken,
-    RegistrationTokenRecord, RelationEntry, ReportRecord, RoomRecord, ServerKeys, SideEntry, StateSnapshot,
-    ThumbnailRecord, ToDeviceRecord, TxnResponse, UserKeyEntry, UserRecord,
+    FallbackKeyRecord, MediaRecord, Membership, OneTimeKeyRecord, PendingLpdu, PushItem, PusherRecord, QueueItem,
+    Receipt, RefreshToken, RegistrationTokenRecord, RelationEntry, ReportRecord, RoomRecord, ServerKeys, SideEntry,
+    StateSnapshot, ThumbnailRecord, ToDeviceRecord, TxnResponse, UserKeyEntry, UserRecord,
 };
 use super::{Batch, SideTopic, Store, StoreError, StoreResult, StreamEntry, TokenHash, FORMAT_VERSION};
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
@@ -308,8 +308,11 @@ impl<K: Kv> Store for KvStore<K> {
         self.event_id_at(&keys::state(room.as_str(), event_type, state_key))
     }
 
-    fn receipt(&self, room: &RoomId, kind: &str, user: &UserId) -> StoreResult<Option<Receipt>> {
-        self.get(&keys::receipt(room.as_str(), kind, user.as_str()))
+    fn user_receipts(&self, room: &RoomId, kind: &str, user: &UserId) -> StoreResult<Vec<Receipt>> {
+        self.prefix(&keys::receipt(room.as_str(), kind, user.as_str(), ""), false, usize::MAX)?
+            .iter()
+            .map(|(k, v)| decode(k, v))
+            .collect()
     }
 
     fn receipts(&self, room: &RoomId) -> StoreResult<Vec<(String, UserId, Receipt)>> {
@@ -632,6 +635,43 @@ impl<K: Kv> Store for KvStore<K> {
 
     fn server_keys(&self, server: &ServerName) -> StoreResult<Option<ServerKeys>> {
         self.get(&keys::server_keys(server.as_str()))
+    }
+
+    fn pushers(&self, user: Option<&UserId>) -> StoreResult<Vec<(UserId, String, String, PusherRecord)>> {
+        self.prefix(&keys::pusher_prefix(user.map(UserId::as_str)), false, usize::MAX)?
+            .iter()
+            .map(|(k, v)| {
+                let mut r = KeyReader::new(k);
+                let parts = (r.s().and_then(|u| UserId::parse(u).ok()), r.s(), r.s());
+                let (Some(user), Some(app_id), Some(pushkey)) = parts else { return Err(corrupt(k)) };
+                Ok((user, app_id.to_owned(), pushkey.to_owned(), decode(k, v)?))
+            })
+            .collect()
+    }
+
+    fn push_queue(
+        &self,
+        user: &UserId,
+        app_id: &str,
+        pushkey: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(u64, PushItem)>> {
+        self.prefix(&keys::push_queue_prefix(user.as_str(), app_id, pushkey), false, limit)?
+            .iter()
+            .map(|(k, v)| {
+                let mut r = KeyReader::new(k);
+                let pos = r.s().and(r.s()).and(r.s()).and(r.n()).ok_or_else(|| corrupt(k))?;
+                Ok((pos, decode(k, v)?))
+            })
+            .collect()
+    }
+
+    fn push_cursor(&self) -> StoreResult<Option<u64>> {
+        let key = keys::push_cursor();
+        match self.kv.get(&key)? {
+            Some(v) => Ok(Some(u64::from_be_bytes(v.as_slice().try_into().map_err(|_| corrupt(&key))?))),
+            None => Ok(None),
+        }
     }
 
     fn write(&self, batch: Batch) -> StoreResult<()> {

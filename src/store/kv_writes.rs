@@ -8,7 +8,8 @@ use super::keys::{self, table, Key, KeyReader};
 use super::kv::{Kv, KvWrite};
 use super::kv_store::{corrupt, put, put_str, KvStore};
 use super::records::{AccessToken, MediaRecord, RefreshToken, ThumbnailRecord};
-use super::{Batch, Op, SideTopic, StoreResult};
+use super::{Batch, Op, SideTopic, Store, StoreResult};
+use crate::core::ids::UserId;
 
 impl<K: Kv> KvStore<K> {
     pub(super) fn writes_of(&self, batch: Batch) -> StoreResult<Vec<KvWrite>> {
@@ -72,6 +73,12 @@ impl<K: Kv> KvStore<K> {
                             writes.push(KvWrite::Delete(k));
                         }
                     }
+                    // A device's pushers go with it (as its sessions do).
+                    for (_, app_id, pushkey, rec) in self.pushers(Some(&user))? {
+                        if rec.device_id == device {
+                            self.delete_pusher(&mut writes, &user, &app_id, &pushkey)?;
+                        }
+                    }
                 }
                 Op::PutDeviceKeys { user, device, keys: k } => {
                     writes.push(put(keys::device_keys(user.as_str(), &device), &k))
@@ -118,7 +125,7 @@ impl<K: Kv> KvStore<K> {
                 }
                 Op::PutFilter { user, id, json } => writes.push(KvWrite::Put(keys::filter(user.as_str(), &id), json)),
                 Op::PutReceipt { room, kind, user, receipt } => {
-                    writes.push(put(keys::receipt(room.as_str(), &kind, user.as_str()), &receipt))
+                    writes.push(put(keys::receipt(room.as_str(), &kind, user.as_str(), &receipt.thread_id), &receipt))
                 }
                 Op::PutAlias { alias, record } => writes.push(put(keys::alias(&alias), &record)),
                 Op::DeleteAlias(alias) => writes.push(KvWrite::Delete(keys::alias(&alias))),
@@ -198,9 +205,30 @@ impl<K: Kv> KvStore<K> {
                 Op::PositionHighWater(pos) => {
                     writes.push(KvWrite::Put(keys::position_high_water(), pos.to_be_bytes().to_vec()))
                 }
+                Op::PutPusher { user, app_id, pushkey, record } => {
+                    writes.push(put(keys::pusher(user.as_str(), &app_id, &pushkey), &record))
+                }
+                Op::DeletePusher { user, app_id, pushkey } => {
+                    self.delete_pusher(&mut writes, &user, &app_id, &pushkey)?
+                }
+                Op::PushQueued { user, app_id, pushkey, pos, item } => {
+                    writes.push(put(keys::push_item(user.as_str(), &app_id, &pushkey, pos), &item))
+                }
+                Op::PushDone { user, app_id, pushkey, pos } => {
+                    writes.push(KvWrite::Delete(keys::push_item(user.as_str(), &app_id, &pushkey, pos)))
+                }
+                Op::PushCursor(pos) => writes.push(KvWrite::Put(keys::push_cursor(), pos.to_be_bytes().to_vec())),
             }
         }
         Ok(writes)
+    }
+
+    fn delete_pusher(&self, writes: &mut Vec<KvWrite>, user: &UserId, app_id: &str, pushkey: &str) -> StoreResult<()> {
+        writes.push(KvWrite::Delete(keys::pusher(user.as_str(), app_id, pushkey)));
+        for (k, _) in self.prefix(&keys::push_queue_prefix(user.as_str(), app_id, pushkey), false, usize::MAX)? {
+            writes.push(KvWrite::Delete(k));
+        }
+        Ok(())
     }
 }
 

@@ -25,9 +25,9 @@ pub mod records {
 
 use records::{
     AccessToken, AliasRecord, ClientTxn, DestinationState, DeviceKeysRecord, DeviceRecord, EventRecord,
-    FallbackKeyRecord, MediaRecord, Membership, OneTimeKeyRecord, PendingLpdu, QueueItem, Receipt, RefreshToken,
-    RegistrationTokenRecord, RelationEntry, ReportRecord, RoomRecord, ServerKeys, SideEntry, StateSnapshot,
-    ThumbnailRecord, ToDeviceRecord, TxnResponse, UserKeyEntry, UserRecord,
+    FallbackKeyRecord, MediaRecord, Membership, OneTimeKeyRecord, PendingLpdu, PushItem, PusherRecord, QueueItem,
+    Receipt, RefreshToken, RegistrationTokenRecord, RelationEntry, ReportRecord, RoomRecord, ServerKeys, SideEntry,
+    StateSnapshot, ThumbnailRecord, ToDeviceRecord, TxnResponse, UserKeyEntry, UserRecord,
 };
 
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
@@ -364,6 +364,36 @@ pub enum Op {
     },
     /// Records the highest position handed out (see `Positions`).
     PositionHighWater(u64),
+    /// Adds or replaces a pusher.
+    PutPusher {
+        user: UserId,
+        app_id: String,
+        pushkey: String,
+        record: PusherRecord,
+    },
+    /// Removes a pusher and its queue.
+    DeletePusher {
+        user: UserId,
+        app_id: String,
+        pushkey: String,
+    },
+    /// A notification for a pusher's gateway, under the event's position.
+    PushQueued {
+        user: UserId,
+        app_id: String,
+        pushkey: String,
+        pos: u64,
+        item: PushItem,
+    },
+    /// A notification the gateway took (or refused for good).
+    PushDone {
+        user: UserId,
+        app_id: String,
+        pushkey: String,
+        pos: u64,
+    },
+    /// Events through this stream position were looked at for pushers.
+    PushCursor(u64),
 }
 
 /// Writes applied together or not at all.
@@ -430,8 +460,9 @@ pub trait Store: Send + Sync + 'static {
     fn receipts(&self, room: &RoomId) -> StoreResult<Vec<(String, UserId, Receipt)>>;
     /// The event that holds one entry of a room's current state.
     fn state_event(&self, room: &RoomId, event_type: &str, state_key: &str) -> StoreResult<Option<EventId>>;
-    /// One user's receipt of one kind in a room.
-    fn receipt(&self, room: &RoomId, kind: &str, user: &UserId) -> StoreResult<Option<Receipt>>;
+    /// One user's receipts of one kind in a room: unthreaded, and one per
+    /// thread.
+    fn user_receipts(&self, room: &RoomId, kind: &str, user: &UserId) -> StoreResult<Vec<Receipt>>;
     fn alias(&self, alias: &str) -> StoreResult<Option<AliasRecord>>;
     fn refresh_token(&self, hash: &TokenHash) -> StoreResult<Option<RefreshToken>>;
     fn registration_token(&self, token: &str) -> StoreResult<Option<RegistrationTokenRecord>>;
@@ -515,6 +546,13 @@ pub trait Store: Send + Sync + 'static {
     fn pending_lpdus(&self) -> StoreResult<Vec<(String, PendingLpdu)>>;
     fn pending_lpdu(&self, lpdu_hash: &str) -> StoreResult<Option<PendingLpdu>>;
     fn server_keys(&self, server: &ServerName) -> StoreResult<Option<ServerKeys>>;
+    /// A user's pushers, or everyone's, as `(user, app_id, pushkey, record)`.
+    fn pushers(&self, user: Option<&UserId>) -> StoreResult<Vec<(UserId, String, String, PusherRecord)>>;
+    /// The oldest `limit` notifications waiting for one pusher.
+    fn push_queue(&self, user: &UserId, app_id: &str, pushkey: &str, limit: usize)
+        -> StoreResult<Vec<(u64, PushItem)>>;
+    /// Where the pusher task stopped; `None` before it first ran.
+    fn push_cursor(&self) -> StoreResult<Option<u64>>;
 
     /// Applies a batch atomically.
     fn write(&self, batch: Batch) -> StoreResult<()>;

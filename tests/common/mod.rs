@@ -3,6 +3,7 @@
 //! `federation.resolve`. Plus a small Client-Server API client.
 #![allow(dead_code)]
 
+pub mod gateway;
 pub mod keys;
 pub mod peer;
 pub mod process;

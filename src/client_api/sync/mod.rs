@@ -14,6 +14,7 @@ use super::Call;
 use crate::core::ids::{EventId, RoomId, UserId};
 use crate::core::json::{self, NumberPolicy};
 use crate::http::query_get;
+use crate::push::unread::{room_counts, Counts};
 use crate::store::records::side_entry::Kind;
 use crate::store::records::Membership;
 use crate::store::SideTopic;
@@ -243,42 +244,27 @@ impl Syncer<'_> {
         Ok(out.into_iter().filter(|e| filter.allows(e)).collect())
     }
 
-    /// Notifications and highlights after the user's read receipt: events
-    /// of others that the user's push rules say notify (looking back at
-    /// most `unread::LOOK_BACK` events when first counted).
-    fn unread(&self, room: &RoomId) -> Result<(u64, u64), Failure> {
-        let Some(h) = self.call.server.rooms.get(room) else { return Ok((0, 0)) };
-        let view = h.view();
-        let length = view.length;
-        let store = &self.call.server.store;
-        let mut receipts = Vec::new();
-        for kind in ["m.read", "m.read.private"] {
-            receipts.extend(store.receipt(room, kind, self.user)?.map(|r| r.event_id));
+    /// Notifications and highlights after the user's read receipts
+    /// (looking back at most `unread::LOOK_BACK` events when first counted).
+    fn unread(&self, room: &RoomId) -> Result<Counts, Failure> {
+        let server = &self.call.server;
+        Ok(room_counts(&*server.store, &server.rooms, &server.push.unread, self.user, room)?)
+    }
+
+    /// `unread_notifications`, and `unread_thread_notifications` for a
+    /// client that asked for thread-aware counts.
+    fn put_unread(&self, room: &RoomId, out: &mut Value) -> Result<(), Failure> {
+        let counts = self.unread(room)?;
+        let shape = |(n, h): (u64, u64)| json!({ "notification_count": n, "highlight_count": h });
+        if self.filter.thread_counts {
+            out["unread_notifications"] = shape(counts.main);
+            let threads: serde_json::Map<String, Value> =
+                counts.threads.iter().filter(|(_, p)| p.0 > 0).map(|(t, p)| (t.clone(), shape(*p))).collect();
+            out["unread_thread_notifications"] = Value::Object(threads);
+        } else {
+            out["unread_notifications"] = shape(counts.total());
         }
-        let read_from = || {
-            let mut from = 0;
-            for id in receipts.iter().filter_map(|r| EventId::parse(r).ok()) {
-                from = from.max(store.event(&id)?.map_or(0, |rec| rec.index + 1));
-            }
-            Ok::<_, Failure>(from)
-        };
-        self.call.unread.count(self.user, room, &receipts.join(" "), read_from, length, |range| {
-            let stored = store.account_data(self.user, None, "m.push_rules")?;
-            let rules = stored
-                .and_then(|b| json::parse(&b, NumberPolicy::Ieee754).ok())
-                .unwrap_or_else(|| default_rules(self.user))["global"]
-                .clone();
-            let push = PushFacts::of(&view, self.user);
-            let mut counts = (0, 0);
-            for id in store.list(room, range.start, range.end)? {
-                if let Some(rec) = store.event(&id)? {
-                    let actions = push.actions(&rules, &rec, self.user.as_str());
-                    counts.0 += u64::from(actions.notify);
-                    counts.1 += u64::from(actions.highlight);
-                }
-            }
-            Ok::<_, Failure>(counts)
-        })
+        Ok(())
     }
 
     fn joined_room(
@@ -305,15 +291,15 @@ impl Syncer<'_> {
         }
         let joined = view.as_ref().map_or(0, |v| v.state.joined_members().count());
         let invited = view.as_ref().map_or(0, |v| v.state.iter().filter(|e| e.membership() == Some("invite")).count());
-        let (notifications, highlights) = self.unread(room)?;
-        Ok(json!({
+        let mut out = json!({
             "timeline": tl,
             "state": { "events": state },
             "ephemeral": { "events": ephemeral },
             "account_data": { "events": account_data },
-            "unread_notifications": { "notification_count": notifications, "highlight_count": highlights },
             "summary": { "m.joined_member_count": joined, "m.invited_member_count": invited },
-        }))
+        });
+        self.put_unread(room, &mut out)?;
+        Ok(out)
     }
 
     fn presence_events(&self, users: &BTreeSet<UserId>) -> Vec<Value> {
@@ -523,56 +509,5 @@ impl Syncer<'_> {
             empty = false;
         }
         Ok((answer, empty))
-    }
-}
-
-/// What push rules need of a room, read once per count.
-struct PushFacts<'a> {
-    view: &'a crate::room::RoomView,
-    display_name: Option<String>,
-    member_count: u64,
-    room_power: i64,
-}
-
-impl<'a> PushFacts<'a> {
-    fn of(view: &'a crate::room::RoomView, user: &UserId) -> Self {
-        use crate::core::rooms::StateView;
-        let display_name = view
-            .state
-            .member(user.as_str())
-            .and_then(|m| m.content().get("displayname").and_then(Value::as_str).map(str::to_owned));
-        let room_power = view
-            .state
-            .power_levels()
-            .and_then(|p| p.content().get("notifications")?.get("room")?.as_i64())
-            .unwrap_or(50);
-        PushFacts { view, display_name, member_count: view.state.joined_members().count() as u64, room_power }
-    }
-
-    /// The actions an event of someone else calls for; none for the
-    /// user's own, soft-failed or rejected events.
-    fn actions(
-        &self,
-        rules: &Value,
-        rec: &crate::store::records::EventRecord,
-        user: &str,
-    ) -> crate::core::push::Actions {
-        if rec.soft_failed || !rec.rejected.is_empty() || rec.json.is_empty() {
-            return Default::default();
-        }
-        let Ok(event) = json::parse(&rec.json, NumberPolicy::Ieee754) else { return Default::default() };
-        let sender = event.get("sender").and_then(Value::as_str).unwrap_or("");
-        if sender == user {
-            return Default::default();
-        }
-        let levels = crate::core::rooms::PowerLevels::from_state(&*self.view.state, self.view.version);
-        let ctx = crate::core::push::PushContext {
-            user_id: user,
-            display_name: self.display_name.as_deref(),
-            member_count: self.member_count,
-            sender_power: levels.user_level(sender),
-            room_notification_power: self.room_power,
-        };
-        crate::core::push::evaluate(rules, &event, &ctx)
     }
 }

@@ -393,7 +393,7 @@ fn room_answer(
     name_and_heroes(&view, me, &mut out);
     out["joined_count"] = json!(view.state.joined_members().count());
     out["invited_count"] = json!(view.state.iter().filter(|e| e.membership() == Some("invite")).count());
-    let (notifications, highlights) = s.unread(id)?;
+    let (notifications, highlights) = s.unread(id)?.total();
     out["notification_count"] = json!(notifications);
     out["highlight_count"] = json!(highlights);
     Ok(Some(out))
