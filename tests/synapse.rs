@@ -28,6 +28,10 @@ async fn trio(py: &std::path::Path) -> Trio {
     hub_config.mode = lmx::config::Mode::Hub;
     let mut follower_config = net.config_localhost(follower_port);
     follower_config.mode = lmx::config::Mode::Follower;
+    // Push gateways the tests run sit on loopback.
+    for c in [&mut hub_config, &mut follower_config] {
+        c.push.allow_ip_ranges = vec!["127.0.0.0/8".parse().unwrap()];
+    }
     let hub = Server::start(hub_config).await;
     let follower = Server::start(follower_config).await;
     let mut synapse = Synapse::new(py, &net.dir.path().join("synapse"), &net.ca, syn_port, syn_client);
@@ -571,4 +575,50 @@ async fn media_across_a_follower_a_hub_and_synapse() {
     // The follower keeps Synapse's file, fetched over federation.
     let synapse = lmx::core::ids::ServerName::parse(&t.synapse.name).unwrap();
     assert!(t.follower.node().store.remote_media(100).unwrap().iter().any(|(s, _, _)| *s == synapse));
+}
+
+/// The chat of issue 13's "done" through matrix-rust-sdk
+/// (tests/clients/rust/src/chat.rs): alice on the hub, bob on the
+/// follower, carol on Synapse; a space with an LM room and a mixed room of
+/// version 12; images with thumbnails, a reply, a reaction and a thread in
+/// each; bob's pusher, whose gateway (run here) gets both images.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_rust_sdk_chat_across_hub_follower_and_synapse() {
+    let Some(py) = python() else { return };
+    let Ok(e2ee_bin) = std::env::var("LMX_RUST_CLIENT") else {
+        assert!(std::env::var("LMX_REQUIRE_CLIENT_TESTS").is_err(), "matrix-rust-sdk's programs are not built");
+        return eprintln!("skipping: matrix-rust-sdk's programs are not built (run scripts/test-all)");
+    };
+    let program = std::path::Path::new(&e2ee_bin).with_file_name("lmx-rust-chat");
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let gateway = common::gateway::Gateway::start(common::gateway::Mode::Accept).await;
+    let t = trio(&py).await;
+    let image_path = t.net.dir.path().join("cat.png");
+    let img = image::RgbImage::from_fn(800, 600, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 90]));
+    img.save(&image_path).unwrap();
+    let run = tokio::process::Command::new(&program)
+        .env("LMX_HUB_URL", format!("http://{}", t.hub.client))
+        .env("LMX_FOLLOWER_URL", format!("http://{}", t.follower.client))
+        .env("LMX_SYNAPSE_URL", format!("http://127.0.0.1:{}", t.synapse.client_port))
+        .env("LMX_HUB_NAME", t.hub.name())
+        .env("LMX_GATEWAY_URL", &gateway.url)
+        .env("LMX_IMAGE", &image_path)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(300), run).await.expect("the chat ends").unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.lines().last() == Some("OK"),
+        "matrix-rust-sdk chat failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{stdout}");
+    let images: Vec<&str> = stdout.lines().filter_map(|l| l.strip_prefix("IMAGE ")?.split(' ').nth(1)).collect();
+    assert_eq!(images.len(), 2, "{stdout}");
+    for id in images {
+        common::eventually(&format!("bob's push for {id}"), || !gateway.delivered_for(id).is_empty()).await;
+        let n = &gateway.delivered_for(id)[0];
+        assert_eq!(n["content"]["msgtype"], "m.image", "{n}");
+        assert_eq!(n["devices"][0]["data"]["app"], "chat test");
+    }
 }
