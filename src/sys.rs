@@ -13,3 +13,10 @@ pub fn random_string(len: usize) -> String {
     getrandom::getrandom(&mut bytes).expect("the OS has randomness");
     bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
 }
+
+/// A random fraction in `[0, 1)` (jitter for retries).
+pub fn random_fraction() -> f64 {
+    let mut bytes = [0u8; 4];
+    getrandom::getrandom(&mut bytes).expect("the OS has randomness");
+    f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
+}

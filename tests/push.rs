@@ -311,8 +311,54 @@ async fn unread_counts_split_by_thread_when_asked() {
     assert_eq!(refused.status, 400);
     // The main timeline's own receipt clears the rest.
     bob.ok("POST", &path, Some(json!({"thread_id": "main"}))).await;
-    let split = sync_with(thread_aware).await;
+    let split = sync_with(thread_aware.clone()).await;
     assert_eq!(split["unread_notifications"]["notification_count"], 0);
+
+    // A reaction belongs to its target's thread: a threaded receipt on it
+    // is taken.
+    let reaction = json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": replies[0], "key": "👍"}});
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.reaction/x1", enc(&room));
+    let reaction = alice.ok("PUT", &path, Some(reaction)).await["event_id"].as_str().unwrap().to_owned();
+    let path = format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&reaction));
+    bob.ok("POST", &path, Some(json!({"thread_id": root}))).await;
+    let refused = bob.call("POST", &path, Some(json!({"thread_id": "main"}))).await;
+    assert_eq!(refused.status, 400, "the reaction is not in the main timeline");
+    let path = format!("/_matrix/client/v3/rooms/{}/receipt/m.fully_read/{}", enc(&room), enc(&wrong));
+    let refused = bob.call("POST", &path, Some(json!({"thread_id": "main"}))).await;
+    assert_eq!((refused.status, refused.body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
+
+    // Sending reads what came before: bob's own message clears the counts.
+    alice.send_ok(&room, "t4", "one more").await;
+    assert_eq!(sync_with(thread_aware.clone()).await["unread_notifications"]["notification_count"], 1);
+    bob.send_ok(&room, "b1", "caught up").await;
+    assert_eq!(sync_with(thread_aware).await["unread_notifications"]["notification_count"], 0);
+}
+
+/// An invite to a room the invitee's server does not hold yet (the room
+/// lives on another server) is pushed, named from its stripped state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_from_another_server_is_pushed() {
+    let gateway = Gateway::start(Mode::Accept).await;
+    let mut net = Net::new();
+    for h in ["hub.test", "p1.test"] {
+        net.reserve(h);
+    }
+    let hub = Server::start(net.config("hub.test")).await;
+    let mut p1_config = net.config("p1.test");
+    allow_loopback(&mut p1_config);
+    let p1 = Server::start(p1_config).await;
+    let alice = hub.client().register("alice").await;
+    let bob = p1.client().register("bob").await;
+    bob.ok("POST", "/_matrix/client/v3/pushers/set", Some(pusher(&gateway.url, "bobkey"))).await;
+    let room = alice.create_room(json!({"name": "Garden"})).await;
+    alice.invite(&room, &bob.user_id).await;
+    eventually("the invite's push", || {
+        gateway.delivered().iter().any(|n| n["room_id"] == room.as_str() && n["membership"] == "invite")
+    })
+    .await;
+    let n = gateway.delivered().into_iter().find(|n| n["membership"] == "invite").unwrap();
+    assert_eq!((n["user_is_target"].as_bool(), n["room_name"].as_str()), (Some(true), Some("Garden")), "{n}");
+    assert_eq!(n["sender"], alice.user_id);
 }
 
 /// Notifications wait in the store while the gateway fails, and are

@@ -80,9 +80,11 @@ fn receipt_for(
     }
     if !thread.is_empty() {
         // A thread's receipt names an event of that thread (or its root).
-        let in_thread = crate::push::unread::pushable(&rec)
-            .is_some_and(|e| crate::push::unread::thread_of(&e) == thread || event.as_str() == thread);
-        if !in_thread {
+        let of_event = match crate::push::unread::pushable(&rec) {
+            Some(e) => Some(crate::push::unread::thread_of(&*call.server.store, &e)?),
+            None => None,
+        };
+        if of_event.as_deref() != Some(thread) && event.as_str() != thread {
             return Err(Failure::invalid_param("The event is not in the thread thread_id names"));
         }
     }
@@ -117,6 +119,10 @@ pub async fn receipt(call: Call, room: &str, kind: &str, event: &str) -> Result<
             receipt_for(&call, &view, &user, kind, &event, thread)?;
         }
         "m.fully_read" => {
+            let body::Receipt { thread_id } = wire::read(call.body()?)?;
+            if thread_id.is_some() {
+                return Err(Failure::invalid_param("m.fully_read is not a threaded receipt type"));
+            }
             put_data(&call, &user, Some(&view.room_id), "m.fully_read", &json!({"event_id": event.as_str()})).await?;
         }
         _ => return Err(Failure::invalid_param("Unknown receipt type")),

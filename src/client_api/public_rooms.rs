@@ -12,45 +12,20 @@ use crate::core::ids::{RoomId, ServerName, UserId};
 use crate::core::rooms::StateView;
 use crate::http::query_get;
 use crate::store::{Batch, Op};
+use crate::wire::public_rooms::PublicRoomsQuery;
 use crate::wire::Failure;
-
-const MAX_PAGE: usize = 500;
 
 /// `GET` (query) or `POST` (body) `publicRooms`.
 pub async fn public_rooms(call: Call, post: bool) -> Result<Value, Failure> {
-    let (limit, since, term) = if post {
-        let body = call.body()?;
-        let limit = body.get("limit").and_then(Value::as_u64);
-        let since = body.get("since").and_then(Value::as_str).map(str::to_owned);
-        let term = body.get("filter").and_then(|f| f.get("generic_search_term")).and_then(Value::as_str);
-        (limit, since, term.map(str::to_owned))
-    } else {
-        let limit = query_get(&call.query, "limit").and_then(|l| l.parse().ok());
-        (limit, query_get(&call.query, "since").map(str::to_owned), None)
-    };
-    let limit = usize::try_from(limit.unwrap_or(100)).unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
+    let asked = PublicRoomsQuery::parse(&call.query, if post { Some(call.body()?) } else { None });
     if let Some(server) = query_get(&call.query, "server").filter(|s| *s != call.server.name.as_str()) {
         // Asking another server is for this server's users only.
         call.who()?;
         let server = ServerName::parse(server).map_err(|_| Failure::invalid_param("Not a server name"))?;
-        let mut body = json!({"limit": limit});
-        if let Some(s) = &since {
-            body["since"] = json!(s);
-        }
-        if let Some(t) = &term {
-            body["filter"] = json!({"generic_search_term": t});
-        }
-        return call.server.remote.public_rooms(&server, &body).await;
+        return call.server.remote.public_rooms(&server, &asked.body()).await;
     }
-    let since =
-        since.map(|s| s.parse::<usize>().map_err(|_| Failure::invalid_param("Unknown since token"))).transpose()?;
-    Ok(crate::room::summary::public_rooms(
-        &*call.server.store,
-        &call.server.rooms,
-        term.as_deref(),
-        since.unwrap_or(0),
-        limit,
-    )?)
+    let (store, rooms) = (&*call.server.store, &call.server.rooms);
+    Ok(crate::room::summary::public_rooms(store, rooms, asked.term.as_deref(), asked.offset()?, asked.limit)?)
 }
 
 fn room_id(room: &str) -> Result<RoomId, Failure> {

@@ -66,6 +66,10 @@ pub async fn set(call: Call) -> Result<Value, Failure> {
             device_id: device.to_owned(),
             created_ts: crate::sys::now_ms(),
         };
+        if !replaces {
+            // A queue left by an earlier pusher of the same key is not this one's.
+            b.push(Op::DeletePusher { user: user.clone(), app_id: app_id.clone(), pushkey: pushkey.clone() });
+        }
         b.push(Op::PutPusher { user: user.clone(), app_id, pushkey, record });
     }
     call.server.store.write(b)?;
@@ -111,7 +115,7 @@ pub fn notifications(call: Call) -> Result<Value, Failure> {
     while let Some(entry) = walk.next()? {
         scanned += 1;
         let (room, view) = views.get_key_value(&entry.room).expect("walked rooms are these");
-        let room_facts = facts.entry(room).or_insert_with(|| PushFacts::of(view, user));
+        let room_facts = facts.entry(room).or_insert_with(|| PushFacts::of(view));
         let Some(rec) = store.event(&entry.event)? else { continue };
         let Some(event) = pushable(&rec) else { continue };
         let actions = room_facts.actions(&rules, &event, user.as_str());
@@ -123,7 +127,7 @@ pub fn notifications(call: Call) -> Result<Value, Failure> {
                 out.push(json!({
                     "actions": action_list(&actions),
                     "event": client,
-                    "read": is_read(&read[room], thread_of(&event), rec.index),
+                    "read": is_read(&read[room], &thread_of(store, &event)?, rec.index),
                     "room_id": room.as_str(),
                     "ts": event["origin_server_ts"],
                 }));

@@ -254,20 +254,36 @@ fn typing(node: &Arc<Node>, origin: &ServerName, c: &Value) -> Result<(), String
     Ok(())
 }
 
+/// A receipt's thread: none, the main timeline, or an event of the room
+/// held here (each receipt of a thread is a row of its own).
+fn known_thread(node: &Node, room: &crate::core::ids::RoomId, thread: &str) -> bool {
+    if thread.is_empty() || thread == "main" {
+        return true;
+    }
+    let Ok(id) = EventId::parse(thread) else { return false };
+    node.store.event(&id).ok().flatten().is_some_and(|rec| rec.room_id == room.as_str())
+}
+
 fn receipts(node: &Arc<Node>, origin: &ServerName, c: &Value) -> Result<(), String> {
     let rooms = c.as_object().ok_or("receipt content is not an object")?;
     for (room, kinds) in rooms {
-        for (kind, users) in kinds.as_object().into_iter().flatten() {
+        // Only public read receipts travel between servers; other kinds
+        // would be rows a peer could add without end.
+        for (kind, users) in kinds.as_object().into_iter().flatten().filter(|(k, _)| *k == "m.read") {
             for (user, r) in users.as_object().into_iter().flatten() {
                 let Ok(user) = UserId::parse(user) else { continue };
                 let Ok(view) = room_for(node, origin, room, &user) else { continue };
                 let Some(event) = r.get("event_ids").and_then(|e| e.get(0)).and_then(Value::as_str) else { continue };
                 let Ok(event) = EventId::parse(event) else { continue };
                 let data = r.get("data");
+                let thread = data.and_then(|d| d.get("thread_id")).and_then(Value::as_str).unwrap_or("");
+                if !known_thread(node, &view.room_id, thread) {
+                    continue;
+                }
                 let receipt = Receipt {
                     event_id: event.to_string(),
                     ts: data.and_then(|d| d.get("ts")).and_then(Value::as_i64).unwrap_or_else(now_ms),
-                    thread_id: data.and_then(|d| d.get("thread_id")).and_then(Value::as_str).unwrap_or("").to_owned(),
+                    thread_id: thread.to_owned(),
                     stream: 0,
                 };
                 crate::ephemeral::store_receipt(

@@ -64,23 +64,30 @@ enum Fetched {
     Page(Page),
     Redirect(String),
     /// A POST's answer, whatever its status.
-    Answer(StatusCode, Bytes),
+    Answer(PostAnswer),
 }
 
-/// POSTs a JSON body to `url` (no redirects followed): the answer's status
-/// and at most `limit` bytes of its body.
+/// A POST's answer: its status, body and `Retry-After` (in seconds).
+pub struct PostAnswer {
+    pub status: StatusCode,
+    pub body: Bytes,
+    pub retry_after: Option<Duration>,
+}
+
+/// POSTs a JSON body to `url` (no redirects followed): the answer, with at
+/// most `limit` bytes of its body.
 pub async fn post_json(
     url: &str,
     body: Vec<u8>,
     policy: &AddressPolicy,
     limit: usize,
     timeout: Duration,
-) -> Result<(StatusCode, Bytes), Failure> {
+) -> Result<PostAnswer, Failure> {
     let fetched = tokio::time::timeout(timeout, exchange(url, Some(body), policy, limit))
         .await
         .map_err(|_| Failure::Remote("The gateway took too long".into()))??;
     match fetched {
-        Fetched::Answer(status, body) => Ok((status, body)),
+        Fetched::Answer(answer) => Ok(answer),
         Fetched::Page(_) | Fetched::Redirect(_) => Err(Failure::failed("a POST answered as a GET")),
     }
 }
@@ -136,12 +143,17 @@ async fn exchange(url: &str, post: Option<Vec<u8>>, policy: &AddressPolicy, limi
     };
     let status = response.status();
     if is_post {
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let body = Limited::new(response.into_body(), limit)
             .collect()
             .await
             .map_err(|_| Failure::RemoteTooLarge(format!("The answer of {host} is too large or broken")))?
             .to_bytes();
-        return Ok(Fetched::Answer(status, body));
+        return Ok(Fetched::Answer(PostAnswer { status, body, retry_after }));
     }
     if status.is_redirection() {
         let to = response.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();

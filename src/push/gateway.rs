@@ -2,6 +2,8 @@
 //! may set, the body of `POST /_matrix/push/v1/notify`, and what an answer
 //! means for the notification. Pure: the worker does the I/O.
 
+use std::time::Duration;
+
 use http::StatusCode;
 use serde_json::{json, Map, Value};
 
@@ -21,18 +23,23 @@ const MAX_DATA_BYTES: usize = 4096;
 pub fn checked_pusher(body: &Map<String, Value>) -> Result<Value, Failure> {
     let text = |name: &str, limit: usize| -> Result<String, Failure> {
         match body.get(name) {
-            Some(Value::String(s)) if s.len() <= limit && !s.is_empty() => Ok(s.clone()),
-            Some(Value::String(_)) => Err(Failure::invalid_param(format!("{name} must be 1 to {limit} bytes"))),
+            Some(Value::String(s)) if s.len() <= limit => Ok(s.clone()),
+            Some(Value::String(_)) => Err(Failure::invalid_param(format!("{name} is over {limit} bytes"))),
             Some(_) => Err(Failure::invalid_param(format!("{name} must be a string"))),
             None => Err(Failure::MissingParam(format!("{name} is required"))),
         }
     };
-    let app_id = text("app_id", MAX_APP_ID_BYTES)?;
-    let pushkey = text("pushkey", MAX_PUSHKEY_BYTES)?;
-    match body.get("kind").and_then(Value::as_str) {
-        Some("http") => {}
-        Some("email") => return Err(Failure::invalid_param("Email pushers are not served; use an http pusher")),
-        _ => return Err(Failure::invalid_param("kind must be \"http\" (or null to delete)")),
+    let (app_id, pushkey) = (text("app_id", MAX_APP_ID_BYTES)?, text("pushkey", MAX_PUSHKEY_BYTES)?);
+    if app_id.is_empty() || pushkey.is_empty() {
+        return Err(Failure::invalid_param("app_id and pushkey may not be empty"));
+    }
+    match body.get("kind") {
+        None => return Err(Failure::MissingParam("kind is required".into())),
+        Some(Value::String(k)) if k == "http" => {}
+        Some(Value::String(k)) if k == "email" => {
+            return Err(Failure::invalid_param("Email pushers are not served; use an http pusher"))
+        }
+        Some(_) => return Err(Failure::invalid_param("kind must be \"http\" (or null to delete)")),
     }
     let data = match body.get("data") {
         Some(Value::Object(d)) => d.clone(),
@@ -102,7 +109,11 @@ pub fn notify_body(pusher: &Value, notice: &Notice<'_>, pushkey_ts: i64) -> Valu
     // The URL is the homeserver's business, not the app's.
     data.remove("url");
     let ids_only = data.get("format").and_then(Value::as_str) == Some("event_id_only");
-    let urgent = notice.tweaks.get("highlight") == Some(&json!(true)) || notice.tweaks.get("sound").is_some();
+    // Encrypted messages cannot be told apart: they go as urgent, as
+    // anything that rings or highlights.
+    let urgent = notice.tweaks.get("highlight") == Some(&json!(true))
+        || notice.tweaks.get("sound").is_some()
+        || notice.event["type"] == "m.room.encrypted";
     let device = json!({
         "app_id": pusher["app_id"],
         "pushkey": pusher["pushkey"],
@@ -113,7 +124,8 @@ pub fn notify_body(pusher: &Value, notice: &Notice<'_>, pushkey_ts: i64) -> Valu
     let mut n = json!({
         "event_id": notice.event_id,
         "room_id": notice.room_id,
-        "counts": {"unread": notice.unread},
+        // Counts of zero are left out (push gateway API).
+        "counts": if notice.unread > 0 { json!({"unread": notice.unread}) } else { json!({}) },
         "prio": if urgent { "high" } else { "low" },
         "devices": [device],
     });
@@ -170,10 +182,17 @@ pub fn outcome(status: StatusCode, body: &[u8], pushkey: &str) -> Outcome {
     }
 }
 
+/// The longest wait between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
 /// How long to wait after `failures` failed attempts in a row: one second,
-/// doubling, at most an hour.
-pub fn backoff(failures: u32) -> std::time::Duration {
-    std::time::Duration::from_secs(1u64 << failures.saturating_sub(1).min(12)).min(std::time::Duration::from_secs(3600))
+/// doubling, at most an hour, or what the gateway asked for (`Retry-After`,
+/// within the same hour); `jitter` (0 to 1) spreads pushers that failed
+/// together by up to a quarter more.
+pub fn backoff(failures: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+    let base = Duration::from_secs(1u64 << failures.saturating_sub(1).min(12)).min(MAX_BACKOFF);
+    let wait = retry_after.map_or(base, |r| r.clamp(base, MAX_BACKOFF));
+    wait.mul_f64(1.0 + jitter.clamp(0.0, 1.0) / 4.0)
 }
 
 #[cfg(test)]
@@ -210,7 +229,11 @@ mod tests {
         refuse(&|v| v["pushkey"] = json!("k".repeat(513)), "pushkey too long");
         refuse(&|v| v["data"] = json!("url"), "data not an object");
         refuse(&|v| v["data"]["blob"] = json!("x".repeat(5000)), "data too large");
-        for field in ["app_id", "pushkey", "app_display_name", "device_display_name", "lang", "data"] {
+        refuse(&|v| v["pushkey"] = json!(""), "an empty pushkey");
+        let mut plain = good();
+        plain["lang"] = json!("");
+        assert!(checked_pusher(&body(plain)).is_ok(), "empty names and language are the client's business");
+        for field in ["kind", "app_id", "pushkey", "app_display_name", "device_display_name", "lang", "data"] {
             refuse(&|v| drop(v.as_object_mut().unwrap().remove(field)), field);
         }
     }
@@ -246,10 +269,14 @@ mod tests {
         let n = &notify_body(&ids_only, &notice, 0)["notification"];
         assert!(n.get("content").is_none() && n.get("sender").is_none() && n.get("type").is_none());
         assert_eq!((n["event_id"].as_str(), n["room_id"].as_str()), (Some("$e"), Some("!r:x")));
-        let quiet = Notice { include_content: false, tweaks: &json!({}), ..notice };
+        let quiet = Notice { include_content: false, tweaks: &json!({}), unread: 0, ..notice };
         let n = &notify_body(&pusher, &quiet, 0)["notification"];
         assert!(n.get("content").is_none());
         assert_eq!(n["prio"], "low");
+        assert_eq!(n["counts"], json!({}), "zero counts are left out");
+        let encrypted = json!({"type": "m.room.encrypted", "sender": "@a:x", "content": {"ciphertext": "..."}});
+        let secret = Notice { event: &encrypted, ..quiet };
+        assert_eq!(notify_body(&pusher, &secret, 0)["notification"]["prio"], "high", "encrypted messages go urgent");
     }
 
     #[test]
@@ -260,8 +287,11 @@ mod tests {
         assert!(matches!(outcome(StatusCode::BAD_REQUEST, b"", "k"), Outcome::Dropped(_)));
         assert!(matches!(outcome(StatusCode::TOO_MANY_REQUESTS, b"", "k"), Outcome::Retry(_)));
         assert!(matches!(outcome(StatusCode::BAD_GATEWAY, b"", "k"), Outcome::Retry(_)));
-        assert_eq!(backoff(1).as_secs(), 1);
-        assert_eq!(backoff(4).as_secs(), 8);
-        assert_eq!(backoff(40).as_secs(), 3600);
+        assert_eq!(backoff(1, None, 0.0).as_secs(), 1);
+        assert_eq!(backoff(4, None, 0.0).as_secs(), 8);
+        assert_eq!(backoff(40, None, 0.0).as_secs(), 3600);
+        assert_eq!(backoff(1, Some(Duration::from_secs(30)), 0.0).as_secs(), 30, "Retry-After is heeded");
+        assert_eq!(backoff(1, Some(Duration::from_secs(1 << 20)), 0.0).as_secs(), 3600, "within an hour");
+        assert_eq!(backoff(4, None, 1.0).as_secs(), 10, "jitter adds up to a quarter");
     }
 }

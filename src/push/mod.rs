@@ -48,7 +48,14 @@ pub struct Push {
     workers: Mutex<HashMap<PusherKey, Arc<Notify>>>,
     /// Gateway requests in flight, for the whole server.
     sends: Semaphore,
+    /// And per gateway host.
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
+
+/// Requests in flight to one gateway host.
+const PER_HOST: usize = 8;
+/// Hosts whose slots are kept; idle ones are forgotten past this.
+const MAX_HOSTS: usize = 1024;
 
 impl Push {
     pub fn new(deps: PushDeps) -> Arc<Push> {
@@ -60,6 +67,7 @@ impl Push {
             changed: Notify::new(),
             workers: Default::default(),
             sends,
+            hosts: Default::default(),
         })
     }
 
@@ -86,6 +94,20 @@ impl Push {
         workers.insert(key.clone(), wake.clone());
         let (push, key) = (self.clone(), key.clone());
         (self.deps.spawn)(Box::pin(async move { worker::run(push, key, wake).await }));
+    }
+
+    /// The request slots of one gateway host.
+    fn host_slots(&self, host: &str) -> Arc<Semaphore> {
+        let mut hosts = self.hosts.lock().expect("poisoned");
+        if hosts.len() >= MAX_HOSTS && !hosts.contains_key(host) {
+            hosts.retain(|_, s| s.available_permits() < PER_HOST);
+        }
+        hosts.entry(host.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(PER_HOST))).clone()
+    }
+
+    /// Wakes every worker (each looks whether its pusher is still there).
+    fn wake_all(&self) {
+        self.workers.lock().expect("poisoned").values().for_each(|w| w.notify_one());
     }
 
     /// A worker whose pusher is gone leaves the table.

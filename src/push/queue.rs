@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::unread::{pushable, rules_of, PushFacts};
+use super::unread::{invite_actions, pushable, rules_of, PushFacts};
 use super::Push;
 use crate::core::ids::UserId;
 use crate::core::push::Actions;
@@ -57,10 +57,18 @@ pub async fn run(push: Arc<Push>) {
                     pushers = p;
                     loaded = true;
                     // Workers start with their pushers (and drain what a
-                    // restart left queued).
+                    // restart left queued); those of removed pushers wake
+                    // to find them gone and stop.
+                    push.wake_all();
                     pushers.values().flatten().for_each(|k| push.kick(k));
                 }
-                Err(e) => tracing::warn!(error = %e, "push: cannot read pushers"),
+                Err(e) => {
+                    // Nothing is queued without knowing who has pushers.
+                    tracing::warn!(error = %e, "push: cannot read pushers; retrying");
+                    push.dirty.store(true, Ordering::Release);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
             }
         }
         let upto = d.positions.watermark();
@@ -125,17 +133,24 @@ fn queue_event(
     kicked: &mut HashSet<PusherKey>,
 ) -> StoreResult<()> {
     let store = &*push.deps.store;
-    let Some(room) = push.deps.rooms.get(&entry.room) else { return Ok(()) };
-    let view = room.view();
     let Some(rec) = store.event(&entry.event)? else { return Ok(()) };
     let Some(event) = pushable(&rec) else { return Ok(()) };
-    for user in recipients(&view, &event, pushers, push) {
-        let facts = PushFacts::of(&view, &user);
+    // An invite to a room held elsewhere comes without the room.
+    let view = push.deps.rooms.get(&entry.room).map(|h| h.view());
+    let facts = view.as_deref().map(PushFacts::of);
+    let targets = match view.as_deref() {
+        Some(view) => recipients(view, &event, pushers, push),
+        None => invited(&event).filter(|u| pushers.contains_key(u) && push.is_local(u)).into_iter().collect(),
+    };
+    for user in targets {
         let user_rules = match rules.get(&user) {
             Some(r) => r,
             None => rules.entry(user.clone()).or_insert(rules_of(store, &user)?),
         };
-        let actions = facts.actions(user_rules, &event, user.as_str());
+        let actions = match &facts {
+            Some(facts) => facts.actions(user_rules, &event, user.as_str()),
+            None => invite_actions(user_rules, &event, user.as_str()),
+        };
         if !actions.notify {
             continue;
         }
@@ -158,14 +173,17 @@ fn queue_event(
 /// members, and the target of an invite.
 fn recipients(view: &crate::room::RoomView, event: &Value, pushers: &PushersByUser, push: &Push) -> Vec<UserId> {
     let mut users: Vec<UserId> = view.state.joined_members().filter(|u| pushers.contains_key(u)).collect();
-    let invited = (event["type"] == "m.room.member" && event["content"]["membership"] == "invite")
-        .then(|| event["state_key"].as_str().and_then(|s| UserId::parse(s).ok()))
-        .flatten();
-    if let Some(u) = invited.filter(|u| pushers.contains_key(u) && !users.contains(u)) {
+    if let Some(u) = invited(event).filter(|u| pushers.contains_key(u) && !users.contains(u)) {
         users.push(u);
     }
     users.retain(|u| push.is_local(u));
     users
+}
+
+/// The target of an invite.
+fn invited(event: &Value) -> Option<UserId> {
+    let invite = event["type"] == "m.room.member" && event["content"]["membership"] == "invite";
+    invite.then(|| event["state_key"].as_str().and_then(|s| UserId::parse(s).ok())).flatten()
 }
 
 /// The tweaks a gateway is told of.

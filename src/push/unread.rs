@@ -6,7 +6,7 @@
 
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
-use std::ops::Range;
+use std::ops::Range as Positions;
 use std::sync::Mutex;
 
 use serde_json::Value;
@@ -53,9 +53,47 @@ impl Counts {
         }
     }
 
+    /// Adds what a later range counted; what the user's own events in it
+    /// marked read goes first.
+    fn follow(&mut self, later: Range) {
+        if later.cleared_all {
+            *self = Counts::default();
+        }
+        for t in &later.cleared_threads {
+            self.threads.remove(t);
+        }
+        self.merge(&later.counts);
+    }
+
     /// Everything, threads included.
     pub fn total(&self) -> Pair {
         self.threads.values().fold(self.main, |a, p| (a.0 + p.0, a.1 + p.1))
+    }
+}
+
+/// What one range of a room's list added to the counts. The user's own
+/// event reads what came before it: in the main timeline everything, in a
+/// thread that thread.
+#[derive(Debug, Clone, Default)]
+pub struct Range {
+    pub counts: Counts,
+    pub cleared_all: bool,
+    pub cleared_threads: std::collections::BTreeSet<String>,
+}
+
+impl Range {
+    pub fn add(&mut self, thread: &str, actions: &Actions) {
+        self.counts.add(thread, actions);
+    }
+
+    /// The user's own event in `thread`.
+    pub fn own(&mut self, thread: &str) {
+        if thread == MAIN {
+            *self = Range { cleared_all: true, ..Range::default() };
+        } else {
+            self.counts.threads.remove(thread);
+            self.cleared_threads.insert(thread.to_owned());
+        }
     }
 }
 
@@ -79,7 +117,7 @@ struct Kept {
 /// Which list positions to read, and the tally they add to: the new events
 /// when the receipts are where they were and the list only grew; otherwise
 /// a fresh count over the look-back window.
-pub fn plan(prev: Option<Tally>, read_from: u64, length: u64) -> (Tally, Range<u64>) {
+pub fn plan(prev: Option<Tally>, read_from: u64, length: u64) -> (Tally, Positions<u64>) {
     match prev {
         Some(t) if t.read_from == read_from && t.upto <= length => {
             let range = t.upto..length;
@@ -111,7 +149,7 @@ impl UnreadCounts {
         receipts: &str,
         read_from: impl FnOnce() -> Result<u64, E>,
         length: u64,
-        count_range: impl FnOnce(Range<u64>, bool) -> Result<Counts, E>,
+        count_range: impl FnOnce(Positions<u64>, bool) -> Result<Range, E>,
     ) -> Result<Counts, E> {
         let key = (user.clone(), room.clone());
         let kept = self.tallies.lock().expect("poisoned").get(&key).map(|k| (k.receipts == receipts, k.tally.clone()));
@@ -128,7 +166,7 @@ impl UnreadCounts {
         let fresh = base.upto == range.start && base.count == Counts::default();
         let mut count = base.count.clone();
         if !range.is_empty() {
-            count.merge(&count_range(range, fresh)?);
+            count.follow(count_range(range, fresh)?);
         }
         let tally = Tally { upto: length.max(base.upto), count, ..base };
         let out = tally.count.clone();
@@ -142,31 +180,50 @@ impl UnreadCounts {
     }
 }
 
-/// The thread an event belongs to: its root's id, or `MAIN`.
-pub fn thread_of(event: &Value) -> &str {
+/// The thread an event names itself: its root's id for an `m.thread`
+/// relation, `None` for another relation (the thread is its target's),
+/// `MAIN` for none.
+fn named_thread(event: &Value) -> Option<&str> {
     let rel = &event["content"]["m.relates_to"];
     match (rel["rel_type"].as_str(), rel["event_id"].as_str()) {
-        (Some("m.thread"), Some(root)) => root,
-        _ => MAIN,
+        (Some("m.thread"), Some(root)) => Some(root),
+        (Some(_), Some(_)) => None,
+        _ => Some(MAIN),
     }
 }
 
-/// What a room's push rule evaluation needs besides the event: the user's
-/// name there, the member count and the power `@room` asks for.
+/// Relations followed to find an event's thread (the spec's limit).
+const THREAD_HOPS: usize = 3;
+
+/// The thread an event belongs to: its root's id, or `MAIN`. An edit or a
+/// reaction belongs to its target's thread (followed up to three hops).
+pub fn thread_of(store: &dyn Store, event: &Value) -> StoreResult<String> {
+    let mut parent: Option<Value> = None;
+    for _ in 0..=THREAD_HOPS {
+        let e = parent.as_ref().unwrap_or(event);
+        if let Some(thread) = named_thread(e) {
+            return Ok(thread.to_owned());
+        }
+        let target = e["content"]["m.relates_to"]["event_id"].as_str().and_then(|t| EventId::parse(t).ok());
+        let Some(rec) = target.map(|t| store.event(&t)).transpose()?.flatten() else { break };
+        let Some(next) = pushable(&rec) else { break };
+        parent = Some(next);
+    }
+    Ok(MAIN.to_owned())
+}
+
+/// What push rule evaluation needs of a room, read once for many events
+/// and users: the member count, the power levels and the power `@room`
+/// asks for.
 pub struct PushFacts<'a> {
     view: &'a RoomView,
     levels: PowerLevels<'a>,
-    display_name: Option<String>,
     member_count: u64,
     room_power: i64,
 }
 
 impl<'a> PushFacts<'a> {
-    pub fn of(view: &'a RoomView, user: &UserId) -> Self {
-        let display_name = view
-            .state
-            .member(user.as_str())
-            .and_then(|m| m.content().get("displayname").and_then(Value::as_str).map(str::to_owned));
+    pub fn of(view: &'a RoomView) -> Self {
         let room_power = view
             .state
             .power_levels()
@@ -174,29 +231,39 @@ impl<'a> PushFacts<'a> {
             .unwrap_or(50);
         let levels = PowerLevels::from_state(&*view.state, view.version);
         let member_count = view.state.joined_members().count() as u64;
-        PushFacts { view, levels, display_name, member_count, room_power }
+        PushFacts { view, levels, member_count, room_power }
     }
 
-    pub fn view(&self) -> &RoomView {
-        self.view
-    }
-
-    /// The actions an event of someone else calls for; none for the
+    /// The actions an event of someone else calls for `user`; none for the
     /// user's own events.
     pub fn actions(&self, rules: &Value, event: &Value, user: &str) -> Actions {
         let sender = event.get("sender").and_then(Value::as_str).unwrap_or("");
         if sender == user {
             return Actions::default();
         }
+        let display_name = self.view.state.member(user).and_then(|m| m.content().get("displayname")?.as_str());
         let ctx = PushContext {
             user_id: user,
-            display_name: self.display_name.as_deref(),
+            display_name,
             member_count: self.member_count,
             sender_power: self.levels.user_level(sender),
             room_notification_power: self.room_power,
         };
         evaluate(rules, event, &ctx)
     }
+}
+
+/// The actions an invite from a room this server does not hold calls for
+/// (its state is unknown: no name, no powers).
+pub fn invite_actions(rules: &Value, event: &Value, user: &str) -> Actions {
+    let ctx = PushContext {
+        user_id: user,
+        display_name: None,
+        member_count: 0,
+        sender_power: 0,
+        room_notification_power: 50,
+    };
+    evaluate(rules, event, &ctx)
 }
 
 /// An event as push rules see it; `None` for soft-failed, rejected or
@@ -276,18 +343,22 @@ pub fn room_counts(
     let read_from = || read_positions().map(|p| p.get("").copied().unwrap_or(0));
     tallies.count(user, room, &key.join(" "), read_from, view.length, |range, fresh| {
         let rules = rules_of(store, user)?;
-        let facts = PushFacts::of(&view, user);
-        let mut counts = Counts::default();
+        let facts = PushFacts::of(&view);
+        let mut counted = Range::default();
         for id in store.list(room, range.start, range.end)? {
             let Some(rec) = store.event(&id)? else { continue };
             let Some(event) = pushable(&rec) else { continue };
-            let thread = thread_of(&event);
-            if fresh && is_read(read_positions()?, thread, rec.index) {
+            let thread = thread_of(store, &event)?;
+            if fresh && is_read(read_positions()?, &thread, rec.index) {
                 continue;
             }
-            counts.add(thread, &facts.actions(&rules, &event, user.as_str()));
+            if event["sender"] == user.as_str() {
+                counted.own(&thread);
+            } else {
+                counted.add(&thread, &facts.actions(&rules, &event, user.as_str()));
+            }
         }
-        Ok(counts)
+        Ok(counted)
     })
 }
 
@@ -318,8 +389,8 @@ mod tests {
         let (user, room) = (UserId::parse("@u:here.test").unwrap(), RoomId::parse("!r:here.test").unwrap());
         // Every third position is a message from someone else, every
         // fifth of those in a thread.
-        let messages = |r: Range<u64>, _fresh: bool| {
-            let mut c = Counts::default();
+        let messages = |r: Positions<u64>, _fresh: bool| {
+            let mut c = Range::default();
             for i in r.filter(|i| i % 3 == 0) {
                 let thread = if i % 5 == 0 { "$root" } else { MAIN };
                 c.add(thread, &Actions { notify: true, highlight: i % 10 == 0, sound: None });
@@ -328,7 +399,7 @@ mod tests {
         };
         let mut read = 0;
         let mut fresh_counts = 0;
-        let mut reading = |r: Range<u64>, fresh: bool| {
+        let mut reading = |r: Positions<u64>, fresh: bool| {
             read += r.end - r.start;
             fresh_counts += u64::from(fresh);
             messages(r, fresh)
@@ -359,8 +430,33 @@ mod tests {
     #[test]
     fn an_event_belongs_to_the_thread_it_names() {
         let in_thread = serde_json::json!({"content": {"m.relates_to": {"rel_type": "m.thread", "event_id": "$r"}}});
-        assert_eq!(thread_of(&in_thread), "$r");
+        assert_eq!(named_thread(&in_thread), Some("$r"));
         let reply = serde_json::json!({"content": {"m.relates_to": {"m.in_reply_to": {"event_id": "$r"}}}});
-        assert_eq!(thread_of(&reply), MAIN);
+        assert_eq!(named_thread(&reply), Some(MAIN));
+        let reaction = serde_json::json!({"content": {"m.relates_to": {"rel_type": "m.annotation", "event_id": "$x"}}});
+        assert_eq!(named_thread(&reaction), None, "a reaction's thread is its target's");
+    }
+
+    #[test]
+    fn the_users_own_event_reads_what_came_before() {
+        let note = Actions { notify: true, highlight: false, sound: None };
+        let mut before = Counts::default();
+        before.add(MAIN, &note);
+        before.add("$t", &note);
+        before.add("$u", &note);
+        let mut in_thread = Range::default();
+        in_thread.add("$t", &note);
+        in_thread.own("$t");
+        in_thread.add(MAIN, &note);
+        let mut after = before.clone();
+        after.follow(in_thread);
+        assert_eq!((after.main, after.threads.get("$t"), after.threads["$u"]), ((2, 0), None, (1, 0)));
+        let mut in_main = Range::default();
+        in_main.add("$u", &note);
+        in_main.own(MAIN);
+        in_main.add("$t", &note);
+        let mut after = before;
+        after.follow(in_main);
+        assert_eq!((after.main, after.threads.len(), after.threads["$t"]), ((0, 0), 1, (1, 0)));
     }
 }

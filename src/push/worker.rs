@@ -12,12 +12,12 @@ use super::gateway::{backoff, notify_body, outcome, Notice, Outcome};
 use super::queue::PusherKey;
 use super::unread::room_counts;
 use super::Push;
-use crate::core::ids::{EventId, RoomId};
+use crate::core::ids::{EventId, RoomId, UserId};
 use crate::core::json::{self, NumberPolicy};
 use crate::core::rooms::StateView;
 use crate::federation::policy::AddressPolicy;
 use crate::store::records::{PushItem, PusherRecord};
-use crate::store::{Batch, Op, StoreResult};
+use crate::store::{Batch, Op, Store, StoreResult};
 
 /// Queue items read at a time.
 const BATCH: usize = 16;
@@ -31,7 +31,7 @@ pub async fn run(push: Arc<Push>, key: PusherKey, wake: Arc<Notify>) {
     loop {
         let pusher = match find(&push, &key) {
             Ok(Some(p)) => p,
-            Ok(None) => return push.worker_done(&key),
+            Ok(None) => return stop(&push, &key),
             Err(e) => {
                 tracing::warn!(error = %e, user = %key.user, "push: cannot read a pusher");
                 tokio::time::sleep(Duration::from_secs(5)).await;
@@ -51,40 +51,46 @@ pub async fn run(push: Arc<Push>, key: PusherKey, wake: Arc<Notify>) {
             continue;
         }
         for (pos, item) in items {
-            let result = {
-                let _permit = push.sends.acquire().await;
+            let result = if crate::sys::now_ms() - item.queued_ts > GIVE_UP_MS {
+                // Failing for a day: dropped without another request.
+                (Outcome::Dropped("queued over a day ago".into()), None)
+            } else {
                 send(&push, &key, &pusher, &item).await
             };
             match result {
-                Outcome::Delivered => failures = 0,
-                Outcome::Dropped(why) => {
-                    tracing::warn!(user = %key.user, app_id = %key.app_id, event = %item.event_id, %why, "push: the gateway refused a notification; dropped");
+                (Outcome::Delivered, _) => failures = 0,
+                (Outcome::Dropped(why), _) => {
+                    tracing::warn!(user = %key.user, app_id = %key.app_id, event = %item.event_id, %why, "push: notification dropped");
                 }
-                Outcome::Rejected => {
+                (Outcome::Rejected, _) => {
                     tracing::info!(user = %key.user, app_id = %key.app_id, "push: the gateway rejected the pushkey; pusher removed");
-                    let (user, app_id, pushkey) = (key.user.clone(), key.app_id.clone(), key.pushkey.clone());
-                    let mut b = Batch::new();
-                    b.push(Op::DeletePusher { user, app_id, pushkey });
-                    if let Err(e) = push.deps.store.write(b) {
-                        tracing::warn!(error = %e, "push: could not remove a rejected pusher");
-                    }
                     push.pushers_changed();
-                    return push.worker_done(&key);
+                    return stop(&push, &key);
                 }
-                Outcome::Retry(why) => {
+                (Outcome::Retry(why), retry_after) => {
                     failures += 1;
-                    if crate::sys::now_ms() - item.queued_ts <= GIVE_UP_MS {
-                        let delay = backoff(failures);
-                        tracing::info!(user = %key.user, app_id = %key.app_id, %why, retry_in_s = delay.as_secs(), "push: gateway failed; will retry");
-                        tokio::time::sleep(delay).await;
-                        break;
-                    }
-                    tracing::warn!(user = %key.user, app_id = %key.app_id, event = %item.event_id, %why, "push: failing for a day; notification dropped");
+                    let delay = backoff(failures, retry_after, crate::sys::random_fraction());
+                    tracing::info!(user = %key.user, app_id = %key.app_id, %why, retry_in_s = delay.as_secs(), "push: gateway failed; will retry");
+                    tokio::time::sleep(delay).await;
+                    break;
                 }
             }
             done(&push, &key, pos);
         }
     }
+}
+
+/// The pusher is gone (or must go): its record and queue are removed (a
+/// queueing step that raced the removal may have left items) and the
+/// worker leaves the table.
+fn stop(push: &Push, key: &PusherKey) {
+    let (user, app_id, pushkey) = (key.user.clone(), key.app_id.clone(), key.pushkey.clone());
+    let mut b = Batch::new();
+    b.push(Op::DeletePusher { user, app_id, pushkey });
+    if let Err(e) = push.deps.store.write(b) {
+        tracing::warn!(error = %e, "push: could not remove a pusher's queue");
+    }
+    push.worker_done(key);
 }
 
 fn find(push: &Push, key: &PusherKey) -> StoreResult<Option<PusherRecord>> {
@@ -101,29 +107,34 @@ fn done(push: &Push, key: &PusherKey, pos: u64) {
     }
 }
 
-/// Sends one notification; anything that goes wrong on the way is a retry.
-async fn send(push: &Push, key: &PusherKey, pusher: &PusherRecord, item: &PushItem) -> Outcome {
+/// Sends one notification; anything that goes wrong on the way is a
+/// retry. With a retry, the wait the gateway asked for.
+async fn send(push: &Push, key: &PusherKey, pusher: &PusherRecord, item: &PushItem) -> (Outcome, Option<Duration>) {
     let body = match notify_request(push, key, pusher, item) {
         Ok(Some(body)) => body,
-        // The event or room is gone (purged, or the room left): nothing to tell.
-        Ok(None) => return Outcome::Dropped("the event is no longer here".into()),
-        Err(e) => return Outcome::Retry(e.to_string()),
+        Ok(None) => return (Outcome::Dropped("the event is no longer here".into()), None),
+        Err(e) => return (Outcome::Retry(e.to_string()), None),
     };
     let Ok(pusher_json) = json::parse(&pusher.json, NumberPolicy::Ieee754) else {
-        return Outcome::Dropped("the pusher does not read back".into());
+        return (Outcome::Dropped("the pusher does not read back".into()), None);
     };
     let url = pusher_json["data"]["url"].as_str().unwrap_or_default();
     let config = &push.deps.config.push;
     let policy = AddressPolicy::new(config.allow_ip_ranges.clone());
     let timeout = Duration::from_millis(config.request_timeout_ms);
+    // Requests in flight: a bound for the server, and a smaller one per
+    // gateway host, so one slow gateway cannot hold every slot.
+    let host = url.parse::<http::Uri>().ok().and_then(|u| u.host().map(str::to_owned)).unwrap_or_default();
+    let per_host = push.host_slots(&host);
+    let (_server_slot, _host_slot) = (push.sends.acquire().await, per_host.acquire().await);
     match crate::federation::web::post_json(url, body, &policy, MAX_ANSWER_BYTES, timeout).await {
-        Ok((status, answer)) => outcome(status, &answer, &key.pushkey),
-        Err(crate::wire::Failure::Forbidden(why)) => Outcome::Dropped(why),
-        Err(e) => Outcome::Retry(format!("{e:?}")),
+        Ok(answer) => (outcome(answer.status, &answer.body, &key.pushkey), answer.retry_after),
+        Err(crate::wire::Failure::Forbidden(why)) => (Outcome::Dropped(why), None),
+        Err(e) => (Outcome::Retry(format!("{e:?}")), None),
     }
 }
 
-/// The request body, or `None` when the event or its room is not here.
+/// The request body, or `None` when the event is not here.
 fn notify_request(
     push: &Push,
     key: &PusherKey,
@@ -136,25 +147,30 @@ fn notify_request(
     };
     let Some(rec) = store.event(&event_id)? else { return Ok(None) };
     let Ok(event) = json::parse(&rec.json, NumberPolicy::Ieee754) else { return Ok(None) };
-    let Some(room) = push.deps.rooms.get(&room_id) else { return Ok(None) };
-    let view = room.view();
-    let state_text = |ty: &str, field: &str| {
-        view.state.get(ty, "").and_then(|e| e.content().get(field)?.as_str().map(str::to_owned))
-    };
     let sender = event["sender"].as_str().unwrap_or_default();
-    let sender_name = view
-        .state
-        .member(sender)
-        .and_then(|m| m.content().get("displayname").and_then(Value::as_str).map(str::to_owned));
-    let (room_name, room_alias) = (state_text("m.room.name", "name"), state_text("m.room.canonical_alias", "alias"));
+    let names = match push.deps.rooms.get(&room_id) {
+        Some(room) => {
+            let view = room.view();
+            let state = |ty: &str, key: &str, field: &str| {
+                view.state.get(ty, key).and_then(|e| e.content().get(field)?.as_str().map(str::to_owned))
+            };
+            Names {
+                sender: state("m.room.member", sender, "displayname"),
+                room: state("m.room.name", "", "name"),
+                alias: state("m.room.canonical_alias", "", "alias"),
+            }
+        }
+        // An invite to a room held elsewhere: what its stripped state says.
+        None => invite_names(store, &key.user, &room_id, sender)?,
+    };
     let tweaks: Value = serde_json::from_slice(&item.tweaks).unwrap_or_else(|_| serde_json::json!({}));
     let notice = Notice {
         event: &event,
         room_id: &item.room_id,
         event_id: &item.event_id,
-        sender_display_name: sender_name.as_deref(),
-        room_name: room_name.as_deref(),
-        room_alias: room_alias.as_deref(),
+        sender_display_name: names.sender.as_deref(),
+        room_name: names.room.as_deref(),
+        room_alias: names.alias.as_deref(),
         user: key.user.as_str(),
         unread: badge(push, key)?,
         tweaks: &tweaks,
@@ -162,6 +178,30 @@ fn notify_request(
     };
     let Ok(pusher_json) = json::parse(&pusher.json, NumberPolicy::Ieee754) else { return Ok(None) };
     Ok(Some(serde_json::to_vec(&notify_body(&pusher_json, &notice, pusher.created_ts)).unwrap_or_default()))
+}
+
+/// The sender's and the room's names a push shows.
+#[derive(Default)]
+struct Names {
+    sender: Option<String>,
+    room: Option<String>,
+    alias: Option<String>,
+}
+
+fn invite_names(store: &dyn Store, user: &UserId, room: &RoomId, sender: &str) -> StoreResult<Names> {
+    let Some(m) = store.membership(user, room)? else { return Ok(Names::default()) };
+    let stripped: Vec<Value> = serde_json::from_slice(&m.invite_state_json).unwrap_or_default();
+    let find = |ty: &str, key: &str, field: &str| {
+        stripped
+            .iter()
+            .find(|e| e["type"] == ty && e["state_key"] == key)
+            .and_then(|e| e["content"][field].as_str().map(str::to_owned))
+    };
+    Ok(Names {
+        sender: find("m.room.member", sender, "displayname"),
+        room: find("m.room.name", "", "name"),
+        alias: find("m.room.canonical_alias", "", "alias"),
+    })
 }
 
 /// Unread notifications across the user's joined rooms.

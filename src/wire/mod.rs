@@ -10,6 +10,7 @@
 pub mod client;
 mod failure;
 pub mod federation;
+pub mod public_rooms;
 
 pub use failure::{Failure, Internal, Taken};
 

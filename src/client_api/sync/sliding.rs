@@ -145,9 +145,10 @@ pub async fn sliding_sync(call: Call) -> Result<Value, Failure> {
         query_get(&call.query, "timeout").and_then(|t| t.parse::<u64>().ok()).unwrap_or(0).min(MAX_TIMEOUT_MS);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
     let mut marks = call.server.positions.subscribe();
+    let asked = Asked { call: &call, user: &user, device: &device, body: &body, prev: prev.as_ref() };
     loop {
         let upto = *marks.borrow_and_update();
-        let (mut answer, sent, empty) = build(&call, &user, &device, &body, prev.as_ref(), upto)?;
+        let (mut answer, sent, empty) = build(&asked, upto)?;
         let waiting = prev.is_some() && empty && tokio::time::Instant::now() < deadline;
         if !waiting {
             answer["pos"] = json!(call.sliding.put(key, sent));
@@ -155,23 +156,26 @@ pub async fn sliding_sync(call: Call) -> Result<Value, Failure> {
         }
         if tokio::time::timeout_at(deadline, marks.changed()).await.is_err() {
             let upto = call.server.positions.watermark();
-            let (mut answer, sent, _) = build(&call, &user, &device, &body, prev.as_ref(), upto)?;
+            let (mut answer, sent, _) = build(&asked, upto)?;
             answer["pos"] = json!(call.sliding.put(key, sent));
             return Ok(answer);
         }
     }
 }
 
+/// One request: who asks, what, and what the connection held before.
+struct Asked<'a> {
+    call: &'a Call,
+    user: &'a UserId,
+    device: &'a str,
+    body: &'a Value,
+    prev: Option<&'a Sent>,
+}
+
 /// The answer at `upto`, what the connection then holds, and whether the
 /// answer carries nothing new.
-fn build(
-    call: &Call,
-    user: &UserId,
-    device: &str,
-    body: &Value,
-    prev: Option<&Sent>,
-    upto: u64,
-) -> Result<(Value, Sent, bool), Failure> {
+fn build(asked: &Asked<'_>, upto: u64) -> Result<(Value, Sent, bool), Failure> {
+    let Asked { call, user, body, prev, .. } = *asked;
     let store = &call.server.store;
     let since = prev.map_or(0, |p| p.stream);
     let mut infos: BTreeMap<RoomId, RoomInfo> = BTreeMap::new();
@@ -222,13 +226,13 @@ fn build(
     for (id, want) in &wanted {
         let info = &infos[id];
         let had = prev.and_then(|p| p.rooms.get(id)).copied();
-        if let Some(room) = room_answer(call, user, id, info, want, had, upto, dms.contains(id))? {
+        if let Some(room) = room_answer(asked, id, info, want, had, upto, dms.contains(id))? {
             rooms_out.insert(id.to_string(), room);
         }
         sent.rooms.insert(id.clone(), upto);
     }
     let in_answer: Vec<RoomId> = rooms_out.keys().filter_map(|k| RoomId::parse(k).ok()).collect();
-    let extensions = extensions(call, user, device, body, prev, upto, &infos, &in_answer, &mut sent)?;
+    let extensions = extensions(asked, upto, &infos, &in_answer, &mut sent)?;
     let empty =
         rooms_out.is_empty() && extensions.values().all(|e| e.as_object().is_none_or(|o| o.values().all(is_blank)));
     let answer = json!({"lists": lists, "rooms": rooms_out, "extensions": extensions});
@@ -313,10 +317,8 @@ fn passes(call: &Call, id: &RoomId, info: &RoomInfo, filters: &Value, dms: &BTre
 
 /// One room's part of the answer: whole when the connection does not hold
 /// it (`had` is `None`), else what changed since; `None` when nothing did.
-#[allow(clippy::too_many_arguments)]
 fn room_answer(
-    call: &Call,
-    user: &UserId,
+    asked: &Asked<'_>,
     id: &RoomId,
     info: &RoomInfo,
     want: &Want,
@@ -324,6 +326,7 @@ fn room_answer(
     upto: u64,
     is_dm: bool,
 ) -> Result<Option<Value>, Failure> {
+    let (call, user) = (asked.call, asked.user);
     let mut out = json!({"bump_stamp": info.bump, "initial": had.is_none()});
     if is_dm {
         out["is_dm"] = json!(true);
@@ -439,18 +442,14 @@ fn name_and_heroes(view: &crate::room::RoomView, me: &str, out: &mut Value) {
 /// client's `since`), keys (device-list changes and key counts), account
 /// data, receipts and typing, for the rooms in the answer and those that
 /// changed.
-#[allow(clippy::too_many_arguments)]
 fn extensions(
-    call: &Call,
-    user: &UserId,
-    device: &str,
-    body: &Value,
-    prev: Option<&Sent>,
+    asked: &Asked<'_>,
     upto: u64,
     infos: &BTreeMap<RoomId, RoomInfo>,
     in_answer: &[RoomId],
     sent: &mut Sent,
 ) -> Result<Map<String, Value>, Failure> {
+    let Asked { call, user, device, body, prev } = *asked;
     let ext = &body["extensions"];
     let on = |name: &str| ext[name]["enabled"].as_bool().unwrap_or(false);
     let store = &call.server.store;

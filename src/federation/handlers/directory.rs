@@ -7,23 +7,13 @@ use serde_json::{json, Value};
 use super::super::inbound::Req;
 use crate::core::ids::UserId;
 use crate::http::query_get;
+use crate::wire::public_rooms::PublicRoomsQuery;
 use crate::wire::Failure;
 
 pub fn public_rooms(req: Req, post: bool) -> Result<Value, Failure> {
-    let (limit, since, term) = if post {
-        let limit = req.body.get("limit").and_then(Value::as_u64);
-        let since = req.body.get("since").and_then(Value::as_str).map(str::to_owned);
-        let term = req.body.get("filter").and_then(|f| f.get("generic_search_term")).and_then(Value::as_str);
-        (limit, since, term.map(str::to_owned))
-    } else {
-        let limit = query_get(&req.query, "limit").and_then(|l| l.parse().ok());
-        (limit, query_get(&req.query, "since").map(str::to_owned), None)
-    };
-    let limit = usize::try_from(limit.unwrap_or(100)).unwrap_or(500).clamp(1, 500);
-    let since =
-        since.map(|s| s.parse::<usize>().map_err(|_| Failure::invalid_param("Unknown since token"))).transpose()?;
-    let node = &req.node;
-    Ok(crate::room::summary::public_rooms(&*node.store, &node.rooms, term.as_deref(), since.unwrap_or(0), limit)?)
+    let asked = PublicRoomsQuery::parse(&req.query, post.then_some(&req.body));
+    let (store, rooms) = (&*req.node.store, &req.node.rooms);
+    Ok(crate::room::summary::public_rooms(store, rooms, asked.term.as_deref(), asked.offset()?, asked.limit)?)
 }
 
 pub fn query_directory(req: Req) -> Result<Value, Failure> {

@@ -16,6 +16,8 @@
 
 #![recursion_limit = "256"]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -27,11 +29,9 @@ use matrix_sdk::{
     ruma::{
         OwnedEventId, OwnedRoomId, RoomVersionId,
         api::client::{
-            account::register,
             push::{PusherIds, PusherInit, PusherKind},
             room::create_room,
             space::get_hierarchy,
-            uiaa,
         },
         events::{
             AnyMessageLikeEventContent,
@@ -52,16 +52,7 @@ const PASSWORD: &str = "chat password";
 const PATIENCE: Duration = Duration::from_secs(90);
 
 async fn user(base_url: &str, name: &str) -> Result<Client> {
-    let anon = Client::builder().homeserver_url(base_url).build().await?;
-    let mut request = register::v3::Request::new();
-    request.username = Some(name.to_owned());
-    request.password = Some(PASSWORD.to_owned());
-    request.auth = Some(uiaa::AuthData::Dummy(uiaa::Dummy::new()));
-    request.inhibit_login = true;
-    anon.matrix_auth().register(request).await.with_context(|| format!("registering {name}"))?;
-    let client = Client::builder().homeserver_url(base_url).build().await?;
-    client.matrix_auth().login_username(name, PASSWORD).await.with_context(|| format!("logging {name} in"))?;
-    Ok(client)
+    common::user(base_url, name, PASSWORD).await
 }
 
 /// Retries `attempt` until it succeeds or `PATIENCE` passes.

@@ -24,6 +24,8 @@
 
 #![recursion_limit = "256"]
 
+mod common;
+
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
@@ -40,7 +42,6 @@ use matrix_sdk::{
     ruma::{
         DeviceId, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, TransactionId, UserId,
         api::client::{
-            account::register,
             room::{Visibility, create_room},
             to_device::send_event_to_device,
             uiaa,
@@ -261,14 +262,7 @@ async fn nothing() -> String {
 /// Registers `name` with a dummy auth stage and no device: each device of
 /// the scenario logs in with a fixed id and uploads its own keys.
 async fn register(base_url: &str, name: &str) -> Result<()> {
-    let anon = Client::builder().homeserver_url(base_url).build().await?;
-    let mut request = register::v3::Request::new();
-    request.username = Some(name.to_owned());
-    request.password = Some(PASSWORD.to_owned());
-    request.auth = Some(uiaa::AuthData::Dummy(uiaa::Dummy::new()));
-    request.inhibit_login = true;
-    anon.matrix_auth().register(request).await.with_context(|| format!("registering {name} at {base_url}"))?;
-    Ok(())
+    common::register(base_url, name, PASSWORD).await
 }
 
 /// Logs in `name` as `device_id`, registers the event handlers that record

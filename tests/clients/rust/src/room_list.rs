@@ -12,6 +12,8 @@
 
 #![recursion_limit = "256"]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -20,7 +22,7 @@ use matrix_sdk::{
     Client,
     ruma::{
         OwnedRoomId,
-        api::client::{account::register, room::create_room, uiaa},
+        api::client::room::create_room,
         events::room::message::RoomMessageEventContent,
     },
 };
@@ -34,16 +36,7 @@ const PASSWORD: &str = "room list password";
 const PATIENCE: Duration = Duration::from_secs(60);
 
 async fn user(base_url: &str, name: &str) -> Result<Client> {
-    let anon = Client::builder().homeserver_url(base_url).build().await?;
-    let mut request = register::v3::Request::new();
-    request.username = Some(name.to_owned());
-    request.password = Some(PASSWORD.to_owned());
-    request.auth = Some(uiaa::AuthData::Dummy(uiaa::Dummy::new()));
-    request.inhibit_login = true;
-    anon.matrix_auth().register(request).await.with_context(|| format!("registering {name}"))?;
-    let client = Client::builder().homeserver_url(base_url).build().await?;
-    client.matrix_auth().login_username(name, PASSWORD).await.with_context(|| format!("logging {name} in"))?;
-    Ok(client)
+    common::user(base_url, name, PASSWORD).await
 }
 
 async fn room(owner: &Client, name: &str, invite: &Client) -> Result<OwnedRoomId> {
