@@ -20,6 +20,7 @@ use crate::federation::inbound::FedHandler;
 use crate::federation::keyring::load_or_create_signing_key;
 use crate::federation::policy::AddressPolicy;
 use crate::federation::Node;
+use crate::http::observe::{Health, Observed};
 use crate::http::{serve, tls, Handler, Limits};
 use crate::store::record::{self, CommitRecord};
 use crate::store::{KvStore, Positions, SledKv, Store};
@@ -124,6 +125,17 @@ fn client_deps(node: &Arc<Node>, push: Arc<crate::push::Push>) -> ClientDeps {
             }
         }),
     }
+}
+
+/// Readiness: both listeners up, not stopping, the store taking writes.
+fn health_of(node: &Arc<Node>) -> Arc<Health> {
+    let store = node.store.clone();
+    let store_check = Box::new(move || {
+        let mut b = crate::store::Batch::new();
+        b.push(crate::store::Op::Probe(crate::sys::now_ms()));
+        store.write(b).map_err(|e| e.to_string())
+    });
+    Health::new(2, store_check)
 }
 
 /// Starts push delivery, its tasks stopping with the server's.
@@ -252,12 +264,19 @@ impl App {
     /// sure everything written is on disk.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let fed_handler: Arc<dyn Handler> = Arc::new(FedHandler { node: self.node.clone() });
+        let health = health_of(&self.node);
+        let observed = |inner: Arc<dyn Handler>, listener| -> Arc<dyn Handler> {
+            Arc::new(Observed { inner, health: health.clone(), listener })
+        };
+        let fed_handler = observed(Arc::new(FedHandler { node: self.node.clone() }), "federation");
         let push = start_push(&self.node);
-        let client_handler: Arc<dyn Handler> = Arc::new(ClientHandler::new(Arc::new(client_deps(&self.node, push))));
+        let client_deps = Arc::new(client_deps(&self.node, push));
+        let client_handler = observed(Arc::new(ClientHandler::new(client_deps)), "client");
         let limits = Limits::from(&self.node.config.http);
         let fed_task = tokio::spawn(serve(self.federation, self.tls, fed_handler, limits.clone(), stop_rx.clone()));
         let client_task = tokio::spawn(serve(self.client, None, client_handler, limits, stop_rx));
+        health.listener_up();
+        health.listener_up();
         self.node.outbound.resume_all(&self.node)?;
         let record_path = record::path_in(&self.node.config.data_dir);
         let mut last_record = None;
@@ -270,6 +289,7 @@ impl App {
             }
         }
         tracing::info!("shutting down");
+        health.stopping();
         let _ = stop_tx.send(true);
         let _ = fed_task.await;
         let _ = client_task.await;

@@ -2,7 +2,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use lmx::cli::{db, inspect, Cli, Command, Db};
+use lmx::cli::{db, inspect, Cli, Command, ConfigArgs, ConfigCommand, Db};
 
 /// jemalloc instead of the C library's allocator: rooms that come and go
 /// (resting, waking) leave glibc's heaps fragmented, jemalloc's size
@@ -31,6 +31,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Config(ConfigCommand::Check { config }) => {
+            match lmx::config::Config::load_with(config.config.as_deref(), &config.options) {
+                Ok(loaded) => {
+                    for w in &loaded.warnings {
+                        let _ = writeln!(std::io::stderr(), "warning: {w}");
+                    }
+                    let _ = write!(std::io::stdout(), "{}", loaded.config.masked_toml());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    let _ = writeln!(std::io::stderr(), "lmx: the configuration is refused: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Db(cmd) => match run_db(cmd) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
@@ -87,22 +102,45 @@ fn bench(args: lmx::bench::Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(config: Option<std::path::PathBuf>) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LMX_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let config = lmx::config::Config::load(config.as_deref())?;
+fn serve(args: ConfigArgs) -> anyhow::Result<()> {
+    let loaded = lmx::config::Config::load_with(args.config.as_deref(), &args.options)?;
+    lmx::cli::logging::init(&loaded.config.log)?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let app = lmx::app::App::build(config).await?;
+        let app = lmx::app::App::build(loaded.config).await?;
         let bound = app.addresses();
         tracing::info!(federation = %bound.federation, client = %bound.client, "listening");
+        tokio::spawn(reload_on_hangup(args));
         app.run(shutdown_signal()).await
     })
+}
+
+/// SIGHUP reads the configuration again and applies the log filter (the
+/// rest takes effect at the next start); a configuration that is refused
+/// changes nothing.
+async fn reload_on_hangup(args: ConfigArgs) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
+        while hangups.recv().await.is_some() {
+            match lmx::config::Config::load_with(args.config.as_deref(), &args.options) {
+                Ok(loaded) => {
+                    let filter = lmx::cli::logging::wanted_filter(&loaded.config.log);
+                    match lmx::cli::logging::set_filter(&filter) {
+                        Ok(()) => tracing::info!(%filter, "configuration reloaded: log filter applied"),
+                        Err(e) => tracing::warn!(error = %e, "the new log filter is refused"),
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "SIGHUP: the configuration is refused; nothing changed"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = args;
 }
 
 async fn shutdown_signal() {

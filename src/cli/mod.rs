@@ -2,6 +2,7 @@
 
 pub mod db;
 pub mod inspect;
+pub mod logging;
 
 use std::path::PathBuf;
 
@@ -19,10 +20,12 @@ pub enum Command {
     /// Run the server. Without --config it runs on the embedded default
     /// (server name localhost:8448, data in ./lmx-data, loopback listeners).
     Serve {
-        /// TOML configuration file; `LMX_` variables override it.
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArgs,
     },
+    /// The configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Check events and JSON with the protocol core (stdin → stdout).
     #[command(subcommand)]
     Inspect(inspect::Inspect),
@@ -31,6 +34,28 @@ pub enum Command {
     Db(Db),
     /// Benchmarks: start servers, load them, print figures (BENCHMARKS.md).
     Bench(crate::bench::Args),
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file; `LMX_` variables override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// `key=value` (dotted key, TOML value or plain text), over the file
+    /// and the environment; may be given many times.
+    #[arg(long = "option", short = 'o', value_name = "KEY=VALUE")]
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load and validate the configuration, then print it as it takes
+    /// effect (secrets masked). Exits 1 when it is refused.
+    Check {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -300,6 +300,12 @@ pub async fn login(call: Call) -> Result<Value, Failure> {
                 .or(body.user)
                 .ok_or_else(|| Failure::bad_json("identifier.user is required"))?;
             let localpart = name.strip_prefix('@').map(|n| n.split(':').next().unwrap_or(n)).unwrap_or(name);
+            // Failed logins are logged with the name tried (for fail2ban and the like).
+            let bad = || {
+                let tried: String = localpart.chars().take(64).collect();
+                tracing::info!(target: "lmx::auth", user = %tried, "login failed");
+                bad()
+            };
             let user = local_user(&call.server, localpart).map_err(|_| bad())?;
             let rec = call.server.store.user(&user)?.ok_or_else(bad)?;
             if rec.deactivated {

@@ -164,6 +164,7 @@ impl ClientHandler {
                     return Err(Failure::ExpiredToken);
                 }
                 let user = rec.user()?;
+                crate::http::observe::Caller::record(req.extensions(), user.as_str());
                 Some((user, rec.device_id))
             }
             _ => None,

@@ -332,6 +332,7 @@ impl FedHandler {
         };
         let body_value = has_body.then(|| Value::Object(body.clone()));
         let origin = claimed.verify(node, &parts, body_value.as_ref())?;
+        crate::http::observe::Caller::record(&parts.extensions, origin.as_str());
         let req = Req { node: node.clone(), origin, query: query_pairs(parts.uri.query()), body };
         let answer = match ep {
             Endpoint::Media(id, thumbnail) => return handlers::media::serve(req, &id, thumbnail).await,

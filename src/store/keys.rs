@@ -314,6 +314,11 @@ pub fn format_version() -> Vec<u8> {
     Key::new(table::META).s("format").build()
 }
 
+/// The last readiness probe's write.
+pub fn probe() -> Vec<u8> {
+    Key::new(table::META).s("probe").build()
+}
+
 /// The stream position through which events were looked at for pushers.
 pub fn push_cursor() -> Vec<u8> {
     Key::new(table::META).s("push_cursor").build()

@@ -217,6 +217,7 @@ impl<K: Kv> KvStore<K> {
                 Op::PushDone { user, app_id, pushkey, pos } => {
                     writes.push(KvWrite::Delete(keys::push_item(user.as_str(), &app_id, &pushkey, pos)))
                 }
+                Op::Probe(ts) => writes.push(KvWrite::Put(keys::probe(), ts.to_be_bytes().to_vec())),
                 Op::PushCursor(pos) => writes.push(KvWrite::Put(keys::push_cursor(), pos.to_be_bytes().to_vec())),
             }
         }

@@ -394,6 +394,8 @@ pub enum Op {
     },
     /// Events through this stream position were looked at for pushers.
     PushCursor(u64),
+    /// A readiness probe's write (its time), to see the store takes writes.
+    Probe(i64),
 }
 
 /// Writes applied together or not at all.

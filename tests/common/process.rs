@@ -16,6 +16,8 @@ pub struct Proc {
     pub client: std::net::SocketAddr,
     /// `LMX_CRASH_POINT` for the next start.
     pub crash_point: Option<String>,
+    /// Environment changes for the next start (`None` removes one).
+    pub env: Vec<(String, Option<String>)>,
     log: PathBuf,
     starts: u32,
 }
@@ -35,7 +37,16 @@ impl Proc {
         let config_path = net.dir.path().join(format!("{name}.toml"));
         std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
         let log = net.dir.path().join(format!("{name}.log"));
-        Proc { client: config.client.listen, config, config_path, child: None, crash_point: None, log, starts: 0 }
+        Proc {
+            client: config.client.listen,
+            config,
+            config_path,
+            child: None,
+            crash_point: None,
+            env: Vec::new(),
+            log,
+            starts: 0,
+        }
     }
 
     pub fn spawn(&mut self) {
@@ -52,7 +63,27 @@ impl Proc {
         if let Some(p) = &self.crash_point {
             cmd.env("LMX_CRASH_POINT", p);
         }
+        for (k, v) in &self.env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
         self.child = Some(cmd.spawn().unwrap());
+    }
+
+    /// Sends a signal (SIGHUP, SIGTERM...) without waiting.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().expect("running").id();
+        // SAFETY: a signal to our own child process.
+        unsafe {
+            libc::kill(pid as i32, signal);
+        }
+    }
+
+    /// Writes the configuration file again (for the next start or a SIGHUP).
+    pub fn rewrite_config(&self) {
+        std::fs::write(&self.config_path, toml::to_string(&self.config).unwrap()).unwrap();
     }
 
     /// SIGKILL: no shutdown, no flush.

@@ -1,15 +1,18 @@
-//! Configuration: an embedded default, an optional TOML file, then `LMX_`
+//! Configuration: an embedded default, an optional TOML file, `LMX_`
 //! environment variables (`__` separates nesting levels, e.g.
 //! `LMX_FEDERATION__LISTEN=0.0.0.0:8448`; variables that name no section,
-//! such as `LMX_LOG` (the log filter), are not keys). Every key is documented in
+//! such as `LMX_LOG` (the log filter), are not keys), then `--option
+//! key=value` on the command line (`load.rs`). Every key is documented in
 //! `config.example.toml`.
+
+mod load;
+
+pub use load::Loaded;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::core::ids::ServerName;
@@ -41,6 +44,25 @@ pub struct Config {
     pub media: Media,
     pub turn: Turn,
     pub push: Push,
+    pub log: Log,
+}
+
+/// Logging (`LMX_LOG`, when set, overrides `level`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// A filter: `info`, `warn`, or per target (`info,lmx::request=warn`).
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Lines for people (colour only on a terminal, never with NO_COLOR).
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// Delivery of notifications to the push gateways clients name.
@@ -68,9 +90,11 @@ pub struct Turn {
     /// The TURN server's REST API secret (coturn `static-auth-secret`):
     /// each user gets a name and password that expire.
     pub shared_secret: Option<String>,
+    pub shared_secret_file: Option<PathBuf>,
     /// Or one fixed name and password for everyone.
     pub username: Option<String>,
     pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
     /// How long a shared-secret credential lasts, in seconds.
     pub user_lifetime_secs: u64,
 }
@@ -134,6 +158,8 @@ pub struct Registration {
     pub enabled: bool,
     /// Enables Synapse-style `/_synapse/admin/v1/register` (nonce + HMAC).
     pub shared_secret: Option<String>,
+    /// Or a file holding it.
+    pub shared_secret_file: Option<PathBuf>,
     /// Shortest password open registration accepts, in characters.
     pub min_password_length: usize,
     /// Open registration also needs a registration token the operator
@@ -246,6 +272,7 @@ impl Default for Config {
             registration: Registration {
                 enabled: false,
                 shared_secret: None,
+                shared_secret_file: None,
                 min_password_length: 8,
                 requires_token: false,
             },
@@ -271,6 +298,7 @@ impl Default for Config {
                 url_previews: true,
                 preview_allow_ip_ranges: Vec::new(),
             },
+            log: Log { level: "info".into(), format: LogFormat::Pretty },
             push: Push {
                 allow_ip_ranges: Vec::new(),
                 include_content: true,
@@ -280,8 +308,10 @@ impl Default for Config {
             turn: Turn {
                 uris: Vec::new(),
                 shared_secret: None,
+                shared_secret_file: None,
                 username: None,
                 password: None,
+                password_file: None,
                 user_lifetime_secs: 86_400,
             },
         }
@@ -302,43 +332,13 @@ pub enum ConfigError {
     BodyBudget(usize),
     #[error("{0} must be above 0")]
     Zero(&'static str),
+    #[error("{0}: {1}")]
+    SecretFile(String, String),
+    #[error("--option {0:?}: expected key=value with a dotted key")]
+    Option(String),
 }
 
-/// The top-level keys, for picking `LMX_` variables.
-const TOP_LEVEL_KEYS: [&str; 12] = [
-    "server_name",
-    "mode",
-    "data_dir",
-    "signing_key_path",
-    "federation",
-    "client",
-    "registration",
-    "storage",
-    "follower",
-    "http",
-    "media",
-    "turn",
-];
-
 impl Config {
-    /// Default, then the file (if given), then `LMX_` variables.
-    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(f) = file {
-            fig = fig.merge(Toml::file_exact(f));
-        }
-        // Only variables naming a configuration section count: others with
-        // the prefix (LMX_LOG, test harness settings) are not config keys.
-        let section = |k: &figment::value::UncasedStr| {
-            let first = k.as_str().split("__").next().unwrap_or("").to_ascii_lowercase();
-            TOP_LEVEL_KEYS.contains(&first.as_str())
-        };
-        let env = Env::prefixed("LMX_").filter(section).split("__");
-        let config: Config = fig.merge(env).extract().map_err(Box::new)?;
-        config.validate()?;
-        Ok(config)
-    }
-
     pub fn validate(&self) -> Result<(), ConfigError> {
         ServerName::validate_own(&self.server_name)?;
         let fed = &self.federation;
@@ -400,6 +400,9 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use figment::providers::{Format, Serialized, Toml};
+    use figment::Figment;
+
     use super::*;
 
     #[test]

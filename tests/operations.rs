@@ -1,0 +1,161 @@
+//! What an operator sees of a running server: `/health` and `/ready` on
+//! both listeners, one log line per request (JSON or plain, never colour
+//! codes into a file), failed logins with the name tried, SIGHUP applying
+//! a new log filter instead of killing the process, `LMX_` variables that
+//! name no section reported, `--option` and secret files, and
+//! `lmx config check`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::process::Proc;
+use common::*;
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_ready_on_both_listeners() {
+    let (net, hub) = hub_with(|_| {}).await;
+    let c = hub.client();
+    for path in ["/health", "/ready"] {
+        let a = c.call("GET", path, None).await;
+        assert_eq!(a.status, 200, "{path} on the client listener: {}", a.body);
+        let f = raw_federation(&net, &hub, "GET", path, None, Vec::new()).await;
+        assert_eq!(f.status, 200, "{path} on the federation listener: {}", f.body);
+    }
+    assert_eq!(c.call("GET", "/health", None).await.body, json!({"status": "ok"}));
+    assert_eq!(c.call("GET", "/ready", None).await.body, json!({"ready": true}));
+    let wrong = c.call("POST", "/health", Some(json!({}))).await;
+    assert_ne!(wrong.status, 200, "only GET probes");
+}
+
+/// The log lines of a run, as JSON objects.
+fn json_lines(log: &str) -> Vec<Value> {
+    log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+fn request_lines(log: &str) -> Vec<Value> {
+    json_lines(log).into_iter().filter(|l| l["target"] == "lmx::request").collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_logged_one_line_each_and_sighup_changes_the_filter() {
+    let net = {
+        let mut n = Net::new();
+        n.reserve("hub.test");
+        n
+    };
+    let mut config = net.config("hub.test");
+    config.log.format = lmx::config::LogFormat::Json;
+    config.log.level = "warn".into();
+    let mut hub = Proc::configured(&net, config);
+    hub.env.push(("LMX_LOG".into(), None));
+    hub.env.push(("LMX_FEDERTION__LISTEN".into(), Some("0.0.0.0:1".into())));
+    hub.spawn();
+    let c = hub.ready().await;
+    let alice = c.clone().register("alice").await;
+    alice.ok("GET", "/_matrix/client/v3/account/whoami", None).await;
+    let log = hub.log_text();
+    assert!(request_lines(&log).is_empty(), "warn keeps request lines out:\n{log}");
+    assert!(
+        json_lines(&log).iter().any(|l| l["level"] == "WARN"
+            && l["fields"]["message"].as_str().is_some_and(|m| m.contains("LMX_FEDERTION__LISTEN"))),
+        "a variable naming no section is reported:\n{log}"
+    );
+
+    // SIGHUP with the filter raised to info: the process stays, and logs.
+    hub.config.log.level = "info".into();
+    hub.rewrite_config();
+    hub.signal(libc::SIGHUP);
+    eventually("the reload", || hub.log_text().contains("configuration reloaded")).await;
+    assert!(hub.is_running(), "SIGHUP does not end the server");
+    alice.ok("GET", "/_matrix/client/v3/account/whoami?access_token=secret-looking", None).await;
+    let bad =
+        json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "mallory"}, "password": "x"});
+    assert_eq!(c.call("POST", "/_matrix/client/v3/login", Some(bad)).await.status, 403);
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = request_lines(&hub.log_text());
+        if lines.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let whoami = lines.iter().find(|l| l["fields"]["route"] == "/_matrix/client/v3/account/whoami").unwrap();
+    let f = &whoami["fields"];
+    assert_eq!((f["method"].as_str(), f["status"].as_u64()), (Some("GET"), Some(200)), "{whoami}");
+    assert_eq!(f["by"], alice.user_id, "the caller is named");
+    assert_eq!(f["listener"], "client");
+    assert!(f["latency_ms"].as_f64().is_some() && f["remote"] == "127.0.0.1");
+    assert!(whoami["span"]["request_id"].as_str().is_some_and(|id| id.len() == 10), "{whoami}");
+    let log = hub.log_text();
+    assert!(!log.contains("secret-looking"), "queries are not logged");
+    let login = lines.iter().find(|l| l["fields"]["route"] == "/_matrix/client/v3/login").unwrap();
+    assert_eq!(login["fields"]["status"], 403);
+    let failed = json_lines(&log).into_iter().find(|l| l["target"] == "lmx::auth").expect("the failed login is logged");
+    assert_eq!(failed["fields"]["user"], "mallory");
+    assert!(!log.contains('\u{1b}'), "no colour codes in a file");
+    hub.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_logs_in_a_file_carry_no_colour() {
+    let net = {
+        let mut n = Net::new();
+        n.reserve("hub.test");
+        n
+    };
+    let mut hub = Proc::configured(&net, net.config("hub.test"));
+    hub.env.push(("LMX_LOG".into(), Some("info".into())));
+    hub.spawn();
+    let c = hub.ready().await;
+    c.call("GET", "/_matrix/client/versions", None).await;
+    eventually("a request line", || hub.log_text().contains("/_matrix/client/versions")).await;
+    let log = hub.log_text();
+    assert!(!log.contains('\u{1b}'), "stderr is a file here: no escape codes\n{log}");
+    assert!(log.contains("status=200"), "{log}");
+    hub.stop();
+}
+
+#[test]
+fn config_check_prints_the_effective_configuration_with_secrets_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("shared-secret");
+    std::fs::write(&secret, "hunter2\n").unwrap();
+    let file = dir.path().join("lmx.toml");
+    std::fs::write(
+        &file,
+        format!("server_name = \"example.org\"\n[registration]\nshared_secret_file = {:?}\n", secret),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lmx"))
+            .args(["config", "check", "--config"])
+            .arg(&file)
+            .args(args)
+            .env_remove("LMX_LOG")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["-o", "client.listen=127.0.0.1:9009", "--option", "registration.enabled=true"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown: toml::Table = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(shown["server_name"].as_str(), Some("example.org"));
+    assert_eq!(shown["client"]["listen"].as_str(), Some("127.0.0.1:9009"), "options win");
+    assert_eq!(shown["registration"]["enabled"].as_bool(), Some(true));
+    assert_eq!(shown["registration"]["shared_secret"].as_str(), Some("********"));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("hunter2"));
+
+    let refused = run(&["-o", "client.listne=127.0.0.1:1"]);
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("listne"), "the unknown key is named: {why}");
+    let refused = run(&["-o", "not a key"]);
+    assert!(!refused.status.success());
+    std::fs::write(
+        &file,
+        "server_name = \"example.org\"\n[registration]\nshared_secret = \"a\"\nshared_secret_file = \"/x\"\n",
+    )
+    .unwrap();
+    assert!(!run(&[]).status.success(), "a secret and its file together are refused");
+}
