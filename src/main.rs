@@ -46,6 +46,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Health { url } => match health(&url) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "lmx health: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Db(cmd) => match run_db(cmd) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
@@ -94,6 +101,33 @@ fn run_db(cmd: Db) -> anyhow::Result<bool> {
     }
 }
 
+/// `GET url` over plain HTTP: fine when it answers 200.
+fn health(url: &str) -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    let uri: http::Uri = url.parse()?;
+    anyhow::ensure!(uri.scheme_str() == Some("http"), "only http:// URLs (the client listener)");
+    let host = uri.host().ok_or_else(|| anyhow::anyhow!("no host in {url}"))?.to_owned();
+    let port = uri.port_u16().unwrap_or(80);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let ask = async {
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+            tokio::spawn(conn);
+            let path = uri.path_and_query().map_or("/", |p| p.as_str());
+            let request = http::Request::get(path)
+                .header(http::header::HOST, format!("{host}:{port}"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+            let answer = sender.send_request(request).await?;
+            let status = answer.status();
+            let body = answer.into_body().collect().await?.to_bytes();
+            anyhow::ensure!(status == http::StatusCode::OK, "{status}: {}", String::from_utf8_lossy(&body));
+            Ok(())
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), ask).await?
+    })
+}
+
 fn bench(args: lmx::bench::Args) -> anyhow::Result<()> {
     let rows = tokio::runtime::Runtime::new()?.block_on(lmx::bench::run(&args))?;
     if args.json {
@@ -114,6 +148,7 @@ fn serve(args: ConfigArgs) -> anyhow::Result<()> {
         let bound = app.addresses();
         tracing::info!(federation = %bound.federation, client = %bound.client, "listening");
         tokio::spawn(reload_on_hangup(args));
+        lmx::cli::systemd::notify("READY=1");
         app.run(shutdown_signal()).await
     })
 }
@@ -127,6 +162,7 @@ async fn reload_on_hangup(args: ConfigArgs) {
         use tokio::signal::unix::{signal, SignalKind};
         let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
         while hangups.recv().await.is_some() {
+            lmx::cli::systemd::notify("RELOADING=1");
             match lmx::config::Config::load_with(args.config.as_deref(), &args.options) {
                 Ok(loaded) => {
                     let filter = lmx::cli::logging::wanted_filter(&loaded.config.log);
@@ -137,6 +173,7 @@ async fn reload_on_hangup(args: ConfigArgs) {
                 }
                 Err(e) => tracing::warn!(error = %e, "SIGHUP: the configuration is refused; nothing changed"),
             }
+            lmx::cli::systemd::notify("READY=1");
         }
     }
     #[cfg(not(unix))]
@@ -154,6 +191,7 @@ async fn shutdown_signal() {
             _ = term.recv() => {}
         }
     }
+    lmx::cli::systemd::notify("STOPPING=1");
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
 }

@@ -3,6 +3,7 @@
 pub mod db;
 pub mod inspect;
 pub mod logging;
+pub mod systemd;
 
 use std::path::PathBuf;
 
@@ -26,6 +27,12 @@ pub enum Command {
     /// The configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Asks a running server whether it is ready (`GET /ready` over plain
+    /// HTTP, for container health checks): exits 0 when it answers 200.
+    Health {
+        #[arg(long, default_value = "http://127.0.0.1:8008/ready")]
+        url: String,
+    },
     /// Check events and JSON with the protocol core (stdin → stdout).
     #[command(subcommand)]
     Inspect(inspect::Inspect),

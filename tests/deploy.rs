@@ -1,0 +1,144 @@
+//! `deploy/`, checked the way its tools read it: the systemd unit with
+//! `systemd-analyze` (it verifies, and its sandboxing rates 2.0 or better),
+//! the compose file and the Kubernetes example parsed as YAML with what
+//! they must hold, the container file and `.dockerignore` for what they
+//! must say; and `lmx health`, which the container's health check runs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn deploy(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(file)
+}
+
+fn read(file: &str) -> String {
+    std::fs::read_to_string(deploy(file)).unwrap()
+}
+
+/// `systemd-analyze`, or `None` where it is missing (then the test says so,
+/// and fails when the suite requires it).
+fn systemd_analyze() -> Option<&'static str> {
+    let found = Command::new("systemd-analyze").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(std::env::var("LMX_REQUIRE_SYSTEMD_ANALYZE").is_err(), "systemd-analyze is not installed");
+        eprintln!("skipping: systemd-analyze is not installed (scripts/test-all installs it)");
+    }
+    found.then_some("systemd-analyze")
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_is_sandboxed() {
+    let unit = read("lmx.service");
+    for line in ["Type=notify", "DynamicUser=yes", "StateDirectory=lmx", "ExecReload=/bin/kill -HUP $MAINPID"] {
+        assert!(unit.lines().any(|l| l.trim() == line), "the unit has {line}");
+    }
+    let Some(tool) = systemd_analyze() else { return };
+    // `verify` wants the binary ExecStart names to exist: the one just built.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("lmx.service");
+    std::fs::write(&copy, unit.replace("/usr/local/bin/lmx", env!("CARGO_BIN_EXE_lmx"))).unwrap();
+    let verify = Command::new(tool).arg("verify").arg(&copy).output().unwrap();
+    let said = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success() && !said.contains("lmx.service"), "systemd-analyze verify: {said}");
+    let security = Command::new(tool).args(["security", "--offline=true"]).arg(&copy).output().unwrap();
+    let text = String::from_utf8_lossy(&security.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for lmx.service:").nth(1))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no overall score in:\n{text}\n{}", String::from_utf8_lossy(&security.stderr)));
+    assert!(score <= 2.0, "systemd-analyze security rates the unit {score}:\n{text}");
+}
+
+fn yaml(file: &str) -> Vec<Yaml> {
+    YamlLoader::load_from_str(&read(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+/// A key of a service, or of what its `<<` merge brings in.
+fn merged<'a>(service: &'a Yaml, key: &str) -> &'a Yaml {
+    let own = &service[key];
+    if own.is_badvalue() {
+        &service["<<"][key]
+    } else {
+        own
+    }
+}
+
+#[test]
+fn compose_runs_a_hub_and_two_followers_on_loopback_ports() {
+    let docs = yaml("compose.yaml");
+    let services = &docs[0]["services"];
+    for (name, mode) in [("hub", None), ("follower1", Some("follower")), ("follower2", Some("follower"))] {
+        let s = &services[name];
+        assert!(!s.is_badvalue(), "service {name}");
+        let env = &s["environment"];
+        assert_eq!(env["LMX_SERVER_NAME"].as_str(), Some(format!("{name}:8448").as_str()), "{name}'s server name");
+        assert_eq!(env["LMX_MODE"].as_str(), mode, "{name}'s mode");
+        assert_eq!(s["hostname"].as_str(), Some(name));
+        let ports = s["ports"].as_vec().unwrap_or_else(|| panic!("{name} publishes ports"));
+        for p in ports {
+            assert!(p.as_str().is_some_and(|p| p.starts_with("127.0.0.1:")), "{name} publishes {p:?} beyond loopback");
+        }
+        let check = merged(s, "healthcheck");
+        let test: Vec<&str> = check["test"].as_vec().unwrap().iter().filter_map(Yaml::as_str).collect();
+        assert!(test.contains(&"health"), "{name}'s health check runs lmx health: {test:?}");
+        assert!(merged(s, "build")["dockerfile"].as_str() == Some("deploy/Containerfile"));
+    }
+    assert!(!services["follower1"]["depends_on"]["hub"].is_badvalue(), "followers wait for the hub");
+}
+
+#[test]
+fn the_kubernetes_example_is_a_probed_non_root_statefulset() {
+    let docs = yaml("kubernetes/lmx.yaml");
+    let kind = |k: &str| docs.iter().find(|d| d["kind"].as_str() == Some(k)).unwrap_or_else(|| panic!("a {k}"));
+    let set = kind("StatefulSet");
+    let pod = &set["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    let c = &pod["containers"][0];
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"].as_str(), Some("/health"));
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"].as_str(), Some("/ready"));
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert!(!set["spec"]["volumeClaimTemplates"][0].is_badvalue(), "data on a persistent volume");
+    assert!(kind("Service")["spec"]["ports"].as_vec().is_some_and(|p| p.len() == 2));
+    // The ConfigMap's file is an lmx configuration (unknown keys refused).
+    let text = kind("ConfigMap")["data"]["lmx.toml"].as_str().unwrap();
+    use figment::providers::{Format, Serialized, Toml};
+    let config: lmx::config::Config = figment::Figment::from(Serialized::defaults(lmx::config::Config::default()))
+        .merge(Toml::string(text))
+        .extract()
+        .unwrap_or_else(|e| panic!("the ConfigMap's lmx.toml: {e}"));
+    config.validate().unwrap();
+    assert!(config.registration.shared_secret_file.is_some(), "the secret comes from the Secret");
+}
+
+#[test]
+fn the_container_runs_unprivileged_with_a_health_check_and_a_lean_context() {
+    let file = read("Containerfile");
+    let user = file.lines().rev().find_map(|l| l.strip_prefix("USER ")).expect("a USER line");
+    assert!(!user.starts_with("root") && !user.starts_with('0'), "runs as {user}");
+    assert!(file.contains("HEALTHCHECK") && file.contains("\"health\""), "a health check with lmx health");
+    assert!(file.contains("chown lmx:lmx /data"), "the data directory belongs to the service user");
+    let ignore = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(".dockerignore")).unwrap();
+    for entry in ["target/", ".git/", "tests/clients/js/node_modules/"] {
+        assert!(ignore.lines().any(|l| l.trim() == entry), ".dockerignore leaves out {entry}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lmx_health_answers_for_a_running_server_and_fails_without_one() {
+    let (_net, hub) = hub_with(|_| {}).await;
+    let health = |url: String| async move {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_lmx")).args(["health", "--url", &url]).output().await.unwrap()
+    };
+    let ok = health(format!("http://{}/ready", hub.client)).await;
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let closed = health(format!("http://127.0.0.1:{}/ready", free_port())).await;
+    assert!(!closed.status.success());
+    let wrong = health(format!("http://{}/nothing-here", hub.client)).await;
+    assert!(!wrong.status.success(), "a 404 is not healthy");
+}
