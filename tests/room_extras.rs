@@ -172,3 +172,48 @@ async fn push_rules_decide_what_counts_and_what_highlights() {
     alice.ok("POST", &receipt, Some(json!({}))).await;
     assert_eq!(counts(&alice.sync(None, 0).await), (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_rules_are_checked_and_placed() {
+    let (_net, hub) = hub_with(|_| {}).await;
+    let alice = hub.client().register("alice").await;
+    let rules = || async { alice.ok("GET", "/_matrix/client/v3/pushrules/", None).await };
+    let before = rules().await;
+    let base = "/_matrix/client/v3/pushrules/global";
+    let refused = [
+        (format!("{base}/content/cake"), json!({"actions": ["notify"]}), "M_MISSING_PARAM"),
+        (format!("{base}/content/cake"), json!({"pattern": "", "actions": []}), "M_INVALID_PARAM"),
+        (format!("{base}/override/x"), json!({"conditions": [{"key": "type"}], "actions": []}), "M_INVALID_PARAM"),
+        (format!("{base}/override/x"), json!({"actions": ["shout"]}), "M_INVALID_PARAM"),
+        (format!("{base}/override/x"), json!({"conditions": []}), "M_MISSING_PARAM"),
+        (format!("{base}/sideways/x"), json!({"actions": []}), "M_INVALID_PARAM"),
+        (format!("{base}/override/.m.rule.master"), json!({"actions": []}), "M_INVALID_PARAM"),
+        (format!("{base}/override/x?before=nothing"), json!({"actions": []}), "M_NOT_FOUND"),
+    ];
+    for (path, body, code) in refused {
+        let a = alice.call("PUT", &path, Some(body.clone())).await;
+        assert_eq!(a.body["errcode"].as_str(), Some(code), "{path} {body}: {}", a.body);
+    }
+    let a =
+        alice.call("PUT", &format!("{base}/override/.m.rule.master/enabled"), Some(json!({"enabled": "yes"}))).await;
+    assert_eq!(a.status, 400, "enabled must be a boolean");
+    let a = alice.call("PUT", &format!("{base}/override/.m.rule.master/actions"), Some(json!({"actions": [1]}))).await;
+    assert_eq!(a.status, 400);
+    assert_eq!(rules().await, before, "nothing stored from refused requests");
+
+    // New override rules go after the master switch, then before or after
+    // the user's others as asked.
+    alice.ok("PUT", &format!("{base}/override/first"), Some(json!({"actions": ["notify"]}))).await;
+    alice.ok("PUT", &format!("{base}/override/second?before=first"), Some(json!({"actions": []}))).await;
+    alice.ok("PUT", &format!("{base}/override/third?after=first"), Some(json!({"actions": ["coalesce"]}))).await;
+    let now = rules().await;
+    let ids: Vec<&str> =
+        now["global"]["override"].as_array().unwrap().iter().filter_map(|r| r["rule_id"].as_str()).collect();
+    assert_eq!(ids[..4], [".m.rule.master", "second", "first", "third"], "{ids:?}");
+    let third = alice.ok("GET", &format!("{base}/override/third"), None).await;
+    assert_eq!(third["actions"], json!([]), "historical actions are dropped");
+    let sender = alice.ok("PUT", &format!("{base}/sender/{}", enc("@spam:x.test")), Some(json!({"actions": []}))).await;
+    assert_eq!(sender, json!({}));
+    let stored = alice.ok("GET", &format!("{base}/sender/{}", enc("@spam:x.test")), None).await;
+    assert!(stored.get("conditions").is_none(), "sender rules are named by their id: {stored}");
+}

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use super::Call;
 use crate::core::ids::{RoomId, UserId};
 use crate::core::json::{self, NumberPolicy};
+use crate::http::query_get;
 use crate::store::records::side_entry::Kind;
 use crate::store::records::{AccountDataChange, SideEntry};
 use crate::store::{Batch, Op};
@@ -91,7 +92,6 @@ pub fn get(call: Call, user_id: &str, room: Option<&str>, kind: &str) -> Result<
 // ---- push rules ----
 
 pub use crate::core::push::default_rules;
-use crate::core::push::event_match;
 
 fn push_rules_value(call: &Call, user: &UserId) -> Result<Value, Failure> {
     Ok(get_data(call, user, None, "m.push_rules")?.unwrap_or_else(|| default_rules(user)))
@@ -114,35 +114,76 @@ pub fn push_rules(call: Call, rest: &[&str]) -> Result<Value, Failure> {
 
 const KINDS: [&str; 5] = ["override", "content", "room", "sender", "underride"];
 
-/// `PUT /pushrules/global/{kind}/{ruleId}[/enabled|/actions]`.
+/// User rules one kind may hold.
+const MAX_RULES_PER_KIND: usize = 500;
+
+fn rule_failure(e: crate::core::push::RuleError) -> Failure {
+    match e {
+        crate::core::push::RuleError::Missing(what) => Failure::MissingParam(format!("{what} is required")),
+        crate::core::push::RuleError::Invalid(why) => Failure::invalid_param(why),
+    }
+}
+
+/// `PUT /pushrules/global/{kind}/{ruleId}[/enabled|/actions]` (with
+/// `before`/`after` to place a new rule beside another of the user's).
 pub async fn put_push_rule(call: Call, kind: &str, rule_id: &str, attr: Option<&str>) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     let user = user.clone();
     if !KINDS.contains(&kind) {
         return Err(Failure::invalid_param("Unknown push rule kind"));
     }
+    if rule_id.is_empty() || rule_id.len() > 255 {
+        return Err(Failure::invalid_param("A rule id is 1 to 255 bytes"));
+    }
+    let body = call.body()?;
     let mut rules = push_rules_value(&call, &user)?;
     let list =
         rules["global"][kind].as_array_mut().ok_or_else(|| Failure::corrupt("stored push rules are malformed"))?;
     let found = list.iter().position(|r| r["rule_id"] == rule_id);
     match (attr, found) {
-        (Some("enabled"), Some(i)) => list[i]["enabled"] = call.body()?.get("enabled").cloned().unwrap_or(json!(true)),
-        (Some("actions"), Some(i)) => list[i]["actions"] = call.body()?.get("actions").cloned().unwrap_or(json!([])),
+        (Some("enabled"), Some(i)) => {
+            let enabled = body.get("enabled").and_then(Value::as_bool);
+            list[i]["enabled"] =
+                json!(enabled.ok_or_else(|| Failure::MissingParam("enabled must be a boolean".into()))?);
+        }
+        (Some("actions"), Some(i)) => {
+            list[i]["actions"] = crate::core::push::checked_actions(body.get("actions")).map_err(rule_failure)?;
+        }
         (Some(_), _) => return Err(Failure::not_found("Push rule not found")),
         (None, _) if rule_id.starts_with('.') => {
             return Err(Failure::invalid_param("Server-default rules cannot be replaced"))
         }
         (None, existing) => {
-            let mut r = Value::Object(call.body()?.clone());
-            r["rule_id"] = json!(rule_id);
-            r["default"] = json!(false);
-            r["enabled"] = json!(true);
-            if kind == "room" || kind == "sender" {
-                r["conditions"] = json!([event_match(if kind == "room" { "room_id" } else { "user_id" }, rule_id)]);
-            }
+            let rule = crate::core::push::checked_rule(kind, rule_id, body).map_err(rule_failure)?;
+            let beside = |key: &str| query_get(&call.query, key).map(str::to_owned);
             match existing {
-                Some(i) => list[i] = r,
-                None => list.insert(0, r),
+                Some(i) => list[i] = rule,
+                None => {
+                    let user_rules = list.iter().filter(|r| r["default"] != true).count();
+                    if user_rules >= MAX_RULES_PER_KIND {
+                        return Err(Failure::limit_exceeded(format!("At most {MAX_RULES_PER_KIND} rules"), 0));
+                    }
+                    let place = |id: String| {
+                        list.iter()
+                            .position(|r| r["rule_id"] == id.as_str() && r["default"] != true)
+                            .ok_or_else(|| Failure::not_found("The rule to place it beside does not exist"))
+                    };
+                    let at = match (beside("before"), beside("after")) {
+                        (Some(b), _) => place(b)?,
+                        (None, Some(a)) => place(a)? + 1,
+                        // A new rule goes before the user's others of its
+                        // kind; override rules after the master switch, as
+                        // Synapse orders them.
+                        (None, None) => match list.iter().position(|r| r["default"] != true) {
+                            Some(i) => i,
+                            None if kind == "override" => {
+                                list.iter().position(|r| r["rule_id"] == ".m.rule.master").map_or(0, |i| i + 1)
+                            }
+                            None => 0,
+                        },
+                    };
+                    list.insert(at, rule);
+                }
             }
         }
     }

@@ -97,6 +97,58 @@ pub fn default_rules(user: &crate::core::ids::UserId) -> Value {
 
 const KINDS: [&str; 5] = ["override", "content", "room", "sender", "underride"];
 
+/// Why a client's push rule is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RuleError {
+    Missing(&'static str),
+    Invalid(String),
+}
+
+/// The actions of a client's rule, checked: `notify`, or `set_tweak`
+/// objects; the historical `dont_notify` and `coalesce` are dropped, as the
+/// spec asks.
+pub fn checked_actions(actions: Option<&Value>) -> Result<Value, RuleError> {
+    let list = actions.ok_or(RuleError::Missing("actions"))?;
+    let list = list.as_array().ok_or_else(|| RuleError::Invalid("actions must be an array".into()))?;
+    let mut out = Vec::new();
+    for a in list {
+        match a {
+            Value::String(s) if s == "notify" => out.push(a.clone()),
+            Value::String(s) if s == "dont_notify" || s == "coalesce" => {}
+            Value::Object(o) if o.get("set_tweak").is_some_and(Value::is_string) => out.push(a.clone()),
+            other => return Err(RuleError::Invalid(format!("unknown action {other}"))),
+        }
+    }
+    Ok(Value::Array(out))
+}
+
+/// A client's rule of `kind` as it is stored, from the request body.
+pub fn checked_rule(kind: &str, rule_id: &str, body: &serde_json::Map<String, Value>) -> Result<Value, RuleError> {
+    let actions = checked_actions(body.get("actions"))?;
+    let mut rule = json!({"rule_id": rule_id, "default": false, "enabled": true, "actions": actions});
+    match kind {
+        "content" => {
+            let pattern = body.get("pattern").ok_or(RuleError::Missing("pattern"))?;
+            if !pattern.as_str().is_some_and(|p| !p.is_empty()) {
+                return Err(RuleError::Invalid("pattern must be a non-empty string".into()));
+            }
+            rule["pattern"] = pattern.clone();
+        }
+        "override" | "underride" => {
+            let conditions = body.get("conditions").cloned().unwrap_or_else(|| json!([]));
+            let ok =
+                conditions.as_array().is_some_and(|cs| cs.iter().all(|c| c.get("kind").is_some_and(Value::is_string)));
+            if !ok {
+                return Err(RuleError::Invalid("conditions must be objects with a kind".into()));
+            }
+            rule["conditions"] = conditions;
+        }
+        // Room and sender rules are named by what they match.
+        _ => {}
+    }
+    Ok(rule)
+}
+
 /// The actions `event` (PDU or client JSON) calls for under `ruleset` (the
 /// `global` object of `m.push_rules`).
 pub fn evaluate(ruleset: &Value, event: &Value, ctx: &PushContext<'_>) -> Actions {
@@ -280,6 +332,31 @@ fn contains_word(text: &str, word: &str) -> bool {
         let after = text[i + m.len()..].chars().next();
         before.is_none_or(|c| !is_word_char(c)) && after.is_none_or(|c| !is_word_char(c))
     })
+}
+
+#[cfg(test)]
+mod rule_checks {
+    use super::*;
+
+    fn body(v: Value) -> serde_json::Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn client_rules_are_checked() {
+        let ok = checked_rule("content", "cake", &body(json!({"pattern": "cake", "actions": ["notify", "coalesce"]})));
+        assert_eq!(ok.unwrap()["actions"], json!(["notify"]), "historical actions are dropped");
+        let missing = checked_rule("content", "cake", &body(json!({"actions": []})));
+        assert_eq!(missing, Err(RuleError::Missing("pattern")));
+        assert_eq!(checked_rule("room", "!r:x", &body(json!({}))), Err(RuleError::Missing("actions")));
+        for bad in [json!({"actions": "notify"}), json!({"actions": ["shout"]}), json!({"actions": [{"tweak": 1}]})] {
+            assert!(matches!(checked_rule("sender", "@a:x", &body(bad)), Err(RuleError::Invalid(_))));
+        }
+        let conditions = json!({"actions": [], "conditions": [{"key": "type"}]});
+        assert!(matches!(checked_rule("override", "x", &body(conditions)), Err(RuleError::Invalid(_))));
+        let fine = json!({"actions": [{"set_tweak": "sound", "value": "x"}], "conditions": [{"kind": "event_match"}]});
+        assert!(checked_rule("underride", "x", &body(fine)).is_ok());
+    }
 }
 
 #[cfg(test)]
