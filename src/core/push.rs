@@ -129,7 +129,7 @@ pub fn checked_rule(kind: &str, rule_id: &str, body: &serde_json::Map<String, Va
     match kind {
         "content" => {
             let pattern = body.get("pattern").ok_or(RuleError::Missing("pattern"))?;
-            if !pattern.as_str().is_some_and(|p| !p.is_empty()) {
+            if pattern.as_str().is_none_or(str::is_empty) {
                 return Err(RuleError::Invalid("pattern must be a non-empty string".into()));
             }
             rule["pattern"] = pattern.clone();
