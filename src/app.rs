@@ -11,7 +11,6 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
 use crate::client_api::{ClientDeps, ClientHandler};
 use crate::config::Config;
@@ -29,7 +28,7 @@ pub struct App {
     node: Arc<Node>,
     federation: TcpListener,
     client: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<tls::ServerTls>>,
 }
 
 /// Where the listeners ended up.
@@ -220,8 +219,7 @@ impl App {
                 let host = name.host().to_owned();
                 tls::ensure_self_signed(&cert, &key_path, vec![host, "localhost".into(), "127.0.0.1".into()])?;
             }
-            let sc = tls::server_config(tls::load_certs(&cert)?, tls::load_key(&key_path)?)?;
-            Some(TlsAcceptor::from(Arc::new(sc)))
+            Some(tls::ServerTls::load(&cert, &key_path)?)
         };
         let client_tls = if fed_conf.insecure_plaintext {
             None
@@ -254,6 +252,11 @@ impl App {
             federation: self.federation.local_addr().expect("bound"),
             client: self.client.local_addr().expect("bound"),
         }
+    }
+
+    /// The federation listener's certificate (to reload on SIGHUP).
+    pub fn tls(&self) -> Option<Arc<tls::ServerTls>> {
+        self.tls.clone()
     }
 
     pub fn node(&self) -> Arc<Node> {

@@ -144,40 +144,47 @@ fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
+        // Taken from the start: SIGHUP's default action ends the process.
+        #[cfg(unix)]
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let app = lmx::app::App::build(loaded.config).await?;
         let bound = app.addresses();
         tracing::info!(federation = %bound.federation, client = %bound.client, "listening");
-        tokio::spawn(reload_on_hangup(args));
+        #[cfg(unix)]
+        tokio::spawn(reload_on_hangup(hangups, args, app.tls()));
         lmx::cli::systemd::notify("READY=1");
         app.run(shutdown_signal()).await
     })
 }
 
-/// SIGHUP reads the configuration again and applies the log filter (the
-/// rest takes effect at the next start); a configuration that is refused
-/// changes nothing.
-async fn reload_on_hangup(args: ConfigArgs) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
-        while hangups.recv().await.is_some() {
-            lmx::cli::systemd::notify("RELOADING=1");
-            match lmx::config::Config::load_with(args.config.as_deref(), &args.options) {
-                Ok(loaded) => {
-                    let filter = lmx::cli::logging::wanted_filter(&loaded.config.log);
-                    match lmx::cli::logging::set_filter(&filter) {
-                        Ok(()) => tracing::info!(%filter, "configuration reloaded: log filter applied"),
-                        Err(e) => tracing::warn!(error = %e, "the new log filter is refused"),
-                    }
+/// SIGHUP reads the configuration again and applies the log filter, and
+/// reads the federation certificate and key again from their files (the
+/// rest takes effect at the next start); what is refused changes nothing.
+#[cfg(unix)]
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    args: ConfigArgs,
+    tls: Option<std::sync::Arc<lmx::http::tls::ServerTls>>,
+) {
+    while hangups.recv().await.is_some() {
+        lmx::cli::systemd::notify("RELOADING=1");
+        match lmx::config::Config::load_with(args.config.as_deref(), &args.options) {
+            Ok(loaded) => {
+                let filter = lmx::cli::logging::wanted_filter(&loaded.config.log);
+                match lmx::cli::logging::set_filter(&filter) {
+                    Ok(()) => tracing::info!(%filter, "configuration reloaded: log filter applied"),
+                    Err(e) => tracing::warn!(error = %e, "the new log filter is refused"),
                 }
-                Err(e) => tracing::warn!(error = %e, "SIGHUP: the configuration is refused; nothing changed"),
             }
-            lmx::cli::systemd::notify("READY=1");
+            Err(e) => tracing::warn!(error = %e, "SIGHUP: the configuration is refused; nothing changed"),
         }
+        match tls.as_ref().map(|t| t.reload()) {
+            Some(Ok(())) => tracing::info!("TLS certificate reloaded"),
+            Some(Err(e)) => tracing::warn!(error = %e, "SIGHUP: the TLS certificate is refused; the old one stays"),
+            None => {}
+        }
+        lmx::cli::systemd::notify("READY=1");
     }
-    #[cfg(not(unix))]
-    let _ = args;
 }
 
 async fn shutdown_signal() {

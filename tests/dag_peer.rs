@@ -167,16 +167,11 @@ impl Peer {
             states: Mutex::new(HashMap::new()),
         });
         let (cert, tls_key) = net.ca.issue(&["dag.test"]);
-        let tls = lmx::http::tls::server_config(
-            lmx::http::tls::load_certs(&cert).unwrap(),
-            lmx::http::tls::load_key(&tls_key).unwrap(),
-        )
-        .unwrap();
+        let tls = lmx::http::tls::ServerTls::load(&cert, &tls_key).unwrap();
         let listener = tokio::net::TcpListener::bind(net.resolve["dag.test"]).await.unwrap();
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let limits = lmx::http::Limits::from(&lmx::config::Config::default().http);
-        tokio::spawn(lmx::http::serve(listener, Some(acceptor), server.clone(), limits, rx));
+        tokio::spawn(lmx::http::serve(listener, Some(tls), server.clone(), limits, rx));
         Peer { key, server, depth: 1000.into(), _stop: tx }
     }
 

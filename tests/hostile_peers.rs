@@ -126,16 +126,11 @@ impl Handler for HugeKeys {
 
 async fn key_server(net: &Net, host: &str, key: SigningKey, padding: usize) -> tokio::sync::watch::Sender<bool> {
     let (cert, tls_key) = net.ca.issue(&[host]);
-    let tls = lmx::http::tls::server_config(
-        lmx::http::tls::load_certs(&cert).unwrap(),
-        lmx::http::tls::load_key(&tls_key).unwrap(),
-    )
-    .unwrap();
+    let tls = lmx::http::tls::ServerTls::load(&cert, &tls_key).unwrap();
     let listener = tokio::net::TcpListener::bind(net.resolve[host]).await.unwrap();
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let limits = lmx::http::Limits::from(&lmx::config::Config::default().http);
-    tokio::spawn(lmx::http::serve(listener, Some(acceptor), Arc::new(HugeKeys { key, padding }), limits, rx));
+    tokio::spawn(lmx::http::serve(listener, Some(tls), Arc::new(HugeKeys { key, padding }), limits, rx));
     tx
 }
 

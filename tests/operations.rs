@@ -219,3 +219,46 @@ async fn sigterm_under_load_loses_no_acknowledged_event() {
     assert!(texts.len() >= acknowledged.len());
     hub.stop();
 }
+
+/// The certificate the federation listener presents to a new connection.
+async fn presented_certificate(net: &Net, addr: std::net::SocketAddr, host: &str) -> Vec<u8> {
+    let tls = lmx::http::tls::client_config(false, Some(&net.ca.pem_path)).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
+    let stream = connector.connect(name, tcp).await.unwrap();
+    stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// A renewed certificate put in place of the old files takes effect at
+/// SIGHUP, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_federation_certificate() {
+    let net = {
+        let mut n = Net::new();
+        n.reserve("hub.test");
+        n
+    };
+    let mut hub = Proc::configured(&net, net.config("hub.test"));
+    hub.env.push(("LMX_LOG".into(), Some("info".into())));
+    hub.spawn();
+    hub.ready().await;
+    let addr = hub.config.federation.listen;
+    let before = presented_certificate(&net, addr, "hub.test").await;
+    let (renewed_cert, renewed_key) = net.ca.issue_named("hub-renewed", &["hub.test"]);
+    let (cert_path, key_path) =
+        (hub.config.federation.tls_cert.clone().unwrap(), hub.config.federation.tls_key.clone().unwrap());
+    // A broken file first: refused, the old certificate stays.
+    std::fs::write(&cert_path, "not a certificate").unwrap();
+    hub.signal(libc::SIGHUP);
+    eventually("the refusal", || hub.log_text().contains("the TLS certificate is refused")).await;
+    assert_eq!(presented_certificate(&net, addr, "hub.test").await, before);
+    std::fs::copy(&renewed_cert, &cert_path).unwrap();
+    std::fs::copy(&renewed_key, &key_path).unwrap();
+    hub.signal(libc::SIGHUP);
+    eventually("the reload", || hub.log_text().contains("TLS certificate reloaded")).await;
+    let after = presented_certificate(&net, addr, "hub.test").await;
+    assert_ne!(after, before, "the renewed certificate is served");
+    assert!(hub.is_running());
+    hub.stop();
+}

@@ -21,7 +21,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 
 use super::{Body, BodyBudget};
 use crate::store::BoxFuture;
@@ -202,7 +201,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 /// accepting and drops every open connection.
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<super::tls::ServerTls>>,
     handler: Arc<dyn Handler>,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
@@ -233,7 +232,8 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (handler, tls, limits, budget) = (handler.clone(), tls.clone(), limits.clone(), budget.clone());
+        let tls = tls.as_ref().map(|t| t.acceptor());
+        let (handler, limits, budget) = (handler.clone(), limits.clone(), budget.clone());
         connections.spawn(async move {
             let _slot = slot;
             let activity = Activity::new();
@@ -250,7 +250,7 @@ pub async fn serve(
 async fn serve_connection(
     io: Watched<tokio::net::TcpStream>,
     remote: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     handler: Arc<dyn Handler>,
     budget: BodyBudget,
     activity: Arc<Activity>,

@@ -145,3 +145,36 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// The federation listener's certificate, read again from its files on
+/// request (SIGHUP), so a renewed certificate takes effect without a
+/// restart; connections already open keep the one they began with.
+pub struct ServerTls {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    current: std::sync::RwLock<tokio_rustls::TlsAcceptor>,
+}
+
+impl ServerTls {
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerTls>, TlsError> {
+        let acceptor = Self::read(cert, key)?;
+        Ok(Arc::new(ServerTls { cert: cert.to_owned(), key: key.to_owned(), current: acceptor.into() }))
+    }
+
+    fn read(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+        let config = server_config(load_certs(cert)?, load_key(key)?)?;
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    }
+
+    /// What a new connection is served with.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        self.current.read().expect("poisoned").clone()
+    }
+
+    /// Reads the files again; on an error the certificate in use stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let fresh = Self::read(&self.cert, &self.key)?;
+        *self.current.write().expect("poisoned") = fresh;
+        Ok(())
+    }
+}
