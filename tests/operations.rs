@@ -29,6 +29,13 @@ async fn health_and_ready_on_both_listeners() {
     assert_ne!(wrong.status, 200, "only GET probes");
 }
 
+/// A network of `hub.test` alone, for a server run as a process.
+fn one_host() -> Net {
+    let mut net = Net::new();
+    net.reserve("hub.test");
+    net
+}
+
 /// The log lines of a run, as JSON objects.
 fn json_lines(log: &str) -> Vec<Value> {
     log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
@@ -40,11 +47,7 @@ fn request_lines(log: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_logged_one_line_each_and_sighup_changes_the_filter() {
-    let net = {
-        let mut n = Net::new();
-        n.reserve("hub.test");
-        n
-    };
+    let net = one_host();
     let mut config = net.config("hub.test");
     config.log.format = lmx::config::LogFormat::Json;
     config.log.level = "warn".into();
@@ -100,11 +103,7 @@ async fn requests_are_logged_one_line_each_and_sighup_changes_the_filter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_logs_in_a_file_carry_no_colour() {
-    let net = {
-        let mut n = Net::new();
-        n.reserve("hub.test");
-        n
-    };
+    let net = one_host();
     let mut hub = Proc::configured(&net, net.config("hub.test"));
     hub.env.push(("LMX_LOG".into(), Some("info".into())));
     hub.spawn();
@@ -165,11 +164,7 @@ fn config_check_prints_the_effective_configuration_with_secrets_masked() {
 /// acknowledged is in the room, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_loses_no_acknowledged_event() {
-    let net = {
-        let mut n = Net::new();
-        n.reserve("hub.test");
-        n
-    };
+    let net = one_host();
     let mut hub = Proc::configured(&net, net.config("hub.test"));
     hub.spawn();
     let c = hub.ready().await;
@@ -234,11 +229,7 @@ async fn presented_certificate(net: &Net, addr: std::net::SocketAddr, host: &str
 /// SIGHUP, without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_federation_certificate() {
-    let net = {
-        let mut n = Net::new();
-        n.reserve("hub.test");
-        n
-    };
+    let net = one_host();
     let mut hub = Proc::configured(&net, net.config("hub.test"));
     hub.env.push(("LMX_LOG".into(), Some("info".into())));
     hub.spawn();
