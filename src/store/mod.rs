@@ -4,6 +4,7 @@
 //! `Store` directly.
 
 pub mod check;
+mod format;
 mod keys;
 mod kv;
 mod kv_store;
