@@ -12,7 +12,8 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::client_api::{ClientDeps, ClientHandler};
+use crate::admin::scrape::MetricsHandler;
+use crate::client_api::{AdminHandler, ClientDeps, ClientHandler};
 use crate::config::Config;
 use crate::federation::client::FedClient;
 use crate::federation::inbound::FedHandler;
@@ -28,6 +29,10 @@ pub struct App {
     node: Arc<Node>,
     federation: TcpListener,
     client: TcpListener,
+    /// The admin API and status page, when configured.
+    admin: Option<TcpListener>,
+    /// Prometheus metrics, when configured.
+    metrics: Option<TcpListener>,
     tls: Option<Arc<tls::ServerTls>>,
 }
 
@@ -36,6 +41,15 @@ pub struct App {
 pub struct Bound {
     pub federation: SocketAddr,
     pub client: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+}
+
+async fn bind_optional(addr: Option<SocketAddr>, what: &str) -> anyhow::Result<Option<TcpListener>> {
+    match addr {
+        None => Ok(None),
+        Some(a) => Ok(Some(TcpListener::bind(a).await.with_context(|| format!("binding the {what} listener {a}"))?)),
+    }
 }
 
 fn in_data_dir(config: &Config, p: &Option<PathBuf>, default: &str) -> PathBuf {
@@ -126,15 +140,15 @@ fn client_deps(node: &Arc<Node>, push: Arc<crate::push::Push>) -> ClientDeps {
     }
 }
 
-/// Readiness: both listeners up, not stopping, the store taking writes.
-fn health_of(node: &Arc<Node>) -> Arc<Health> {
+/// Readiness: every listener up, not stopping, the store taking writes.
+fn health_of(node: &Arc<Node>, listeners: usize) -> Arc<Health> {
     let store = node.store.clone();
     let store_check = Box::new(move || {
         let mut b = crate::store::Batch::new();
         b.push(crate::store::Op::Probe(crate::sys::now_ms()));
         store.write(b).map_err(|e| e.to_string())
     });
-    Health::new(2, store_check)
+    Health::new(listeners, store_check)
 }
 
 /// Starts push delivery, its tasks stopping with the server's.
@@ -236,6 +250,11 @@ impl App {
         let client = TcpListener::bind(config.client.listen)
             .await
             .with_context(|| format!("binding {}", config.client.listen))?;
+        let admin = bind_optional(config.admin.listen, "admin").await?;
+        let metrics = bind_optional(config.metrics.listen, "metrics").await?;
+        if metrics.is_some() && crate::admin::metrics::install().is_none() {
+            tracing::warn!("another metrics recorder is installed; /metrics will be empty");
+        }
 
         let node = Node::new(config, key, store, positions, fed);
         node.media.clean_tmp().context("clearing half-written media files")?;
@@ -244,13 +263,15 @@ impl App {
             node.rooms.register_stored(&id).map_err(|e| anyhow::anyhow!("loading {id}: {e}"))?;
         }
         tracing::info!(server = %node.name, rooms = node.rooms.len(), "lmx ready");
-        Ok(App { node, federation, client, tls })
+        Ok(App { node, federation, client, admin, metrics, tls })
     }
 
     pub fn addresses(&self) -> Bound {
         Bound {
             federation: self.federation.local_addr().expect("bound"),
             client: self.client.local_addr().expect("bound"),
+            admin: self.admin.as_ref().map(|l| l.local_addr().expect("bound")),
+            metrics: self.metrics.as_ref().map(|l| l.local_addr().expect("bound")),
         }
     }
 
@@ -267,19 +288,31 @@ impl App {
     /// sure everything written is on disk.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let health = health_of(&self.node);
+        let listeners = 2 + usize::from(self.admin.is_some()) + usize::from(self.metrics.is_some());
+        let health = health_of(&self.node, listeners);
         let observed = |inner: Arc<dyn Handler>, listener| -> Arc<dyn Handler> {
             Arc::new(Observed { inner, health: health.clone(), listener })
         };
         let fed_handler = observed(Arc::new(FedHandler { node: self.node.clone() }), "federation");
         let push = start_push(&self.node);
         let client_deps = Arc::new(client_deps(&self.node, push));
-        let client_handler = observed(Arc::new(ClientHandler::new(client_deps)), "client");
+        let client = Arc::new(ClientHandler::new(client_deps));
         let limits = Limits::from(&self.node.config.http);
-        let fed_task = tokio::spawn(serve(self.federation, self.tls, fed_handler, limits.clone(), stop_rx.clone()));
-        let client_task = tokio::spawn(serve(self.client, None, client_handler, limits, stop_rx));
-        health.listener_up();
-        health.listener_up();
+        let mut tasks = vec![
+            tokio::spawn(serve(self.federation, self.tls, fed_handler, limits.clone(), stop_rx.clone())),
+            tokio::spawn(serve(self.client, None, observed(client.clone(), "client"), limits.clone(), stop_rx.clone())),
+        ];
+        if let Some(listener) = self.admin {
+            let handler = observed(Arc::new(AdminHandler::new(client)), "admin");
+            tasks.push(tokio::spawn(serve(listener, None, handler, limits.clone(), stop_rx.clone())));
+        }
+        if let Some(listener) = self.metrics {
+            let handler = observed(Arc::new(MetricsHandler { node: self.node.clone() }), "metrics");
+            tasks.push(tokio::spawn(serve(listener, None, handler, limits, stop_rx.clone())));
+        }
+        for _ in 0..listeners {
+            health.listener_up();
+        }
         self.node.outbound.resume_all(&self.node)?;
         let record_path = record::path_in(&self.node.config.data_dir);
         let mut last_record = None;
@@ -294,8 +327,9 @@ impl App {
         tracing::info!("shutting down");
         health.stopping();
         let _ = stop_tx.send(true);
-        let _ = fed_task.await;
-        let _ = client_task.await;
+        for task in tasks {
+            let _ = task.await;
+        }
         self.node.stop_tasks().await;
         self.node.store.flush().await?;
         write_record(&self.node, &record_path, &mut last_record).await;

@@ -5,6 +5,7 @@
 //! per room, hub and participant roles), `federation` and `client_api` (the
 //! two HTTP surfaces), `app` (composition) and `cli`.
 
+pub mod admin;
 pub mod app;
 pub mod bench;
 pub mod cli;

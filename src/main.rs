@@ -61,6 +61,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Admin(args) => match lmx::cli::admin::run(&args) {
+            Ok((status, answer)) => {
+                let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
+                if (200..300).contains(&status) {
+                    ExitCode::SUCCESS
+                } else {
+                    let _ = writeln!(std::io::stderr(), "lmx admin: the server answered {status}");
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "lmx admin: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Bench(args) => match bench(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -138,7 +153,7 @@ fn bench(args: lmx::bench::Args) -> anyhow::Result<()> {
 
 fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     let loaded = lmx::config::Config::load_with(args.config.as_deref(), &args.options)?;
-    lmx::cli::logging::init(&loaded.config.log)?;
+    lmx::admin::logging::init(&loaded.config.log)?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
@@ -170,8 +185,8 @@ async fn reload_on_hangup(
         lmx::cli::systemd::notify("RELOADING=1");
         match lmx::config::Config::load_with(args.config.as_deref(), &args.options) {
             Ok(loaded) => {
-                let filter = lmx::cli::logging::wanted_filter(&loaded.config.log);
-                match lmx::cli::logging::set_filter(&filter) {
+                let filter = lmx::admin::logging::wanted_filter(&loaded.config.log);
+                match lmx::admin::logging::set_filter(&filter) {
                     Ok(()) => tracing::info!(%filter, "configuration reloaded: log filter applied"),
                     Err(e) => tracing::warn!(error = %e, "the new log filter is refused"),
                 }

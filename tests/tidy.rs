@@ -90,6 +90,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("media", &["core", "sys", "config", "store", "http", "wire"]),
     ("federation", &["core", "sys", "crash", "config", "store", "http", "room", "ephemeral", "wire", "e2ee", "media"]),
     ("push", &["core", "sys", "config", "store", "http", "room", "wire", "federation"]),
+    ("admin", &["core", "sys", "config", "store", "http", "federation"]),
     (
         "client_api",
         &[
@@ -106,6 +107,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "media",
             "federation",
             "push",
+            "admin",
         ],
     ),
     ("bench", &["core", "sys", "config", "http", "store"]),
@@ -125,6 +127,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "media",
             "federation",
             "push",
+            "admin",
             "client_api",
         ],
     ),
@@ -143,6 +146,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "e2ee",
             "media",
             "federation",
+            "admin",
             "client_api",
             "bench",
             "app",

@@ -1,8 +1,8 @@
-//! Command-line interface: `lmx serve` and `lmx inspect …`.
+//! Command-line interface: `lmx serve`, `lmx admin …`, `lmx db …`, `lmx inspect …`.
 
+pub mod admin;
 pub mod db;
 pub mod inspect;
-pub mod logging;
 pub mod systemd;
 
 use std::path::PathBuf;
@@ -39,6 +39,9 @@ pub enum Command {
     /// The store, offline (lmx must not be running on it).
     #[command(subcommand)]
     Db(Db),
+    /// The admin API of a running server (`admin.listen`), command by
+    /// command.
+    Admin(admin::Admin),
     /// Benchmarks: start servers, load them, print figures (BENCHMARKS.md).
     Bench(crate::bench::Args),
 }

@@ -110,6 +110,22 @@ struct NewUser<'a> {
     registration_token: Option<&'a str>,
 }
 
+impl Accounts {
+    /// Stores a new account unless the name is taken (`false`), under the
+    /// lock that creates users.
+    pub(super) fn create_exclusive(&self, server: &ClientDeps, rec: UserRecord) -> Result<bool, Failure> {
+        let user = UserId::parse(&rec.user_id).map_err(Failure::corrupt)?;
+        let _creating = self.creating.lock().expect("poisoned");
+        if server.store.user(&user)?.is_some() {
+            return Ok(false);
+        }
+        let mut b = Batch::new();
+        b.push(Op::PutUser(rec));
+        server.store.write(b)?;
+        Ok(true)
+    }
+}
+
 /// Creates a user and, unless `inhibit_login`, a device with a token. The
 /// name is checked and taken under one lock, so two concurrent requests
 /// for one name cannot both succeed.

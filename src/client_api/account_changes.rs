@@ -44,6 +44,13 @@ pub async fn deactivate(call: Call) -> Result<Value, Failure> {
     let (user, _) = call.who()?;
     let user = user.clone();
     super::devices::require_password(&call, &user).await?;
+    deactivate_account(call, &user).await?;
+    Ok(json!({"id_server_unbind_result": "no-support"}))
+}
+
+/// Deactivates `user`, the caller of `call` (or an admin acting as them).
+pub(super) async fn deactivate_account(call: Call, user: &crate::core::ids::UserId) -> Result<(), Failure> {
+    let user = user.clone();
     let mut rec = call.server.store.user(&user)?.ok_or(Failure::UnknownToken)?;
     rec.deactivated = true;
     rec.password_hash = String::new();
@@ -65,7 +72,7 @@ pub async fn deactivate(call: Call) -> Result<Value, Failure> {
     }
     let changes: Vec<_> = devices.iter().map(|d| (d.as_str(), DeviceChange::Deleted)).collect();
     super::keys::commit_device_changes(&call, &user, &changes, b).await?;
-    Ok(json!({"id_server_unbind_result": "no-support"}))
+    Ok(())
 }
 
 /// `GET account/3pid`: none are kept.

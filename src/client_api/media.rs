@@ -165,6 +165,9 @@ async fn record_of(
     let lock = media.fetch_lock(server, id);
     let _one = lock.lock().await;
     if let Some(r) = call.deps.store.media(server, id)?.filter(|r| !r.pending) {
+        if !r.quarantined_by.is_empty() {
+            return Err(Failure::not_found("Unknown media"));
+        }
         return Ok(r);
     }
     let fetched = call.deps.remote.fetch_media(server, id, None, media.limits.max_upload).await?;

@@ -4,6 +4,7 @@
 mod account;
 mod account_changes;
 mod account_data;
+mod admin;
 mod backup;
 mod cross_signing;
 mod deps;
@@ -50,6 +51,7 @@ use crate::store::{BoxFuture, TokenHash};
 use crate::wire::{self, Failure, Surface};
 
 pub use account::Accounts;
+pub use admin::AdminHandler;
 pub use deps::ClientDeps;
 use ratelimit::Limiter;
 
@@ -77,6 +79,17 @@ impl Call {
     /// The request's JSON object (`{}` for an empty body).
     pub fn body(&self) -> Result<&Object, Failure> {
         self.body.as_ref().map_err(|e| Failure::from(e.clone()))
+    }
+
+    /// The same request made as `user` (the admin API acting on an
+    /// account), with no device.
+    pub(crate) fn as_user(&self, user: &UserId) -> Call {
+        Call { user: Some((user.clone(), String::new())), token: None, ..self.clone() }
+    }
+
+    /// The same request made as `user` with another body.
+    pub(crate) fn as_user_with(&self, user: &UserId, body: Object) -> Call {
+        Call { body: Ok(body), ..self.as_user(user) }
     }
 }
 
@@ -145,6 +158,24 @@ fn token_of(req: &Request<Incoming>, query: &[(String, String)]) -> Option<Strin
 }
 
 impl ClientHandler {
+    /// A call made through the admin API, as `user` or as nobody.
+    fn call(
+        &self,
+        query: Vec<(String, String)>,
+        body: Result<Object, crate::http::BodyError>,
+        user: Option<UserId>,
+    ) -> Call {
+        Call {
+            server: self.server.clone(),
+            query,
+            body,
+            user: user.map(|u| (u, String::new())),
+            token: None,
+            accounts: self.accounts.clone(),
+            sliding: self.sliding.clone(),
+        }
+    }
+
     async fn route(&self, req: Request<Incoming>, remote: SocketAddr) -> Result<Response<Body>, Failure> {
         if req.method() == Method::OPTIONS {
             return Ok(ok_json(&serde_json::json!({})));
@@ -203,12 +234,17 @@ impl ClientHandler {
             ["_synapse", "admin", "v1", "register"] => {
                 return account::shared_secret_register(&method, call).await.map(|v| ok_json(&v))
             }
-            ["_synapse", "admin", "v1", "event_reports"] => {
-                only(&method, Method::GET)?;
-                return reports::admin_list(call).map(|v| ok_json(&v));
-            }
-            ["_synapse", "admin", "v1", "registration_tokens", rest @ ..] => {
-                return tokens::admin(call, &method, rest).await.map(|v| ok_json(&v))
+            ["_synapse", "admin", rest @ ..] => {
+                // Synapse's admin paths, for users who are server admins.
+                let (user, _) = call.who()?;
+                if !self.server.store.user(user)?.is_some_and(|u| u.admin) {
+                    return Err(Failure::forbidden("You are not a server admin"));
+                }
+                let acting = Some(user.clone());
+                let (status, v) = admin::synapse(&method, rest, call, &acting).await?;
+                let mut resp = ok_json(&v);
+                *resp.status_mut() = status;
+                return Ok(resp);
             }
             ["_matrix", "client", "v1", rest @ ..] => {
                 if let ["register", ..] = rest {

@@ -90,6 +90,14 @@ pub async fn put(call: Call, user: &str, field: &str) -> Result<Value, Failure> 
         return Err(Failure::Unrecognized);
     }
     let value = call.body()?.get(field).and_then(Value::as_str).unwrap_or("").to_owned();
+    set_field(&call, &me, field, &value).await?;
+    Ok(json!({}))
+}
+
+/// Sets a profile field of `me` (the caller of `call`) and sends it to
+/// every room they are in.
+pub(super) async fn set_field(call: &Call, me: &UserId, field: &str, value: &str) -> Result<(), Failure> {
+    let (me, value) = (me.clone(), value.to_owned());
     let mut rec = call.server.store.user(&me)?.ok_or_else(|| Failure::not_found("Unknown user"))?;
     if field == "displayname" {
         rec.displayname = value.clone();
@@ -112,9 +120,9 @@ pub async fn put(call: Call, user: &str, field: &str) -> Result<Value, Failure> 
         } else {
             content.insert(field.into(), json!(value));
         }
-        if let Err(e) = submit(&call, &room, draft(&me, "m.room.member", Some(me.as_str()), content)).await {
+        if let Err(e) = submit(call, &room, draft(&me, "m.room.member", Some(me.as_str()), content)).await {
             tracing::info!(%room, error = %e, "profile change not sent to a room");
         }
     }
-    Ok(json!({}))
+    Ok(())
 }

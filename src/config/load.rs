@@ -104,6 +104,8 @@ impl Config {
         let t = &mut config.turn;
         secret("turn.shared_secret", &mut t.shared_secret, &t.shared_secret_file)?;
         secret("turn.password", &mut t.password, &t.password_file)?;
+        let a = &mut config.admin;
+        secret("admin.token", &mut a.token, &a.token_file)?;
         config.validate()?;
         let warnings = stray_variables(std::env::vars().map(|(k, _)| k), &keys);
         Ok(Loaded { config, warnings })
@@ -119,6 +121,7 @@ impl Config {
         };
         mask(&mut shown.registration.shared_secret);
         mask(&mut shown.turn.shared_secret);
+        mask(&mut shown.admin.token);
         mask(&mut shown.turn.password);
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot show the configuration: {e}\n"))
     }

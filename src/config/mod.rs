@@ -45,6 +45,31 @@ pub struct Config {
     pub turn: Turn,
     pub push: Push,
     pub log: Log,
+    pub admin: Admin,
+    pub metrics: Metrics,
+}
+
+/// The admin API, `lmx admin`'s server side and the status page, on a
+/// listener of their own; off unless `listen` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub listen: Option<SocketAddr>,
+    /// The bearer token that opens the admin API (besides the access
+    /// tokens of users who are server admins); better from `token_file`.
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    /// The local part of the user who sends server notices (made on first
+    /// use).
+    pub notices_localpart: String,
+}
+
+/// Prometheus metrics on a listener of their own; off unless `listen` is
+/// set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    pub listen: Option<SocketAddr>,
 }
 
 /// Logging (`LMX_LOG`, when set, overrides `level`).
@@ -299,6 +324,8 @@ impl Default for Config {
                 preview_allow_ip_ranges: Vec::new(),
             },
             log: Log { level: "info".into(), format: LogFormat::Pretty },
+            admin: Admin { listen: None, token: None, token_file: None, notices_localpart: "server-notices".into() },
+            metrics: Metrics { listen: None },
             push: Push {
                 allow_ip_ranges: Vec::new(),
                 include_content: true,

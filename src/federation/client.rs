@@ -145,6 +145,11 @@ pub struct FedClient {
 }
 
 impl FedClient {
+    /// Forgets the well-known answers resolved so far; how many.
+    pub fn forget_resolved(&self) -> usize {
+        self.well_known.clear()
+    }
+
     /// `tls: None` means plain HTTP to every peer (`insecure_plaintext`).
     pub fn new(
         key: SigningKey,

@@ -37,6 +37,14 @@ pub struct WellKnownCache {
 }
 
 impl WellKnownCache {
+    /// Forgets every answer (an operator's flush); how many there were.
+    pub fn clear(&self) -> usize {
+        let mut map = self.entries.lock().expect("poisoned");
+        let n = map.len();
+        map.clear();
+        n
+    }
+
     pub fn get(&self, host: &str) -> Option<Option<String>> {
         let map = self.entries.lock().expect("poisoned");
         map.get(host).filter(|(until, _)| *until > Instant::now()).map(|(_, v)| v.clone())

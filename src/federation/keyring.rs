@@ -183,6 +183,16 @@ pub struct KeyRing {
 }
 
 impl KeyRing {
+    /// Forgets other servers' keys held in memory and failed look-ups, so
+    /// the next use fetches them again (stored keys stay); how many.
+    pub fn forget_remembered(&self) -> usize {
+        let mut cache = self.cache.lock().expect("poisoned");
+        let n = cache.len();
+        cache.clear();
+        self.misses.lock().expect("poisoned").clear();
+        n
+    }
+
     pub fn new(own: SigningKey, client: Arc<FedClient>, store: Arc<dyn Store>) -> Self {
         KeyRing {
             own,
@@ -296,15 +306,19 @@ impl KeyRing {
         let resp = match self.client.get_unsigned(server, "/_matrix/key/v2/server", MAX_KEY_RESPONSE).await {
             Ok(r) => r,
             Err(e) => {
+                metrics::counter!("lmx_key_fetches_total", "result" => "unreachable").increment(1);
                 tracing::info!(%server, error = %e, "key fetch failed");
                 return None;
             }
         };
-        let raw = resp.json(server.as_str()).ok()?.as_object()?.clone();
-        let Some(info) = parse_key_response(server, raw.clone(), now) else {
+        let raw = resp.json(server.as_str()).ok().and_then(|v| v.as_object().cloned());
+        let Some(info) = raw.clone().and_then(|raw| parse_key_response(server, raw, now)) else {
+            metrics::counter!("lmx_key_fetches_total", "result" => "refused").increment(1);
             tracing::warn!(%server, "key response failed its checks");
             return None;
         };
+        metrics::counter!("lmx_key_fetches_total", "result" => "ok").increment(1);
+        let raw = raw.unwrap_or_default();
         if keep == Keep::Stored {
             let mut b = Batch::new();
             b.push(Op::PutServerKeys {

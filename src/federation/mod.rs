@@ -24,6 +24,7 @@ pub mod web;
 pub mod xmatrix;
 
 pub use node::Node;
+pub use outbound::{Backlog, DeliveryStatus, BACKLOG_COUNT_LIMIT};
 pub use remote::Remote;
 
 /// Path prefix of the `.02` room version's unstable endpoints (digest 6.0).

@@ -30,7 +30,44 @@ struct Worker {
     notify: Notify,
     /// Set by a signed request from the destination: retry now.
     reset: AtomicBool,
+    status: Mutex<DeliveryStatus>,
 }
+
+/// How delivery to a destination is going, as its worker last saw it (in
+/// memory: a restart starts it afresh).
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryStatus {
+    /// Failed attempts in a row; 0 when the last one succeeded.
+    pub failures: u32,
+    pub last_error: Option<String>,
+    /// Milliseconds since the epoch; 0: never.
+    pub last_success_ts: i64,
+    pub last_failure_ts: i64,
+    /// The first failure of the current run of them; 0 when healthy.
+    pub failing_since_ts: i64,
+    /// When the next attempt is due while backing off; 0: not backing off.
+    pub retry_at_ts: i64,
+    /// The backoff being waited out, ms.
+    pub retry_interval_ms: u64,
+    /// Round trip of the last delivered transaction, ms.
+    pub last_round_trip_ms: u64,
+}
+
+/// What a destination has not been sent yet.
+#[derive(Debug, Clone, Default)]
+pub struct Backlog {
+    /// Everything up to this queue (stream) position was delivered.
+    pub acked: u64,
+    /// Items waiting, counted up to `BACKLOG_COUNT_LIMIT`.
+    pub depth: usize,
+    /// The oldest waiting event: its id, room and `origin_server_ts`.
+    pub oldest_event: Option<(String, String, i64)>,
+    /// Stream positions written since the last delivered one.
+    pub lag_positions: u64,
+}
+
+/// Queue items counted for a backlog before the count stops (it reads them).
+pub const BACKLOG_COUNT_LIMIT: usize = 10_000;
 
 pub struct Outbound {
     base_ms: u64,
@@ -48,7 +85,11 @@ impl Outbound {
         if let Some(w) = map.get(dest) {
             return w.clone();
         }
-        let w = Arc::new(Worker { notify: Notify::new(), reset: AtomicBool::new(false) });
+        let w = Arc::new(Worker {
+            notify: Notify::new(),
+            reset: AtomicBool::new(false),
+            status: Mutex::new(DeliveryStatus::default()),
+        });
         map.insert(dest.clone(), w.clone());
         // Not under the span of whatever woke it first (a room, a request).
         let span = tracing::info_span!(parent: None, "deliver", dest = %dest);
@@ -71,6 +112,25 @@ impl Outbound {
             w.reset.store(true, Ordering::SeqCst);
             w.notify.notify_one();
         }
+    }
+
+    /// Each destination a worker delivers to, with how it is going.
+    pub fn statuses(&self) -> Vec<(ServerName, DeliveryStatus)> {
+        let map = self.workers.lock().expect("poisoned");
+        let mut all: Vec<_> =
+            map.iter().map(|(d, w)| (d.clone(), w.status.lock().expect("poisoned").clone())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Retries `dest` now if it is backing off (an operator's `retry`);
+    /// `false` when no worker delivers to it.
+    pub fn retry_now(&self, dest: &ServerName) -> bool {
+        let map = self.workers.lock().expect("poisoned");
+        let Some(w) = map.get(dest) else { return false };
+        w.reset.store(true, Ordering::SeqCst);
+        w.notify.notify_one();
+        true
     }
 
     /// Resumes delivery to every destination with queued work (start-up).
@@ -282,6 +342,18 @@ async fn deliver(node: Arc<Node>, dest: ServerName, worker: Arc<Worker>) {
                 crate::crash::point("deliver.after_send");
                 tracing::debug!(%dest, txn = %txn.id, answered_us = sent_at.elapsed().as_micros() as u64, "transaction delivered");
                 failures = 0;
+                let round_trip = sent_at.elapsed();
+                metrics::histogram!("lmx_federation_transaction_seconds", "direction" => "out")
+                    .record(round_trip.as_secs_f64());
+                {
+                    let mut st = worker.status.lock().expect("poisoned");
+                    st.failures = 0;
+                    st.failing_since_ts = 0;
+                    st.last_success_ts = crate::sys::now_ms();
+                    st.retry_at_ts = 0;
+                    st.retry_interval_ms = 0;
+                    st.last_round_trip_ms = round_trip.as_millis() as u64;
+                }
                 let answer = resp.json(dest.as_str()).unwrap_or_else(|_| json!({}));
                 report_refused_lpdus(&node, &txn, &answer).await;
                 let next = match prepare {
@@ -314,6 +386,18 @@ async fn deliver(node: Arc<Node>, dest: ServerName, worker: Arc<Worker>) {
                     .filter(|_| e.status().map(|s| s.as_u16()) == Some(429));
                 let wait = retry_after.map(Duration::from_millis).unwrap_or_else(|| node.outbound.delay(failures));
                 tracing::info!(error = %e, failures, wait_ms = wait.as_millis() as u64, "delivery failed; backing off");
+                {
+                    let now = crate::sys::now_ms();
+                    let mut st = worker.status.lock().expect("poisoned");
+                    st.failures = failures;
+                    st.last_error = Some(e.to_string());
+                    st.last_failure_ts = now;
+                    if st.failing_since_ts == 0 {
+                        st.failing_since_ts = now;
+                    }
+                    st.retry_interval_ms = wait.as_millis() as u64;
+                    st.retry_at_ts = now.saturating_add(wait.as_millis() as i64);
+                }
                 worker.reset.store(false, Ordering::SeqCst);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
@@ -324,6 +408,7 @@ async fn deliver(node: Arc<Node>, dest: ServerName, worker: Arc<Worker>) {
                         }
                     } => { failures = 0; }
                 }
+                worker.status.lock().expect("poisoned").retry_at_ts = 0;
             }
         }
     }
@@ -495,6 +580,29 @@ async fn report_refused_lpdus(node: &Node, txn: &Txn, answer: &Value) {
             let _ = h.send(RoomCmd::LpduRefused { lpdu_hash: hash.clone(), error }).await;
         }
     }
+}
+
+/// What `dest` has not been sent yet, read from its queue.
+pub fn backlog(node: &Node, dest: &ServerName) -> Result<Backlog, StoreError> {
+    let state = node.store.destination(dest)?;
+    let items = node.store.queue(dest, state.acked, BACKLOG_COUNT_LIMIT)?;
+    let mut oldest_event = None;
+    for (_, item) in items.iter().take(64) {
+        if let Some(Item::EventId(id)) = &item.item {
+            let Ok(event) = crate::core::ids::EventId::parse(id) else { continue };
+            if let Some(rec) = node.store.event(&event)? {
+                let pdu = json::parse(&rec.json, NumberPolicy::Ieee754).unwrap_or_default();
+                let room = pdu["room_id"].as_str().unwrap_or_default().to_owned();
+                oldest_event = Some((id.clone(), room, pdu["origin_server_ts"].as_i64().unwrap_or(0)));
+                break;
+            }
+        }
+    }
+    let lag_positions = match items.last() {
+        Some(_) => node.positions.watermark().saturating_sub(state.acked),
+        None => 0,
+    };
+    Ok(Backlog { acked: state.acked, depth: items.len(), oldest_event, lag_positions })
 }
 
 #[cfg(test)]

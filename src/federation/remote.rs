@@ -202,4 +202,32 @@ impl Remote {
     pub fn track_devices(&self, user: &UserId) {
         super::device_lists::resync(&self.0, user.clone())
     }
+
+    /// Each destination a worker delivers to, with how it is going.
+    pub fn deliveries(&self) -> Vec<(ServerName, super::DeliveryStatus)> {
+        self.0.outbound.statuses()
+    }
+
+    /// Destinations with queued work, whether or not a worker runs.
+    pub fn destinations_with_work(&self) -> Result<Vec<ServerName>, StoreError> {
+        self.0.store.destinations_with_work()
+    }
+
+    /// What `dest` has not been sent yet.
+    pub fn backlog(&self, dest: &ServerName) -> Result<super::outbound::Backlog, StoreError> {
+        super::outbound::backlog(&self.0, dest)
+    }
+
+    /// Delivers to `dest` now: cuts a backoff short, or starts a worker.
+    pub fn retry_now(&self, dest: &ServerName) {
+        if !self.0.outbound.retry_now(dest) {
+            self.0.outbound.wake(&self.0, dest);
+        }
+    }
+
+    /// Forgets resolved well-known answers and other servers' keys held
+    /// in memory: `(resolver entries, key entries)`.
+    pub fn forget_caches(&self) -> (usize, usize) {
+        (self.0.fed.forget_resolved(), self.0.keyring.forget_remembered())
+    }
 }

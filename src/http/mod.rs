@@ -4,6 +4,7 @@
 //! decided above, in `wire`.
 
 pub mod observe;
+pub mod routes;
 mod server;
 pub mod tls;
 

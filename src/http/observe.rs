@@ -122,12 +122,18 @@ impl Handler for Observed {
         Box::pin(
             async move {
                 let resp = inner.handle(req, remote).await;
+                let elapsed = started.elapsed().as_secs_f64();
+                let status = resp.status().as_u16().to_string();
+                let route = super::routes::route_label(&path);
+                metrics::counter!("lmx_http_requests_total", "listener" => listener, "route" => route, "status" => status)
+                    .increment(1);
+                metrics::histogram!("lmx_http_request_seconds", "listener" => listener).record(elapsed);
                 tracing::info!(
                     target: "lmx::request",
                     %method,
                     route = %path,
                     status = resp.status().as_u16(),
-                    latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    latency_ms = elapsed * 1000.0,
                     by = caller.get(),
                     remote = %remote.ip(),
                     %listener,

@@ -284,6 +284,10 @@ impl Media {
             tokio::pin!(woken);
             woken.as_mut().enable();
             let Some(record) = self.store.media(server, id)? else { return Ok(None) };
+            // Quarantined media is answered as if it did not exist.
+            if !record.quarantined_by.is_empty() {
+                return Ok(None);
+            }
             if !record.pending {
                 return Ok(Some(record));
             }

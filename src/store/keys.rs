@@ -156,6 +156,10 @@ pub fn user(user: &str) -> Vec<u8> {
     Key::new(table::USER).s(user).build()
 }
 
+pub fn user_prefix() -> Vec<u8> {
+    Key::new(table::USER).build()
+}
+
 pub fn token(token: &str) -> Vec<u8> {
     Key::new(table::TOKEN).s(token).build()
 }

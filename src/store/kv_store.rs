@@ -161,6 +161,10 @@ impl<K: Kv> Store for KvStore<K> {
         self.get(&keys::user(user.as_str()))
     }
 
+    fn users(&self) -> StoreResult<Vec<UserRecord>> {
+        self.prefix(&keys::user_prefix(), false, usize::MAX)?.iter().map(|(k, v)| decode(k, v)).collect()
+    }
+
     fn access_token(&self, token: &TokenHash) -> StoreResult<Option<AccessToken>> {
         self.get(&keys::token(token.as_str()))
     }

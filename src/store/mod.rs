@@ -448,6 +448,8 @@ pub trait Store: Send + Sync + 'static {
 
     // Accounts.
     fn user(&self, user: &UserId) -> StoreResult<Option<UserRecord>>;
+    /// Every account (the admin API's list).
+    fn users(&self) -> StoreResult<Vec<UserRecord>>;
     fn access_token(&self, token: &TokenHash) -> StoreResult<Option<AccessToken>>;
     fn memberships(&self, user: &UserId) -> StoreResult<Vec<(RoomId, Membership)>>;
     fn membership(&self, user: &UserId, room: &RoomId) -> StoreResult<Option<Membership>>;

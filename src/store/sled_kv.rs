@@ -113,7 +113,9 @@ impl GroupFlush {
         // Every ticket handed out so far is covered by this flush.
         let target = self.requested.load(Ordering::SeqCst);
         let flush = self.flush.clone();
+        let started = std::time::Instant::now();
         tokio::task::spawn_blocking(move || flush()).await.map_err(|e| StoreError::Backend(e.to_string()))??;
+        metrics::histogram!("lmx_store_flush_seconds").record(started.elapsed().as_secs_f64());
         self.completed.fetch_max(target, Ordering::SeqCst);
         Ok(())
     }

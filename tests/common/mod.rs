@@ -196,6 +196,8 @@ impl Net {
 pub struct Server {
     pub config: Config,
     pub client: SocketAddr,
+    /// The admin listener, when `admin.listen` was set.
+    pub admin: Option<SocketAddr>,
     node: Option<Arc<Node>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -211,12 +213,13 @@ impl Server {
         let bound = app.addresses();
         // A restart keeps the client port.
         config.client.listen = bound.client;
+        config.admin.listen = bound.admin;
         let node = app.node();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run(async move {
             let _ = rx.await;
         }));
-        Server { config, client: bound.client, node: Some(node), stop: Some(tx), task: Some(task) }
+        Server { config, client: bound.client, admin: bound.admin, node: Some(node), stop: Some(tx), task: Some(task) }
     }
 
     /// The running server's parts (store, rooms, keys).
@@ -478,6 +481,18 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Waits until the async `check` holds, polling.
+pub async fn eventually_async<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("timed out waiting for {what}");
 }

@@ -105,7 +105,10 @@ pub async fn sync(call: Call) -> Result<Value, Failure> {
         } else if tokio::time::Instant::now() >= deadline {
             return s.empty_answer(since);
         }
-        if tokio::time::timeout_at(deadline, marks.changed()).await.is_err() {
+        metrics::gauge!("lmx_sync_waiters").increment(1.0);
+        let woken = tokio::time::timeout_at(deadline, marks.changed()).await;
+        metrics::gauge!("lmx_sync_waiters").decrement(1.0);
+        if woken.is_err() {
             let upto = call.server.positions.watermark();
             return if upto > since.to_device { Ok(s.incremental(since, upto)?.0) } else { s.empty_answer(since) };
         }

@@ -154,7 +154,10 @@ pub async fn sliding_sync(call: Call) -> Result<Value, Failure> {
             answer["pos"] = json!(call.sliding.put(key, sent));
             return Ok(answer);
         }
-        if tokio::time::timeout_at(deadline, marks.changed()).await.is_err() {
+        metrics::gauge!("lmx_sync_waiters").increment(1.0);
+        let woken = tokio::time::timeout_at(deadline, marks.changed()).await;
+        metrics::gauge!("lmx_sync_waiters").decrement(1.0);
+        if woken.is_err() {
             let upto = call.server.positions.watermark();
             let (mut answer, sent, _) = build(&asked, upto)?;
             answer["pos"] = json!(call.sliding.put(key, sent));

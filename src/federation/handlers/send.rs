@@ -70,6 +70,8 @@ pub async fn send(mut req: Req, txn: &str, v1: bool) -> Result<Value, Failure> {
         },
     });
     req.node.store.write(b)?;
+    metrics::histogram!("lmx_federation_transaction_seconds", "direction" => "in")
+        .record(started.elapsed().as_secs_f64());
     tracing::debug!(origin = %req.origin, txn, pdus = pdus.len(), edus = edus.len(), handled_us = started.elapsed().as_micros() as u64, "transaction handled");
     Ok(answer)
 }
@@ -159,6 +161,8 @@ async fn process_pdus(req: &Req, pdus: &[Value]) -> Result<Outcomes, Failure> {
             if !is_hub {
                 continue; // item 165: LPDUs for rooms we do not hub are dropped
             }
+            let kind = if version.lm { "lm" } else { "mixed" };
+            metrics::counter!("lmx_lpdus_received_total", "room_kind" => kind).increment(1);
             match accept_lpdu(req, version, obj).await {
                 Ok(lpdu) => match handle.ask_later(|reply| RoomCmd::Lpdu { lpdu, with_state: false, reply }).await {
                     Ok(answer) => sequencing.push((id, answer)),

@@ -3,7 +3,7 @@
 //! only on a terminal and never with `NO_COLOR`.
 
 use std::io::IsTerminal;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -12,6 +12,8 @@ use tracing_subscriber::{reload, EnvFilter, Registry};
 use crate::config::{Log, LogFormat};
 
 static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+/// The filter in force, as it was given.
+static CURRENT: Mutex<String> = Mutex::new(String::new());
 
 /// The filter in force: `LMX_LOG` when set, else the configuration's.
 pub fn wanted_filter(log: &Log) -> String {
@@ -25,10 +27,11 @@ pub fn colour(is_terminal: bool, no_color: Option<&str>) -> bool {
 
 /// Starts logging to standard error.
 pub fn init(log: &Log) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(wanted_filter(log))?;
+    let wanted = wanted_filter(log);
+    let filter = EnvFilter::try_new(&wanted)?;
     let (filter, handle) = reload::Layer::new(filter);
     let ansi = colour(std::io::stderr().is_terminal(), std::env::var("NO_COLOR").ok().as_deref());
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry().with(filter).with(crate::admin::recent::RecentLayer);
     match log.format {
         LogFormat::Pretty => {
             let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
@@ -44,14 +47,22 @@ pub fn init(log: &Log) -> anyhow::Result<()> {
         }
     }
     let _ = FILTER.set(handle);
+    *CURRENT.lock().expect("poisoned") = wanted;
     Ok(())
+}
+
+/// The filter in force (empty when logging was not started here).
+pub fn current_filter() -> String {
+    CURRENT.lock().expect("poisoned").clone()
 }
 
 /// Changes the filter of a running process.
 pub fn set_filter(filter: &str) -> Result<(), String> {
     let parsed = EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
     let handle = FILTER.get().ok_or("logging is not running")?;
-    handle.reload(parsed).map_err(|e| e.to_string())
+    handle.reload(parsed).map_err(|e| e.to_string())?;
+    *CURRENT.lock().expect("poisoned") = filter.to_owned();
+    Ok(())
 }
 
 #[cfg(test)]

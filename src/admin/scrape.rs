@@ -1,0 +1,64 @@
+//! The metrics listener's handler: `GET /metrics` sets the gauges that are
+//! read rather than counted (each destination's backlog, rooms hubbed, the
+//! store's size), then answers the Prometheus text.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::federation::Node;
+use crate::http::{full, Body, Handler};
+use crate::store::BoxFuture;
+
+pub struct MetricsHandler {
+    pub node: Arc<Node>,
+}
+
+/// Reads what the gauges show now.
+fn refresh(node: &Node) {
+    let now = crate::sys::now_ms();
+    for (dest, status) in node.outbound.statuses() {
+        let labels = [("destination", dest.to_string())];
+        metrics::gauge!("lmx_federation_destination_failures", &labels).set(f64::from(status.failures));
+        match crate::federation::outbound::backlog(node, &dest) {
+            Ok(b) => {
+                metrics::gauge!("lmx_federation_queue_depth", &labels).set(b.depth as f64);
+                metrics::gauge!("lmx_federation_queue_lag_events", &labels).set(b.lag_positions as f64);
+                let age = b.oldest_event.map_or(0, |(_, _, ts)| now.saturating_sub(ts).max(0));
+                metrics::gauge!("lmx_federation_queue_lag_seconds", &labels).set(age as f64 / 1000.0);
+            }
+            Err(e) => tracing::warn!(%dest, error = %e, "metrics: cannot read a destination's queue"),
+        }
+    }
+    let hubbed =
+        node.store.rooms().map_or(0, |rooms| rooms.iter().filter(|r| r.hub_server == node.name.as_str()).count());
+    metrics::gauge!("lmx_rooms_hubbed").set(hubbed as f64);
+    metrics::gauge!("lmx_store_size_bytes").set(super::size_of_dir(&node.config.data_dir.join("db")) as f64);
+}
+
+impl Handler for MetricsHandler {
+    fn handle(self: Arc<Self>, req: Request<Incoming>, _remote: SocketAddr) -> BoxFuture<'static, Response<Body>> {
+        Box::pin(async move {
+            if req.method() != Method::GET || req.uri().path() != "/metrics" {
+                let mut resp = Response::new(full("GET /metrics\n"));
+                *resp.status_mut() = StatusCode::NOT_FOUND;
+                return resp;
+            }
+            let node = self.node.clone();
+            let text = tokio::task::spawn_blocking(move || {
+                refresh(&node);
+                super::metrics::render()
+            })
+            .await
+            .unwrap_or_default();
+            let mut resp = Response::new(full(text));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        })
+    }
+}
