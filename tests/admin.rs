@@ -312,3 +312,62 @@ async fn a_destination_behind_shows_why_and_catches_up_on_retry() {
     assert_eq!(status.status, 200);
     assert!(String::from_utf8_lossy(&status.body).contains("p1.test:8448"));
 }
+
+/// The Prometheus text of a server's metrics listener.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let c = Client::new(addr);
+    let a = c.raw("GET", "/metrics", &[], vec![]).await;
+    assert_eq!(a.status, 200);
+    assert!(a.header("content-type").starts_with("text/plain"), "{}", a.header("content-type"));
+    String::from_utf8(a.body.to_vec()).unwrap()
+}
+
+/// The value of the first sample whose line starts with `series`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_the_hub_sequences_receives_refuses_and_delivers() {
+    let mut net = Net::new();
+    for h in ["hub.test", "p1.test"] {
+        net.reserve(h);
+    }
+    let metrics_port = free_port();
+    let mut config = net.config("hub.test");
+    config.metrics.listen = Some(([127, 0, 0, 1], metrics_port).into());
+    let hub = Server::start(config).await;
+    let p1 = Server::start(net.config("p1.test")).await;
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], metrics_port));
+    let alice = hub.client().register("alice").await;
+    let carol = hub.client().register("carol").await;
+    let bob = p1.client().register("bob").await;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "power_level_content_override": {"events_default": 50, "users": {"@bob:p1.test:8448": 50, "@alice:hub.test:8448": 100}}}))
+        .await;
+    assert_eq!(bob.join(&room, "hub.test:8448").await.status, 200);
+    assert_eq!(carol.join(&room, "hub.test:8448").await.status, 200);
+    for i in 0..3 {
+        alice.send_ok(&room, &format!("a{i}"), "from the hub").await;
+    }
+    bob.send_ok(&room, "b0", "an LPDU for the hub").await;
+    let refused = carol.send_text(&room, "c0", "not allowed").await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+
+    let text = scrape(metrics).await;
+    let sequenced = sample(&text, "lmx_events_sequenced_total{room_kind=\"lm\"}").unwrap_or(0.0);
+    assert!(sequenced >= 4.0, "creation, joins and messages were sequenced:\n{text}");
+    assert!(sample(&text, "lmx_lpdus_received_total{room_kind=\"lm\"}").unwrap_or(0.0) >= 1.0, "{text}");
+    assert!(text.lines().any(|l| l.starts_with("lmx_auth_rejections_total{rule=")), "{text}");
+    let sends = "lmx_http_requests_total{listener=\"client\",route=\"/_matrix/client/v3/rooms/{}/send/m.room.message/{}\",status=\"200\"}";
+    assert!(sample(&text, sends).unwrap_or(0.0) >= 3.0, "request counts by route shape:\n{text}");
+    assert!(text.contains("lmx_federation_transaction_seconds_bucket{direction=\"in\""), "{text}");
+    assert!(text.contains("lmx_federation_transaction_seconds_bucket{direction=\"out\""), "{text}");
+    assert!(text.contains("lmx_store_flush_seconds_bucket"), "{text}");
+    assert!(text.contains("lmx_federation_queue_depth{destination=\"p1.test:8448\"}"), "{text}");
+    assert!(sample(&text, "lmx_rooms_hubbed").is_some_and(|v| v >= 1.0), "{text}");
+    assert!(sample(&text, "process_resident_memory_bytes").is_some_and(|v| v > 1e6), "{text}");
+    assert!(text.contains("# HELP lmx_events_sequenced_total"), "described:\n{text}");
+    let elsewhere = Client::new(metrics).raw("GET", "/other", &[], vec![]).await;
+    assert_eq!(elsewhere.status, 404);
+}

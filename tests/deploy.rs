@@ -142,3 +142,58 @@ async fn lmx_health_answers_for_a_running_server_and_fails_without_one() {
     let wrong = health(format!("http://{}/nothing-here", hub.client)).await;
     assert!(!wrong.status.success(), "a 404 is not healthy");
 }
+
+/// Metric names a query names (histogram series by their family).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let starts = expr[i..].starts_with("lmx_") || expr[i..].starts_with("process_");
+        let boundary = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+        if starts && boundary {
+            let end = expr[i..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).map_or(expr.len(), |e| i + e);
+            let name = &expr[i..end];
+            let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+            names.push(family.to_owned());
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+#[test]
+fn the_grafana_dashboard_charts_only_metrics_lmx_exports() {
+    let dashboard: serde_json::Value = serde_json::from_str(&read("grafana-dashboard.json")).unwrap();
+    assert_eq!(dashboard["uid"], "lmx-overview");
+    let described =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/admin/metrics.rs")).unwrap();
+    // What metrics-process exports on Linux.
+    let process = ["process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"];
+    let mut charted = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        assert!(panel["title"].as_str().is_some_and(|t| !t.is_empty()), "every panel has a title: {panel}");
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{}", panel["title"]);
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            assert!(expr.contains("instance=~\"$instance\""), "{expr}");
+            charted.extend(metric_names(expr));
+        }
+    }
+    for name in &charted {
+        let known = if name.starts_with("lmx_") {
+            described.contains(&format!("\"{name}\""))
+        } else {
+            process.contains(&name.as_str())
+        };
+        assert!(known, "the dashboard charts {name}, which lmx does not export");
+    }
+    for must in ["lmx_events_sequenced_total", "lmx_federation_queue_lag_seconds", "lmx_http_requests_total"] {
+        assert!(charted.contains(must), "the dashboard charts {must}");
+    }
+}

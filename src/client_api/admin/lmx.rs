@@ -72,15 +72,16 @@ fn list_around(call: &Call, room: &str) -> Result<Reply, Failure> {
         Some(l) => l.parse::<u64>().map_err(|_| Failure::invalid_param("limit must be a number"))?.clamp(1, MAX_AROUND),
     };
     let store = &call.server.store;
-    let center = match crate::http::query_get(&call.query, "around") {
-        None => view.length.saturating_sub(1),
+    let from = match crate::http::query_get(&call.query, "around") {
+        None => view.length.saturating_sub(limit),
         Some(e) => {
             let id = EventId::parse(e).map_err(|_| Failure::invalid_param("around must be an event id"))?;
             let rec = store.event(&id)?.filter(|r| r.room_id == room.as_str() && !r.outlier);
-            rec.ok_or_else(|| Failure::not_found("The event is not in this room's list"))?.index
+            rec.ok_or_else(|| Failure::not_found("The event is not in this room's list"))?
+                .index
+                .saturating_sub(limit / 2)
         }
     };
-    let from = center.saturating_sub(limit / 2);
     let to = (from + limit).min(view.length);
     let mut entries = Vec::new();
     for (i, id) in (from..to).zip(store.list(&room, from, to)?) {
