@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::scrape::MetricsHandler;
-use crate::client_api::{AdminHandler, ClientDeps, ClientHandler};
+use crate::client_api::{AdminHandler, ClientDeps, ClientHandler, RateLimits};
 use crate::config::Config;
 use crate::federation::client::FedClient;
 use crate::federation::inbound::FedHandler;
@@ -21,7 +21,7 @@ use crate::federation::keyring::load_or_create_signing_key;
 use crate::federation::policy::AddressPolicy;
 use crate::federation::Node;
 use crate::http::observe::{Health, Observed};
-use crate::http::{serve, tls, Handler, Limits};
+use crate::http::{serve, tls, Handler, Limits, SharedLimits};
 use crate::store::record::{self, CommitRecord};
 use crate::store::{KvStore, Positions, SledKv, Store};
 
@@ -34,6 +34,36 @@ pub struct App {
     /// Prometheus metrics, when configured.
     metrics: Option<TcpListener>,
     tls: Option<Arc<tls::ServerTls>>,
+    reload: Reloader,
+}
+
+/// What a configuration reload (SIGHUP) changes in a running server: the
+/// client API's rate limits, the listeners' connection limits and
+/// timeouts, and the federation certificate. The log filter is the
+/// process's (`admin::logging`); the rest takes a restart.
+#[derive(Clone)]
+pub struct Reloader {
+    rates: Arc<RateLimits>,
+    http: SharedLimits,
+    tls: Option<Arc<tls::ServerTls>>,
+}
+
+impl Reloader {
+    /// Applies what can change while running; the certificate's refusal is
+    /// the error (the old one stays).
+    pub fn apply(&self, config: &Config) -> Result<(), String> {
+        self.rates.apply(config);
+        let mut limits = Limits::from(&config.http);
+        // Memory already promised stays as it was sized at the start.
+        let old = self.http.current();
+        limits.body_bytes_in_flight = old.body_bytes_in_flight;
+        limits.body_timeout = old.body_timeout;
+        self.http.replace(limits);
+        match &self.tls {
+            Some(t) => t.reload().map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Where the listeners ended up.
@@ -263,7 +293,12 @@ impl App {
             node.rooms.register_stored(&id).map_err(|e| anyhow::anyhow!("loading {id}: {e}"))?;
         }
         tracing::info!(server = %node.name, rooms = node.rooms.len(), "lmx ready");
-        Ok(App { node, federation, client, admin, metrics, tls })
+        let reload = Reloader {
+            rates: Arc::new(RateLimits::of(&node.config)),
+            http: SharedLimits::new(Limits::from(&node.config.http)),
+            tls: tls.clone(),
+        };
+        Ok(App { node, federation, client, admin, metrics, tls, reload })
     }
 
     pub fn addresses(&self) -> Bound {
@@ -275,9 +310,9 @@ impl App {
         }
     }
 
-    /// The federation listener's certificate (to reload on SIGHUP).
-    pub fn tls(&self) -> Option<Arc<tls::ServerTls>> {
-        self.tls.clone()
+    /// What a configuration reload changes (SIGHUP).
+    pub fn reloader(&self) -> Reloader {
+        self.reload.clone()
     }
 
     pub fn node(&self) -> Arc<Node> {
@@ -296,8 +331,8 @@ impl App {
         let fed_handler = observed(Arc::new(FedHandler { node: self.node.clone() }), "federation");
         let push = start_push(&self.node);
         let client_deps = Arc::new(client_deps(&self.node, push));
-        let client = Arc::new(ClientHandler::new(client_deps));
-        let limits = Limits::from(&self.node.config.http);
+        let client = Arc::new(ClientHandler::new(client_deps, self.reload.rates.clone()));
+        let limits = self.reload.http.clone();
         let mut tasks = vec![
             tokio::spawn(serve(self.federation, self.tls, fed_handler, limits.clone(), stop_rx.clone())),
             tokio::spawn(serve(self.client, None, observed(client.clone(), "client"), limits.clone(), stop_rx.clone())),

@@ -166,21 +166,18 @@ fn serve(args: ConfigArgs) -> anyhow::Result<()> {
         let bound = app.addresses();
         tracing::info!(federation = %bound.federation, client = %bound.client, "listening");
         #[cfg(unix)]
-        tokio::spawn(reload_on_hangup(hangups, args, app.tls()));
+        tokio::spawn(reload_on_hangup(hangups, args, app.reloader()));
         lmx::cli::systemd::notify("READY=1");
         app.run(shutdown_signal()).await
     })
 }
 
-/// SIGHUP reads the configuration again and applies the log filter, and
-/// reads the federation certificate and key again from their files (the
-/// rest takes effect at the next start); what is refused changes nothing.
+/// SIGHUP reads the configuration again and applies what can change while
+/// running: the log filter, rate and connection limits, and the federation
+/// certificate (the rest takes effect at the next start); what is refused
+/// changes nothing.
 #[cfg(unix)]
-async fn reload_on_hangup(
-    mut hangups: tokio::signal::unix::Signal,
-    args: ConfigArgs,
-    tls: Option<std::sync::Arc<lmx::http::tls::ServerTls>>,
-) {
+async fn reload_on_hangup(mut hangups: tokio::signal::unix::Signal, args: ConfigArgs, reload: lmx::app::Reloader) {
     while hangups.recv().await.is_some() {
         lmx::cli::systemd::notify("RELOADING=1");
         match lmx::config::Config::load_with(args.config.as_deref(), &args.options) {
@@ -190,13 +187,12 @@ async fn reload_on_hangup(
                     Ok(()) => tracing::info!(%filter, "configuration reloaded: log filter applied"),
                     Err(e) => tracing::warn!(error = %e, "the new log filter is refused"),
                 }
+                match reload.apply(&loaded.config) {
+                    Ok(()) => tracing::info!("configuration reloaded: limits applied, TLS certificate reloaded"),
+                    Err(e) => tracing::warn!(error = %e, "SIGHUP: the TLS certificate is refused; the old one stays"),
+                }
             }
             Err(e) => tracing::warn!(error = %e, "SIGHUP: the configuration is refused; nothing changed"),
-        }
-        match tls.as_ref().map(|t| t.reload()) {
-            Some(Ok(())) => tracing::info!("TLS certificate reloaded"),
-            Some(Err(e)) => tracing::warn!(error = %e, "SIGHUP: the TLS certificate is refused; the old one stays"),
-            None => {}
         }
         lmx::cli::systemd::notify("READY=1");
     }

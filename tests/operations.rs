@@ -253,3 +253,32 @@ async fn sighup_reloads_the_federation_certificate() {
     assert!(hub.is_running());
     hub.stop();
 }
+
+/// Rate limits come from the configuration SIGHUP reads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_new_rate_limits() {
+    let net = one_host();
+    let mut config = net.config("hub.test");
+    config.client.send_per_second = 0.01;
+    config.client.send_burst = 2.0;
+    let mut hub = Proc::configured(&net, config);
+    hub.env.push(("LMX_LOG".into(), Some("info".into())));
+    hub.spawn();
+    let alice = hub.ready().await.register("alice").await;
+    let room = alice.create_room(json!({})).await;
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        statuses.push(alice.send_text(&room, &format!("before{i}"), "hi").await.status);
+    }
+    assert_eq!(statuses, [200, 200, 429], "the burst, then the limit");
+
+    hub.config.client.send_per_second = 1000.0;
+    hub.config.client.send_burst = 1000.0;
+    hub.rewrite_config();
+    hub.signal(libc::SIGHUP);
+    eventually("the reload", || hub.log_text().contains("limits applied")).await;
+    for i in 0..10 {
+        assert_eq!(alice.send_text(&room, &format!("after{i}"), "hi").await.status, 200, "send {i} after the reload");
+    }
+    hub.stop();
+}

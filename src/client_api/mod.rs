@@ -53,7 +53,7 @@ use crate::wire::{self, Failure, Surface};
 pub use account::Accounts;
 pub use admin::AdminHandler;
 pub use deps::ClientDeps;
-use ratelimit::Limiter;
+pub use ratelimit::RateLimits;
 
 /// A request after routing: the caller (if authenticated) and its inputs.
 #[derive(Clone)]
@@ -97,19 +97,15 @@ pub struct ClientHandler {
     server: Arc<ClientDeps>,
     accounts: Arc<Accounts>,
     sliding: Arc<sync::sliding::Connections>,
-    sends: Limiter,
-    logins: Limiter,
-    uploads: Limiter,
+    limits: Arc<RateLimits>,
 }
 
 impl ClientHandler {
-    pub fn new(server: Arc<ClientDeps>) -> Self {
-        let c = &server.config.client;
+    /// `limits`: shared with whoever reloads the configuration.
+    pub fn new(server: Arc<ClientDeps>, limits: Arc<RateLimits>) -> Self {
         let hashing_threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(2);
         ClientHandler {
-            sends: Limiter::new(c.send_per_second, c.send_burst),
-            logins: Limiter::new(c.login_per_second, c.login_burst),
-            uploads: Limiter::new(server.config.media.uploads_per_second, server.config.media.upload_burst),
+            limits,
             accounts: Accounts::new(passwords::Passwords::new(hashing_threads)),
             sliding: Arc::default(),
             server,
@@ -207,7 +203,7 @@ impl ClientHandler {
                 req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
             let call = media::MediaCall {
                 deps: &self.server,
-                uploads: &self.uploads,
+                uploads: &self.limits.uploads,
                 user: user.as_ref().map(|(u, _)| u),
                 query: &query,
                 content_type: content_type.as_deref(),
@@ -248,7 +244,7 @@ impl ClientHandler {
             }
             ["_matrix", "client", "v1", rest @ ..] => {
                 if let ["register", ..] = rest {
-                    self.logins.check(&address.to_string())?;
+                    self.limits.logins.check(&address.to_string())?;
                 }
                 return dispatch_v1(&method, rest, call).await.map(|v| ok_json(&v));
             }
@@ -270,11 +266,11 @@ impl ClientHandler {
         };
         match rest {
             ["login"] | ["register"] | ["refresh"] if method == Method::POST => {
-                self.logins.check(&address.to_string())?
+                self.limits.logins.check(&address.to_string())?
             }
             ["rooms", _, "send" | "state" | "redact", ..] if method == Method::PUT => {
                 if let Some((u, _)) = &call.user {
-                    self.sends.check(u.as_str())?;
+                    self.limits.sends.check(u.as_str())?;
                 }
             }
             _ => {}

@@ -20,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::core::json::{self, NumberPolicy, Object};
 
-pub use server::{serve, Handler, Limits, Served};
+pub use server::{serve, Handler, Limits, Served, SharedLimits};
 
 /// A response body: bytes at hand, or a file streamed as it is read.
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;

@@ -49,6 +49,25 @@ pub struct Limits {
     pub body_bytes_in_flight: usize,
 }
 
+/// A listener's limits as they stand; a configuration reload replaces
+/// them, new connections take the new ones.
+#[derive(Clone)]
+pub struct SharedLimits(Arc<std::sync::RwLock<Arc<Limits>>>);
+
+impl SharedLimits {
+    pub fn new(limits: Limits) -> Self {
+        SharedLimits(Arc::new(std::sync::RwLock::new(Arc::new(limits))))
+    }
+
+    pub fn current(&self) -> Arc<Limits> {
+        self.0.read().expect("poisoned").clone()
+    }
+
+    pub fn replace(&self, limits: Limits) {
+        *self.0.write().expect("poisoned") = Arc::new(limits);
+    }
+}
+
 impl From<&crate::config::Http> for Limits {
     fn from(c: &crate::config::Http) -> Self {
         Limits {
@@ -203,16 +222,20 @@ pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<super::tls::ServerTls>>,
     handler: Arc<dyn Handler>,
-    limits: Limits,
+    shared: SharedLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
     let table = Arc::new(Mutex::new(Connections::default()));
-    let budget = BodyBudget {
-        bytes: Arc::new(Semaphore::new(limits.body_bytes_in_flight.min(Semaphore::MAX_PERMITS))),
-        read_timeout: limits.body_timeout,
+    // The body budget is sized once: a reload changes connection limits
+    // and timeouts, not memory already promised.
+    let budget = {
+        let limits = shared.current();
+        BodyBudget {
+            bytes: Arc::new(Semaphore::new(limits.body_bytes_in_flight.min(Semaphore::MAX_PERMITS))),
+            read_timeout: limits.body_timeout,
+        }
     };
-    let limits = Arc::new(limits);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -227,6 +250,7 @@ pub async fn serve(
                 continue;
             }
         };
+        let limits = shared.current();
         let Some(slot) = Slot::take(&table, super::canonical_ip(remote.ip()), &limits) else {
             tracing::debug!(%remote, "connection limit reached; closing the new connection");
             continue;
