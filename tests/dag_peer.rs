@@ -171,7 +171,7 @@ impl Peer {
         let listener = tokio::net::TcpListener::bind(net.resolve["dag.test"]).await.unwrap();
         let (tx, rx) = tokio::sync::watch::channel(false);
         let limits = lmx::http::Limits::from(&lmx::config::Config::default().http);
-        tokio::spawn(lmx::http::serve(listener, Some(tls), server.clone(), limits, rx));
+        tokio::spawn(lmx::http::serve(listener, Some(tls), server.clone(), lmx::http::SharedLimits::new(limits), rx));
         Peer { key, server, depth: 1000.into(), _stop: tx }
     }
 
