@@ -130,7 +130,13 @@ async fn key_server(net: &Net, host: &str, key: SigningKey, padding: usize) -> t
     let listener = tokio::net::TcpListener::bind(net.resolve[host]).await.unwrap();
     let (tx, rx) = tokio::sync::watch::channel(false);
     let limits = lmx::http::Limits::from(&lmx::config::Config::default().http);
-    tokio::spawn(lmx::http::serve(listener, Some(tls), Arc::new(HugeKeys { key, padding }), limits, rx));
+    tokio::spawn(lmx::http::serve(
+        listener,
+        Some(tls),
+        Arc::new(HugeKeys { key, padding }),
+        lmx::http::SharedLimits::new(limits),
+        rx,
+    ));
     tx
 }
 
