@@ -113,6 +113,24 @@ fn run_db(cmd: Db) -> anyhow::Result<bool> {
             let _ = writeln!(std::io::stdout(), "{done}");
             Ok(true)
         }
+        Db::Backup { out, url, token_file } => {
+            let token = lmx::cli::admin::token_from(token_file.as_deref())?;
+            let bytes = lmx::cli::backup::backup(&url, &token, &out)?;
+            let _ = writeln!(std::io::stdout(), "backup of {bytes} bytes written to {}", out.display());
+            Ok(true)
+        }
+        Db::Restore { from, config } => {
+            let config = lmx::config::Config::load(config.as_deref())?;
+            let done = lmx::cli::backup::restore(&config, &from)?;
+            let _ = writeln!(
+                std::io::stdout(),
+                "restored {} key-value pairs and {} files into {}",
+                done.pairs,
+                done.files,
+                config.data_dir.display()
+            );
+            Ok(true)
+        }
     }
 }
 

@@ -291,7 +291,12 @@ fn rooms(command: &RoomsCommand) -> (&'static str, String, Option<Value>) {
 
 /// The admin token: from `--token-file`, else `LMX_ADMIN_TOKEN`.
 pub fn token(args: &Admin) -> anyhow::Result<String> {
-    if let Some(path) = &args.token_file {
+    token_from(args.token_file.as_deref())
+}
+
+/// The admin token from a file, else `LMX_ADMIN_TOKEN`.
+pub fn token_from(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         return Ok(text.trim().to_owned());
     }

@@ -1,6 +1,7 @@
 //! Command-line interface: `lmx serve`, `lmx admin …`, `lmx db …`, `lmx inspect …`.
 
 pub mod admin;
+pub mod backup;
 pub mod db;
 pub mod inspect;
 pub mod systemd;
@@ -36,7 +37,8 @@ pub enum Command {
     /// Check events and JSON with the protocol core (stdin → stdout).
     #[command(subcommand)]
     Inspect(inspect::Inspect),
-    /// The store, offline (lmx must not be running on it).
+    /// The store: check, seal and restore offline (lmx must not be running
+    /// on it); backup from a running server.
     #[command(subcommand)]
     Db(Db),
     /// The admin API of a running server (`admin.listen`), command by
@@ -80,6 +82,27 @@ pub enum Db {
     /// Record the store as it is now as committed, so `lmx serve` starts on
     /// it: after restoring an older copy, or to accept a loss.
     Seal {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Save a backup of a running server (through its admin listener): the
+    /// store as of one moment, the signing key and the media files.
+    Backup {
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+        /// The admin listener.
+        #[arg(long, env = "LMX_ADMIN_URL", default_value = "http://127.0.0.1:8009")]
+        url: String,
+        /// A file holding the admin token; or set LMX_ADMIN_TOKEN.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+    /// Restore a backup into a stopped server's data directory (its store
+    /// must be empty), then record it as committed.
+    Restore {
+        /// The backup file.
+        from: PathBuf,
         #[arg(long)]
         config: Option<PathBuf>,
     },

@@ -15,15 +15,21 @@ use crate::core::ids::{EventId, RoomId, ServerName, UserId};
 
 pub struct KvStore<K> {
     kv: K,
+    /// What an online backup needs of writers (`backup.rs`).
+    journal: super::backup::Journal,
 }
 
 impl<K: Kv> KvStore<K> {
     pub fn new(kv: K) -> Self {
-        KvStore { kv }
+        KvStore { kv, journal: Default::default() }
     }
 
     pub fn kv(&self) -> &K {
         &self.kv
+    }
+
+    pub(super) fn journal(&self) -> &super::backup::Journal {
+        &self.journal
     }
 
     pub(super) fn get<M: Message + Default>(&self, key: &[u8]) -> StoreResult<Option<M>> {
@@ -598,7 +604,14 @@ impl<K: Kv> Store for KvStore<K> {
     }
 
     fn write(&self, batch: Batch) -> StoreResult<()> {
-        self.kv.apply(self.writes_of(batch)?)
+        let _open = self.journal.gate.read().expect("poisoned");
+        let writes = self.writes_of(batch)?;
+        self.journal.note(&writes);
+        self.kv.apply(writes)
+    }
+
+    fn backup(&self, out: &mut dyn FnMut(super::backup::Record) -> std::io::Result<()>) -> StoreResult<u64> {
+        self.backup_to(out)
     }
 
     fn flush(&self) -> BoxFuture<'_, StoreResult<()>> {

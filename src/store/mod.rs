@@ -3,6 +3,7 @@
 //! on disk, `MemKv` for unit tests); a server-grade backend would implement
 //! `Store` directly.
 
+pub mod backup;
 pub mod check;
 mod format;
 mod keys;
@@ -561,6 +562,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies a batch atomically.
     fn write(&self, batch: Batch) -> StoreResult<()>;
+    /// An online backup: every pair, as of one moment (`backup.rs`), to
+    /// `out`; how many pairs the first pass read.
+    fn backup(&self, out: &mut dyn FnMut(backup::Record) -> std::io::Result<()>) -> StoreResult<u64>;
     /// Resolves when every write made before the call is durable.
     fn flush(&self) -> BoxFuture<'_, StoreResult<()>>;
 }

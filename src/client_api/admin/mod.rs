@@ -7,6 +7,7 @@
 //! or an admin user's access token; the Synapse paths also on the client
 //! listener for admin users, where Synapse serves them.
 
+mod backup;
 mod lmx;
 mod media;
 mod notices;
@@ -67,6 +68,15 @@ impl Handler for AdminHandler {
                     *resp.status_mut() = status;
                     resp
                 }
+                Ok((_, Answer::Backup(body, estimate))) => {
+                    let mut resp = Response::new(body);
+                    let h = resp.headers_mut();
+                    h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
+                    if let Ok(v) = http::HeaderValue::from_str(&estimate.to_string()) {
+                        h.insert("x-lmx-backup-estimate", v);
+                    }
+                    resp
+                }
                 Ok((_, Answer::Html(page))) => {
                     let mut resp = Response::new(crate::http::full(page));
                     let h = resp.headers_mut();
@@ -95,6 +105,8 @@ impl Handler for AdminHandler {
 enum Answer {
     Json(Value),
     Html(String),
+    /// A backup: its body and size estimate.
+    Backup(Body, u64),
 }
 
 impl AdminHandler {
@@ -133,6 +145,10 @@ impl AdminHandler {
         let call = self.client.call(query, json_object(&bytes, NumberPolicy::Ieee754, true), acting.clone());
         let s: Vec<&str> = segs.iter().map(String::as_str).collect();
         let reply = match s.as_slice() {
+            ["_lmx", "admin", "v1", "backup"] if method == Method::GET => {
+                let (body, estimate) = backup::stream(self.client.server.clone());
+                return Ok((StatusCode::OK, Answer::Backup(body, estimate)));
+            }
             [] | ["status"] if method == Method::GET => {
                 let facts = lmx::facts(&call, self.started)?;
                 return Ok((StatusCode::OK, Answer::Html(crate::admin::status::render(&facts))));
