@@ -17,6 +17,7 @@
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use sha2::{Digest, Sha256};
@@ -40,6 +41,8 @@ const MAX_VALUE: u32 = 256 << 20;
 pub struct Journal {
     /// Writers hold it shared; a backup's last step holds it alone.
     pub(super) gate: RwLock<()>,
+    /// Whether a backup is reading: writers skip the lock below otherwise.
+    active: AtomicBool,
     noted: Mutex<Option<HashSet<Vec<u8>>>>,
     /// One backup at a time.
     running: Mutex<()>,
@@ -49,6 +52,9 @@ impl Journal {
     /// Notes the keys a writer is about to write, while a backup reads
     /// (the writer holds the gate).
     pub(super) fn note(&self, writes: &[KvWrite]) {
+        if !self.active.load(Ordering::Acquire) {
+            return;
+        }
         if let Some(keys) = self.noted.lock().expect("poisoned").as_mut() {
             for w in writes {
                 let (KvWrite::Put(k, _) | KvWrite::Delete(k)) = w;
@@ -241,6 +247,10 @@ impl<K: Kv> KvStore<K> {
         let journal = self.journal();
         let _one = journal.running.lock().expect("poisoned");
         *journal.noted.lock().expect("poisoned") = Some(HashSet::new());
+        journal.active.store(true, Ordering::Release);
+        // Writers that looked before the flag was set finish first, so no
+        // write the first pass might miss goes unnoted.
+        drop(journal.gate.write().expect("poisoned"));
         let result = (|| {
             let mut start = Vec::new();
             let mut pairs = 0u64;
@@ -280,6 +290,7 @@ impl<K: Kv> KvStore<K> {
             }
             Ok(pairs)
         })();
+        journal.active.store(false, Ordering::Release);
         *journal.noted.lock().expect("poisoned") = None;
         result
     }
