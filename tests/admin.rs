@@ -371,3 +371,56 @@ async fn metrics_count_what_the_hub_sequences_receives_refuses_and_delivers() {
     let elsewhere = Client::new(metrics).raw("GET", "/other", &[], vec![]).await;
     assert_eq!(elsewhere.status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_cached_history_is_purged_and_fetched_again_from_the_hub() {
+    let mut net = Net::new();
+    for h in ["hub.test", "p1.test"] {
+        net.reserve(h);
+    }
+    let mut config = net.config("hub.test");
+    with_admin(&mut config);
+    let hub = Server::start(config).await;
+    let mut config = net.config("p1.test");
+    config.mode = lmx::config::Mode::Follower;
+    config.follower.timeline_cache = 1000;
+    with_admin(&mut config);
+    let p1 = Server::start(config).await;
+    let alice = hub.client().register("alice").await;
+    let bob = p1.client().register("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    assert_eq!(bob.join(&room, "hub.test:8448").await.status, 200);
+    let mut last = String::new();
+    for i in 0..40 {
+        last = alice.send_ok(&room, &format!("m{i}"), &format!("message {i}")).await;
+    }
+    bob.sync_until(&room, |evs| evs.iter().any(|e| e["event_id"] == last.as_str())).await;
+
+    let purge = format!("/_lmx/admin/v1/rooms/{}/purge", enc(&room));
+    let done = admin_client(&p1).ok("POST", &purge, Some(json!({"keep": 5}))).await;
+    assert!(done["purged"].as_u64().unwrap() >= 30, "{done}");
+    let pruned = p1
+        .node()
+        .store
+        .list(&lmx::core::ids::RoomId::parse(&room).unwrap(), 0, 1000)
+        .unwrap()
+        .iter()
+        .filter(|id| p1.node().store.event(id).unwrap().unwrap().pruned)
+        .count();
+    assert!(pruned >= 30, "the follower's copies are dropped ({pruned})");
+    let again = admin_client(&p1).ok("POST", &purge, Some(json!({"keep": 5}))).await;
+    assert_eq!(again["purged"], 0, "nothing left to drop");
+
+    // Paging back, bob still reads every message: fetched from the hub.
+    let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100", enc(&room));
+    let page = bob.ok("GET", &path, None).await;
+    let bodies: Vec<&str> =
+        page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    for i in 0..40 {
+        assert!(bodies.contains(&format!("message {i}").as_str()), "message {i} is read back: {bodies:?}");
+    }
+    let on_hub = admin_client(&hub).call("POST", &purge, Some(json!({"keep": 5}))).await;
+    assert_eq!(on_hub.status, 403, "the hub's list is the room's record: {}", on_hub.body);
+    let bad = admin_client(&p1).call("POST", &purge, Some(json!({"keep": 0}))).await;
+    assert_eq!(bad.status, 400);
+}

@@ -131,6 +131,13 @@ pub enum RoomsCommand {
     State {
         room: String,
     },
+    /// Drops a followed room's cached history but the newest events (the
+    /// hub keeps it; clients fetch it again when they page back).
+    Purge {
+        room: String,
+        #[arg(long)]
+        keep: Option<u64>,
+    },
     /// The room's linked list around an event (the newest without one).
     ListAround {
         room: String,
@@ -279,6 +286,10 @@ fn rooms(command: &RoomsCommand) -> (&'static str, String, Option<Value>) {
         R::Show { room } => ("GET", format!("{S}/v1/rooms/{}", seg(room)), None),
         R::Members { room } => ("GET", format!("{S}/v1/rooms/{}/members", seg(room)), None),
         R::State { room } => ("GET", format!("{S}/v1/rooms/{}/state", seg(room)), None),
+        R::Purge { room, keep } => {
+            let body = keep.map_or(json!({}), |k| json!({"keep": k}));
+            ("POST", format!("/_lmx/admin/v1/rooms/{}/purge", seg(room)), Some(body))
+        }
         R::ListAround { room, event, limit } => {
             let mut q = format!("?limit={limit}");
             if let Some(e) = event {

@@ -60,6 +60,9 @@ pub enum RoomCmd {
     /// The first input of a room joined from a `send_join` answer (only the
     /// directory sends it): its state, auth chain and our join.
     Seed { seed: Box<JoinSeed>, reply: Reply<EventId> },
+    /// An operator's purge of a followed room's cached history down to the
+    /// newest `keep` events; answers how many were dropped.
+    Purge { keep: u64, reply: Reply<u64> },
 }
 
 #[derive(Clone)]

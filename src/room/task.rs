@@ -59,6 +59,7 @@ enum Waiting {
     FromHub(super::Reply<Vec<Result<(), RoomError>>>),
     Dag(super::Reply<Vec<(EventId, Result<Verdict, RoomError>)>>),
     Seeded(super::Reply<EventId>),
+    Purged(super::Reply<u64>),
 }
 
 impl Waiting {
@@ -69,6 +70,7 @@ impl Waiting {
             Waiting::FromHub(tx) => tx.send(Err(e)).is_ok(),
             Waiting::Dag(tx) => tx.send(Err(e)).is_ok(),
             Waiting::Seeded(tx) => tx.send(Err(e)).is_ok(),
+            Waiting::Purged(tx) => tx.send(Err(e)).is_ok(),
         };
     }
 }
@@ -255,6 +257,7 @@ impl RoomTask {
             }
             RoomCmd::LpduRefused { lpdu_hash, error } => Input::LpduRefused { lpdu_hash, error },
             RoomCmd::Seed { seed, reply } => Input::Seed { seed, ticket: self.ticket(Waiting::Seeded(reply)) },
+            RoomCmd::Purge { keep, reply } => Input::Purge { keep, ticket: self.ticket(Waiting::Purged(reply)) },
             RoomCmd::GapFetched(fetched) => Input::GapFetched(fetched),
             RoomCmd::InviteAnswered(answer) => {
                 let (origin, answer) = *answer;
@@ -405,6 +408,9 @@ impl RoomTask {
             }
             (Waiting::Seeded(tx), Ok(Reply::Seeded(id))) => {
                 let _ = tx.send(Ok(id));
+            }
+            (Waiting::Purged(tx), Ok(Reply::Purged(n))) => {
+                let _ = tx.send(Ok(n));
             }
             (w, Ok(other)) => {
                 tracing::error!(answer = ?other, "a room answered an input with the wrong kind of answer");

@@ -52,10 +52,27 @@ pub async fn dispatch(method: &Method, rest: &[&str], call: Call, started: Insta
             ok(json!({"filter": filter}))
         }
         (["rooms", room, "list"], &M::GET) => list_around(&call, room),
-        (["server"] | ["destinations"] | ["destinations", _] | ["log_level"] | ["rooms", _, "list"], _)
+        (["rooms", room, "purge"], &M::POST) => purge(&call, room).await,
+        (["server"] | ["destinations"] | ["destinations", _] | ["log_level"] | ["rooms", _, "list" | "purge"], _)
         | (["destinations", _, "retry"] | ["caches", "flush"], _) => Err(Failure::MethodNotAllowed),
         _ => Err(Failure::Unrecognized),
     }
+}
+
+/// `POST rooms/{room}/purge {"keep": N}`: a followed room's cached
+/// history down to its newest `keep` events (default: the follower's
+/// `timeline_cache`); the hub keeps the room's record, and a client paging
+/// back fetches what was dropped from it again.
+async fn purge(call: &Call, room: &str) -> Result<Reply, Failure> {
+    let room = RoomId::parse(room).map_err(|_| Failure::not_found("Room not found"))?;
+    let keep = match body(call)?.get("keep") {
+        None => call.server.config.follower.timeline_cache,
+        Some(v) => v.as_u64().filter(|k| *k >= 1).ok_or_else(|| Failure::invalid_param("keep must be at least 1"))?,
+    };
+    let handle = call.server.rooms.find(&room)?.ok_or_else(|| Failure::not_found("Room not found"))?;
+    let purged = handle.ask(|reply| crate::room::RoomCmd::Purge { keep, reply }).await?;
+    tracing::info!(%room, keep, purged, "room cache purged through the admin API");
+    ok(json!({"purged": purged, "kept": keep}))
 }
 
 /// Most list entries one request shows.

@@ -181,6 +181,8 @@ pub enum Reply {
     FromHub(Vec<Result<(), RoomError>>),
     Dag(Vec<(EventId, Result<Verdict, RoomError>)>),
     Seeded(EventId),
+    /// How many cached events a purge dropped.
+    Purged(u64),
 }
 
 /// What a room is handed.
@@ -206,6 +208,8 @@ pub enum Input {
     InviteAnswered { origin: InviteFor, answer: Result<Pdu, RoomError> },
     /// The first input of a room joined from a `send_join` answer.
     Seed { seed: Box<JoinSeed>, ticket: Ticket },
+    /// An operator's purge of a followed room's cache down to `keep`.
+    Purge { keep: u64, ticket: Ticket },
 }
 
 /// Network work the driver runs beside the writer once the batch is
@@ -385,7 +389,7 @@ impl Machine {
             Input::Local { .. } | Input::Lpdu { .. } | Input::LmDagEvent { .. } | Input::Seed { .. } => 1,
             Input::InviteAnswered { .. } => 1,
             Input::FromHub { pdus, .. } | Input::Dag { pdus, .. } => pdus.len() as u64,
-            Input::LpduRefused { .. } => 0,
+            Input::LpduRefused { .. } | Input::Purge { .. } => 0,
             Input::GapFetched(fetched) => {
                 let fetched = fetched.as_ref().map_or(0, |f| f.len());
                 (fetched + self.gap.as_ref().map_or(0, |g| g.waiting_events())) as u64
@@ -425,6 +429,10 @@ impl Machine {
             Input::InviteAnswered { origin, answer } => self.invite_answered(origin, answer, out),
             Input::Seed { seed, ticket } => match self.seed(*seed, out) {
                 Ok(id) => out.answer(ticket, Reply::Seeded(id)),
+                Err(e) => out.refuse(ticket, e),
+            },
+            Input::Purge { keep, ticket } => match self.purge(keep, out) {
+                Ok(n) => out.answer(ticket, Reply::Purged(n)),
                 Err(e) => out.refuse(ticket, e),
             },
         }

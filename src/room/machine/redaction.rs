@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{Effects, Machine};
+use super::{Effects, Machine, RoomError};
 use crate::core::event::{redact, Pdu};
 use crate::core::ids::EventId;
 use crate::core::json::{self, NumberPolicy};
@@ -76,21 +76,46 @@ impl Machine {
         if upto < self.pruned_upto + PRUNE_STEP.min(keep) {
             return;
         }
+        let _ = self.prune_before(upto, out);
+    }
+
+    /// Drops the JSON of cached events before list position `upto` (not in
+    /// the current state, nor what the rules keep); how many.
+    fn prune_before(&mut self, upto: u64, out: &mut Effects) -> Result<u64, RoomError> {
         let in_state: HashSet<&EventId> = self.cur.state.iter().map(|e| e.event_id()).collect();
-        let Ok(ids) = self.reads.list(&self.cur.room_id, self.pruned_upto, upto) else { return };
+        let ids = self
+            .reads
+            .list(&self.cur.room_id, self.pruned_upto, upto)
+            .map_err(|e| RoomError::Storage(e.to_string()))?;
+        let mut pruned = 0;
         for id in ids {
             if in_state.contains(&id) {
                 continue;
             }
             if let Ok(Some(rec)) = self.reads.stored_event(&id) {
-                if !self.rules.keeps(self, &id, &rec) {
+                if !rec.pruned && !self.rules.keeps(self, &id, &rec) {
                     out.batch.push(Op::PutEvent(
                         id,
                         EventRecord { json: Vec::new(), canonical: false, pruned: true, ..rec },
                     ));
+                    pruned += 1;
                 }
             }
         }
-        self.pruned_upto = upto;
+        self.pruned_upto = self.pruned_upto.max(upto);
+        Ok(pruned)
+    }
+
+    /// An operator's purge of a followed room's cached history: all but the
+    /// newest `keep` events lose their JSON (the hub keeps the room's
+    /// record; a client paging back fetches them again). Not on the hub.
+    pub(super) fn purge(&mut self, keep: u64, out: &mut Effects) -> Result<u64, RoomError> {
+        if self.is_hub() {
+            return Err(RoomError::Forbidden(
+                "this server hubs the room: its list is the room's record and is not purged".into(),
+            ));
+        }
+        let upto = self.cur.length.saturating_sub(keep.max(1));
+        self.prune_before(upto, out)
     }
 }
