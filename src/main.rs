@@ -136,29 +136,12 @@ fn run_db(cmd: Db) -> anyhow::Result<bool> {
 
 /// `GET url` over plain HTTP: fine when it answers 200.
 fn health(url: &str) -> anyhow::Result<()> {
-    use http_body_util::BodyExt;
     let uri: http::Uri = url.parse()?;
-    anyhow::ensure!(uri.scheme_str() == Some("http"), "only http:// URLs (the client listener)");
-    let host = uri.host().ok_or_else(|| anyhow::anyhow!("no host in {url}"))?.to_owned();
-    let port = uri.port_u16().unwrap_or(80);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let ask = async {
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-            tokio::spawn(conn);
-            let path = uri.path_and_query().map_or("/", |p| p.as_str());
-            let request = http::Request::get(path)
-                .header(http::header::HOST, format!("{host}:{port}"))
-                .body(http_body_util::Empty::<bytes::Bytes>::new())?;
-            let answer = sender.send_request(request).await?;
-            let status = answer.status();
-            let body = answer.into_body().collect().await?.to_bytes();
-            anyhow::ensure!(status == http::StatusCode::OK, "{status}: {}", String::from_utf8_lossy(&body));
-            Ok(())
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(5), ask).await?
-    })
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let within = std::time::Duration::from_secs(5);
+    let (status, body) = lmx::cli::plain_http::request(url, "GET", path, None, None, within)?;
+    anyhow::ensure!(status == 200, "{status}: {}", String::from_utf8_lossy(&body));
+    Ok(())
 }
 
 fn bench(args: lmx::bench::Args) -> anyhow::Result<()> {

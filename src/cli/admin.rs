@@ -319,33 +319,11 @@ pub fn token_from(file: Option<&std::path::Path>) -> anyhow::Result<String> {
 
 /// Makes the command's request; the status and the JSON answer.
 pub fn run(args: &Admin) -> anyhow::Result<(u16, Value)> {
-    use http_body_util::BodyExt;
     let token = token(args)?;
     let (method, path, body) = request_of(&args.command);
-    let base: http::Uri = args.url.parse()?;
-    anyhow::ensure!(base.scheme_str() == Some("http"), "only http:// URLs (the admin listener)");
-    let host = base.host().ok_or_else(|| anyhow::anyhow!("no host in {}", args.url))?.to_owned();
-    let port = base.port_u16().unwrap_or(80);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let ask = async {
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-            tokio::spawn(conn);
-            let bytes = body.map(|b| b.to_string()).unwrap_or_default();
-            let request = http::Request::builder()
-                .method(method)
-                .uri(&path)
-                .header(http::header::HOST, format!("{host}:{port}"))
-                .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(http_body_util::Full::new(bytes::Bytes::from(bytes)))?;
-            let answer = sender.send_request(request).await?;
-            let status = answer.status().as_u16();
-            let body = answer.into_body().collect().await?.to_bytes();
-            let value = serde_json::from_slice(&body).unwrap_or_else(|_| json!(String::from_utf8_lossy(&body)));
-            anyhow::Ok((status, value))
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(60), ask).await?
-    })
+    let within = std::time::Duration::from_secs(60);
+    let (status, bytes) =
+        super::plain_http::request(&args.url, method, &path, Some(&token), body.map(|b| b.to_string()), within)?;
+    let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
+    Ok((status, value))
 }

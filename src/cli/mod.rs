@@ -4,6 +4,7 @@ pub mod admin;
 pub mod backup;
 pub mod db;
 pub mod inspect;
+pub mod plain_http;
 pub mod systemd;
 
 use std::path::PathBuf;
