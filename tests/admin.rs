@@ -31,6 +31,9 @@ async fn the_admin_listener_is_closed_without_the_token_or_an_admin_user() {
     let mut anon = Client::new(hub.admin.unwrap());
     let a = anon.call("GET", "/_synapse/admin/v2/users", None).await;
     assert_eq!((a.status, a.body["errcode"].as_str()), (401, Some("M_MISSING_TOKEN")));
+    anon.token = Some(String::new());
+    let a = anon.call("GET", "/_synapse/admin/v2/users", None).await;
+    assert_eq!((a.status, a.body["errcode"].as_str()), (401, Some("M_MISSING_TOKEN")), "an empty token opens nothing");
     anon.token = Some("not-the-token".into());
     let a = anon.call("GET", "/_synapse/admin/v2/users", None).await;
     assert_eq!((a.status, a.body["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")));
@@ -53,6 +56,11 @@ async fn the_admin_listener_is_closed_without_the_token_or_an_admin_user() {
         .call("PUT", "/_synapse/admin/v1/users/@alice:hub.test:8448/admin", Some(json!({"admin": false})))
         .await;
     assert_eq!(a.status, 400, "no demoting yourself: {}", a.body);
+    let backup = as_alice.call("GET", "/_lmx/admin/v1/backup", None).await;
+    assert_eq!(backup.status, 403, "backups need the operator's token, not a user's");
+    let version = Client::new(hub.admin.unwrap()).ok("GET", "/_synapse/admin/v1/server_version", None).await;
+    assert!(version["server_version"].is_string(), "asked without a token, as of Synapse");
+    hub.client().ok("GET", "/_synapse/admin/v1/server_version", None).await;
     let a = admin.call("GET", "/_synapse/admin/v9/nothing", None).await;
     assert_eq!((a.status, a.body["errcode"].as_str()), (404, Some("M_UNRECOGNIZED")));
 }
@@ -99,7 +107,9 @@ async fn users_are_created_listed_changed_and_deactivated() {
     assert_eq!(devices["total"], 1);
     let device = devices["devices"][0]["device_id"].as_str().unwrap().to_owned();
     let whois = admin.ok("GET", "/_synapse/admin/v1/whois/@bob:hub.test:8448", None).await;
-    assert!(whois["devices"][&device]["sessions"].is_array(), "{whois}");
+    let connections = &whois["devices"][""]["sessions"][0]["connections"];
+    assert_eq!(connections.as_array().map(Vec::len), Some(1), "{whois}");
+    assert!(connections[0]["last_seen"].as_i64().is_some(), "{whois} ({device})");
 
     // A reset password ends the sessions; the new one logs in.
     admin
@@ -131,6 +141,8 @@ async fn users_are_created_listed_changed_and_deactivated() {
 
     let unknown = admin.call("GET", "/_synapse/admin/v2/users/@nobody:hub.test:8448", None).await;
     assert_eq!((unknown.status, unknown.body["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
+    let bad_name = admin.call("PUT", "/_synapse/admin/v2/users/@Carol:hub.test:8448", Some(json!({}))).await;
+    assert_eq!((bad_name.status, bad_name.body["errcode"].as_str()), (400, Some("M_INVALID_USERNAME")));
     let remote = admin.call("GET", "/_synapse/admin/v2/users/@x:elsewhere.test", None).await;
     assert_eq!(remote.status, 400);
     drop(alice);
@@ -222,6 +234,34 @@ async fn media_is_listed_quarantined_and_deleted() {
     assert_eq!(listed["total"], 0);
     let remote = admin.call("DELETE", "/_synapse/admin/v1/media/elsewhere.test/abc", None).await;
     assert_eq!(remote.status, 400);
+
+    // Whole users' and rooms' media, as synadm's -u and -r ask.
+    let upload = |name: &'static str| {
+        let alice = alice.clone();
+        async move {
+            let up =
+                alice.raw("POST", "/_matrix/media/v3/upload", &[("content-type", "text/plain")], name.into()).await;
+            up.json()["content_uri"].as_str().unwrap().to_owned()
+        }
+    };
+    let (first, second) = (upload("one").await, upload("two").await);
+    let by_user =
+        admin.ok("POST", "/_synapse/admin/v1/user/@alice:hub.test:8448/media/quarantine", Some(json!({}))).await;
+    assert_eq!(by_user["num_quarantined"], 2);
+    let served = |mxc: &str| format!("/_matrix/client/v1/media/download/{}", mxc.trim_start_matches("mxc://"));
+    assert_eq!(alice.raw("GET", &served(&first), &[], vec![]).await.status, 404);
+    for mxc in [&first, &second] {
+        let (server, id) = mxc.trim_start_matches("mxc://").split_once('/').unwrap();
+        admin.ok("POST", &format!("/_synapse/admin/v1/media/unquarantine/{server}/{id}"), Some(json!({}))).await;
+    }
+    let room = alice.create_room(json!({})).await;
+    let image = json!({"msgtype": "m.file", "body": "f", "url": first});
+    alice.ok("PUT", &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/f1", enc(&room)), Some(image)).await;
+    let by_room =
+        admin.ok("POST", &format!("/_synapse/admin/v1/room/{}/media/quarantine", enc(&room)), Some(json!({}))).await;
+    assert_eq!(by_room["num_quarantined"], 1, "the file the room's event names");
+    assert_eq!(alice.raw("GET", &served(&first), &[], vec![]).await.status, 404);
+    assert_eq!(alice.raw("GET", &served(&second), &[], vec![]).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,6 +288,13 @@ async fn server_notices_reach_the_user_in_a_room_they_cannot_post_in() {
     let second = json!({"user_id": "@bob:hub.test:8448", "content": {"msgtype": "m.text", "body": "done"}});
     admin.ok("POST", "/_synapse/admin/v1/send_server_notice", Some(second)).await;
     bob.sync_until(&room, |evs| evs.iter().any(|e| e["content"]["body"] == "done")).await;
+    let once = json!({"user_id": "@bob:hub.test:8448", "content": {"msgtype": "m.text", "body": "once"}});
+    let a = admin.ok("PUT", "/_synapse/admin/v1/send_server_notice/txn-1", Some(once.clone())).await;
+    let b = admin.ok("PUT", "/_synapse/admin/v1/send_server_notice/txn-1", Some(once)).await;
+    assert_eq!(a["event_id"], b["event_id"], "a repeated transaction sends nothing new");
+    let register = json!({"username": "server-notices", "password": "secret-pw", "auth": {"type": "m.login.dummy"}});
+    let taken = hub.client().call("POST", "/_matrix/client/v3/register", Some(register)).await;
+    assert_eq!((taken.status, taken.body["errcode"].as_str()), (400, Some("M_USER_IN_USE")), "the name is reserved");
     let missing = admin
         .call("POST", "/_synapse/admin/v1/send_server_notice", Some(json!({"user_id": "@bob:hub.test:8448"})))
         .await;

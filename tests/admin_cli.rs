@@ -40,7 +40,7 @@ async fn lmx_admin_runs_each_command_against_the_admin_listener() {
     let mut net = Net::new();
     net.reserve("hub.test");
     let token_file = net.dir.path().join("admin-token");
-    std::fs::write(&token_file, "cli-admin-token\n").unwrap();
+    std::fs::write(&token_file, "cli-admin-token-0123456789\n").unwrap();
     let mut config = net.config("hub.test");
     let admin_port = free_port();
     config.admin.listen = Some(([127, 0, 0, 1], admin_port).into());

@@ -32,7 +32,7 @@ async fn a_backup_taken_under_load_restores_to_a_consistent_server() {
     let mut net = Net::new();
     net.reserve("hub.test");
     let token_file = net.dir.path().join("admin-token");
-    std::fs::write(&token_file, "backup-token").unwrap();
+    std::fs::write(&token_file, "backup-token-0123456789").unwrap();
     let admin_port = free_port();
     let mut config = net.config("hub.test");
     config.admin.listen = Some(([127, 0, 0, 1], admin_port).into());

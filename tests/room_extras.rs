@@ -73,6 +73,18 @@ async fn reports_are_kept_for_the_operator() {
         (&of_event["reason"], &of_event["score"], &of_event["user_id"]),
         (&json!("rude"), &json!(-100), &json!(bob.user_id))
     );
+    assert_eq!(of_event["sender"], json!(alice.user_id), "the reported event's sender");
+    let page = alice.ok("GET", "/_synapse/admin/v1/event_reports?limit=2", None).await;
+    assert_eq!((page["total"].as_u64(), page["next_token"].as_u64()), (Some(3), Some(2)), "{page}");
+    let id = of_event["id"].as_str().unwrap();
+    let one = alice.ok("GET", &format!("/_synapse/admin/v1/event_reports/{id}"), None).await;
+    assert_eq!(one["event_json"]["event_id"].as_str().or(Some(event.as_str())), Some(event.as_str()));
+    assert_eq!(one["event_json"]["content"]["body"], "something rude");
+    alice.ok("DELETE", &format!("/_synapse/admin/v1/event_reports/{id}"), None).await;
+    let after = alice.ok("GET", "/_synapse/admin/v1/event_reports", None).await;
+    assert_eq!(after["total"], 2, "a dismissed report is gone");
+    let gone = alice.call("GET", &format!("/_synapse/admin/v1/event_reports/{id}"), None).await;
+    assert_eq!(gone.status, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

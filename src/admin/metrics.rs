@@ -6,6 +6,7 @@
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
@@ -20,9 +21,12 @@ const SECONDS_BUCKETS: &[f64] =
 pub fn install() -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
+            // Gauges no scrape has set for a while go (a destination that
+            // left the most-behind list), so their labels cannot pile up.
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
                 .ok()?
+                .idle_timeout(MetricKindMask::GAUGE, Some(std::time::Duration::from_secs(600)))
                 .build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
@@ -43,6 +47,23 @@ pub fn render() -> String {
     }
     handle.run_upkeep();
     handle.render()
+}
+
+/// Counts one in a gauge while it lives: the decrement runs even when the
+/// future holding it is dropped (a client that gives up a long poll).
+pub struct InGauge(&'static str);
+
+impl InGauge {
+    pub fn enter(name: &'static str) -> InGauge {
+        metrics::gauge!(name).increment(1.0);
+        InGauge(name)
+    }
+}
+
+impl Drop for InGauge {
+    fn drop(&mut self) {
+        metrics::gauge!(self.0).decrement(1.0);
+    }
 }
 
 fn describe() {

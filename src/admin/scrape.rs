@@ -3,7 +3,8 @@
 //! store's size), then answers the Prometheus text.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -16,17 +17,26 @@ pub struct MetricsHandler {
     pub node: Arc<Node>,
 }
 
+/// Destinations given gauges of their own: the most behind.
+const MAX_DESTINATION_SERIES: usize = 100;
+/// A scrape within this long of the last one gets the same text.
+const FRESH_FOR: Duration = Duration::from_secs(5);
+
 /// Reads what the gauges show now.
 fn refresh(node: &Node) {
     let now = crate::sys::now_ms();
-    for (dest, status) in node.outbound.statuses() {
+    let mut statuses = node.outbound.statuses();
+    statuses.sort_by_key(|(_, s)| std::cmp::Reverse((s.failures, s.waiting_since_ts != 0)));
+    // Set each scrape, so they do not idle out while nothing changes.
+    metrics::gauge!("lmx_sync_waiters").increment(0.0);
+    for (dest, status) in statuses.into_iter().take(MAX_DESTINATION_SERIES) {
         let labels = [("destination", dest.to_string())];
         metrics::gauge!("lmx_federation_destination_failures", &labels).set(f64::from(status.failures));
         match crate::federation::outbound::backlog(node, &dest) {
             Ok(b) => {
                 metrics::gauge!("lmx_federation_queue_depth", &labels).set(b.depth as f64);
                 metrics::gauge!("lmx_federation_queue_lag_events", &labels).set(b.lag_positions as f64);
-                let age = b.oldest_event.map_or(0, |(_, _, ts)| now.saturating_sub(ts).max(0));
+                let age = if b.depth == 0 { 0 } else { now.saturating_sub(status.waiting_since_ts).max(0) };
                 metrics::gauge!("lmx_federation_queue_lag_seconds", &labels).set(age as f64 / 1000.0);
             }
             Err(e) => tracing::warn!(%dest, error = %e, "metrics: cannot read a destination's queue"),
@@ -48,8 +58,18 @@ impl Handler for MetricsHandler {
             }
             let node = self.node.clone();
             let text = tokio::task::spawn_blocking(move || {
+                // One scrape at a time reads the store; those close behind
+                // it get its text.
+                static LAST: Mutex<Option<(Instant, String)>> = Mutex::new(None);
+                let mut last = LAST.lock().expect("poisoned");
+                if let Some((at, text)) = last.as_ref().filter(|(at, _)| at.elapsed() < FRESH_FOR) {
+                    let _ = at;
+                    return text.clone();
+                }
                 refresh(&node);
-                super::metrics::render()
+                let text = super::metrics::render();
+                *last = Some((Instant::now(), text.clone()));
+                text
             })
             .await
             .unwrap_or_default();

@@ -42,6 +42,7 @@ pub struct DestinationLine {
     pub last_error: String,
     pub queue_depth: usize,
     pub lag_positions: u64,
+    /// Since the queue last drained.
     pub lag_secs: u64,
     pub retry_in_secs: u64,
 }
@@ -112,7 +113,7 @@ pub fn render(f: &Facts) -> String {
     let _ = write!(h, "<h2>Destinations ({})</h2>", f.destinations.len());
     h.push_str(
         "<table id=\"destinations\"><tr><th>Server</th><th>State</th><th>Failures in a row</th>\
-         <th>Queued</th><th>Behind (positions)</th><th>Oldest undelivered (s)</th><th>Next retry in (s)</th>\
+         <th>Queued</th><th>Behind (positions)</th><th>Waiting for (s)</th><th>Next retry in (s)</th>\
          <th>Last error</th></tr>",
     );
     for d in &f.destinations {

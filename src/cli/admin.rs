@@ -309,7 +309,8 @@ pub fn token(args: &Admin) -> anyhow::Result<String> {
 pub fn token_from(file: Option<&std::path::Path>) -> anyhow::Result<String> {
     if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        return Ok(text.trim().to_owned());
+        // As the server reads it: without the line ending.
+        return Ok(text.trim_end_matches(['\n', '\r']).to_owned());
     }
     std::env::var("LMX_ADMIN_TOKEN")
         .ok()

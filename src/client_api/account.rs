@@ -79,6 +79,10 @@ fn local_user(server: &ClientDeps, localpart: &str) -> Result<UserId, Failure> {
     if localpart.is_empty() {
         return Err(invalid());
     }
+    if localpart == server.config.admin.notices_localpart {
+        // Reserved: whoever held it would speak as the server's notices.
+        return Err(user_in_use());
+    }
     UserId::parse_lm(&format!("@{localpart}:{}", server.name)).map_err(|_| invalid())
 }
 

@@ -230,6 +230,10 @@ impl ClientHandler {
             ["_synapse", "admin", "v1", "register"] => {
                 return account::shared_secret_register(&method, call).await.map(|v| ok_json(&v))
             }
+            ["_synapse", "admin", "v1", "server_version"] => {
+                let v = admin::server_version(&method, &segs).ok_or(Failure::MethodNotAllowed)?;
+                return Ok(ok_json(&v));
+            }
             ["_synapse", "admin", rest @ ..] => {
                 // Synapse's admin paths, for users who are server admins.
                 let (user, _) = call.who()?;

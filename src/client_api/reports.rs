@@ -91,45 +91,88 @@ pub async fn user(call: Call, target: &str) -> Result<Value, Failure> {
     keep(&call, record).await
 }
 
-/// `GET /_synapse/admin/v1/event_reports` (newest first, `limit` up to 1000).
-/// The admin API checked the caller.
-pub fn admin_list(call: Call) -> Result<Value, Failure> {
-    let limit = crate::http::query_get(&call.query, "limit").and_then(|l| l.parse().ok()).unwrap_or(100usize).min(1000);
-    let reports: Vec<Value> = call
-        .server
-        .store
-        .reports(limit)?
-        .into_iter()
-        .map(|(id, r)| {
-            json!({
-                "id": id, "received_ts": r.ts, "user_id": r.reporter, "room_id": r.room_id,
-                "event_id": r.event_id, "target_user_id": r.user_id, "reason": r.reason, "score": r.score,
-            })
-        })
-        .collect();
-    Ok(json!({"total": reports.len(), "event_reports": reports}))
-}
-
-/// `GET /_synapse/admin/v1/event_reports/{id}`: the report, with the
-/// reported event as stored here.
-pub fn admin_get(call: &Call, id: &str) -> Result<Value, Failure> {
-    // Reports are kept newest first; an operator asks after recent ones.
-    let (_, r) = call
-        .server
-        .store
-        .reports(100_000)?
-        .into_iter()
-        .find(|(k, _)| k == id)
-        .ok_or_else(|| Failure::not_found("Event report not found"))?;
+/// A report as Synapse's admin API shows it, with the room's name and
+/// alias and the reported event's sender when this server has them.
+fn admin_json(call: &Call, id: &str, r: &ReportRecord) -> Value {
     let mut out = json!({
         "id": id, "received_ts": r.ts, "user_id": r.reporter, "room_id": r.room_id,
         "event_id": r.event_id, "target_user_id": r.user_id, "reason": r.reason, "score": r.score,
+        "sender": null, "name": null, "canonical_alias": null,
     });
-    let event = crate::core::ids::EventId::parse(&r.event_id).ok().map(|e| call.server.store.event(&e)).transpose()?;
-    if let Some(rec) = event.flatten() {
+    let view = crate::core::ids::RoomId::parse(&r.room_id).ok().and_then(|room| call.server.rooms.get(&room));
+    if let Some(view) = view.map(|h| h.view()) {
+        let field = |ty: &str, key: &str| {
+            crate::core::rooms::StateView::get(&*view.state, ty, "").and_then(|e| e.content().get(key).cloned())
+        };
+        out["name"] = field("m.room.name", "name").unwrap_or(Value::Null);
+        out["canonical_alias"] = field("m.room.canonical_alias", "alias").unwrap_or(Value::Null);
+    }
+    let event = EventId::parse(&r.event_id).ok().and_then(|e| call.server.store.event(&e).ok().flatten());
+    if let Some(rec) = event {
         let pdu = crate::core::json::parse(&rec.json, crate::core::json::NumberPolicy::Ieee754).unwrap_or_default();
         out["sender"] = pdu["sender"].clone();
         out["event_json"] = pdu;
     }
+    out
+}
+
+/// `GET /_synapse/admin/v1/event_reports`: `from`, `limit`, `dir` (`b`,
+/// newest first, by default), `user_id` and `room_id` (substrings). The
+/// admin API checked the caller.
+pub fn admin_list(call: Call) -> Result<Value, Failure> {
+    let q = |k: &str| crate::http::query_get(&call.query, k);
+    let number = |k: &str, default: usize| match q(k) {
+        None => Ok(default),
+        Some(v) => {
+            v.parse::<usize>().map_err(|_| Failure::invalid_param(format!("{k} must be a non-negative integer")))
+        }
+    };
+    let (from, limit) = (number("from", 0)?, number("limit", 100)?.min(1000));
+    let mut reports = call.server.store.reports(usize::MAX)?;
+    reports.retain(|(_, r)| q("user_id").is_none_or(|u| r.reporter.contains(u)));
+    reports.retain(|(_, r)| q("room_id").is_none_or(|room| r.room_id.contains(room)));
+    match q("dir") {
+        None | Some("b") => {}
+        Some("f") => reports.reverse(),
+        Some(_) => return Err(Failure::invalid_param("dir must be f or b")),
+    }
+    let total = reports.len();
+    let page: Vec<Value> = reports
+        .iter()
+        .skip(from)
+        .take(limit)
+        .map(|(id, r)| {
+            let mut v = admin_json(&call, id, r);
+            v.as_object_mut().map(|o| o.remove("event_json"));
+            v
+        })
+        .collect();
+    let mut out = json!({"total": total, "event_reports": page});
+    if from.saturating_add(limit) < total {
+        out["next_token"] = json!(from + limit);
+    }
     Ok(out)
+}
+
+fn find_report(call: &Call, id: &str) -> Result<ReportRecord, Failure> {
+    // Reports are kept newest first; an operator asks after recent ones.
+    let found = call.server.store.reports(usize::MAX)?.into_iter().find(|(k, _)| k == id);
+    found.map(|(_, r)| r).ok_or_else(|| Failure::not_found("Event report not found"))
+}
+
+/// `GET /_synapse/admin/v1/event_reports/{id}`: with the reported event as
+/// stored here.
+pub fn admin_get(call: &Call, id: &str) -> Result<Value, Failure> {
+    let r = find_report(call, id)?;
+    Ok(admin_json(call, id, &r))
+}
+
+/// `DELETE /_synapse/admin/v1/event_reports/{id}`.
+pub async fn admin_delete(call: &Call, id: &str) -> Result<Value, Failure> {
+    let r = find_report(call, id)?;
+    let mut b = Batch::new();
+    b.push(Op::DeleteReport { ts: r.ts, id: id.to_owned() });
+    call.server.store.write(b)?;
+    call.server.store.flush().await?;
+    Ok(json!({}))
 }

@@ -159,6 +159,17 @@ mod tests {
     }
 
     #[test]
+    fn a_short_admin_token_is_refused() {
+        let mut c = Config::default();
+        c.admin.token = Some(String::new());
+        assert!(c.validate().is_err(), "an empty token");
+        c.admin.token = Some("short".into());
+        assert!(c.validate().is_err());
+        c.admin.token = Some("a-long-enough-admin-token".into());
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
     fn secrets_come_from_files_and_are_masked() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret");

@@ -64,6 +64,9 @@ pub struct Admin {
     pub notices_localpart: String,
 }
 
+/// The shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
 /// Prometheus metrics on a listener of their own; off unless `listen` is
 /// set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -361,6 +364,8 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("{0}: {1}")]
     SecretFile(String, String),
+    #[error("admin.token must have at least {0} characters (a guessable token opens the admin API)")]
+    AdminToken(usize),
     #[error("--option {0:?}: expected key=value with a dotted key")]
     Option(String),
 }
@@ -394,6 +399,9 @@ impl Config {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
             }
+        }
+        if self.admin.token.as_ref().is_some_and(|t| t.trim().len() < MIN_ADMIN_TOKEN) {
+            return Err(ConfigError::AdminToken(MIN_ADMIN_TOKEN));
         }
         Ok(())
     }

@@ -180,12 +180,16 @@ pub struct KeyRing {
     /// Our own keys as other servers see them: signing and checking that
     /// answer costs more than the signature checks it serves.
     own_cached: Mutex<Option<Arc<ServerKeyInfo>>>,
+    /// Keys fetched before this (an operator's flush) are fetched again.
+    refetch_before: std::sync::atomic::AtomicI64,
 }
 
 impl KeyRing {
-    /// Forgets other servers' keys held in memory and failed look-ups, so
-    /// the next use fetches them again (stored keys stay); how many.
+    /// Has other servers' keys fetched again at their next use (those
+    /// held stay in use while a server cannot be reached); how many were
+    /// held in memory.
     pub fn forget_remembered(&self) -> usize {
+        self.refetch_before.store(crate::sys::now_ms(), std::sync::atomic::Ordering::Relaxed);
         let mut cache = self.cache.lock().expect("poisoned");
         let n = cache.len();
         cache.clear();
@@ -203,6 +207,7 @@ impl KeyRing {
             fetch_locks: Mutex::new(HashMap::new()),
             fetches: tokio::sync::Semaphore::new(MAX_CONCURRENT_FETCHES),
             own_cached: Mutex::new(None),
+            refetch_before: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -230,14 +235,30 @@ impl KeyRing {
     }
 
     fn cached(&self, server: &ServerName) -> Option<Arc<ServerKeyInfo>> {
-        if let Some((info, _)) = self.cache.lock().expect("poisoned").get(server) {
-            return Some(info.clone());
+        self.cached_at(server).map(|(info, _)| info)
+    }
+
+    /// Held keys with when they were fetched.
+    fn cached_at(&self, server: &ServerName) -> Option<(Arc<ServerKeyInfo>, i64)> {
+        if let Some((info, at)) = self.cache.lock().expect("poisoned").get(server) {
+            return Some((info.clone(), *at));
         }
         let stored = self.store.server_keys(server).ok()??;
         let raw: Object = serde_json::from_slice(&stored.response_json).ok()?;
         let info = Arc::new(parse_key_response(server, raw, stored.fetched_ts)?);
         self.remember(server, info.clone(), stored.fetched_ts);
-        Some(info)
+        Some((info, stored.fetched_ts))
+    }
+
+    /// Held keys good for use now without asking their server: not
+    /// expired, holding `want_key`, and fetched after the last flush.
+    fn usable(&self, server: &ServerName, want_key: Option<&str>, now: i64) -> Option<Arc<ServerKeyInfo>> {
+        let flushed = self.refetch_before.load(std::sync::atomic::Ordering::Relaxed);
+        let (info, at) = self.cached_at(server)?;
+        let fresh = info.valid_until_ts > now
+            && at >= flushed
+            && want_key.is_none_or(|k| info.verify.contains_key(k) || info.old.contains_key(k));
+        fresh.then_some(info)
     }
 
     /// Keys of `server`: cached, or fetched (and stored) when absent,
@@ -257,10 +278,7 @@ impl KeyRing {
         if server == self.own.server() {
             return Some(self.own_info(now));
         }
-        let fresh = |i: &ServerKeyInfo| {
-            i.valid_until_ts > now && want_key.is_none_or(|k| i.verify.contains_key(k) || i.old.contains_key(k))
-        };
-        if let Some(i) = self.cached(server).filter(|i| fresh(i)) {
+        if let Some(i) = self.usable(server, want_key, now) {
             return Some(i);
         }
         let recently_missed =
@@ -277,7 +295,7 @@ impl KeyRing {
         let fetched = {
             let _guard = lock.lock().await;
             // Another caller may have fetched while we waited.
-            match self.cached(server).filter(|i| fresh(i)) {
+            match self.usable(server, want_key, now) {
                 Some(i) => Some(i),
                 None if recently_missed(self) => None,
                 None => {

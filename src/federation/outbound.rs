@@ -51,6 +51,10 @@ pub struct DeliveryStatus {
     pub retry_interval_ms: u64,
     /// Round trip of the last delivered transaction, ms.
     pub last_round_trip_ms: u64,
+    /// Since when the queue has held undelivered work (0: drained). The
+    /// lag an operator sees, measured by this server's clock and not by
+    /// timestamps other servers wrote in events.
+    pub waiting_since_ts: i64,
 }
 
 /// What a destination has not been sent yet.
@@ -307,10 +311,17 @@ async fn deliver(node: Arc<Node>, dest: ServerName, worker: Arc<Worker>) {
             Some(t) => t,
             None => match next_txn(&node, &dest) {
                 Ok(Some((id, contents))) => {
+                    {
+                        let mut st = worker.status.lock().expect("poisoned");
+                        if st.waiting_since_ts == 0 {
+                            st.waiting_since_ts = crate::sys::now_ms();
+                        }
+                    }
                     let lm = super::fetch::lm_peer(&node, &dest).await;
                     contents.into_txn(&node, &dest, id, lm)
                 }
                 Ok(None) => {
+                    worker.status.lock().expect("poisoned").waiting_since_ts = 0;
                     tokio::select! {
                         _ = worker.notify.notified() => {}
                         _ = positions.changed() => {}
@@ -398,7 +409,12 @@ async fn deliver(node: Arc<Node>, dest: ServerName, worker: Arc<Worker>) {
                     st.retry_interval_ms = wait.as_millis() as u64;
                     st.retry_at_ts = now.saturating_add(wait.as_millis() as i64);
                 }
-                worker.reset.store(false, Ordering::SeqCst);
+                // A retry asked for while this send was out goes at once.
+                if worker.reset.swap(false, Ordering::SeqCst) {
+                    failures = 0;
+                    worker.status.lock().expect("poisoned").retry_at_ts = 0;
+                    continue;
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = async {

@@ -124,7 +124,7 @@ impl Handler for Observed {
                 let resp = inner.handle(req, remote).await;
                 let elapsed = started.elapsed().as_secs_f64();
                 let status = resp.status().as_u16().to_string();
-                let route = super::routes::route_label(&path);
+                let route = super::routes::route_label(&path, resp.status().as_u16());
                 metrics::counter!("lmx_http_requests_total", "listener" => listener, "route" => route, "status" => status)
                     .increment(1);
                 metrics::histogram!("lmx_http_request_seconds", "listener" => listener).record(elapsed);

@@ -221,6 +221,11 @@ impl Media {
         if quota > 0 && usage.bytes.saturating_add(size) > quota {
             return Err(Failure::too_large(format!("Over this user's media quota of {quota} bytes")));
         }
+        // A reserved id an admin quarantined stays quarantined.
+        let quarantined_by = match upload.reserved {
+            Some(id) => self.store.media(&self.server, id)?.map(|r| r.quarantined_by).unwrap_or_default(),
+            None => String::new(),
+        };
         let record = MediaRecord {
             content_type: upload.content_type.to_owned(),
             filename: upload.filename.unwrap_or_default().to_owned(),
@@ -228,6 +233,7 @@ impl Media {
             sha256: sha.to_owned(),
             uploader: user.to_string(),
             created_ts: upload.now,
+            quarantined_by,
             ..Default::default()
         };
         b.push(Op::PutMedia { server: self.server.clone(), id: id.to_owned(), record });

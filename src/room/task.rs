@@ -384,9 +384,6 @@ impl RoomTask {
 
     fn answer(&mut self, ticket: Ticket, answer: Result<Reply, RoomError>) {
         let Some(waiting) = self.pending.remove(&ticket) else { return };
-        if let Err(RoomError::Forbidden(why)) = &answer {
-            metrics::counter!("lmx_auth_rejections_total", "rule" => rule_of(why)).increment(1);
-        }
         match (waiting, answer) {
             (w, Err(e)) => w.fail(e),
             (Waiting::Local(tx), Ok(Reply::Local(LocalDone::Sent(id)))) => {
@@ -474,27 +471,4 @@ async fn fetch_gap(
         }
     }
     Ok(newest_first)
-}
-
-/// The authorization rule named in a refusal (`… rule 4.5.3: …`), as a
-/// metric label: `other` when none is named.
-fn rule_of(why: &str) -> String {
-    let Some(start) = why.find("rule ") else { return "other".into() };
-    let label: String = why[start + 5..].chars().take_while(|c| *c != ':' && !c.is_whitespace()).collect();
-    let plain = !label.is_empty() && label.len() <= 16 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '.');
-    if plain {
-        label
-    } else {
-        "other".into()
-    }
-}
-
-#[cfg(test)]
-mod rule_label_tests {
-    #[test]
-    fn the_rule_of_a_refusal_is_its_label() {
-        assert_eq!(super::rule_of("against the current state: rule 4.5.3: not joined"), "4.5.3");
-        assert_eq!(super::rule_of("rule 10.a: power"), "10.a");
-        assert_eq!(super::rule_of("You are not in this room"), "other");
-    }
 }

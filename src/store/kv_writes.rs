@@ -140,6 +140,7 @@ impl<K: Kv> KvStore<K> {
                     writes.push(KvWrite::Put(keys::published_room(room.as_str()), Vec::new()))
                 }
                 Op::PublishRoom(room, false) => writes.push(KvWrite::Delete(keys::published_room(room.as_str()))),
+                Op::DeleteReport { ts, id } => writes.push(KvWrite::Delete(keys::report(ts.max(0) as u64, &id))),
                 Op::PutReport { id, record } => writes.push(put(keys::report(record.ts.max(0) as u64, &id), &record)),
                 Op::PutMedia { server, id, record } => {
                     let key = keys::media(server.as_str(), &id);

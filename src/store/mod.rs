@@ -294,6 +294,11 @@ pub enum Op {
         record: RegistrationTokenRecord,
     },
     DeleteRegistrationToken(String),
+    /// A report an admin dismissed: its time and id.
+    DeleteReport {
+        ts: i64,
+        id: String,
+    },
     PutReport {
         id: String,
         record: ReportRecord,

@@ -73,8 +73,13 @@ fn write_backup(server: &ClientDeps, out: ChannelWriter) -> std::io::Result<()> 
     files_under(&server.config.data_dir.join("media"), &server.config.data_dir, &mut media);
     files.extend(media.into_iter().map(|rel| (rel.clone(), server.config.data_dir.join(rel))));
     for (name, path) in files {
-        // A media file deleted since the store's moment is left out.
-        let Ok(file) = std::fs::File::open(&path) else { continue };
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            // A media file deleted since the store's moment is left out;
+            // a backup without the signing key is no backup.
+            Err(_) if name != SIGNING_KEY => continue,
+            Err(e) => return Err(std::io::Error::other(format!("the signing key {}: {e}", path.display()))),
+        };
         let len = file.metadata()?.len();
         w.record(&Record::File(name, len))?;
         w.file_bytes(file, len)?;

@@ -151,7 +151,7 @@ pub fn facts(call: &Call, started: Instant) -> Result<Facts, Failure> {
             last_error: e["last_error"].as_str().unwrap_or_default().to_owned(),
             queue_depth: e["queue_depth"].as_u64().unwrap_or(0) as usize,
             lag_positions: e["lag_positions"].as_u64().unwrap_or(0),
-            lag_secs: e["oldest_undelivered"]["age_ms"].as_u64().unwrap_or(0) / 1000,
+            lag_secs: e["lag_ms"].as_u64().unwrap_or(0) / 1000,
             retry_in_secs: e["retry_at_ts"].as_i64().map_or(0, |t| (t.saturating_sub(now).max(0) / 1000) as u64),
         });
     }

@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 
 use super::{backwards, local_user, ok, paging, server_name, Acting, Reply};
 use crate::client_api::Call;
+use crate::core::ids::ServerName;
 use crate::store::{Batch, Op};
 use crate::wire::Failure;
 
@@ -48,8 +49,8 @@ pub fn user_media(call: &Call, user: &str) -> Result<Reply, Failure> {
     let total = media.len();
     let page: Vec<Value> = media.into_iter().skip(from).take(limit).collect();
     let mut out = json!({"media": page, "total": total});
-    if from + limit < total {
-        out["next_token"] = json!(from + limit);
+    if from.saturating_add(limit) < total {
+        out["next_token"] = json!(from.saturating_add(limit));
     }
     ok(out)
 }
@@ -80,4 +81,66 @@ pub async fn delete(call: &Call, server: &str, id: &str) -> Result<Reply, Failur
     call.server.store.media(&server, id)?.ok_or_else(|| Failure::not_found("Unknown media"))?;
     call.server.media.delete(&server, id).await?;
     ok(json!({"deleted_media": [id], "total": 1}))
+}
+
+/// Sets or clears a quarantine on a stored record; whether one was there.
+fn mark(call: &Call, server: &ServerName, id: &str, by: &str) -> Result<bool, Failure> {
+    let store = &call.server.store;
+    let Some(mut record) = store.media(server, id)? else { return Ok(false) };
+    if record.quarantined_by == by {
+        return Ok(false);
+    }
+    record.quarantined_by = by.to_owned();
+    let mut b = Batch::new();
+    b.push(Op::PutMedia { server: server.clone(), id: id.to_owned(), record });
+    store.write(b)?;
+    Ok(true)
+}
+
+fn quarantiner(acting: &Acting) -> String {
+    acting.as_ref().map_or_else(|| "admin".to_owned(), |u| u.to_string())
+}
+
+/// `POST /v1/user/{user}/media/quarantine`: every upload of the user.
+pub fn quarantine_user(call: &Call, user: &str, acting: &Acting) -> Result<Reply, Failure> {
+    let user = local_user(call, user)?;
+    let by = quarantiner(acting);
+    let mut n = 0;
+    for (id, _, _) in call.server.store.user_media(&user)? {
+        n += usize::from(mark(call, &call.server.name, &id, &by)?);
+    }
+    ok(json!({"num_quarantined": n}))
+}
+
+/// The `mxc://` URIs an event's content names (the file, its thumbnail).
+fn mxc_uris(content: &Value, out: &mut Vec<(String, String)>) {
+    for uri in [&content["url"], &content["info"]["thumbnail_url"], &content["file"]["url"]]
+        .into_iter()
+        .filter_map(Value::as_str)
+    {
+        if let Some((server, id)) = uri.strip_prefix("mxc://").and_then(|rest| rest.split_once('/')) {
+            out.push((server.to_owned(), id.to_owned()));
+        }
+    }
+}
+
+/// `POST /v1/room/{room}/media/quarantine`: the media the room's events
+/// name, as far as this server holds them.
+pub fn quarantine_room(call: &Call, room: &str, acting: &Acting) -> Result<Reply, Failure> {
+    let room = crate::core::ids::RoomId::parse(room).map_err(|_| Failure::not_found("Room not found"))?;
+    let view = call.server.rooms.find(&room)?.map(|h| h.view()).ok_or_else(|| Failure::not_found("Room not found"))?;
+    let store = &call.server.store;
+    let mut uris = Vec::new();
+    for id in store.list(&room, 0, view.length)? {
+        let Some(rec) = store.event(&id)? else { continue };
+        let pdu = crate::core::json::parse(&rec.json, crate::core::json::NumberPolicy::Ieee754).unwrap_or_default();
+        mxc_uris(&pdu["content"], &mut uris);
+    }
+    let by = quarantiner(acting);
+    let mut n = 0;
+    for (server, id) in uris {
+        let Ok(server) = ServerName::parse(&server) else { continue };
+        n += usize::from(mark(call, &server, &id, &by)?);
+    }
+    ok(json!({"num_quarantined": n}))
 }

@@ -112,7 +112,7 @@ enum Answer {
 impl AdminHandler {
     /// The caller, if the token opens the admin API.
     fn authorize(&self, token: Option<&str>) -> Result<Acting, Failure> {
-        let token = token.ok_or(Failure::MissingToken)?;
+        let token = token.filter(|t| !t.is_empty()).ok_or(Failure::MissingToken)?;
         let server = &self.client.server;
         if let Some(admin) = &server.config.admin.token {
             if same_secret(admin.as_bytes(), token.as_bytes()) {
@@ -132,6 +132,9 @@ impl AdminHandler {
 
     async fn route(&self, req: Request<Incoming>) -> Result<(StatusCode, Answer), Failure> {
         let segs = path_segments(req.uri().path()).ok_or(Failure::Unrecognized)?;
+        if let Some(v) = server_version(req.method(), &segs) {
+            return Ok((StatusCode::OK, Answer::Json(v)));
+        }
         let query = query_pairs(req.uri().query());
         let acting = self.authorize(token_of(&req, &query).as_deref())?;
         if let Some(user) = &acting {
@@ -145,6 +148,11 @@ impl AdminHandler {
         let call = self.client.call(query, json_object(&bytes, NumberPolicy::Ieee754, true), acting.clone());
         let s: Vec<&str> = segs.iter().map(String::as_str).collect();
         let reply = match s.as_slice() {
+            // The whole store and the signing key: the operator's token
+            // only, not an admin user's (a token a browser held).
+            ["_lmx", "admin", "v1", "backup"] if acting.is_some() => {
+                return Err(Failure::forbidden("Backups need the admin token"))
+            }
             ["_lmx", "admin", "v1", "backup"] if method == Method::GET => {
                 let (body, estimate) = backup::stream(self.client.server.clone());
                 return Ok((StatusCode::OK, Answer::Backup(body, estimate)));
@@ -161,12 +169,19 @@ impl AdminHandler {
     }
 }
 
+/// `GET /_synapse/admin/v1/server_version`, which Synapse answers without
+/// a token (tools ask it first).
+pub fn server_version(method: &Method, segs: &[String]) -> Option<Value> {
+    let asked =
+        method == Method::GET && segs.iter().map(String::as_str).eq(["_synapse", "admin", "v1", "server_version"]);
+    asked.then(|| serde_json::json!({"server_version": env!("CARGO_PKG_VERSION")}))
+}
+
 /// Synapse's admin paths (after `/_synapse/admin/`), for a caller already
 /// known to be an admin.
 pub async fn synapse(method: &Method, rest: &[&str], call: Call, acting: &Acting) -> Result<Reply, Failure> {
     use Method as M;
     match (rest, method) {
-        (["v1", "server_version"], &M::GET) => ok(serde_json::json!({"server_version": env!("CARGO_PKG_VERSION")})),
         (["v2", "users"], &M::GET) => users::list(&call),
         (["v2", "users", user], &M::GET) => users::get(&call, user),
         (["v2", "users", user], &M::PUT) => users::put(&call, user, acting).await,
@@ -195,6 +210,10 @@ pub async fn synapse(method: &Method, rest: &[&str], call: Call, acting: &Acting
         (["v1", "registration_tokens", rest @ ..], _) => ok(super::tokens::admin(call, method, rest).await?),
         (["v1", "event_reports"], &M::GET) => ok(super::reports::admin_list(call)?),
         (["v1", "event_reports", id], &M::GET) => ok(super::reports::admin_get(&call, id)?),
+        (["v1", "event_reports", id], &M::DELETE) => ok(super::reports::admin_delete(&call, id).await?),
+        (["v1", "user", user, "media", "quarantine"], &M::POST) => media::quarantine_user(&call, user, acting),
+        (["v1", "room", room, "media", "quarantine"], &M::POST) => media::quarantine_room(&call, room, acting),
+        (["v1", "send_server_notice", txn], &M::PUT) => notices::send_once(&call, txn).await,
         (["v1", "send_server_notice"], &M::POST) => notices::send(&call).await,
         _ => Err(Failure::Unrecognized),
     }

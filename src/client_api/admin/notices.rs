@@ -13,6 +13,11 @@ use crate::wire::Failure;
 
 /// The notices user's account data: each recipient's notices room.
 const ROOMS_KIND: &str = "org.lmx.server_notices";
+/// The notices user's account data: transaction ids already sent, with
+/// their events.
+const TXNS_KIND: &str = "org.lmx.server_notices.txns";
+/// Transaction ids remembered, newest kept.
+const MAX_TXNS: usize = 1000;
 
 /// `POST /v1/send_server_notice`: `user_id`, `content`, `type`,
 /// `state_key`.
@@ -35,7 +40,14 @@ pub async fn send(call: &Call) -> Result<Reply, Failure> {
 fn notices_user(call: &Call) -> Result<UserId, Failure> {
     let localpart = &call.server.config.admin.notices_localpart;
     let user = UserId::parse(&format!("@{localpart}:{}", call.server.name)).map_err(Failure::failed)?;
-    if call.server.store.user(&user)?.is_none() {
+    if let Some(existing) = call.server.store.user(&user)? {
+        // Made by this code, it has no password; one that does is someone's.
+        if !existing.password_hash.is_empty() {
+            return Err(Failure::failed(format!(
+                "{user} is an ordinary account: set admin.notices_localpart to an unused name"
+            )));
+        }
+    } else {
         let rec = UserRecord {
             user_id: user.to_string(),
             displayname: "Server Notices".into(),
@@ -76,4 +88,25 @@ async fn notices_room(call: &Call, sender: &UserId, to: &UserId) -> Result<RoomI
     rooms.insert(to.to_string(), json!(room.as_str()));
     crate::client_api::account_data::put_data(call, sender, None, ROOMS_KIND, &Value::Object(rooms)).await?;
     Ok(room)
+}
+
+/// `PUT /v1/send_server_notice/{txn}`: as `POST`, once per transaction id.
+pub async fn send_once(call: &Call, txn: &str) -> Result<Reply, Failure> {
+    let sender = notices_user(call)?;
+    let store = &call.server.store;
+    let mut txns: Vec<(String, String)> = store
+        .account_data(&sender, None, TXNS_KIND)?
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    if let Some((_, event)) = txns.iter().find(|(t, _)| t == txn) {
+        return ok(json!({"event_id": event}));
+    }
+    let (status, answer) = send(call).await?;
+    let event = answer["event_id"].as_str().unwrap_or_default().to_owned();
+    txns.push((txn.to_owned(), event));
+    let excess = txns.len().saturating_sub(MAX_TXNS);
+    txns.drain(..excess);
+    let kept = serde_json::to_value(&txns).map_err(Failure::failed)?;
+    crate::client_api::account_data::put_data(call, &sender, None, TXNS_KIND, &kept).await?;
+    Ok((status, answer))
 }

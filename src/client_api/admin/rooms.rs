@@ -60,7 +60,8 @@ pub(super) fn views(call: &Call) -> Vec<std::sync::Arc<RoomView>> {
 /// (name or alias substring, or the exact room id).
 pub fn list(call: &Call) -> Result<Reply, Failure> {
     let (from, limit) = paging(call)?;
-    let term = crate::http::query_get(&call.query, "search_term").map(str::to_lowercase);
+    let raw = crate::http::query_get(&call.query, "search_term");
+    let term = raw.map(str::to_lowercase);
     if term.as_deref() == Some("") {
         return Err(Failure::invalid_param("search_term cannot be empty"));
     }
@@ -68,7 +69,8 @@ pub fn list(call: &Call) -> Result<Reply, Failure> {
     if let Some(t) = &term {
         rooms.retain(|r| {
             let has = |k: &str| r[k].as_str().is_some_and(|s| s.to_lowercase().contains(t.as_str()));
-            has("name") || has("canonical_alias") || r["room_id"].as_str() == Some(t.as_str())
+            // Room ids are case-sensitive: the exact id, as given.
+            has("name") || has("canonical_alias") || r["room_id"].as_str() == raw
         });
     }
     let order = crate::http::query_get(&call.query, "order_by").unwrap_or("name");
@@ -96,8 +98,8 @@ pub fn list(call: &Call) -> Result<Reply, Failure> {
     let total = rooms.len();
     let page: Vec<Value> = rooms.into_iter().skip(from).take(limit).collect();
     let mut out = json!({"rooms": page, "offset": from, "total_rooms": total});
-    if from + limit < total {
-        out["next_batch"] = json!(from + limit);
+    if from.saturating_add(limit) < total {
+        out["next_batch"] = json!(from.saturating_add(limit));
     }
     if from > 0 {
         out["prev_batch"] = json!(from.saturating_sub(limit));

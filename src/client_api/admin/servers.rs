@@ -42,9 +42,14 @@ pub(super) fn entry(call: &Call, dest: &ServerName) -> Result<Value, Failure> {
     let s = status_of(call, dest);
     let backlog = call.server.remote.backlog(dest)?;
     let now = crate::sys::now_ms();
-    let oldest = backlog.oldest_event.as_ref().map(|(event, room, ts)| {
-        json!({"event_id": event, "room_id": room, "origin_server_ts": ts, "age_ms": now.saturating_sub(*ts)})
-    });
+    // The event's own timestamp is its sender's word: shown, not trusted
+    // for the lag, which counts from when this server saw the queue fill.
+    let oldest = backlog
+        .oldest_event
+        .as_ref()
+        .map(|(event, room, ts)| json!({"event_id": event, "room_id": room, "origin_server_ts": ts}));
+    let waiting = backlog.depth > 0 && s.waiting_since_ts > 0;
+    let lag_ms = if waiting { now.saturating_sub(s.waiting_since_ts).max(0) } else { 0 };
     Ok(json!({
         "destination": dest.as_str(),
         "retry_last_ts": if s.failures > 0 { s.last_failure_ts } else { 0 },
@@ -60,6 +65,8 @@ pub(super) fn entry(call: &Call, dest: &ServerName) -> Result<Value, Failure> {
         "queue_depth": backlog.depth,
         "queue_depth_capped": backlog.depth >= crate::federation::BACKLOG_COUNT_LIMIT,
         "lag_positions": backlog.lag_positions,
+        "lag_ms": lag_ms,
+        "waiting_since_ts": waiting.then_some(s.waiting_since_ts),
         "oldest_undelivered": oldest,
     }))
 }
@@ -98,8 +105,8 @@ pub fn list(call: &Call) -> Result<Reply, Failure> {
     let total = entries.len();
     let page: Vec<Value> = entries.into_iter().skip(from).take(limit).collect();
     let mut out = json!({"destinations": page, "total": total});
-    if from + limit < total {
-        out["next_token"] = json!((from + limit).to_string());
+    if from.saturating_add(limit) < total {
+        out["next_token"] = json!((from.saturating_add(limit)).to_string());
     }
     ok(out)
 }
@@ -127,8 +134,8 @@ pub fn rooms(call: &Call, dest: &str) -> Result<Reply, Failure> {
     let total = rooms.len();
     let page: Vec<Value> = rooms.into_iter().skip(from).take(limit).collect();
     let mut out = json!({"rooms": page, "total": total});
-    if from + limit < total {
-        out["next_token"] = json!((from + limit).to_string());
+    if from.saturating_add(limit) < total {
+        out["next_token"] = json!((from.saturating_add(limit)).to_string());
     }
     ok(out)
 }

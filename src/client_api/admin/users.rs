@@ -89,8 +89,8 @@ pub fn list(call: &Call) -> Result<Reply, Failure> {
     let page: Vec<Value> =
         users.iter().skip(from).take(limit).map(|u| list_entry(call, u)).collect::<Result<_, _>>()?;
     let mut out = json!({"users": page, "total": total});
-    if from + limit < total {
-        out["next_token"] = json!((from + limit).to_string());
+    if from.saturating_add(limit) < total {
+        out["next_token"] = json!((from.saturating_add(limit)).to_string());
     }
     ok(out)
 }
@@ -143,6 +143,11 @@ pub async fn put(call: &Call, user: &str, acting: &Acting) -> Result<Reply, Fail
         None => None,
     };
     let Some(mut rec) = call.server.store.user(&user)? else {
+        // New accounts follow registration's rules, so that they can log in.
+        let lower = user.localpart().to_lowercase() == user.localpart();
+        if !lower || UserId::parse_lm(user.as_str()).is_err() {
+            return Err(Failure::InvalidUsername("User names may contain only a-z, 0-9 and ._=-/+".into()));
+        }
         let rec = UserRecord {
             user_id: user.to_string(),
             password_hash: hash.unwrap_or_default(),
@@ -287,13 +292,15 @@ pub async fn delete_device(call: &Call, user: &str, device: &str) -> Result<Repl
 /// `GET /v1/whois/{user}`: each device's last connection.
 pub fn whois(call: &Call, user: &str) -> Result<Reply, Failure> {
     let user = local_user(call, user)?;
-    let mut devices = serde_json::Map::new();
-    for (id, d) in call.server.store.devices(&user)? {
-        let connections: Vec<Value> = (d.last_seen_ts > 0)
-            .then(|| json!({"ip": d.last_seen_ip, "last_seen": d.last_seen_ts, "user_agent": ""}))
-            .into_iter()
-            .collect();
-        devices.insert(id, json!({"sessions": [{"connections": connections}]}));
-    }
-    ok(json!({"user_id": user.as_str(), "devices": devices}))
+    // Synapse's shape: one unnamed device, one session, a connection per
+    // device this server has seen.
+    let connections: Vec<Value> = call
+        .server
+        .store
+        .devices(&user)?
+        .into_iter()
+        .filter(|(_, d)| d.last_seen_ts > 0)
+        .map(|(_, d)| json!({"ip": d.last_seen_ip, "last_seen": d.last_seen_ts, "user_agent": ""}))
+        .collect();
+    ok(json!({"user_id": user.as_str(), "devices": {"": {"sessions": [{"connections": connections}]}}}))
 }

@@ -105,9 +105,9 @@ pub async fn sync(call: Call) -> Result<Value, Failure> {
         } else if tokio::time::Instant::now() >= deadline {
             return s.empty_answer(since);
         }
-        metrics::gauge!("lmx_sync_waiters").increment(1.0);
+        let waiting = crate::admin::metrics::InGauge::enter("lmx_sync_waiters");
         let woken = tokio::time::timeout_at(deadline, marks.changed()).await;
-        metrics::gauge!("lmx_sync_waiters").decrement(1.0);
+        drop(waiting);
         if woken.is_err() {
             let upto = call.server.positions.watermark();
             return if upto > since.to_device { Ok(s.incremental(since, upto)?.0) } else { s.empty_answer(since) };

@@ -154,9 +154,9 @@ pub async fn sliding_sync(call: Call) -> Result<Value, Failure> {
             answer["pos"] = json!(call.sliding.put(key, sent));
             return Ok(answer);
         }
-        metrics::gauge!("lmx_sync_waiters").increment(1.0);
+        let waiting = crate::admin::metrics::InGauge::enter("lmx_sync_waiters");
         let woken = tokio::time::timeout_at(deadline, marks.changed()).await;
-        metrics::gauge!("lmx_sync_waiters").decrement(1.0);
+        drop(waiting);
         if woken.is_err() {
             let upto = call.server.positions.watermark();
             let (mut answer, sent, _) = build(&asked, upto)?;

@@ -30,7 +30,7 @@ fn event_error(e: EventError) -> RoomError {
 
 fn append_error(e: AppendError) -> RoomError {
     match e {
-        AppendError::Auth(a) => RoomError::Forbidden(a.to_string()),
+        AppendError::Auth(a) => RoomError::Forbidden(super::counted(a).to_string()),
         other => RoomError::BadEvent(other.to_string()),
     }
 }

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::build::Draft;
 use super::snapshot::Events;
-use super::{Effects, Machine, RoomError};
+use super::{counted, Effects, Machine, RoomError};
 use crate::core::event::{sign_event, Pdu, Schema};
 use crate::core::ids::EventId;
 use crate::core::json::Object;
@@ -164,7 +164,7 @@ impl Machine {
             }
             return Ok(match authorize(pdu, &StateMap::new()) {
                 Ok(()) => Check::Pass { before: StateIds::new(), soft_fail: None },
-                Err(e) => Check::Reject(e.to_string()),
+                Err(e) => Check::Reject(counted(e).to_string()),
             });
         }
         let mut auth = Vec::with_capacity(pdu.auth_events().len());
@@ -177,7 +177,7 @@ impl Machine {
         }
         let create = pdu.room_id().create_event_id().and_then(|c| events.event(&c));
         if let Err(e) = authorize_by_auth_events(pdu, &auth, create) {
-            return Ok(Check::Reject(format!("against its auth events: {e}")));
+            return Ok(Check::Reject(format!("against its auth events: {}", counted(e))));
         }
         let mut states = Vec::new();
         for p in pdu.prev_events() {
@@ -195,7 +195,7 @@ impl Machine {
         }
         let before = resolve(self.cur.version, &states, &events).map_err(|e| RoomError::BadEvent(e.to_string()))?;
         if let Err(e) = authorize(pdu, &events.state_map(&before)) {
-            return Ok(Check::Reject(format!("against the state before it: {e}")));
+            return Ok(Check::Reject(format!("against the state before it: {}", counted(e))));
         }
         let soft_fail = authorize(pdu, &self.cur.state).err().map(|e| format!("against the current state: {e}"));
         Ok(Check::Pass { before, soft_fail })
@@ -303,7 +303,7 @@ impl Machine {
             crate::core::event::EventError::TooLarge(n) => RoomError::TooLarge(format!("{n} bytes")),
             other => RoomError::BadEvent(other.to_string()),
         })?;
-        authorize(&pdu, &self.cur.state).map_err(|e| RoomError::Forbidden(e.to_string()))?;
+        authorize(&pdu, &self.cur.state).map_err(|e| RoomError::Forbidden(counted(e).to_string()))?;
         Ok(pdu)
     }
 }
@@ -332,6 +332,6 @@ pub fn build_create(
     o.insert("depth".into(), json!(1));
     sign_event(version, key, &mut o).map_err(|e| RoomError::BadEvent(e.to_string()))?;
     let pdu = Pdu::from_object(version, o, Schema::Full).map_err(|e| RoomError::BadEvent(e.to_string()))?;
-    authorize(&pdu, &StateMap::new()).map_err(|e| RoomError::Forbidden(e.to_string()))?;
+    authorize(&pdu, &StateMap::new()).map_err(|e| RoomError::Forbidden(counted(e).to_string()))?;
     Ok(pdu)
 }

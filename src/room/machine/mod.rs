@@ -185,6 +185,13 @@ pub enum Reply {
     Purged(u64),
 }
 
+/// Counts a refusal by the number of the rule that made it: like a log
+/// line, a side channel; nothing the machine decides depends on it.
+pub(super) fn counted(e: crate::core::rooms::AuthError) -> crate::core::rooms::AuthError {
+    metrics::counter!("lmx_auth_rejections_total", "rule" => e.rule_label()).increment(1);
+    e
+}
+
 /// What a room is handed.
 pub enum Input {
     /// A local user's event.

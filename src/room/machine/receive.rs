@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::snapshot::load_pdu;
-use super::{Effects, Machine, RoomError};
+use super::{counted, Effects, Machine, RoomError};
 use crate::core::event::Pdu;
 use crate::core::ids::{EventId, ServerName};
 use crate::core::rooms::{authorize, authorize_by_auth_events, check_append, AppendError};
@@ -48,7 +48,7 @@ impl Machine {
             return Err(RoomError::BadEvent(format!("prev event {p} of a DAG server's event is not in the list")));
         }
         match authorize(&pdu, &self.cur.state)
-            .map_err(|e| e.to_string())
+            .map_err(|e| counted(e).to_string())
             .and_then(|()| self.mls_check(out, &pdu).map_err(|e| e.to_string()))
         {
             Ok(()) => self.stage(out, pdu).map(|_| ()),
@@ -86,9 +86,9 @@ impl Machine {
             auth.push(e);
         }
         authorize_by_auth_events(&pdu, &auth, None)
-            .map_err(|e| RoomError::Forbidden(format!("against its auth events: {e}")))?;
+            .map_err(|e| RoomError::Forbidden(format!("against its auth events: {}", counted(e))))?;
         authorize(&pdu, &self.cur.state)
-            .map_err(|e| RoomError::Forbidden(format!("against the current state: {e}")))?;
+            .map_err(|e| RoomError::Forbidden(format!("against the current state: {}", counted(e))))?;
         if let Err(e) = self.mls_check(out, &pdu) {
             // A full event breaking the MLS rules is soft-failed (§9.4).
             tracing::info!(event = %pdu.event_id(), sender = %pdu.sender(), reason = %e, "soft-failed an event");
