@@ -96,7 +96,7 @@ impl Outbound {
         });
         map.insert(dest.clone(), w.clone());
         // Not under the span of whatever woke it first (a room, a request).
-        let span = tracing::info_span!(parent: None, "deliver", dest = %dest);
+        let span = tracing::info_span!(parent: None, "deliver", destination = %dest);
         node.spawn(deliver(node.clone(), dest.clone(), w.clone()).instrument(span));
         w
     }
@@ -348,10 +348,13 @@ async fn deliver(node: Arc<Node>, dest: ServerName, worker: Arc<Worker>) {
         };
         crate::crash::point("deliver.before_send");
         let sent_at = std::time::Instant::now();
+        // Only a retry asked for from here on cuts a backoff after this
+        // send short (one asked before was met by this very attempt).
+        worker.reset.store(false, Ordering::SeqCst);
         match node.fed.send_signed(&txn.request).await {
             Ok(resp) => {
                 crate::crash::point("deliver.after_send");
-                tracing::debug!(%dest, txn = %txn.id, answered_us = sent_at.elapsed().as_micros() as u64, "transaction delivered");
+                tracing::debug!(destination = %dest, txn_id = %txn.id, answered_us = sent_at.elapsed().as_micros() as u64, "transaction delivered");
                 failures = 0;
                 let round_trip = sent_at.elapsed();
                 metrics::histogram!("lmx_federation_transaction_seconds", "direction" => "out")

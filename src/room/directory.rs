@@ -148,7 +148,7 @@ impl Rooms {
             self.load(id)
         };
         if let Err(e) = &woken {
-            tracing::error!(room = %id, error = %e, "a resting room could not be loaded");
+            tracing::error!(room_id = %id, error = %e, "a resting room could not be loaded");
         }
         let mut waking = self.waking.lock().expect("poisoned");
         // The map's and ours: nobody else waits on this room's load.
@@ -174,7 +174,7 @@ impl Rooms {
             match map.rooms.get(id) {
                 Some(Entry::Resting { rested: now, .. }) if *now == rested => {
                     let load_us = started.elapsed().as_micros() as u64;
-                    tracing::debug!(room = %id, state = view.state.len(), load_us, "room woke");
+                    tracing::debug!(room_id = %id, state = view.state.len(), load_us, "room woke");
                     let handle = self.spawn(view, pruned_upto);
                     map.rooms.insert(id.clone(), Entry::Running(handle.clone()));
                     return Ok(Some(handle));

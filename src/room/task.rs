@@ -134,7 +134,7 @@ struct RoomTask {
 pub(super) fn spawn_room(deps: &RoomDeps, view: RoomView, shelf: Shelf, pruned_upto: u64) -> RoomHandle {
     let (tx, rx) = mpsc::channel(1024);
     let shared = Arc::new(RwLock::new(Arc::new(view.clone())));
-    let span = tracing::info_span!(parent: None, "room", room = %view.room_id);
+    let span = tracing::info_span!(parent: None, "room", room_id = %view.room_id);
     let reads = Arc::new(StoreReads { store: deps.store.clone(), network: deps.network.clone() });
     let task = RoomTask {
         deps: deps.clone(),

@@ -72,7 +72,7 @@ pub async fn send(mut req: Req, txn: &str, v1: bool) -> Result<Value, Failure> {
     req.node.store.write(b)?;
     metrics::histogram!("lmx_federation_transaction_seconds", "direction" => "in")
         .record(started.elapsed().as_secs_f64());
-    tracing::debug!(origin = %req.origin, txn, pdus = pdus.len(), edus = edus.len(), handled_us = started.elapsed().as_micros() as u64, "transaction handled");
+    tracing::debug!(origin = %req.origin, txn_id = txn, pdus = pdus.len(), edus = edus.len(), handled_us = started.elapsed().as_micros() as u64, "transaction handled");
     Ok(answer)
 }
 

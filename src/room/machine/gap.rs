@@ -83,7 +83,7 @@ impl Machine {
         let Gap { missing, mut waiting } = self.gap.take().unwrap_or_default();
         match fetched {
             Ok(newest_first) => {
-                tracing::info!(room = %self.cur.room_id, events = newest_first.len(), "filled a gap from the hub");
+                tracing::info!(room_id = %self.cur.room_id, events = newest_first.len(), "filled a gap from the hub");
                 for pdu in newest_first.into_iter().rev() {
                     if self.knows(out, pdu.event_id()) {
                         continue;
@@ -95,7 +95,7 @@ impl Machine {
                 }
             }
             Err(e) => {
-                tracing::info!(room = %self.cur.room_id, error = %e, "could not fill a gap from the hub");
+                tracing::info!(room_id = %self.cur.room_id, error = %e, "could not fill a gap from the hub");
                 // The events that needed it fail; later ones are tried.
                 if let Some(mut first) = waiting.pop_front() {
                     first.done.extend(first.rest.drain(..).map(|_| Err(e.clone())));
