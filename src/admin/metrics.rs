@@ -30,6 +30,7 @@ pub fn install() -> Option<&'static PrometheusHandle> {
                 .build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
+            crate::http::routes::count_requests();
             describe();
             let process = metrics_process::Collector::default();
             process.describe();

@@ -123,11 +123,14 @@ impl Handler for Observed {
             async move {
                 let resp = inner.handle(req, remote).await;
                 let elapsed = started.elapsed().as_secs_f64();
-                let status = resp.status().as_u16().to_string();
-                let route = super::routes::route_label(&path, resp.status().as_u16());
-                metrics::counter!("lmx_http_requests_total", "listener" => listener, "route" => route, "status" => status)
-                    .increment(1);
-                metrics::histogram!("lmx_http_request_seconds", "listener" => listener).record(elapsed);
+                if super::routes::counting_requests() {
+                    let status = resp.status().as_u16();
+                    let route = super::routes::route_label(&path, status);
+                    let status = status.to_string();
+                    metrics::counter!("lmx_http_requests_total", "listener" => listener, "route" => route, "status" => status)
+                        .increment(1);
+                    metrics::histogram!("lmx_http_request_seconds", "listener" => listener).record(elapsed);
+                }
                 tracing::info!(
                     target: "lmx::request",
                     %method,

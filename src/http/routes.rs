@@ -3,7 +3,21 @@
 //! paths a stranger makes up cannot grow the metrics without end.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
+
+/// Whether request metrics are recorded: labels cost a lock and a string
+/// per request, spent only when a metrics listener is on.
+static COUNTED: AtomicBool = AtomicBool::new(false);
+
+/// Turns request metrics on (the metrics recorder is installed).
+pub fn count_requests() {
+    COUNTED.store(true, Ordering::Relaxed);
+}
+
+pub fn counting_requests() -> bool {
+    COUNTED.load(Ordering::Relaxed)
+}
 
 /// Most distinct route labels kept; later new ones count as `other`, so
 /// that paths a stranger makes up cannot grow the metrics without bound.

@@ -7,7 +7,7 @@ use std::time::Instant;
 use http::Method;
 use serde_json::{json, Value};
 
-use super::{body, ok, server_name, Reply};
+use super::{body, ok, Reply};
 use crate::admin::status::{DestinationLine, Facts, RoomLine};
 use crate::client_api::Call;
 use crate::core::ids::{EventId, RoomId};
@@ -20,7 +20,7 @@ pub async fn dispatch(method: &Method, rest: &[&str], call: Call, started: Insta
         (["destinations"], &M::GET) => {
             let all: Vec<Value> = super::servers::known(&call)?
                 .iter()
-                .map(|d| super::servers::entry(&call, d))
+                .map(|(d, s)| super::servers::entry(&call, d, s))
                 .collect::<Result<_, _>>()?;
             ok(json!({"destinations": all}))
         }
@@ -30,10 +30,7 @@ pub async fn dispatch(method: &Method, rest: &[&str], call: Call, started: Insta
             ok(entry)
         }
         (["destinations", dest, "retry"], &M::POST) => {
-            let dest = server_name(dest)?;
-            if !super::servers::known(&call)?.contains(&dest) {
-                return Err(Failure::not_found("Unknown destination"));
-            }
+            let (dest, _) = super::servers::known_one(&call, dest)?;
             call.server.remote.retry_now(&dest);
             ok(json!({}))
         }
@@ -142,8 +139,8 @@ pub fn facts(call: &Call, started: Instant) -> Result<Facts, Failure> {
     rooms.sort_by(|a, b| a.room_id.cmp(&b.room_id));
     let now = crate::sys::now_ms();
     let mut destinations = Vec::new();
-    for dest in super::servers::known(call)? {
-        let e = super::servers::entry(call, &dest)?;
+    for (dest, status) in super::servers::known(call)? {
+        let e = super::servers::entry(call, &dest, &status)?;
         destinations.push(DestinationLine {
             destination: dest.to_string(),
             state: e["state"].as_str().unwrap_or_default().to_owned(),

@@ -49,8 +49,8 @@ pub fn user_media(call: &Call, user: &str) -> Result<Reply, Failure> {
     let total = media.len();
     let page: Vec<Value> = media.into_iter().skip(from).take(limit).collect();
     let mut out = json!({"media": page, "total": total});
-    if from.saturating_add(limit) < total {
-        out["next_token"] = json!(from.saturating_add(limit));
+    if let Some(next) = super::next_from(from, limit, total) {
+        out["next_token"] = json!(next);
     }
     ok(out)
 }

@@ -230,6 +230,11 @@ fn paging(call: &Call) -> Result<(usize, usize), Failure> {
     Ok((number("from", 0)?, number("limit", 100)?.min(10_000)))
 }
 
+/// Where the next page starts, when there is one after `[from, from+limit)`.
+fn next_from(from: usize, limit: usize, total: usize) -> Option<usize> {
+    Some(from.saturating_add(limit)).filter(|n| *n < total)
+}
+
 /// A boolean query parameter (`true` or `false`).
 fn flag(call: &Call, key: &str) -> Result<Option<bool>, Failure> {
     match query_get(&call.query, key) {

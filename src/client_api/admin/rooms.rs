@@ -98,8 +98,8 @@ pub fn list(call: &Call) -> Result<Reply, Failure> {
     let total = rooms.len();
     let page: Vec<Value> = rooms.into_iter().skip(from).take(limit).collect();
     let mut out = json!({"rooms": page, "offset": from, "total_rooms": total});
-    if from.saturating_add(limit) < total {
-        out["next_batch"] = json!(from.saturating_add(limit));
+    if let Some(next) = super::next_from(from, limit, total) {
+        out["next_batch"] = json!(next);
     }
     if from > 0 {
         out["prev_batch"] = json!(from.saturating_sub(limit));

@@ -2,7 +2,7 @@
 //! paths, with lmx's delivery state in each entry (backoff, the last
 //! error, the queue's depth, the oldest undelivered event).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
@@ -12,20 +12,20 @@ use crate::core::ids::ServerName;
 use crate::federation::DeliveryStatus;
 use crate::wire::Failure;
 
-/// Every destination known: servers in this server's rooms, those with
-/// queued work and those a worker delivers to.
-pub(super) fn known(call: &Call) -> Result<BTreeSet<ServerName>, Failure> {
-    let mut all: BTreeSet<ServerName> = call.server.remote.destinations_with_work()?.into_iter().collect();
-    all.extend(call.server.remote.deliveries().into_iter().map(|(d, _)| d));
+/// Every destination known, with how delivery to it goes (read once):
+/// servers in this server's rooms, those with queued work and those a
+/// worker delivers to.
+pub(super) fn known(call: &Call) -> Result<BTreeMap<ServerName, DeliveryStatus>, Failure> {
+    let mut all: BTreeMap<ServerName, DeliveryStatus> = call.server.remote.deliveries().into_iter().collect();
+    let mut add = |d: ServerName| {
+        all.entry(d).or_default();
+    };
+    call.server.remote.destinations_with_work()?.into_iter().for_each(&mut add);
     for view in super::rooms::views(call) {
-        all.extend(view.state.joined_members().map(|u| u.server_name()));
+        view.state.joined_members().map(|u| u.server_name()).for_each(&mut add);
     }
     all.remove(&call.server.name);
     Ok(all)
-}
-
-fn status_of(call: &Call, dest: &ServerName) -> DeliveryStatus {
-    call.server.remote.deliveries().into_iter().find(|(d, _)| d == dest).map(|(_, s)| s).unwrap_or_default()
 }
 
 /// `idle` (nothing sent since the start), `ok`, or `backing off`.
@@ -38,8 +38,7 @@ pub(super) fn state_name(s: &DeliveryStatus) -> &'static str {
 }
 
 /// A destination in Synapse's shape, with lmx's delivery state.
-pub(super) fn entry(call: &Call, dest: &ServerName) -> Result<Value, Failure> {
-    let s = status_of(call, dest);
+pub(super) fn entry(call: &Call, dest: &ServerName, s: &DeliveryStatus) -> Result<Value, Failure> {
     let backlog = call.server.remote.backlog(dest)?;
     let now = crate::sys::now_ms();
     // The event's own timestamp is its sender's word: shown, not trusted
@@ -56,7 +55,7 @@ pub(super) fn entry(call: &Call, dest: &ServerName) -> Result<Value, Failure> {
         "retry_interval": if s.failures > 0 { s.retry_interval_ms } else { 0 },
         "failure_ts": (s.failing_since_ts > 0).then_some(s.failing_since_ts),
         "last_successful_stream_ordering": (backlog.acked > 0).then_some(backlog.acked),
-        "state": state_name(&s),
+        "state": state_name(s),
         "failures": s.failures,
         "last_error": s.last_error,
         "last_success_ts": (s.last_success_ts > 0).then_some(s.last_success_ts),
@@ -71,12 +70,11 @@ pub(super) fn entry(call: &Call, dest: &ServerName) -> Result<Value, Failure> {
     }))
 }
 
-fn known_one(call: &Call, dest: &str) -> Result<ServerName, Failure> {
+/// A destination named in a path, with its delivery state.
+pub(super) fn known_one(call: &Call, dest: &str) -> Result<(ServerName, DeliveryStatus), Failure> {
     let dest = server_name(dest)?;
-    if !known(call)?.contains(&dest) {
-        return Err(Failure::not_found("Unknown destination"));
-    }
-    Ok(dest)
+    let status = known(call)?.remove(&dest).ok_or_else(|| Failure::not_found("Unknown destination"))?;
+    Ok((dest, status))
 }
 
 /// `GET /v1/federation/destinations`: `from`, `limit`, `destination`
@@ -88,8 +86,8 @@ pub fn list(call: &Call) -> Result<Reply, Failure> {
     let filter = crate::http::query_get(&call.query, "destination").map(str::to_lowercase);
     let mut entries: Vec<Value> = known(call)?
         .iter()
-        .filter(|d| filter.as_ref().is_none_or(|f| d.as_str().to_lowercase().contains(f.as_str())))
-        .map(|d| entry(call, d))
+        .filter(|(d, _)| filter.as_ref().is_none_or(|f| d.as_str().to_lowercase().contains(f.as_str())))
+        .map(|(d, s)| entry(call, d, s))
         .collect::<Result<_, _>>()?;
     let order = crate::http::query_get(&call.query, "order_by").unwrap_or("destination");
     match order {
@@ -105,21 +103,21 @@ pub fn list(call: &Call) -> Result<Reply, Failure> {
     let total = entries.len();
     let page: Vec<Value> = entries.into_iter().skip(from).take(limit).collect();
     let mut out = json!({"destinations": page, "total": total});
-    if from.saturating_add(limit) < total {
-        out["next_token"] = json!((from.saturating_add(limit)).to_string());
+    if let Some(next) = super::next_from(from, limit, total) {
+        out["next_token"] = json!(next.to_string());
     }
     ok(out)
 }
 
 pub fn get(call: &Call, dest: &str) -> Result<Reply, Failure> {
-    let dest = known_one(call, dest)?;
-    ok(entry(call, &dest)?)
+    let (dest, status) = known_one(call, dest)?;
+    ok(entry(call, &dest, &status)?)
 }
 
 /// `GET /v1/federation/destinations/{dest}/rooms`: the rooms it shares
 /// with this server, each with the last stream position delivered to it.
 pub fn rooms(call: &Call, dest: &str) -> Result<Reply, Failure> {
-    let dest = known_one(call, dest)?;
+    let (dest, _) = known_one(call, dest)?;
     let (from, limit) = paging(call)?;
     let acked = call.server.remote.backlog(&dest)?.acked;
     let mut rooms = Vec::new();
@@ -134,8 +132,8 @@ pub fn rooms(call: &Call, dest: &str) -> Result<Reply, Failure> {
     let total = rooms.len();
     let page: Vec<Value> = rooms.into_iter().skip(from).take(limit).collect();
     let mut out = json!({"rooms": page, "total": total});
-    if from.saturating_add(limit) < total {
-        out["next_token"] = json!((from.saturating_add(limit)).to_string());
+    if let Some(next) = super::next_from(from, limit, total) {
+        out["next_token"] = json!(next.to_string());
     }
     ok(out)
 }
@@ -143,8 +141,8 @@ pub fn rooms(call: &Call, dest: &str) -> Result<Reply, Failure> {
 /// `POST /v1/federation/destinations/{dest}/reset_connection`: retries a
 /// destination that is backing off, now.
 pub fn reset_connection(call: &Call, dest: &str) -> Result<Reply, Failure> {
-    let dest = known_one(call, dest)?;
-    if status_of(call, &dest).failures == 0 {
+    let (dest, status) = known_one(call, dest)?;
+    if status.failures == 0 {
         return Err(Failure::BadRequest("The retry timing does not need to be reset for this destination.".into()));
     }
     call.server.remote.retry_now(&dest);

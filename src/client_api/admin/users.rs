@@ -89,8 +89,8 @@ pub fn list(call: &Call) -> Result<Reply, Failure> {
     let page: Vec<Value> =
         users.iter().skip(from).take(limit).map(|u| list_entry(call, u)).collect::<Result<_, _>>()?;
     let mut out = json!({"users": page, "total": total});
-    if from.saturating_add(limit) < total {
-        out["next_token"] = json!((from.saturating_add(limit)).to_string());
+    if let Some(next) = super::next_from(from, limit, total) {
+        out["next_token"] = json!(next.to_string());
     }
     ok(out)
 }
