@@ -278,7 +278,8 @@ async fn sighup_applies_new_rate_limits() {
     hub.signal(libc::SIGHUP);
     eventually("the reload", || hub.log_text().contains("limits applied")).await;
     for i in 0..10 {
-        assert_eq!(alice.send_text(&room, &format!("after{i}"), "hi").await.status, 200, "send {i} after the reload");
+        let sent = alice.send_text(&room, &format!("after{i}"), "hi").await;
+        assert_eq!(sent.status, 200, "send {i} after the reload: {}\n{}", sent.body, hub.log_text());
     }
     hub.stop();
 }
