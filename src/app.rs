@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::admin::scrape::MetricsHandler;
 use crate::client_api::{AdminHandler, ClientDeps, ClientHandler, RateLimits};
+use crate::config::Backend;
 use crate::config::Config;
 use crate::federation::client::FedClient;
 use crate::federation::inbound::FedHandler;
@@ -23,7 +24,7 @@ use crate::federation::Node;
 use crate::http::observe::{Health, Observed};
 use crate::http::{serve, tls, Handler, Limits, SharedLimits};
 use crate::store::record::{self, CommitRecord};
-use crate::store::{KvStore, Positions, SledKv, Store};
+use crate::store::{Access, KvStore, PgKv, Positions, SledKv, Store};
 
 pub struct App {
     node: Arc<Node>,
@@ -105,8 +106,44 @@ async fn open_store(dir: &Path, cache_bytes: u64) -> anyhow::Result<SledKv> {
         .with_context(|| format!("opening the store in {}", dir.display()))
 }
 
-/// Opens the store and checks it against the commit record before anything
-/// is written to it; then brings its format up to date.
+/// Opens the configured store and brings its format up to date.
+pub async fn open_configured_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    match config.storage.backend {
+        Backend::Sled => Ok(Arc::new(open_checked_store(config).await?)),
+        Backend::Postgres => Ok(Arc::new(open_postgres(config, Access::Serving).await?)),
+    }
+}
+
+/// Connects to the configured database, waiting a while for it to come up
+/// (or for a previous process's session to end) but not past a refusal.
+pub async fn open_postgres(config: &Config, access: Access) -> anyhow::Result<KvStore<PgKv>> {
+    let pg = &config.storage.postgres;
+    let url = pg.url.clone().context("storage.postgres.url is not set")?;
+    let mut attempts = 0;
+    let kv = loop {
+        let (url, size) = (url.clone(), pg.pool_size);
+        match tokio::task::spawn_blocking(move || PgKv::open(&url, size, access)).await? {
+            Ok(kv) => break kv,
+            Err(e) if e.is_damage() || attempts >= 30 => {
+                return Err(anyhow::Error::from(e).context("opening the PostgreSQL store"))
+            }
+            Err(e) => tracing::warn!(error = %e, "PostgreSQL store not ready; trying again"),
+        }
+        attempts += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let store = KvStore::new(kv);
+    match store.upgrade()? {
+        Some(old) if old < crate::store::FORMAT_VERSION => {
+            tracing::info!(from = old, to = crate::store::FORMAT_VERSION, "store format upgraded")
+        }
+        _ => {}
+    }
+    Ok(store)
+}
+
+/// Opens the sled store and checks it against the commit record before
+/// anything is written to it; then brings its format up to date.
 pub async fn open_checked_store(config: &Config) -> anyhow::Result<KvStore<SledKv>> {
     let dir = config.data_dir.join("db");
     let kv = match open_store(&dir, config.store_cache_bytes()).await {
@@ -203,7 +240,8 @@ fn start_push(node: &Arc<Node>) -> Arc<crate::push::Push> {
 /// Keeps the commit record a couple of seconds behind the store. What it
 /// names is durable before the file is written (views and the watermark
 /// only ever show durable writes, and the store is flushed first).
-async fn write_record(node: &Node, path: &Path, last: &mut Option<CommitRecord>) {
+async fn write_record(node: &Node, path: &Option<PathBuf>, last: &mut Option<CommitRecord>) {
+    let Some(path) = path else { return };
     let rec = match current_record(node) {
         Ok(r) => r,
         Err(e) => return tracing::warn!(error = %e, "could not read what to put in the commit record"),
@@ -249,7 +287,7 @@ impl App {
         let name = config.server_name();
         std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
         let key = load_or_create_signing_key(&config.signing_key_path(), &name)?;
-        let store: Arc<dyn Store> = Arc::new(open_checked_store(&config).await?);
+        let store = open_configured_store(&config).await?;
         let positions = Positions::open(store.clone())?;
 
         let fed_conf = &config.federation;
@@ -349,7 +387,10 @@ impl App {
             health.listener_up();
         }
         self.node.outbound.resume_all(&self.node)?;
-        let record_path = record::path_in(&self.node.config.data_dir);
+        // The commit record guards a sled directory against a torn copy;
+        // PostgreSQL keeps its own log.
+        let record_path =
+            (self.node.config.storage.backend == Backend::Sled).then(|| record::path_in(&self.node.config.data_dir));
         let mut last_record = None;
         write_record(&self.node, &record_path, &mut last_record).await;
         tokio::pin!(shutdown);

@@ -1,12 +1,17 @@
-//! One conformance suite for every `Store`: the in-memory store and the
-//! sled store on disk must behave alike.
+//! One conformance suite for every `Store`: the in-memory store, the sled
+//! store on disk and the PostgreSQL store must behave alike.
+
+#[path = "common/postgres.rs"]
+mod postgres;
 
 use std::sync::Arc;
 
 use lmx::core::ids::{EventId, RoomId, ServerName, UserId};
 use lmx::store::records::queue_item::Item;
 use lmx::store::records::*;
-use lmx::store::{Batch, KvStore, MemKv, Op, Positions, SideTopic, SledKv, Store, StreamEntry, TokenHash};
+use lmx::store::{
+    Access, Batch, KvStore, MemKv, Op, PgKv, Positions, SideTopic, SledKv, Store, StoreError, StreamEntry, TokenHash,
+};
 
 fn room() -> RoomId {
     RoomId::parse("!r:hub.test").unwrap()
@@ -378,4 +383,33 @@ fn sled_store_conforms_and_persists() {
     assert_eq!(reopened.list(&room(), 0, 3).unwrap(), vec![ev(0), ev(1), ev(2)]);
     assert!(reopened.user(&user("@a:hub.test")).unwrap().is_some());
     assert_eq!(reopened.destination(&server("a.test")).unwrap().acked, 7);
+}
+
+#[test]
+fn postgres_store_conforms_and_persists() {
+    let Some(pg) = postgres::Postgres::start() else { return };
+    let url = pg.database("conformance");
+    {
+        let store: Arc<dyn Store> = Arc::new(KvStore::new(PgKv::open(&url, 4, Access::Serving).unwrap()));
+        suite(store.clone());
+        tokio::runtime::Runtime::new().unwrap().block_on(store.flush()).unwrap();
+        let second = PgKv::open(&url, 1, Access::Serving).err().expect("a second serving process is refused");
+        assert!(second.to_string().contains("another lmx process"), "{second}");
+    }
+    let reopened = KvStore::new(PgKv::open(&url, 2, Access::Tool).unwrap());
+    assert_eq!(reopened.list(&room(), 0, 3).unwrap(), vec![ev(0), ev(1), ev(2)]);
+    assert!(reopened.user(&user("@a:hub.test")).unwrap().is_some());
+    assert_eq!(reopened.destination(&server("a.test")).unwrap().acked, 7);
+    assert_eq!(pg.sql("conformance", "SELECT version FROM lmx_schema"), "1", "the schema is migrated once");
+}
+
+#[test]
+fn postgres_store_refuses_a_newer_schema() {
+    let Some(pg) = postgres::Postgres::start() else { return };
+    let url = pg.database("newer");
+    drop(PgKv::open(&url, 1, Access::Tool).unwrap());
+    pg.sql("newer", "UPDATE lmx_schema SET version = 99");
+    let refused = PgKv::open(&url, 1, Access::Tool).err().expect("a newer schema is refused");
+    assert!(matches!(refused, StoreError::NewerSchema { found: 99, supported: 1 }), "{refused}");
+    assert!(refused.is_damage(), "nothing retries a newer schema");
 }

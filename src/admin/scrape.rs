@@ -45,7 +45,7 @@ fn refresh(node: &Node) {
     let hubbed =
         node.store.rooms().map_or(0, |rooms| rooms.iter().filter(|r| r.hub_server == node.name.as_str()).count());
     metrics::gauge!("lmx_rooms_hubbed").set(hubbed as f64);
-    metrics::gauge!("lmx_store_size_bytes").set(super::size_of_dir(&node.config.data_dir.join("db")) as f64);
+    metrics::gauge!("lmx_store_size_bytes").set(node.store.size_on_disk() as f64);
 }
 
 impl Handler for MetricsHandler {

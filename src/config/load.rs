@@ -106,6 +106,8 @@ impl Config {
         secret("turn.password", &mut t.password, &t.password_file)?;
         let a = &mut config.admin;
         secret("admin.token", &mut a.token, &a.token_file)?;
+        let pg = &mut config.storage.postgres;
+        secret("storage.postgres.url", &mut pg.url, &pg.url_file)?;
         config.validate()?;
         let warnings = stray_variables(std::env::vars().map(|(k, _)| k), &keys);
         Ok(Loaded { config, warnings })
@@ -123,6 +125,7 @@ impl Config {
         mask(&mut shown.turn.shared_secret);
         mask(&mut shown.admin.token);
         mask(&mut shown.turn.password);
+        mask(&mut shown.storage.postgres.url);
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot show the configuration: {e}\n"))
     }
 }

@@ -198,12 +198,33 @@ pub struct Registration {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Storage {
+    /// Where the store lives: `sled` (`<data_dir>/db`) or `postgres`.
+    pub backend: Backend,
     /// sled page cache, in MiB. Default: 64 for a hub, 16 for a follower.
     pub cache_mb: Option<u64>,
     /// Seconds a room may sit idle before its writer and state leave
     /// memory (it is read back from the store on its next use); 0 keeps
     /// every room loaded.
     pub room_idle_secs: u64,
+    pub postgres: Postgres,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Sled,
+    Postgres,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Postgres {
+    /// A libpq connection string or `postgresql://` URL; better from
+    /// `url_file`, as it may hold a password.
+    pub url: Option<String>,
+    pub url_file: Option<PathBuf>,
+    /// Connections this process keeps open.
+    pub pool_size: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -304,7 +325,12 @@ impl Default for Config {
                 min_password_length: 8,
                 requires_token: false,
             },
-            storage: Storage { cache_mb: None, room_idle_secs: 60 },
+            storage: Storage {
+                backend: Backend::Sled,
+                cache_mb: None,
+                room_idle_secs: 60,
+                postgres: Postgres { url: None, url_file: None, pool_size: 16 },
+            },
             follower: Follower { host_rooms: true, timeline_cache: 500 },
             http: Http {
                 max_connections: 4096,
@@ -366,6 +392,8 @@ pub enum ConfigError {
     SecretFile(String, String),
     #[error("admin.token must have at least {0} characters (a guessable token opens the admin API)")]
     AdminToken(usize),
+    #[error("storage.backend is \"postgres\": set storage.postgres.url or storage.postgres.url_file")]
+    PostgresUrl,
     #[error("--option {0:?}: expected key=value with a dotted key")]
     Option(String),
 }
@@ -395,10 +423,14 @@ impl Config {
             ("media.pending_expiry_secs", self.media.pending_expiry_secs),
             ("push.request_timeout_ms", self.push.request_timeout_ms),
             ("push.max_concurrent_requests", self.push.max_concurrent_requests as u64),
+            ("storage.postgres.pool_size", self.storage.postgres.pool_size as u64),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
             }
+        }
+        if self.storage.backend == Backend::Postgres && self.storage.postgres.url.is_none() {
+            return Err(ConfigError::PostgresUrl);
         }
         if self.admin.token.as_ref().is_some_and(|t| t.trim().len() < MIN_ADMIN_TOKEN) {
             return Err(ConfigError::AdminToken(MIN_ADMIN_TOKEN));

@@ -28,6 +28,10 @@ pub trait Kv: Send + Sync + 'static {
     fn apply(&self, writes: Vec<KvWrite>) -> Result<(), StoreError>;
     /// Resolves once everything applied before the call is on disk.
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Bytes the records take where they are kept (0 when not known).
+    fn size_on_disk(&self) -> u64 {
+        0
+    }
 }
 
 /// The smallest key greater than every key starting with `prefix`.

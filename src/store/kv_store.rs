@@ -617,4 +617,8 @@ impl<K: Kv> Store for KvStore<K> {
     fn flush(&self) -> BoxFuture<'_, StoreResult<()>> {
         self.kv.flush()
     }
+
+    fn size_on_disk(&self) -> u64 {
+        self.kv.size_on_disk()
+    }
 }

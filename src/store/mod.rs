@@ -1,15 +1,17 @@
 //! Storage in domain terms. `Store` is the seam: roles talk to it, never to
-//! sled. `KvStore` implements it over an ordered key-value layer (`SledKv`
-//! on disk, `MemKv` for unit tests); a server-grade backend would implement
-//! `Store` directly.
+//! sled or PostgreSQL. `KvStore` implements it over an ordered key-value
+//! layer: `SledKv` on disk, `PgKv` in a PostgreSQL database, `MemKv` for
+//! unit tests.
 
 pub mod backup;
 pub mod check;
 mod format;
+mod group_flush;
 mod keys;
 mod kv;
 mod kv_store;
 mod kv_writes;
+mod pg_kv;
 mod positions;
 pub mod record;
 mod sled_kv;
@@ -17,6 +19,7 @@ mod typed;
 
 pub use kv::{BoxFuture, Entries, Kv, KvWrite, MemKv};
 pub use kv_store::KvStore;
+pub use pg_kv::{Access, PgKv};
 pub use positions::{Allocation, Positions};
 pub use sled_kv::SledKv;
 
@@ -42,6 +45,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store has format {found}; this lmx reads formats up to {supported}")]
     NewerFormat { found: u32, supported: u32 },
+    #[error("the database has schema version {found}; this lmx knows versions up to {supported}")]
+    NewerSchema { found: u32, supported: u32 },
 }
 
 /// The layout and meaning of stored records. 1: the first (unmarked);
@@ -73,7 +78,7 @@ impl StoreError {
     /// Damage rather than a passing condition (a lock still held): trying
     /// again will not help.
     pub fn is_damage(&self) -> bool {
-        matches!(self, StoreError::Corrupt(_) | StoreError::NewerFormat { .. })
+        matches!(self, StoreError::Corrupt(_) | StoreError::NewerFormat { .. } | StoreError::NewerSchema { .. })
     }
 }
 
@@ -572,4 +577,6 @@ pub trait Store: Send + Sync + 'static {
     fn backup(&self, out: &mut dyn FnMut(backup::Record) -> std::io::Result<()>) -> StoreResult<u64>;
     /// Resolves when every write made before the call is durable.
     fn flush(&self) -> BoxFuture<'_, StoreResult<()>>;
+    /// Bytes the records take where they are kept (0 when not known).
+    fn size_on_disk(&self) -> u64;
 }

@@ -93,8 +93,7 @@ fn write_backup(server: &ClientDeps, out: ChannelWriter) -> std::io::Result<()> 
 /// The backup as a streamed body, and a size estimate for progress.
 pub fn stream(server: std::sync::Arc<ClientDeps>) -> (Body, u64) {
     use futures_util::StreamExt;
-    let estimate = crate::admin::size_of_dir(&server.config.data_dir.join("db"))
-        + crate::admin::size_of_dir(&server.config.data_dir.join("media"));
+    let estimate = server.store.size_on_disk() + crate::admin::size_of_dir(&server.config.data_dir.join("media"));
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     tokio::task::spawn_blocking(move || {
         let failed = tx.clone();

@@ -157,7 +157,7 @@ pub fn facts(call: &Call, started: Instant) -> Result<Facts, Failure> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         mode: format!("{:?}", server.config.mode).to_lowercase(),
         uptime_secs: started.elapsed().as_secs(),
-        store_bytes: crate::admin::size_of_dir(&server.config.data_dir.join("db")),
+        store_bytes: server.store.size_on_disk(),
         rooms_total: views.len(),
         rooms,
         destinations,

@@ -1,0 +1,281 @@
+//! The PostgreSQL key-value layer: one table of ordered byte keys, so every
+//! record keeps the layout `KvStore` gives it and the conformance suite runs
+//! unchanged. The only module that uses tokio-postgres.
+//!
+//! `Kv` is synchronous (room writers and readers call it from their own
+//! tasks, as they call sled), so the pool lives on a small runtime of its
+//! own and callers wait on a plain channel for its answer.
+//!
+//! Durability as with sled: a batch commits without waiting for the disk
+//! (`synchronous_commit = off` on pooled connections), and `flush` commits
+//! one transaction that does wait, which puts every earlier commit on disk
+//! too (the WAL is one sequence). Concurrent flushes share it.
+
+use std::future::Future;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use super::group_flush::GroupFlush;
+use super::kv::{BoxFuture, Entries, Kv, KvWrite};
+use super::StoreError;
+
+/// The schema, one step per version; a database is at version N when the
+/// first N steps have run. Steps are only ever appended.
+const MIGRATIONS: &[&str] = &[
+    // 1: records under ordered byte keys (bytea compares byte by byte).
+    "CREATE TABLE lmx_kv (k bytea PRIMARY KEY, v bytea NOT NULL)",
+];
+
+/// Advisory lock keys (per database): migrations, and the serving process.
+const MIGRATION_LOCK: i64 = 0x6c6d_7800_0001;
+const SERVING_LOCK: i64 = 0x6c6d_7800_0002;
+
+const GET: &str = "SELECT v FROM lmx_kv WHERE k = $1";
+const RANGE_UP: &str = "SELECT k, v FROM lmx_kv WHERE k >= $1 AND k < $2 ORDER BY k LIMIT $3";
+const RANGE_DOWN: &str = "SELECT k, v FROM lmx_kv WHERE k >= $1 AND k < $2 ORDER BY k DESC LIMIT $3";
+const UPSERT: &str = "INSERT INTO lmx_kv (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
+                      ON CONFLICT (k) DO UPDATE SET v = excluded.v";
+const DELETE: &str = "DELETE FROM lmx_kv WHERE k = ANY($1::bytea[])";
+/// Takes a transaction id, so its commit writes a record and waits for the
+/// WAL to reach the disk.
+const SYNC_COMMIT: &str = "SELECT txid_current()";
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("postgres: {e}"))
+}
+
+pub struct PgKv {
+    pool: Pool,
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    flusher: GroupFlush,
+}
+
+/// How `PgKv::open` treats other processes on the same database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// `lmx serve`: the only process serving the database, until it exits.
+    Serving,
+    /// Tools (migration, checks) that run beside nothing or read only.
+    Tool,
+}
+
+impl PgKv {
+    /// Connects, brings the schema up to date (refusing a newer one) and,
+    /// for `Access::Serving`, takes the database for this process.
+    pub fn open(url: &str, pool_size: usize, access: Access) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e| StoreError::Backend(format!("storage.postgres.url: {e}")))?;
+        config.connect_timeout(Duration::from_secs(10));
+        let mut pooled = config.clone();
+        let options = format!("{} -c synchronous_commit=off", config.get_options().unwrap_or("")).trim().to_owned();
+        pooled.options(&options);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("lmx-postgres")
+            .enable_all()
+            .build()
+            .map_err(backend)?;
+        let handle = runtime.handle().clone();
+        let manager = Manager::from_config(pooled, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .build()
+            .map_err(backend)?;
+        let session = on(&handle, connect_and_migrate(config, access))?;
+        let session = Arc::new(tokio::sync::Mutex::new(session));
+        let flush_handle = handle.clone();
+        let flusher = GroupFlush::with(Arc::new(move || {
+            let session = session.clone();
+            on(&flush_handle, async move {
+                let client = session.lock().await;
+                client.query_one(SYNC_COMMIT, &[]).await.map_err(backend)?;
+                Ok(())
+            })
+        }));
+        Ok(PgKv { pool, runtime: Some(runtime), handle, flusher })
+    }
+
+    fn run<T, F>(&self, work: impl FnOnce(Pool) -> F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        on(&self.handle, work(self.pool.clone()))
+    }
+}
+
+/// Runs `work` on the pool's runtime and waits for it from any thread,
+/// inside another runtime's task or not.
+fn on<T: Send + 'static>(
+    handle: &tokio::runtime::Handle,
+    work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, StoreError> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    handle.spawn(async move {
+        let _ = tx.send(work.await);
+    });
+    rx.recv().map_err(|_| StoreError::Backend("postgres: the connection runtime stopped".into()))?
+}
+
+/// The session that holds the serving lock and makes flushes durable.
+async fn connect_and_migrate(
+    config: tokio_postgres::Config,
+    access: Access,
+) -> Result<tokio_postgres::Client, StoreError> {
+    let (mut client, connection) = config.connect(NoTls).await.map_err(backend)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "postgres session ended");
+        }
+    });
+    migrate(&mut client).await?;
+    if access == Access::Serving {
+        let row = client.query_one("SELECT pg_try_advisory_lock($1)", &[&SERVING_LOCK]).await.map_err(backend)?;
+        if !row.get::<_, bool>(0) {
+            return Err(StoreError::Backend(
+                "postgres: another lmx process is serving this database (one process per database)".into(),
+            ));
+        }
+    }
+    Ok(client)
+}
+
+/// Applies the steps the database lacks, one transaction, under a lock so
+/// processes starting together do not race.
+async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), StoreError> {
+    let tx = client.transaction().await.map_err(backend)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(backend)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS lmx_schema (version integer NOT NULL)").await.map_err(backend)?;
+    let found = match tx.query_opt("SELECT version FROM lmx_schema", &[]).await.map_err(backend)? {
+        Some(row) => row.get::<_, i32>(0).max(0) as usize,
+        None => {
+            tx.execute("INSERT INTO lmx_schema (version) VALUES (0)", &[]).await.map_err(backend)?;
+            0
+        }
+    };
+    if found > MIGRATIONS.len() {
+        return Err(StoreError::NewerSchema { found: found as u32, supported: MIGRATIONS.len() as u32 });
+    }
+    for step in &MIGRATIONS[found..] {
+        tx.batch_execute(step).await.map_err(backend)?;
+    }
+    let version = MIGRATIONS.len() as i32;
+    tx.execute("UPDATE lmx_schema SET version = $1", &[&version]).await.map_err(backend)?;
+    tx.commit().await.map_err(backend)?;
+    if found < MIGRATIONS.len() {
+        tracing::info!(from = found, to = MIGRATIONS.len(), "postgres schema migrated");
+    }
+    Ok(())
+}
+
+/// The last write to each key, as puts and deletes: one statement may not
+/// touch a row twice.
+fn split(writes: Vec<KvWrite>) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let mut last = std::collections::BTreeMap::new();
+    for w in writes {
+        match w {
+            KvWrite::Put(k, v) => last.insert(k, Some(v)),
+            KvWrite::Delete(k) => last.insert(k, None),
+        };
+    }
+    let (mut keys, mut values, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
+    for (k, v) in last {
+        match v {
+            Some(v) => {
+                keys.push(k);
+                values.push(v);
+            }
+            None => deletes.push(k),
+        }
+    }
+    (keys, values, deletes)
+}
+
+impl Kv for PgKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_vec();
+        self.run(|pool| async move {
+            let c = pool.get().await.map_err(backend)?;
+            let st = c.prepare_cached(GET).await.map_err(backend)?;
+            Ok(c.query_opt(&st, &[&key]).await.map_err(backend)?.map(|row| row.get(0)))
+        })
+    }
+
+    fn range(&self, start: &[u8], end: &[u8], reverse: bool, limit: usize) -> Result<Entries, StoreError> {
+        let (start, end) = (start.to_vec(), end.to_vec());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(|pool| async move {
+            let c = pool.get().await.map_err(backend)?;
+            let st = c.prepare_cached(if reverse { RANGE_DOWN } else { RANGE_UP }).await.map_err(backend)?;
+            let rows = c.query(&st, &[&start, &end, &limit]).await.map_err(backend)?;
+            Ok(rows.into_iter().map(|row| (row.get(0), row.get(1))).collect())
+        })
+    }
+
+    fn apply(&self, writes: Vec<KvWrite>) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let (keys, values, deletes) = split(writes);
+        self.run(|pool| async move {
+            let mut c = pool.get().await.map_err(backend)?;
+            let upsert = c.prepare_cached(UPSERT).await.map_err(backend)?;
+            let delete = c.prepare_cached(DELETE).await.map_err(backend)?;
+            let tx = c.transaction().await.map_err(backend)?;
+            if !keys.is_empty() {
+                tx.execute(&upsert, &[&keys, &values]).await.map_err(backend)?;
+            }
+            if !deletes.is_empty() {
+                tx.execute(&delete, &[&deletes]).await.map_err(backend)?;
+            }
+            tx.commit().await.map_err(backend)
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.flusher.flush())
+    }
+
+    /// The table with its indexes.
+    fn size_on_disk(&self) -> u64 {
+        self.run(|pool| async move {
+            let c = pool.get().await.map_err(backend)?;
+            let row = c.query_one("SELECT pg_total_relation_size('lmx_kv')", &[]).await.map_err(backend)?;
+            Ok(row.get::<_, i64>(0).max(0) as u64)
+        })
+        .unwrap_or(0)
+    }
+}
+
+impl Drop for PgKv {
+    fn drop(&mut self) {
+        // Dropping a runtime waits for its threads, which a caller inside
+        // another runtime may not do.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_write_to_a_key_wins() {
+        let put = |k: &str, v: &str| KvWrite::Put(k.into(), v.into());
+        let del = |k: &str| KvWrite::Delete(k.into());
+        let (keys, values, deletes) = split(vec![put("a", "1"), del("a"), put("b", "1"), put("b", "2"), del("c")]);
+        assert_eq!(keys, vec![b"b".to_vec()]);
+        assert_eq!(values, vec![b"2".to_vec()]);
+        assert_eq!(deletes, vec![b"a".to_vec(), b"c".to_vec()]);
+    }
+}

@@ -1,0 +1,128 @@
+//! A real PostgreSQL for a test: its own cluster in a temporary directory,
+//! on a loopback port, run as an unprivileged user (PostgreSQL refuses to
+//! run as root), stopped when dropped.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    /// Who runs the server's programs, when the tests run as root.
+    run_as: Option<String>,
+}
+
+/// The directory with initdb and pg_ctl: `LMX_POSTGRES_BIN`, else the
+/// newest Debian install.
+fn bin_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("LMX_POSTGRES_BIN") {
+        return Some(PathBuf::from(dir));
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    found.sort_by_key(|p| p.parent().and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok()).unwrap_or(0));
+    found.pop()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Postgres {
+    /// A running cluster, or `None` (the test skips) where PostgreSQL is
+    /// not installed and `LMX_REQUIRE_POSTGRES` is not set.
+    pub fn start() -> Option<Postgres> {
+        let Some(bin) = bin_dir() else {
+            assert!(
+                std::env::var_os("LMX_REQUIRE_POSTGRES").is_none(),
+                "LMX_REQUIRE_POSTGRES is set but no PostgreSQL"
+            );
+            eprintln!("skipped: no PostgreSQL (apt-get install postgresql)");
+            return None;
+        };
+        let dir = tempfile::Builder::new().prefix("lmx-pg").tempdir().unwrap();
+        let root = unsafe { libc::geteuid() } == 0;
+        let run_as = root.then(|| "nobody".to_owned());
+        if root {
+            let ids = |flag: &str| {
+                let out = Command::new("id").args([flag, "nobody"]).output().unwrap();
+                String::from_utf8_lossy(&out.stdout).trim().parse::<u32>().unwrap()
+            };
+            std::os::unix::fs::chown(dir.path(), Some(ids("-u")), Some(ids("-g"))).unwrap();
+        }
+        let pg = Postgres { dir, bin, port: free_port(), run_as };
+        let data = pg.data();
+        pg.run("initdb", &["-D", &data, "-U", "lmx", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]);
+        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200", pg.port, pg.path());
+        let log = format!("{}/server.log", pg.path());
+        pg.run("pg_ctl", &["-D", &data, "-l", &log, "-o", &options, "-w", "-t", "60", "start"]);
+        Some(pg)
+    }
+
+    fn path(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
+    fn data(&self) -> String {
+        format!("{}/data", self.path())
+    }
+
+    /// One of the server's programs, as the user the cluster belongs to.
+    fn command(&self, program: &str) -> Command {
+        let exe = self.bin.join(program);
+        match &self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let out = self.command(program).args(args).current_dir(self.dir.path()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{program} failed: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(Path::new(&self.path()).join("server.log")).unwrap_or_default()
+        );
+    }
+
+    /// A new, empty database, as a connection URL for lmx.
+    pub fn database(&self, name: &str) -> String {
+        let port = self.port.to_string();
+        self.run("createdb", &["-h", "127.0.0.1", "-p", &port, "-U", "lmx", name]);
+        self.url(name)
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("postgresql://lmx@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Runs SQL in a database (as the cluster's superuser).
+    pub fn sql(&self, name: &str, sql: &str) -> String {
+        let exe = self.bin.join("psql");
+        let port = self.port.to_string();
+        let out = Command::new(exe)
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "lmx", "-d", name, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.data();
+        let _ = self.command("pg_ctl").args(["-D", &data, "-m", "immediate", "-w", "stop"]).output();
+    }
+}
