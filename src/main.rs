@@ -119,6 +119,24 @@ fn run_db(cmd: Db) -> anyhow::Result<bool> {
             let _ = writeln!(std::io::stdout(), "backup of {bytes} bytes written to {}", out.display());
             Ok(true)
         }
+        Db::Migrate { from, to, config } => {
+            use lmx::cli::StoreKind;
+            anyhow::ensure!(
+                from == StoreKind::Sled && to == StoreKind::Postgres,
+                "lmx db migrate moves a store --from sled --to postgres"
+            );
+            let config = lmx::config::Config::load(config.as_deref())?;
+            let done = lmx::cli::migrate::sled_to_postgres(&config)?;
+            let _ = writeln!(
+                std::io::stdout(),
+                "moved {} key-value pairs ({} bytes) from {} into PostgreSQL and compared them; \
+                 set storage.backend = \"postgres\" to serve from it",
+                done.pairs,
+                done.bytes,
+                config.data_dir.join("db").display()
+            );
+            Ok(true)
+        }
         Db::Restore { from, config } => {
             let config = lmx::config::Config::load(config.as_deref())?;
             let done = lmx::cli::backup::restore(&config, &from)?;

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod backup;
 pub mod db;
 pub mod inspect;
+pub mod migrate;
 pub mod plain_http;
 pub mod systemd;
 
@@ -99,6 +100,17 @@ pub enum Db {
         #[arg(long)]
         token_file: Option<PathBuf>,
     },
+    /// Move a stopped server's store into an empty PostgreSQL database
+    /// (`storage.postgres.url`), then compare the two. Afterwards set
+    /// `storage.backend = "postgres"`.
+    Migrate {
+        #[arg(long, value_enum)]
+        from: StoreKind,
+        #[arg(long, value_enum)]
+        to: StoreKind,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Restore a backup into a stopped server's data directory (its store
     /// must be empty), then record it as committed.
     Restore {
@@ -107,4 +119,11 @@ pub enum Db {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+}
+
+/// Where a store is kept, for `lmx db migrate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    Sled,
+    Postgres,
 }

@@ -252,22 +252,12 @@ impl<K: Kv> KvStore<K> {
         // write the first pass might miss goes unnoted.
         drop(journal.gate.write().expect("poisoned"));
         let result = (|| {
-            let mut start = Vec::new();
-            let mut pairs = 0u64;
-            loop {
-                let page = self.kv().range(&start, &[0xff; 64], false, PAGE)?;
-                for (k, v) in &page {
+            let pairs = super::kv::for_each_page(self.kv(), PAGE, |page| {
+                for (k, v) in page {
                     out(Record::Put(k.clone(), v.clone())).map_err(io)?;
                 }
-                pairs += page.len() as u64;
-                match page.last() {
-                    Some((k, _)) if page.len() == PAGE => {
-                        start = k.clone();
-                        start.push(0);
-                    }
-                    _ => break,
-                }
-            }
+                Ok(())
+            })?;
             // The moment of the backup: writers wait while the keys they
             // wrote meanwhile are read again (into memory: a slow reader
             // of the backup must not hold them up).

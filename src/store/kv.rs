@@ -34,6 +34,32 @@ pub trait Kv: Send + Sync + 'static {
     }
 }
 
+/// Past every key the store writes (each starts with a table letter).
+pub const ALL_KEYS_END: [u8; 64] = [0xff; 64];
+
+/// Hands every pair to `each` in key order, `page` pairs at a time; how
+/// many there were. Each page is read on its own, not as one moment.
+pub fn for_each_page<K: Kv + ?Sized>(
+    kv: &K,
+    page: usize,
+    mut each: impl FnMut(&Entries) -> Result<(), StoreError>,
+) -> Result<u64, StoreError> {
+    let mut start = Vec::new();
+    let mut pairs = 0u64;
+    loop {
+        let entries = kv.range(&start, &ALL_KEYS_END, false, page)?;
+        each(&entries)?;
+        pairs += entries.len() as u64;
+        match entries.last() {
+            Some((k, _)) if entries.len() == page => {
+                start = k.clone();
+                start.push(0);
+            }
+            _ => return Ok(pairs),
+        }
+    }
+}
+
 /// The smallest key greater than every key starting with `prefix`.
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();

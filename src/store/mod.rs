@@ -17,7 +17,7 @@ pub mod record;
 mod sled_kv;
 mod typed;
 
-pub use kv::{BoxFuture, Entries, Kv, KvWrite, MemKv};
+pub use kv::{for_each_page, BoxFuture, Entries, Kv, KvWrite, MemKv, ALL_KEYS_END};
 pub use kv_store::KvStore;
 pub use pg_kv::{Access, PgKv};
 pub use positions::{Allocation, Positions};

@@ -6,6 +6,7 @@
 pub mod gateway;
 pub mod keys;
 pub mod peer;
+pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod synapse;
