@@ -110,26 +110,39 @@ async fn open_store(dir: &Path, cache_bytes: u64) -> anyhow::Result<SledKv> {
 pub async fn open_configured_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     match config.storage.backend {
         Backend::Sled => Ok(Arc::new(open_checked_store(config).await?)),
-        Backend::Postgres => Ok(Arc::new(open_postgres(config, Access::Serving).await?)),
+        Backend::Postgres => {
+            let term = config.storage.postgres.lease_term();
+            Ok(Arc::new(open_postgres(config, Access::Serving { term }).await?))
+        }
     }
 }
 
 /// Connects to the configured database, waiting a while for it to come up
-/// (or for a previous process's session to end) but not past a refusal.
+/// but not past a refusal. While another process holds the lease this one
+/// is a standby: it waits, listening on nothing, and takes over when the
+/// lease lapses.
 pub async fn open_postgres(config: &Config, access: Access) -> anyhow::Result<KvStore<PgKv>> {
     let pg = &config.storage.postgres;
     let url = pg.url.clone().context("storage.postgres.url is not set")?;
-    let mut attempts = 0;
+    let (mut failures, mut standby_since) = (0, None::<std::time::Instant>);
     let kv = loop {
         let (url, size) = (url.clone(), pg.pool_size);
         match tokio::task::spawn_blocking(move || PgKv::open(&url, size, access)).await? {
             Ok(kv) => break kv,
-            Err(e) if e.is_damage() || attempts >= 30 => {
+            Err(crate::store::StoreError::Leased(holder)) => {
+                if standby_since.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    tracing::info!(%holder, "standby: another lmx process serves this database");
+                    standby_since = Some(std::time::Instant::now());
+                }
+            }
+            Err(e) if e.is_damage() || failures >= 30 => {
                 return Err(anyhow::Error::from(e).context("opening the PostgreSQL store"))
             }
-            Err(e) => tracing::warn!(error = %e, "PostgreSQL store not ready; trying again"),
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, "PostgreSQL store not ready; trying again")
+            }
         }
-        attempts += 1;
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     let store = KvStore::new(kv);

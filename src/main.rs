@@ -181,13 +181,22 @@ fn serve(args: ConfigArgs) -> anyhow::Result<()> {
         // Taken from the start: SIGHUP's default action ends the process.
         #[cfg(unix)]
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-        let app = lmx::app::App::build(loaded.config).await?;
+        // A standby waits inside `build` for its store; a stop ends the wait.
+        let stop = shutdown_signal();
+        tokio::pin!(stop);
+        let app = tokio::select! {
+            app = lmx::app::App::build(loaded.config) => app?,
+            _ = &mut stop => {
+                tracing::info!("stopped before serving");
+                return Ok(());
+            }
+        };
         let bound = app.addresses();
         tracing::info!(federation = %bound.federation, client = %bound.client, "listening");
         #[cfg(unix)]
         tokio::spawn(reload_on_hangup(hangups, args, app.reloader()));
         lmx::cli::systemd::notify("READY=1");
-        app.run(shutdown_signal()).await
+        app.run(stop).await
     })
 }
 

@@ -93,6 +93,38 @@ fn compose_runs_a_hub_and_two_followers_on_loopback_ports() {
 }
 
 #[test]
+fn compose_runs_a_hub_on_a_healthy_postgres_with_its_url_from_a_secret() {
+    let docs = yaml("compose-postgres.yaml");
+    let services = &docs[0]["services"];
+    let pg = &services["postgres"];
+    assert!(pg["image"].as_str().is_some_and(|i| i.starts_with("postgres:")), "a PostgreSQL service");
+    assert!(!pg["healthcheck"]["test"].is_badvalue(), "PostgreSQL has a health check");
+    let hub = &services["hub"];
+    let env = &hub["environment"];
+    assert_eq!(env["LMX_STORAGE__BACKEND"].as_str(), Some("postgres"));
+    let url_file = env["LMX_STORAGE__POSTGRES__URL_FILE"].as_str().expect("the URL from a file");
+    let secret = url_file.rsplit('/').next().unwrap();
+    assert!(hub["secrets"].as_vec().unwrap().iter().any(|s| s.as_str() == Some(secret)), "{secret} is mounted");
+    assert!(!docs[0]["secrets"][secret].is_badvalue(), "{secret} is declared");
+    assert_eq!(hub["depends_on"]["postgres"]["condition"].as_str(), Some("service_healthy"));
+    for p in hub["ports"].as_vec().unwrap() {
+        assert!(p.as_str().is_some_and(|p| p.starts_with("127.0.0.1:")), "published beyond loopback: {p:?}");
+    }
+    // The variables name keys lmx takes (LMX_A__B is a.b), with the URL
+    // read from its file.
+    let url = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(url.path(), "postgresql://lmx:pw@postgres/lmx\n").unwrap();
+    let key = |var: &str| var.trim_start_matches("LMX_").to_ascii_lowercase().replace("__", ".");
+    let options = [
+        format!("{}=postgres", key("LMX_STORAGE__BACKEND")),
+        format!("{}={}", key("LMX_STORAGE__POSTGRES__URL_FILE"), url.path().display()),
+    ];
+    let config = lmx::config::Config::load_with(None, &options).unwrap().config;
+    assert_eq!(config.storage.backend, lmx::config::Backend::Postgres);
+    assert_eq!(config.storage.postgres.url.as_deref(), Some("postgresql://lmx:pw@postgres/lmx"));
+}
+
+#[test]
 fn the_kubernetes_example_is_a_probed_non_root_statefulset() {
     let docs = yaml("kubernetes/lmx.yaml");
     let kind = |k: &str| docs.iter().find(|d| d["kind"].as_str() == Some(k)).unwrap_or_else(|| panic!("a {k}"));

@@ -6,6 +6,7 @@
 //! commands that made them.
 
 pub mod http;
+mod pg;
 pub mod scenarios;
 pub mod servers;
 pub mod stats;
@@ -68,6 +69,11 @@ pub struct Args {
     /// events behind the sync scenario's token, instead of their defaults.
     #[arg(long)]
     pub events: Option<u64>,
+    /// Keep every lmx server's store in PostgreSQL: a connection URL to a
+    /// database on a server where the bench may create databases (one per
+    /// lmx server, dropped afterwards).
+    #[arg(long, env = "LMX_BENCH_POSTGRES")]
+    pub postgres: Option<String>,
 }
 
 /// Counts of a full run, or of a smoke run.
@@ -132,7 +138,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
         Some(d) => (d.clone(), false),
         None => (std::env::temp_dir().join(format!("lmx-bench-{}", std::process::id())), true),
     };
-    let w = Workdir::new(root.clone());
+    let w = Workdir::new(root.clone(), args.postgres.clone());
     let mut all = Vec::new();
     let section = |title: &str, rows: Vec<Row>, all: &mut Vec<Row>| {
         if !args.json {

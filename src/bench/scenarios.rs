@@ -17,11 +17,19 @@ use crate::config::Mode;
 pub struct Workdir {
     pub root: std::path::PathBuf,
     runs: AtomicU64,
+    /// Where lmx servers keep their stores when not in sled.
+    postgres: Option<Arc<super::pg::BenchDatabases>>,
 }
 
 impl Workdir {
-    pub fn new(root: std::path::PathBuf) -> Workdir {
-        Workdir { root, runs: AtomicU64::new(0) }
+    pub fn new(root: std::path::PathBuf, postgres: Option<String>) -> Workdir {
+        let postgres = postgres.map(|base| Arc::new(super::pg::BenchDatabases::new(base)));
+        Workdir { root, runs: AtomicU64::new(0), postgres }
+    }
+
+    /// A network of lmx servers for one run.
+    pub fn net(&self, what: &str, hosts: &[&str]) -> anyhow::Result<Net> {
+        Net::new(&self.next(what), hosts, self.postgres.clone())
     }
 
     /// A fresh directory for one run.
@@ -179,7 +187,7 @@ async fn users_in_rooms(
 
 /// Scenario 1: local sends on a hub.
 pub async fn local(w: &Workdir, clients: usize, rooms: usize, events: u64) -> anyhow::Result<Row> {
-    let net = Net::new(&w.next("local"), &["hub"])?;
+    let net = w.net("local", &["hub"])?;
     let hub = net.start("hub", Mode::Hub).await?;
     let (users, ids) = users_in_rooms(|| hub.conn(), clients, rooms, "u").await?;
     let label = format!("local sends, {clients} client(s), {rooms} room(s)");
@@ -258,7 +266,7 @@ struct Federated<S> {
 }
 
 async fn lmx_federated(w: &Workdir, senders_per_follower: usize) -> anyhow::Result<Federated<Lmx>> {
-    let net = Net::new(&w.next("federated"), &["hub", "f1", "f2"])?;
+    let net = w.net("federated", &["hub", "f1", "f2"])?;
     let hub = net.start("hub", Mode::Hub).await?;
     let f1 = net.start("f1", Mode::Follower).await?;
     let f2 = net.start("f2", Mode::Follower).await?;
@@ -418,7 +426,7 @@ pub async fn synapse_federated_latency(w: &Workdir, python: &std::path::Path, of
 /// follower; the servers' memory once idle; then sends into 1, 10 and 100
 /// of them.
 pub async fn many_rooms(w: &Workdir, rooms: usize, active: &[usize], events: u64) -> anyhow::Result<Vec<Row>> {
-    let net = Net::new(&w.next("rooms"), &["hub", "f1", "f2"])?;
+    let net = w.net("rooms", &["hub", "f1", "f2"])?;
     let hub = net.start("hub", Mode::Hub).await?;
     let f1 = net.start("f1", Mode::Follower).await?;
     let f2 = net.start("f2", Mode::Follower).await?;
@@ -498,7 +506,7 @@ pub async fn many_rooms(w: &Workdir, rooms: usize, active: &[usize], events: u64
 /// Scenario 4: a follower offline while `events` accumulate in its rooms;
 /// then the time from its start until its user's sync has the last one.
 pub async fn catch_up(w: &Workdir, rooms: usize, events: u64) -> anyhow::Result<Row> {
-    let net = Net::new(&w.next("catchup"), &["hub", "f1"])?;
+    let net = w.net("catchup", &["hub", "f1"])?;
     let hub = net.start("hub", Mode::Hub).await?;
     let mut f1 = net.start("f1", Mode::Follower).await?;
     let (senders, ids) = users_in_rooms(|| hub.conn(), 10, rooms, "u").await?;
@@ -558,7 +566,7 @@ pub async fn catch_up(w: &Workdir, rooms: usize, events: u64) -> anyhow::Result<
 /// (idle), and of a follower after traffic and registrations (idle).
 pub async fn memory(w: &Workdir, registrations: usize, events: u64) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
-    let net = Net::new(&w.next("memory"), &["hub", "f1"])?;
+    let net = w.net("memory", &["hub", "f1"])?;
     let hub = net.start("hub", Mode::Hub).await?;
     let f1 = net.start("f1", Mode::Follower).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -628,7 +636,7 @@ pub async fn memory(w: &Workdir, registrations: usize, events: u64) -> anyhow::R
 /// many calls and how long until that event shows, measured `repeats`
 /// times from the same token, then an idle sync's time.
 pub async fn sync_behind_others(w: &Workdir, events: u64, repeats: usize) -> anyhow::Result<Row> {
-    let net = Net::new(&w.next("sync"), &["hub"])?;
+    let net = w.net("sync", &["hub"])?;
     let hub = net.start("hub", Mode::Hub).await?;
     let mut reader = registered(hub.conn(), "reader").await?;
     let own = create_room(&mut reader).await?;

@@ -75,16 +75,21 @@ pub struct Lmx {
 pub struct Net {
     pub dir: PathBuf,
     resolve: BTreeMap<String, SocketAddr>,
+    postgres: Option<std::sync::Arc<super::pg::BenchDatabases>>,
 }
 
 impl Net {
-    pub fn new(dir: &Path, hosts: &[&str]) -> anyhow::Result<Net> {
+    pub fn new(
+        dir: &Path,
+        hosts: &[&str],
+        postgres: Option<std::sync::Arc<super::pg::BenchDatabases>>,
+    ) -> anyhow::Result<Net> {
         std::fs::create_dir_all(dir)?;
         let mut resolve = BTreeMap::new();
         for h in hosts {
             resolve.insert(format!("{h}.bench"), SocketAddr::from(([127, 0, 0, 1], free_port()?)));
         }
-        Ok(Net { dir: dir.to_owned(), resolve })
+        Ok(Net { dir: dir.to_owned(), resolve, postgres })
     }
 
     /// The configuration of `host`: TLS between servers (each server's
@@ -109,6 +114,12 @@ impl Net {
         // The load generator is one address with many connections.
         c.http.max_connections_per_ip = c.http.max_connections;
         c.registration.enabled = true;
+        if let Some(pg) = &self.postgres {
+            let run = self.dir.file_name().and_then(|n| n.to_str()).unwrap_or("run").replace('-', "_");
+            let name = format!("lmx_bench_{}_{run}_{host}", std::process::id());
+            c.storage.backend = crate::config::Backend::Postgres;
+            c.storage.postgres.url = Some(pg.fresh(&name)?);
+        }
         Ok(c)
     }
 

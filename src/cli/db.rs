@@ -116,7 +116,8 @@ pub fn check(config: &Config) -> anyhow::Result<Checked> {
 /// database to; the records are read where they are, written to by nobody.
 fn check_postgres(config: &Config) -> anyhow::Result<Checked> {
     let url = config.storage.postgres.url.as_deref().context("storage.postgres.url is not set")?;
-    let kv = PgKv::open(url, 2, Access::Serving)
+    let term = config.storage.postgres.lease_term();
+    let kv = PgKv::open(url, 2, Access::Serving { term })
         .context("opening the PostgreSQL store (stop lmx first: a check reads a store nobody writes)")?;
     let store = KvStore::new(kv);
     let format = store.format()?;

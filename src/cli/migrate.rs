@@ -29,7 +29,8 @@ pub fn sled_to_postgres(config: &Config) -> anyhow::Result<Migrated> {
     // Checked against its commit record and brought to the current format,
     // exactly as a start on it would.
     let from = runtime.block_on(crate::app::open_checked_store(config))?;
-    let to = PgKv::open(url, 4, Access::Serving).context("opening the PostgreSQL store")?;
+    let term = config.storage.postgres.lease_term();
+    let to = PgKv::open(url, 4, Access::Serving { term }).context("opening the PostgreSQL store")?;
     anyhow::ensure!(
         to.range(&[], &ALL_KEYS_END, false, 1)?.is_empty(),
         "the database already holds an lmx store: migrate into an empty database"

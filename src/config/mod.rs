@@ -225,6 +225,16 @@ pub struct Postgres {
     pub url_file: Option<PathBuf>,
     /// Connections this process keeps open.
     pub pool_size: usize,
+    /// The serving process's lease on the database, in seconds: another
+    /// process waiting for it takes over this long after the holder's last
+    /// renewal (a process that cannot renew for this long stops itself).
+    pub lease_secs: u64,
+}
+
+impl Postgres {
+    pub fn lease_term(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.lease_secs)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -329,7 +339,7 @@ impl Default for Config {
                 backend: Backend::Sled,
                 cache_mb: None,
                 room_idle_secs: 60,
-                postgres: Postgres { url: None, url_file: None, pool_size: 16 },
+                postgres: Postgres { url: None, url_file: None, pool_size: 16, lease_secs: 10 },
             },
             follower: Follower { host_rooms: true, timeline_cache: 500 },
             http: Http {
@@ -424,6 +434,7 @@ impl Config {
             ("push.request_timeout_ms", self.push.request_timeout_ms),
             ("push.max_concurrent_requests", self.push.max_concurrent_requests as u64),
             ("storage.postgres.pool_size", self.storage.postgres.pool_size as u64),
+            ("storage.postgres.lease_secs", self.storage.postgres.lease_secs),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));

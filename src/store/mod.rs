@@ -12,6 +12,7 @@ mod kv;
 mod kv_store;
 mod kv_writes;
 mod pg_kv;
+mod pg_lease;
 mod positions;
 pub mod record;
 mod sled_kv;
@@ -45,6 +46,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store has format {found}; this lmx reads formats up to {supported}")]
     NewerFormat { found: u32, supported: u32 },
+    #[error("another lmx process serves this database: {0}")]
+    Leased(String),
     #[error("the database has schema version {found}; this lmx knows versions up to {supported}")]
     NewerSchema { found: u32, supported: u32 },
 }

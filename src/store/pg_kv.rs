@@ -14,13 +14,14 @@
 use std::future::Future;
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
 use super::group_flush::GroupFlush;
 use super::kv::{BoxFuture, Entries, Kv, KvWrite};
+use super::pg_lease::{self, Lease, Renewals, Standing};
 use super::StoreError;
 
 /// The schema, one step per version; a database is at version N when the
@@ -28,11 +29,14 @@ use super::StoreError;
 const MIGRATIONS: &[&str] = &[
     // 1: records under ordered byte keys (bytea compares byte by byte).
     "CREATE TABLE lmx_kv (k bytea PRIMARY KEY, v bytea NOT NULL)",
+    // 2: the serving process's lease (`pg_lease.rs`).
+    "CREATE TABLE lmx_lease (id integer PRIMARY KEY CHECK (id = 1), holder text NOT NULL, \
+     epoch bigint NOT NULL, expires_at timestamptz NOT NULL); \
+     INSERT INTO lmx_lease VALUES (1, '', 0, '-infinity')",
 ];
 
-/// Advisory lock keys (per database): migrations, and the serving process.
+/// The advisory lock (per database) migrations run under.
 const MIGRATION_LOCK: i64 = 0x6c6d_7800_0001;
-const SERVING_LOCK: i64 = 0x6c6d_7800_0002;
 
 const GET: &str = "SELECT v FROM lmx_kv WHERE k = $1";
 const RANGE_UP: &str = "SELECT k, v FROM lmx_kv WHERE k >= $1 AND k < $2 ORDER BY k LIMIT $3";
@@ -53,15 +57,19 @@ pub struct PgKv {
     runtime: Option<tokio::runtime::Runtime>,
     handle: tokio::runtime::Handle,
     flusher: GroupFlush,
+    /// Checked by every batch; `None`: this handle only reads.
+    lease: Option<Lease>,
 }
 
 /// How `PgKv::open` treats other processes on the same database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// `lmx serve`: the only process serving the database, until it exits.
-    Serving,
-    /// Tools (migration, checks) that run beside nothing or read only.
-    Tool,
+    /// `lmx serve` (and tools that write): takes the lease for `term`,
+    /// renewing it, or fails with `StoreError::Leased` while another
+    /// process holds it.
+    Serving { term: Duration },
+    /// Reads only; writes are refused.
+    ReadOnly,
 }
 
 impl PgKv {
@@ -89,8 +97,11 @@ impl PgKv {
             .create_timeout(Some(Duration::from_secs(10)))
             .build()
             .map_err(backend)?;
-        let session = on(&handle, connect_and_migrate(config, access))?;
+        let (session, lease) = on(&handle, connect_and_migrate(config, access))?;
         let session = Arc::new(tokio::sync::Mutex::new(session));
+        if let Some(lease) = &lease {
+            handle.spawn(keep_renewing(session.clone(), lease.clone()));
+        }
         let flush_handle = handle.clone();
         let flusher = GroupFlush::with(Arc::new(move || {
             let session = session.clone();
@@ -100,7 +111,7 @@ impl PgKv {
                 Ok(())
             })
         }));
-        Ok(PgKv { pool, runtime: Some(runtime), handle, flusher })
+        Ok(PgKv { pool, runtime: Some(runtime), handle, flusher, lease })
     }
 
     fn run<T, F>(&self, work: impl FnOnce(Pool) -> F) -> Result<T, StoreError>
@@ -125,11 +136,45 @@ fn on<T: Send + 'static>(
     rx.recv().map_err(|_| StoreError::Backend("postgres: the connection runtime stopped".into()))?
 }
 
-/// The session that holds the serving lock and makes flushes durable.
+/// Renews the lease until the process ends. A process that can no longer
+/// show it holds the database stops at once, before another one serving
+/// it could be contradicted (its supervisor starts it again, to wait).
+async fn keep_renewing(session: Arc<tokio::sync::Mutex<tokio_postgres::Client>>, lease: Lease) {
+    let mut renewals = Renewals::new(lease.term, Instant::now());
+    let term = lease.term.as_secs_f64();
+    loop {
+        tokio::time::sleep(renewals.every()).await;
+        let sent = Instant::now();
+        let renewed = {
+            let client = session.lock().await;
+            tokio::time::timeout(
+                renewals.every(),
+                client.execute(pg_lease::RENEW, &[&lease.holder, &lease.epoch, &term]),
+            )
+            .await
+        };
+        match renewed {
+            Ok(Ok(1)) => renewals.renewed(sent),
+            Ok(Ok(_)) => lost(&lease, "another process took the lease"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not renew the PostgreSQL lease"),
+            Err(_) => tracing::warn!("renewing the PostgreSQL lease timed out"),
+        }
+        if renewals.standing(Instant::now()) == Standing::Expired {
+            lost(&lease, "not renewed for a whole term");
+        }
+    }
+}
+
+fn lost(lease: &Lease, why: &str) -> ! {
+    tracing::error!(epoch = lease.epoch, why, "this process no longer holds the PostgreSQL store; stopping");
+    std::process::exit(75)
+}
+
+/// The session that holds the lease and makes flushes durable.
 async fn connect_and_migrate(
     config: tokio_postgres::Config,
     access: Access,
-) -> Result<tokio_postgres::Client, StoreError> {
+) -> Result<(tokio_postgres::Client, Option<Lease>), StoreError> {
     let (mut client, connection) = config.connect(NoTls).await.map_err(backend)?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -137,15 +182,20 @@ async fn connect_and_migrate(
         }
     });
     migrate(&mut client).await?;
-    if access == Access::Serving {
-        let row = client.query_one("SELECT pg_try_advisory_lock($1)", &[&SERVING_LOCK]).await.map_err(backend)?;
-        if !row.get::<_, bool>(0) {
-            return Err(StoreError::Backend(
-                "postgres: another lmx process is serving this database (one process per database)".into(),
-            ));
+    let Access::Serving { term } = access else { return Ok((client, None)) };
+    let holder = pg_lease::holder_name();
+    let secs = term.as_secs_f64();
+    match client.query_opt(pg_lease::TAKE, &[&holder, &secs]).await.map_err(backend)? {
+        Some(row) => {
+            let epoch: i64 = row.get(0);
+            tracing::info!(epoch, holder, "took the PostgreSQL store's lease");
+            Ok((client, Some(Lease { holder, epoch, term })))
+        }
+        None => {
+            let row = client.query_one(pg_lease::CURRENT, &[]).await.map_err(backend)?;
+            Err(pg_lease::held_by(row.get(0), row.get(1), row.get(2)))
         }
     }
-    Ok(client)
 }
 
 /// Applies the steps the database lacks, one transaction, under a lock so
@@ -176,9 +226,16 @@ async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), StoreError> 
     Ok(())
 }
 
+/// A batch as statement parameters: keys and values to put, keys to delete.
+struct Split {
+    keys: Vec<Vec<u8>>,
+    values: Vec<Vec<u8>>,
+    deletes: Vec<Vec<u8>>,
+}
+
 /// The last write to each key, as puts and deletes: one statement may not
 /// touch a row twice.
-fn split(writes: Vec<KvWrite>) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Vec<u8>>) {
+fn split(writes: Vec<KvWrite>) -> Split {
     let mut last = std::collections::BTreeMap::new();
     for w in writes {
         match w {
@@ -196,7 +253,7 @@ fn split(writes: Vec<KvWrite>) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Vec<u8>>) {
             None => deletes.push(k),
         }
     }
-    (keys, values, deletes)
+    Split { keys, values, deletes }
 }
 
 impl Kv for PgKv {
@@ -224,12 +281,19 @@ impl Kv for PgKv {
         if writes.is_empty() {
             return Ok(());
         }
-        let (keys, values, deletes) = split(writes);
+        let Some(lease) = self.lease.clone() else {
+            return Err(StoreError::Backend("postgres: this store was opened to read only".into()));
+        };
+        let Split { keys, values, deletes } = split(writes);
         self.run(|pool| async move {
             let mut c = pool.get().await.map_err(backend)?;
+            let fence = c.prepare_cached(pg_lease::FENCE).await.map_err(backend)?;
             let upsert = c.prepare_cached(UPSERT).await.map_err(backend)?;
             let delete = c.prepare_cached(DELETE).await.map_err(backend)?;
             let tx = c.transaction().await.map_err(backend)?;
+            if tx.query_opt(&fence, &[&lease.holder, &lease.epoch]).await.map_err(backend)?.is_none() {
+                lost(&lease, "a write found a newer epoch");
+            }
             if !keys.is_empty() {
                 tx.execute(&upsert, &[&keys, &values]).await.map_err(backend)?;
             }
@@ -259,6 +323,16 @@ impl Drop for PgKv {
     fn drop(&mut self) {
         // Dropping a runtime waits for its threads, which a caller inside
         // another runtime may not do.
+        if let Some(lease) = self.lease.take() {
+            // Hand the database over now rather than when the term ends.
+            let released = self.run(|pool| async move {
+                let c = pool.get().await.map_err(backend)?;
+                c.execute(pg_lease::RELEASE, &[&lease.holder, &lease.epoch]).await.map_err(backend)
+            });
+            if let Err(e) = released {
+                tracing::warn!(error = %e, "could not release the PostgreSQL lease; it lapses at the end of its term");
+            }
+        }
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
@@ -273,7 +347,8 @@ mod tests {
     fn the_last_write_to_a_key_wins() {
         let put = |k: &str, v: &str| KvWrite::Put(k.into(), v.into());
         let del = |k: &str| KvWrite::Delete(k.into());
-        let (keys, values, deletes) = split(vec![put("a", "1"), del("a"), put("b", "1"), put("b", "2"), del("c")]);
+        let Split { keys, values, deletes } =
+            split(vec![put("a", "1"), del("a"), put("b", "1"), put("b", "2"), del("c")]);
         assert_eq!(keys, vec![b"b".to_vec()]);
         assert_eq!(values, vec![b"2".to_vec()]);
         assert_eq!(deletes, vec![b"a".to_vec(), b"c".to_vec()]);

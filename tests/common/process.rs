@@ -49,6 +49,21 @@ impl Proc {
         }
     }
 
+    /// Another process of the same server: the same configuration file (so
+    /// the same addresses), a log file of its own.
+    pub fn replica(&self, n: u32) -> Proc {
+        Proc {
+            config: self.config.clone(),
+            config_path: self.config_path.clone(),
+            child: None,
+            client: self.client,
+            crash_point: None,
+            env: Vec::new(),
+            log: self.log.with_extension(format!("{n}.log")),
+            starts: 0,
+        }
+    }
+
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
         self.starts += 1;

@@ -1,0 +1,105 @@
+//! Who serves a PostgreSQL store: one lease row with an epoch. A process
+//! takes the lease when it is free or has expired (by the database's clock,
+//! so hosts' clocks do not matter), renews it a few times per term, and
+//! every batch it writes first checks, in its own transaction, that the
+//! lease still carries its holder and epoch (taking a share lock on the
+//! row, so a takeover waits for batches already checked to commit). A
+//! process paused past its term and then resumed finds the epoch moved on:
+//! its writes fail, and it stops.
+
+use std::time::{Duration, Instant};
+
+use super::StoreError;
+
+/// The lease a serving process holds.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub holder: String,
+    pub epoch: i64,
+    pub term: Duration,
+}
+
+pub(super) const TAKE: &str = "UPDATE lmx_lease SET holder = $1, epoch = epoch + 1, \
+     expires_at = now() + make_interval(secs => $2::float8) \
+     WHERE id = 1 AND (holder = '' OR expires_at < now()) RETURNING epoch";
+pub(super) const RENEW: &str = "UPDATE lmx_lease SET expires_at = now() + make_interval(secs => $3::float8) \
+     WHERE id = 1 AND holder = $1 AND epoch = $2";
+pub(super) const RELEASE: &str =
+    "UPDATE lmx_lease SET holder = '', expires_at = '-infinity' WHERE id = 1 AND holder = $1 AND epoch = $2";
+pub(super) const FENCE: &str = "SELECT 1 FROM lmx_lease WHERE id = 1 AND holder = $1 AND epoch = $2 FOR SHARE";
+pub(super) const CURRENT: &str =
+    "SELECT holder, epoch, greatest(extract(epoch from expires_at - now()), 0)::float8 FROM lmx_lease WHERE id = 1";
+
+/// A name for this process in the lease row (for operators reading it).
+pub fn holder_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let mut nonce = [0u8; 4];
+    let _ = getrandom::getrandom(&mut nonce);
+    let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}/{}/{nonce}", host.trim(), std::process::id())
+}
+
+/// When to renew, and when a holder that could not renew must assume the
+/// lease gone: pure, so tests can drive it.
+#[derive(Debug)]
+pub struct Renewals {
+    term: Duration,
+    last_renewed: Instant,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// Still ours (as far as anyone can tell).
+    Held,
+    /// Not renewed for a whole term: another process may hold it now.
+    Expired,
+}
+
+impl Renewals {
+    pub fn new(term: Duration, taken: Instant) -> Self {
+        Renewals { term, last_renewed: taken }
+    }
+
+    /// A renewal three times a term, so two may fail before it lapses.
+    pub fn every(&self) -> Duration {
+        self.term / 3
+    }
+
+    /// `renewed_at` is when a renewal's request was sent: the database set
+    /// the new expiry no earlier than that.
+    pub fn renewed(&mut self, renewed_at: Instant) {
+        self.last_renewed = self.last_renewed.max(renewed_at);
+    }
+
+    pub fn standing(&self, now: Instant) -> Standing {
+        if now.duration_since(self.last_renewed) >= self.term {
+            Standing::Expired
+        } else {
+            Standing::Held
+        }
+    }
+}
+
+/// The refusal for a process that finds the lease held.
+pub fn held_by(holder: &str, epoch: i64, seconds_left: f64) -> StoreError {
+    StoreError::Leased(format!("{holder} (epoch {epoch}) for another {seconds_left:.1} s at most"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_lapses_a_term_after_its_last_renewal_was_sent() {
+        let t0 = Instant::now();
+        let term = Duration::from_secs(9);
+        let mut r = Renewals::new(term, t0);
+        assert_eq!(r.every(), Duration::from_secs(3));
+        assert_eq!(r.standing(t0 + Duration::from_secs(8)), Standing::Held);
+        r.renewed(t0 + Duration::from_secs(3));
+        assert_eq!(r.standing(t0 + Duration::from_secs(11)), Standing::Held);
+        assert_eq!(r.standing(t0 + Duration::from_secs(12)), Standing::Expired, "failed renewals do not count");
+        r.renewed(t0 + Duration::from_secs(1));
+        assert_eq!(r.standing(t0 + Duration::from_secs(12)), Standing::Expired, "an older renewal moves nothing");
+    }
+}

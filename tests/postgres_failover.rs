@@ -1,0 +1,197 @@
+//! Several `lmx serve` processes of one server on one PostgreSQL database:
+//! one serves, the others wait as standbys. When the serving process dies
+//! a standby takes over once its lease lapses, with nothing acknowledged
+//! lost; a process paused past its lease and resumed cannot append (its
+//! epoch is stale) and stops.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::postgres::Postgres;
+use common::process::Proc;
+use common::*;
+use lmx::config::Backend;
+use serde_json::json;
+
+async fn history(c: &Client, room: &str) -> Vec<String> {
+    let page = c.ok("GET", &format!("/_matrix/client/v3/rooms/{}/messages?dir=f&limit=1000", enc(room)), None).await;
+    page["chunk"].as_array().unwrap().iter().filter_map(|e| e["event_id"].as_str().map(str::to_owned)).collect()
+}
+
+fn hub_config(net: &Net, url: &str) -> lmx::config::Config {
+    let mut config = net.config("hub.test");
+    config.storage.backend = Backend::Postgres;
+    config.storage.postgres.url = Some(url.to_owned());
+    config.storage.postgres.pool_size = 4;
+    config.storage.postgres.lease_secs = 3;
+    config.client.send_per_second = 0.0;
+    config
+}
+
+/// The lease's comings and goings are logged at info.
+fn logging_leases(p: &mut Proc) {
+    p.env.push(("LMX_LOG".into(), Some("warn,lmx::app=info,lmx::store=info".into())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_after_kill_9_and_nothing_acknowledged_is_lost() {
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.database("ha");
+    let mut net = Net::new();
+    net.reserve("hub.test");
+    net.reserve("p1.test");
+    let mut first = Proc::configured(&net, hub_config(&net, &url));
+    logging_leases(&mut first);
+    first.spawn();
+    let alice = first.ready().await.register("alice").await;
+    // Two standbys of the same server, same addresses: they bind nothing
+    // while they wait.
+    let mut standbys = [first.replica(1), first.replica(2)];
+    for s in &mut standbys {
+        logging_leases(s);
+        s.spawn();
+    }
+    let mut p1 = Proc::start(&net, "p1.test");
+    let bob = p1.ready().await.register("bob").await;
+    let mut rooms = Vec::new();
+    for n in 0..20 {
+        let room = alice.create_room(json!({"preset": "public_chat", "name": format!("room {n}")})).await;
+        assert_eq!(bob.join(&room, "hub.test:8448").await.status, 200);
+        rooms.push(room);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for s in &mut standbys {
+        assert!(s.is_running(), "a standby waits; log:\n{}", s.log_text());
+        assert!(s.log_text().contains("standby"), "{}", s.log_text());
+    }
+
+    // A client keeps sending across the rooms through the failover.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::<(usize, String)>::new()));
+    let writer = {
+        let (alice, rooms, stop, acked) = (alice.clone(), rooms.clone(), stop.clone(), acked.clone());
+        tokio::spawn(async move {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let r = i % rooms.len();
+                let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/w{i}", enc(&rooms[r]));
+                match alice.try_call("PUT", &path, Some(json!({"msgtype": "m.text", "body": format!("w {i}")}))).await {
+                    Some(a) if a.status == 200 => {
+                        acked.lock().unwrap().push((r, a.body["event_id"].as_str().unwrap().to_owned()))
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+                i += 1;
+            }
+        })
+    };
+    eventually("sends acknowledged before the kill", || acked.lock().unwrap().len() >= 60).await;
+    first.kill9();
+    let at_kill = acked.lock().unwrap().len();
+    eventually("sends acknowledged by the process that took over", || acked.lock().unwrap().len() >= at_kill + 60)
+        .await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let serving: Vec<_> =
+        standbys.iter().filter(|s| s.log_text().contains("took the PostgreSQL store's lease")).collect();
+    assert_eq!(serving.len(), 1, "exactly one standby took over");
+    assert!(serving[0].log_text().contains("epoch=2"), "{}", serving[0].log_text());
+
+    // Every acknowledged event once, in the order acknowledged, per room;
+    // and the participant converges on all of it.
+    let acked = acked.lock().unwrap().clone();
+    for (r, room) in rooms.iter().enumerate() {
+        let mine: Vec<&String> = acked.iter().filter(|(i, _)| *i == r).map(|(_, e)| e).collect();
+        let seen = history(&alice, room).await;
+        let at: Vec<usize> = mine
+            .iter()
+            .map(|e| {
+                assert_eq!(seen.iter().filter(|s| s == e).count(), 1, "{e} acknowledged, stored once");
+                seen.iter().position(|s| s == *e).unwrap()
+            })
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "room {r} keeps the acknowledged order");
+    }
+    eventually_async("the participant has every acknowledged event", || {
+        let (bob, rooms, acked) = (bob.clone(), rooms.clone(), acked.clone());
+        async move {
+            for (r, room) in rooms.iter().enumerate() {
+                let seen = history(&bob, room).await;
+                if !acked.iter().filter(|(i, _)| *i == r).all(|(_, e)| seen.contains(e)) {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    for s in &mut standbys {
+        s.stop();
+    }
+    p1.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_paused_past_its_lease_cannot_append_when_resumed() {
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.database("paused");
+    let mut net = Net::new();
+    net.reserve("hub.test");
+    let mut paused = Proc::configured(&net, hub_config(&net, &url));
+    logging_leases(&mut paused);
+    paused.spawn();
+    let alice = paused.ready().await.register("alice").await;
+    let room = alice.create_room(json!({"preset": "private_chat"})).await;
+    alice.send_ok(&room, "before", "before the pause").await;
+
+    // The other process has addresses of its own: the paused one still
+    // holds its sockets.
+    let mut other = paused.replica(1);
+    other.config.federation.listen = ([127, 0, 0, 1], free_port()).into();
+    other.config.client.listen = ([127, 0, 0, 1], free_port()).into();
+    other.client = other.config.client.listen;
+    other.config_path = net.dir.path().join("other.toml");
+    other.rewrite_config();
+    logging_leases(&mut other);
+    other.spawn();
+
+    paused.signal(libc::SIGSTOP);
+    let alice_there = other.ready().await.with_user_of(&alice);
+    alice_there.send_ok(&room, "taken-over", "after the takeover").await;
+
+    // Resumed, with a send already waiting for it: it must not append.
+    let late = {
+        let alice = alice.clone();
+        let room = room.clone();
+        tokio::spawn(async move {
+            alice
+                .try_call(
+                    "PUT",
+                    &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/stale", enc(&room)),
+                    Some(json!({"msgtype": "m.text", "body": "from the stale process"})),
+                )
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    paused.signal(libc::SIGCONT);
+    let status = paused.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(75), "the stale process stops; log:\n{}", paused.log_text());
+    assert!(paused.log_text().contains("no longer holds the PostgreSQL store"), "{}", paused.log_text());
+    let answer = late.await.unwrap();
+    assert!(answer.is_none_or(|a| a.status != 200), "the stale process acknowledged a send");
+
+    let page =
+        alice_there.ok("GET", &format!("/_matrix/client/v3/rooms/{}/messages?dir=f&limit=100", enc(&room)), None).await;
+    let bodies: Vec<&str> =
+        page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert!(bodies.contains(&"before the pause") && bodies.contains(&"after the takeover"), "{bodies:?}");
+    assert!(!bodies.contains(&"from the stale process"), "a stale epoch appended: {bodies:?}");
+    // And the store is whole.
+    other.stop();
+    let out = other.command(&["db", "check"]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
