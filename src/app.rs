@@ -299,8 +299,10 @@ impl App {
         config.validate()?;
         let name = config.server_name();
         std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
-        let key = load_or_create_signing_key(&config.signing_key_path(), &name)?;
+        // The store first: a standby waits there, so only the process that
+        // serves creates a missing key in a data directory standbys share.
         let store = open_configured_store(&config).await?;
+        let key = load_or_create_signing_key(&config.signing_key_path(), &name)?;
         let positions = Positions::open(store.clone())?;
 
         let fed_conf = &config.federation;

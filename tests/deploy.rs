@@ -93,27 +93,46 @@ fn compose_runs_a_hub_and_two_followers_on_loopback_ports() {
 }
 
 #[test]
-fn compose_runs_a_hub_on_a_healthy_postgres_with_its_url_from_a_secret() {
+fn compose_runs_three_processes_of_one_server_on_postgres_behind_a_ready_checked_proxy() {
     let docs = yaml("compose-postgres.yaml");
     let services = &docs[0]["services"];
     let pg = &services["postgres"];
     assert!(pg["image"].as_str().is_some_and(|i| i.starts_with("postgres:")), "a PostgreSQL service");
     assert!(!pg["healthcheck"]["test"].is_badvalue(), "PostgreSQL has a health check");
+    let processes = ["lmx1", "lmx2", "lmx3"];
+    let mut volumes = Vec::new();
+    for name in processes {
+        let s = &services[name];
+        let env = merged(s, "environment");
+        assert_eq!(env["LMX_SERVER_NAME"].as_str(), Some("hub:8448"), "{name} serves the one name");
+        assert_eq!(env["LMX_STORAGE__BACKEND"].as_str(), Some("postgres"));
+        let url_file = env["LMX_STORAGE__POSTGRES__URL_FILE"].as_str().expect("the URL from a file");
+        let secret = url_file.rsplit('/').next().unwrap();
+        assert!(merged(s, "secrets").as_vec().unwrap().iter().any(|x| x.as_str() == Some(secret)), "{secret} mounted");
+        assert!(!docs[0]["secrets"][secret].is_badvalue(), "{secret} is declared");
+        assert_eq!(merged(s, "depends_on")["postgres"]["condition"].as_str(), Some("service_healthy"));
+        assert!(merged(s, "ports").is_badvalue(), "{name} is reached through the proxy only");
+        volumes.push(merged(s, "volumes")[0].as_str().unwrap().to_owned());
+    }
+    assert!(volumes.iter().all(|v| v == &volumes[0]), "one signing key and media volume: {volumes:?}");
     let hub = &services["hub"];
-    let env = &hub["environment"];
-    assert_eq!(env["LMX_STORAGE__BACKEND"].as_str(), Some("postgres"));
-    let url_file = env["LMX_STORAGE__POSTGRES__URL_FILE"].as_str().expect("the URL from a file");
-    let secret = url_file.rsplit('/').next().unwrap();
-    assert!(hub["secrets"].as_vec().unwrap().iter().any(|s| s.as_str() == Some(secret)), "{secret} is mounted");
-    assert!(!docs[0]["secrets"][secret].is_badvalue(), "{secret} is declared");
-    assert_eq!(hub["depends_on"]["postgres"]["condition"].as_str(), Some("service_healthy"));
+    assert_eq!(hub["hostname"].as_str(), Some("hub"));
     for p in hub["ports"].as_vec().unwrap() {
         assert!(p.as_str().is_some_and(|p| p.starts_with("127.0.0.1:")), "published beyond loopback: {p:?}");
+    }
+    // The proxy sends both ports to whichever process is ready.
+    let proxy = read("haproxy.cfg");
+    assert_eq!(proxy.matches("option httpchk GET /ready").count(), 2, "both backends check /ready");
+    for name in processes {
+        assert!(proxy.contains(&format!("server {name} {name}:8448 check port 8008")), "federation to {name}");
+        assert!(proxy.contains(&format!("server {name} {name}:8008 check")), "client API to {name}");
     }
     // The variables name keys lmx takes (LMX_A__B is a.b), with the URL
     // read from its file.
     let url = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(url.path(), "postgresql://lmx:pw@postgres/lmx\n").unwrap();
+    let env = merged(&services["lmx1"], "environment");
+    assert!(env["LMX_STORAGE__POSTGRES__URL_FILE"].as_str().is_some());
     let key = |var: &str| var.trim_start_matches("LMX_").to_ascii_lowercase().replace("__", ".");
     let options = [
         format!("{}=postgres", key("LMX_STORAGE__BACKEND")),
