@@ -428,7 +428,17 @@ async fn a_participant_soft_fails_a_commit_its_hub_should_have_refused() {
     let id = forged.event_id().clone();
     let txn = json!({"origin": hub.name(), "origin_server_ts": lmx::sys::now_ms(), "pdus": [forged.json()]});
     let path = format!("{}/send/forged1", lmx::federation::UNSTABLE);
-    let (status, body) = fed(&hub, &p1.name(), Method::PUT, &path, Some(&txn)).await;
+    // Sent as the hub, whose own transaction to the participant may still be
+    // in flight: one at a time per origin, so try again until it is taken.
+    let mut answer = fed(&hub, &p1.name(), Method::PUT, &path, Some(&txn)).await;
+    for _ in 0..100 {
+        if answer.0 != 400 || answer.1["errcode"] != "M_BAD_STATE" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        answer = fed(&hub, &p1.name(), Method::PUT, &path, Some(&txn)).await;
+    }
+    let (status, body) = answer;
     assert_eq!(status, 200, "{body}");
     eventually("the participant to keep the forged commit", || p1.node().store.event(&id).unwrap().is_some()).await;
     assert!(p1.node().store.event(&id).unwrap().unwrap().soft_failed, "soft-failed by the participant's audit");

@@ -1,7 +1,7 @@
 //! Several `lmx serve` processes of one server on one PostgreSQL database:
 //! one serves, the others wait as standbys. When the serving process dies
 //! a standby takes over once its lease lapses, with nothing acknowledged
-//! lost; a process paused past its lease and resumed cannot append (its
+//! lost, and a participant and a Synapse in its rooms converge; a process paused past its lease and resumed cannot append (its
 //! epoch is stale) and stops.
 
 mod common;
@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::postgres::Postgres;
 use common::process::Proc;
+use common::synapse::{python, Synapse};
 use common::*;
 use lmx::config::Backend;
 use serde_json::json;
@@ -21,8 +22,7 @@ async fn history(c: &Client, room: &str) -> Vec<String> {
     page["chunk"].as_array().unwrap().iter().filter_map(|e| e["event_id"].as_str().map(str::to_owned)).collect()
 }
 
-fn hub_config(net: &Net, url: &str) -> lmx::config::Config {
-    let mut config = net.config("hub.test");
+fn on_postgres(mut config: lmx::config::Config, url: &str) -> lmx::config::Config {
     config.storage.backend = Backend::Postgres;
     config.storage.postgres.url = Some(url.to_owned());
     config.storage.postgres.pool_size = 4;
@@ -40,10 +40,10 @@ fn logging_leases(p: &mut Proc) {
 async fn a_standby_takes_over_after_kill_9_and_nothing_acknowledged_is_lost() {
     let Some(pg) = Postgres::start() else { return };
     let url = pg.database("ha");
-    let mut net = Net::new();
-    net.reserve("hub.test");
-    net.reserve("p1.test");
-    let mut first = Proc::configured(&net, hub_config(&net, &url));
+    let net = Net::new();
+    // Names Synapse can dial: localhost and the port.
+    let mut first = Proc::configured(&net, on_postgres(net.config_localhost(free_port()), &url));
+    let hub_name = first.config.server_name.clone();
     logging_leases(&mut first);
     first.spawn();
     let alice = first.ready().await.register("alice").await;
@@ -54,12 +54,32 @@ async fn a_standby_takes_over_after_kill_9_and_nothing_acknowledged_is_lost() {
         logging_leases(s);
         s.spawn();
     }
-    let mut p1 = Proc::start(&net, "p1.test");
+    let mut p1 = Proc::configured(&net, net.config_localhost(free_port()));
+    p1.spawn();
     let bob = p1.ready().await.register("bob").await;
+    let mut synapse =
+        python().map(|py| Synapse::new(&py, &net.dir.path().join("synapse"), &net.ca, free_port(), free_port()));
+    if let Some(s) = &mut synapse {
+        s.start().await;
+    }
+    let carol = match &synapse {
+        Some(s) => Some(s.client().register("carol").await),
+        None => None,
+    };
+    // 20 rooms; the first three mixed (version 12), with Synapse in them.
+    const MIXED: usize = 3;
     let mut rooms = Vec::new();
     for n in 0..20 {
-        let room = alice.create_room(json!({"preset": "public_chat", "name": format!("room {n}")})).await;
-        assert_eq!(bob.join(&room, "hub.test:8448").await.status, 200);
+        let mut create = json!({"preset": "public_chat", "name": format!("room {n}")});
+        if n < MIXED {
+            create["room_version"] = json!("12");
+        }
+        let room = alice.create_room(create).await;
+        assert_eq!(bob.join(&room, &hub_name).await.status, 200);
+        if let Some(carol) = carol.as_ref().filter(|_| n < MIXED) {
+            let joined = carol.join(&room, &hub_name).await;
+            assert_eq!(joined.status, 200, "Synapse joins: {}", joined.body);
+        }
         rooms.push(room);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -115,23 +135,32 @@ async fn a_standby_takes_over_after_kill_9_and_nothing_acknowledged_is_lost() {
             .collect();
         assert!(at.windows(2).all(|w| w[0] < w[1]), "room {r} keeps the acknowledged order");
     }
-    eventually_async("the participant has every acknowledged event", || {
-        let (bob, rooms, acked) = (bob.clone(), rooms.clone(), acked.clone());
-        async move {
-            for (r, room) in rooms.iter().enumerate() {
-                let seen = history(&bob, room).await;
-                if !acked.iter().filter(|(i, _)| *i == r).all(|(_, e)| seen.contains(e)) {
-                    return false;
-                }
+    let has_all = |c: Client, rooms: Vec<String>, acked: Vec<(usize, String)>| async move {
+        for (r, room) in rooms.iter().enumerate() {
+            let seen = history(&c, room).await;
+            if !acked.iter().filter(|(i, _)| *i == r).all(|(_, e)| seen.contains(e)) {
+                return false;
             }
-            true
         }
+        true
+    };
+    eventually_async("the participant has every acknowledged event", || {
+        has_all(bob.clone(), rooms.clone(), acked.clone())
     })
     .await;
+    if let Some(carol) = &carol {
+        eventually_async("Synapse has every acknowledged event of the mixed rooms", || {
+            has_all(carol.clone(), rooms[..MIXED].to_vec(), acked.clone())
+        })
+        .await;
+    }
     for s in &mut standbys {
         s.stop();
     }
     p1.stop();
+    if let Some(s) = &mut synapse {
+        s.stop();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,7 +169,7 @@ async fn a_process_paused_past_its_lease_cannot_append_when_resumed() {
     let url = pg.database("paused");
     let mut net = Net::new();
     net.reserve("hub.test");
-    let mut paused = Proc::configured(&net, hub_config(&net, &url));
+    let mut paused = Proc::configured(&net, on_postgres(net.config("hub.test"), &url));
     logging_leases(&mut paused);
     paused.spawn();
     let alice = paused.ready().await.register("alice").await;

@@ -103,6 +103,11 @@ pub struct Restored {
 /// Restores `from` into `config`'s data directory, whose store must be
 /// absent or empty; the commit record is then written as for `db seal`.
 pub fn restore(config: &Config, from: &Path) -> anyhow::Result<Restored> {
+    anyhow::ensure!(
+        config.storage.backend == crate::config::Backend::Sled,
+        "lmx db restore writes a sled store: restore with storage.backend = \"sled\", then move it with \
+         lmx db migrate --from sled --to postgres"
+    );
     let data = &config.data_dir;
     let store_dir = data.join("db");
     let occupied = std::fs::read_dir(&store_dir).map(|mut d| d.next().is_some()).unwrap_or(false);

@@ -59,6 +59,7 @@ pub struct PgKv {
     flusher: GroupFlush,
     /// Checked by every batch; `None`: this handle only reads.
     lease: Option<Lease>,
+    renewing: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// How `PgKv::open` treats other processes on the same database.
@@ -99,9 +100,7 @@ impl PgKv {
             .map_err(backend)?;
         let (session, lease) = on(&handle, connect_and_migrate(config, access))?;
         let session = Arc::new(tokio::sync::Mutex::new(session));
-        if let Some(lease) = &lease {
-            handle.spawn(keep_renewing(session.clone(), lease.clone()));
-        }
+        let renewing = lease.as_ref().map(|lease| handle.spawn(keep_renewing(session.clone(), lease.clone())));
         let flush_handle = handle.clone();
         let flusher = GroupFlush::with(Arc::new(move || {
             let session = session.clone();
@@ -111,7 +110,7 @@ impl PgKv {
                 Ok(())
             })
         }));
-        Ok(PgKv { pool, runtime: Some(runtime), handle, flusher, lease })
+        Ok(PgKv { pool, runtime: Some(runtime), handle, flusher, lease, renewing })
     }
 
     fn run<T, F>(&self, work: impl FnOnce(Pool) -> F) -> Result<T, StoreError>
@@ -291,14 +290,27 @@ impl Kv for PgKv {
             let upsert = c.prepare_cached(UPSERT).await.map_err(backend)?;
             let delete = c.prepare_cached(DELETE).await.map_err(backend)?;
             let tx = c.transaction().await.map_err(backend)?;
-            if tx.query_opt(&fence, &[&lease.holder, &lease.epoch]).await.map_err(backend)?.is_none() {
+            // Sent together (one round trip), run in order: the check first.
+            // Should it fail, the writes are never committed.
+            let fence_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&lease.holder, &lease.epoch];
+            let held = tx.query_opt(&fence, &fence_params);
+            let put = async {
+                if keys.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(&upsert, &[&keys, &values]).await
+                }
+            };
+            let removed = async {
+                if deletes.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(&delete, &[&deletes]).await
+                }
+            };
+            let (held, _, _) = futures_util::future::try_join3(held, put, removed).await.map_err(backend)?;
+            if held.is_none() {
                 lost(&lease, "a write found a newer epoch");
-            }
-            if !keys.is_empty() {
-                tx.execute(&upsert, &[&keys, &values]).await.map_err(backend)?;
-            }
-            if !deletes.is_empty() {
-                tx.execute(&delete, &[&deletes]).await.map_err(backend)?;
             }
             tx.commit().await.map_err(backend)
         })
@@ -323,6 +335,10 @@ impl Drop for PgKv {
     fn drop(&mut self) {
         // Dropping a runtime waits for its threads, which a caller inside
         // another runtime may not do.
+        if let Some(renewing) = self.renewing.take() {
+            // A renewal after the release below would find the lease gone.
+            renewing.abort();
+        }
         if let Some(lease) = self.lease.take() {
             // Hand the database over now rather than when the term ends.
             let released = self.run(|pool| async move {
