@@ -321,7 +321,13 @@ async fn a_destination_behind_shows_why_and_catches_up_on_retry() {
     assert_eq!(bob.join(&room, "hub.test:8448").await.status, 200);
     alice.send_ok(&room, "a0", "before").await;
     let dest = "/_synapse/admin/v1/federation/destinations/p1.test:8448";
-    eventually_async("p1 delivered to", || async { admin.call("GET", dest, None).await.body["state"] == "ok" }).await;
+    // Delivered to, and nothing left queued ("ok" alone can come before
+    // the last send went out).
+    eventually_async("p1 delivered to", || async {
+        let state = admin.call("GET", dest, None).await.body["state"] == "ok";
+        state && admin.call("GET", "/_lmx/admin/v1/destinations/p1.test:8448", None).await.body["queue_depth"] == 0
+    })
+    .await;
     let list = admin.ok("GET", "/_synapse/admin/v1/federation/destinations", None).await;
     assert_eq!(list["destinations"][0]["destination"], "p1.test:8448");
     assert_eq!(list["destinations"][0]["retry_interval"], 0);
