@@ -21,8 +21,10 @@ async fn a_space_is_walked_through_its_children_on_every_server() {
         .await;
     let open = alice.create_room(json!({"preset": "public_chat", "name": "Open"})).await;
     let closed = alice.create_room(json!({"preset": "private_chat", "name": "Closed"})).await;
-    for (child, suggested) in [(&open, true), (&closed, false)] {
-        let content = json!({"via": [hub.name()], "suggested": suggested});
+    // `order` decides; both may share a millisecond, and then room ids
+    // (random) would.
+    for (child, suggested, order) in [(&open, true, "a"), (&closed, false, "b")] {
+        let content = json!({"via": [hub.name()], "suggested": suggested, "order": order});
         assert_eq!(alice.put_state(&space, "m.space.child", child, content).await.status, 200);
     }
 
