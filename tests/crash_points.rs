@@ -157,7 +157,7 @@ async fn settle(n: &Net3, messages: &[Message]) -> usize {
         let mut theirs = Vec::new();
         let deadline = tokio::time::Instant::now() + PATIENCE;
         while tokio::time::Instant::now() < deadline {
-            theirs = history_ids(c, &n.room).await;
+            theirs = c.history_ids(&n.room).await;
             if theirs.last() == hub_list.last() {
                 break;
             }
@@ -171,18 +171,13 @@ async fn settle(n: &Net3, messages: &[Message]) -> usize {
     hub_list.len()
 }
 
-async fn history_ids(c: &Client, room: &str) -> Vec<String> {
-    let page = c.ok("GET", &format!("/_matrix/client/v3/rooms/{}/messages?dir=f&limit=1000", enc(room)), None).await;
-    page["chunk"].as_array().unwrap().iter().filter_map(|e| e["event_id"].as_str().map(str::to_owned)).collect()
-}
-
 async fn history_bodies(c: &Client, room: &str) -> Vec<String> {
     let page = c.ok("GET", &format!("/_matrix/client/v3/rooms/{}/messages?dir=f&limit=1000", enc(room)), None).await;
     bodies(page["chunk"].as_array().unwrap())
 }
 
 async fn hub_list(n: &Net3) -> Vec<String> {
-    history_ids(&n.alice, &n.room).await
+    n.alice.history_ids(&n.room).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

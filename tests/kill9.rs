@@ -13,11 +13,6 @@ fn with_token(c: Client, of: &Client) -> Client {
     c.with_user_of(of)
 }
 
-async fn history(c: &Client, room: &str) -> Vec<String> {
-    let page = c.ok("GET", &format!("/_matrix/client/v3/rooms/{}/messages?dir=f&limit=1000", enc(room)), None).await;
-    page["chunk"].as_array().unwrap().iter().filter_map(|e| e["event_id"].as_str().map(str::to_owned)).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_survive_kill_9_and_delivery_resumes() {
     kill9_scenario(json!({"preset": "public_chat"})).await;
@@ -48,7 +43,7 @@ async fn kill9_scenario(create: serde_json::Value) {
     hub.kill9();
     hub.spawn();
     let alice = with_token(hub.ready().await, &alice);
-    let after = history(&alice, &room).await;
+    let after = alice.history_ids(&room).await;
     for id in &acked {
         assert!(after.contains(id), "{id} was acknowledged before kill -9");
     }
@@ -67,14 +62,14 @@ async fn kill9_scenario(create: serde_json::Value) {
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while tokio::time::Instant::now() < deadline {
-        seen = history(&bob, &room).await;
+        seen = bob.history_ids(&room).await;
         if seen.last() == acked.last() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(seen.last(), acked.last(), "p1 caught up after both restarts");
-    let hub_history = history(&alice, &room).await;
+    let hub_history = alice.history_ids(&room).await;
     assert!(hub_history.ends_with(&seen), "p1's list is the hub's tail");
     let mut unique = seen.clone();
     unique.sort();

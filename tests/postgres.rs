@@ -8,25 +8,12 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use common::postgres::Postgres;
+use common::postgres::{on_postgres, Postgres};
 use common::process::Proc;
 use common::*;
-use lmx::config::Backend;
 use lmx::core::ids::{RoomId, ServerName};
 use lmx::store::{for_each_page, Access, Entries, KvStore, PgKv, SledKv, Store};
 use serde_json::json;
-
-async fn history(c: &Client, room: &str) -> Vec<String> {
-    let page = c.ok("GET", &format!("/_matrix/client/v3/rooms/{}/messages?dir=f&limit=1000", enc(room)), None).await;
-    page["chunk"].as_array().unwrap().iter().filter_map(|e| e["event_id"].as_str().map(str::to_owned)).collect()
-}
-
-fn on_postgres(config: &mut lmx::config::Config, url: &str) {
-    config.storage.backend = Backend::Postgres;
-    config.storage.postgres.url = Some(url.to_owned());
-    config.storage.postgres.pool_size = 4;
-    config.storage.postgres.lease_secs = 3;
-}
 
 fn text(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
@@ -88,7 +75,7 @@ async fn a_hub_on_postgres_keeps_acknowledged_events_through_kill_9_and_federate
     let acked = acked.lock().unwrap().clone();
     hub.spawn();
     let alice = hub.ready().await.with_user_of(&alice);
-    let after = history(&alice, &room).await;
+    let after = alice.history_ids(&room).await;
     let mut at = Vec::new();
     for id in &acked {
         assert_eq!(after.iter().filter(|e| *e == id).count(), 1, "{id} was acknowledged before kill -9, once");
@@ -102,7 +89,7 @@ async fn a_hub_on_postgres_keeps_acknowledged_events_through_kill_9_and_federate
     eventually_async("the participant has every acknowledged event", || {
         let (bob, room, acked, last) = (bob.clone(), room.clone(), acked.clone(), last.clone());
         async move {
-            let seen = history(&bob, &room).await;
+            let seen = bob.history_ids(&room).await;
             seen.contains(&last) && acked.iter().all(|e| seen.contains(e))
         }
     })
@@ -189,7 +176,7 @@ async fn migrating_from_sled_keeps_rooms_lists_accounts_and_queues() {
     hub.rewrite_config();
     hub.spawn();
     let alice = hub.ready().await.login("alice").await;
-    let seen = history(&alice, &rooms[0]).await;
+    let seen = alice.history_ids(&rooms[0]).await;
     for (room, id) in &queued {
         if room == &rooms[0] {
             assert!(seen.contains(id), "{id} is in the history served from PostgreSQL");
@@ -201,7 +188,7 @@ async fn migrating_from_sled_keeps_rooms_lists_accounts_and_queues() {
         let (bob, queued) = (bob.clone(), queued.clone());
         async move {
             for (room, id) in &queued {
-                if !history(&bob, room).await.contains(id) {
+                if !bob.history_ids(room).await.contains(id) {
                     return false;
                 }
             }

@@ -10,23 +10,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::postgres::Postgres;
+use common::postgres::{on_postgres, Postgres};
 use common::process::Proc;
 use common::synapse::{python, Synapse};
 use common::*;
-use lmx::config::Backend;
 use serde_json::json;
 
-async fn history(c: &Client, room: &str) -> Vec<String> {
-    let page = c.ok("GET", &format!("/_matrix/client/v3/rooms/{}/messages?dir=f&limit=1000", enc(room)), None).await;
-    page["chunk"].as_array().unwrap().iter().filter_map(|e| e["event_id"].as_str().map(str::to_owned)).collect()
-}
-
-fn on_postgres(mut config: lmx::config::Config, url: &str) -> lmx::config::Config {
-    config.storage.backend = Backend::Postgres;
-    config.storage.postgres.url = Some(url.to_owned());
-    config.storage.postgres.pool_size = 4;
-    config.storage.postgres.lease_secs = 3;
+/// A hub's configuration on PostgreSQL, sends not rate limited.
+fn hub_on(mut config: lmx::config::Config, url: &str) -> lmx::config::Config {
+    on_postgres(&mut config, url);
     config.client.send_per_second = 0.0;
     config
 }
@@ -42,7 +34,7 @@ async fn a_standby_takes_over_after_kill_9_and_nothing_acknowledged_is_lost() {
     let url = pg.database("ha");
     let net = Net::new();
     // Names Synapse can dial: localhost and the port.
-    let mut first = Proc::configured(&net, on_postgres(net.config_localhost(free_port()), &url));
+    let mut first = Proc::configured(&net, hub_on(net.config_localhost(free_port()), &url));
     let hub_name = first.config.server_name.clone();
     logging_leases(&mut first);
     first.spawn();
@@ -125,7 +117,7 @@ async fn a_standby_takes_over_after_kill_9_and_nothing_acknowledged_is_lost() {
     let acked = acked.lock().unwrap().clone();
     for (r, room) in rooms.iter().enumerate() {
         let mine: Vec<&String> = acked.iter().filter(|(i, _)| *i == r).map(|(_, e)| e).collect();
-        let seen = history(&alice, room).await;
+        let seen = alice.history_ids(room).await;
         let at: Vec<usize> = mine
             .iter()
             .map(|e| {
@@ -137,7 +129,7 @@ async fn a_standby_takes_over_after_kill_9_and_nothing_acknowledged_is_lost() {
     }
     let has_all = |c: Client, rooms: Vec<String>, acked: Vec<(usize, String)>| async move {
         for (r, room) in rooms.iter().enumerate() {
-            let seen = history(&c, room).await;
+            let seen = c.history_ids(room).await;
             if !acked.iter().filter(|(i, _)| *i == r).all(|(_, e)| seen.contains(e)) {
                 return false;
             }
@@ -169,7 +161,7 @@ async fn a_process_paused_past_its_lease_cannot_append_when_resumed() {
     let url = pg.database("paused");
     let mut net = Net::new();
     net.reserve("hub.test");
-    let mut paused = Proc::configured(&net, on_postgres(net.config("hub.test"), &url));
+    let mut paused = Proc::configured(&net, hub_on(net.config("hub.test"), &url));
     logging_leases(&mut paused);
     paused.spawn();
     let alice = paused.ready().await.register("alice").await;

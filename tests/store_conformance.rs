@@ -1,6 +1,7 @@
 //! One conformance suite for every `Store`: the in-memory store, the sled
 //! store on disk and the PostgreSQL store must behave alike.
 
+#[allow(dead_code)] // only the cluster is used here, not the hub helpers
 #[path = "common/postgres.rs"]
 mod postgres;
 

@@ -431,6 +431,13 @@ impl Client {
             .await
     }
 
+    /// The ids of the room's events in order, oldest first (up to 1000).
+    pub async fn history_ids(&self, room: &str) -> Vec<String> {
+        let page =
+            self.ok("GET", &format!("/_matrix/client/v3/rooms/{}/messages?dir=f&limit=1000", enc(room)), None).await;
+        page["chunk"].as_array().unwrap().iter().filter_map(|e| e["event_id"].as_str().map(str::to_owned)).collect()
+    }
+
     pub async fn sync(&self, since: Option<&str>, timeout_ms: u64) -> Value {
         // A generous timeline, so tests see every event without paging.
         let filter = enc(r#"{"room":{"timeline":{"limit":500}}}"#);

@@ -33,6 +33,15 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `config` moved onto the database at `url`: a small pool and a short
+/// lease, so takeovers in tests happen within seconds.
+pub fn on_postgres(config: &mut lmx::config::Config, url: &str) {
+    config.storage.backend = lmx::config::Backend::Postgres;
+    config.storage.postgres.url = Some(url.to_owned());
+    config.storage.postgres.pool_size = 4;
+    config.storage.postgres.lease_secs = 3;
+}
+
 impl Postgres {
     /// A running cluster, or `None` (the test skips) where PostgreSQL is
     /// not installed and `LMX_REQUIRE_POSTGRES` is not set.
