@@ -22,6 +22,7 @@ use crate::federation::keyring::load_or_create_signing_key;
 use crate::federation::policy::AddressPolicy;
 use crate::federation::Node;
 use crate::http::observe::{Health, Observed};
+use crate::http::standby::StandbyProbes;
 use crate::http::{serve, tls, Handler, Limits, SharedLimits};
 use crate::store::record::{self, CommitRecord};
 use crate::store::{Access, KvStore, PgKv, Positions, SledKv, Store};
@@ -125,14 +126,23 @@ pub async fn open_postgres(config: &Config, access: Access) -> anyhow::Result<Kv
     let pg = &config.storage.postgres;
     let url = pg.url.clone().context("storage.postgres.url is not set")?;
     let (mut failures, mut standby_since) = (0, None::<std::time::Instant>);
+    let (mut probes, mut probes_tried) = (None, false);
     let kv = loop {
-        let (url, size) = (url.clone(), pg.pool_size);
-        match tokio::task::spawn_blocking(move || PgKv::open(&url, size, access)).await? {
+        let (url, ca_file, size) = (url.clone(), pg.ca_file.clone(), pg.pool_size);
+        match tokio::task::spawn_blocking(move || PgKv::open(&url, ca_file.as_deref(), size, access)).await? {
             Ok(kv) => break kv,
             Err(crate::store::StoreError::Leased(holder)) => {
                 if standby_since.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                     tracing::info!(%holder, "standby: another lmx process serves this database");
                     standby_since = Some(std::time::Instant::now());
+                }
+                if pg.standby_probes && !probes_tried && matches!(access, Access::Serving { .. }) {
+                    probes_tried = true;
+                    let addr = config.client.listen;
+                    match StandbyProbes::start(addr, (&config.http).into(), pg.lease_secs).await {
+                        Ok(p) => probes = Some(p),
+                        Err(e) => tracing::warn!(%addr, error = %e, "standby: cannot answer probes"),
+                    }
                 }
             }
             Err(e) if e.is_damage() || failures >= 30 => {
@@ -145,6 +155,9 @@ pub async fn open_postgres(config: &Config, access: Access) -> anyhow::Result<Kv
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
+    if let Some(p) = probes {
+        p.stop().await;
+    }
     let store = KvStore::new(kv);
     match store.upgrade()? {
         Some(old) if old < crate::store::FORMAT_VERSION => {

@@ -143,6 +143,65 @@ fn compose_runs_three_processes_of_one_server_on_postgres_behind_a_ready_checked
     assert_eq!(config.storage.postgres.url.as_deref(), Some("postgresql://lmx:pw@postgres/lmx"));
 }
 
+/// The ConfigMap's `lmx.toml`, loaded as lmx loads a file (unknown keys
+/// refused); secret files are not read.
+fn configmap_config(docs: &[Yaml]) -> lmx::config::Config {
+    let map = docs.iter().find(|d| d["kind"].as_str() == Some("ConfigMap")).expect("a ConfigMap");
+    let text = map["data"]["lmx.toml"].as_str().unwrap();
+    use figment::providers::{Format, Serialized, Toml};
+    let config: lmx::config::Config = figment::Figment::from(Serialized::defaults(lmx::config::Config::default()))
+        .merge(Toml::string(text))
+        .extract()
+        .unwrap_or_else(|e| panic!("the ConfigMap's lmx.toml: {e}"));
+    config
+}
+
+#[test]
+fn the_kubernetes_postgres_example_runs_standbys_that_answer_probes() {
+    let docs = yaml("kubernetes/lmx-postgres.yaml");
+    let kind = |k: &str| docs.iter().find(|d| d["kind"].as_str() == Some(k)).unwrap_or_else(|| panic!("a {k}"));
+    let config = configmap_config(&docs);
+    assert_eq!(config.storage.backend, lmx::config::Backend::Postgres);
+    assert!(config.storage.postgres.standby_probes, "standbys answer the probes");
+    let deployment = kind("Deployment");
+    assert!(deployment["spec"]["replicas"].as_i64().is_some_and(|n| n >= 2), "standbys run");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    let c = &pod["containers"][0];
+    // Probes on the client port, which a standby answers.
+    let client_port = c["ports"].as_vec().unwrap().iter().find(|p| p["name"].as_str() == Some("client")).unwrap();
+    assert_eq!(client_port["containerPort"].as_i64(), Some(i64::from(config.client.listen.port())));
+    for (probe, path) in [("livenessProbe", "/health"), ("readinessProbe", "/ready"), ("startupProbe", "/health")] {
+        assert_eq!(c[probe]["httpGet"]["path"].as_str(), Some(path), "{probe}");
+        assert_eq!(c[probe]["httpGet"]["port"].as_str(), Some("client"), "{probe}");
+    }
+    // Secret files the configuration names are in the mounted Secret.
+    let secret = kind("Secret");
+    let mount = c["volumeMounts"].as_vec().unwrap().iter().find(|m| m["name"].as_str() == Some("secrets")).unwrap();
+    let dir = mount["mountPath"].as_str().unwrap();
+    for file in
+        [config.storage.postgres.url_file.as_ref().unwrap(), config.registration.shared_secret_file.as_ref().unwrap()]
+    {
+        let key = file.strip_prefix(dir).unwrap_or_else(|_| panic!("{} under {dir}", file.display()));
+        assert!(!secret["stringData"][key.to_str().unwrap()].is_badvalue(), "{key:?} in the Secret");
+    }
+    let mut loaded = config.clone();
+    loaded.storage.postgres.url = secret["stringData"]["postgres-url"].as_str().map(str::to_owned);
+    loaded.validate().unwrap();
+    // One data volume every pod mounts at data_dir.
+    let data = c["volumeMounts"].as_vec().unwrap().iter().find(|m| m["name"].as_str() == Some("data")).unwrap();
+    assert_eq!(data["mountPath"].as_str().map(std::path::Path::new), Some(config.data_dir.as_path()));
+    let claim = pod["volumes"].as_vec().unwrap().iter().find(|v| v["name"].as_str() == Some("data")).unwrap();
+    let pvc = kind("PersistentVolumeClaim");
+    assert_eq!(claim["persistentVolumeClaim"]["claimName"].as_str(), pvc["metadata"]["name"].as_str());
+    assert_eq!(pvc["spec"]["accessModes"][0].as_str(), Some("ReadWriteMany"), "shared by the replicas");
+    // The Service selects these pods.
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in kind("Service")["spec"]["selector"].as_hash().unwrap() {
+        assert_eq!(&labels[k.as_str().unwrap()], v, "the Service selects the pods");
+    }
+}
+
 #[test]
 fn the_kubernetes_example_is_a_probed_non_root_statefulset() {
     let docs = yaml("kubernetes/lmx.yaml");
@@ -156,13 +215,7 @@ fn the_kubernetes_example_is_a_probed_non_root_statefulset() {
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"].as_bool(), Some(true));
     assert!(!set["spec"]["volumeClaimTemplates"][0].is_badvalue(), "data on a persistent volume");
     assert!(kind("Service")["spec"]["ports"].as_vec().is_some_and(|p| p.len() == 2));
-    // The ConfigMap's file is an lmx configuration (unknown keys refused).
-    let text = kind("ConfigMap")["data"]["lmx.toml"].as_str().unwrap();
-    use figment::providers::{Format, Serialized, Toml};
-    let config: lmx::config::Config = figment::Figment::from(Serialized::defaults(lmx::config::Config::default()))
-        .merge(Toml::string(text))
-        .extract()
-        .unwrap_or_else(|e| panic!("the ConfigMap's lmx.toml: {e}"));
+    let config = configmap_config(&docs);
     config.validate().unwrap();
     assert!(config.registration.shared_secret_file.is_some(), "the secret comes from the Secret");
 }

@@ -149,7 +149,7 @@ async fn migrating_from_sled_keeps_rooms_lists_accounts_and_queues() {
 
     {
         let sled = KvStore::new(SledKv::open(&config.data_dir.join("db"), 8 << 20).unwrap());
-        let moved = KvStore::new(PgKv::open(&url, 2, Access::ReadOnly).unwrap());
+        let moved = KvStore::new(PgKv::open(&url, None, 2, Access::ReadOnly).unwrap());
         assert_eq!(pairs(sled.kv()), pairs(moved.kv()), "every pair, byte for byte");
         let room_ids: Vec<_> = moved.rooms().unwrap().iter().map(|r| r.room_id.clone()).collect();
         assert_eq!(room_ids.len(), 3);
@@ -198,4 +198,65 @@ async fn migrating_from_sled_keeps_rooms_lists_accounts_and_queues() {
     .await;
     hub.stop();
     p1.stop();
+}
+
+/// Sessions of database `db` other than the asking one, over TLS or not.
+fn sessions(pg: &Postgres, db: &str, over_tls: bool) -> usize {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+         WHERE datname = '{db}' AND pid <> pg_backend_pid() AND ssl = {over_tls}"
+    );
+    pg.sql(db, &sql).parse().unwrap()
+}
+
+/// TLS to PostgreSQL when asked for (the URL's `sslmode=require` or a CA
+/// file), and then the certificate must chain to a trusted CA: never
+/// plain text instead, never an unchecked certificate.
+#[test]
+fn tls_to_postgres_is_required_when_asked_for_and_verified() {
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.database("tls");
+    let net = Net::new();
+    let ca = Some(net.ca.pem_path.as_path());
+    let open = |url: &str, ca_file: Option<&std::path::Path>| PgKv::open(url, ca_file, 1, Access::ReadOnly);
+    let refusal = |r: Result<PgKv, lmx::store::StoreError>| r.err().expect("refused").to_string();
+
+    // A server without TLS: a CA file means TLS or nothing.
+    let without = refusal(open(&url, ca));
+    assert!(without.contains("TLS"), "{without}");
+    let plain = open(&url, None).unwrap();
+    assert!(sessions(&pg, "tls", false) >= 1 && sessions(&pg, "tls", true) == 0, "plain when not asked for TLS");
+    drop(plain);
+
+    let (cert, key) = net.ca.issue(&["127.0.0.1"]);
+    pg.enable_tls(&cert, &key);
+    let kv = open(&format!("{url}?sslmode=require"), ca).unwrap();
+    let store = KvStore::new(kv);
+    store.format().unwrap();
+    assert!(sessions(&pg, "tls", true) >= 1, "lmx's sessions are encrypted");
+    drop(store);
+
+    // The CA is not among the system's roots: its certificate is refused.
+    let unknown = refusal(open(&format!("{url}?sslmode=require"), None));
+    assert!(unknown.contains("certificate"), "{unknown}");
+    // And a contradiction is refused before connecting.
+    let contradiction = refusal(open(&format!("{url}?sslmode=disable"), ca));
+    assert!(contradiction.contains("sslmode=disable"), "{contradiction}");
+
+    // A server started from its configuration: the CA file is enough.
+    let mut net = Net::new();
+    net.reserve("hub.test");
+    let mut config = net.config("hub.test");
+    on_postgres(&mut config, &url);
+    config.storage.postgres.ca_file = Some(net.ca.pem_path.clone());
+    let (cert, key) = net.ca.issue_named("pg", &["127.0.0.1"]);
+    pg.enable_tls(&cert, &key);
+    let mut hub = Proc::configured(&net, config);
+    hub.spawn();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let alice = hub.ready().await.register("alice").await;
+        alice.create_room(json!({"preset": "private_chat"})).await;
+    });
+    assert!(sessions(&pg, "tls", true) >= 1 && sessions(&pg, "tls", false) == 0, "every session over TLS");
+    hub.stop();
 }

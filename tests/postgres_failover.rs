@@ -170,12 +170,7 @@ async fn a_process_paused_past_its_lease_cannot_append_when_resumed() {
 
     // The other process has addresses of its own: the paused one still
     // holds its sockets.
-    let mut other = paused.replica(1);
-    other.config.federation.listen = ([127, 0, 0, 1], free_port()).into();
-    other.config.client.listen = ([127, 0, 0, 1], free_port()).into();
-    other.client = other.config.client.listen;
-    other.config_path = net.dir.path().join("other.toml");
-    other.rewrite_config();
+    let mut other = paused.replica_apart(1, &net);
     logging_leases(&mut other);
     other.spawn();
 
@@ -215,4 +210,49 @@ async fn a_process_paused_past_its_lease_cannot_append_when_resumed() {
     other.stop();
     let out = other.command(&["db", "check"]);
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// A standby with an address of its own (`standby_probes`) is alive and
+/// not ready there, serves nothing else, and serves on that address once
+/// it has taken over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_answers_probes_until_it_takes_over() {
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.database("probes");
+    let mut net = Net::new();
+    net.reserve("hub.test");
+    let mut first = Proc::configured(&net, hub_on(net.config("hub.test"), &url));
+    first.spawn();
+    let alice = first.ready().await.register("alice").await;
+    let mut standby = first.replica_apart(1, &net);
+    standby.config.storage.postgres.standby_probes = true;
+    standby.rewrite_config();
+    logging_leases(&mut standby);
+    standby.spawn();
+
+    let probe = Client::new(standby.client);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while probe.try_call("GET", "/health", None).await.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "no probe answer; log:\n{}", standby.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let health = probe.raw("GET", "/health", &[], Vec::new()).await;
+    assert_eq!((health.status, health.json()["standby"].as_bool()), (200, Some(true)), "alive while standing by");
+    let ready = probe.raw("GET", "/ready", &[], Vec::new()).await;
+    assert_eq!(ready.status, 503, "not ready while standing by");
+    assert!(ready.json()["reasons"][0].as_str().is_some_and(|r| r.starts_with("standby")), "{:?}", ready.json());
+    let versions = probe.raw("GET", "/_matrix/client/versions", &[], Vec::new()).await;
+    assert_eq!((versions.status, versions.json()["errcode"].as_str()), (503, Some("M_UNKNOWN")));
+    assert_eq!(versions.header("retry-after"), "3", "retry once a lease term has passed");
+    let whoami = Client::new(standby.client).with_user_of(&alice);
+    assert_eq!(whoami.call("GET", "/_matrix/client/v3/account/whoami", None).await.status, 503, "nothing served");
+
+    first.kill9();
+    // It closes the probes and serves on the same address.
+    let there = standby.ready().await.with_user_of(&alice);
+    let me = there.ok("GET", "/_matrix/client/v3/account/whoami", None).await;
+    assert_eq!(me["user_id"].as_str(), Some(alice.user_id.as_str()));
+    let ready = probe.raw("GET", "/ready", &[], Vec::new()).await;
+    assert_eq!(ready.status, 200, "ready once serving: {:?}", ready.json());
+    assert!(standby.log_text().contains("took the PostgreSQL store"), "{}", standby.log_text());
 }

@@ -392,16 +392,16 @@ fn postgres_store_conforms_and_persists() {
     let url = pg.database("conformance");
     {
         let store: Arc<dyn Store> = Arc::new(KvStore::new(
-            PgKv::open(&url, 4, Access::Serving { term: std::time::Duration::from_secs(10) }).unwrap(),
+            PgKv::open(&url, None, 4, Access::Serving { term: std::time::Duration::from_secs(10) }).unwrap(),
         ));
         suite(store.clone());
         tokio::runtime::Runtime::new().unwrap().block_on(store.flush()).unwrap();
-        let second = PgKv::open(&url, 1, Access::Serving { term: std::time::Duration::from_secs(10) })
+        let second = PgKv::open(&url, None, 1, Access::Serving { term: std::time::Duration::from_secs(10) })
             .err()
             .expect("a second serving process is refused");
         assert!(matches!(second, StoreError::Leased(_)), "{second}");
     }
-    let reopened = KvStore::new(PgKv::open(&url, 2, Access::ReadOnly).unwrap());
+    let reopened = KvStore::new(PgKv::open(&url, None, 2, Access::ReadOnly).unwrap());
     assert_eq!(reopened.list(&room(), 0, 3).unwrap(), vec![ev(0), ev(1), ev(2)]);
     assert!(reopened.user(&user("@a:hub.test")).unwrap().is_some());
     assert_eq!(reopened.destination(&server("a.test")).unwrap().acked, 7);
@@ -412,9 +412,9 @@ fn postgres_store_conforms_and_persists() {
 fn postgres_store_refuses_a_newer_schema() {
     let Some(pg) = postgres::Postgres::start() else { return };
     let url = pg.database("newer");
-    drop(PgKv::open(&url, 1, Access::ReadOnly).unwrap());
+    drop(PgKv::open(&url, None, 1, Access::ReadOnly).unwrap());
     pg.sql("newer", "UPDATE lmx_schema SET version = 99");
-    let refused = PgKv::open(&url, 1, Access::ReadOnly).err().expect("a newer schema is refused");
+    let refused = PgKv::open(&url, None, 1, Access::ReadOnly).err().expect("a newer schema is refused");
     assert!(matches!(refused, StoreError::NewerSchema { found: 99, supported: 2 }), "{refused}");
     assert!(refused.is_damage(), "nothing retries a newer schema");
 }

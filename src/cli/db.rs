@@ -117,7 +117,7 @@ pub fn check(config: &Config) -> anyhow::Result<Checked> {
 fn check_postgres(config: &Config) -> anyhow::Result<Checked> {
     let url = config.storage.postgres.url.as_deref().context("storage.postgres.url is not set")?;
     let term = config.storage.postgres.lease_term();
-    let kv = PgKv::open(url, 2, Access::Serving { term })
+    let kv = PgKv::open(url, config.storage.postgres.ca_file.as_deref(), 2, Access::Serving { term })
         .context("opening the PostgreSQL store (stop lmx first: a check reads a store nobody writes)")?;
     let store = KvStore::new(kv);
     let format = store.format()?;

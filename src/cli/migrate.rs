@@ -30,7 +30,8 @@ pub fn sled_to_postgres(config: &Config) -> anyhow::Result<Migrated> {
     // exactly as a start on it would.
     let from = runtime.block_on(crate::app::open_checked_store(config))?;
     let term = config.storage.postgres.lease_term();
-    let to = PgKv::open(url, 4, Access::Serving { term }).context("opening the PostgreSQL store")?;
+    let ca_file = config.storage.postgres.ca_file.as_deref();
+    let to = PgKv::open(url, ca_file, 4, Access::Serving { term }).context("opening the PostgreSQL store")?;
     anyhow::ensure!(
         to.range(&[], &ALL_KEYS_END, false, 1)?.is_empty(),
         "the database already holds an lmx store: migrate into an empty database"

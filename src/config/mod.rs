@@ -223,12 +223,19 @@ pub struct Postgres {
     /// `url_file`, as it may hold a password.
     pub url: Option<String>,
     pub url_file: Option<PathBuf>,
+    /// A PEM file of CA certificates trusted for the database's TLS
+    /// certificate, besides the system's; setting it requires TLS.
+    pub ca_file: Option<PathBuf>,
     /// Connections this process keeps open.
     pub pool_size: usize,
     /// The serving process's lease on the database, in seconds: another
     /// process waiting for it takes over this long after the holder's last
     /// renewal (a process that cannot renew for this long stops itself).
     pub lease_secs: u64,
+    /// While standing by, answer `/health` (alive) and `/ready` (not
+    /// ready) on `client.listen`, for orchestrators that probe every
+    /// replica. Only where each process has an address of its own.
+    pub standby_probes: bool,
 }
 
 impl Postgres {
@@ -339,7 +346,14 @@ impl Default for Config {
                 backend: Backend::Sled,
                 cache_mb: None,
                 room_idle_secs: 60,
-                postgres: Postgres { url: None, url_file: None, pool_size: 16, lease_secs: 10 },
+                postgres: Postgres {
+                    url: None,
+                    url_file: None,
+                    ca_file: None,
+                    pool_size: 16,
+                    lease_secs: 10,
+                    standby_probes: false,
+                },
             },
             follower: Follower { host_rooms: true, timeline_cache: 500 },
             http: Http {

@@ -6,6 +6,7 @@
 pub mod observe;
 pub mod routes;
 mod server;
+pub mod standby;
 pub mod tls;
 
 use std::net::IpAddr;

@@ -13,6 +13,7 @@ mod kv_store;
 mod kv_writes;
 mod pg_kv;
 mod pg_lease;
+mod pg_tls;
 mod positions;
 pub mod record;
 mod sled_kv;

@@ -12,12 +12,13 @@
 //! too (the WAL is one sequence). Concurrent flushes share it.
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::group_flush::GroupFlush;
 use super::kv::{BoxFuture, Entries, Kv, KvWrite};
@@ -52,6 +53,18 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("postgres: {e}"))
 }
 
+/// A connection's failure with its causes (tokio-postgres shows only the
+/// outermost, e.g. "error performing TLS handshake" without the reason).
+fn connect_failed(e: tokio_postgres::Error) -> StoreError {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    backend(text)
+}
+
 pub struct PgKv {
     pool: Pool,
     runtime: Option<tokio::runtime::Runtime>,
@@ -74,12 +87,15 @@ pub enum Access {
 }
 
 impl PgKv {
-    /// Connects, brings the schema up to date (refusing a newer one) and,
-    /// for `Access::Serving`, takes the database for this process.
-    pub fn open(url: &str, pool_size: usize, access: Access) -> Result<Self, StoreError> {
+    /// Connects (over TLS as `pg_tls` decides, `ca_file` trusted besides
+    /// the system's roots), brings the schema up to date (refusing a newer
+    /// one) and, for `Access::Serving`, takes the database for this process.
+    pub fn open(url: &str, ca_file: Option<&Path>, pool_size: usize, access: Access) -> Result<Self, StoreError> {
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|e| StoreError::Backend(format!("storage.postgres.url: {e}")))?;
         config.connect_timeout(Duration::from_secs(10));
+        config.ssl_mode(super::pg_tls::mode(config.get_ssl_mode(), ca_file.is_some()).map_err(StoreError::Backend)?);
+        let tls = super::pg_tls::connector(ca_file)?;
         let mut pooled = config.clone();
         let options = format!("{} -c synchronous_commit=off", config.get_options().unwrap_or("")).trim().to_owned();
         pooled.options(&options);
@@ -90,7 +106,8 @@ impl PgKv {
             .build()
             .map_err(backend)?;
         let handle = runtime.handle().clone();
-        let manager = Manager::from_config(pooled, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager =
+            Manager::from_config(pooled, tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(pool_size)
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -98,7 +115,7 @@ impl PgKv {
             .create_timeout(Some(Duration::from_secs(10)))
             .build()
             .map_err(backend)?;
-        let (session, lease) = on(&handle, connect_and_migrate(config, access))?;
+        let (session, lease) = on(&handle, connect_and_migrate(config, tls, access))?;
         let session = Arc::new(tokio::sync::Mutex::new(session));
         let renewing = lease.as_ref().map(|lease| handle.spawn(keep_renewing(session.clone(), lease.clone())));
         let flush_handle = handle.clone();
@@ -172,9 +189,10 @@ fn lost(lease: &Lease, why: &str) -> ! {
 /// The session that holds the lease and makes flushes durable.
 async fn connect_and_migrate(
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     access: Access,
 ) -> Result<(tokio_postgres::Client, Option<Lease>), StoreError> {
-    let (mut client, connection) = config.connect(NoTls).await.map_err(backend)?;
+    let (mut client, connection) = config.connect(tls).await.map_err(connect_failed)?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "postgres session ended");

@@ -42,6 +42,15 @@ pub fn on_postgres(config: &mut lmx::config::Config, url: &str) {
     config.storage.postgres.lease_secs = 3;
 }
 
+/// Hands a file or directory to `nobody`, who runs the cluster under root.
+fn give_to_nobody(path: &Path) {
+    let id = |flag: &str| {
+        let out = Command::new("id").args([flag, "nobody"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse::<u32>().unwrap()
+    };
+    std::os::unix::fs::chown(path, Some(id("-u")), Some(id("-g"))).unwrap();
+}
+
 impl Postgres {
     /// A running cluster, or `None` (the test skips) where PostgreSQL is
     /// not installed and `LMX_REQUIRE_POSTGRES` is not set.
@@ -58,11 +67,7 @@ impl Postgres {
         let root = unsafe { libc::geteuid() } == 0;
         let run_as = root.then(|| "nobody".to_owned());
         if root {
-            let ids = |flag: &str| {
-                let out = Command::new("id").args([flag, "nobody"]).output().unwrap();
-                String::from_utf8_lossy(&out.stdout).trim().parse::<u32>().unwrap()
-            };
-            std::os::unix::fs::chown(dir.path(), Some(ids("-u")), Some(ids("-g"))).unwrap();
+            give_to_nobody(dir.path());
         }
         let pg = Postgres { dir, bin, port: free_port(), run_as };
         let data = pg.data();
@@ -103,6 +108,30 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr),
             std::fs::read_to_string(Path::new(&self.path()).join("server.log")).unwrap_or_default()
         );
+    }
+
+    /// Turns TLS on with this certificate and key (PEM files), as a reload.
+    pub fn enable_tls(&self, cert: &Path, key: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+            let to = Path::new(&self.data()).join(name);
+            std::fs::copy(from, &to).unwrap();
+            // PostgreSQL refuses a key others may read.
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if self.run_as.is_some() {
+                give_to_nobody(&to);
+            }
+        }
+        self.sql("postgres", "ALTER SYSTEM SET ssl = on");
+        self.run("pg_ctl", &["-D", &self.data(), "-w", "reload"]);
+        // The reload is asynchronous: wait until new sessions see it.
+        for _ in 0..100 {
+            if self.sql("postgres", "SHOW ssl") == "on" {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("TLS did not come on");
     }
 
     /// A new, empty database, as a connection URL for lmx.

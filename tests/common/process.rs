@@ -64,6 +64,18 @@ impl Proc {
         }
     }
 
+    /// Another process of the same server with addresses of its own (as
+    /// on another machine), its configuration in a file of its own.
+    pub fn replica_apart(&self, n: u32, net: &Net) -> Proc {
+        let mut other = self.replica(n);
+        other.config.federation.listen = ([127, 0, 0, 1], free_port()).into();
+        other.config.client.listen = ([127, 0, 0, 1], free_port()).into();
+        other.client = other.config.client.listen;
+        other.config_path = net.dir.path().join(format!("replica-{n}.toml"));
+        other.rewrite_config();
+        other
+    }
+
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
         self.starts += 1;
