@@ -22,7 +22,7 @@ use crate::federation::keyring::load_or_create_signing_key;
 use crate::federation::policy::AddressPolicy;
 use crate::federation::Node;
 use crate::http::observe::{Health, Observed};
-use crate::http::standby::StandbyProbes;
+use crate::http::standby::{Setup, StandbyListeners};
 use crate::http::{serve, tls, Handler, Limits, SharedLimits};
 use crate::store::record::{self, CommitRecord};
 use crate::store::{Access, KvStore, PgKv, Positions, SledKv, Store};
@@ -84,6 +84,22 @@ async fn bind_optional(addr: Option<SocketAddr>, what: &str) -> anyhow::Result<O
     }
 }
 
+/// Where other processes of this server reach this one (`host:port` of
+/// the client and federation listeners): `storage.postgres.advertise_host`,
+/// else the listen address when it names one, else the host name.
+fn announced(config: &Config, bound: &Bound) -> (String, String) {
+    let at = |addr: SocketAddr| match &config.storage.postgres.advertise_host {
+        Some(host) if host.contains(':') => format!("[{host}]:{}", addr.port()),
+        Some(host) => format!("{host}:{}", addr.port()),
+        None if !addr.ip().is_unspecified() => addr.to_string(),
+        None => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}:{}", host.trim(), addr.port())
+        }
+    };
+    (at(bound.client), at(bound.federation))
+}
+
 fn in_data_dir(config: &Config, p: &Option<PathBuf>, default: &str) -> PathBuf {
     p.clone().unwrap_or_else(|| config.data_dir.join(default))
 }
@@ -120,13 +136,13 @@ pub async fn open_configured_store(config: &Config) -> anyhow::Result<Arc<dyn St
 
 /// Connects to the configured database, waiting a while for it to come up
 /// but not past a refusal. While another process holds the lease this one
-/// is a standby: it waits, listening on nothing, and takes over when the
-/// lease lapses.
+/// is a standby: it waits (listening as `storage.postgres.standby` says)
+/// and takes over when the lease lapses.
 pub async fn open_postgres(config: &Config, access: Access) -> anyhow::Result<KvStore<PgKv>> {
     let pg = &config.storage.postgres;
     let url = pg.url.clone().context("storage.postgres.url is not set")?;
     let (mut failures, mut standby_since) = (0, None::<std::time::Instant>);
-    let (mut probes, mut probes_tried) = (None, false);
+    let (mut standby, mut standby_tried) = (None::<StandbyListeners>, false);
     let kv = loop {
         let (url, ca_file, size) = (url.clone(), pg.ca_file.clone(), pg.pool_size);
         match tokio::task::spawn_blocking(move || PgKv::open(&url, ca_file.as_deref(), size, access)).await? {
@@ -136,13 +152,17 @@ pub async fn open_postgres(config: &Config, access: Access) -> anyhow::Result<Kv
                     tracing::info!(%holder, "standby: another lmx process serves this database");
                     standby_since = Some(std::time::Instant::now());
                 }
-                if pg.standby_probes && !probes_tried && matches!(access, Access::Serving { .. }) {
-                    probes_tried = true;
-                    let addr = config.client.listen;
-                    match StandbyProbes::start(addr, (&config.http).into(), pg.lease_secs).await {
-                        Ok(p) => probes = Some(p),
-                        Err(e) => tracing::warn!(%addr, error = %e, "standby: cannot answer probes"),
+                if !standby_tried && matches!(access, Access::Serving { .. }) {
+                    standby_tried = true;
+                    if let Some(setup) = Setup::of(config)? {
+                        match StandbyListeners::start(setup).await {
+                            Ok(l) => standby = Some(l),
+                            Err(e) => tracing::warn!(error = %e, "standby: cannot listen"),
+                        }
                     }
+                }
+                if let Some(l) = &standby {
+                    l.follow(&holder);
                 }
             }
             Err(e) if e.is_damage() || failures >= 30 => {
@@ -155,8 +175,8 @@ pub async fn open_postgres(config: &Config, access: Access) -> anyhow::Result<Kv
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    if let Some(p) = probes {
-        p.stop().await;
+    if let Some(l) = standby {
+        l.stop().await;
     }
     let store = KvStore::new(kv);
     match store.upgrade()? {
@@ -388,6 +408,7 @@ impl App {
     /// Serves until `shutdown` resolves, then stops every task and makes
     /// sure everything written is on disk.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let bound = self.addresses();
         let (stop_tx, stop_rx) = watch::channel(false);
         let listeners = 2 + usize::from(self.admin.is_some()) + usize::from(self.metrics.is_some());
         let health = health_of(&self.node, listeners);
@@ -414,6 +435,8 @@ impl App {
         for _ in 0..listeners {
             health.listener_up();
         }
+        let (client_at, federation_at) = announced(&self.node.config, &bound);
+        self.node.store.announce(&client_at, &federation_at).context("announcing where this process serves")?;
         self.node.outbound.resume_all(&self.node)?;
         // The commit record guards a sled directory against a torn copy;
         // PostgreSQL keeps its own log.

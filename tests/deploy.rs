@@ -137,10 +137,16 @@ fn compose_runs_three_processes_of_one_server_on_postgres_behind_a_ready_checked
     let options = [
         format!("{}=postgres", key("LMX_STORAGE__BACKEND")),
         format!("{}={}", key("LMX_STORAGE__POSTGRES__URL_FILE"), url.path().display()),
+        format!(
+            "{}={}",
+            key("LMX_STORAGE__POSTGRES__STANDBY"),
+            env["LMX_STORAGE__POSTGRES__STANDBY"].as_str().unwrap()
+        ),
     ];
     let config = lmx::config::Config::load_with(None, &options).unwrap().config;
     assert_eq!(config.storage.backend, lmx::config::Backend::Postgres);
     assert_eq!(config.storage.postgres.url.as_deref(), Some("postgresql://lmx:pw@postgres/lmx"));
+    assert_eq!(config.storage.postgres.standby, lmx::config::Standby::Forward, "standbys forward");
 }
 
 /// The ConfigMap's `lmx.toml`, loaded as lmx loads a file (unknown keys
@@ -162,7 +168,7 @@ fn the_kubernetes_postgres_example_runs_standbys_that_answer_probes() {
     let kind = |k: &str| docs.iter().find(|d| d["kind"].as_str() == Some(k)).unwrap_or_else(|| panic!("a {k}"));
     let config = configmap_config(&docs);
     assert_eq!(config.storage.backend, lmx::config::Backend::Postgres);
-    assert!(config.storage.postgres.standby_probes, "standbys answer the probes");
+    assert_eq!(config.storage.postgres.standby, lmx::config::Standby::Probes, "standbys answer the probes");
     let deployment = kind("Deployment");
     assert!(deployment["spec"]["replicas"].as_i64().is_some_and(|n| n >= 2), "standbys run");
     let pod = &deployment["spec"]["template"]["spec"];

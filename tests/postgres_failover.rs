@@ -212,7 +212,7 @@ async fn a_process_paused_past_its_lease_cannot_append_when_resumed() {
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
-/// A standby with an address of its own (`standby_probes`) is alive and
+/// A standby with an address of its own (`standby = "probes"`) is alive and
 /// not ready there, serves nothing else, and serves on that address once
 /// it has taken over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,7 +225,7 @@ async fn a_standby_answers_probes_until_it_takes_over() {
     first.spawn();
     let alice = first.ready().await.register("alice").await;
     let mut standby = first.replica_apart(1, &net);
-    standby.config.storage.postgres.standby_probes = true;
+    standby.config.storage.postgres.standby = lmx::config::Standby::Probes;
     standby.rewrite_config();
     logging_leases(&mut standby);
     standby.spawn();

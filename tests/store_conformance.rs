@@ -396,16 +396,24 @@ fn postgres_store_conforms_and_persists() {
         ));
         suite(store.clone());
         tokio::runtime::Runtime::new().unwrap().block_on(store.flush()).unwrap();
-        let second = PgKv::open(&url, None, 1, Access::Serving { term: std::time::Duration::from_secs(10) })
-            .err()
-            .expect("a second serving process is refused");
-        assert!(matches!(second, StoreError::Leased(_)), "{second}");
+        let open_second = || {
+            PgKv::open(&url, None, 1, Access::Serving { term: std::time::Duration::from_secs(10) })
+                .err()
+                .expect("a second serving process is refused")
+        };
+        let StoreError::Leased(holder) = open_second() else { panic!("refused for the lease") };
+        assert_eq!((holder.client_addr, holder.federation_addr), (None, None), "nothing announced yet");
+        // Where the holder serves reaches the others, for forwarding.
+        store.announce("10.0.0.5:8008", "10.0.0.5:8448").unwrap();
+        let StoreError::Leased(holder) = open_second() else { panic!("refused for the lease") };
+        assert_eq!(holder.client_addr.as_deref(), Some("10.0.0.5:8008"));
+        assert_eq!(holder.federation_addr.as_deref(), Some("10.0.0.5:8448"));
     }
     let reopened = KvStore::new(PgKv::open(&url, None, 2, Access::ReadOnly).unwrap());
     assert_eq!(reopened.list(&room(), 0, 3).unwrap(), vec![ev(0), ev(1), ev(2)]);
     assert!(reopened.user(&user("@a:hub.test")).unwrap().is_some());
     assert_eq!(reopened.destination(&server("a.test")).unwrap().acked, 7);
-    assert_eq!(pg.sql("conformance", "SELECT version FROM lmx_schema"), "2", "the schema is migrated once");
+    assert_eq!(pg.sql("conformance", "SELECT version FROM lmx_schema"), "3", "the schema is migrated once");
 }
 
 #[test]
@@ -415,6 +423,6 @@ fn postgres_store_refuses_a_newer_schema() {
     drop(PgKv::open(&url, None, 1, Access::ReadOnly).unwrap());
     pg.sql("newer", "UPDATE lmx_schema SET version = 99");
     let refused = PgKv::open(&url, None, 1, Access::ReadOnly).err().expect("a newer schema is refused");
-    assert!(matches!(refused, StoreError::NewerSchema { found: 99, supported: 2 }), "{refused}");
+    assert!(matches!(refused, StoreError::NewerSchema { found: 99, supported: 3 }), "{refused}");
     assert!(refused.is_damage(), "nothing retries a newer schema");
 }

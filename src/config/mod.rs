@@ -232,10 +232,26 @@ pub struct Postgres {
     /// process waiting for it takes over this long after the holder's last
     /// renewal (a process that cannot renew for this long stops itself).
     pub lease_secs: u64,
-    /// While standing by, answer `/health` (alive) and `/ready` (not
-    /// ready) on `client.listen`, for orchestrators that probe every
-    /// replica. Only where each process has an address of its own.
-    pub standby_probes: bool,
+    /// What a process does while another serves the database.
+    pub standby: Standby,
+    /// The host other processes reach this one at when it serves (with
+    /// the listeners' ports). Default: the listen address when it names
+    /// one, else this machine's host name.
+    pub advertise_host: Option<String>,
+}
+
+/// What a standby process does while it waits for the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Standby {
+    /// Listens on nothing.
+    Wait,
+    /// Answers `/health` (alive) and `/ready` (not ready) on the client
+    /// address, and `503` to everything else.
+    Probes,
+    /// Listens on both addresses and forwards every request to the
+    /// serving process (ready once it knows where that is).
+    Forward,
 }
 
 impl Postgres {
@@ -352,7 +368,8 @@ impl Default for Config {
                     ca_file: None,
                     pool_size: 16,
                     lease_secs: 10,
-                    standby_probes: false,
+                    standby: Standby::Wait,
+                    advertise_host: None,
                 },
             },
             follower: Follower { host_rooms: true, timeline_cache: 500 },

@@ -3,6 +3,7 @@
 //! TLS, and a server loop (HTTP/1.1 and HTTP/2). What a failure answers is
 //! decided above, in `wire`.
 
+pub mod forward;
 pub mod observe;
 pub mod routes;
 mod server;

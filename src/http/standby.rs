@@ -1,12 +1,16 @@
 //! What a standby process answers while another process of the same
-//! server holds the PostgreSQL store (`storage.postgres.standby_probes`):
-//! on the client address, `/health` is alive and `/ready` is not, so an
-//! orchestrator that probes every replica keeps standbys running and sends
-//! them no traffic; every other request is refused with `503`. The
-//! listener closes before the process takes over and binds its own.
+//! server holds the PostgreSQL store (`storage.postgres.standby`):
+//! - `probes`: on the client address, `/health` is alive and `/ready` is
+//!   not, so an orchestrator that probes every replica keeps standbys
+//!   running and sends them nothing; every other request gets `503`;
+//! - `forward`: on both addresses, every request goes on to the serving
+//!   process (`forward.rs`), and `/ready` holds once it is known where
+//!   that process serves.
+//!
+//! The listeners close before the process takes over and binds its own.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -14,61 +18,185 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use super::forward::{Forwarder, Hop};
+use super::tls::ServerTls;
 use super::{json_response, serve, Body, Handler, Limits, SharedLimits};
-use crate::store::BoxFuture;
+use crate::config::Standby as Mode;
+use crate::store::{BoxFuture, LeaseHolder};
 
-/// The answer to `method path` while standing by.
-pub fn answer(method: &Method, path: &str) -> (StatusCode, Value) {
+/// What a standby does with one request.
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    Answer(StatusCode, Value),
+    Forward,
+}
+
+/// The decision for `method path` in `mode`, `known`: whether the serving
+/// process has said where it serves.
+pub fn action(mode: Mode, method: &Method, path: &str, known: bool) -> Action {
     let probe = matches!(*method, Method::GET | Method::HEAD);
+    let forwarding = mode == Mode::Forward && known;
     match path {
-        "/health" if probe => (StatusCode::OK, json!({"status": "ok", "standby": true})),
-        "/ready" if probe => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"ready": false, "reasons": ["standby: another lmx process serves this database"]}),
-        ),
-        _ => (
+        "/health" if probe => Action::Answer(StatusCode::OK, json!({"status": "ok", "standby": true})),
+        "/ready" if probe && forwarding => Action::Answer(StatusCode::OK, json!({"ready": true, "standby": true})),
+        "/ready" if probe => {
+            let why = if mode == Mode::Forward {
+                "standby: the serving process has not said where it serves yet"
+            } else {
+                "standby: another lmx process serves this database"
+            };
+            Action::Answer(StatusCode::SERVICE_UNAVAILABLE, json!({"ready": false, "reasons": [why]}))
+        }
+        _ if forwarding => Action::Forward,
+        _ => Action::Answer(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"errcode": "M_UNKNOWN", "error": "this lmx process is a standby; another process serves"}),
         ),
     }
 }
 
-struct Standby {
+/// Where the serving process said it serves.
+#[derive(Default)]
+struct Upstream {
+    client: Option<String>,
+    federation: Option<String>,
+}
+
+struct StandbyHandler {
+    mode: Mode,
+    upstream: Arc<RwLock<Upstream>>,
+    federation: bool,
+    forwarder: Forwarder,
     retry_after_secs: u64,
 }
 
-impl Handler for Standby {
-    fn handle(self: Arc<Self>, req: Request<Incoming>, _remote: SocketAddr) -> BoxFuture<'static, Response<Body>> {
-        let (status, body) = answer(req.method(), req.uri().path());
-        let mut resp = json_response(status, &body);
-        resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(self.retry_after_secs));
+impl Handler for StandbyHandler {
+    fn handle(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> BoxFuture<'static, Response<Body>> {
+        let to = {
+            let up = self.upstream.read().expect("poisoned");
+            if self.federation {
+                up.federation.clone()
+            } else {
+                up.client.clone()
+            }
+        };
+        match action(self.mode, req.method(), req.uri().path(), to.is_some()) {
+            Action::Forward => {
+                let to = to.expect("known");
+                Box::pin(async move { self.forwarder.forward(req, remote, &to).await })
+            }
+            Action::Answer(status, body) => {
+                let mut resp = json_response(status, &body);
+                resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(self.retry_after_secs));
+                }
+                Box::pin(async move { resp })
+            }
         }
-        Box::pin(async move { resp })
     }
 }
 
-/// The standby's listener, until `stop`.
-pub struct StandbyProbes {
+/// A standby's listeners.
+pub struct StandbyListeners {
+    upstream: Arc<RwLock<Upstream>>,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-impl StandbyProbes {
-    /// Listens on `addr` with the listeners' usual limits.
-    pub async fn start(addr: SocketAddr, limits: Limits, retry_after_secs: u64) -> std::io::Result<StandbyProbes> {
-        let listener = TcpListener::bind(addr).await?;
+/// What the listeners need to know.
+pub struct Setup {
+    pub mode: Mode,
+    pub client: SocketAddr,
+    /// The federation address with its TLS (`None`: plain), forwarded
+    /// over `hop`; only in `forward` mode.
+    pub federation: Option<(SocketAddr, Option<Arc<ServerTls>>, Hop)>,
+    pub limits: Limits,
+    pub retry_after_secs: u64,
+}
+
+impl Setup {
+    /// The listeners `config` asks for; `None` in `wait` mode.
+    pub fn of(config: &crate::config::Config) -> anyhow::Result<Option<Setup>> {
+        let pg = &config.storage.postgres;
+        let fed = &config.federation;
+        let federation = match pg.standby {
+            Mode::Wait => return Ok(None),
+            Mode::Probes => None,
+            Mode::Forward if fed.insecure_plaintext => Some((fed.listen, None, Hop::Plain)),
+            Mode::Forward => {
+                // The serving process's certificate is this server's, in the
+                // data directory the processes share; checked for its name.
+                let cert = fed.tls_cert.clone().unwrap_or_else(|| config.data_dir.join("tls/cert.pem"));
+                let key = fed.tls_key.clone().unwrap_or_else(|| config.data_dir.join("tls/key.pem"));
+                if cert.exists() && key.exists() {
+                    let tls = ServerTls::load(&cert, &key)?;
+                    let mut trusted = vec![cert.as_path()];
+                    trusted.extend(fed.extra_ca_file.as_deref());
+                    let mut client = super::tls::client_config_trusting(fed.trust_self_signed, &trusted)?;
+                    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+                    let host = config.server_name().host().to_owned();
+                    let name = rustls::pki_types::ServerName::try_from(host)?;
+                    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+                    Some((fed.listen, Some(tls), Hop::Tls { connector, name }))
+                } else {
+                    tracing::warn!(cert = %cert.display(), "standby: no TLS certificate yet; federation is not forwarded");
+                    None
+                }
+            }
+        };
+        Ok(Some(Setup {
+            mode: pg.standby,
+            client: config.client.listen,
+            federation,
+            limits: (&config.http).into(),
+            retry_after_secs: pg.lease_secs,
+        }))
+    }
+}
+
+impl StandbyListeners {
+    pub async fn start(setup: Setup) -> std::io::Result<StandbyListeners> {
+        let upstream = Arc::new(RwLock::new(Upstream::default()));
         let (stop, stopped) = watch::channel(false);
-        let handler = Arc::new(Standby { retry_after_secs });
-        let task = tokio::spawn(serve(listener, None, handler, SharedLimits::new(limits), stopped));
-        Ok(StandbyProbes { stop, task })
+        let handler = |federation: bool, hop: Hop| {
+            Arc::new(StandbyHandler {
+                mode: setup.mode,
+                upstream: upstream.clone(),
+                federation,
+                forwarder: Forwarder::new(hop),
+                retry_after_secs: setup.retry_after_secs,
+            })
+        };
+        // Both bound before either serves, so a refusal leaves nothing open.
+        let client = TcpListener::bind(setup.client).await?;
+        let federation = match setup.federation {
+            Some((addr, tls, hop)) => Some((TcpListener::bind(addr).await?, tls, hop)),
+            None => None,
+        };
+        let limits = SharedLimits::new(setup.limits);
+        let mut tasks =
+            vec![tokio::spawn(serve(client, None, handler(false, Hop::Plain), limits.clone(), stopped.clone()))];
+        if let Some((listener, tls, hop)) = federation {
+            tasks.push(tokio::spawn(serve(listener, tls, handler(true, hop), limits, stopped)));
+        }
+        Ok(StandbyListeners { upstream, stop, tasks })
     }
 
-    /// Closes the listener and its connections; the address is free on return.
+    /// Follows the lease's holder as it is found.
+    pub fn follow(&self, holder: &LeaseHolder) {
+        let mut up = self.upstream.write().expect("poisoned");
+        up.client = holder.client_addr.clone();
+        up.federation = holder.federation_addr.clone();
+    }
+
+    /// Closes the listeners and their connections; the addresses are free
+    /// on return.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        for t in self.tasks {
+            let _ = t.await;
+        }
     }
 }
 
@@ -77,15 +205,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_standby_is_alive_not_ready_and_serves_nothing_else() {
-        let (status, body) = answer(&Method::GET, "/health");
-        assert_eq!((status, body["standby"].as_bool()), (StatusCode::OK, Some(true)));
-        let (status, body) = answer(&Method::GET, "/ready");
+    fn a_probing_standby_is_alive_not_ready_and_serves_nothing_else() {
+        let act = |m: &Method, p: &str| action(Mode::Probes, m, p, true);
+        assert_eq!(
+            act(&Method::GET, "/health"),
+            Action::Answer(StatusCode::OK, json!({"status": "ok", "standby": true}))
+        );
+        let Action::Answer(status, body) = act(&Method::GET, "/ready") else { panic!("answered") };
         assert_eq!((status, body["ready"].as_bool()), (StatusCode::SERVICE_UNAVAILABLE, Some(false)));
-        assert!(body["reasons"][0].as_str().unwrap().starts_with("standby"));
         for (method, path) in [(Method::GET, "/_matrix/client/versions"), (Method::POST, "/health")] {
-            let (status, body) = answer(&method, path);
+            let Action::Answer(status, body) = act(&method, path) else { panic!("answered") };
             assert_eq!((status, body["errcode"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("M_UNKNOWN")));
         }
+    }
+
+    #[test]
+    fn a_forwarding_standby_is_ready_and_forwards_once_it_knows_where_to() {
+        let act = |p: &str, known| action(Mode::Forward, &Method::GET, p, known);
+        let Action::Answer(status, _) = act("/ready", false) else { panic!("answered") };
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(matches!(act("/_matrix/client/versions", false), Action::Answer(StatusCode::SERVICE_UNAVAILABLE, _)));
+        assert!(matches!(act("/ready", true), Action::Answer(StatusCode::OK, _)));
+        assert_eq!(act("/_matrix/client/versions", true), Action::Forward);
+        assert!(matches!(act("/health", true), Action::Answer(StatusCode::OK, _)));
     }
 }

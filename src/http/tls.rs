@@ -84,6 +84,11 @@ pub fn server_config(
 
 /// Trust for outbound calls.
 pub fn client_config(trust_self_signed: bool, extra_ca: Option<&Path>) -> Result<ClientConfig, TlsError> {
+    client_config_trusting(trust_self_signed, extra_ca.as_slice())
+}
+
+/// As `client_config`, trusting the certificates of several PEM files.
+pub fn client_config_trusting(trust_self_signed: bool, extra_cas: &[&Path]) -> Result<ClientConfig, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let mut c = if trust_self_signed {
         builder
@@ -95,7 +100,7 @@ pub fn client_config(trust_self_signed: bool, extra_ca: Option<&Path>) -> Result
         for cert in rustls_native_certs::load_native_certs().certs {
             let _ = roots.add(cert);
         }
-        if let Some(path) = extra_ca {
+        for &path in extra_cas {
             for cert in load_certs(path)? {
                 roots.add(cert).map_err(|e| file_err(path, e))?;
             }

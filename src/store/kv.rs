@@ -32,6 +32,11 @@ pub trait Kv: Send + Sync + 'static {
     fn size_on_disk(&self) -> u64 {
         0
     }
+    /// Tells other processes of the same store where this one serves
+    /// (`host:port` of its listeners); only a shared store keeps it.
+    fn announce(&self, _client: &str, _federation: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Past every key the store writes (each starts with a table letter).

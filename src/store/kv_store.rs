@@ -621,4 +621,8 @@ impl<K: Kv> Store for KvStore<K> {
     fn size_on_disk(&self) -> u64 {
         self.kv.size_on_disk()
     }
+
+    fn announce(&self, client: &str, federation: &str) -> StoreResult<()> {
+        self.kv.announce(client, federation)
+    }
 }

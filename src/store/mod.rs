@@ -22,6 +22,7 @@ mod typed;
 pub use kv::{for_each_page, BoxFuture, Entries, Kv, KvWrite, MemKv, ALL_KEYS_END};
 pub use kv_store::KvStore;
 pub use pg_kv::{Access, PgKv};
+pub use pg_lease::LeaseHolder;
 pub use positions::{Allocation, Positions};
 pub use sled_kv::SledKv;
 
@@ -48,7 +49,7 @@ pub enum StoreError {
     #[error("the store has format {found}; this lmx reads formats up to {supported}")]
     NewerFormat { found: u32, supported: u32 },
     #[error("another lmx process serves this database: {0}")]
-    Leased(String),
+    Leased(LeaseHolder),
     #[error("the database has schema version {found}; this lmx knows versions up to {supported}")]
     NewerSchema { found: u32, supported: u32 },
 }
@@ -583,4 +584,6 @@ pub trait Store: Send + Sync + 'static {
     fn flush(&self) -> BoxFuture<'_, StoreResult<()>>;
     /// Bytes the records take where they are kept (0 when not known).
     fn size_on_disk(&self) -> u64;
+    /// Tells other processes of the same store where this one serves.
+    fn announce(&self, client: &str, federation: &str) -> StoreResult<()>;
 }

@@ -34,6 +34,9 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE lmx_lease (id integer PRIMARY KEY CHECK (id = 1), holder text NOT NULL, \
      epoch bigint NOT NULL, expires_at timestamptz NOT NULL); \
      INSERT INTO lmx_lease VALUES (1, '', 0, '-infinity')",
+    // 3: where the holder serves, for standbys that forward to it.
+    "ALTER TABLE lmx_lease ADD COLUMN client_addr text NOT NULL DEFAULT '', \
+     ADD COLUMN federation_addr text NOT NULL DEFAULT ''",
 ];
 
 /// The advisory lock (per database) migrations run under.
@@ -73,6 +76,8 @@ pub struct PgKv {
     /// Checked by every batch; `None`: this handle only reads.
     lease: Option<Lease>,
     renewing: Option<tokio::task::JoinHandle<()>>,
+    /// The session holding the lease.
+    session: Arc<tokio::sync::Mutex<tokio_postgres::Client>>,
 }
 
 /// How `PgKv::open` treats other processes on the same database.
@@ -118,16 +123,16 @@ impl PgKv {
         let (session, lease) = on(&handle, connect_and_migrate(config, tls, access))?;
         let session = Arc::new(tokio::sync::Mutex::new(session));
         let renewing = lease.as_ref().map(|lease| handle.spawn(keep_renewing(session.clone(), lease.clone())));
-        let flush_handle = handle.clone();
+        let (flush_handle, flush_session) = (handle.clone(), session.clone());
         let flusher = GroupFlush::with(Arc::new(move || {
-            let session = session.clone();
+            let session = flush_session.clone();
             on(&flush_handle, async move {
                 let client = session.lock().await;
                 client.query_one(SYNC_COMMIT, &[]).await.map_err(backend)?;
                 Ok(())
             })
         }));
-        Ok(PgKv { pool, runtime: Some(runtime), handle, flusher, lease, renewing })
+        Ok(PgKv { pool, runtime: Some(runtime), handle, flusher, lease, renewing, session })
     }
 
     fn run<T, F>(&self, work: impl FnOnce(Pool) -> F) -> Result<T, StoreError>
@@ -210,7 +215,7 @@ async fn connect_and_migrate(
         }
         None => {
             let row = client.query_one(pg_lease::CURRENT, &[]).await.map_err(backend)?;
-            Err(pg_lease::held_by(row.get(0), row.get(1), row.get(2)))
+            Err(pg_lease::held_by(&row))
         }
     }
 }
@@ -336,6 +341,22 @@ impl Kv for PgKv {
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(self.flusher.flush())
+    }
+
+    fn announce(&self, client: &str, federation: &str) -> Result<(), StoreError> {
+        let Some(lease) = self.lease.clone() else { return Ok(()) };
+        let (session, client, federation) = (self.session.clone(), client.to_owned(), federation.to_owned());
+        on(&self.handle, async move {
+            let c = session.lock().await;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                [&lease.holder, &lease.epoch, &client, &federation];
+            match c.execute(pg_lease::ANNOUNCE, &params).await.map_err(backend)? {
+                1 => Ok(()),
+                _ => {
+                    Err(StoreError::Backend("postgres: the lease moved on before this process announced itself".into()))
+                }
+            }
+        })
     }
 
     /// The table with its indexes.

@@ -20,15 +20,20 @@ pub struct Lease {
 }
 
 pub(super) const TAKE: &str = "UPDATE lmx_lease SET holder = $1, epoch = epoch + 1, \
-     expires_at = now() + make_interval(secs => $2::float8) \
+     expires_at = now() + make_interval(secs => $2::float8), client_addr = '', federation_addr = '' \
      WHERE id = 1 AND (holder = '' OR expires_at < now()) RETURNING epoch";
 pub(super) const RENEW: &str = "UPDATE lmx_lease SET expires_at = now() + make_interval(secs => $3::float8) \
      WHERE id = 1 AND holder = $1 AND epoch = $2";
 pub(super) const RELEASE: &str =
     "UPDATE lmx_lease SET holder = '', expires_at = '-infinity' WHERE id = 1 AND holder = $1 AND epoch = $2";
 pub(super) const FENCE: &str = "SELECT 1 FROM lmx_lease WHERE id = 1 AND holder = $1 AND epoch = $2 FOR SHARE";
-pub(super) const CURRENT: &str =
-    "SELECT holder, epoch, greatest(extract(epoch from expires_at - now()), 0)::float8 FROM lmx_lease WHERE id = 1";
+pub(super) const CURRENT: &str = "SELECT holder, epoch, \
+     greatest(extract(epoch from expires_at - now()), 0)::float8, client_addr, federation_addr \
+     FROM lmx_lease WHERE id = 1";
+/// Where the holder serves, once its listeners are up: standbys forward
+/// requests there.
+pub(super) const ANNOUNCE: &str =
+    "UPDATE lmx_lease SET client_addr = $3, federation_addr = $4 WHERE id = 1 AND holder = $1 AND epoch = $2";
 
 /// A name for this process in the lease row (for operators reading it).
 pub fn holder_name() -> String {
@@ -80,9 +85,30 @@ impl Renewals {
     }
 }
 
+/// The process serving a database, as another process finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseHolder {
+    pub describe: String,
+    /// Its client and federation listeners (`host:port`), once announced.
+    pub client_addr: Option<String>,
+    pub federation_addr: Option<String>,
+}
+
+impl std::fmt::Display for LeaseHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe)
+    }
+}
+
 /// The refusal for a process that finds the lease held.
-pub fn held_by(holder: &str, epoch: i64, seconds_left: f64) -> StoreError {
-    StoreError::Leased(format!("{holder} (epoch {epoch}) for another {seconds_left:.1} s at most"))
+pub fn held_by(row: &tokio_postgres::Row) -> StoreError {
+    let (holder, epoch, seconds_left): (String, i64, f64) = (row.get(0), row.get(1), row.get(2));
+    let announced = |i: usize| Some(row.get::<_, String>(i)).filter(|a| !a.is_empty());
+    StoreError::Leased(LeaseHolder {
+        describe: format!("{holder} (epoch {epoch}) for another {seconds_left:.1} s at most"),
+        client_addr: announced(3),
+        federation_addr: announced(4),
+    })
 }
 
 #[cfg(test)]
