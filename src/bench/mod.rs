@@ -74,6 +74,11 @@ pub struct Args {
     /// lmx server, dropped afterwards).
     #[arg(long, env = "LMX_BENCH_POSTGRES")]
     pub postgres: Option<String>,
+    /// Scenario 1's hub as this many processes on its database (needs
+    /// `--postgres`): one serves, the others forward to it, and the
+    /// clients are spread over all of them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+    pub processes: u16,
 }
 
 /// Counts of a full run, or of a smoke run.
@@ -138,6 +143,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
         Some(d) => (d.clone(), false),
         None => (std::env::temp_dir().join(format!("lmx-bench-{}", std::process::id())), true),
     };
+    anyhow::ensure!(args.processes == 1 || args.postgres.is_some(), "--processes needs --postgres");
     let w = Workdir::new(root.clone(), args.postgres.clone());
     let mut all = Vec::new();
     let section = |title: &str, rows: Vec<Row>, all: &mut Vec<Row>| {
@@ -157,7 +163,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
         };
         for rooms in pick(&args.rooms, size.local_rooms) {
             for clients in pick(&args.clients, size.local_clients) {
-                rows.push(scenarios::local(&w, clients, rooms, args.events.unwrap_or(size.local_events)).await?);
+                let events = args.events.unwrap_or(size.local_events);
+                rows.push(scenarios::local(&w, clients, rooms, events, args.processes).await?);
             }
         }
         section("Scenario 1: local sends on a hub", rows, &mut all);

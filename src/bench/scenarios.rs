@@ -185,14 +185,28 @@ async fn users_in_rooms(
     Ok((users, ids))
 }
 
-/// Scenario 1: local sends on a hub.
-pub async fn local(w: &Workdir, clients: usize, rooms: usize, events: u64) -> anyhow::Result<Row> {
+/// Scenario 1: local sends on a hub; with `processes` > 1, the hub is
+/// that many processes on its database, the clients spread over them.
+pub async fn local(w: &Workdir, clients: usize, rooms: usize, events: u64, processes: u16) -> anyhow::Result<Row> {
     let net = w.net("local", &["hub"])?;
     let hub = net.start("hub", Mode::Hub).await?;
-    let (users, ids) = users_in_rooms(|| hub.conn(), clients, rooms, "u").await?;
-    let label = format!("local sends, {clients} client(s), {rooms} room(s)");
-    let procs: [&dyn Measured; 1] = [&hub];
-    reset_peak(hub.pid());
+    let mut standbys = Vec::new();
+    for n in 2..=processes {
+        standbys.push(hub.forwarding_replica(n).await?);
+    }
+    let addresses: Vec<_> = std::iter::once(hub.client).chain(standbys.iter().map(|s| s.client)).collect();
+    let next = AtomicU64::new(0);
+    let spread = || Conn::new(addresses[next.fetch_add(1, Ordering::Relaxed) as usize % addresses.len()]);
+    let (users, ids) = users_in_rooms(spread, clients, rooms, "u").await?;
+    let mut label = format!("local sends, {clients} client(s), {rooms} room(s)");
+    if processes > 1 {
+        label.push_str(&format!(", {processes} processes"));
+    }
+    let procs: Vec<&dyn Measured> =
+        std::iter::once(&hub as &dyn Measured).chain(standbys.iter().map(|s| s as &dyn Measured)).collect();
+    for p in &procs {
+        reset_peak(p.pid());
+    }
     let before = usages(&procs);
     let progress = Progress::start(label.clone(), events);
     let (lat, elapsed) = send_load(users, &ids, events, "m", progress.counter()).await?;

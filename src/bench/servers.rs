@@ -131,7 +131,8 @@ impl Net {
 impl Lmx {
     pub async fn start(config: Config, label: &str) -> anyhow::Result<Lmx> {
         std::fs::create_dir_all(&config.data_dir)?;
-        let config_path = config.data_dir.with_extension("toml");
+        // Named by label: processes of one server share a data directory.
+        let config_path = config.data_dir.with_file_name(format!("{label}.toml"));
         std::fs::write(&config_path, toml::to_string(&config)?)?;
         let mut s = Lmx {
             name: config.server_name.clone(),
@@ -146,7 +147,7 @@ impl Lmx {
     }
 
     pub async fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::File::create(self.config.data_dir.with_extension("log"))?;
+        let log = std::fs::File::create(self.config_path.with_extension("log"))?;
         let child = Command::new(std::env::current_exe()?)
             .args(["serve", "--config"])
             .arg(&self.config_path)
@@ -173,6 +174,18 @@ impl Lmx {
 
     pub fn conn(&self) -> Conn {
         Conn::new(self.client)
+    }
+
+    /// Process `n` of this server (on PostgreSQL), with addresses of its
+    /// own, standing by and forwarding to the serving one; started once it
+    /// answers through it.
+    pub async fn forwarding_replica(&self, n: u16) -> anyhow::Result<Lmx> {
+        let mut config = self.config.clone();
+        anyhow::ensure!(config.storage.backend == crate::config::Backend::Postgres, "replicas need PostgreSQL");
+        config.storage.postgres.standby = crate::config::Standby::Forward;
+        config.client.listen = ([127, 0, 0, 1], free_port()?).into();
+        config.federation.listen = ([127, 0, 0, 1], free_port()?).into();
+        Lmx::start(config, &format!("{}-{n}", self.label)).await
     }
 }
 
