@@ -194,7 +194,8 @@ pub async fn local(w: &Workdir, clients: usize, rooms: usize, events: u64, proce
     for n in 2..=processes {
         standbys.push(hub.forwarding_replica(n).await?);
     }
-    let addresses: Vec<_> = std::iter::once(hub.client).chain(standbys.iter().map(|s| s.client)).collect();
+    // Standbys first, so one client goes through a forwarding process.
+    let addresses: Vec<_> = standbys.iter().map(|s| s.client).chain(std::iter::once(hub.client)).collect();
     let next = AtomicU64::new(0);
     let spread = || Conn::new(addresses[next.fetch_add(1, Ordering::Relaxed) as usize % addresses.len()]);
     let (users, ids) = users_in_rooms(spread, clients, rooms, "u").await?;

@@ -4,7 +4,8 @@
 //! the caller's address goes on in `X-Forwarded-For` (the serving process
 //! trusts it when the forwarder's address is in `client.trusted_proxies`).
 //! What one forwarder holds is bounded: requests in flight, the time to
-//! connect and to the answer's head.
+//! connect and to the answer's head. Plain hops reuse pooled connections;
+//! TLS hops (federation) take a connection per request.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -15,7 +16,9 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as PooledClient;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -85,11 +88,19 @@ pub enum Hop {
 pub struct Forwarder {
     hop: Hop,
     in_flight: Arc<Semaphore>,
+    pooled: PooledClient<HttpConnector, Incoming>,
 }
 
 impl Forwarder {
     pub fn new(hop: Hop) -> Forwarder {
-        Forwarder { hop, in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)) }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        let pooled = PooledClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        Forwarder { hop, in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)), pooled }
     }
 
     /// `req`, from `remote`, passed on to `to` (`host:port`); the answer
@@ -98,11 +109,6 @@ impl Forwarder {
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
             return unavailable("too many requests in flight to the serving process");
         };
-        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await {
-            Ok(Ok(tcp)) => tcp,
-            _ => return unavailable("the serving process cannot be reached; try again"),
-        };
-        let _ = tcp.set_nodelay(true);
         let (mut parts, body) = req.into_parts();
         if !parts.headers.contains_key(header::HOST) {
             let host = parts.uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_else(|| to.to_owned());
@@ -114,14 +120,34 @@ impl Forwarder {
         let xff = forwarded_for(parts.headers.get("x-forwarded-for"), remote.ip());
         parts.headers.insert(HeaderName::from_static("x-forwarded-for"), xff);
         parts.version = Version::HTTP_11;
-        parts.uri = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").parse().expect("a path is a URI");
-        let upstream = Request::from_parts(parts, body);
+        let path = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
         let answer = match &self.hop {
-            Hop::Plain => send(TokioIo::new(tcp), upstream, permit).await,
-            Hop::Tls { connector, name } => match connector.connect(name.clone(), tcp).await {
-                Ok(tls) => send(TokioIo::new(tls), upstream, permit).await,
-                Err(e) => Err(format!("TLS: {e}")),
+            Hop::Plain => match format!("http://{to}{path}").parse() {
+                Ok(uri) => {
+                    parts.uri = uri;
+                    let pending = self.pooled.request(Request::from_parts(parts, body));
+                    let answer = match tokio::time::timeout(ANSWER_TIMEOUT, pending).await {
+                        Ok(r) => r.map_err(|e| e.to_string()),
+                        Err(_) => Err("no answer in time".into()),
+                    };
+                    drop(permit);
+                    answer
+                }
+                Err(_) => Err(format!("not an address: {to}")),
             },
+            Hop::Tls { connector, name } => {
+                parts.uri = path.parse().expect("a path is a URI");
+                match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await {
+                    Ok(Ok(tcp)) => {
+                        let _ = tcp.set_nodelay(true);
+                        match connector.connect(name.clone(), tcp).await {
+                            Ok(tls) => send(TokioIo::new(tls), Request::from_parts(parts, body), permit).await,
+                            Err(e) => Err(format!("TLS: {e}")),
+                        }
+                    }
+                    _ => Err("cannot connect".into()),
+                }
+            }
         };
         match answer {
             Ok(resp) => {
