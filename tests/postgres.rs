@@ -28,7 +28,6 @@ async fn a_hub_on_postgres_keeps_acknowledged_events_through_kill_9_and_federate
     net.reserve("p1.test");
     let mut config = net.config("hub.test");
     on_postgres(&mut config, &url);
-    config.client.send_per_second = 0.0;
     let mut hub = Proc::configured(&net, config.clone());
     hub.spawn();
     let mut p1 = Proc::start(&net, "p1.test");

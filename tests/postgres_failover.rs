@@ -16,11 +16,18 @@ use common::synapse::{python, Synapse};
 use common::*;
 use serde_json::json;
 
-/// A hub's configuration on PostgreSQL, sends not rate limited.
 fn hub_on(mut config: lmx::config::Config, url: &str) -> lmx::config::Config {
     on_postgres(&mut config, url);
-    config.client.send_per_second = 0.0;
     config
+}
+
+/// A hub `hub.test` on a new database `db`, not started.
+fn hub_on_database(pg: &Postgres, db: &str) -> (Net, Proc) {
+    let url = pg.database(db);
+    let mut net = Net::new();
+    net.reserve("hub.test");
+    let hub = Proc::configured(&net, hub_on(net.config("hub.test"), &url));
+    (net, hub)
 }
 
 /// The lease's comings and goings are logged at info.
@@ -158,10 +165,7 @@ async fn a_standby_takes_over_after_kill_9_and_nothing_acknowledged_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_paused_past_its_lease_cannot_append_when_resumed() {
     let Some(pg) = Postgres::start() else { return };
-    let url = pg.database("paused");
-    let mut net = Net::new();
-    net.reserve("hub.test");
-    let mut paused = Proc::configured(&net, hub_on(net.config("hub.test"), &url));
+    let (net, mut paused) = hub_on_database(&pg, "paused");
     logging_leases(&mut paused);
     paused.spawn();
     let alice = paused.ready().await.register("alice").await;
@@ -218,10 +222,7 @@ async fn a_process_paused_past_its_lease_cannot_append_when_resumed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_answers_probes_until_it_takes_over() {
     let Some(pg) = Postgres::start() else { return };
-    let url = pg.database("probes");
-    let mut net = Net::new();
-    net.reserve("hub.test");
-    let mut first = Proc::configured(&net, hub_on(net.config("hub.test"), &url));
+    let (net, mut first) = hub_on_database(&pg, "probes");
     first.spawn();
     let alice = first.ready().await.register("alice").await;
     let mut standby = first.replica_apart(1, &net);

@@ -45,7 +45,6 @@ async fn clients_and_peers_on_any_process_are_served_and_survive_kill_9_of_the_s
     net.reserve("p1.test");
     let mut config = net.config("hub.test");
     on_postgres(&mut config, &url);
-    config.client.send_per_second = 0.0;
     config.storage.postgres.standby = lmx::config::Standby::Forward;
     // The processes name each client to each other.
     config.client.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];

@@ -34,8 +34,10 @@ fn free_port() -> u16 {
 }
 
 /// `config` moved onto the database at `url`: a small pool and a short
-/// lease, so takeovers in tests happen within seconds.
+/// lease, so takeovers in tests happen within seconds; sends not rate
+/// limited, as tests send under load.
 pub fn on_postgres(config: &mut lmx::config::Config, url: &str) {
+    config.client.send_per_second = 0.0;
     config.storage.backend = lmx::config::Backend::Postgres;
     config.storage.postgres.url = Some(url.to_owned());
     config.storage.postgres.pool_size = 4;
