@@ -55,7 +55,7 @@ impl Reloader {
     /// the error (the old one stays).
     pub fn apply(&self, config: &Config) -> Result<(), String> {
         self.rates.apply(config);
-        let mut limits = Limits::from(&config.http);
+        let mut limits = Limits::of(config);
         // Memory already promised stays as it was sized at the start.
         let old = self.http.current();
         limits.body_bytes_in_flight = old.body_bytes_in_flight;
@@ -86,18 +86,40 @@ async fn bind_optional(addr: Option<SocketAddr>, what: &str) -> anyhow::Result<O
 
 /// Where other processes of this server reach this one (`host:port` of
 /// the client and federation listeners): `storage.postgres.advertise_host`,
-/// else the listen address when it names one, else the host name.
-fn announced(config: &Config, bound: &Bound) -> (String, String) {
-    let at = |addr: SocketAddr| match &config.storage.postgres.advertise_host {
-        Some(host) if host.contains(':') => format!("[{host}]:{}", addr.port()),
-        Some(host) => format!("{host}:{}", addr.port()),
-        None if !addr.ip().is_unspecified() => addr.to_string(),
-        None => {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-            format!("{}:{}", host.trim(), addr.port())
-        }
+/// else the listen address when it names one, else the host name; `None`
+/// when there is none of these.
+fn announced(config: &Config, bound: &Bound) -> Option<(String, String)> {
+    let host = match &config.storage.postgres.advertise_host {
+        Some(h) => Some(h.trim_start_matches('[').trim_end_matches(']').to_owned()),
+        None if !bound.client.ip().is_unspecified() => None,
+        None => Some(std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned()),
     };
-    (at(bound.client), at(bound.federation))
+    let at = |addr: SocketAddr| match &host {
+        None if !addr.ip().is_unspecified() => Some(addr.to_string()),
+        None => None,
+        Some(h) if h.is_empty() => None,
+        Some(h) if h.contains(':') => Some(format!("[{h}]:{}", addr.port())),
+        Some(h) => Some(format!("{h}:{}", addr.port())),
+    };
+    Some((at(bound.client)?, at(bound.federation)?))
+}
+
+/// Announces where this process serves, trying again until the store
+/// takes it (a standby forwards nowhere until then).
+async fn announce(node: Arc<Node>, at: Option<(String, String)>) {
+    let Some((client, federation)) = at else {
+        tracing::warn!("no address to announce: set storage.postgres.advertise_host for standbys to forward here");
+        return;
+    };
+    loop {
+        let (store, c, f) = (node.store.clone(), client.clone(), federation.clone());
+        match tokio::task::spawn_blocking(move || store.announce(&c, &f)).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not announce where this process serves; trying again"),
+            Err(e) => tracing::warn!(error = %e, "announcing failed"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 fn in_data_dir(config: &Config, p: &Option<PathBuf>, default: &str) -> PathBuf {
@@ -142,22 +164,34 @@ pub async fn open_postgres(config: &Config, access: Access) -> anyhow::Result<Kv
     let pg = &config.storage.postgres;
     let url = pg.url.clone().context("storage.postgres.url is not set")?;
     let (mut failures, mut standby_since) = (0, None::<std::time::Instant>);
-    let (mut standby, mut standby_tried) = (None::<StandbyListeners>, false);
+    let (mut standby, mut cannot_listen) = (None::<StandbyListeners>, false);
     let kv = loop {
         let (url, ca_file, size) = (url.clone(), pg.ca_file.clone(), pg.pool_size);
         match tokio::task::spawn_blocking(move || PgKv::open(&url, ca_file.as_deref(), size, access)).await? {
             Ok(kv) => break kv,
             Err(crate::store::StoreError::Leased(holder)) => {
+                failures = 0;
                 if standby_since.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                     tracing::info!(%holder, "standby: another lmx process serves this database");
                     standby_since = Some(std::time::Instant::now());
                 }
-                if !standby_tried && matches!(access, Access::Serving { .. }) {
-                    standby_tried = true;
+                // Set up again until complete: the federation certificate
+                // appears once a serving process has made it.
+                let incomplete = standby.as_ref().is_none_or(|l| !l.complete);
+                if incomplete && !cannot_listen && matches!(access, Access::Serving { .. }) {
                     if let Some(setup) = Setup::of(config)? {
-                        match StandbyListeners::start(setup).await {
-                            Ok(l) => standby = Some(l),
-                            Err(e) => tracing::warn!(error = %e, "standby: cannot listen"),
+                        let redo = setup.federation.is_some() || standby.is_none();
+                        if let Some(old) = standby.take_if(|_| redo) {
+                            old.stop().await;
+                        }
+                        if standby.is_none() {
+                            match StandbyListeners::start(setup).await {
+                                Ok(l) => standby = Some(l),
+                                Err(e) => {
+                                    cannot_listen = true;
+                                    tracing::warn!(error = %e, "standby: cannot listen; waiting without");
+                                }
+                            }
                         }
                     }
                 }
@@ -381,7 +415,7 @@ impl App {
         tracing::info!(server = %node.name, rooms = node.rooms.len(), "lmx ready");
         let reload = Reloader {
             rates: Arc::new(RateLimits::of(&node.config)),
-            http: SharedLimits::new(Limits::from(&node.config.http)),
+            http: SharedLimits::new(Limits::of(&node.config)),
             tls: tls.clone(),
         };
         Ok(App { node, federation, client, admin, metrics, tls, reload })
@@ -435,8 +469,7 @@ impl App {
         for _ in 0..listeners {
             health.listener_up();
         }
-        let (client_at, federation_at) = announced(&self.node.config, &bound);
-        self.node.store.announce(&client_at, &federation_at).context("announcing where this process serves")?;
+        tokio::spawn(announce(self.node.clone(), announced(&self.node.config, &bound)));
         self.node.outbound.resume_all(&self.node)?;
         // The commit record guards a sled directory against a torn copy;
         // PostgreSQL keeps its own log.

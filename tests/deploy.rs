@@ -142,11 +142,14 @@ fn compose_runs_three_processes_of_one_server_on_postgres_behind_a_ready_checked
             key("LMX_STORAGE__POSTGRES__STANDBY"),
             env["LMX_STORAGE__POSTGRES__STANDBY"].as_str().unwrap()
         ),
+        format!("{}={}", key("LMX_CLIENT__TRUSTED_PROXIES"), env["LMX_CLIENT__TRUSTED_PROXIES"].as_str().unwrap()),
     ];
     let config = lmx::config::Config::load_with(None, &options).unwrap().config;
     assert_eq!(config.storage.backend, lmx::config::Backend::Postgres);
     assert_eq!(config.storage.postgres.url.as_deref(), Some("postgresql://lmx:pw@postgres/lmx"));
     assert_eq!(config.storage.postgres.standby, lmx::config::Standby::Forward, "standbys forward");
+    let compose_network: std::net::IpAddr = "172.18.0.5".parse().unwrap();
+    assert!(config.client.trusted_proxies.iter().any(|n| n.contains(&compose_network)), "the proxies are trusted");
 }
 
 /// The ConfigMap's `lmx.toml`, loaded as lmx loads a file (unknown keys

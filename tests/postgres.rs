@@ -238,6 +238,11 @@ fn tls_to_postgres_is_required_when_asked_for_and_verified() {
     // The CA is not among the system's roots: its certificate is refused.
     let unknown = refusal(open(&format!("{url}?sslmode=require"), None));
     assert!(unknown.contains("certificate"), "{unknown}");
+    // Nor a certificate from the trusted CA for another host.
+    let (cert, key) = net.ca.issue(&["db.example"]);
+    pg.enable_tls(&cert, &key);
+    let misnamed = refusal(open(&format!("{url}?sslmode=require"), ca));
+    assert!(misnamed.contains("certificate"), "{misnamed}");
     // And a contradiction is refused before connecting.
     let contradiction = refusal(open(&format!("{url}?sslmode=disable"), ca));
     assert!(contradiction.contains("sslmode=disable"), "{contradiction}");

@@ -45,6 +45,9 @@ async fn clients_and_peers_on_any_process_are_served_and_survive_kill_9_of_the_s
     net.reserve("p1.test");
     let mut config = net.config("hub.test");
     on_postgres(&mut config, &url);
+    // The certificate lmx makes itself, as a plain deployment has: the
+    // standbys' TLS hop trusts exactly that one.
+    (config.federation.tls_cert, config.federation.tls_key) = (None, None);
     config.storage.postgres.standby = lmx::config::Standby::Forward;
     // The processes name each client to each other.
     config.client.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
@@ -69,6 +72,7 @@ async fn clients_and_peers_on_any_process_are_served_and_survive_kill_9_of_the_s
     // address (TLS there, and from the standby to the serving process).
     let mut p1_config = net.config("p1.test");
     p1_config.federation.resolve.insert("hub.test".into(), others[0].config.federation.listen);
+    p1_config.federation.trust_self_signed = true;
     let mut p1 = Proc::configured(&net, p1_config);
     p1.spawn();
     let dave = p1.ready().await.register("dave").await;

@@ -409,6 +409,15 @@ fn postgres_store_conforms_and_persists() {
         assert_eq!(holder.client_addr.as_deref(), Some("10.0.0.5:8008"));
         assert_eq!(holder.federation_addr.as_deref(), Some("10.0.0.5:8448"));
     }
+    // The next holder starts with no addresses until it announces its own.
+    let next = PgKv::open(&url, None, 1, Access::Serving { term: std::time::Duration::from_secs(10) }).unwrap();
+    let StoreError::Leased(holder) =
+        PgKv::open(&url, None, 1, Access::Serving { term: std::time::Duration::from_secs(10) }).err().unwrap()
+    else {
+        panic!("refused for the lease")
+    };
+    assert_eq!((holder.client_addr, holder.federation_addr), (None, None), "the old holder's addresses are gone");
+    drop(next);
     let reopened = KvStore::new(PgKv::open(&url, None, 2, Access::ReadOnly).unwrap());
     assert_eq!(reopened.list(&room(), 0, 3).unwrap(), vec![ev(0), ev(1), ev(2)]);
     assert!(reopened.user(&user("@a:hub.test")).unwrap().is_some());

@@ -47,6 +47,16 @@ pub struct Limits {
     pub idle_timeout: Duration,
     pub body_timeout: Duration,
     pub body_bytes_in_flight: usize,
+    /// Addresses not held to `max_connections_per_ip`: the operator's own
+    /// proxies (`client.trusted_proxies`), every caller's connections come
+    /// from them.
+    pub proxies: Vec<ipnet::IpNet>,
+}
+
+impl Limits {
+    pub fn of(config: &crate::config::Config) -> Limits {
+        Limits { proxies: config.client.trusted_proxies.clone(), ..Limits::from(&config.http) }
+    }
 }
 
 /// A listener's limits as they stand; a configuration reload replaces
@@ -77,6 +87,7 @@ impl From<&crate::config::Http> for Limits {
             idle_timeout: Duration::from_millis(c.idle_timeout_ms),
             body_timeout: Duration::from_millis(c.body_timeout_ms),
             body_bytes_in_flight: c.body_bytes_in_flight,
+            proxies: Vec::new(),
         }
     }
 }
@@ -98,7 +109,8 @@ impl Slot {
     fn take(table: &Arc<Mutex<Connections>>, ip: IpAddr, limits: &Limits) -> Option<Slot> {
         let mut t = table.lock().expect("poisoned");
         let mine = t.per_ip.get(&ip).copied().unwrap_or(0);
-        if t.total >= limits.max_connections || mine >= limits.max_connections_per_ip {
+        let proxy = limits.proxies.iter().any(|n| n.contains(&ip));
+        if t.total >= limits.max_connections || (mine >= limits.max_connections_per_ip && !proxy) {
             return None;
         }
         t.total += 1;
@@ -305,5 +317,24 @@ async fn serve_connection(
     };
     if let Err(e) = result {
         tracing::debug!(%remote, error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trusted_proxy_is_held_to_the_total_only() {
+        let mut limits = Limits::from(&crate::config::Config::default().http);
+        (limits.max_connections, limits.max_connections_per_ip) = (3, 1);
+        limits.proxies = vec!["10.0.0.0/8".parse().unwrap()];
+        let table = Arc::new(Mutex::new(Connections::default()));
+        let (stranger, proxy): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "10.1.2.3".parse().unwrap());
+        let _s = Slot::take(&table, stranger, &limits).unwrap();
+        assert!(Slot::take(&table, stranger, &limits).is_none(), "one per address");
+        let _p1 = Slot::take(&table, proxy, &limits).unwrap();
+        let _p2 = Slot::take(&table, proxy, &limits).unwrap();
+        assert!(Slot::take(&table, proxy, &limits).is_none(), "the total still holds");
     }
 }

@@ -5,7 +5,8 @@
 //!   running and sends them nothing; every other request gets `503`;
 //! - `forward`: on both addresses, every request goes on to the serving
 //!   process (`forward.rs`), and `/ready` holds once it is known where
-//!   that process serves.
+//!   that process serves and both listeners are up (federation needs the
+//!   server's certificate, which the first serving process creates).
 //!
 //! The listeners close before the process takes over and binds its own.
 
@@ -18,7 +19,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::forward::{Forwarder, Hop};
+use super::forward::{Forwarder, Hop, InFlight};
 use super::tls::ServerTls;
 use super::{json_response, serve, Body, Handler, Limits, SharedLimits};
 use crate::config::Standby as Mode;
@@ -31,19 +32,22 @@ pub enum Action {
     Forward,
 }
 
-/// The decision for `method path` in `mode`, `known`: whether the serving
-/// process has said where it serves.
-pub fn action(mode: Mode, method: &Method, path: &str, known: bool) -> Action {
+/// The decision for `method path` in `mode`; `known`: whether the serving
+/// process has said where it serves; `complete`: whether this standby
+/// forwards on both addresses.
+pub fn action(mode: Mode, method: &Method, path: &str, known: bool, complete: bool) -> Action {
     let probe = matches!(*method, Method::GET | Method::HEAD);
     let forwarding = mode == Mode::Forward && known;
     match path {
         "/health" if probe => Action::Answer(StatusCode::OK, json!({"status": "ok", "standby": true})),
-        "/ready" if probe && forwarding => Action::Answer(StatusCode::OK, json!({"ready": true, "standby": true})),
+        "/ready" if probe && forwarding && complete => {
+            Action::Answer(StatusCode::OK, json!({"ready": true, "standby": true}))
+        }
         "/ready" if probe => {
-            let why = if mode == Mode::Forward {
-                "standby: the serving process has not said where it serves yet"
-            } else {
-                "standby: another lmx process serves this database"
+            let why = match mode {
+                Mode::Forward if !complete => "standby: federation is not forwarded yet (no certificate)",
+                Mode::Forward => "standby: the serving process has not said where it serves yet",
+                _ => "standby: another lmx process serves this database",
             };
             Action::Answer(StatusCode::SERVICE_UNAVAILABLE, json!({"ready": false, "reasons": [why]}))
         }
@@ -56,7 +60,7 @@ pub fn action(mode: Mode, method: &Method, path: &str, known: bool) -> Action {
 }
 
 /// Where the serving process said it serves.
-#[derive(Default)]
+#[derive(Default, PartialEq)]
 struct Upstream {
     client: Option<String>,
     federation: Option<String>,
@@ -65,7 +69,10 @@ struct Upstream {
 struct StandbyHandler {
     mode: Mode,
     upstream: Arc<RwLock<Upstream>>,
+    /// Bumped when the serving process moves: requests to the old one end.
+    moved: watch::Sender<u64>,
     federation: bool,
+    complete: bool,
     forwarder: Forwarder,
     retry_after_secs: u64,
 }
@@ -80,10 +87,11 @@ impl Handler for StandbyHandler {
                 up.client.clone()
             }
         };
-        match action(self.mode, req.method(), req.uri().path(), to.is_some()) {
+        match action(self.mode, req.method(), req.uri().path(), to.is_some(), self.complete) {
             Action::Forward => {
                 let to = to.expect("known");
-                Box::pin(async move { self.forwarder.forward(req, remote, &to).await })
+                let moved = self.moved.subscribe();
+                Box::pin(async move { self.forwarder.forward(req, remote, &to, moved).await })
             }
             Action::Answer(status, body) => {
                 let mut resp = json_response(status, &body);
@@ -100,6 +108,9 @@ impl Handler for StandbyHandler {
 /// A standby's listeners.
 pub struct StandbyListeners {
     upstream: Arc<RwLock<Upstream>>,
+    moved: watch::Sender<u64>,
+    /// Whether it listens as its mode asks (federation too, to forward).
+    pub complete: bool,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -115,6 +126,14 @@ pub struct Setup {
     pub retry_after_secs: u64,
 }
 
+/// The server's certificate and key files, as the listeners use them.
+fn certificate_files(config: &crate::config::Config) -> (std::path::PathBuf, std::path::PathBuf) {
+    let fed = &config.federation;
+    let cert = fed.tls_cert.clone().unwrap_or_else(|| config.data_dir.join("tls/cert.pem"));
+    let key = fed.tls_key.clone().unwrap_or_else(|| config.data_dir.join("tls/key.pem"));
+    (cert, key)
+}
+
 impl Setup {
     /// The listeners `config` asks for; `None` in `wait` mode.
     pub fn of(config: &crate::config::Config) -> anyhow::Result<Option<Setup>> {
@@ -125,22 +144,17 @@ impl Setup {
             Mode::Probes => None,
             Mode::Forward if fed.insecure_plaintext => Some((fed.listen, None, Hop::Plain)),
             Mode::Forward => {
-                // The serving process's certificate is this server's, in the
-                // data directory the processes share; checked for its name.
-                let cert = fed.tls_cert.clone().unwrap_or_else(|| config.data_dir.join("tls/cert.pem"));
-                let key = fed.tls_key.clone().unwrap_or_else(|| config.data_dir.join("tls/key.pem"));
+                // The serving process presents this server's certificate,
+                // from the files the processes share: that one is trusted.
+                let (cert, key) = certificate_files(config);
                 if cert.exists() && key.exists() {
                     let tls = ServerTls::load(&cert, &key)?;
-                    let mut trusted = vec![cert.as_path()];
-                    trusted.extend(fed.extra_ca_file.as_deref());
-                    let mut client = super::tls::client_config_trusting(fed.trust_self_signed, &trusted)?;
-                    client.alpn_protocols = vec![b"http/1.1".to_vec()];
-                    let host = config.server_name().host().to_owned();
-                    let name = rustls::pki_types::ServerName::try_from(host)?;
+                    let client = super::tls::pinned_client_config(&cert)?;
+                    let name = rustls::pki_types::ServerName::try_from(config.server_name().host().to_owned())?;
                     let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
                     Some((fed.listen, Some(tls), Hop::Tls { connector, name }))
                 } else {
-                    tracing::warn!(cert = %cert.display(), "standby: no TLS certificate yet; federation is not forwarded");
+                    tracing::info!(cert = %cert.display(), "standby: no TLS certificate yet; federation not forwarded");
                     None
                 }
             }
@@ -149,7 +163,7 @@ impl Setup {
             mode: pg.standby,
             client: config.client.listen,
             federation,
-            limits: (&config.http).into(),
+            limits: Limits::of(config),
             retry_after_secs: pg.lease_secs,
         }))
     }
@@ -158,13 +172,19 @@ impl Setup {
 impl StandbyListeners {
     pub async fn start(setup: Setup) -> std::io::Result<StandbyListeners> {
         let upstream = Arc::new(RwLock::new(Upstream::default()));
+        let (moved, _) = watch::channel(0u64);
         let (stop, stopped) = watch::channel(false);
+        let complete = setup.mode != Mode::Forward || setup.federation.is_some();
+        // As many as this server would take from one address directly.
+        let in_flight = InFlight::new(setup.limits.max_connections, setup.limits.max_connections_per_ip);
         let handler = |federation: bool, hop: Hop| {
             Arc::new(StandbyHandler {
                 mode: setup.mode,
                 upstream: upstream.clone(),
+                moved: moved.clone(),
                 federation,
-                forwarder: Forwarder::new(hop),
+                complete,
+                forwarder: Forwarder::new(hop, in_flight.clone()),
                 retry_after_secs: setup.retry_after_secs,
             })
         };
@@ -180,14 +200,18 @@ impl StandbyListeners {
         if let Some((listener, tls, hop)) = federation {
             tasks.push(tokio::spawn(serve(listener, tls, handler(true, hop), limits, stopped)));
         }
-        Ok(StandbyListeners { upstream, stop, tasks })
+        Ok(StandbyListeners { upstream, moved, complete, stop, tasks })
     }
 
-    /// Follows the lease's holder as it is found.
+    /// Follows the lease's holder as it is found; when it has moved,
+    /// requests still waiting on the old one end.
     pub fn follow(&self, holder: &LeaseHolder) {
+        let now = Upstream { client: holder.client_addr.clone(), federation: holder.federation_addr.clone() };
         let mut up = self.upstream.write().expect("poisoned");
-        up.client = holder.client_addr.clone();
-        up.federation = holder.federation_addr.clone();
+        if *up != now {
+            *up = now;
+            self.moved.send_modify(|n| *n += 1);
+        }
     }
 
     /// Closes the listeners and their connections; the addresses are free
@@ -206,7 +230,7 @@ mod tests {
 
     #[test]
     fn a_probing_standby_is_alive_not_ready_and_serves_nothing_else() {
-        let act = |m: &Method, p: &str| action(Mode::Probes, m, p, true);
+        let act = |m: &Method, p: &str| action(Mode::Probes, m, p, true, true);
         assert_eq!(
             act(&Method::GET, "/health"),
             Action::Answer(StatusCode::OK, json!({"status": "ok", "standby": true}))
@@ -221,12 +245,20 @@ mod tests {
 
     #[test]
     fn a_forwarding_standby_is_ready_and_forwards_once_it_knows_where_to() {
-        let act = |p: &str, known| action(Mode::Forward, &Method::GET, p, known);
+        let act = |p: &str, known| action(Mode::Forward, &Method::GET, p, known, true);
         let Action::Answer(status, _) = act("/ready", false) else { panic!("answered") };
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(matches!(act("/_matrix/client/versions", false), Action::Answer(StatusCode::SERVICE_UNAVAILABLE, _)));
         assert!(matches!(act("/ready", true), Action::Answer(StatusCode::OK, _)));
         assert_eq!(act("/_matrix/client/versions", true), Action::Forward);
         assert!(matches!(act("/health", true), Action::Answer(StatusCode::OK, _)));
+        // Not ready while federation cannot be forwarded, though the client
+        // API is.
+        let Action::Answer(status, body) = action(Mode::Forward, &Method::GET, "/ready", true, false) else {
+            panic!("answered")
+        };
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body["reasons"][0].as_str().unwrap().contains("federation"));
+        assert_eq!(action(Mode::Forward, &Method::GET, "/_matrix/client/versions", true, false), Action::Forward);
     }
 }

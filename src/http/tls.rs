@@ -84,23 +84,18 @@ pub fn server_config(
 
 /// Trust for outbound calls.
 pub fn client_config(trust_self_signed: bool, extra_ca: Option<&Path>) -> Result<ClientConfig, TlsError> {
-    client_config_trusting(trust_self_signed, extra_ca.as_slice())
-}
-
-/// As `client_config`, trusting the certificates of several PEM files.
-pub fn client_config_trusting(trust_self_signed: bool, extra_cas: &[&Path]) -> Result<ClientConfig, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let mut c = if trust_self_signed {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
+            .with_custom_certificate_verifier(Arc::new(WithoutRoots { provider: provider(), pinned: None }))
             .with_no_client_auth()
     } else {
         let mut roots = RootCertStore::empty();
         for cert in rustls_native_certs::load_native_certs().certs {
             let _ = roots.add(cert);
         }
-        for &path in extra_cas {
+        if let Some(path) = extra_ca {
             for cert in load_certs(path)? {
                 roots.add(cert).map_err(|e| file_err(path, e))?;
             }
@@ -111,21 +106,45 @@ pub fn client_config_trusting(trust_self_signed: bool, extra_cas: &[&Path]) -> R
     Ok(c)
 }
 
-/// `federation.trust_self_signed`: any certificate passes; handshake
-/// signatures are still checked so the session keys are sound.
-#[derive(Debug)]
-struct AcceptAnyCertificate(Arc<CryptoProvider>);
+/// Trust in one certificate: the server's own, in the file it serves
+/// (read at each handshake, so a renewed certificate is followed), for
+/// calls between processes of one server: no roots, no names.
+pub fn pinned_client_config(cert_file: &Path) -> Result<ClientConfig, TlsError> {
+    let verifier = WithoutRoots { provider: provider(), pinned: Some(cert_file.to_owned()) };
+    let mut c = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(c)
+}
 
-impl ServerCertVerifier for AcceptAnyCertificate {
+/// A certificate checked without roots: the pinned one only, or (with
+/// `federation.trust_self_signed`) any. Handshake signatures are still
+/// checked so the session keys are sound.
+#[derive(Debug)]
+struct WithoutRoots {
+    provider: Arc<CryptoProvider>,
+    pinned: Option<PathBuf>,
+}
+
+impl ServerCertVerifier for WithoutRoots {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &TlsName<'_>,
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        let Some(path) = &self.pinned else { return Ok(ServerCertVerified::assertion()) };
+        let ours = load_certs(path).map_err(|e| rustls::Error::General(e.to_string()))?;
+        if ours.first().is_some_and(|c| c.as_ref() == end_entity.as_ref()) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!("not the certificate in {}", path.display())))
+        }
     }
 
     fn verify_tls12_signature(
@@ -134,7 +153,7 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -143,11 +162,11 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 

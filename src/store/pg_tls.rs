@@ -16,10 +16,12 @@ use super::StoreError;
 pub fn mode(from_url: SslMode, ca_file: bool) -> Result<SslMode, String> {
     match (from_url, ca_file) {
         (SslMode::Disable, true) => Err("storage.postgres.ca_file is set but the URL says sslmode=disable".to_owned()),
-        (SslMode::Require, _) | (_, true) => Ok(SslMode::Require),
         // libpq's default `prefer` would take TLS without checking the
-        // certificate; lmx asks for TLS explicitly instead.
-        _ => Ok(SslMode::Disable),
+        // certificate, and fall back to plain text; lmx asks for TLS
+        // explicitly instead.
+        (SslMode::Disable | SslMode::Prefer, false) => Ok(SslMode::Disable),
+        // `require` and anything stricter a later tokio-postgres parses.
+        _ => Ok(SslMode::Require),
     }
 }
 
