@@ -277,6 +277,10 @@ async fn sighup_applies_new_rate_limits() {
     hub.rewrite_config();
     hub.signal(libc::SIGHUP);
     eventually("the reload", || hub.log_text().contains("limits applied")).await;
+    // The bucket refills at the new rate from where it stood (empty): at
+    // 1,000 a second, 100 ms is room for the ten sends (without the wait,
+    // sends less than a millisecond apart could find it empty).
+    tokio::time::sleep(Duration::from_millis(100)).await;
     for i in 0..10 {
         let sent = alice.send_text(&room, &format!("after{i}"), "hi").await;
         assert_eq!(sent.status, 200, "send {i} after the reload: {}\n{}", sent.body, hub.log_text());
