@@ -3,11 +3,9 @@
 //! TLS, and a server loop (HTTP/1.1 and HTTP/2). What a failure answers is
 //! decided above, in `wire`.
 
-pub mod forward;
 pub mod observe;
 pub mod routes;
 mod server;
-pub mod standby;
 pub mod tls;
 
 use std::net::IpAddr;

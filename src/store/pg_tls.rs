@@ -5,7 +5,10 @@
 //! the connection is plain, as for a Unix socket or a private network.
 
 use std::path::Path;
+use std::sync::Arc;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -27,9 +30,26 @@ pub fn mode(from_url: SslMode, ca_file: bool) -> Result<SslMode, String> {
 
 /// The connector: the system's roots and the CA file, no ALPN.
 pub fn connector(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, StoreError> {
-    let mut config = crate::http::tls::client_config(false, ca_file)
-        .map_err(|e| StoreError::Backend(format!("storage.postgres.ca_file: {e}")))?;
-    config.alpn_protocols.clear();
+    let refused = |e: &dyn std::fmt::Display| StoreError::Backend(format!("storage.postgres.ca_file: {e}"));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(path) = ca_file {
+        let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect())
+            .map_err(|e| refused(&format!("{}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(refused(&format!("{}: no certificate found", path.display())));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| refused(&e))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| refused(&e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     Ok(MakeRustlsConnect::new(config))
 }
 

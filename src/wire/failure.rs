@@ -87,6 +87,10 @@ pub enum Failure {
     UnsupportedRoomVersion(String),
     #[error("room: {0}")]
     Room(RoomError),
+    /// This process cannot serve the request now (a standby with no
+    /// serving process to pass it to).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// Another server failed or refused; its words are passed on.
     #[error("remote: {0}")]
     Remote(String),

@@ -143,6 +143,7 @@ pub fn answer(surface: Surface, failure: &Failure) -> Answer {
             (S::BAD_REQUEST, code, format!("Room version {v} is not supported"))
         }
         F::Room(e) => room_answer(surface, e, &mut extra),
+        F::Unavailable(m) => (S::SERVICE_UNAVAILABLE, "M_UNKNOWN", m.clone()),
         F::Remote(m) => (S::BAD_GATEWAY, "M_UNKNOWN", m.clone()),
         F::Internal(_) => (S::INTERNAL_SERVER_ERROR, "M_UNKNOWN", INTERNAL.into()),
     };

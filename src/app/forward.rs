@@ -18,19 +18,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as PooledClient;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 
-use super::{json_response, Body};
+use crate::http::Body;
+use crate::wire::{answer, Failure, Surface};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for the answer's head: just above the longest `/sync` wait.
@@ -81,9 +81,10 @@ pub fn forwarded_for(headers: &HeaderMap, remote: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&hops.join(", ")).unwrap_or_else(|_| HeaderValue::from_str(&remote).expect("an address"))
 }
 
-fn unavailable(why: &str) -> Response<Body> {
-    let mut r = json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"errcode": "M_UNKNOWN", "error": why}));
-    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+/// `503` with `Retry-After`, for a caller to try again shortly.
+pub fn unavailable(why: &str, retry_after_secs: u64) -> Response<Body> {
+    let mut r = answer(Surface::Client, &Failure::Unavailable(why.to_owned())).into_response();
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
     r
 }
 
@@ -171,10 +172,10 @@ impl Forwarder {
         mut changed: watch::Receiver<u64>,
     ) -> Response<Body> {
         if req.headers().contains_key(FORWARDED) {
-            return unavailable("the serving process is not known here yet; try again");
+            return unavailable("the serving process is not known here yet; try again", 1);
         }
         let Some(ticket) = self.in_flight.take(remote.ip()) else {
-            return unavailable("too many requests in flight to the serving process");
+            return unavailable("too many requests in flight to the serving process", 1);
         };
         let (mut parts, body) = req.into_parts();
         if !parts.headers.contains_key(header::HOST) {
@@ -227,7 +228,7 @@ impl Forwarder {
             }
             Err(e) => {
                 tracing::debug!(error = %e, to, "forwarding failed");
-                unavailable("the serving process did not answer; try again")
+                unavailable("the serving process did not answer; try again", 1)
             }
         }
     }

@@ -22,10 +22,13 @@ use crate::federation::keyring::load_or_create_signing_key;
 use crate::federation::policy::AddressPolicy;
 use crate::federation::Node;
 use crate::http::observe::{Health, Observed};
-use crate::http::standby::{Setup, StandbyListeners};
+mod forward;
+mod standby;
+
 use crate::http::{serve, tls, Handler, Limits, SharedLimits};
 use crate::store::record::{self, CommitRecord};
 use crate::store::{Access, KvStore, PgKv, Positions, SledKv, Store};
+use standby::{Setup, StandbyListeners};
 
 pub struct App {
     node: Arc<Node>,

@@ -19,16 +19,19 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::forward::{Forwarder, Hop, InFlight};
-use super::tls::ServerTls;
-use super::{json_response, serve, Body, Handler, Limits, SharedLimits};
+use super::forward::{unavailable, Forwarder, Hop, InFlight};
 use crate::config::Standby as Mode;
+use crate::http::tls::ServerTls;
+use crate::http::{json_response, serve, Body, Handler, Limits, SharedLimits};
 use crate::store::{BoxFuture, LeaseHolder};
 
 /// What a standby does with one request.
 #[derive(Debug, PartialEq)]
 pub enum Action {
+    /// A probe's answer.
     Answer(StatusCode, Value),
+    /// `503`, with why.
+    Refuse(&'static str),
     Forward,
 }
 
@@ -52,10 +55,8 @@ pub fn action(mode: Mode, method: &Method, path: &str, known: bool, complete: bo
             Action::Answer(StatusCode::SERVICE_UNAVAILABLE, json!({"ready": false, "reasons": [why]}))
         }
         _ if forwarding => Action::Forward,
-        _ => Action::Answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"errcode": "M_UNKNOWN", "error": "this lmx process is a standby; another process serves"}),
-        ),
+        _ if mode == Mode::Forward => Action::Refuse("the serving process is not known here yet; try again"),
+        _ => Action::Refuse("this lmx process is a standby; another process serves"),
     }
 }
 
@@ -99,6 +100,10 @@ impl Handler for StandbyHandler {
                 if status == StatusCode::SERVICE_UNAVAILABLE {
                     resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(self.retry_after_secs));
                 }
+                Box::pin(async move { resp })
+            }
+            Action::Refuse(why) => {
+                let resp = unavailable(why, self.retry_after_secs);
                 Box::pin(async move { resp })
             }
         }
@@ -238,8 +243,7 @@ mod tests {
         let Action::Answer(status, body) = act(&Method::GET, "/ready") else { panic!("answered") };
         assert_eq!((status, body["ready"].as_bool()), (StatusCode::SERVICE_UNAVAILABLE, Some(false)));
         for (method, path) in [(Method::GET, "/_matrix/client/versions"), (Method::POST, "/health")] {
-            let Action::Answer(status, body) = act(&method, path) else { panic!("answered") };
-            assert_eq!((status, body["errcode"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("M_UNKNOWN")));
+            assert!(matches!(act(&method, path), Action::Refuse(_)), "{method} {path}");
         }
     }
 
@@ -248,7 +252,7 @@ mod tests {
         let act = |p: &str, known| action(Mode::Forward, &Method::GET, p, known, true);
         let Action::Answer(status, _) = act("/ready", false) else { panic!("answered") };
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(matches!(act("/_matrix/client/versions", false), Action::Answer(StatusCode::SERVICE_UNAVAILABLE, _)));
+        assert!(matches!(act("/_matrix/client/versions", false), Action::Refuse(_)));
         assert!(matches!(act("/ready", true), Action::Answer(StatusCode::OK, _)));
         assert_eq!(act("/_matrix/client/versions", true), Action::Forward);
         assert!(matches!(act("/health", true), Action::Answer(StatusCode::OK, _)));
