@@ -182,7 +182,12 @@ pub async fn open_postgres(config: &Config, access: Access) -> anyhow::Result<Kv
                 // appears once a serving process has made it.
                 let incomplete = standby.as_ref().is_none_or(|l| !l.complete);
                 if incomplete && !cannot_listen && matches!(access, Access::Serving { .. }) {
-                    if let Some(setup) = Setup::of(config)? {
+                    let setup = Setup::of(config).unwrap_or_else(|e| {
+                        cannot_listen = true;
+                        tracing::warn!(error = %e, "standby: cannot set up its listeners; waiting without");
+                        None
+                    });
+                    if let Some(setup) = setup {
                         let redo = setup.federation.is_some() || standby.is_none();
                         if let Some(old) = standby.take_if(|_| redo) {
                             old.stop().await;

@@ -80,6 +80,9 @@ struct StandbyHandler {
 
 impl Handler for StandbyHandler {
     fn handle(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> BoxFuture<'static, Response<Body>> {
+        // Subscribed first: a move after the address is read still ends
+        // the request.
+        let moved = self.moved.subscribe();
         let to = {
             let up = self.upstream.read().expect("poisoned");
             if self.federation {
@@ -91,7 +94,6 @@ impl Handler for StandbyHandler {
         match action(self.mode, req.method(), req.uri().path(), to.is_some(), self.complete) {
             Action::Forward => {
                 let to = to.expect("known");
-                let moved = self.moved.subscribe();
                 Box::pin(async move { self.forwarder.forward(req, remote, &to, moved).await })
             }
             Action::Answer(status, body) => {
