@@ -28,7 +28,7 @@ mod standby;
 use crate::http::{serve, tls, Handler, Limits, SharedLimits};
 use crate::store::record::{self, CommitRecord};
 use crate::store::{Access, KvStore, PgKv, Positions, SledKv, Store};
-use standby::{Setup, StandbyListeners};
+use standby::Standing;
 
 pub struct App {
     node: Arc<Node>,
@@ -92,17 +92,17 @@ async fn bind_optional(addr: Option<SocketAddr>, what: &str) -> anyhow::Result<O
 /// else the listen address when it names one, else the host name; `None`
 /// when there is none of these.
 fn announced(config: &Config, bound: &Bound) -> Option<(String, String)> {
-    let host = match &config.storage.postgres.advertise_host {
-        Some(h) => Some(h.trim_start_matches('[').trim_end_matches(']').to_owned()),
-        None if !bound.client.ip().is_unspecified() => None,
-        None => Some(std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned()),
-    };
-    let at = |addr: SocketAddr| match &host {
-        None if !addr.ip().is_unspecified() => Some(addr.to_string()),
-        None => None,
-        Some(h) if h.is_empty() => None,
-        Some(h) if h.contains(':') => Some(format!("[{h}]:{}", addr.port())),
-        Some(h) => Some(format!("{h}:{}", addr.port())),
+    let at = |addr: SocketAddr| {
+        let host = match &config.storage.postgres.advertise_host {
+            Some(h) => h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            None if !addr.ip().is_unspecified() => return Some(addr.to_string()),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned(),
+        };
+        match host {
+            h if h.is_empty() => None,
+            h if h.contains(':') => Some(format!("[{h}]:{}", addr.port())),
+            h => Some(format!("{h}:{}", addr.port())),
+        }
     };
     Some((at(bound.client)?, at(bound.federation)?))
 }
@@ -167,7 +167,7 @@ pub async fn open_postgres(config: &Config, access: Access) -> anyhow::Result<Kv
     let pg = &config.storage.postgres;
     let url = pg.url.clone().context("storage.postgres.url is not set")?;
     let (mut failures, mut standby_since) = (0, None::<std::time::Instant>);
-    let (mut standby, mut cannot_listen) = (None::<StandbyListeners>, false);
+    let mut standing = Standing::default();
     let kv = loop {
         let (url, ca_file, size) = (url.clone(), pg.ca_file.clone(), pg.pool_size);
         match tokio::task::spawn_blocking(move || PgKv::open(&url, ca_file.as_deref(), size, access)).await? {
@@ -178,33 +178,8 @@ pub async fn open_postgres(config: &Config, access: Access) -> anyhow::Result<Kv
                     tracing::info!(%holder, "standby: another lmx process serves this database");
                     standby_since = Some(std::time::Instant::now());
                 }
-                // Set up again until complete: the federation certificate
-                // appears once a serving process has made it.
-                let incomplete = standby.as_ref().is_none_or(|l| !l.complete);
-                if incomplete && !cannot_listen && matches!(access, Access::Serving { .. }) {
-                    let setup = Setup::of(config).unwrap_or_else(|e| {
-                        cannot_listen = true;
-                        tracing::warn!(error = %e, "standby: cannot set up its listeners; waiting without");
-                        None
-                    });
-                    if let Some(setup) = setup {
-                        let redo = setup.federation.is_some() || standby.is_none();
-                        if let Some(old) = standby.take_if(|_| redo) {
-                            old.stop().await;
-                        }
-                        if standby.is_none() {
-                            match StandbyListeners::start(setup).await {
-                                Ok(l) => standby = Some(l),
-                                Err(e) => {
-                                    cannot_listen = true;
-                                    tracing::warn!(error = %e, "standby: cannot listen; waiting without");
-                                }
-                            }
-                        }
-                    }
-                }
-                if let Some(l) = &standby {
-                    l.follow(&holder);
+                if matches!(access, Access::Serving { .. }) {
+                    standing.listen(config, &holder).await;
                 }
             }
             Err(e) if e.is_damage() || failures >= 30 => {
@@ -217,9 +192,7 @@ pub async fn open_postgres(config: &Config, access: Access) -> anyhow::Result<Kv
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    if let Some(l) = standby {
-        l.stop().await;
-    }
+    standing.stop().await;
     let store = KvStore::new(kv);
     match store.upgrade()? {
         Some(old) if old < crate::store::FORMAT_VERSION => {

@@ -113,37 +113,29 @@ impl Handler for StandbyHandler {
 }
 
 /// A standby's listeners.
-pub struct StandbyListeners {
+struct StandbyListeners {
     upstream: Arc<RwLock<Upstream>>,
     moved: watch::Sender<u64>,
     /// Whether it listens as its mode asks (federation too, to forward).
-    pub complete: bool,
+    complete: bool,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// What the listeners need to know.
-pub struct Setup {
-    pub mode: Mode,
-    pub client: SocketAddr,
+struct Setup {
+    mode: Mode,
+    client: SocketAddr,
     /// The federation address with its TLS (`None`: plain), forwarded
     /// over `hop`; only in `forward` mode.
-    pub federation: Option<(SocketAddr, Option<Arc<ServerTls>>, Hop)>,
-    pub limits: Limits,
-    pub retry_after_secs: u64,
-}
-
-/// The server's certificate and key files, as the listeners use them.
-fn certificate_files(config: &crate::config::Config) -> (std::path::PathBuf, std::path::PathBuf) {
-    let fed = &config.federation;
-    let cert = fed.tls_cert.clone().unwrap_or_else(|| config.data_dir.join("tls/cert.pem"));
-    let key = fed.tls_key.clone().unwrap_or_else(|| config.data_dir.join("tls/key.pem"));
-    (cert, key)
+    federation: Option<(SocketAddr, Option<Arc<ServerTls>>, Hop)>,
+    limits: Limits,
+    retry_after_secs: u64,
 }
 
 impl Setup {
     /// The listeners `config` asks for; `None` in `wait` mode.
-    pub fn of(config: &crate::config::Config) -> anyhow::Result<Option<Setup>> {
+    fn of(config: &crate::config::Config) -> anyhow::Result<Option<Setup>> {
         let pg = &config.storage.postgres;
         let fed = &config.federation;
         let federation = match pg.standby {
@@ -153,7 +145,8 @@ impl Setup {
             Mode::Forward => {
                 // The serving process presents this server's certificate,
                 // from the files the processes share: that one is trusted.
-                let (cert, key) = certificate_files(config);
+                let cert = super::in_data_dir(config, &fed.tls_cert, "tls/cert.pem");
+                let key = super::in_data_dir(config, &fed.tls_key, "tls/key.pem");
                 if cert.exists() && key.exists() {
                     let tls = ServerTls::load(&cert, &key)?;
                     let client = super::tls::pinned_client_config(&cert)?;
@@ -176,8 +169,60 @@ impl Setup {
     }
 }
 
+/// A standby's listeners while it waits, set up again until complete
+/// (the federation certificate appears once a serving process has made
+/// it), or given up on when they cannot be.
+#[derive(Default)]
+pub struct Standing {
+    listeners: Option<StandbyListeners>,
+    given_up: bool,
+}
+
+impl Standing {
+    /// Listens as `config` asks, following `holder`.
+    pub async fn listen(&mut self, config: &crate::config::Config, holder: &LeaseHolder) {
+        if !self.given_up && self.listeners.as_ref().is_none_or(|l| !l.complete) {
+            self.set_up(config).await;
+        }
+        if let Some(l) = &self.listeners {
+            l.follow(holder);
+        }
+    }
+
+    async fn set_up(&mut self, config: &crate::config::Config) {
+        let setup = match Setup::of(config) {
+            Ok(Some(setup)) => setup,
+            Ok(None) => return,
+            Err(e) => return self.give_up(&e.to_string()),
+        };
+        // Nothing new to listen on until the certificate is there.
+        if self.listeners.is_some() && setup.federation.is_none() {
+            return;
+        }
+        if let Some(old) = self.listeners.take() {
+            old.stop().await;
+        }
+        match StandbyListeners::start(setup).await {
+            Ok(l) => self.listeners = Some(l),
+            Err(e) => self.give_up(&e.to_string()),
+        }
+    }
+
+    fn give_up(&mut self, why: &str) {
+        self.given_up = true;
+        tracing::warn!(error = why, "standby: cannot listen; waiting without");
+    }
+
+    /// Closes the listeners; their addresses are free on return.
+    pub async fn stop(self) {
+        if let Some(l) = self.listeners {
+            l.stop().await;
+        }
+    }
+}
+
 impl StandbyListeners {
-    pub async fn start(setup: Setup) -> std::io::Result<StandbyListeners> {
+    async fn start(setup: Setup) -> std::io::Result<StandbyListeners> {
         let upstream = Arc::new(RwLock::new(Upstream::default()));
         let (moved, _) = watch::channel(0u64);
         let (stop, stopped) = watch::channel(false);
@@ -212,7 +257,7 @@ impl StandbyListeners {
 
     /// Follows the lease's holder as it is found; when it has moved,
     /// requests still waiting on the old one end.
-    pub fn follow(&self, holder: &LeaseHolder) {
+    fn follow(&self, holder: &LeaseHolder) {
         let now = Upstream { client: holder.client_addr.clone(), federation: holder.federation_addr.clone() };
         let mut up = self.upstream.write().expect("poisoned");
         if *up != now {
@@ -223,7 +268,7 @@ impl StandbyListeners {
 
     /// Closes the listeners and their connections; the addresses are free
     /// on return.
-    pub async fn stop(self) {
+    async fn stop(self) {
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = t.await;
