@@ -422,7 +422,7 @@ fn postgres_store_conforms_and_persists() {
     assert_eq!(reopened.list(&room(), 0, 3).unwrap(), vec![ev(0), ev(1), ev(2)]);
     assert!(reopened.user(&user("@a:hub.test")).unwrap().is_some());
     assert_eq!(reopened.destination(&server("a.test")).unwrap().acked, 7);
-    assert_eq!(pg.sql("conformance", "SELECT version FROM lmx_schema"), "3", "the schema is migrated once");
+    assert_eq!(pg.sql("conformance", "SELECT version FROM lmx_schema"), "4", "the schema is migrated once");
 }
 
 #[test]
@@ -432,6 +432,88 @@ fn postgres_store_refuses_a_newer_schema() {
     drop(PgKv::open(&url, None, 1, Access::ReadOnly).unwrap());
     pg.sql("newer", "UPDATE lmx_schema SET version = 99");
     let refused = PgKv::open(&url, None, 1, Access::ReadOnly).err().expect("a newer schema is refused");
-    assert!(matches!(refused, StoreError::NewerSchema { found: 99, supported: 3 }), "{refused}");
+    assert!(matches!(refused, StoreError::NewerSchema { found: 99, supported: 4 }), "{refused}");
     assert!(refused.is_damage(), "nothing retries a newer schema");
+}
+
+/// Two processes writing to one PostgreSQL store (the serving one and a
+/// member beside it) draw positions from one stream, and neither's readers
+/// ever pass a position the other still has in flight.
+#[test]
+fn postgres_writers_share_one_gap_free_stream() {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    let Some(pg) = postgres::Postgres::start() else { return };
+    let url = pg.database("stream");
+    let term = Duration::from_secs(10);
+    let open = |access| -> Arc<dyn Store> { Arc::new(KvStore::new(PgKv::open(&url, None, 4, access).unwrap())) };
+    let (serving, member) = (open(Access::Serving { term }), open(Access::Member { term }));
+    let (a, b) = (Positions::open(serving.clone()).unwrap(), Positions::open(member.clone()).unwrap());
+    let eventually = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+
+    let held = a.allocate(1).unwrap();
+    let later = b.allocate(2).unwrap();
+    assert!(later.first() > held.first(), "one stream: later positions are higher");
+    let last = *later.positions().end();
+    drop(later);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(b.watermark() < held.first(), "the member waits for the serving process's position");
+    assert!(a.watermark() < held.first(), "and so does the serving process");
+    drop(held);
+    eventually("both move on once it settles", &|| a.watermark() >= last && b.watermark() >= last);
+
+    // Writers on both sides at once; a sampler checks that no watermark
+    // ever covers a position still in flight anywhere.
+    let in_flight = Arc::new(Mutex::new(BTreeSet::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (a, b, in_flight, stop) = (a.clone(), b.clone(), in_flight.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut samples = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for p in [&a, &b] {
+                    let mark = p.watermark();
+                    let lowest = in_flight.lock().unwrap().first().copied();
+                    assert!(lowest.is_none_or(|l| l > mark), "watermark {mark} covers {lowest:?}, still in flight");
+                    samples += 1;
+                }
+            }
+            samples
+        })
+    };
+    let writers: Vec<_> = (0..4)
+        .map(|i| {
+            let (p, in_flight) = (if i % 2 == 0 { a.clone() } else { b.clone() }, in_flight.clone());
+            std::thread::spawn(move || {
+                for n in 0..150u64 {
+                    let alloc = p.allocate(1 + (n + i) % 3).unwrap();
+                    in_flight.lock().unwrap().extend(alloc.positions());
+                    std::thread::sleep(Duration::from_micros((n * 37 + i * 101) % 700));
+                    let mut set = in_flight.lock().unwrap();
+                    for pos in alloc.positions() {
+                        set.remove(&pos);
+                    }
+                    drop(set);
+                    drop(alloc);
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(sampler.join().unwrap() > 100, "the sampler ran alongside");
+    let high = serving.position_high_water().unwrap();
+    eventually("both reach the high water", &|| a.watermark() == high && b.watermark() == high);
+    let reopened = Positions::open(member).unwrap();
+    assert!(reopened.allocate(1).unwrap().first() > high, "positions are never reused");
 }

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::ops::Bound;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use super::positions::SharedStream;
 
 use super::StoreError;
 
@@ -36,6 +38,11 @@ pub trait Kv: Send + Sync + 'static {
     /// (`host:port` of its listeners); only a shared store keeps it.
     fn announce(&self, _client: &str, _federation: &str) -> Result<(), StoreError> {
         Ok(())
+    }
+    /// The stream's positions, when other processes may write to the same
+    /// store; `None`: this process is its only writer.
+    fn shared_stream(&self) -> Option<Arc<dyn SharedStream>> {
+        None
     }
 }
 

@@ -10,8 +10,9 @@ use super::records::{
     Receipt, RefreshToken, RegistrationTokenRecord, RelationEntry, ReportRecord, RoomRecord, ServerKeys, SideEntry,
     StateSnapshot, ThumbnailRecord, ToDeviceRecord, TxnResponse, UserKeyEntry, UserRecord,
 };
-use super::{Batch, SideTopic, Store, StoreError, StoreResult, StreamEntry, TokenHash};
+use super::{Batch, SharedStream, SideTopic, Store, StoreError, StoreResult, StreamEntry, TokenHash};
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
+use std::sync::Arc;
 
 pub struct KvStore<K> {
     kv: K,
@@ -624,5 +625,9 @@ impl<K: Kv> Store for KvStore<K> {
 
     fn announce(&self, client: &str, federation: &str) -> StoreResult<()> {
         self.kv.announce(client, federation)
+    }
+
+    fn shared_stream(&self) -> Option<Arc<dyn SharedStream>> {
+        self.kv.shared_stream()
     }
 }

@@ -13,6 +13,7 @@ mod kv_store;
 mod kv_writes;
 mod pg_kv;
 mod pg_lease;
+mod pg_stream;
 mod pg_tls;
 mod positions;
 pub mod record;
@@ -23,7 +24,7 @@ pub use kv::{for_each_page, BoxFuture, Entries, Kv, KvWrite, MemKv, ALL_KEYS_END
 pub use kv_store::KvStore;
 pub use pg_kv::{Access, PgKv};
 pub use pg_lease::LeaseHolder;
-pub use positions::{Allocation, Positions};
+pub use positions::{Allocation, Handout, Positions, SharedStream};
 pub use sled_kv::SledKv;
 
 /// The records kept in the store (generated from `proto/lmx/store.proto`).
@@ -39,6 +40,7 @@ use records::{
 };
 
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -586,4 +588,6 @@ pub trait Store: Send + Sync + 'static {
     fn size_on_disk(&self) -> u64;
     /// Tells other processes of the same store where this one serves.
     fn announce(&self, client: &str, federation: &str) -> StoreResult<()>;
+    /// See `Kv::shared_stream`.
+    fn shared_stream(&self) -> Option<Arc<dyn SharedStream>>;
 }

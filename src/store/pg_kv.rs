@@ -23,6 +23,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::group_flush::GroupFlush;
 use super::kv::{BoxFuture, Entries, Kv, KvWrite};
 use super::pg_lease::{self, Lease, Renewals, Standing};
+use super::pg_stream::{self, PgStream};
+use super::positions::SharedStream;
 use super::StoreError;
 
 /// The schema, one step per version; a database is at version N when the
@@ -37,6 +39,8 @@ const MIGRATIONS: &[&str] = &[
     // 3: where the holder serves, for standbys that forward to it.
     "ALTER TABLE lmx_lease ADD COLUMN client_addr text NOT NULL DEFAULT '', \
      ADD COLUMN federation_addr text NOT NULL DEFAULT ''",
+    // 4: stream positions shared by writing processes.
+    super::pg_stream::MIGRATION,
 ];
 
 /// The advisory lock (per database) migrations run under.
@@ -76,6 +80,8 @@ pub struct PgKv {
     /// Checked by every batch; `None`: this handle only reads.
     lease: Option<Lease>,
     renewing: Option<tokio::task::JoinHandle<()>>,
+    /// Positions shared with other writers; `None` when this handle reads only.
+    stream: Option<Arc<PgStream>>,
     /// The session holding the lease.
     session: Arc<tokio::sync::Mutex<tokio_postgres::Client>>,
 }
@@ -87,6 +93,9 @@ pub enum Access {
     /// renewing it, or fails with `StoreError::Leased` while another
     /// process holds it.
     Serving { term: Duration },
+    /// Writes beside the serving process and other members, fenced by its
+    /// own row in `lmx_writer` (renewed for `term`) instead of the lease.
+    Member { term: Duration },
     /// Reads only; writes are refused.
     ReadOnly,
 }
@@ -120,9 +129,12 @@ impl PgKv {
             .create_timeout(Some(Duration::from_secs(10)))
             .build()
             .map_err(backend)?;
-        let (session, lease) = on(&handle, connect_and_migrate(config, tls, access))?;
+        let (session, lease) = on(&handle, connect_and_migrate(config.clone(), tls.clone(), access))?;
         let session = Arc::new(tokio::sync::Mutex::new(session));
         let renewing = lease.as_ref().map(|lease| handle.spawn(keep_renewing(session.clone(), lease.clone())));
+        let stream = lease
+            .as_ref()
+            .map(|lease| PgStream::start(handle.clone(), pool.clone(), lease.holder.clone(), config, tls));
         let (flush_handle, flush_session) = (handle.clone(), session.clone());
         let flusher = GroupFlush::with(Arc::new(move || {
             let session = flush_session.clone();
@@ -132,7 +144,7 @@ impl PgKv {
                 Ok(())
             })
         }));
-        Ok(PgKv { pool, runtime: Some(runtime), handle, flusher, lease, renewing, session })
+        Ok(PgKv { pool, runtime: Some(runtime), handle, flusher, lease, renewing, stream, session })
     }
 
     fn run<T, F>(&self, work: impl FnOnce(Pool) -> F) -> Result<T, StoreError>
@@ -146,7 +158,7 @@ impl PgKv {
 
 /// Runs `work` on the pool's runtime and waits for it from any thread,
 /// inside another runtime's task or not.
-fn on<T: Send + 'static>(
+pub(super) fn on<T: Send + 'static>(
     handle: &tokio::runtime::Handle,
     work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
 ) -> Result<T, StoreError> {
@@ -168,15 +180,21 @@ async fn keep_renewing(session: Arc<tokio::sync::Mutex<tokio_postgres::Client>>,
         let sent = Instant::now();
         let renewed = {
             let client = session.lock().await;
-            tokio::time::timeout(
-                renewals.every(),
-                client.execute(pg_lease::RENEW, &[&lease.holder, &lease.epoch, &term]),
-            )
-            .await
+            let renew = async {
+                let renewed = if lease.serving {
+                    client.execute(pg_lease::RENEW, &[&lease.holder, &lease.epoch, &term]).await?
+                } else {
+                    client.execute(pg_stream::RENEW, &[&lease.holder, &term]).await?
+                };
+                client.execute(pg_stream::FORGET_LAPSED, &[]).await?;
+                Ok::<_, tokio_postgres::Error>(renewed)
+            };
+            tokio::time::timeout(renewals.every(), renew).await
         };
         match renewed {
             Ok(Ok(1)) => renewals.renewed(sent),
-            Ok(Ok(_)) => lost(&lease, "another process took the lease"),
+            Ok(Ok(_)) if lease.serving => lost(&lease, "another process took the lease"),
+            Ok(Ok(_)) => lost(&lease, "its writer row lapsed and was removed"),
             Ok(Err(e)) => tracing::warn!(error = %e, "could not renew the PostgreSQL lease"),
             Err(_) => tracing::warn!("renewing the PostgreSQL lease timed out"),
         }
@@ -204,20 +222,31 @@ async fn connect_and_migrate(
         }
     });
     migrate(&mut client).await?;
-    let Access::Serving { term } = access else { return Ok((client, None)) };
     let holder = pg_lease::holder_name();
-    let secs = term.as_secs_f64();
-    match client.query_opt(pg_lease::TAKE, &[&holder, &secs]).await.map_err(backend)? {
-        Some(row) => {
-            let epoch: i64 = row.get(0);
-            tracing::info!(epoch, holder, "took the PostgreSQL store's lease");
-            Ok((client, Some(Lease { holder, epoch, term })))
+    let lease = match access {
+        Access::ReadOnly => return Ok((client, None)),
+        Access::Member { term } => Lease { holder, epoch: 0, term, serving: false },
+        Access::Serving { term } => {
+            let secs = term.as_secs_f64();
+            match client.query_opt(pg_lease::TAKE, &[&holder, &secs]).await.map_err(backend)? {
+                Some(row) => {
+                    let epoch: i64 = row.get(0);
+                    tracing::info!(epoch, holder, "took the PostgreSQL store's lease");
+                    Lease { holder, epoch, term, serving: true }
+                }
+                None => {
+                    let row = client.query_one(pg_lease::CURRENT, &[]).await.map_err(backend)?;
+                    return Err(pg_lease::held_by(&row));
+                }
+            }
         }
-        None => {
-            let row = client.query_one(pg_lease::CURRENT, &[]).await.map_err(backend)?;
-            Err(pg_lease::held_by(&row))
-        }
-    }
+    };
+    // A serving process that took the lease over finds its predecessor's
+    // row lapsed with it.
+    client.execute(pg_stream::FORGET_LAPSED, &[]).await.map_err(backend)?;
+    let secs = lease.term.as_secs_f64();
+    client.execute(pg_stream::JOIN, &[&lease.holder, &secs]).await.map_err(backend)?;
+    Ok((client, Some(lease)))
 }
 
 /// Applies the steps the database lacks, one transaction, under a lock so
@@ -309,13 +338,15 @@ impl Kv for PgKv {
         let Split { keys, values, deletes } = split(writes);
         self.run(|pool| async move {
             let mut c = pool.get().await.map_err(backend)?;
-            let fence = c.prepare_cached(pg_lease::FENCE).await.map_err(backend)?;
+            let fence = c.prepare_cached(if lease.serving { pg_lease::FENCE } else { pg_stream::FENCE }).await;
+            let fence = fence.map_err(backend)?;
             let upsert = c.prepare_cached(UPSERT).await.map_err(backend)?;
             let delete = c.prepare_cached(DELETE).await.map_err(backend)?;
             let tx = c.transaction().await.map_err(backend)?;
             // Sent together (one round trip), run in order: the check first.
             // Should it fail, the writes are never committed.
-            let fence_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&lease.holder, &lease.epoch];
+            let fence_params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                if lease.serving { vec![&lease.holder, &lease.epoch] } else { vec![&lease.holder] };
             let held = tx.query_opt(&fence, &fence_params);
             let put = async {
                 if keys.is_empty() {
@@ -344,7 +375,7 @@ impl Kv for PgKv {
     }
 
     fn announce(&self, client: &str, federation: &str) -> Result<(), StoreError> {
-        let Some(lease) = self.lease.clone() else { return Ok(()) };
+        let Some(lease) = self.lease.clone().filter(|l| l.serving) else { return Ok(()) };
         let (session, client, federation) = (self.session.clone(), client.to_owned(), federation.to_owned());
         on(&self.handle, async move {
             let c = session.lock().await;
@@ -357,6 +388,10 @@ impl Kv for PgKv {
                 }
             }
         })
+    }
+
+    fn shared_stream(&self) -> Option<Arc<dyn SharedStream>> {
+        self.stream.clone().map(|s| s as Arc<dyn SharedStream>)
     }
 
     /// The table with its indexes.
@@ -382,7 +417,11 @@ impl Drop for PgKv {
             // Hand the database over now rather than when the term ends.
             let released = self.run(|pool| async move {
                 let c = pool.get().await.map_err(backend)?;
-                c.execute(pg_lease::RELEASE, &[&lease.holder, &lease.epoch]).await.map_err(backend)
+                c.execute(pg_stream::LEAVE, &[&lease.holder]).await.map_err(backend)?;
+                if lease.serving {
+                    c.execute(pg_lease::RELEASE, &[&lease.holder, &lease.epoch]).await.map_err(backend)?;
+                }
+                Ok(())
             });
             if let Err(e) = released {
                 tracing::warn!(error = %e, "could not release the PostgreSQL lease; it lapses at the end of its term");

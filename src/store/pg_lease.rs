@@ -11,22 +11,31 @@ use std::time::{Duration, Instant};
 
 use super::StoreError;
 
-/// The lease a serving process holds.
+/// What a writing process holds: its row in `lmx_writer` (`pg_stream.rs`)
+/// and, for the serving process, the lease.
 #[derive(Debug, Clone)]
 pub struct Lease {
     pub holder: String,
     pub epoch: i64,
     pub term: Duration,
+    /// False for a writer beside the serving process (`Access::Member`).
+    pub serving: bool,
 }
 
 pub(super) const TAKE: &str = "UPDATE lmx_lease SET holder = $1, epoch = epoch + 1, \
      expires_at = now() + make_interval(secs => $2::float8), client_addr = '', federation_addr = '' \
      WHERE id = 1 AND (holder = '' OR expires_at < now()) RETURNING epoch";
-pub(super) const RENEW: &str = "UPDATE lmx_lease SET expires_at = now() + make_interval(secs => $3::float8) \
-     WHERE id = 1 AND holder = $1 AND epoch = $2";
+/// Renews the writer's row with the lease, to the same instant: a process
+/// that took the lease over finds the row lapsed too.
+pub(super) const RENEW: &str =
+    "WITH w AS (UPDATE lmx_writer SET expires_at = now() + make_interval(secs => $3::float8) \
+     WHERE holder = $1 RETURNING 1) \
+     UPDATE lmx_lease SET expires_at = now() + make_interval(secs => $3::float8) \
+     WHERE id = 1 AND holder = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM w)";
 pub(super) const RELEASE: &str =
     "UPDATE lmx_lease SET holder = '', expires_at = '-infinity' WHERE id = 1 AND holder = $1 AND epoch = $2";
-pub(super) const FENCE: &str = "SELECT 1 FROM lmx_lease WHERE id = 1 AND holder = $1 AND epoch = $2 FOR SHARE";
+pub(super) const FENCE: &str = "SELECT 1 FROM lmx_lease l JOIN lmx_writer w ON w.holder = l.holder \
+     WHERE l.id = 1 AND l.holder = $1 AND l.epoch = $2 FOR SHARE";
 pub(super) const CURRENT: &str = "SELECT holder, epoch, \
      greatest(extract(epoch from expires_at - now()), 0)::float8, client_addr, federation_addr \
      FROM lmx_lease WHERE id = 1";

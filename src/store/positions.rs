@@ -5,6 +5,11 @@
 //! A reader (sync, an outbound queue) that read up to 7 would then skip 6
 //! for ever; readers therefore see the *watermark*: the highest position
 //! below which nothing is still in flight.
+//!
+//! When other processes write to the same store (PostgreSQL), positions come
+//! from the store (`SharedStream`) and the watermark also waits for theirs:
+//! each writer records in the store the lowest position it has in flight,
+//! and the watermark is bounded by the others' lowest.
 
 use std::collections::BTreeSet;
 use std::ops::RangeInclusive;
@@ -19,6 +24,12 @@ const RESERVE: u64 = 4096;
 
 pub struct Positions {
     store: Arc<dyn Store>,
+    shared: Option<Arc<dyn SharedStream>>,
+    /// Serialises a shared stream's allocations, so the generation each
+    /// returns matches the positions in flight (see `SharedStream::settle`)
+    /// without holding `inner` over a round trip to the store: other
+    /// writers' news is applied under `inner` from the store's own threads.
+    allocating: Mutex<()>,
     inner: Mutex<Inner>,
     watermark: watch::Sender<u64>,
 }
@@ -27,6 +38,42 @@ struct Inner {
     next: u64,
     reserved_to: u64,
     in_flight: BTreeSet<u64>,
+    /// Shared streams: the store's count of this writer's allocations, as
+    /// of the last one, and how far every other writer has settled.
+    generation: u64,
+    others_settled: u64,
+    /// While a shared stream's allocation is on its way: how far others had
+    /// settled when it started. Its positions are above that, and news
+    /// from other writers arriving meanwhile may already count them.
+    allocation_pending: Option<u64>,
+}
+
+/// Positions kept in a store that several processes write to.
+pub trait SharedStream: Send + Sync {
+    /// Hands out `n` (≥ 1) consecutive positions and, in the same step,
+    /// records the first as this writer's lowest in flight unless it
+    /// already has one.
+    fn allocate(&self, n: u64) -> StoreResult<Handout>;
+    /// Records this writer's lowest position in flight (`None`: none),
+    /// unless it allocated again after `generation`: that record would be
+    /// too high. Need not wait; a record left out only holds readers back.
+    fn settle(&self, generation: u64, lowest_in_flight: Option<u64>);
+    /// How far every other writer has settled, now.
+    fn others_settled(&self) -> StoreResult<u64>;
+    /// Calls `moved` with `others_settled` whenever another writer settles.
+    fn watch_others(&self, moved: Box<dyn Fn(u64) + Send + Sync>);
+}
+
+/// Positions a shared stream handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handout {
+    pub first: u64,
+    pub last: u64,
+    /// Counts this writer's allocations (see `SharedStream::settle`).
+    pub generation: u64,
+    /// Every position up to this one that another writer holds had settled
+    /// when these were handed out.
+    pub others_settled: u64,
 }
 
 /// Positions a writer holds until its batch is durable; dropping it
@@ -54,29 +101,73 @@ impl Drop for Allocation {
 
 impl Positions {
     pub fn open(store: Arc<dyn Store>) -> StoreResult<Arc<Self>> {
+        let shared = store.shared_stream();
         // Positions up to the recorded high water may have been used.
-        let high = store.position_high_water()?;
-        Ok(Arc::new(Positions {
+        let high = match &shared {
+            Some(stream) => stream.others_settled()?,
+            None => store.position_high_water()?,
+        };
+        let inner = Inner {
+            next: high + 1,
+            reserved_to: high,
+            in_flight: BTreeSet::new(),
+            generation: 0,
+            others_settled: high,
+            allocation_pending: None,
+        };
+        let positions = Arc::new(Positions {
             store,
-            inner: Mutex::new(Inner { next: high + 1, reserved_to: high, in_flight: BTreeSet::new() }),
+            shared,
+            allocating: Mutex::new(()),
+            inner: Mutex::new(inner),
             watermark: watch::channel(high).0,
-        }))
+        });
+        if let Some(stream) = &positions.shared {
+            let weak = Arc::downgrade(&positions);
+            stream.watch_others(Box::new(move |settled| {
+                if let Some(positions) = weak.upgrade() {
+                    positions.others_moved(settled);
+                }
+            }));
+        }
+        Ok(positions)
     }
 
     /// Hands out `n` (≥ 1) consecutive positions.
     pub fn allocate(self: &Arc<Self>, n: u64) -> StoreResult<Allocation> {
         let n = n.max(1);
-        let mut inner = self.inner.lock().expect("poisoned");
-        let first = inner.next;
-        let last = first + n - 1;
-        if last > inner.reserved_to {
-            let reserve = last + RESERVE;
-            let mut b = Batch::new();
-            b.push(Op::PositionHighWater(reserve));
-            self.store.write(b)?;
-            inner.reserved_to = reserve;
-        }
-        inner.next = last + 1;
+        let (first, last, mut inner) = match &self.shared {
+            Some(stream) => {
+                let _allocating = self.allocating.lock().expect("poisoned");
+                {
+                    let mut inner = self.inner.lock().expect("poisoned");
+                    inner.allocation_pending = Some(inner.others_settled);
+                }
+                let handout = stream.allocate(n);
+                let mut inner = self.inner.lock().expect("poisoned");
+                inner.allocation_pending = None;
+                let handout = handout?;
+                // A settlement recorded meanwhile carried the previous
+                // generation, so the store ignored it.
+                inner.generation = handout.generation;
+                inner.others_settled = inner.others_settled.max(handout.others_settled);
+                (handout.first, handout.last, inner)
+            }
+            None => {
+                let mut inner = self.inner.lock().expect("poisoned");
+                let first = inner.next;
+                let last = first + n - 1;
+                if last > inner.reserved_to {
+                    let reserve = last + RESERVE;
+                    let mut b = Batch::new();
+                    b.push(Op::PositionHighWater(reserve));
+                    self.store.write(b)?;
+                    inner.reserved_to = reserve;
+                }
+                (first, last, inner)
+            }
+        };
+        inner.next = inner.next.max(last + 1);
         inner.in_flight.extend(first..=last);
         Ok(Allocation { range: first..=last, owner: self.clone() })
     }
@@ -86,11 +177,40 @@ impl Positions {
         for p in range {
             inner.in_flight.remove(&p);
         }
-        let mark = match inner.in_flight.first() {
+        let lowest = inner.in_flight.first().copied();
+        if let Some(stream) = &self.shared {
+            stream.settle(inner.generation, lowest);
+        }
+        let mark = Self::mark(&inner, self.shared.is_some());
+        drop(inner);
+        self.raise(mark);
+    }
+
+    /// Another writer settled further.
+    fn others_moved(&self, settled: u64) {
+        let mut inner = self.inner.lock().expect("poisoned");
+        inner.others_settled = inner.others_settled.max(settled);
+        let mark = Self::mark(&inner, true);
+        drop(inner);
+        self.raise(mark);
+    }
+
+    /// Below the lowest position in flight here and, with other writers,
+    /// no further than they have settled.
+    fn mark(inner: &Inner, shared: bool) -> u64 {
+        let own = match inner.in_flight.first() {
             Some(lowest) => lowest - 1,
+            None if shared => u64::MAX,
             None => inner.next - 1,
         };
-        drop(inner);
+        if shared {
+            own.min(inner.others_settled).min(inner.allocation_pending.unwrap_or(u64::MAX))
+        } else {
+            own
+        }
+    }
+
+    fn raise(&self, mark: u64) {
         self.watermark.send_if_modified(|w| {
             let changed = mark > *w;
             *w = (*w).max(mark);
