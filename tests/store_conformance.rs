@@ -449,8 +449,6 @@ fn postgres_writers_share_one_gap_free_stream() {
     let url = pg.database("stream");
     let term = Duration::from_secs(10);
     let open = |access| -> Arc<dyn Store> { Arc::new(KvStore::new(PgKv::open(&url, None, 4, access).unwrap())) };
-    let (serving, member) = (open(Access::Serving { term }), open(Access::Member { term }));
-    let (a, b) = (Positions::open(serving.clone()).unwrap(), Positions::open(member.clone()).unwrap());
     let eventually = |what: &str, done: &dyn Fn() -> bool| {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !done() {
@@ -458,6 +456,22 @@ fn postgres_writers_share_one_gap_free_stream() {
             std::thread::sleep(Duration::from_millis(10));
         }
     };
+    let serving = open(Access::Serving { term });
+    let a = Positions::open(serving.clone()).unwrap();
+    let alone = a.allocate(2).unwrap();
+    let alone_last = *alone.positions().end();
+    drop(alone);
+    assert_eq!(a.watermark(), alone_last, "alone, a writer's watermark follows its own releases");
+    // A writer alone reserves positions ahead; one that joins is above the
+    // reserve, and is heard of, so the reserve cannot hold its readers back.
+    let member = open(Access::Member { term });
+    let b = Positions::open(member.clone()).unwrap();
+    let joined = b.allocate(1).unwrap();
+    let joined_first = joined.first();
+    assert!(joined_first > alone_last + 1, "the first writer had reserved positions ahead");
+    drop(joined);
+    eventually("the first writer gives its reserve up", &|| b.watermark() >= joined_first);
+    eventually("and follows the second", &|| a.watermark() >= joined_first);
 
     let held = a.allocate(1).unwrap();
     let later = b.allocate(2).unwrap();

@@ -246,6 +246,7 @@ async fn connect_and_migrate(
     client.execute(pg_stream::FORGET_LAPSED, &[]).await.map_err(backend)?;
     let secs = lease.term.as_secs_f64();
     client.execute(pg_stream::JOIN, &[&lease.holder, &secs]).await.map_err(backend)?;
+    client.execute(pg_stream::ANNOUNCE_JOINED, &[&lease.holder]).await.map_err(backend)?;
     Ok((client, Some(lease)))
 }
 

@@ -17,7 +17,7 @@ use tokio_postgres::AsyncMessage;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::keys;
-use super::positions::{Handout, SharedStream};
+use super::positions::{Handout, Others, SharedStream};
 use super::{StoreError, StoreResult};
 
 /// Schema step 4.
@@ -25,7 +25,7 @@ pub(super) const MIGRATION: &str = "\
 CREATE TABLE lmx_writer (holder text PRIMARY KEY, expires_at timestamptz NOT NULL, \
   lowest_in_flight bigint, generation bigint NOT NULL DEFAULT 0); \
 CREATE FUNCTION lmx_allocate(me text, n bigint, high_water bytea, \
-  OUT o_first bigint, OUT o_last bigint, OUT o_generation bigint, OUT o_others bigint) \
+  OUT o_first bigint, OUT o_last bigint, OUT o_generation bigint, OUT o_others bigint, OUT o_writers bigint) \
 LANGUAGE plpgsql AS $$ \
 BEGIN \
   INSERT INTO lmx_kv AS kv (k, v) VALUES (high_water, int8send(n)) \
@@ -35,7 +35,7 @@ BEGIN \
   UPDATE lmx_writer w SET lowest_in_flight = coalesce(w.lowest_in_flight, o_first), \
     generation = w.generation + 1 WHERE w.holder = me RETURNING w.generation INTO o_generation; \
   IF NOT FOUND THEN RAISE EXCEPTION 'lmx: % no longer writes to this store', me; END IF; \
-  SELECT min(w.lowest_in_flight) INTO o_others FROM lmx_writer w WHERE w.holder <> me; \
+  SELECT min(w.lowest_in_flight), count(*) INTO o_others, o_writers FROM lmx_writer w WHERE w.holder <> me; \
 END $$; \
 CREATE FUNCTION lmx_settle(me text, gen bigint, lowest bigint) RETURNS void LANGUAGE plpgsql AS $$ \
 BEGIN \
@@ -49,14 +49,17 @@ END $$";
 // Each statement of a plpgsql function sees what committed before it: the
 // others' rows are read after this allocation took the high-water row's
 // lock, so every allocation before it is seen with its writer's row.
-const ALLOCATE: &str = "SELECT o_first, o_last, o_generation, o_others FROM lmx_allocate($1, $2, $3)";
+const ALLOCATE: &str = "SELECT o_first, o_generation, o_last, o_others, o_writers FROM lmx_allocate($1, $2, $3)";
 const SETTLE: &str = "SELECT lmx_settle($1, $2, $3)";
 /// One statement, so the high water and the rows are read at one moment.
 const OTHERS: &str =
     "SELECT coalesce((SELECT ('x' || encode(v, 'hex'))::bit(64)::bigint FROM lmx_kv WHERE k = $2), 0), \
-     (SELECT min(lowest_in_flight) FROM lmx_writer WHERE holder <> $1)";
+     (SELECT min(lowest_in_flight) FROM lmx_writer WHERE holder <> $1), \
+     (SELECT count(*) FROM lmx_writer WHERE holder <> $1)";
 pub(super) const JOIN: &str =
     "INSERT INTO lmx_writer (holder, expires_at) VALUES ($1, now() + make_interval(secs => $2::float8))";
+/// Wakes the others, which give up positions reserved while alone.
+pub(super) const ANNOUNCE_JOINED: &str = "SELECT pg_notify('lmx_stream', $1)";
 pub(super) const LEAVE: &str = "DELETE FROM lmx_writer WHERE holder = $1";
 /// Run at joining and with every renewal: a writer that stopped renewing
 /// stops holding readers back a term later.
@@ -75,7 +78,12 @@ pub fn others_settled(high_water: i64, others_lowest: Option<i64>) -> u64 {
     }
 }
 
-type Watchers = Arc<Mutex<Vec<Box<dyn Fn(u64) + Send + Sync>>>>;
+/// The others from a row of (high water, their lowest in flight, how many).
+fn others(row: &tokio_postgres::Row, from: usize) -> Others {
+    Others { settled: others_settled(row.get(from), row.get(from + 1)), writing: row.get::<_, i64>(from + 2) > 0 }
+}
+
+type Watchers = Arc<Mutex<Vec<Box<dyn Fn(Others) + Send + Sync>>>>;
 
 pub(super) struct PgStream {
     handle: tokio::runtime::Handle,
@@ -118,12 +126,11 @@ impl SharedStream for PgStream {
             let c = pool.get().await.map_err(backend)?;
             let st = c.prepare_cached(ALLOCATE).await.map_err(backend)?;
             let row = c.query_one(&st, &[&holder, &n, &keys::position_high_water()]).await.map_err(backend)?;
-            let (first, last): (i64, i64) = (row.get(0), row.get(1));
             Ok(Handout {
-                first: position(first),
-                last: position(last),
-                generation: position(row.get(2)),
-                others_settled: others_settled(last, row.get(3)),
+                first: position(row.get(0)),
+                generation: position(row.get(1)),
+                last: position(row.get(2)),
+                others: others(&row, 2),
             })
         })
     }
@@ -132,16 +139,16 @@ impl SharedStream for PgStream {
         self.settling.send_replace(Some((generation, lowest_in_flight)));
     }
 
-    fn others_settled(&self) -> StoreResult<u64> {
+    fn others(&self) -> StoreResult<Others> {
         let (pool, holder) = (self.pool.clone(), self.holder.clone());
         super::pg_kv::on(&self.handle, async move {
             let c = pool.get().await.map_err(backend)?;
             let row = c.query_one(OTHERS, &[&holder, &keys::position_high_water()]).await.map_err(backend)?;
-            Ok(others_settled(row.get(0), row.get(1)))
+            Ok(others(&row, 0))
         })
     }
 
-    fn watch_others(&self, moved: Box<dyn Fn(u64) + Send + Sync>) {
+    fn watch_others(&self, moved: Box<dyn Fn(Others) + Send + Sync>) {
         self.watchers.lock().expect("poisoned").push(moved);
     }
 }
@@ -208,7 +215,7 @@ async fn listen(
     });
     let result = async {
         client.batch_execute("LISTEN lmx_stream").await?;
-        let others = client.prepare(OTHERS).await?;
+        let statement = client.prepare(OTHERS).await?;
         let mut every_second = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -219,10 +226,10 @@ async fn listen(
                 },
                 _ = every_second.tick() => {}
             }
-            let row = client.query_one(&others, &[&holder, &keys::position_high_water()]).await?;
-            let settled = others_settled(row.get(0), row.get(1));
+            let row = client.query_one(&statement, &[&holder, &keys::position_high_water()]).await?;
+            let now = others(&row, 0);
             for moved in watchers.lock().expect("poisoned").iter() {
-                moved(settled);
+                moved(now);
             }
         }
     }

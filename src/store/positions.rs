@@ -9,7 +9,10 @@
 //! When other processes write to the same store (PostgreSQL), positions come
 //! from the store (`SharedStream`) and the watermark also waits for theirs:
 //! each writer records in the store the lowest position it has in flight,
-//! and the watermark is bounded by the others' lowest.
+//! and the watermark is bounded by the others' lowest. A writer that finds
+//! itself alone reserves positions ahead, as with one process, and gives the
+//! reserve up when another writer appears (an unused reserve would hold the
+//! other's readers back).
 
 use std::collections::BTreeSet;
 use std::ops::RangeInclusive;
@@ -39,9 +42,13 @@ struct Inner {
     reserved_to: u64,
     in_flight: BTreeSet<u64>,
     /// Shared streams: the store's count of this writer's allocations, as
-    /// of the last one, and how far every other writer has settled.
+    /// of the last one; the other writers as last heard of; positions
+    /// reserved while alone (`reserve_next..=reserve_end`, empty when
+    /// `reserve_next` is past the end).
     generation: u64,
-    others_settled: u64,
+    others: Others,
+    reserve_next: u64,
+    reserve_end: u64,
     /// While a shared stream's allocation is on its way: how far others had
     /// settled when it started. Its positions are above that, and news
     /// from other writers arriving meanwhile may already count them.
@@ -58,10 +65,18 @@ pub trait SharedStream: Send + Sync {
     /// unless it allocated again after `generation`: that record would be
     /// too high. Need not wait; a record left out only holds readers back.
     fn settle(&self, generation: u64, lowest_in_flight: Option<u64>);
-    /// How far every other writer has settled, now.
-    fn others_settled(&self) -> StoreResult<u64>;
-    /// Calls `moved` with `others_settled` whenever another writer settles.
-    fn watch_others(&self, moved: Box<dyn Fn(u64) + Send + Sync>);
+    fn others(&self) -> StoreResult<Others>;
+    /// Calls `moved` whenever another writer settles or appears.
+    fn watch_others(&self, moved: Box<dyn Fn(Others) + Send + Sync>);
+}
+
+/// The other writers of a shared stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Others {
+    /// Every position up to this one that another writer holds has settled.
+    pub settled: u64,
+    /// Whether there are any.
+    pub writing: bool,
 }
 
 /// Positions a shared stream handed out.
@@ -71,9 +86,8 @@ pub struct Handout {
     pub last: u64,
     /// Counts this writer's allocations (see `SharedStream::settle`).
     pub generation: u64,
-    /// Every position up to this one that another writer holds had settled
-    /// when these were handed out.
-    pub others_settled: u64,
+    /// The other writers when these were handed out.
+    pub others: Others,
 }
 
 /// Positions a writer holds until its batch is durable; dropping it
@@ -103,16 +117,19 @@ impl Positions {
     pub fn open(store: Arc<dyn Store>) -> StoreResult<Arc<Self>> {
         let shared = store.shared_stream();
         // Positions up to the recorded high water may have been used.
-        let high = match &shared {
-            Some(stream) => stream.others_settled()?,
-            None => store.position_high_water()?,
+        let others = match &shared {
+            Some(stream) => stream.others()?,
+            None => Others { settled: store.position_high_water()?, writing: false },
         };
+        let high = others.settled;
         let inner = Inner {
             next: high + 1,
             reserved_to: high,
             in_flight: BTreeSet::new(),
             generation: 0,
-            others_settled: high,
+            others,
+            reserve_next: 1,
+            reserve_end: 0,
             allocation_pending: None,
         };
         let positions = Arc::new(Positions {
@@ -124,9 +141,9 @@ impl Positions {
         });
         if let Some(stream) = &positions.shared {
             let weak = Arc::downgrade(&positions);
-            stream.watch_others(Box::new(move |settled| {
+            stream.watch_others(Box::new(move |others| {
                 if let Some(positions) = weak.upgrade() {
-                    positions.others_moved(settled);
+                    positions.others_moved(others);
                 }
             }));
         }
@@ -139,19 +156,39 @@ impl Positions {
         let (first, last, mut inner) = match &self.shared {
             Some(stream) => {
                 let _allocating = self.allocating.lock().expect("poisoned");
-                {
+                let ask = {
                     let mut inner = self.inner.lock().expect("poisoned");
-                    inner.allocation_pending = Some(inner.others_settled);
-                }
-                let handout = stream.allocate(n);
+                    if inner.reserve_next + n - 1 <= inner.reserve_end {
+                        // The store's record of this writer is at or below
+                        // the reserve's next position already.
+                        let first = inner.reserve_next;
+                        inner.reserve_next += n;
+                        inner.in_flight.extend(first..first + n);
+                        return Ok(Allocation { range: first..=first + n - 1, owner: self.clone() });
+                    }
+                    inner.allocation_pending = Some(inner.others.settled);
+                    if inner.others.writing {
+                        n
+                    } else {
+                        n + RESERVE
+                    }
+                };
+                let handout = stream.allocate(ask);
                 let mut inner = self.inner.lock().expect("poisoned");
                 inner.allocation_pending = None;
                 let handout = handout?;
                 // A settlement recorded meanwhile carried the previous
                 // generation, so the store ignored it.
                 inner.generation = handout.generation;
-                inner.others_settled = inner.others_settled.max(handout.others_settled);
-                (handout.first, handout.last, inner)
+                inner.others = Others {
+                    settled: inner.others.settled.max(handout.others.settled),
+                    writing: handout.others.writing,
+                };
+                let last = handout.first + n - 1;
+                // Kept only while alone; otherwise the rest is left unused.
+                (inner.reserve_next, inner.reserve_end) =
+                    if handout.others.writing { (1, 0) } else { (last + 1, handout.last) };
+                (handout.first, last, inner)
             }
             None => {
                 let mut inner = self.inner.lock().expect("poisoned");
@@ -177,37 +214,54 @@ impl Positions {
         for p in range {
             inner.in_flight.remove(&p);
         }
-        let lowest = inner.in_flight.first().copied();
-        if let Some(stream) = &self.shared {
-            stream.settle(inner.generation, lowest);
+        // Alone, nobody reads the record: a writer that appears is heard
+        // of (`others_moved`), which records it then.
+        match &self.shared {
+            Some(stream) if inner.others.writing => stream.settle(inner.generation, Self::lowest_held(&inner)),
+            _ => {}
         }
         let mark = Self::mark(&inner, self.shared.is_some());
         drop(inner);
         self.raise(mark);
     }
 
-    /// Another writer settled further.
-    fn others_moved(&self, settled: u64) {
+    /// Another writer settled further, appeared or left.
+    fn others_moved(&self, others: Others) {
         let mut inner = self.inner.lock().expect("poisoned");
-        inner.others_settled = inner.others_settled.max(settled);
+        inner.others.settled = inner.others.settled.max(others.settled);
+        let appeared = others.writing && !inner.others.writing;
+        inner.others.writing = others.writing;
+        if others.writing {
+            inner.reserve_next = inner.reserve_end + 1;
+        }
+        if appeared {
+            if let Some(stream) = &self.shared {
+                stream.settle(inner.generation, Self::lowest_held(&inner));
+            }
+        }
         let mark = Self::mark(&inner, true);
         drop(inner);
         self.raise(mark);
     }
 
+    /// A shared stream's lowest position this writer has in flight or may
+    /// still hand out from its reserve.
+    fn lowest_held(inner: &Inner) -> Option<u64> {
+        let reserved = (inner.reserve_next <= inner.reserve_end).then_some(inner.reserve_next);
+        match (inner.in_flight.first().copied(), reserved) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Below the lowest position in flight here and, with other writers,
     /// no further than they have settled.
     fn mark(inner: &Inner, shared: bool) -> u64 {
-        let own = match inner.in_flight.first() {
-            Some(lowest) => lowest - 1,
-            None if shared => u64::MAX,
-            None => inner.next - 1,
-        };
-        if shared {
-            own.min(inner.others_settled).min(inner.allocation_pending.unwrap_or(u64::MAX))
-        } else {
-            own
+        if !shared {
+            return inner.in_flight.first().map_or(inner.next - 1, |lowest| lowest - 1);
         }
+        let own = Self::lowest_held(inner).map_or(u64::MAX, |lowest| lowest - 1);
+        own.min(inner.others.settled).min(inner.allocation_pending.unwrap_or(u64::MAX))
     }
 
     fn raise(&self, mark: u64) {
