@@ -247,6 +247,15 @@ async fn a_standby_answers_probes_until_it_takes_over() {
     assert_eq!(versions.header("retry-after"), "3", "retry once a lease term has passed");
     let whoami = Client::new(standby.client).with_user_of(&alice);
     assert_eq!(whoami.call("GET", "/_matrix/client/v3/account/whoami", None).await.status, 503, "nothing served");
+    // Waiting costs a query a second on sessions it keeps (opened in its
+    // first second), not a session a second. Sessions are counted as they
+    // end; the only one ending meanwhile is the psql that read the count.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let sessions = || pg.sql("probes", "SELECT sessions FROM pg_stat_database WHERE datname = 'probes'");
+    let before: u64 = sessions().parse().unwrap();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let after: u64 = sessions().parse().unwrap();
+    assert!(after - before <= 1, "a standby keeps its sessions while it waits: {} new", after - before);
 
     first.kill9();
     // It closes the probes and serves on the same address.

@@ -168,9 +168,25 @@ pub async fn open_postgres(config: &Config, access: Access) -> anyhow::Result<Kv
     let url = pg.url.clone().context("storage.postgres.url is not set")?;
     let (mut failures, mut standby_since) = (0, None::<std::time::Instant>);
     let mut standing = Standing::default();
+    // While another process serves: a handle that only reads, asking who.
+    let mut watching: Option<Arc<PgKv>> = None;
     let kv = loop {
-        let (url, ca_file, size) = (url.clone(), pg.ca_file.clone(), pg.pool_size);
-        match tokio::task::spawn_blocking(move || PgKv::open(&url, ca_file.as_deref(), size, access)).await? {
+        if let Some(watch) = watching.clone() {
+            match tokio::task::spawn_blocking(move || watch.lease_holder()).await? {
+                Ok(Some(holder)) => {
+                    standing.listen(config, &holder).await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "standby: could not read the PostgreSQL lease; reconnecting");
+                    watching = None;
+                }
+            }
+        }
+        let (at, ca_file, size) = (url.clone(), pg.ca_file.clone(), pg.pool_size);
+        match tokio::task::spawn_blocking(move || PgKv::open(&at, ca_file.as_deref(), size, access)).await? {
             Ok(kv) => break kv,
             Err(crate::store::StoreError::Leased(holder)) => {
                 failures = 0;
@@ -180,6 +196,12 @@ pub async fn open_postgres(config: &Config, access: Access) -> anyhow::Result<Kv
                 }
                 if matches!(access, Access::Serving { .. }) {
                     standing.listen(config, &holder).await;
+                }
+                if watching.is_none() {
+                    let (url, ca_file) = (url.clone(), pg.ca_file.clone());
+                    let opened =
+                        tokio::task::spawn_blocking(move || PgKv::open(&url, ca_file.as_deref(), 1, Access::ReadOnly));
+                    watching = opened.await?.ok().map(Arc::new);
                 }
             }
             Err(e) if e.is_damage() || failures >= 30 => {

@@ -147,6 +147,17 @@ impl PgKv {
         Ok(PgKv { pool, runtime: Some(runtime), handle, flusher, lease, renewing, stream, session })
     }
 
+    /// Who serves the database now; `None` when the lease is free to take.
+    /// A standby asks this on a handle that only reads, so waiting costs
+    /// one query a second instead of a whole `open`.
+    pub fn lease_holder(&self) -> Result<Option<super::LeaseHolder>, StoreError> {
+        self.run(|pool| async move {
+            let c = pool.get().await.map_err(backend)?;
+            let row = c.query_one(pg_lease::CURRENT, &[]).await.map_err(backend)?;
+            Ok(pg_lease::current(&row))
+        })
+    }
+
     fn run<T, F>(&self, work: impl FnOnce(Pool) -> F) -> Result<T, StoreError>
     where
         T: Send + 'static,

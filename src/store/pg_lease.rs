@@ -111,13 +111,23 @@ impl std::fmt::Display for LeaseHolder {
 
 /// The refusal for a process that finds the lease held.
 pub fn held_by(row: &tokio_postgres::Row) -> StoreError {
+    StoreError::Leased(holder_in(row))
+}
+
+/// The holder in a row `CURRENT` read; `None` when the lease is free to take.
+pub fn current(row: &tokio_postgres::Row) -> Option<LeaseHolder> {
+    let (holder, seconds_left): (String, f64) = (row.get(0), row.get(2));
+    (!holder.is_empty() && seconds_left > 0.0).then(|| holder_in(row))
+}
+
+fn holder_in(row: &tokio_postgres::Row) -> LeaseHolder {
     let (holder, epoch, seconds_left): (String, i64, f64) = (row.get(0), row.get(1), row.get(2));
     let announced = |i: usize| Some(row.get::<_, String>(i)).filter(|a| !a.is_empty());
-    StoreError::Leased(LeaseHolder {
+    LeaseHolder {
         describe: format!("{holder} (epoch {epoch}) for another {seconds_left:.1} s at most"),
         client_addr: announced(3),
         federation_addr: announced(4),
-    })
+    }
 }
 
 #[cfg(test)]
