@@ -52,7 +52,7 @@ async fn clients_and_peers_on_any_process_are_served_and_survive_kill_9_of_the_s
     // The processes name each client to each other.
     config.client.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
     let mut first = Proc::configured(&net, config);
-    first.env.push(("LMX_LOG".into(), Some("warn,lmx::app=info,lmx::store=info".into())));
+    first.env.push(("LMX_LOG".into(), Some("warn,lmx::app=info,lmx::store=info,lmx::request=info".into())));
     first.spawn();
     let alice = first.ready().await.register("alice").await;
     let mut others = [first.replica_apart(1, &net), first.replica_apart(2, &net)];
@@ -67,6 +67,17 @@ async fn clients_and_peers_on_any_process_are_served_and_survive_kill_9_of_the_s
         let ready = Client::new(o.client).raw("GET", "/ready", &[], Vec::new()).await;
         assert_eq!((ready.status, ready.json()["standby"].as_bool()), (200, Some(true)), "{:?}", ready.json());
     }
+    // The serving process logs the caller a standby (a trusted proxy here)
+    // speaks for, and the standby as `via`.
+    let behind = bob.raw("GET", "/_matrix/client/v3/account/whoami", &[("x-forwarded-for", "203.0.113.9")], Vec::new());
+    assert_eq!(behind.await.status, 200);
+    eventually("the request's line at the serving process", || {
+        first
+            .log_text()
+            .lines()
+            .any(|l| l.contains("account/whoami") && l.contains("remote=203.0.113.9") && l.contains("via=127.0.0.1"))
+    })
+    .await;
 
     // The participant reaches the hub through a standby's federation
     // address (TLS there, and from the standby to the serving process).

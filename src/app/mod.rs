@@ -450,7 +450,8 @@ impl App {
         let listeners = 2 + usize::from(self.admin.is_some()) + usize::from(self.metrics.is_some());
         let health = health_of(&self.node, listeners);
         let observed = |inner: Arc<dyn Handler>, listener| -> Arc<dyn Handler> {
-            Arc::new(Observed { inner, health: health.clone(), listener })
+            let proxies = self.node.config.client.trusted_proxies.clone();
+            Arc::new(Observed { inner, health: health.clone(), listener, proxies })
         };
         let fed_handler = observed(Arc::new(FedHandler { node: self.node.clone() }), "federation");
         let push = start_push(&self.node);

@@ -83,6 +83,8 @@ pub struct Observed {
     pub health: Arc<Health>,
     /// The listener's name in logs (`client`, `federation`).
     pub listener: &'static str,
+    /// `client.trusted_proxies`: the log names the caller they speak for.
+    pub proxies: Vec<ipnet::IpNet>,
 }
 
 fn probe(status: StatusCode, body: serde_json::Value) -> Response<Body> {
@@ -113,6 +115,8 @@ impl Handler for Observed {
         }
         let caller = Caller::default();
         req.extensions_mut().insert(caller.clone());
+        let from = super::client_ip(remote.ip(), req.headers(), &self.proxies);
+        let via = if from == remote.ip() { String::new() } else { remote.ip().to_string() };
         let method = req.method().clone();
         let request_id = crate::sys::random_string(10);
         let span = tracing::info_span!("request", %request_id, listener = self.listener);
@@ -138,7 +142,8 @@ impl Handler for Observed {
                     status = resp.status().as_u16(),
                     latency_ms = elapsed * 1000.0,
                     by = caller.get(),
-                    remote = %remote.ip(),
+                    remote = %from,
+                    via = %via,
                     %listener,
                     "request"
                 );
