@@ -254,6 +254,25 @@ async fn sighup_reloads_the_federation_certificate() {
     hub.stop();
 }
 
+/// A renewed certificate is also picked up on its own, a few seconds
+/// after its files stop changing: no SIGHUP needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_without_a_signal() {
+    let net = one_host();
+    let mut hub = Proc::configured(&net, net.config("hub.test"));
+    hub.env.push(("LMX_LOG".into(), Some("info".into())));
+    hub.spawn();
+    hub.ready().await;
+    let addr = hub.config.federation.listen;
+    let before = presented_certificate(&net, addr, "hub.test").await;
+    let (renewed_cert, renewed_key) = net.ca.issue_named("hub-renewed", &["hub.test"]);
+    std::fs::copy(&renewed_cert, hub.config.federation.tls_cert.as_ref().unwrap()).unwrap();
+    std::fs::copy(&renewed_key, hub.config.federation.tls_key.as_ref().unwrap()).unwrap();
+    eventually("the files are read again", || hub.log_text().contains("TLS certificate files changed: reloaded")).await;
+    assert_ne!(presented_certificate(&net, addr, "hub.test").await, before, "the renewed certificate is served");
+    hub.stop();
+}
+
 /// Rate limits come from the configuration SIGHUP reads again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_new_rate_limits() {

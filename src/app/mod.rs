@@ -459,7 +459,7 @@ impl App {
         let client = Arc::new(ClientHandler::new(client_deps, self.reload.rates.clone()));
         let limits = self.reload.http.clone();
         let mut tasks = vec![
-            tokio::spawn(serve(self.federation, self.tls, fed_handler, limits.clone(), stop_rx.clone())),
+            tokio::spawn(serve(self.federation, self.tls.clone(), fed_handler, limits.clone(), stop_rx.clone())),
             tokio::spawn(serve(self.client, None, observed(client.clone(), "client"), limits.clone(), stop_rx.clone())),
         ];
         if let Some(listener) = self.admin {
@@ -469,6 +469,9 @@ impl App {
         if let Some(listener) = self.metrics {
             let handler = observed(Arc::new(MetricsHandler { node: self.node.clone() }), "metrics");
             tasks.push(tokio::spawn(serve(listener, None, handler, limits, stop_rx.clone())));
+        }
+        if let Some(tls) = &self.tls {
+            tasks.push(tokio::spawn(tls.clone().keep_reading(stop_rx.clone())));
         }
         for _ in 0..listeners {
             health.listener_up();

@@ -250,6 +250,9 @@ impl StandbyListeners {
         let mut tasks =
             vec![tokio::spawn(serve(client, None, handler(false, Hop::Plain), limits.clone(), stopped.clone()))];
         if let Some((listener, tls, hop)) = federation {
+            if let Some(tls) = &tls {
+                tasks.push(tokio::spawn(tls.clone().keep_reading(stopped.clone())));
+            }
             tasks.push(tokio::spawn(serve(listener, tls, handler(true, hop), limits, stopped)));
         }
         Ok(StandbyListeners { upstream, moved, complete, stop, tasks })

@@ -171,18 +171,67 @@ impl ServerCertVerifier for WithoutRoots {
 }
 
 /// The federation listener's certificate, read again from its files on
-/// request (SIGHUP), so a renewed certificate takes effect without a
-/// restart; connections already open keep the one they began with.
+/// request (SIGHUP) and when they change (`keep_reading`), so a renewed
+/// certificate takes effect without a restart; connections already open
+/// keep the one they began with.
 pub struct ServerTls {
     cert: std::path::PathBuf,
     key: std::path::PathBuf,
     current: std::sync::RwLock<tokio_rustls::TlsAcceptor>,
+    looks: std::sync::Mutex<Looks>,
 }
+
+/// The files' modification times and sizes.
+type Stamp = [Option<(std::time::SystemTime, u64)>; 2];
+
+/// What `reload_if_settled` saw: at the last read, and at its last look.
+struct Looks {
+    read: Stamp,
+    last: Stamp,
+}
+
+/// How often `keep_reading` looks at the files.
+const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl ServerTls {
     pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerTls>, TlsError> {
+        let stamp = stamp(cert, key);
         let acceptor = Self::read(cert, key)?;
-        Ok(Arc::new(ServerTls { cert: cert.to_owned(), key: key.to_owned(), current: acceptor.into() }))
+        let looks = Looks { read: stamp, last: stamp }.into();
+        Ok(Arc::new(ServerTls { cert: cert.to_owned(), key: key.to_owned(), current: acceptor.into(), looks }))
+    }
+
+    /// Reads the files again once they have changed and then stayed the
+    /// same for one look, so a pair being replaced is not read half
+    /// written; `None` when there was nothing to read.
+    pub fn reload_if_settled(&self) -> Option<Result<(), TlsError>> {
+        let now = stamp(&self.cert, &self.key);
+        let mut looks = self.looks.lock().expect("poisoned");
+        let settled = now == looks.last;
+        looks.last = now;
+        if now == looks.read || !settled {
+            return None;
+        }
+        drop(looks);
+        Some(self.reload())
+    }
+
+    /// Looks at the files every two seconds until `stop`, reading them
+    /// again when they changed (a refused pair leaves the old in use).
+    pub async fn keep_reading(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(LOOK_EVERY) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            match self.reload_if_settled() {
+                Some(Ok(())) => tracing::info!(cert = %self.cert.display(), "TLS certificate files changed: reloaded"),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "TLS certificate files changed but are refused; the old certificate stays")
+                }
+                None => {}
+            }
+        }
     }
 
     fn read(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
@@ -197,8 +246,39 @@ impl ServerTls {
 
     /// Reads the files again; on an error the certificate in use stays.
     pub fn reload(&self) -> Result<(), TlsError> {
+        let now = stamp(&self.cert, &self.key);
+        *self.looks.lock().expect("poisoned") = Looks { read: now, last: now };
         let fresh = Self::read(&self.cert, &self.key)?;
         *self.current.write().expect("poisoned") = fresh;
         Ok(())
+    }
+}
+
+fn stamp(cert: &Path, key: &Path) -> Stamp {
+    let of = |p: &Path| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+    [of(cert), of(key)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_files_are_read_once_they_have_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        ensure_self_signed(&cert, &key, vec!["a.test".into()]).unwrap();
+        let tls = ServerTls::load(&cert, &key).unwrap();
+        assert!(tls.reload_if_settled().is_none(), "unchanged");
+        std::fs::remove_file(&cert).unwrap();
+        std::fs::remove_file(&key).unwrap();
+        ensure_self_signed(&cert, &key, vec!["renewed.a.test".into()]).unwrap();
+        assert!(tls.reload_if_settled().is_none(), "changed since the last look: may still be being written");
+        assert!(matches!(tls.reload_if_settled(), Some(Ok(()))), "settled: read");
+        assert!(tls.reload_if_settled().is_none(), "read once");
+        std::fs::write(&cert, "not a certificate").unwrap();
+        assert!(tls.reload_if_settled().is_none());
+        assert!(matches!(tls.reload_if_settled(), Some(Err(_))), "refused");
+        assert!(tls.reload_if_settled().is_none(), "refused once, not at every look");
     }
 }
