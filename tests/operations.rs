@@ -225,17 +225,23 @@ async fn presented_certificate(net: &Net, addr: std::net::SocketAddr, host: &str
     stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
-/// A renewed certificate put in place of the old files takes effect at
-/// SIGHUP, without a restart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_reloads_the_federation_certificate() {
+/// A hub logging at info, and the certificate it presents at first.
+async fn hub_presenting_its_certificate() -> (Net, Proc, Vec<u8>) {
     let net = one_host();
     let mut hub = Proc::configured(&net, net.config("hub.test"));
     hub.env.push(("LMX_LOG".into(), Some("info".into())));
     hub.spawn();
     hub.ready().await;
+    let before = presented_certificate(&net, hub.config.federation.listen, "hub.test").await;
+    (net, hub, before)
+}
+
+/// A renewed certificate put in place of the old files takes effect at
+/// SIGHUP, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_federation_certificate() {
+    let (net, mut hub, before) = hub_presenting_its_certificate().await;
     let addr = hub.config.federation.listen;
-    let before = presented_certificate(&net, addr, "hub.test").await;
     let (renewed_cert, renewed_key) = net.ca.issue_named("hub-renewed", &["hub.test"]);
     let (cert_path, key_path) =
         (hub.config.federation.tls_cert.clone().unwrap(), hub.config.federation.tls_key.clone().unwrap());
@@ -258,13 +264,8 @@ async fn sighup_reloads_the_federation_certificate() {
 /// after its files stop changing: no SIGHUP needed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_certificate_is_served_without_a_signal() {
-    let net = one_host();
-    let mut hub = Proc::configured(&net, net.config("hub.test"));
-    hub.env.push(("LMX_LOG".into(), Some("info".into())));
-    hub.spawn();
-    hub.ready().await;
+    let (net, mut hub, before) = hub_presenting_its_certificate().await;
     let addr = hub.config.federation.listen;
-    let before = presented_certificate(&net, addr, "hub.test").await;
     let (renewed_cert, renewed_key) = net.ca.issue_named("hub-renewed", &["hub.test"]);
     std::fs::copy(&renewed_cert, hub.config.federation.tls_cert.as_ref().unwrap()).unwrap();
     std::fs::copy(&renewed_key, hub.config.federation.tls_key.as_ref().unwrap()).unwrap();
