@@ -65,6 +65,7 @@ pub trait SharedStream: Send + Sync {
     /// unless it allocated again after `generation`: that record would be
     /// too high. Need not wait; a record left out only holds readers back.
     fn settle(&self, generation: u64, lowest_in_flight: Option<u64>);
+    /// The other writers, now.
     fn others(&self) -> StoreResult<Others>;
     /// Calls `moved` whenever another writer settles or appears.
     fn watch_others(&self, moved: Box<dyn Fn(Others) + Send + Sync>);
