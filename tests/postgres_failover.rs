@@ -266,3 +266,22 @@ async fn a_standby_answers_probes_until_it_takes_over() {
     assert_eq!(ready.status, 200, "ready once serving: {:?}", ready.json());
     assert!(standby.log_text().contains("took the PostgreSQL store"), "{}", standby.log_text());
 }
+
+/// `lmx bench failover` (small counts, a short lease): the serving process
+/// killed under load, every acknowledged event in the room once.
+#[test]
+fn the_failover_bench_finds_nothing_acknowledged_lost() {
+    let Some(pg) = Postgres::start() else { return };
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lmx"))
+        .args(["bench", "failover", "--smoke", "--json", "--lease-secs", "2", "--clients", "3", "--postgres"])
+        .arg(pg.url("postgres"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let notes = rows[0]["notes"].to_string();
+    assert!(rows[0]["scenario"].as_str().unwrap().starts_with("failover, 3 client(s), 2 processes"), "{rows}");
+    assert!(notes.contains("without an acknowledgement"), "the outage is measured: {notes}");
+    assert!(notes.contains("acknowledged: 0 missing, 0 repeated"), "{notes}");
+}

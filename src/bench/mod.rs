@@ -5,6 +5,7 @@
 //! events and peak RSS per process. BENCHMARKS.md holds the figures and the
 //! commands that made them.
 
+mod failover;
 pub mod http;
 mod pg;
 pub mod scenarios;
@@ -35,6 +36,10 @@ pub enum Scenario {
     Sync,
     /// 5: Synapse under scenario 1's and scenario 2's workloads.
     Synapse,
+    /// The hub as `--processes` processes on PostgreSQL (2 by default), the
+    /// serving one killed under load: the outage, and nothing acknowledged
+    /// lost (needs `--postgres`).
+    Failover,
     /// Everything above.
     All,
 }
@@ -79,6 +84,9 @@ pub struct Args {
     /// clients are spread over all of them.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
     pub processes: u16,
+    /// The failover scenario's `storage.postgres.lease_secs` (default: lmx's).
+    #[arg(long)]
+    pub lease_secs: Option<u64>,
 }
 
 /// Counts of a full run, or of a smoke run.
@@ -206,6 +214,18 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
                 let offer = Offer::Open { per_second: size.open_rates[0], seconds: size.open_seconds };
                 rows.push(scenarios::synapse_federated_latency(&w, py, offer).await?);
                 section("Scenario 5: Synapse, same machine, same run", rows, &mut all);
+            }
+        }
+    }
+    if wanted(Scenario::Failover) {
+        match &args.postgres {
+            None => eprintln!("failover scenario skipped: it needs --postgres"),
+            Some(_) => {
+                let clients = args.clients.first().copied().unwrap_or(10);
+                let events = args.events.unwrap_or(size.local_events / 2);
+                let processes = args.processes.max(2);
+                let rows = vec![failover::failover(&w, clients, events, processes, args.lease_secs).await?];
+                section("Failover: the serving process killed under load", rows, &mut all);
             }
         }
     }

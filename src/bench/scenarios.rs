@@ -87,7 +87,7 @@ impl Drop for Progress {
 }
 
 /// What each process used between two readings, per 1,000 events.
-fn figures(procs: &[&dyn Measured], before: &[Usage], events: u64) -> Vec<ProcessFigures> {
+pub(super) fn figures(procs: &[&dyn Measured], before: &[Usage], events: u64) -> Vec<ProcessFigures> {
     procs
         .iter()
         .zip(before)
@@ -103,7 +103,7 @@ fn figures(procs: &[&dyn Measured], before: &[Usage], events: u64) -> Vec<Proces
         .collect()
 }
 
-fn usages(procs: &[&dyn Measured]) -> Vec<Usage> {
+pub(super) fn usages(procs: &[&dyn Measured]) -> Vec<Usage> {
     procs.iter().map(|p| p.usage()).collect()
 }
 
@@ -163,7 +163,7 @@ async fn send_load(
 
 /// Users on one server in the rooms: the first creates them, the others
 /// join; `server` names the room's server for joins.
-async fn users_in_rooms(
+pub(super) async fn users_in_rooms(
     make: impl Fn() -> Conn,
     n: usize,
     rooms: usize,

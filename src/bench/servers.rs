@@ -176,6 +176,14 @@ impl Lmx {
         Conn::new(self.client)
     }
 
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Process `n` of this server (on PostgreSQL), with addresses of its
     /// own, standing by and forwarding to the serving one; started once it
     /// answers through it.
@@ -200,10 +208,7 @@ impl Measured for Lmx {
 
 impl Drop for Lmx {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.kill();
     }
 }
 
