@@ -175,7 +175,9 @@ pub async fn open_postgres(config: &Config, access: Access) -> anyhow::Result<Kv
             match tokio::task::spawn_blocking(move || watch.lease_holder()).await? {
                 Ok(Some(holder)) => {
                     standing.listen(config, &holder).await;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    // Looks again just after it would lapse, if that is sooner.
+                    let lapse = holder.lapses_in + Duration::from_millis(20);
+                    tokio::time::sleep(lapse.min(Duration::from_secs(1))).await;
                     continue;
                 }
                 Ok(None) => {}

@@ -101,6 +101,8 @@ pub struct LeaseHolder {
     /// Its client and federation listeners (`host:port`), once announced.
     pub client_addr: Option<String>,
     pub federation_addr: Option<String>,
+    /// When the lease lapses unless renewed, as the database saw it.
+    pub lapses_in: Duration,
 }
 
 impl std::fmt::Display for LeaseHolder {
@@ -127,6 +129,7 @@ fn holder_in(row: &tokio_postgres::Row) -> LeaseHolder {
         describe: format!("{holder} (epoch {epoch}) for another {seconds_left:.1} s at most"),
         client_addr: announced(3),
         federation_addr: announced(4),
+        lapses_in: Duration::from_secs_f64(seconds_left.max(0.0)),
     }
 }
 
