@@ -355,6 +355,7 @@ fn positions(store: Arc<dyn Store>) {
     let first = a.first();
     drop(a);
     assert_eq!(p.watermark(), first + 2);
+    drop(p);
     let reopened = Positions::open(store).unwrap();
     assert!(reopened.allocate(1).unwrap().first() > first + 2, "positions are never reused");
 }
@@ -417,7 +418,10 @@ fn postgres_store_conforms_and_persists() {
         panic!("refused for the lease")
     };
     assert_eq!((holder.client_addr, holder.federation_addr), (None, None), "the old holder's addresses are gone");
+    let watching = PgKv::open(&url, None, 1, Access::ReadOnly).unwrap();
+    assert!(watching.lease_holder().unwrap().is_some(), "held");
     drop(next);
+    assert_eq!(watching.lease_holder().unwrap(), None, "free once released");
     let reopened = KvStore::new(PgKv::open(&url, None, 2, Access::ReadOnly).unwrap());
     assert_eq!(reopened.list(&room(), 0, 3).unwrap(), vec![ev(0), ev(1), ev(2)]);
     assert!(reopened.user(&user("@a:hub.test")).unwrap().is_some());
@@ -528,6 +532,8 @@ fn postgres_writers_share_one_gap_free_stream() {
     assert!(sampler.join().unwrap() > 100, "the sampler ran alongside");
     let high = serving.position_high_water().unwrap();
     eventually("both reach the high water", &|| a.watermark() == high && b.watermark() == high);
-    let reopened = Positions::open(member).unwrap();
-    assert!(reopened.allocate(1).unwrap().first() > high, "positions are never reused");
+    assert!(Positions::open(member.clone()).is_err(), "a second Positions on one writer's stream is refused");
+    drop((b, member));
+    let restarted = Positions::open(open(Access::Member { term })).unwrap();
+    assert!(restarted.allocate(1).unwrap().first() > high, "positions are never reused");
 }

@@ -24,7 +24,7 @@ pub use kv::{for_each_page, BoxFuture, Entries, Kv, KvWrite, MemKv, ALL_KEYS_END
 pub use kv_store::KvStore;
 pub use pg_kv::{Access, PgKv};
 pub use pg_lease::LeaseHolder;
-pub use positions::{Allocation, Handout, Others, Positions, SharedStream};
+pub use positions::{Allocation, Handout, Others, OthersWatcher, Positions, SharedStream};
 pub use sled_kv::SledKv;
 
 /// The records kept in the store (generated from `proto/lmx/store.proto`).

@@ -111,7 +111,17 @@ impl PgKv {
         config.ssl_mode(super::pg_tls::mode(config.get_ssl_mode(), ca_file.is_some()).map_err(StoreError::Backend)?);
         let tls = super::pg_tls::connector(ca_file)?;
         let mut pooled = config.clone();
-        let options = format!("{} -c synchronous_commit=off", config.get_options().unwrap_or("")).trim().to_owned();
+        // A transaction left open (its process paused inside it) ends on
+        // its own, so the writer row it locked can be removed.
+        let idle_timeout = match access {
+            Access::Serving { term } | Access::Member { term } => term.as_millis().max(1000),
+            Access::ReadOnly => 60_000,
+        };
+        let options = format!(
+            "{} -c synchronous_commit=off -c idle_in_transaction_session_timeout={idle_timeout}",
+            config.get_options().unwrap_or("")
+        );
+        let options = options.trim().to_owned();
         pooled.options(&options);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -192,15 +202,21 @@ async fn keep_renewing(session: Arc<tokio::sync::Mutex<tokio_postgres::Client>>,
         let renewed = {
             let client = session.lock().await;
             let renew = async {
-                let renewed = if lease.serving {
-                    client.execute(pg_lease::RENEW, &[&lease.holder, &lease.epoch, &term]).await?
+                if lease.serving {
+                    client.execute(pg_lease::RENEW, &[&lease.holder, &lease.epoch, &term]).await
                 } else {
-                    client.execute(pg_stream::RENEW, &[&lease.holder, &term]).await?
-                };
-                client.execute(pg_stream::FORGET_LAPSED, &[]).await?;
-                Ok::<_, tokio_postgres::Error>(renewed)
+                    client.execute(pg_stream::RENEW, &[&lease.holder, &term]).await
+                }
             };
-            tokio::time::timeout(renewals.every(), renew).await
+            let renewed = tokio::time::timeout(renewals.every(), renew).await;
+            // Apart from the renewal, whose outcome it must not change.
+            let forgotten = tokio::time::timeout(renewals.every(), client.execute(pg_stream::FORGET_LAPSED, &[]));
+            match forgotten.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not remove lapsed PostgreSQL writers"),
+                Err(_) => tracing::warn!("removing lapsed PostgreSQL writers timed out"),
+            }
+            renewed
         };
         match renewed {
             Ok(Ok(1)) => renewals.renewed(sent),
@@ -376,7 +392,10 @@ impl Kv for PgKv {
             };
             let (held, _, _) = futures_util::future::try_join3(held, put, removed).await.map_err(backend)?;
             if held.is_none() {
-                lost(&lease, "a write found a newer epoch");
+                lost(
+                    &lease,
+                    if lease.serving { "a write found a newer epoch" } else { "a write found its writer row gone" },
+                );
             }
             tx.commit().await.map_err(backend)
         })

@@ -34,11 +34,14 @@ pub(super) const RENEW: &str =
      WHERE id = 1 AND holder = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM w)";
 pub(super) const RELEASE: &str =
     "UPDATE lmx_lease SET holder = '', expires_at = '-infinity' WHERE id = 1 AND holder = $1 AND epoch = $2";
+/// A share lock on the lease (a takeover waits for batches already
+/// checked) and a key-share lock on the writer row (see `pg_stream::FENCE`).
 pub(super) const FENCE: &str = "SELECT 1 FROM lmx_lease l JOIN lmx_writer w ON w.holder = l.holder \
-     WHERE l.id = 1 AND l.holder = $1 AND l.epoch = $2 FOR SHARE";
+     WHERE l.id = 1 AND l.holder = $1 AND l.epoch = $2 FOR SHARE OF l FOR KEY SHARE OF w";
+/// A released lease expires at `-infinity`, which cannot be subtracted from.
 pub(super) const CURRENT: &str = "SELECT holder, epoch, \
-     greatest(extract(epoch from expires_at - now()), 0)::float8, client_addr, federation_addr \
-     FROM lmx_lease WHERE id = 1";
+     CASE WHEN isfinite(expires_at) THEN greatest(extract(epoch from expires_at - now()), 0) ELSE 0 END::float8, \
+     client_addr, federation_addr FROM lmx_lease WHERE id = 1";
 /// Where the holder serves, once its listeners are up: standbys forward
 /// requests there.
 pub(super) const ANNOUNCE: &str =

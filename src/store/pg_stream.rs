@@ -3,11 +3,12 @@
 //! itself, so backups and migrations carry it as before. Each writing
 //! process has a row in `lmx_writer` with the lowest position it has in
 //! flight; readers wait for the lowest of them. A writer is fenced by its
-//! row: every batch takes a share lock on it, and a row whose term lapsed
-//! is deleted (after batches already checked commit), so a paused writer
-//! can neither append nor hold readers back for ever.
+//! row: every batch takes a key-share lock on it, and once its term has
+//! lapsed the next writer to join or renew deletes it (skipping it while a
+//! batch still holds it; a transaction left open ends after a term), so a
+//! paused writer can neither append nor hold readers back for ever.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -17,20 +18,22 @@ use tokio_postgres::AsyncMessage;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::keys;
-use super::positions::{Handout, Others, SharedStream};
+use super::positions::{Handout, Others, OthersWatcher, SharedStream};
 use super::{StoreError, StoreResult};
 
 /// Schema step 4.
 pub(super) const MIGRATION: &str = "\
 CREATE TABLE lmx_writer (holder text PRIMARY KEY, expires_at timestamptz NOT NULL, \
   lowest_in_flight bigint, generation bigint NOT NULL DEFAULT 0); \
+CREATE FUNCTION lmx_position(v bytea) RETURNS bigint IMMUTABLE LANGUAGE sql \
+  AS $$ SELECT ('x' || encode(v, 'hex'))::bit(64)::bigint $$; \
 CREATE FUNCTION lmx_allocate(me text, n bigint, high_water bytea, \
   OUT o_first bigint, OUT o_last bigint, OUT o_generation bigint, OUT o_others bigint, OUT o_writers bigint) \
 LANGUAGE plpgsql AS $$ \
 BEGIN \
   INSERT INTO lmx_kv AS kv (k, v) VALUES (high_water, int8send(n)) \
-    ON CONFLICT (k) DO UPDATE SET v = int8send(('x' || encode(kv.v, 'hex'))::bit(64)::bigint + n) \
-    RETURNING ('x' || encode(kv.v, 'hex'))::bit(64)::bigint INTO o_last; \
+    ON CONFLICT (k) DO UPDATE SET v = int8send(lmx_position(kv.v) + n) \
+    RETURNING lmx_position(kv.v) INTO o_last; \
   o_first := o_last - n + 1; \
   UPDATE lmx_writer w SET lowest_in_flight = coalesce(w.lowest_in_flight, o_first), \
     generation = w.generation + 1 WHERE w.holder = me RETURNING w.generation INTO o_generation; \
@@ -49,11 +52,10 @@ END $$";
 // Each statement of a plpgsql function sees what committed before it: the
 // others' rows are read after this allocation took the high-water row's
 // lock, so every allocation before it is seen with its writer's row.
-const ALLOCATE: &str = "SELECT o_first, o_generation, o_last, o_others, o_writers FROM lmx_allocate($1, $2, $3)";
+const ALLOCATE: &str = "SELECT o_first, o_last, o_generation, o_others, o_writers FROM lmx_allocate($1, $2, $3)";
 const SETTLE: &str = "SELECT lmx_settle($1, $2, $3)";
 /// One statement, so the high water and the rows are read at one moment.
-const OTHERS: &str =
-    "SELECT coalesce((SELECT ('x' || encode(v, 'hex'))::bit(64)::bigint FROM lmx_kv WHERE k = $2), 0), \
+const OTHERS: &str = "SELECT coalesce((SELECT lmx_position(v) FROM lmx_kv WHERE k = $2), 0), \
      (SELECT min(lowest_in_flight) FROM lmx_writer WHERE holder <> $1), \
      (SELECT count(*) FROM lmx_writer WHERE holder <> $1)";
 pub(super) const JOIN: &str =
@@ -61,12 +63,20 @@ pub(super) const JOIN: &str =
 /// Wakes the others, which give up positions reserved while alone.
 pub(super) const ANNOUNCE_JOINED: &str = "SELECT pg_notify('lmx_stream', $1)";
 pub(super) const LEAVE: &str = "DELETE FROM lmx_writer WHERE holder = $1";
-/// Run at joining and with every renewal: a writer that stopped renewing
-/// stops holding readers back a term later.
-pub(super) const FORGET_LAPSED: &str = "DELETE FROM lmx_writer WHERE expires_at < now()";
+/// Run at joining and after every renewal: a writer that stopped renewing
+/// stops holding readers back once its row has lapsed. A row a batch still
+/// has locked (its writer paused inside the transaction) is skipped, never
+/// waited for: the transaction ends by itself (the sessions'
+/// `idle_in_transaction_session_timeout` is the term) and the row goes at a
+/// later renewal.
+pub(super) const FORGET_LAPSED: &str = "DELETE FROM lmx_writer WHERE holder IN \
+     (SELECT holder FROM lmx_writer WHERE expires_at < now() FOR UPDATE SKIP LOCKED)";
 pub(super) const RENEW: &str =
     "UPDATE lmx_writer SET expires_at = now() + make_interval(secs => $2::float8) WHERE holder = $1";
-pub(super) const FENCE: &str = "SELECT 1 FROM lmx_writer WHERE holder = $1 FOR SHARE";
+/// A key-share lock: it keeps the row from being deleted until the batch
+/// commits, without waiting on (or holding up) this writer's own updates of
+/// the row in `lmx_allocate` and `lmx_settle`.
+pub(super) const FENCE: &str = "SELECT 1 FROM lmx_writer WHERE holder = $1 FOR KEY SHARE";
 
 /// How far the others have settled: up to the high water, and below the
 /// lowest position any of them still has in flight.
@@ -78,12 +88,13 @@ pub fn others_settled(high_water: i64, others_lowest: Option<i64>) -> u64 {
     }
 }
 
-/// The others from a row of (high water, their lowest in flight, how many).
-fn others(row: &tokio_postgres::Row, from: usize) -> Others {
-    Others { settled: others_settled(row.get(from), row.get(from + 1)), writing: row.get::<_, i64>(from + 2) > 0 }
+/// The others from the high water, their lowest position in flight and
+/// how many they are.
+fn others(high_water: i64, lowest: Option<i64>, writers: i64) -> Others {
+    Others { settled: others_settled(high_water, lowest), writing: writers > 0 }
 }
 
-type Watchers = Arc<Mutex<Vec<Box<dyn Fn(Others) + Send + Sync>>>>;
+type Watchers = Arc<Mutex<Option<Weak<dyn OthersWatcher>>>>;
 
 pub(super) struct PgStream {
     handle: tokio::runtime::Handle,
@@ -126,11 +137,13 @@ impl SharedStream for PgStream {
             let c = pool.get().await.map_err(backend)?;
             let st = c.prepare_cached(ALLOCATE).await.map_err(backend)?;
             let row = c.query_one(&st, &[&holder, &n, &keys::position_high_water()]).await.map_err(backend)?;
+            let last: i64 = row.get(1);
             Ok(Handout {
                 first: position(row.get(0)),
-                generation: position(row.get(1)),
-                last: position(row.get(2)),
-                others: others(&row, 2),
+                last: position(last),
+                generation: position(row.get(2)),
+                // These positions are the highest handed out so far.
+                others: others(last, row.get(3), row.get(4)),
             })
         })
     }
@@ -144,12 +157,19 @@ impl SharedStream for PgStream {
         super::pg_kv::on(&self.handle, async move {
             let c = pool.get().await.map_err(backend)?;
             let row = c.query_one(OTHERS, &[&holder, &keys::position_high_water()]).await.map_err(backend)?;
-            Ok(others(&row, 0))
+            Ok(others(row.get(0), row.get(1), row.get(2)))
         })
     }
 
-    fn watch_others(&self, moved: Box<dyn Fn(Others) + Send + Sync>) {
-        self.watchers.lock().expect("poisoned").push(moved);
+    fn watch_others(&self, watcher: Weak<dyn OthersWatcher>) -> StoreResult<()> {
+        let mut current = self.watchers.lock().expect("poisoned");
+        // Two would share one writer row, and one's record of its lowest
+        // position could hide the other's.
+        if current.as_ref().is_some_and(|w| w.strong_count() > 0) {
+            return Err(StoreError::Backend("postgres: this store's stream already has its positions".into()));
+        }
+        *current = Some(watcher);
+        Ok(())
     }
 }
 
@@ -227,9 +247,10 @@ async fn listen(
                 _ = every_second.tick() => {}
             }
             let row = client.query_one(&statement, &[&holder, &keys::position_high_water()]).await?;
-            let now = others(&row, 0);
-            for moved in watchers.lock().expect("poisoned").iter() {
-                moved(now);
+            let now = others(row.get(0), row.get(1), row.get(2));
+            let watcher = watchers.lock().expect("poisoned").as_ref().and_then(Weak::upgrade);
+            if let Some(watcher) = watcher {
+                watcher.others_moved(now);
             }
         }
     }

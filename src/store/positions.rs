@@ -16,7 +16,7 @@
 
 use std::collections::BTreeSet;
 use std::ops::RangeInclusive;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::watch;
 
@@ -67,8 +67,15 @@ pub trait SharedStream: Send + Sync {
     fn settle(&self, generation: u64, lowest_in_flight: Option<u64>);
     /// The other writers, now.
     fn others(&self) -> StoreResult<Others>;
-    /// Calls `moved` whenever another writer settles or appears.
-    fn watch_others(&self, moved: Box<dyn Fn(Others) + Send + Sync>);
+    /// Tells `watcher` whenever another writer settles or appears, while
+    /// it lives. A stream has one `Positions` at a time: a second is
+    /// refused while the first lives.
+    fn watch_others(&self, watcher: Weak<dyn OthersWatcher>) -> StoreResult<()>;
+}
+
+/// What hears of a shared stream's other writers.
+pub trait OthersWatcher: Send + Sync {
+    fn others_moved(&self, others: Others);
 }
 
 /// The other writers of a shared stream.
@@ -141,12 +148,8 @@ impl Positions {
             watermark: watch::channel(high).0,
         });
         if let Some(stream) = &positions.shared {
-            let weak = Arc::downgrade(&positions);
-            stream.watch_others(Box::new(move |others| {
-                if let Some(positions) = weak.upgrade() {
-                    positions.others_moved(others);
-                }
-            }));
+            let watcher: Weak<dyn OthersWatcher> = Arc::downgrade(&positions) as Weak<Positions>;
+            stream.watch_others(watcher)?;
         }
         Ok(positions)
     }
@@ -181,14 +184,16 @@ impl Positions {
                 // A settlement recorded meanwhile carried the previous
                 // generation, so the store ignored it.
                 inner.generation = handout.generation;
+                // Others heard of meanwhile stay (the handout's look may be
+                // the older); only the listener's looks say they left.
                 inner.others = Others {
                     settled: inner.others.settled.max(handout.others.settled),
-                    writing: handout.others.writing,
+                    writing: handout.others.writing || inner.others.writing,
                 };
                 let last = handout.first + n - 1;
                 // Kept only while alone; otherwise the rest is left unused.
                 (inner.reserve_next, inner.reserve_end) =
-                    if handout.others.writing { (1, 0) } else { (last + 1, handout.last) };
+                    if inner.others.writing { (1, 0) } else { (last + 1, handout.last) };
                 (handout.first, last, inner)
             }
             None => {
@@ -222,25 +227,6 @@ impl Positions {
             _ => {}
         }
         let mark = Self::mark(&inner, self.shared.is_some());
-        drop(inner);
-        self.raise(mark);
-    }
-
-    /// Another writer settled further, appeared or left.
-    fn others_moved(&self, others: Others) {
-        let mut inner = self.inner.lock().expect("poisoned");
-        inner.others.settled = inner.others.settled.max(others.settled);
-        let appeared = others.writing && !inner.others.writing;
-        inner.others.writing = others.writing;
-        if others.writing {
-            inner.reserve_next = inner.reserve_end + 1;
-        }
-        if appeared {
-            if let Some(stream) = &self.shared {
-                stream.settle(inner.generation, Self::lowest_held(&inner));
-            }
-        }
-        let mark = Self::mark(&inner, true);
         drop(inner);
         self.raise(mark);
     }
@@ -281,6 +267,27 @@ impl Positions {
     /// Wakes when the watermark moves.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.watermark.subscribe()
+    }
+}
+
+impl OthersWatcher for Positions {
+    /// Another writer settled further, appeared or left.
+    fn others_moved(&self, others: Others) {
+        let mut inner = self.inner.lock().expect("poisoned");
+        inner.others.settled = inner.others.settled.max(others.settled);
+        let appeared = others.writing && !inner.others.writing;
+        inner.others.writing = others.writing;
+        if others.writing {
+            inner.reserve_next = inner.reserve_end + 1;
+        }
+        if appeared {
+            if let Some(stream) = &self.shared {
+                stream.settle(inner.generation, Self::lowest_held(&inner));
+            }
+        }
+        let mark = Self::mark(&inner, true);
+        drop(inner);
+        self.raise(mark);
     }
 }
 
