@@ -15,7 +15,7 @@ use serde_json::json;
 use super::http::{enc, Conn};
 use super::scenarios::{figures, usages, users_in_rooms, Progress, Workdir};
 use super::servers::{reset_peak, Lmx, Measured};
-use super::stats::{Latencies, Row};
+use super::stats::{share_of, Latencies, Row};
 use crate::config::Mode;
 
 /// How long one attempt may take before the client gives up on it and
@@ -132,7 +132,7 @@ pub async fn failover(
     let mut tasks = Vec::new();
     let n = users.len() as u64;
     for (i, mut c) in users.into_iter().enumerate() {
-        let share = events / n + u64::from((i as u64) < events % n);
+        let share = share_of(events, n, i);
         let (room, counter, acknowledged) = (room.clone(), counter.clone(), acknowledged.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Latencies::default();

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::http::{enc, Conn};
 use super::servers::{reset_peak, Lmx, Measured, Net, Synapse, Usage};
-use super::stats::{Latencies, ProcessFigures, Row};
+use super::stats::{share_of, Latencies, ProcessFigures, Row};
 use crate::config::Mode;
 
 /// Where a scenario keeps its servers' data.
@@ -140,7 +140,7 @@ async fn send_load(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (i, mut c) in clients.into_iter().enumerate() {
-        let share = events / n + u64::from((i as u64) < events % n);
+        let share = share_of(events, n, i);
         let room = rooms[i % rooms.len()].clone();
         let (tag, counter) = (tag.to_owned(), counter.clone());
         tasks.push(tokio::spawn(async move {
@@ -358,7 +358,7 @@ async fn federated_run<S: Measured>(label: String, f: Federated<S>, offer: Offer
         Offer::Closed { events } => {
             let n = f.senders.len() as u64;
             for (i, (_, c)) in f.senders.into_iter().enumerate() {
-                let share = events / n + u64::from((i as u64) < events % n);
+                let share = share_of(events, n, i);
                 let (room, arrivals, counter) = (f.room.clone(), arrivals.clone(), counter.clone());
                 let mut c = c;
                 tasks.push(tokio::spawn(async move {

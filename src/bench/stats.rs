@@ -6,6 +6,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+/// Client `i`'s part of `events` spread over `n` clients.
+pub fn share_of(events: u64, n: u64, i: usize) -> u64 {
+    events / n + u64::from((i as u64) < events % n)
+}
+
 /// Latencies of one run, in microseconds.
 #[derive(Debug, Default, Clone)]
 pub struct Latencies(Vec<u64>);

@@ -201,14 +201,8 @@ async fn keep_renewing(session: Arc<tokio::sync::Mutex<tokio_postgres::Client>>,
         let sent = Instant::now();
         let renewed = {
             let client = session.lock().await;
-            let renew = async {
-                if lease.serving {
-                    client.execute(pg_lease::RENEW, &[&lease.holder, &lease.epoch, &term]).await
-                } else {
-                    client.execute(pg_stream::RENEW, &[&lease.holder, &term]).await
-                }
-            };
-            let renewed = tokio::time::timeout(renewals.every(), renew).await;
+            let (renew, params) = lease.renewal(&term);
+            let renewed = tokio::time::timeout(renewals.every(), client.execute(renew, &params)).await;
             // Apart from the renewal, whose outcome it must not change.
             let forgotten = tokio::time::timeout(renewals.every(), client.execute(pg_stream::FORGET_LAPSED, &[]));
             match forgotten.await {
@@ -220,8 +214,7 @@ async fn keep_renewing(session: Arc<tokio::sync::Mutex<tokio_postgres::Client>>,
         };
         match renewed {
             Ok(Ok(1)) => renewals.renewed(sent),
-            Ok(Ok(_)) if lease.serving => lost(&lease, "another process took the lease"),
-            Ok(Ok(_)) => lost(&lease, "its writer row lapsed and was removed"),
+            Ok(Ok(_)) => lost(&lease, lease.gone()),
             Ok(Err(e)) => tracing::warn!(error = %e, "could not renew the PostgreSQL lease"),
             Err(_) => tracing::warn!("renewing the PostgreSQL lease timed out"),
         }
@@ -366,15 +359,13 @@ impl Kv for PgKv {
         let Split { keys, values, deletes } = split(writes);
         self.run(|pool| async move {
             let mut c = pool.get().await.map_err(backend)?;
-            let fence = c.prepare_cached(if lease.serving { pg_lease::FENCE } else { pg_stream::FENCE }).await;
-            let fence = fence.map_err(backend)?;
+            let (fence, fence_params) = lease.fence();
+            let fence = c.prepare_cached(fence).await.map_err(backend)?;
             let upsert = c.prepare_cached(UPSERT).await.map_err(backend)?;
             let delete = c.prepare_cached(DELETE).await.map_err(backend)?;
             let tx = c.transaction().await.map_err(backend)?;
             // Sent together (one round trip), run in order: the check first.
             // Should it fail, the writes are never committed.
-            let fence_params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                if lease.serving { vec![&lease.holder, &lease.epoch] } else { vec![&lease.holder] };
             let held = tx.query_opt(&fence, &fence_params);
             let put = async {
                 if keys.is_empty() {
@@ -392,10 +383,7 @@ impl Kv for PgKv {
             };
             let (held, _, _) = futures_util::future::try_join3(held, put, removed).await.map_err(backend)?;
             if held.is_none() {
-                lost(
-                    &lease,
-                    if lease.serving { "a write found a newer epoch" } else { "a write found its writer row gone" },
-                );
+                lost(&lease, lease.gone());
             }
             tx.commit().await.map_err(backend)
         })

@@ -27,8 +27,7 @@ pub(super) const TAKE: &str = "UPDATE lmx_lease SET holder = $1, epoch = epoch +
      WHERE id = 1 AND (holder = '' OR expires_at < now()) RETURNING epoch";
 /// Renews the writer's row with the lease, to the same instant: a process
 /// that took the lease over finds the row lapsed too.
-pub(super) const RENEW: &str =
-    "WITH w AS (UPDATE lmx_writer SET expires_at = now() + make_interval(secs => $3::float8) \
+const RENEW: &str = "WITH w AS (UPDATE lmx_writer SET expires_at = now() + make_interval(secs => $3::float8) \
      WHERE holder = $1 RETURNING 1) \
      UPDATE lmx_lease SET expires_at = now() + make_interval(secs => $3::float8) \
      WHERE id = 1 AND holder = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM w)";
@@ -36,7 +35,7 @@ pub(super) const RELEASE: &str =
     "UPDATE lmx_lease SET holder = '', expires_at = '-infinity' WHERE id = 1 AND holder = $1 AND epoch = $2";
 /// A share lock on the lease (a takeover waits for batches already
 /// checked) and a key-share lock on the writer row (see `pg_stream::FENCE`).
-pub(super) const FENCE: &str = "SELECT 1 FROM lmx_lease l JOIN lmx_writer w ON w.holder = l.holder \
+const FENCE: &str = "SELECT 1 FROM lmx_lease l JOIN lmx_writer w ON w.holder = l.holder \
      WHERE l.id = 1 AND l.holder = $1 AND l.epoch = $2 FOR SHARE OF l FOR KEY SHARE OF w";
 /// A released lease expires at `-infinity`, which cannot be subtracted from.
 pub(super) const CURRENT: &str = "SELECT holder, epoch, \
@@ -46,6 +45,40 @@ pub(super) const CURRENT: &str = "SELECT holder, epoch, \
 /// requests there.
 pub(super) const ANNOUNCE: &str =
     "UPDATE lmx_lease SET client_addr = $3, federation_addr = $4 WHERE id = 1 AND holder = $1 AND epoch = $2";
+
+type Params<'a> = Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)>;
+
+/// What differs between the serving process and a member: the statements
+/// that fence and renew each, and what it means when they find nothing.
+impl Lease {
+    /// The check sent with every batch, and its parameters.
+    pub(super) fn fence(&self) -> (&'static str, Params<'_>) {
+        if self.serving {
+            (FENCE, vec![&self.holder, &self.epoch])
+        } else {
+            (super::pg_stream::FENCE, vec![&self.holder])
+        }
+    }
+
+    /// The renewal for another `term` (seconds), and its parameters.
+    pub(super) fn renewal<'a>(&'a self, term: &'a f64) -> (&'static str, Params<'a>) {
+        if self.serving {
+            (RENEW, vec![&self.holder, &self.epoch, term])
+        } else {
+            (super::pg_stream::RENEW, vec![&self.holder, term])
+        }
+    }
+
+    /// Why a fence or renewal that found nothing means this process lost
+    /// the right to write.
+    pub(super) fn gone(&self) -> &'static str {
+        if self.serving {
+            "another process took the lease"
+        } else {
+            "its writer row lapsed and was removed"
+        }
+    }
+}
 
 /// A name for this process in the lease row (for operators reading it).
 pub fn holder_name() -> String {
