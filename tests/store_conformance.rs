@@ -28,7 +28,7 @@ fn user(s: &str) -> UserId {
 }
 
 fn write(store: &dyn Store, ops: Vec<Op>) {
-    store.write(Batch { ops }).unwrap();
+    store.write(Batch { ops, ..Batch::default() }).unwrap();
 }
 
 fn rooms_and_events(store: &dyn Store) {
@@ -426,7 +426,7 @@ fn postgres_store_conforms_and_persists() {
     assert_eq!(reopened.list(&room(), 0, 3).unwrap(), vec![ev(0), ev(1), ev(2)]);
     assert!(reopened.user(&user("@a:hub.test")).unwrap().is_some());
     assert_eq!(reopened.destination(&server("a.test")).unwrap().acked, 7);
-    assert_eq!(pg.sql("conformance", "SELECT version FROM lmx_schema"), "4", "the schema is migrated once");
+    assert_eq!(pg.sql("conformance", "SELECT version FROM lmx_schema"), "5", "the schema is migrated once");
 }
 
 #[test]
@@ -436,7 +436,7 @@ fn postgres_store_refuses_a_newer_schema() {
     drop(PgKv::open(&url, None, 1, Access::ReadOnly).unwrap());
     pg.sql("newer", "UPDATE lmx_schema SET version = 99");
     let refused = PgKv::open(&url, None, 1, Access::ReadOnly).err().expect("a newer schema is refused");
-    assert!(matches!(refused, StoreError::NewerSchema { found: 99, supported: 4 }), "{refused}");
+    assert!(matches!(refused, StoreError::NewerSchema { found: 99, supported: 5 }), "{refused}");
     assert!(refused.is_damage(), "nothing retries a newer schema");
 }
 
@@ -536,4 +536,51 @@ fn postgres_writers_share_one_gap_free_stream() {
     drop((b, member));
     let restarted = Positions::open(open(Access::Member { term })).unwrap();
     assert!(restarted.allocate(1).unwrap().first() > high, "positions are never reused");
+}
+
+/// Each room is written by one process at a time: its writer's batches
+/// carry the claim, and once another process has taken the room over (the
+/// holder lapsed, as a paused process does, or left) a batch under the old
+/// claim writes nothing, even after its process renews again.
+#[test]
+fn postgres_rooms_are_written_by_one_process_at_a_time() {
+    let Some(pg) = postgres::Postgres::start() else { return };
+    let url = pg.database("owners");
+    // Long enough that no renewal runs during the test: the test lapses
+    // and revives writer rows itself.
+    let term = std::time::Duration::from_secs(60);
+    let open = |access| -> Arc<dyn Store> { Arc::new(KvStore::new(PgKv::open(&url, None, 2, access).unwrap())) };
+    let (serving, member) = (open(Access::Serving { term }), open(Access::Member { term }));
+    let claimed =
+        |batch_ops: Vec<Op>, claim: &lmx::store::RoomClaim| Batch { ops: batch_ops, claim: Some(claim.clone()) };
+    fn elsewhere<T>(r: Result<T, StoreError>) -> bool {
+        matches!(r, Err(StoreError::RoomElsewhere(_)))
+    }
+
+    let first = member.claim_room(&room()).unwrap();
+    assert_eq!(member.claim_room(&room()).unwrap(), first, "claiming again keeps the epoch");
+    assert!(elsewhere(serving.claim_room(&room())), "a room another live process holds is refused");
+    member.write(claimed(vec![Op::PushCursor(5)], &first)).unwrap();
+    assert_eq!(member.push_cursor().unwrap(), Some(5));
+
+    let holder = pg.sql("owners", "SELECT holder FROM lmx_room_owner");
+    let set_expiry = |when: &str| {
+        pg.sql("owners", &format!("UPDATE lmx_writer SET expires_at = now() {when} WHERE holder = '{holder}'"));
+    };
+    set_expiry("- interval '1 second'");
+    let taken = serving.claim_room(&room()).unwrap();
+    assert!(taken.epoch > first.epoch, "taking a lapsed holder's room moves the epoch on");
+    set_expiry("+ interval '1 hour'");
+    assert!(elsewhere(member.write(claimed(vec![Op::PushCursor(9)], &first))), "the old claim is refused");
+    assert_eq!(serving.push_cursor().unwrap(), Some(5), "and wrote nothing");
+    assert!(elsewhere(member.claim_room(&room())), "the room stays with the process that took it");
+    serving.write(claimed(vec![Op::PushCursor(7)], &taken)).unwrap();
+    assert_eq!(member.push_cursor().unwrap(), Some(7));
+
+    // A process that leaves frees its rooms at once.
+    drop(serving);
+    let back = member.claim_room(&room()).unwrap();
+    assert!(back.epoch > taken.epoch);
+    member.write(claimed(vec![Op::PushCursor(8)], &back)).unwrap();
+    assert_eq!(member.push_cursor().unwrap(), Some(8));
 }

@@ -35,7 +35,7 @@ pub struct ClientDeps {
 impl ClientDeps {
     /// A room's published view, for a caller who must be in it.
     pub fn view_of_joined(&self, room: &crate::core::ids::RoomId) -> Result<Arc<RoomView>, Failure> {
-        self.rooms.find(room)?.map(|h| h.view()).ok_or_else(|| Failure::forbidden("You are not in this room"))
+        self.rooms.find_view(room)?.ok_or_else(|| Failure::forbidden("You are not in this room"))
     }
 
     pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {

@@ -36,8 +36,8 @@ pub async fn resolve(call: &Call, alias: &str) -> Result<(RoomId, Vec<ServerName
     let rec = call.server.store.alias(alias)?.ok_or_else(|| Failure::not_found("Room alias not found"))?;
     let room = rec.room()?;
     let mut servers = vec![call.server.name.clone()];
-    if let Some(h) = call.server.rooms.find(&room)? {
-        let hub = h.view().hub.clone();
+    if let Some(view) = call.server.rooms.find_view(&room)? {
+        let hub = view.hub.clone();
         if !servers.contains(&hub) {
             servers.insert(0, hub);
         }
@@ -58,7 +58,7 @@ pub fn create(call: &Call, alias: &str, room: &RoomId) -> Result<(), Failure> {
     if call.server.store.alias(&alias)?.is_some() {
         return Err(Failure::Taken(Taken::Alias));
     }
-    if call.server.rooms.find(room)?.is_none() {
+    if !call.server.rooms.knows(room) {
         return Err(Failure::not_found("Unknown room"));
     }
     let mut b = Batch::new();

@@ -89,8 +89,7 @@ pub async fn hierarchy(call: Call, room: &str) -> Result<Value, Failure> {
 
 /// A room held here that `user` may see, as a hierarchy entry.
 fn local_entry(call: &Call, user: &UserId, id: &RoomId) -> Result<Option<Value>, Failure> {
-    let Some(handle) = call.server.rooms.find(id)? else { return Ok(None) };
-    let view = handle.view();
+    let Some(view) = call.server.rooms.find_view(id)? else { return Ok(None) };
     let member =
         call.server.store.membership(user, id)?.is_some_and(|m| matches!(m.membership.as_str(), "join" | "invite"));
     if !member && !crate::room::summary::open_to_peek(&view) {

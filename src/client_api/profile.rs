@@ -49,8 +49,8 @@ fn profile_of(call: &Call, user: &UserId) -> Result<Value, Failure> {
     let shared = call.server.store.memberships(asker)?;
     let shared = shared.iter().filter(|(_, m)| m.membership == "join" || m.membership == "invite");
     for (room, _) in shared {
-        let Some(h) = call.server.rooms.get(room) else { continue };
-        if let Some(m) = h.view().state.member(user.as_str()) {
+        let Some(view) = call.server.rooms.get_view(room) else { continue };
+        if let Some(m) = view.state.member(user.as_str()) {
             for k in ["displayname", "avatar_url"] {
                 if let Some(v) = m.content().get(k).filter(|v| v.is_string()) {
                     out[k] = v.clone();

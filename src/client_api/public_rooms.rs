@@ -35,7 +35,7 @@ fn room_id(room: &str) -> Result<RoomId, Failure> {
 /// `GET directory/list/room/{roomId}`.
 pub fn listing(call: Call, room: &str) -> Result<Value, Failure> {
     let room = room_id(room)?;
-    if call.server.rooms.find(&room)?.is_none() {
+    if !call.server.rooms.knows(&room) {
         return Err(Failure::not_found("Unknown room"));
     }
     let public = call.server.store.is_published(&room)?;
@@ -53,7 +53,7 @@ pub async fn set_listing(call: Call, room: &str) -> Result<Value, Failure> {
         "private" => false,
         _ => return Err(Failure::invalid_param("visibility is public or private")),
     };
-    let view = call.server.rooms.find(&room)?.ok_or_else(|| Failure::not_found("Unknown room"))?.view();
+    let view = call.server.rooms.find_view(&room)?.ok_or_else(|| Failure::not_found("Unknown room"))?;
     let admin = call.server.store.user(user)?.is_some_and(|u| u.admin);
     if !admin {
         if view.state.membership(user.as_str()) != "join" {
@@ -93,8 +93,7 @@ pub fn search_users(call: Call) -> Result<Value, Failure> {
     let mut found: BTreeMap<String, Value> = BTreeMap::new();
     let mut limited = false;
     for room in rooms {
-        let Some(handle) = call.server.rooms.find(&room)? else { continue };
-        let view = handle.view();
+        let Some(view) = call.server.rooms.find_view(&room)? else { continue };
         for user in view.state.joined_members() {
             if found.contains_key(user.as_str()) {
                 continue;

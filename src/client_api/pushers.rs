@@ -101,8 +101,11 @@ pub fn notifications(call: Call) -> Result<Value, Failure> {
     let store = &*call.server.store;
     let mut views: BTreeMap<RoomId, Arc<RoomView>> = BTreeMap::new();
     for (room, m) in store.memberships(user)? {
-        if let (true, Some(h)) = (m.membership == "join", call.server.rooms.get(&room)) {
-            views.insert(room, h.view());
+        if m.membership != "join" {
+            continue;
+        }
+        if let Some(view) = call.server.rooms.get_view(&room) {
+            views.insert(room, view);
         }
     }
     let rules = rules_of(store, user)?;

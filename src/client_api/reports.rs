@@ -73,7 +73,7 @@ pub async fn user(call: Call, target: &str) -> Result<Value, Failure> {
     } else {
         use crate::core::rooms::StateView;
         call.server.store.memberships(&reporter)?.into_iter().any(|(room, _)| {
-            let view = call.server.rooms.find(&room).ok().flatten().map(|h| h.view());
+            let view = call.server.rooms.find_view(&room).ok().flatten();
             view.is_some_and(|v| v.state.membership(target.as_str()) != "leave")
         })
     };
@@ -99,8 +99,8 @@ fn admin_json(call: &Call, id: &str, r: &ReportRecord) -> Value {
         "event_id": r.event_id, "target_user_id": r.user_id, "reason": r.reason, "score": r.score,
         "sender": null, "name": null, "canonical_alias": null,
     });
-    let view = crate::core::ids::RoomId::parse(&r.room_id).ok().and_then(|room| call.server.rooms.get(&room));
-    if let Some(view) = view.map(|h| h.view()) {
+    let view = crate::core::ids::RoomId::parse(&r.room_id).ok().and_then(|room| call.server.rooms.get_view(&room));
+    if let Some(view) = view {
         let field = |ty: &str, key: &str| {
             crate::core::rooms::StateView::get(&*view.state, ty, "").and_then(|e| e.content().get(key).cloned())
         };

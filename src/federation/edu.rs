@@ -145,8 +145,7 @@ pub fn sharing_servers(node: &Node, user: &UserId) -> BTreeSet<ServerName> {
         }
     };
     for room in joined {
-        let Some(h) = node.rooms.get(&room) else { continue };
-        let view = h.view();
+        let Some(view) = node.rooms.get_view(&room) else { continue };
         if view.state.membership(user.as_str()) == "join" {
             out.extend(joined_servers(&view));
         }
@@ -232,7 +231,7 @@ impl From<StoreError> for ToDeviceRefused {
 /// The room's view, if `user` is joined and `origin` may speak for them.
 fn room_for(node: &Node, origin: &ServerName, room: &str, user: &UserId) -> Result<Arc<RoomView>, String> {
     let room = RoomId::parse(room).map_err(|e| e.to_string())?;
-    let view = node.rooms.get(&room).ok_or("unknown room")?.view();
+    let view = node.rooms.get_view(&room).ok_or("unknown room")?;
     if !(user.is_on(origin) || &view.hub == origin) {
         return Err(format!("{origin} may not speak for {user}"));
     }

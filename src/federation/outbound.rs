@@ -574,7 +574,7 @@ fn collect(
 /// LPDU's id and hash; mixed rooms: the event id for both.
 fn own_event(node: &Node, o: &crate::core::json::Object) -> Option<(String, RoomId, String)> {
     let room = o.get("room_id").and_then(Value::as_str).and_then(|r| RoomId::parse(r).ok())?;
-    let version = node.rooms.get(&room).map(|h| h.view().version).unwrap_or_else(RoomVersion::lm);
+    let version = node.rooms.get_view(&room).map(|v| v.version).unwrap_or_else(RoomVersion::lm);
     if version.lm {
         let l = Lpdu::from_object(version, o.clone()).ok()?;
         return Some((l.lpdu_id().to_string(), room, l.lpdu_hash().to_owned()));

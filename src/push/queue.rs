@@ -166,7 +166,7 @@ fn queue_event(
     let Some(rec) = store.event(&entry.event)? else { return Ok(()) };
     let Some(event) = pushable(&rec) else { return Ok(()) };
     // An invite to a room held elsewhere comes without the room.
-    let view = push.deps.rooms.get(&entry.room).map(|h| h.view());
+    let view = push.deps.rooms.get_view(&entry.room);
     let facts = view.as_deref().map(PushFacts::of);
     let targets = match view.as_deref() {
         Some(view) => recipients(view, &event, pushers, push),

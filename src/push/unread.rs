@@ -327,8 +327,7 @@ pub fn room_counts(
     user: &UserId,
     room: &RoomId,
 ) -> StoreResult<Counts> {
-    let Some(h) = rooms.get(room) else { return Ok(Counts::default()) };
-    let view = h.view();
+    let Some(view) = rooms.get_view(room) else { return Ok(Counts::default()) };
     let mut receipts = read_receipts(store, room, user)?;
     receipts.extend(join_floor(store, room, user)?);
     let key: Vec<String> = receipts.iter().map(|r| format!("{}@{}", r.event_id, r.thread_id)).collect();

@@ -148,9 +148,8 @@ fn notify_request(
     let Some(rec) = store.event(&event_id)? else { return Ok(None) };
     let Ok(event) = json::parse(&rec.json, NumberPolicy::Ieee754) else { return Ok(None) };
     let sender = event["sender"].as_str().unwrap_or_default();
-    let names = match push.deps.rooms.get(&room_id) {
-        Some(room) => {
-            let view = room.view();
+    let names = match push.deps.rooms.get_view(&room_id) {
+        Some(view) => {
             let state = |ty: &str, key: &str, field: &str| {
                 view.state.get(ty, key).and_then(|e| e.content().get(field)?.as_str().map(str::to_owned))
             };

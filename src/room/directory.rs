@@ -3,7 +3,12 @@
 //! at start and after it rested), or joined from a `send_join` answer. A
 //! joined room's first records go through its writer's commit like every
 //! later event, and concurrent joins of one room are taken one at a time,
-//! so a room never has two writers or two copies of its list.
+//! so a room never has two writers or two copies of its list. Before a
+//! writer starts, the room is claimed for this process in the store
+//! (`Store::claim_room`): on a store shared by several processes, one that
+//! another live process owns is refused (`RoomError::Elsewhere`), and a
+//! writer whose room was taken over stops at its first refused batch.
+//! Readers take views (`find_view`), which never start a writer.
 //!
 //! A room left idle rests: its writer stops and keeps nothing in memory
 //! but its durable length, and the next use loads it from the store. Only
@@ -18,9 +23,11 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, OwnedMutexGuard};
 
 use super::task::spawn_room;
+use super::views::RestingViews;
 use super::{JoinSeed, RoomCmd, RoomDeps, RoomError, RoomHandle, RoomView};
 use crate::core::event::RoomVersion;
 use crate::core::ids::{EventId, RoomId};
+use crate::store::RoomClaim;
 
 /// The outcome of opening a joined room.
 pub enum Opened {
@@ -73,6 +80,18 @@ impl Shelf {
         map.rooms.insert(room.clone(), Entry::Resting { length, rested, pruned_upto });
         true
     }
+
+    /// Files `room` as resting after its writer found another process had
+    /// taken it over: the next use claims it again, and is refused while
+    /// that process lives.
+    pub(super) fn disown(&self, room: &RoomId, length: u64, pruned_upto: u64) {
+        let mut map = self.0.lock().expect("poisoned");
+        if let Some(Entry::Running(_)) = map.rooms.get(room) {
+            map.rests += 1;
+            let rested = map.rests;
+            map.rooms.insert(room.clone(), Entry::Resting { length, rested, pruned_upto });
+        }
+    }
 }
 
 /// One lock per room being woken, so that concurrent uses of a resting
@@ -83,6 +102,8 @@ type WakeLocks = HashMap<RoomId, Arc<Mutex<()>>>;
 pub struct Rooms {
     deps: RoomDeps,
     map: Shelf,
+    /// Resting rooms as readers see them (`views.rs`).
+    resting_views: RestingViews,
     joining: Arc<Mutex<JoinLocks>>,
     waking: Mutex<WakeLocks>,
 }
@@ -109,15 +130,28 @@ impl Drop for JoinTurn {
 
 impl Rooms {
     pub fn new(deps: RoomDeps) -> Self {
-        Rooms { deps, map: Shelf::default(), joining: Arc::default(), waking: Mutex::default() }
+        Rooms {
+            deps,
+            map: Shelf::default(),
+            resting_views: RestingViews::default(),
+            joining: Arc::default(),
+            waking: Mutex::default(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Map> {
         self.map.0.lock().expect("poisoned")
     }
 
-    fn spawn(&self, view: RoomView, pruned_upto: u64) -> RoomHandle {
-        spawn_room(&self.deps, view, self.map.clone(), pruned_upto)
+    fn spawn(&self, view: RoomView, pruned_upto: u64, claim: RoomClaim) -> RoomHandle {
+        spawn_room(&self.deps, view, self.map.clone(), pruned_upto, claim)
+    }
+
+    /// Takes the room for this process before its writer starts. Claiming a
+    /// room this process holds already keeps its epoch, so claiming before
+    /// looking whether the writer runs is harmless.
+    fn claim(&self, id: &RoomId) -> Result<RoomClaim, RoomError> {
+        Ok(self.deps.store.claim_room(id)?)
     }
 
     /// The writer of a room this server knows, started from the store if
@@ -168,6 +202,7 @@ impl Rooms {
             };
             // Read outside the lock: a large room's state takes a while.
             let started = std::time::Instant::now();
+            let claim = self.claim(id)?;
             let view = super::load::load_view(&self.deps.store, id)?
                 .ok_or_else(|| RoomError::Storage(format!("{id} is not stored")))?;
             let mut map = self.lock();
@@ -175,14 +210,49 @@ impl Rooms {
                 Some(Entry::Resting { rested: now, .. }) if *now == rested => {
                     let load_us = started.elapsed().as_micros() as u64;
                     tracing::debug!(room_id = %id, state = view.state.len(), load_us, "room woke");
-                    let handle = self.spawn(view, pruned_upto);
+                    let handle = self.spawn(view, pruned_upto, claim);
                     map.rooms.insert(id.clone(), Entry::Running(handle.clone()));
+                    self.resting_views.forget(id);
                     return Ok(Some(handle));
                 }
                 // Woken (and maybe rested again) meanwhile: look again.
                 _ => continue,
             }
         }
+    }
+
+    /// A room's current view for readers, without starting its writer: the
+    /// writer's when it runs here, else read from the store (`views.rs`).
+    /// `Err` when a resting room cannot be read back.
+    pub fn find_view(&self, id: &RoomId) -> Result<Option<Arc<RoomView>>, RoomError> {
+        match self.lock().rooms.get(id) {
+            None => return Ok(None),
+            Some(Entry::Running(h)) => return Ok(Some(h.view())),
+            Some(Entry::Resting { .. }) => {}
+        }
+        match self.resting_views.read(&self.deps.store, id)? {
+            Some(view) => Ok(Some(view)),
+            None => Err(RoomError::Storage(format!("{id} is not stored"))),
+        }
+    }
+
+    /// `find_view` for readers that go on without the room: a room that
+    /// cannot be read back is skipped (and logged).
+    pub fn get_view(&self, id: &RoomId) -> Option<Arc<RoomView>> {
+        self.find_view(id)
+            .inspect_err(|e| tracing::error!(room_id = %id, error = %e, "a resting room could not be read"))
+            .ok()
+            .flatten()
+    }
+
+    #[cfg(test)]
+    pub(super) fn resting_views_kept(&self) -> usize {
+        self.resting_views.len()
+    }
+
+    /// Whether this server knows the room (running or resting).
+    pub fn knows(&self, id: &RoomId) -> bool {
+        self.lock().rooms.contains_key(id)
     }
 
     /// A running room's view; `None` for a room at rest (not woken) or
@@ -226,12 +296,17 @@ impl Rooms {
     /// Starts the writer of a room a local user creates here (we are its
     /// hub); its first events come as ordinary commands.
     pub fn create(&self, room: RoomId, version: &'static RoomVersion) -> Result<RoomHandle, RoomError> {
+        if self.lock().rooms.contains_key(&room) {
+            return Err(RoomError::BadEvent(format!("{room} exists already")));
+        }
+        // Outside the lock: a round trip on a shared store.
+        let claim = self.claim(&room)?;
         let mut map = self.lock();
         if map.rooms.contains_key(&room) {
             return Err(RoomError::BadEvent(format!("{room} exists already")));
         }
         let me = self.deps.env.key.server().clone();
-        let handle = self.spawn(RoomView::empty(room.clone(), version, me), 0);
+        let handle = self.spawn(RoomView::empty(room.clone(), version, me), 0, claim);
         map.rooms.insert(room, Entry::Running(handle.clone()));
         Ok(handle)
     }
@@ -268,6 +343,7 @@ impl Rooms {
     /// the caller's `JoinTurn` for the room.
     pub async fn open_joined(&self, seed: JoinSeed, _turn: &JoinTurn) -> Result<Opened, RoomError> {
         let room = seed.room.clone();
+        let claim = self.claim(&room)?;
         let (handle, rx) = {
             let mut map = self.lock();
             match map.rooms.get(&room) {
@@ -278,7 +354,7 @@ impl Rooms {
                 }
                 None => {}
             }
-            let handle = self.spawn(RoomView::empty(room.clone(), seed.version, seed.hub.clone()), 0);
+            let handle = self.spawn(RoomView::empty(room.clone(), seed.version, seed.hub.clone()), 0, claim);
             let (tx, rx) = tokio::sync::oneshot::channel();
             // A new inbox has room: the seed is the writer's first input.
             handle.try_send(RoomCmd::Seed { seed: Box::new(seed), reply: tx })?;

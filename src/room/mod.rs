@@ -11,6 +11,7 @@ mod resting_test;
 pub mod snapshot;
 pub mod summary;
 mod task;
+mod views;
 #[cfg(test)]
 mod write_failures;
 

@@ -116,6 +116,32 @@ async fn an_idle_room_rests_and_its_next_use_goes_on_from_the_store() {
     assert_one_list(&store, &room, 3);
 }
 
+/// Reading a resting room leaves it at rest: readers get the stored view,
+/// read again only once the room changed.
+#[tokio::test]
+async fn a_resting_room_is_read_without_starting_its_writer() {
+    let (store, rooms) = resting_after(Duration::from_millis(20));
+    let (room, alice) = new_room(&rooms).await;
+    until_resting(&rooms).await;
+    let view = rooms.find_view(&room).unwrap().expect("a known room");
+    assert_eq!(rooms.running(), 0, "no writer started for a reader");
+    assert_eq!((view.length, view.tail.clone()), (2, store.list(&room, 1, 2).unwrap().first().cloned()));
+    assert!(crate::core::rooms::StateView::member(&*view.state, alice.as_str()).is_some(), "with the room's state");
+    let again = rooms.find_view(&room).unwrap().unwrap();
+    assert!(Arc::ptr_eq(&view, &again), "kept while the room is unchanged");
+    assert_eq!(rooms.resting_views_kept(), 1);
+
+    let handle = rooms.get(&room).unwrap();
+    assert_eq!(rooms.resting_views_kept(), 0, "a running writer publishes its own view");
+    send(&handle, draft(&alice, "m.room.message", None, json!({"body": "more"}), "m")).await.unwrap();
+    drop(handle);
+    until_resting(&rooms).await;
+    let changed = rooms.find_view(&room).unwrap().unwrap();
+    assert_eq!(changed.length, 3, "the changed room is read again");
+    assert!(rooms.find_view(&RoomId::parse("!unknown:hub.test").unwrap()).unwrap().is_none());
+    assert_eq!(rooms.running(), 0);
+}
+
 #[tokio::test]
 async fn a_handle_held_outside_the_directory_keeps_the_room_awake() {
     let (_store, rooms) = resting_after(Duration::from_millis(10));

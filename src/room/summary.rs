@@ -55,8 +55,8 @@ pub fn public_rooms(
 ) -> Result<Value, super::RoomError> {
     let mut entries: Vec<Value> = Vec::new();
     for id in store.published_rooms()? {
-        if let Some(handle) = rooms.find(&id)? {
-            let entry = public_entry(&handle.view());
+        if let Some(view) = rooms.find_view(&id)? {
+            let entry = public_entry(&view);
             if term.is_none_or(|t| entry_matches(&entry, t)) {
                 entries.push(entry);
             }

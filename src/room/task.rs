@@ -19,7 +19,7 @@ use super::{Appended, LocalOutcome, RoomCmd, RoomDeps, RoomError, RoomHandle, Ro
 use crate::core::event::Pdu;
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
 use crate::store::records::{ClientTxn, EventRecord, PendingLpdu, StateSnapshot};
-use crate::store::{Allocation, Store, StoreError};
+use crate::store::{Allocation, RoomClaim, Store, StoreError};
 
 /// Commands taken from the inbox per batch.
 const MAX_BATCH: usize = 128;
@@ -41,6 +41,10 @@ struct Written {
 }
 
 fn storage_failed(e: StoreError) -> RoomError {
+    if let StoreError::RoomElsewhere(detail) = e {
+        tracing::error!(detail, "another process took the room over; its writer here stops");
+        return RoomError::Elsewhere(detail);
+    }
     tracing::error!(error = %e, "room write failed; reloading the room");
     RoomError::Storage(e.to_string())
 }
@@ -128,10 +132,20 @@ struct RoomTask {
     inbox: mpsc::WeakSender<RoomCmd>,
     /// The directory, where an idle room is put to rest.
     shelf: Shelf,
+    /// This process's hold on the room, checked by every batch.
+    claim: RoomClaim,
+    /// Another process took the room over: this writer stops.
+    disowned: bool,
 }
 
 /// Starts the writer task of a room whose state is `view`.
-pub(super) fn spawn_room(deps: &RoomDeps, view: RoomView, shelf: Shelf, pruned_upto: u64) -> RoomHandle {
+pub(super) fn spawn_room(
+    deps: &RoomDeps,
+    view: RoomView,
+    shelf: Shelf,
+    pruned_upto: u64,
+    claim: RoomClaim,
+) -> RoomHandle {
     let (tx, rx) = mpsc::channel(1024);
     let shared = Arc::new(RwLock::new(Arc::new(view.clone())));
     let span = tracing::info_span!(parent: None, "room", room_id = %view.room_id);
@@ -149,6 +163,8 @@ pub(super) fn spawn_room(deps: &RoomDeps, view: RoomView, shelf: Shelf, pruned_u
         waiters: HashMap::new(),
         inbox: tx.downgrade(),
         shelf,
+        claim,
+        disowned: false,
     };
     // A root span: the room outlives the request that happened to start it.
     (deps.spawn)(Box::pin(task.run(rx).instrument(span)));
@@ -189,6 +205,9 @@ impl RoomTask {
                     flushed = &mut w.flush => {
                         let w = flushing.take().expect("in flight");
                         self.finish(w, flushed_result(flushed));
+                        if self.disowned {
+                            break;
+                        }
                         continue;
                     }
                     cmd = rx.recv() => cmd,
@@ -221,10 +240,19 @@ impl RoomTask {
             } else {
                 flushing = Some(written);
             }
+            if self.disowned {
+                break;
+            }
         }
         if let Some(mut w) = flushing.take() {
             let result = flushed_result((&mut w.flush).await);
             self.finish(w, result);
+        }
+        if self.disowned {
+            // Inputs still queued fail with the inbox (`RoomError::Gone`);
+            // the next use claims the room again, or is refused.
+            let (room, pruned) = (&self.machine.view().room_id, self.machine.pruned_upto());
+            self.shelf.disown(room, self.view.read().expect("poisoned").length, pruned);
         }
     }
 
@@ -293,7 +321,8 @@ impl RoomTask {
             self.answer(ticket, answer);
         }
         let store = self.deps.store.clone();
-        let batch = std::mem::take(&mut out.batch);
+        let mut batch = std::mem::take(&mut out.batch);
+        batch.claim = Some(self.claim.clone());
         let flush = if batch.is_empty() {
             tokio::spawn(async { Ok(()) })
         } else {
@@ -323,6 +352,7 @@ impl RoomTask {
             "room batch durable"
         );
         match &result {
+            Err(RoomError::Elsewhere(_)) => self.disowned = true,
             Err(e) => {
                 // The memory may be ahead of the disk: go on from the disk.
                 match super::load::load_view(&self.deps.store, &self.machine.view().room_id) {

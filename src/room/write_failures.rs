@@ -4,7 +4,7 @@
 //! again; what the driver releases once a batch is durable reaches callers
 //! whose waits that batch set up.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,13 +18,16 @@ use super::{
 use crate::core::crypto::SigningKey;
 use crate::core::event::{Pdu, RoomVersion, LM_VERSION};
 use crate::core::ids::{EventId, KeyId, RoomId, ServerName, UserId};
-use crate::store::{BoxFuture, Entries, Kv, KvStore, KvWrite, MemKv, Positions, Store, StoreError};
+use crate::store::{BoxFuture, Entries, Kv, KvStore, KvWrite, MemKv, Positions, RoomClaim, Store, StoreError};
 
 /// Memory underneath; the next `fail_applies` writes, `fail_flushes`
 /// flushes and `fail_reads` reads fail, a flush waits while the test holds
 /// `gate`, and each read takes `read_delay_us` and is counted in `reads`.
+/// While `elsewhere` is set, another process owns every room: claims and
+/// a room writer's batches are refused.
 pub(super) struct FlakyKv {
     inner: MemKv,
+    elsewhere: AtomicBool,
     fail_applies: AtomicUsize,
     fail_flushes: AtomicUsize,
     pub(super) fail_reads: AtomicUsize,
@@ -116,6 +119,7 @@ pub(super) fn rooms_resting_after(
 ) -> (Arc<FlakyKv>, Arc<dyn Store>, Rooms) {
     let kv = Arc::new(FlakyKv {
         inner: MemKv::new(),
+        elsewhere: AtomicBool::new(false),
         fail_applies: AtomicUsize::new(0),
         fail_flushes: AtomicUsize::new(0),
         fail_reads: AtomicUsize::new(0),
@@ -178,6 +182,18 @@ impl Kv for SharedKv {
             return Err(StoreError::Backend("injected write failure".into()));
         }
         self.0.inner.apply(writes)
+    }
+    fn apply_claimed(&self, writes: Vec<KvWrite>, _: &RoomClaim) -> Result<(), StoreError> {
+        if self.0.elsewhere.load(Ordering::SeqCst) {
+            return Err(StoreError::RoomElsewhere("taken over".into()));
+        }
+        self.apply(writes)
+    }
+    fn claim_room(&self, room: &str) -> Result<i64, StoreError> {
+        if self.0.elsewhere.load(Ordering::SeqCst) {
+            return Err(StoreError::RoomElsewhere(format!("{room} is owned by another process")));
+        }
+        Ok(1)
     }
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
@@ -350,4 +366,30 @@ async fn wait_until(mut done: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("condition not reached");
+}
+
+/// Another process took the room over: the writer here answers with that,
+/// writes nothing and stops; the room is refused while the other process
+/// owns it and taken back from the store once it is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_taken_over_by_another_process_stops_its_writer_here() {
+    let (kv, store, rooms) = rooms_of(key_of("hub.test", 7));
+    let (room, handle, alice) = started_room(&rooms).await;
+    let before = store.room(&room).unwrap().unwrap().length;
+    kv.elsewhere.store(true, Ordering::SeqCst);
+    let message = |txn: &str| draft(&alice, "m.room.message", None, json!({"msgtype": "m.text", "body": txn}), txn);
+    assert!(matches!(send(&handle, message("m1")).await, Err(RoomError::Elsewhere(_))));
+    assert_eq!(store.room(&room).unwrap().unwrap().length, before, "nothing of the refused batch is stored");
+    let stopped = async {
+        while !matches!(send(&handle, message("m2")).await, Err(RoomError::Gone)) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), stopped).await.expect("the writer here stopped");
+    assert_eq!(rooms.running(), 0, "its room rests");
+    assert!(matches!(rooms.find(&room), Err(RoomError::Elsewhere(_))), "refused while owned elsewhere");
+    kv.elsewhere.store(false, Ordering::SeqCst);
+    let handle = rooms.find(&room).unwrap().expect("claimed again once free");
+    send(&handle, message("m3")).await.expect("the room goes on from the store");
+    assert_eq!(store.room(&room).unwrap().unwrap().length, before + 1);
 }

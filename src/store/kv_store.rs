@@ -604,11 +604,19 @@ impl<K: Kv> Store for KvStore<K> {
         }
     }
 
-    fn write(&self, batch: Batch) -> StoreResult<()> {
+    fn write(&self, mut batch: Batch) -> StoreResult<()> {
         let _open = self.journal.gate.read().expect("poisoned");
+        let claim = batch.claim.take();
         let writes = self.writes_of(batch)?;
         self.journal.note(&writes);
-        self.kv.apply(writes)
+        match claim {
+            Some(claim) => self.kv.apply_claimed(writes, &claim),
+            None => self.kv.apply(writes),
+        }
+    }
+
+    fn claim_room(&self, room: &RoomId) -> StoreResult<super::RoomClaim> {
+        Ok(super::RoomClaim { room: room.clone(), epoch: self.kv.claim_room(room.as_str())? })
     }
 
     fn backup(&self, out: &mut dyn FnMut(super::backup::Record) -> std::io::Result<()>) -> StoreResult<u64> {

@@ -13,6 +13,7 @@ mod kv_store;
 mod kv_writes;
 mod pg_kv;
 mod pg_lease;
+mod pg_rooms;
 mod pg_stream;
 mod pg_tls;
 mod positions;
@@ -54,6 +55,9 @@ pub enum StoreError {
     Leased(LeaseHolder),
     #[error("the database has schema version {found}; this lmx knows versions up to {supported}")]
     NewerSchema { found: u32, supported: u32 },
+    /// Another process of this server owns the room (or took it over).
+    #[error("room served by another lmx process: {0}")]
+    RoomElsewhere(String),
 }
 
 /// The layout and meaning of stored records. 1: the first (unmarked);
@@ -421,6 +425,17 @@ pub enum Op {
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
     pub ops: Vec<Op>,
+    /// A room writer's claim on its room: the batch applies only while the
+    /// room is still this process's (`Store::claim_room`).
+    pub claim: Option<RoomClaim>,
+}
+
+/// A process's hold on one room while it writes it; the epoch moves on
+/// whenever another process takes the room over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomClaim {
+    pub room: RoomId,
+    pub epoch: i64,
 }
 
 impl Batch {
@@ -440,6 +455,7 @@ impl Batch {
     /// Appends another batch's writes after ours.
     pub fn extend(&mut self, other: Batch) -> &mut Self {
         self.ops.extend(other.ops);
+        self.claim = self.claim.take().or(other.claim);
         self
     }
 }
@@ -577,8 +593,12 @@ pub trait Store: Send + Sync + 'static {
     /// Where the pusher task stopped; `None` before it first ran.
     fn push_cursor(&self) -> StoreResult<Option<u64>>;
 
-    /// Applies a batch atomically.
+    /// Applies a batch atomically (and, with a claim, only while the room
+    /// is still this process's: else `StoreError::RoomElsewhere`).
     fn write(&self, batch: Batch) -> StoreResult<()>;
+    /// Takes `room` for this process before its writer starts (see
+    /// `Kv::claim_room`); the claim goes with each of the writer's batches.
+    fn claim_room(&self, room: &RoomId) -> StoreResult<RoomClaim>;
     /// An online backup: every pair, as of one moment (`backup.rs`), to
     /// `out`; how many pairs the first pass read.
     fn backup(&self, out: &mut dyn FnMut(backup::Record) -> std::io::Result<()>) -> StoreResult<u64>;

@@ -23,9 +23,10 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::group_flush::GroupFlush;
 use super::kv::{BoxFuture, Entries, Kv, KvWrite};
 use super::pg_lease::{self, Lease, Renewals, Standing};
+use super::pg_rooms;
 use super::pg_stream::{self, PgStream};
 use super::positions::SharedStream;
-use super::StoreError;
+use super::{RoomClaim, StoreError};
 
 /// The schema, one step per version; a database is at version N when the
 /// first N steps have run. Steps are only ever appended.
@@ -41,6 +42,8 @@ const MIGRATIONS: &[&str] = &[
      ADD COLUMN federation_addr text NOT NULL DEFAULT ''",
     // 4: stream positions shared by writing processes.
     super::pg_stream::MIGRATION,
+    // 5: which writing process owns each room.
+    super::pg_rooms::MIGRATION,
 ];
 
 /// The advisory lock (per database) migrations run under.
@@ -165,6 +168,67 @@ impl PgKv {
             let c = pool.get().await.map_err(backend)?;
             let row = c.query_one(pg_lease::CURRENT, &[]).await.map_err(backend)?;
             Ok(pg_lease::current(&row))
+        })
+    }
+
+    /// One transaction: the writer's fence (and the room's, for a room's
+    /// batch) and the writes, sent together (one round trip) and run in
+    /// order, so writes after a failed check are never committed.
+    fn apply_fenced(&self, writes: Vec<KvWrite>, claim: Option<RoomClaim>) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let Some(lease) = self.lease.clone() else {
+            return Err(StoreError::Backend("postgres: this store was opened to read only".into()));
+        };
+        let Split { keys, values, deletes } = split(writes);
+        self.run(|pool| async move {
+            let mut c = pool.get().await.map_err(backend)?;
+            let (fence, fence_params) = lease.fence();
+            let fence = c.prepare_cached(fence).await.map_err(backend)?;
+            let room_fence = c.prepare_cached(pg_rooms::FENCE).await.map_err(backend)?;
+            let upsert = c.prepare_cached(UPSERT).await.map_err(backend)?;
+            let delete = c.prepare_cached(DELETE).await.map_err(backend)?;
+            let tx = c.transaction().await.map_err(backend)?;
+            let held = tx.query_opt(&fence, &fence_params);
+            let owned = async {
+                match &claim {
+                    None => Ok(true),
+                    Some(claim) => {
+                        let room = claim.room.as_str();
+                        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+                            [&room, &lease.holder, &claim.epoch];
+                        tx.query_opt(&room_fence, &params).await.map(|row| row.is_some())
+                    }
+                }
+            };
+            let put = async {
+                if keys.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(&upsert, &[&keys, &values]).await
+                }
+            };
+            let removed = async {
+                if deletes.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(&delete, &[&deletes]).await
+                }
+            };
+            let (held, owned, _, _) =
+                futures_util::future::try_join4(held, owned, put, removed).await.map_err(backend)?;
+            if held.is_none() {
+                lost(&lease, lease.gone());
+            }
+            if let (false, Some(claim)) = (owned, &claim) {
+                // Dropping the transaction rolls the writes back.
+                return Err(StoreError::RoomElsewhere(format!(
+                    "{} was taken over by another process (this one held epoch {})",
+                    claim.room, claim.epoch
+                )));
+            }
+            tx.commit().await.map_err(backend)
         })
     }
 
@@ -350,45 +414,30 @@ impl Kv for PgKv {
     }
 
     fn apply(&self, writes: Vec<KvWrite>) -> Result<(), StoreError> {
-        if writes.is_empty() {
-            return Ok(());
-        }
+        self.apply_fenced(writes, None)
+    }
+
+    fn apply_claimed(&self, writes: Vec<KvWrite>, claim: &RoomClaim) -> Result<(), StoreError> {
+        self.apply_fenced(writes, Some(claim.clone()))
+    }
+
+    fn claim_room(&self, room: &str) -> Result<i64, StoreError> {
         let Some(lease) = self.lease.clone() else {
             return Err(StoreError::Backend("postgres: this store was opened to read only".into()));
         };
-        let Split { keys, values, deletes } = split(writes);
+        let room = room.to_owned();
         self.run(|pool| async move {
-            let mut c = pool.get().await.map_err(backend)?;
-            let (fence, fence_params) = lease.fence();
-            let fence = c.prepare_cached(fence).await.map_err(backend)?;
-            let upsert = c.prepare_cached(UPSERT).await.map_err(backend)?;
-            let delete = c.prepare_cached(DELETE).await.map_err(backend)?;
-            let tx = c.transaction().await.map_err(backend)?;
-            // Sent together (one round trip), run in order: the check first.
-            // Should it fail, the writes are never committed.
-            let held = tx.query_opt(&fence, &fence_params);
-            let put = async {
-                if keys.is_empty() {
-                    Ok(0)
-                } else {
-                    tx.execute(&upsert, &[&keys, &values]).await
-                }
-            };
-            let removed = async {
-                if deletes.is_empty() {
-                    Ok(0)
-                } else {
-                    tx.execute(&delete, &[&deletes]).await
-                }
-            };
-            let (held, _, _) = futures_util::future::try_join3(held, put, removed).await.map_err(backend)?;
-            if held.is_none() {
-                lost(&lease, lease.gone());
+            let c = pool.get().await.map_err(backend)?;
+            if let Some(row) = c.query_opt(pg_rooms::CLAIM, &[&room, &lease.holder]).await.map_err(backend)? {
+                return Ok(row.get(0));
             }
-            tx.commit().await.map_err(backend)
+            let holder = match c.query_opt(pg_rooms::OWNER, &[&room]).await.map_err(backend)? {
+                Some(row) => format!("{} (epoch {})", row.get::<_, String>(0), row.get::<_, i64>(1)),
+                None => "another process".into(),
+            };
+            Err(StoreError::RoomElsewhere(format!("{room} is owned by {holder}")))
         })
     }
-
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(self.flusher.flush())
     }

@@ -80,7 +80,7 @@ const MAX_AROUND: u64 = 200;
 /// its position and `prev_events`.
 fn list_around(call: &Call, room: &str) -> Result<Reply, Failure> {
     let room = RoomId::parse(room).map_err(|_| Failure::not_found("Room not found"))?;
-    let view = call.server.rooms.find(&room)?.map(|h| h.view()).ok_or_else(|| Failure::not_found("Room not found"))?;
+    let view = call.server.rooms.find_view(&room)?.ok_or_else(|| Failure::not_found("Room not found"))?;
     let limit = match crate::http::query_get(&call.query, "limit") {
         None => 10,
         Some(l) => l.parse::<u64>().map_err(|_| Failure::invalid_param("limit must be a number"))?.clamp(1, MAX_AROUND),

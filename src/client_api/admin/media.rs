@@ -128,7 +128,7 @@ fn mxc_uris(content: &Value, out: &mut Vec<(String, String)>) {
 /// name, as far as this server holds them.
 pub fn quarantine_room(call: &Call, room: &str, acting: &Acting) -> Result<Reply, Failure> {
     let room = crate::core::ids::RoomId::parse(room).map_err(|_| Failure::not_found("Room not found"))?;
-    let view = call.server.rooms.find(&room)?.map(|h| h.view()).ok_or_else(|| Failure::not_found("Room not found"))?;
+    let view = call.server.rooms.find_view(&room)?.ok_or_else(|| Failure::not_found("Room not found"))?;
     let store = &call.server.store;
     let mut uris = Vec::new();
     for id in store.list(&room, 0, view.length)? {

@@ -48,12 +48,12 @@ pub(super) fn entry(call: &Call, view: &RoomView) -> Result<Value, Failure> {
 
 fn view_of(call: &Call, room: &str) -> Result<std::sync::Arc<RoomView>, Failure> {
     let id = RoomId::parse(room).map_err(|_| Failure::not_found("Room not found"))?;
-    call.server.rooms.find(&id)?.map(|h| h.view()).ok_or_else(|| Failure::not_found("Room not found"))
+    call.server.rooms.find_view(&id)?.ok_or_else(|| Failure::not_found("Room not found"))
 }
 
 /// Every room's view (rooms resting on disk are woken to be read).
 pub(super) fn views(call: &Call) -> Vec<std::sync::Arc<RoomView>> {
-    call.server.rooms.ids().iter().filter_map(|id| call.server.rooms.get(id)).map(|h| h.view()).collect()
+    call.server.rooms.ids().iter().filter_map(|id| call.server.rooms.get_view(id)).collect()
 }
 
 /// `GET /v1/rooms`: `from`, `limit`, `order_by`, `dir`, `search_term`

@@ -45,8 +45,8 @@ impl Syncer<'_> {
     pub(super) fn contacts(&self, rooms: &[RoomId]) -> BTreeSet<UserId> {
         let mut out = BTreeSet::from([self.user.clone()]);
         for room in rooms {
-            if let Some(h) = self.call.server.rooms.get(room) {
-                out.extend(h.view().state.joined_members());
+            if let Some(view) = self.call.server.rooms.get_view(room) {
+                out.extend(view.state.joined_members());
             }
         }
         out
@@ -76,15 +76,15 @@ impl Syncer<'_> {
         }
         changed.extend(keys_seen_by(&self.call.server.store, self.user, since, upto)?);
         for room in &members.rooms_joined {
-            if let Some(h) = self.call.server.rooms.get(room) {
-                changed.extend(h.view().state.joined_members().filter(|u| u != self.user).map(|u| u.to_string()));
+            if let Some(view) = self.call.server.rooms.get_view(room) {
+                changed.extend(view.state.joined_members().filter(|u| u != self.user).map(|u| u.to_string()));
             }
         }
         changed.extend(members.joined.iter().filter(|u| *u != self.user).map(|u| u.to_string()));
         let mut gone: BTreeSet<UserId> = members.left.clone();
         for room in &members.rooms_left {
-            if let Some(h) = self.call.server.rooms.get(room) {
-                gone.extend(h.view().state.joined_members());
+            if let Some(view) = self.call.server.rooms.get_view(room) {
+                gone.extend(view.state.joined_members());
             }
         }
         let mut left = BTreeSet::new();

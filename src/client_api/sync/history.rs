@@ -14,9 +14,8 @@ impl Syncer<'_> {
     /// MLS commits. The visibility is the room's current one.
     pub(super) fn readable(&self, room: &RoomId, items: Vec<Item>) -> Result<Vec<Item>, Failure> {
         use crate::core::rooms::StateView;
-        let Some(h) = self.call.server.rooms.get(room) else { return Ok(items) };
-        let visibility = h
-            .view()
+        let Some(view) = self.call.server.rooms.get_view(room) else { return Ok(items) };
+        let visibility = view
             .state
             .get("m.room.history_visibility", "")
             .and_then(|e| e.content().get("history_visibility").and_then(Value::as_str).map(str::to_owned));
@@ -25,7 +24,7 @@ impl Syncer<'_> {
         }
         // Not found (more name changes than are followed, a join not in
         // this copy of the list): nothing before the latest member event.
-        let joined_at = match self.joined_at(room, h.view().version)? {
+        let joined_at = match self.joined_at(room, view.version)? {
             Some(at) => at,
             None => self.latest_member_index(room)?,
         };

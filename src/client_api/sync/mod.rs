@@ -165,9 +165,8 @@ impl Syncer<'_> {
 
     /// Current state as client events, minus the timeline's, filtered.
     fn state_events(&self, room: &RoomId, skip: &BTreeSet<EventId>) -> Vec<Value> {
-        let Some(h) = self.call.server.rooms.get(room) else { return Vec::new() };
-        h.view()
-            .state
+        let Some(view) = self.call.server.rooms.get_view(room) else { return Vec::new() };
+        view.state
             .iter()
             .filter(|p| !skip.contains(p.event_id()))
             .map(|p| client_event(p.json(), p.event_id()))
@@ -177,8 +176,8 @@ impl Syncer<'_> {
 
     /// The last events of a room's list that pass the timeline filter.
     fn recent(&self, room: &RoomId) -> Result<(Vec<Item>, bool), Failure> {
-        let Some(h) = self.call.server.rooms.get(room) else { return Ok((Vec::new(), false)) };
-        let length = h.view().length;
+        let Some(view) = self.call.server.rooms.get_view(room) else { return Ok((Vec::new(), false)) };
+        let length = view.length;
         let want = self.limit();
         let mut items: Vec<Item> = Vec::new();
         let mut end = length;
@@ -288,7 +287,7 @@ impl Syncer<'_> {
             tl["prev_batch"] = json!(format!("t{}", first.index));
         }
         // A room that cannot be read back is left out, not the whole sync.
-        let view = self.call.server.rooms.get(room).map(|h| h.view());
+        let view = self.call.server.rooms.get_view(room);
         if let (None, Some(v)) = (items.first(), &view) {
             tl["prev_batch"] = json!(format!("t{}", v.length));
         }

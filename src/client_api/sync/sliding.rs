@@ -295,7 +295,7 @@ fn passes(call: &Call, id: &RoomId, info: &RoomInfo, filters: &Value, dms: &BTre
             return false;
         }
     }
-    let view = call.server.rooms.get(id).map(|h| h.view());
+    let view = call.server.rooms.get_view(id);
     if let Some(want) = filters["is_encrypted"].as_bool() {
         let encrypted =
             view.as_ref().is_some_and(|v| v.state.get("m.room.encryption", "").is_some() || v.mls_commit.is_some());
@@ -354,7 +354,7 @@ fn room_answer(
         }
     };
     let items = if had.is_none() { s.readable(id, items)? } else { items };
-    let Some(view) = call.server.rooms.get(id).map(|h| h.view()) else { return Ok(None) };
+    let Some(view) = call.server.rooms.get_view(id) else { return Ok(None) };
     let lazy: BTreeSet<String> =
         items.iter().filter_map(|i| i.event["sender"].as_str().map(str::to_owned)).chain([user.to_string()]).collect();
     let me = user.as_str();

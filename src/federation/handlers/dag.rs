@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::events::{auth_chain, readable_event};
-use super::known_room;
+use super::known_view;
 use super::visibility::Viewer;
 use crate::core::event::Pdu;
 use crate::core::ids::EventId;
@@ -88,7 +88,7 @@ fn walk_back(
 /// `POST /v1/get_missing_events/{roomId}`: the events before
 /// `latest_events` and after `earliest_events`, oldest first.
 pub async fn get_missing_events(req: Req, room: &str) -> Result<Value, Failure> {
-    let (_, view) = known_room(&req, room)?;
+    let view = known_view(&req, room)?;
     let viewer = Viewer::new(&req.node, &view, &req.origin).await?;
     let asked: MissingEvents = wire::read(&req.body)?;
     let ids = |list: &[String]| -> Vec<EventId> { list.iter().filter_map(|s| EventId::parse(s).ok()).collect() };
@@ -111,7 +111,7 @@ pub async fn get_missing_events(req: Req, room: &str) -> Result<Value, Failure> 
 
 /// `GET /v1/event_auth/{roomId}/{eventId}`: the event's full auth chain.
 pub async fn event_auth(req: Req, room: &str, event: &str) -> Result<Value, Failure> {
-    let (_, view) = known_room(&req, room)?;
+    let view = known_view(&req, room)?;
     Viewer::new(&req.node, &view, &req.origin).await?;
     let id = EventId::parse(event).map_err(|_| Failure::not_found("Unknown event"))?;
     let rec = req.node.store.event(&id)?.ok_or_else(|| Failure::not_found("Unknown event"))?;
@@ -132,7 +132,7 @@ pub async fn event(req: Req, id: &str) -> Result<Value, Failure> {
 /// `GET /v1/backfill/{roomId}?v=…&limit=`: the `v` events and those before
 /// them in the DAG, newest first.
 pub async fn backfill(req: Req, room: &str) -> Result<Value, Failure> {
-    let (_, view) = known_room(&req, room)?;
+    let view = known_view(&req, room)?;
     let viewer = Viewer::new(&req.node, &view, &req.origin).await?;
     let limit = query_get(&req.query, "limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(10).clamp(1, MAX_EVENTS);
     let start: Vec<EventId> =

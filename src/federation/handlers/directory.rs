@@ -25,8 +25,8 @@ pub fn query_directory(req: Req) -> Result<Value, Failure> {
     }
     let room = req.node.store.alias(alias)?.ok_or_else(not_found)?.room()?;
     let mut servers = vec![req.node.name.to_string()];
-    if let Some(h) = req.node.rooms.find(&room)? {
-        let hub = h.view().hub.to_string();
+    if let Some(view) = req.node.rooms.find_view(&room)? {
+        let hub = view.hub.to_string();
         if !servers.contains(&hub) {
             servers.insert(0, hub);
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::visibility::{Sight, Viewer};
-use super::{known_room, require_hub};
+use super::{known_view, require_hub};
 use crate::core::event::Pdu;
 use crate::core::ids::EventId;
 use crate::core::rooms::{replay_order, Place, StateMap};
@@ -34,7 +34,7 @@ pub(super) async fn readable_event(req: &Req, id: &str) -> Result<Value, Failure
     let rec = req.node.store.event(&id)?.filter(|r| r.rejected.is_empty() && !r.pruned);
     let rec = rec.ok_or_else(unknown)?;
     let room = rec.room()?;
-    let view = req.node.rooms.find(&room)?.map(|h| h.view()).ok_or_else(unknown)?;
+    let view = req.node.rooms.find_view(&room)?.ok_or_else(unknown)?;
     let viewer = Viewer::new(&req.node, &view, &req.origin).await.map_err(|_| unknown())?;
     viewer.serve(&*pdu(&req.node, &view, &id)?)
 }
@@ -124,7 +124,7 @@ pub fn in_replay_order(node: &Node, events: Vec<Arc<Pdu>>) -> Result<Vec<Arc<Pdu
 
 /// E7 and E8: `?event_id=` names the event whose prior state is wanted.
 pub async fn state(req: Req, room: &str, ids_only: bool) -> Result<Value, Failure> {
-    let (_, view) = known_room(&req, room)?;
+    let view = known_view(&req, room)?;
     if !view.version.is_mixed() {
         require_hub(&req, &view)?;
     }
@@ -162,7 +162,7 @@ pub async fn state(req: Req, room: &str, ids_only: bool) -> Result<Value, Failur
 /// E9: the events before `v` and `v` itself, oldest first; with several
 /// `v` the newest list position counts (OQ-22).
 pub async fn backfill(req: Req, room: &str) -> Result<Value, Failure> {
-    let (_, view) = known_room(&req, room)?;
+    let view = known_view(&req, room)?;
     require_hub(&req, &view)?;
     let viewer = Viewer::new(&req.node, &view, &req.origin).await?;
     let limit =

@@ -13,8 +13,7 @@ pub fn hierarchy(req: Req, room: &str) -> Result<Value, Failure> {
     let suggested_only = query_get(&req.query, "suggested_only") == Some("true");
     let id = RoomId::parse(room).map_err(|_| Failure::not_found("Unknown room"))?;
     let visible = |id: &RoomId| -> Result<Option<std::sync::Arc<crate::room::RoomView>>, Failure> {
-        let Some(h) = req.node.rooms.find(id)? else { return Ok(None) };
-        let view = h.view();
+        let Some(view) = req.node.rooms.find_view(id)? else { return Ok(None) };
         let theirs = view.state.joined_members().any(|u| u.server_name() == req.origin);
         Ok((theirs || crate::room::summary::open_to_peek(&view)).then_some(view))
     };
@@ -29,7 +28,7 @@ pub fn hierarchy(req: Req, room: &str) -> Result<Value, Failure> {
         let Some(child_id) = child["state_key"].as_str().and_then(|s| RoomId::parse(s).ok()) else { continue };
         match visible(&child_id)? {
             Some(v) => children.push(crate::room::summary::public_entry(&v)),
-            None if req.node.rooms.find(&child_id)?.is_some() => inaccessible.push(json!(child_id.as_str())),
+            None if req.node.rooms.knows(&child_id) => inaccessible.push(json!(child_id.as_str())),
             None => {}
         }
     }

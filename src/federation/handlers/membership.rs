@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::events::{auth_chain, in_replay_order};
 use super::send::accept_lpdu;
-use super::{known_room, require_hub, supported};
+use super::{known_room, known_view, require_hub, supported};
 use crate::core::event::{sign_event, Lpdu, Pdu, Schema};
 use crate::core::ids::{RoomId, UserId};
 use crate::core::json::Object;
@@ -24,7 +24,7 @@ use crate::wire::{self, Failure};
 /// E11/E13/E15: a template for a server whose user wants to join, leave or
 /// knock, after checking the change would pass the rules now.
 pub async fn make(req: Req, membership: &'static str, room: &str, user: &str) -> Result<Value, Failure> {
-    let (_, view) = known_room(&req, room)?;
+    let view = known_view(&req, room)?;
     require_hub(&req, &view)?;
     let user = UserId::parse(user).map_err(|e| Failure::bad_json(e.to_string()))?;
     if !user.is_on(&req.origin) {
@@ -230,7 +230,7 @@ pub async fn invite(mut req: Req, txn: &str) -> Result<Value, Failure> {
     }
     let room = event.get("room_id").and_then(Value::as_str).unwrap_or_default();
     let hubbed_here =
-        RoomId::parse(room).ok().and_then(|r| req.node.rooms.get(&r)).is_some_and(|h| h.view().is_hub(&req.node.name));
+        RoomId::parse(room).ok().and_then(|r| req.node.rooms.get_view(&r)).is_some_and(|v| v.is_hub(&req.node.name));
     let answer = if hubbed_here && Lpdu::looks_like_lpdu(&event) {
         let (handle, view) = known_room(&req, room)?;
         let lpdu = accept_lpdu(&req, view.version, &event).await.map_err(Failure::bad_json)?;

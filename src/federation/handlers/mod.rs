@@ -19,12 +19,19 @@ use crate::wire::Failure;
 
 use super::inbound::Req;
 
-/// The room named in a path, if this server knows it.
+/// The room named in a path, if this server knows it, to write to.
 pub(crate) fn known_room(req: &Req, room: &str) -> Result<(RoomHandle, std::sync::Arc<RoomView>), Failure> {
     let id = RoomId::parse(room).map_err(|e| Failure::bad_json(e.to_string()))?;
     let handle = req.node.rooms.find(&id)?.ok_or_else(|| Failure::not_found("Unknown room"))?;
     let view = handle.view();
     Ok((handle, view))
+}
+
+/// The room named in a path, if this server knows it, to read (its writer
+/// is not started for it).
+pub(crate) fn known_view(req: &Req, room: &str) -> Result<std::sync::Arc<RoomView>, Failure> {
+    let id = RoomId::parse(room).map_err(|e| Failure::bad_json(e.to_string()))?;
+    req.node.rooms.find_view(&id)?.ok_or_else(|| Failure::not_found("Unknown room"))
 }
 
 /// `400 M_WRONG_SERVER` unless this server hubs the room (items 179, 196).

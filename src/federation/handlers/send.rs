@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::known_room;
+use super::{known_room, known_view};
 use crate::core::event::{check_hashes, event_id, HashCheck, Lpdu, Pdu, RoomVersion};
 use crate::core::ids::{RoomId, UserId};
 use crate::core::json::Object;
@@ -300,7 +300,7 @@ fn checks_ahead(req: &Req, pdus: &[Value]) -> Checks {
         .iter()
         .map(|item| {
             let obj = item.as_object()?;
-            let (_, view) = known_room(req, obj.get("room_id").and_then(Value::as_str).unwrap_or("")).ok()?;
+            let view = known_view(req, obj.get("room_id").and_then(Value::as_str).unwrap_or("")).ok()?;
             let checked_below = if view.version.is_mixed() {
                 !Lpdu::looks_like_lpdu(obj)
             } else {

@@ -67,6 +67,9 @@ pub enum RoomError {
     Storage(String),
     #[error("room task stopped")]
     Gone,
+    /// Another process of this server owns the room now.
+    #[error("the room is served by another process of this server")]
+    Elsewhere(String),
 }
 
 impl RoomError {
@@ -76,6 +79,7 @@ impl RoomError {
     pub fn public_reason(&self) -> String {
         match self {
             RoomError::Storage(_) | RoomError::Gone => "internal error".into(),
+            RoomError::Elsewhere(_) => "the room is served by another process of this server".into(),
             other => other.to_string(),
         }
     }
@@ -83,6 +87,10 @@ impl RoomError {
 
 impl From<StoreError> for RoomError {
     fn from(e: StoreError) -> Self {
+        if let StoreError::RoomElsewhere(detail) = e {
+            tracing::warn!(detail, "a room is owned by another process");
+            return RoomError::Elsewhere(detail);
+        }
         tracing::error!(error = %e, "storage error in a room");
         RoomError::Storage(e.to_string())
     }
