@@ -75,22 +75,33 @@ impl Shelf {
         if handle.tx.strong_count() != 1 || !inbox.is_empty() {
             return false;
         }
-        map.rests += 1;
-        let rested = map.rests;
-        map.rooms.insert(room.clone(), Entry::Resting { length, rested, pruned_upto });
+        map.file_resting(room, length, pruned_upto);
         true
     }
 
-    /// Files `room` as resting after its writer found another process had
-    /// taken it over: the next use claims it again, and is refused while
-    /// that process lives.
-    pub(super) fn disown(&self, room: &RoomId, length: u64, pruned_upto: u64) {
+    /// Files `room` as resting after its writer (`writer`, if the directory
+    /// still has it) found another process had taken it over: the next use
+    /// claims it again, and is refused while that process lives. A room
+    /// nothing of which is stored here is forgotten.
+    pub(super) fn disown(&self, room: &RoomId, writer: &mpsc::WeakSender<RoomCmd>, length: u64, pruned_upto: u64) {
         let mut map = self.0.lock().expect("poisoned");
-        if let Some(Entry::Running(_)) = map.rooms.get(room) {
-            map.rests += 1;
-            let rested = map.rests;
-            map.rooms.insert(room.clone(), Entry::Resting { length, rested, pruned_upto });
+        let Some(Entry::Running(handle)) = map.rooms.get(room) else { return };
+        if !writer.upgrade().is_some_and(|tx| handle.tx.same_channel(&tx)) {
+            return;
         }
+        if length == 0 {
+            map.rooms.remove(room);
+        } else {
+            map.file_resting(room, length, pruned_upto);
+        }
+    }
+}
+
+impl Map {
+    fn file_resting(&mut self, room: &RoomId, length: u64, pruned_upto: u64) {
+        self.rests += 1;
+        let rested = self.rests;
+        self.rooms.insert(room.clone(), Entry::Resting { length, rested, pruned_upto });
     }
 }
 
@@ -131,9 +142,9 @@ impl Drop for JoinTurn {
 impl Rooms {
     pub fn new(deps: RoomDeps) -> Self {
         Rooms {
+            resting_views: RestingViews::new(&deps.store),
             deps,
             map: Shelf::default(),
-            resting_views: RestingViews::default(),
             joining: Arc::default(),
             waking: Mutex::default(),
         }
@@ -181,8 +192,10 @@ impl Rooms {
             let _turn = turn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             self.load(id)
         };
-        if let Err(e) = &woken {
-            tracing::error!(room_id = %id, error = %e, "a resting room could not be loaded");
+        match &woken {
+            // Logged where the store refused the claim.
+            Err(RoomError::Elsewhere(_)) | Ok(_) => {}
+            Err(e) => tracing::error!(room_id = %id, error = %e, "a resting room could not be loaded"),
         }
         let mut waking = self.waking.lock().expect("poisoned");
         // The map's and ours: nobody else waits on this room's load.
@@ -225,12 +238,12 @@ impl Rooms {
     /// writer's when it runs here, else read from the store (`views.rs`).
     /// `Err` when a resting room cannot be read back.
     pub fn find_view(&self, id: &RoomId) -> Result<Option<Arc<RoomView>>, RoomError> {
-        match self.lock().rooms.get(id) {
+        let rested = match self.lock().rooms.get(id) {
             None => return Ok(None),
             Some(Entry::Running(h)) => return Ok(Some(h.view())),
-            Some(Entry::Resting { .. }) => {}
-        }
-        match self.resting_views.read(&self.deps.store, id)? {
+            Some(Entry::Resting { rested, .. }) => *rested,
+        };
+        match self.resting_views.read(&self.deps.store, id, rested)? {
             Some(view) => Ok(Some(view)),
             None => Err(RoomError::Storage(format!("{id} is not stored"))),
         }

@@ -41,12 +41,13 @@ struct Written {
 }
 
 fn storage_failed(e: StoreError) -> RoomError {
-    if let StoreError::RoomElsewhere(detail) = e {
-        tracing::error!(detail, "another process took the room over; its writer here stops");
-        return RoomError::Elsewhere(detail);
+    match e {
+        StoreError::RoomElsewhere(_) => RoomError::from(e),
+        e => {
+            tracing::error!(error = %e, "room write failed; reloading the room");
+            RoomError::Storage(e.to_string())
+        }
     }
-    tracing::error!(error = %e, "room write failed; reloading the room");
-    RoomError::Storage(e.to_string())
 }
 
 fn flushed_result(joined: Result<FlushResult, tokio::task::JoinError>) -> Result<(), RoomError> {
@@ -134,8 +135,9 @@ struct RoomTask {
     shelf: Shelf,
     /// This process's hold on the room, checked by every batch.
     claim: RoomClaim,
-    /// Another process took the room over: this writer stops.
-    disowned: bool,
+    /// Another process took the room over: this writer stops, and everyone
+    /// still waiting is told so.
+    disowned: Option<RoomError>,
 }
 
 /// Starts the writer task of a room whose state is `view`.
@@ -164,7 +166,7 @@ pub(super) fn spawn_room(
         inbox: tx.downgrade(),
         shelf,
         claim,
-        disowned: false,
+        disowned: None,
     };
     // A root span: the room outlives the request that happened to start it.
     (deps.spawn)(Box::pin(task.run(rx).instrument(span)));
@@ -205,7 +207,7 @@ impl RoomTask {
                     flushed = &mut w.flush => {
                         let w = flushing.take().expect("in flight");
                         self.finish(w, flushed_result(flushed));
-                        if self.disowned {
+                        if self.disowned.is_some() {
                             break;
                         }
                         continue;
@@ -240,7 +242,7 @@ impl RoomTask {
             } else {
                 flushing = Some(written);
             }
-            if self.disowned {
+            if self.disowned.is_some() {
                 break;
             }
         }
@@ -248,11 +250,26 @@ impl RoomTask {
             let result = flushed_result((&mut w.flush).await);
             self.finish(w, result);
         }
-        if self.disowned {
-            // Inputs still queued fail with the inbox (`RoomError::Gone`);
-            // the next use claims the room again, or is refused.
-            let (room, pruned) = (&self.machine.view().room_id, self.machine.pruned_upto());
-            self.shelf.disown(room, self.view.read().expect("poisoned").length, pruned);
+        if let Some(e) = self.disowned.take() {
+            self.stop_disowned(rx, e);
+        }
+    }
+
+    /// Every caller still waiting, queued or not, is told (the room left
+    /// the directory when the refusal came).
+    fn stop_disowned(&mut self, mut rx: mpsc::Receiver<RoomCmd>, e: RoomError) {
+        rx.close();
+        while let Ok(cmd) = rx.try_recv() {
+            // Registers the caller's reply, answered below.
+            let _ = self.input(cmd);
+        }
+        for (_, waiting) in self.pending.drain() {
+            waiting.fail(e.clone());
+        }
+        for (_, waiters) in self.waiters.drain() {
+            for w in waiters {
+                let _ = w.send(Err(e.clone()));
+            }
         }
     }
 
@@ -352,7 +369,15 @@ impl RoomTask {
             "room batch durable"
         );
         match &result {
-            Err(RoomError::Elsewhere(_)) => self.disowned = true,
+            Err(e @ RoomError::Elsewhere(_)) => {
+                // Off the directory before anyone is answered: the next use
+                // claims the room again, or is refused.
+                if self.disowned.is_none() {
+                    let (room, pruned) = (&self.machine.view().room_id, self.machine.pruned_upto());
+                    self.shelf.disown(room, &self.inbox, self.view.read().expect("poisoned").length, pruned);
+                }
+                self.disowned = Some(e.clone());
+            }
             Err(e) => {
                 // The memory may be ahead of the disk: go on from the disk.
                 match super::load::load_view(&self.deps.store, &self.machine.view().room_id) {

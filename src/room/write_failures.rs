@@ -23,11 +23,12 @@ use crate::store::{BoxFuture, Entries, Kv, KvStore, KvWrite, MemKv, Positions, R
 /// Memory underneath; the next `fail_applies` writes, `fail_flushes`
 /// flushes and `fail_reads` reads fail, a flush waits while the test holds
 /// `gate`, and each read takes `read_delay_us` and is counted in `reads`.
-/// While `elsewhere` is set, another process owns every room: claims and
-/// a room writer's batches are refused.
+/// While `claims_refused` and `batches_refused` are set, another process
+/// owns every room: claims, and a room writer's batches, are refused.
 pub(super) struct FlakyKv {
     inner: MemKv,
-    elsewhere: AtomicBool,
+    claims_refused: AtomicBool,
+    batches_refused: AtomicBool,
     fail_applies: AtomicUsize,
     fail_flushes: AtomicUsize,
     pub(super) fail_reads: AtomicUsize,
@@ -119,7 +120,8 @@ pub(super) fn rooms_resting_after(
 ) -> (Arc<FlakyKv>, Arc<dyn Store>, Rooms) {
     let kv = Arc::new(FlakyKv {
         inner: MemKv::new(),
-        elsewhere: AtomicBool::new(false),
+        claims_refused: AtomicBool::new(false),
+        batches_refused: AtomicBool::new(false),
         fail_applies: AtomicUsize::new(0),
         fail_flushes: AtomicUsize::new(0),
         fail_reads: AtomicUsize::new(0),
@@ -184,13 +186,13 @@ impl Kv for SharedKv {
         self.0.inner.apply(writes)
     }
     fn apply_claimed(&self, writes: Vec<KvWrite>, _: &RoomClaim) -> Result<(), StoreError> {
-        if self.0.elsewhere.load(Ordering::SeqCst) {
+        if self.0.batches_refused.load(Ordering::SeqCst) {
             return Err(StoreError::RoomElsewhere("taken over".into()));
         }
         self.apply(writes)
     }
     fn claim_room(&self, room: &str) -> Result<i64, StoreError> {
-        if self.0.elsewhere.load(Ordering::SeqCst) {
+        if self.0.claims_refused.load(Ordering::SeqCst) {
             return Err(StoreError::RoomElsewhere(format!("{room} is owned by another process")));
         }
         Ok(1)
@@ -376,20 +378,45 @@ async fn a_room_taken_over_by_another_process_stops_its_writer_here() {
     let (kv, store, rooms) = rooms_of(key_of("hub.test", 7));
     let (room, handle, alice) = started_room(&rooms).await;
     let before = store.room(&room).unwrap().unwrap().length;
-    kv.elsewhere.store(true, Ordering::SeqCst);
+    kv.claims_refused.store(true, Ordering::SeqCst);
+    kv.batches_refused.store(true, Ordering::SeqCst);
     let message = |txn: &str| draft(&alice, "m.room.message", None, json!({"msgtype": "m.text", "body": txn}), txn);
-    assert!(matches!(send(&handle, message("m1")).await, Err(RoomError::Elsewhere(_))));
-    assert_eq!(store.room(&room).unwrap().unwrap().length, before, "nothing of the refused batch is stored");
-    let stopped = async {
-        while !matches!(send(&handle, message("m2")).await, Err(RoomError::Gone)) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), stopped).await.expect("the writer here stopped");
+    // Sent together: whichever batch each lands in, or still queued when
+    // the writer stops, its caller is told the room moved. Only a send
+    // that comes after the writer closed its inbox finds it gone.
+    let sends: Vec<_> = (0..20).map(|i| send(&handle, message(&format!("m{i}")))).collect();
+    let answers = futures_util::future::join_all(sends).await;
+    assert!(matches!(answers[0], Err(RoomError::Elsewhere(_))), "{:?}", answers[0]);
+    for answer in answers {
+        assert!(matches!(answer, Err(RoomError::Elsewhere(_) | RoomError::Gone)), "{answer:?}");
+    }
+    assert_eq!(store.room(&room).unwrap().unwrap().length, before, "nothing of the refused batches is stored");
     assert_eq!(rooms.running(), 0, "its room rests");
     assert!(matches!(rooms.find(&room), Err(RoomError::Elsewhere(_))), "refused while owned elsewhere");
-    kv.elsewhere.store(false, Ordering::SeqCst);
+    assert_eq!(rooms.find_view(&room).unwrap().unwrap().length, before, "and still read from the store");
+    kv.claims_refused.store(false, Ordering::SeqCst);
+    kv.batches_refused.store(false, Ordering::SeqCst);
     let handle = rooms.find(&room).unwrap().expect("claimed again once free");
     send(&handle, message("m3")).await.expect("the room goes on from the store");
     assert_eq!(store.room(&room).unwrap().unwrap().length, before + 1);
+}
+
+/// A room whose first batch was refused has nothing stored here: it is
+/// forgotten, not filed as a room that cannot be read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_room_taken_over_before_its_first_write_is_forgotten() {
+    let (kv, _store, rooms) = rooms_of(key_of("hub.test", 7));
+    kv.batches_refused.store(true, Ordering::SeqCst);
+    let room = RoomId::parse("!new:hub.test").unwrap();
+    let version = RoomVersion::find(LM_VERSION).unwrap();
+    let handle = rooms.create(room.clone(), version).unwrap();
+    let alice = UserId::parse("@alice:hub.test").unwrap();
+    let create = draft(&alice, "m.room.create", Some(""), json!({"room_version": version.id}), "c");
+    assert!(matches!(send(&handle, create).await, Err(RoomError::Elsewhere(_))));
+    let forgotten = async {
+        while rooms.knows(&room) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), forgotten).await.expect("the room is forgotten");
 }

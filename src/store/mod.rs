@@ -455,7 +455,6 @@ impl Batch {
     /// Appends another batch's writes after ours.
     pub fn extend(&mut self, other: Batch) -> &mut Self {
         self.ops.extend(other.ops);
-        self.claim = self.claim.take().or(other.claim);
         self
     }
 }

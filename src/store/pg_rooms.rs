@@ -17,6 +17,9 @@ pub(super) const MIGRATION: &str =
 /// Takes the room for `$2` or keeps it; no row back: another live writer
 /// holds it. The conflicting row is locked before the condition is read, so
 /// of two processes claiming at once the second sees the first's claim.
+/// The writer rows are read as the statement started: a holder that joined
+/// just before may be taken for gone and lose the room, which its next
+/// batch then finds (a refusal, never two writers).
 pub(super) const CLAIM: &str = "INSERT INTO lmx_room_owner AS o (room, holder, epoch) VALUES ($1, $2, 1) \
      ON CONFLICT (room) DO UPDATE SET holder = excluded.holder, \
        epoch = CASE WHEN o.holder = excluded.holder THEN o.epoch ELSE o.epoch + 1 END \

@@ -79,7 +79,6 @@ impl RoomError {
     pub fn public_reason(&self) -> String {
         match self {
             RoomError::Storage(_) | RoomError::Gone => "internal error".into(),
-            RoomError::Elsewhere(_) => "the room is served by another process of this server".into(),
             other => other.to_string(),
         }
     }
