@@ -118,6 +118,11 @@ async fn a_standby_takes_over_after_kill_9_and_nothing_acknowledged_is_lost() {
         standbys.iter().filter(|s| s.log_text().contains("took the PostgreSQL store's lease")).collect();
     assert_eq!(serving.len(), 1, "exactly one standby took over");
     assert!(serving[0].log_text().contains("epoch=2"), "{}", serving[0].log_text());
+    // Every room was written after the kill: each moved to the new process,
+    // under a room epoch the dead one's batches can no longer carry.
+    let moved =
+        pg.sql("ha", "SELECT count(*) FROM lmx_owner o JOIN lmx_lease l ON o.holder = l.holder AND o.epoch = 2 WHERE o.what LIKE 'room %'");
+    assert_eq!(moved, rooms.len().to_string(), "{}", pg.sql("ha", "SELECT what, holder, epoch FROM lmx_owner"));
 
     // Every acknowledged event once, in the order acknowledged, per room;
     // and the participant converges on all of it.
@@ -153,6 +158,16 @@ async fn a_standby_takes_over_after_kill_9_and_nothing_acknowledged_is_lost() {
         })
         .await;
     }
+    // Delivery to each server in the rooms moved with them.
+    let destinations = |held_by: &str| {
+        pg.sql(
+            "ha",
+            &format!("SELECT count(*) FROM lmx_owner o, lmx_lease l WHERE o.what LIKE 'destination %' AND {held_by}"),
+        )
+    };
+    let servers = if carol.is_some() { "2" } else { "1" };
+    assert_eq!(destinations("o.holder = l.holder"), servers, "{}", pg.sql("ha", "SELECT * FROM lmx_owner"));
+    assert_eq!(destinations("o.holder <> l.holder"), "0");
     for s in &mut standbys {
         s.stop();
     }
@@ -210,6 +225,11 @@ async fn a_process_paused_past_its_lease_cannot_append_when_resumed() {
         page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
     assert!(bodies.contains(&"before the pause") && bodies.contains(&"after the takeover"), "{bodies:?}");
     assert!(!bodies.contains(&"from the stale process"), "a stale epoch appended: {bodies:?}");
+    let owner = pg.sql(
+        "paused",
+        "SELECT o.epoch FROM lmx_owner o JOIN lmx_lease l ON o.holder = l.holder WHERE o.what LIKE 'room %'",
+    );
+    assert_eq!(owner, "2", "the room moved to the other process under a new epoch");
     // And the store is whole.
     other.stop();
     let out = other.command(&["db", "check"]);

@@ -11,7 +11,8 @@ use lmx::core::ids::{EventId, RoomId, ServerName, UserId};
 use lmx::store::records::queue_item::Item;
 use lmx::store::records::*;
 use lmx::store::{
-    Access, Batch, KvStore, MemKv, Op, PgKv, Positions, SideTopic, SledKv, Store, StoreError, StreamEntry, TokenHash,
+    Access, Batch, Claim, Claimed, KvStore, MemKv, Op, PgKv, Positions, SideTopic, SledKv, Store, StoreError,
+    StreamEntry, TokenHash,
 };
 
 fn room() -> RoomId {
@@ -538,10 +539,11 @@ fn postgres_writers_share_one_gap_free_stream() {
     assert!(restarted.allocate(1).unwrap().first() > high, "positions are never reused");
 }
 
-/// Each room is written by one process at a time: its writer's batches
-/// carry the claim, and once another process has taken the room over (the
-/// holder lapsed, as a paused process does, or left) a batch under the old
-/// claim writes nothing, even after its process renews again.
+/// Each room (and each destination's delivery) is written by one process at
+/// a time: its writer's batches carry the claim, and once another process
+/// has taken the room over (the holder lapsed, as a paused process does, or
+/// left) a batch under the old claim writes nothing, even after its process
+/// renews again.
 #[test]
 fn postgres_rooms_are_written_by_one_process_at_a_time() {
     let Some(pg) = postgres::Postgres::start() else { return };
@@ -551,36 +553,40 @@ fn postgres_rooms_are_written_by_one_process_at_a_time() {
     let term = std::time::Duration::from_secs(60);
     let open = |access| -> Arc<dyn Store> { Arc::new(KvStore::new(PgKv::open(&url, None, 2, access).unwrap())) };
     let (serving, member) = (open(Access::Serving { term }), open(Access::Member { term }));
-    let claimed =
-        |batch_ops: Vec<Op>, claim: &lmx::store::RoomClaim| Batch { ops: batch_ops, claim: Some(claim.clone()) };
+    let claimed = |batch_ops: Vec<Op>, claim: &Claim| Batch { ops: batch_ops, claim: Some(claim.clone()) };
     fn elsewhere<T>(r: Result<T, StoreError>) -> bool {
-        matches!(r, Err(StoreError::RoomElsewhere(_)))
+        matches!(r, Err(StoreError::Elsewhere(_)))
     }
 
-    let first = member.claim_room(&room()).unwrap();
-    assert_eq!(member.claim_room(&room()).unwrap(), first, "claiming again keeps the epoch");
-    assert!(elsewhere(serving.claim_room(&room())), "a room another live process holds is refused");
+    let first = member.claim(Claimed::Room(room())).unwrap();
+    assert_eq!(member.claim(Claimed::Room(room())).unwrap(), first, "claiming again keeps the epoch");
+    assert!(elsewhere(serving.claim(Claimed::Room(room()))), "a room another live process holds is refused");
     member.write(claimed(vec![Op::PushCursor(5)], &first)).unwrap();
     assert_eq!(member.push_cursor().unwrap(), Some(5));
+    // Each thing is claimed on its own: delivery to a destination too.
+    let remote = || Claimed::Destination(server("remote.test"));
+    let delivering = serving.claim(remote()).unwrap();
+    assert!(elsewhere(member.claim(remote())), "delivery another live process holds is refused");
 
-    let holder = pg.sql("owners", "SELECT holder FROM lmx_room_owner");
+    let holder = pg.sql("owners", "SELECT holder FROM lmx_owner WHERE what LIKE 'room %'");
     let set_expiry = |when: &str| {
         pg.sql("owners", &format!("UPDATE lmx_writer SET expires_at = now() {when} WHERE holder = '{holder}'"));
     };
     set_expiry("- interval '1 second'");
-    let taken = serving.claim_room(&room()).unwrap();
+    let taken = serving.claim(Claimed::Room(room())).unwrap();
     assert!(taken.epoch > first.epoch, "taking a lapsed holder's room moves the epoch on");
     set_expiry("+ interval '1 hour'");
     assert!(elsewhere(member.write(claimed(vec![Op::PushCursor(9)], &first))), "the old claim is refused");
     assert_eq!(serving.push_cursor().unwrap(), Some(5), "and wrote nothing");
-    assert!(elsewhere(member.claim_room(&room())), "the room stays with the process that took it");
+    assert!(elsewhere(member.claim(Claimed::Room(room()))), "the room stays with the process that took it");
     serving.write(claimed(vec![Op::PushCursor(7)], &taken)).unwrap();
     assert_eq!(member.push_cursor().unwrap(), Some(7));
 
-    // A process that leaves frees its rooms at once.
+    // A process that leaves frees what it held at once.
     drop(serving);
-    let back = member.claim_room(&room()).unwrap();
+    let back = member.claim(Claimed::Room(room())).unwrap();
     assert!(back.epoch > taken.epoch);
+    assert!(member.claim(remote()).unwrap().epoch > delivering.epoch);
     member.write(claimed(vec![Op::PushCursor(8)], &back)).unwrap();
     assert_eq!(member.push_cursor().unwrap(), Some(8));
 }

@@ -24,7 +24,7 @@ use crate::http::encode_segment;
 use crate::room::RoomCmd;
 use crate::store::records::queue_item::Item;
 use crate::store::records::DestinationState;
-use crate::store::{Batch, Op, StoreError};
+use crate::store::{Batch, Claim, Claimed, Op, StoreError};
 
 struct Worker {
     notify: Notify,
@@ -125,6 +125,15 @@ impl Outbound {
             map.iter().map(|(d, w)| (d.clone(), w.status.lock().expect("poisoned").clone())).collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
+    }
+
+    /// Drops `worker` (still `dest`'s): it stopped, and the next wake starts
+    /// another.
+    fn forget(&self, dest: &ServerName, worker: &Arc<Worker>) {
+        let mut map = self.workers.lock().expect("poisoned");
+        if map.get(dest).is_some_and(|w| Arc::ptr_eq(w, worker)) {
+            map.remove(dest);
+        }
     }
 
     /// Retries `dest` now if it is backing off (an operator's `retry`);
@@ -301,7 +310,27 @@ fn txn_path(lm: bool, id: &str) -> String {
     }
 }
 
+/// Delivers to `dest` while this process owns its delivery (`Claimed::
+/// Destination`: on a store several processes write, one of them at a
+/// time); stops when another process has it.
 async fn deliver(node: Arc<Node>, dest: ServerName, worker: Arc<Worker>) {
+    let claim = match node.store.claim(Claimed::Destination(dest.clone())) {
+        Ok(claim) => claim,
+        Err(e) => {
+            tracing::warn!(error = %e, "not delivering here");
+            node.outbound.forget(&dest, &worker);
+            return;
+        }
+    };
+    if let Err(e) = deliver_under(&node, &dest, &worker, &claim).await {
+        tracing::warn!(error = %e, "delivery moved to another process; stopping here");
+    }
+    node.outbound.forget(&dest, &worker);
+}
+
+/// Runs until another process takes `dest`'s delivery over (its error).
+async fn deliver_under(node: &Arc<Node>, dest: &ServerName, worker: &Worker, claim: &Claim) -> Result<(), StoreError> {
+    let (node, dest) = (node.clone(), dest.clone());
     let mut failures: u32 = 0;
     let mut positions = node.positions.subscribe();
     // A transaction whose in-flight record is written and that goes next.
@@ -309,7 +338,7 @@ async fn deliver(node: Arc<Node>, dest: ServerName, worker: Arc<Worker>) {
     loop {
         let txn = match ready.take() {
             Some(t) => t,
-            None => match next_txn(&node, &dest) {
+            None => match next_txn(&node, &dest, claim) {
                 Ok(Some((id, contents))) => {
                     {
                         let mut st = worker.status.lock().expect("poisoned");
@@ -328,6 +357,7 @@ async fn deliver(node: Arc<Node>, dest: ServerName, worker: Arc<Worker>) {
                     }
                     continue;
                 }
+                Err(e @ StoreError::Elsewhere(_)) => return Err(e),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the outbound queue");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -387,8 +417,10 @@ async fn deliver(node: Arc<Node>, dest: ServerName, worker: Arc<Worker>) {
                 let mut b = Batch::new();
                 b.push(Op::Dequeue { dest: dest.clone(), up_to: txn.last })
                     .push(Op::PutDestination { dest: dest.clone(), state });
+                b.claim = Some(claim.clone());
                 match node.store.write(b) {
                     Ok(()) => ready = next,
+                    Err(e @ StoreError::Elsewhere(_)) => return Err(e),
                     Err(e) => tracing::error!(error = %e, "cannot record delivery"),
                 }
             }
@@ -464,7 +496,7 @@ fn complete(node: &Node, dest: &ServerName, p: Prepared, lm: bool) -> Result<Txn
 
 /// The transaction to send next: the one in flight (same id, same body,
 /// even after a restart), or a new one from the queue.
-fn next_txn(node: &Node, dest: &ServerName) -> Result<Option<(String, Contents)>, StoreError> {
+fn next_txn(node: &Node, dest: &ServerName, claim: &Claim) -> Result<Option<(String, Contents)>, StoreError> {
     let state = node.store.destination(dest)?;
     let retrying = !state.inflight_txn.is_empty() && state.inflight_last > state.acked;
     let reach = if retrying {
@@ -483,8 +515,9 @@ fn next_txn(node: &Node, dest: &ServerName) -> Result<Option<(String, Contents)>
                 dest: dest.clone(),
                 state: DestinationState { acked: state.inflight_last, ..Default::default() },
             });
+            b.claim = Some(claim.clone());
             node.store.write(b)?;
-            return next_txn(node, dest);
+            return next_txn(node, dest, claim);
         }
         return Ok(None);
     }
@@ -495,6 +528,7 @@ fn next_txn(node: &Node, dest: &ServerName) -> Result<Option<(String, Contents)>
             dest: dest.clone(),
             state: DestinationState { acked: state.acked, inflight_txn: id.clone(), inflight_last: contents.last },
         });
+        b.claim = Some(claim.clone());
         node.store.write(b)?;
     }
     Ok(Some((id, contents)))

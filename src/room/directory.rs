@@ -5,7 +5,7 @@
 //! later event, and concurrent joins of one room are taken one at a time,
 //! so a room never has two writers or two copies of its list. Before a
 //! writer starts, the room is claimed for this process in the store
-//! (`Store::claim_room`): on a store shared by several processes, one that
+//! (`Store::claim`): on a store shared by several processes, one that
 //! another live process owns is refused (`RoomError::Elsewhere`), and a
 //! writer whose room was taken over stops at its first refused batch.
 //! Readers take views (`find_view`), which never start a writer.
@@ -27,7 +27,7 @@ use super::views::RestingViews;
 use super::{JoinSeed, RoomCmd, RoomDeps, RoomError, RoomHandle, RoomView};
 use crate::core::event::RoomVersion;
 use crate::core::ids::{EventId, RoomId};
-use crate::store::RoomClaim;
+use crate::store::{Claim, Claimed};
 
 /// The outcome of opening a joined room.
 pub enum Opened {
@@ -154,15 +154,15 @@ impl Rooms {
         self.map.0.lock().expect("poisoned")
     }
 
-    fn spawn(&self, view: RoomView, pruned_upto: u64, claim: RoomClaim) -> RoomHandle {
+    fn spawn(&self, view: RoomView, pruned_upto: u64, claim: Claim) -> RoomHandle {
         spawn_room(&self.deps, view, self.map.clone(), pruned_upto, claim)
     }
 
     /// Takes the room for this process before its writer starts. Claiming a
     /// room this process holds already keeps its epoch, so claiming before
     /// looking whether the writer runs is harmless.
-    fn claim(&self, id: &RoomId) -> Result<RoomClaim, RoomError> {
-        Ok(self.deps.store.claim_room(id)?)
+    fn claim(&self, id: &RoomId) -> Result<Claim, RoomError> {
+        Ok(self.deps.store.claim(Claimed::Room(id.clone()))?)
     }
 
     /// The writer of a room this server knows, started from the store if

@@ -19,7 +19,7 @@ use super::{Appended, LocalOutcome, RoomCmd, RoomDeps, RoomError, RoomHandle, Ro
 use crate::core::event::Pdu;
 use crate::core::ids::{EventId, RoomId, ServerName, UserId};
 use crate::store::records::{ClientTxn, EventRecord, PendingLpdu, StateSnapshot};
-use crate::store::{Allocation, RoomClaim, Store, StoreError};
+use crate::store::{Allocation, Claim, Store, StoreError};
 
 /// Commands taken from the inbox per batch.
 const MAX_BATCH: usize = 128;
@@ -42,7 +42,7 @@ struct Written {
 
 fn storage_failed(e: StoreError) -> RoomError {
     match e {
-        StoreError::RoomElsewhere(_) => RoomError::from(e),
+        StoreError::Elsewhere(_) => RoomError::from(e),
         e => {
             tracing::error!(error = %e, "room write failed; reloading the room");
             RoomError::Storage(e.to_string())
@@ -134,20 +134,14 @@ struct RoomTask {
     /// The directory, where an idle room is put to rest.
     shelf: Shelf,
     /// This process's hold on the room, checked by every batch.
-    claim: RoomClaim,
+    claim: Claim,
     /// Another process took the room over: this writer stops, and everyone
     /// still waiting is told so.
     disowned: Option<RoomError>,
 }
 
 /// Starts the writer task of a room whose state is `view`.
-pub(super) fn spawn_room(
-    deps: &RoomDeps,
-    view: RoomView,
-    shelf: Shelf,
-    pruned_upto: u64,
-    claim: RoomClaim,
-) -> RoomHandle {
+pub(super) fn spawn_room(deps: &RoomDeps, view: RoomView, shelf: Shelf, pruned_upto: u64, claim: Claim) -> RoomHandle {
     let (tx, rx) = mpsc::channel(1024);
     let shared = Arc::new(RwLock::new(Arc::new(view.clone())));
     let span = tracing::info_span!(parent: None, "room", room_id = %view.room_id);

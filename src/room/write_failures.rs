@@ -18,7 +18,7 @@ use super::{
 use crate::core::crypto::SigningKey;
 use crate::core::event::{Pdu, RoomVersion, LM_VERSION};
 use crate::core::ids::{EventId, KeyId, RoomId, ServerName, UserId};
-use crate::store::{BoxFuture, Entries, Kv, KvStore, KvWrite, MemKv, Positions, RoomClaim, Store, StoreError};
+use crate::store::{BoxFuture, Entries, Kv, KvStore, KvWrite, MemKv, Positions, Store, StoreError};
 
 /// Memory underneath; the next `fail_applies` writes, `fail_flushes`
 /// flushes and `fail_reads` reads fail, a flush waits while the test holds
@@ -185,15 +185,15 @@ impl Kv for SharedKv {
         }
         self.0.inner.apply(writes)
     }
-    fn apply_claimed(&self, writes: Vec<KvWrite>, _: &RoomClaim) -> Result<(), StoreError> {
+    fn apply_claimed(&self, writes: Vec<KvWrite>, _: &str, _: i64) -> Result<(), StoreError> {
         if self.0.batches_refused.load(Ordering::SeqCst) {
-            return Err(StoreError::RoomElsewhere("taken over".into()));
+            return Err(StoreError::Elsewhere("taken over".into()));
         }
         self.apply(writes)
     }
-    fn claim_room(&self, room: &str) -> Result<i64, StoreError> {
+    fn claim(&self, key: &str) -> Result<i64, StoreError> {
         if self.0.claims_refused.load(Ordering::SeqCst) {
-            return Err(StoreError::RoomElsewhere(format!("{room} is owned by another process")));
+            return Err(StoreError::Elsewhere(format!("{key} is owned by another process")));
         }
         Ok(1)
     }

@@ -610,13 +610,14 @@ impl<K: Kv> Store for KvStore<K> {
         let writes = self.writes_of(batch)?;
         self.journal.note(&writes);
         match claim {
-            Some(claim) => self.kv.apply_claimed(writes, &claim),
+            Some(claim) => self.kv.apply_claimed(writes, &claim.what.key(), claim.epoch),
             None => self.kv.apply(writes),
         }
     }
 
-    fn claim_room(&self, room: &RoomId) -> StoreResult<super::RoomClaim> {
-        Ok(super::RoomClaim { room: room.clone(), epoch: self.kv.claim_room(room.as_str())? })
+    fn claim(&self, what: super::Claimed) -> StoreResult<super::Claim> {
+        let epoch = self.kv.claim(&what.key())?;
+        Ok(super::Claim { what, epoch })
     }
 
     fn backup(&self, out: &mut dyn FnMut(super::backup::Record) -> std::io::Result<()>) -> StoreResult<u64> {

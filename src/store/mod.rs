@@ -13,7 +13,7 @@ mod kv_store;
 mod kv_writes;
 mod pg_kv;
 mod pg_lease;
-mod pg_rooms;
+mod pg_owners;
 mod pg_stream;
 mod pg_tls;
 mod positions;
@@ -55,9 +55,10 @@ pub enum StoreError {
     Leased(LeaseHolder),
     #[error("the database has schema version {found}; this lmx knows versions up to {supported}")]
     NewerSchema { found: u32, supported: u32 },
-    /// Another process of this server owns the room (or took it over).
-    #[error("room served by another lmx process: {0}")]
-    RoomElsewhere(String),
+    /// Another process of this server owns what was claimed (or took it
+    /// over).
+    #[error("owned by another lmx process: {0}")]
+    Elsewhere(String),
 }
 
 /// The layout and meaning of stored records. 1: the first (unmarked);
@@ -425,16 +426,35 @@ pub enum Op {
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
     pub ops: Vec<Op>,
-    /// A room writer's claim on its room: the batch applies only while the
-    /// room is still this process's (`Store::claim_room`).
-    pub claim: Option<RoomClaim>,
+    /// The writer's claim (a room's writer, a destination's delivery): the
+    /// batch applies only while that is still this process's (`Store::claim`).
+    pub claim: Option<Claim>,
 }
 
-/// A process's hold on one room while it writes it; the epoch moves on
-/// whenever another process takes the room over.
+/// What one process at a time writes, on a store several processes share.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoomClaim {
-    pub room: RoomId,
+pub enum Claimed {
+    /// A room's list and state.
+    Room(RoomId),
+    /// Delivery to a server: its queue's cursor.
+    Destination(ServerName),
+}
+
+impl Claimed {
+    /// Its name in the store's claims.
+    pub fn key(&self) -> String {
+        match self {
+            Claimed::Room(room) => format!("room {room}"),
+            Claimed::Destination(dest) => format!("destination {dest}"),
+        }
+    }
+}
+
+/// A process's hold on something it writes; the epoch moves on whenever
+/// another process takes it over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub what: Claimed,
     pub epoch: i64,
 }
 
@@ -592,12 +612,12 @@ pub trait Store: Send + Sync + 'static {
     /// Where the pusher task stopped; `None` before it first ran.
     fn push_cursor(&self) -> StoreResult<Option<u64>>;
 
-    /// Applies a batch atomically (and, with a claim, only while the room
-    /// is still this process's: else `StoreError::RoomElsewhere`).
+    /// Applies a batch atomically (and, with a claim, only while what it
+    /// claims is still this process's: else `StoreError::Elsewhere`).
     fn write(&self, batch: Batch) -> StoreResult<()>;
-    /// Takes `room` for this process before its writer starts (see
-    /// `Kv::claim_room`); the claim goes with each of the writer's batches.
-    fn claim_room(&self, room: &RoomId) -> StoreResult<RoomClaim>;
+    /// Takes `what` for this process before it writes it (see `Kv::claim`);
+    /// the claim goes with each of its batches.
+    fn claim(&self, what: Claimed) -> StoreResult<Claim>;
     /// An online backup: every pair, as of one moment (`backup.rs`), to
     /// `out`; how many pairs the first pass read.
     fn backup(&self, out: &mut dyn FnMut(backup::Record) -> std::io::Result<()>) -> StoreResult<u64>;

@@ -23,10 +23,10 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::group_flush::GroupFlush;
 use super::kv::{BoxFuture, Entries, Kv, KvWrite};
 use super::pg_lease::{self, Lease, Renewals, Standing};
-use super::pg_rooms;
+use super::pg_owners;
 use super::pg_stream::{self, PgStream};
 use super::positions::SharedStream;
-use super::{RoomClaim, StoreError};
+use super::StoreError;
 
 /// The schema, one step per version; a database is at version N when the
 /// first N steps have run. Steps are only ever appended.
@@ -42,8 +42,8 @@ const MIGRATIONS: &[&str] = &[
      ADD COLUMN federation_addr text NOT NULL DEFAULT ''",
     // 4: stream positions shared by writing processes.
     super::pg_stream::MIGRATION,
-    // 5: which writing process owns each room.
-    super::pg_rooms::MIGRATION,
+    // 5: which writing process owns each room and destination.
+    super::pg_owners::MIGRATION,
 ];
 
 /// The advisory lock (per database) migrations run under.
@@ -171,10 +171,10 @@ impl PgKv {
         })
     }
 
-    /// One transaction: the writer's fence (and the room's, for a room's
-    /// batch) and the writes, sent together (one round trip) and run in
+    /// One transaction: the writer's fence (and the claim's, `(key,
+    /// epoch)`) and the writes, sent together (one round trip) and run in
     /// order, so writes after a failed check are never committed.
-    fn apply_fenced(&self, writes: Vec<KvWrite>, claim: Option<RoomClaim>) -> Result<(), StoreError> {
+    fn apply_fenced(&self, writes: Vec<KvWrite>, claim: Option<(String, i64)>) -> Result<(), StoreError> {
         if writes.is_empty() {
             return Ok(());
         }
@@ -186,7 +186,7 @@ impl PgKv {
             let mut c = pool.get().await.map_err(backend)?;
             let (fence, fence_params) = lease.fence();
             let fence = c.prepare_cached(fence).await.map_err(backend)?;
-            let room_fence = c.prepare_cached(pg_rooms::FENCE).await.map_err(backend)?;
+            let claim_fence = c.prepare_cached(pg_owners::FENCE).await.map_err(backend)?;
             let upsert = c.prepare_cached(UPSERT).await.map_err(backend)?;
             let delete = c.prepare_cached(DELETE).await.map_err(backend)?;
             let tx = c.transaction().await.map_err(backend)?;
@@ -194,11 +194,9 @@ impl PgKv {
             let owned = async {
                 match &claim {
                     None => Ok(true),
-                    Some(claim) => {
-                        let room = claim.room.as_str();
-                        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-                            [&room, &lease.holder, &claim.epoch];
-                        tx.query_opt(&room_fence, &params).await.map(|row| row.is_some())
+                    Some((key, epoch)) => {
+                        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [key, &lease.holder, epoch];
+                        tx.query_opt(&claim_fence, &params).await.map(|row| row.is_some())
                     }
                 }
             };
@@ -221,11 +219,10 @@ impl PgKv {
             if held.is_none() {
                 lost(&lease, lease.gone());
             }
-            if let (false, Some(claim)) = (owned, &claim) {
+            if let (false, Some((key, epoch))) = (owned, &claim) {
                 // Dropping the transaction rolls the writes back.
-                return Err(StoreError::RoomElsewhere(format!(
-                    "{} was taken over by another process (this one held epoch {})",
-                    claim.room, claim.epoch
+                return Err(StoreError::Elsewhere(format!(
+                    "{key} was taken over by another process (this one held epoch {epoch})"
                 )));
             }
             tx.commit().await.map_err(backend)
@@ -417,25 +414,25 @@ impl Kv for PgKv {
         self.apply_fenced(writes, None)
     }
 
-    fn apply_claimed(&self, writes: Vec<KvWrite>, claim: &RoomClaim) -> Result<(), StoreError> {
-        self.apply_fenced(writes, Some(claim.clone()))
+    fn apply_claimed(&self, writes: Vec<KvWrite>, key: &str, epoch: i64) -> Result<(), StoreError> {
+        self.apply_fenced(writes, Some((key.to_owned(), epoch)))
     }
 
-    fn claim_room(&self, room: &str) -> Result<i64, StoreError> {
+    fn claim(&self, key: &str) -> Result<i64, StoreError> {
         let Some(lease) = self.lease.clone() else {
             return Err(StoreError::Backend("postgres: this store was opened to read only".into()));
         };
-        let room = room.to_owned();
+        let key = key.to_owned();
         self.run(|pool| async move {
             let c = pool.get().await.map_err(backend)?;
-            if let Some(row) = c.query_opt(pg_rooms::CLAIM, &[&room, &lease.holder]).await.map_err(backend)? {
+            if let Some(row) = c.query_opt(pg_owners::CLAIM, &[&key, &lease.holder]).await.map_err(backend)? {
                 return Ok(row.get(0));
             }
-            let holder = match c.query_opt(pg_rooms::OWNER, &[&room]).await.map_err(backend)? {
+            let holder = match c.query_opt(pg_owners::OWNER, &[&key]).await.map_err(backend)? {
                 Some(row) => format!("{} (epoch {})", row.get::<_, String>(0), row.get::<_, i64>(1)),
                 None => "another process".into(),
             };
-            Err(StoreError::RoomElsewhere(format!("{room} is owned by {holder}")))
+            Err(StoreError::Elsewhere(format!("{key} is owned by {holder}")))
         })
     }
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {

@@ -86,7 +86,7 @@ impl RoomError {
 
 impl From<StoreError> for RoomError {
     fn from(e: StoreError) -> Self {
-        if let StoreError::RoomElsewhere(detail) = e {
+        if let StoreError::Elsewhere(detail) = e {
             tracing::warn!(detail, "a room is owned by another process");
             return RoomError::Elsewhere(detail);
         }
