@@ -314,12 +314,19 @@ fn txn_path(lm: bool, id: &str) -> String {
 /// Destination`: on a store several processes write, one of them at a
 /// time); stops when another process has it.
 async fn deliver(node: Arc<Node>, dest: ServerName, worker: Arc<Worker>) {
-    let claim = match node.store.claim(Claimed::Destination(dest.clone())) {
-        Ok(claim) => claim,
-        Err(e) => {
-            tracing::warn!(error = %e, "not delivering here");
-            node.outbound.forget(&dest, &worker);
-            return;
+    let claim = loop {
+        match node.store.claim(Claimed::Destination(dest.clone())) {
+            Ok(claim) => break claim,
+            Err(e @ StoreError::Elsewhere(_)) => {
+                tracing::warn!(error = %e, "not delivering here");
+                node.outbound.forget(&dest, &worker);
+                return;
+            }
+            // The work is still there: try again, as a failed read does.
+            Err(e) => {
+                tracing::error!(error = %e, "cannot claim delivery");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     };
     if let Err(e) = deliver_under(&node, &dest, &worker, &claim).await {
