@@ -32,7 +32,7 @@ fn refresh(node: &Node) {
     for (dest, status) in statuses.into_iter().take(MAX_DESTINATION_SERIES) {
         let labels = [("destination", dest.to_string())];
         metrics::gauge!("lmx_federation_destination_failures", &labels).set(f64::from(status.failures));
-        match crate::federation::outbound::backlog(node, &dest) {
+        match crate::federation::backlog::backlog(node, &dest) {
             Ok(b) => {
                 metrics::gauge!("lmx_federation_queue_depth", &labels).set(b.depth as f64);
                 metrics::gauge!("lmx_federation_queue_lag_events", &labels).set(b.lag_positions as f64);

@@ -2,6 +2,7 @@
 //! Matrix ones listed in README), the calls it makes, request signing,
 //! discovery, keys, and durable delivery.
 
+pub mod backlog;
 pub mod client;
 pub mod dag;
 pub mod device_lists;
@@ -23,8 +24,9 @@ pub mod room_network;
 pub mod web;
 pub mod xmatrix;
 
+pub use backlog::{Backlog, BACKLOG_COUNT_LIMIT};
 pub use node::Node;
-pub use outbound::{Backlog, DeliveryStatus, BACKLOG_COUNT_LIMIT};
+pub use outbound::DeliveryStatus;
 pub use remote::Remote;
 
 /// Path prefix of the `.02` room version's unstable endpoints (digest 6.0).

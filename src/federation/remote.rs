@@ -214,8 +214,8 @@ impl Remote {
     }
 
     /// What `dest` has not been sent yet.
-    pub fn backlog(&self, dest: &ServerName) -> Result<super::outbound::Backlog, StoreError> {
-        super::outbound::backlog(&self.0, dest)
+    pub fn backlog(&self, dest: &ServerName) -> Result<super::Backlog, StoreError> {
+        super::backlog::backlog(&self.0, dest)
     }
 
     /// Delivers to `dest` now: cuts a backoff short, or starts a worker.
