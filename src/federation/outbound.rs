@@ -313,15 +313,13 @@ async fn deliver(node: Arc<Node>, dest: ServerName, worker: Arc<Worker>) {
             }
         }
     };
-    if let Err(e) = deliver_under(&node, &dest, &worker, &claim).await {
-        tracing::warn!(error = %e, "delivery moved to another process; stopping here");
-    }
+    let moved = deliver_under(&node, &dest, &worker, &claim).await;
+    tracing::warn!(error = %moved, "delivery moved to another process; stopping here");
     node.outbound.forget(&dest, &worker);
 }
 
-/// Runs until another process takes `dest`'s delivery over (its error).
-async fn deliver_under(node: &Arc<Node>, dest: &ServerName, worker: &Worker, claim: &Claim) -> Result<(), StoreError> {
-    let (node, dest) = (node.clone(), dest.clone());
+/// Runs until another process takes `dest`'s delivery over; the refusal.
+async fn deliver_under(node: &Arc<Node>, dest: &ServerName, worker: &Worker, claim: &Claim) -> StoreError {
     let mut failures: u32 = 0;
     let mut positions = node.positions.subscribe();
     // A transaction whose in-flight record is written and that goes next.
@@ -329,7 +327,7 @@ async fn deliver_under(node: &Arc<Node>, dest: &ServerName, worker: &Worker, cla
     loop {
         let txn = match ready.take() {
             Some(t) => t,
-            None => match next_txn(&node, &dest, claim) {
+            None => match next_txn(node, dest, claim) {
                 Ok(Some((id, contents))) => {
                     {
                         let mut st = worker.status.lock().expect("poisoned");
@@ -337,8 +335,8 @@ async fn deliver_under(node: &Arc<Node>, dest: &ServerName, worker: &Worker, cla
                             st.waiting_since_ts = crate::sys::now_ms();
                         }
                     }
-                    let lm = super::fetch::lm_peer(&node, &dest).await;
-                    contents.into_txn(&node, &dest, id, lm)
+                    let lm = super::fetch::lm_peer(node, dest).await;
+                    contents.into_txn(node, dest, id, lm)
                 }
                 Ok(None) => {
                     worker.status.lock().expect("poisoned").waiting_since_ts = 0;
@@ -348,7 +346,7 @@ async fn deliver_under(node: &Arc<Node>, dest: &ServerName, worker: &Worker, cla
                     }
                     continue;
                 }
-                Err(e @ StoreError::Elsewhere(_)) => return Err(e),
+                Err(e @ StoreError::Elsewhere(_)) => return e,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the outbound queue");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -361,7 +359,7 @@ async fn deliver_under(node: &Arc<Node>, dest: &ServerName, worker: &Worker, cla
         // before its answer). Without one, reading ahead would only add a
         // thread hop to each small transaction's path.
         let prepare = if txn.full {
-            let lm = super::fetch::lm_peer(&node, &dest).await;
+            let lm = super::fetch::lm_peer(node, dest).await;
             let (node, dest, after) = (node.clone(), dest.clone(), txn.last);
             Some((lm, tokio::task::spawn_blocking(move || prepare_next(&node, &dest, after, lm))))
         } else {
@@ -390,10 +388,10 @@ async fn deliver_under(node: &Arc<Node>, dest: &ServerName, worker: &Worker, cla
                     st.last_round_trip_ms = round_trip.as_millis() as u64;
                 }
                 let answer = resp.json(dest.as_str()).unwrap_or_else(|_| json!({}));
-                report_refused_lpdus(&node, &txn, &answer).await;
+                report_refused_lpdus(node, &txn, &answer).await;
                 let next = match prepare {
                     Some((lm, p)) => match p.await.ok().and_then(Result::ok).flatten() {
-                        Some(p) => complete(&node, &dest, p, lm)
+                        Some(p) => complete(node, dest, p, lm)
                             .map_err(|e| tracing::error!(error = %e, "cannot read the outbound queue"))
                             .ok(),
                         None => None,
@@ -411,7 +409,7 @@ async fn deliver_under(node: &Arc<Node>, dest: &ServerName, worker: &Worker, cla
                 b.claim = Some(claim.clone());
                 match node.store.write(b) {
                     Ok(()) => ready = next,
-                    Err(e @ StoreError::Elsewhere(_)) => return Err(e),
+                    Err(e @ StoreError::Elsewhere(_)) => return e,
                     Err(e) => tracing::error!(error = %e, "cannot record delivery"),
                 }
             }

@@ -167,13 +167,14 @@ impl Rooms {
 
     /// The writer of a room this server knows, started from the store if
     /// the room was resting; `Err` when a resting room cannot be read back
-    /// (the caller fails, rather than taking the room for unknown).
+    /// (the caller fails, rather than taking the room for unknown), or is
+    /// owned by another process (`RoomError::Elsewhere`).
     pub fn find(&self, id: &RoomId) -> Result<Option<RoomHandle>, RoomError> {
         self.wake(id)
     }
 
-    /// `find` for readers that go on without the room: a room that cannot
-    /// be read back is skipped (`wake` logged why).
+    /// `find` for callers that go on without the room: one that cannot be
+    /// read back, or that another process owns, is skipped (and logged).
     pub fn get(&self, id: &RoomId) -> Option<RoomHandle> {
         self.wake(id).ok().flatten()
     }
@@ -330,9 +331,9 @@ impl Rooms {
         let view = super::load::load_view(&self.deps.store, room)?
             .ok_or_else(|| RoomError::Storage(format!("{room} is not stored")))?;
         let mut map = self.lock();
-        map.rests += 1;
-        let rested = map.rests;
-        map.rooms.entry(room.clone()).or_insert(Entry::Resting { length: view.length, rested, pruned_upto: 0 });
+        if !map.rooms.contains_key(room) {
+            map.file_resting(room, view.length, 0);
+        }
         Ok(())
     }
 

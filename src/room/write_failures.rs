@@ -185,15 +185,15 @@ impl Kv for SharedKv {
         }
         self.0.inner.apply(writes)
     }
-    fn apply_claimed(&self, writes: Vec<KvWrite>, _: &str, _: i64) -> Result<(), StoreError> {
+    fn apply_claimed(&self, writes: Vec<KvWrite>, _: &crate::store::Claim) -> Result<(), StoreError> {
         if self.0.batches_refused.load(Ordering::SeqCst) {
             return Err(StoreError::Elsewhere("taken over".into()));
         }
         self.apply(writes)
     }
-    fn claim(&self, key: &str) -> Result<i64, StoreError> {
+    fn claim(&self, what: &crate::store::Claimed) -> Result<i64, StoreError> {
         if self.0.claims_refused.load(Ordering::SeqCst) {
-            return Err(StoreError::Elsewhere(format!("{key} is owned by another process")));
+            return Err(StoreError::Elsewhere(format!("{} is owned by another process", what.key())));
         }
         Ok(1)
     }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use super::positions::SharedStream;
 
-use super::StoreError;
+use super::{Claim, Claimed, StoreError};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Key-value pairs read from a range.
@@ -28,16 +28,16 @@ pub trait Kv: Send + Sync + 'static {
     fn range(&self, start: &[u8], end: &[u8], reverse: bool, limit: usize) -> Result<Entries, StoreError>;
     /// Applies every write or none.
     fn apply(&self, writes: Vec<KvWrite>) -> Result<(), StoreError>;
-    /// `apply` under a claim (`Claimed::key`), checking in the same
-    /// transaction that it is still this process's at `epoch` (a store with
-    /// one writing process has nothing to check).
-    fn apply_claimed(&self, writes: Vec<KvWrite>, _key: &str, _epoch: i64) -> Result<(), StoreError> {
+    /// `apply` under a claim, checking in the same transaction that what
+    /// it claims is still this process's at its epoch (a store with one
+    /// writing process has nothing to check).
+    fn apply_claimed(&self, writes: Vec<KvWrite>, _claim: &Claim) -> Result<(), StoreError> {
         self.apply(writes)
     }
-    /// Takes what `key` names for this process; its epoch. Refused with
+    /// Takes `what` for this process; its epoch. Refused with
     /// `StoreError::Elsewhere` while another live process owns it. A store
     /// with one writing process owns everything.
-    fn claim(&self, _key: &str) -> Result<i64, StoreError> {
+    fn claim(&self, _what: &Claimed) -> Result<i64, StoreError> {
         Ok(0)
     }
     /// Resolves once everything applied before the call is on disk.

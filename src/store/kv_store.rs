@@ -610,13 +610,13 @@ impl<K: Kv> Store for KvStore<K> {
         let writes = self.writes_of(batch)?;
         self.journal.note(&writes);
         match claim {
-            Some(claim) => self.kv.apply_claimed(writes, &claim.what.key(), claim.epoch),
+            Some(claim) => self.kv.apply_claimed(writes, &claim),
             None => self.kv.apply(writes),
         }
     }
 
     fn claim(&self, what: super::Claimed) -> StoreResult<super::Claim> {
-        let epoch = self.kv.claim(&what.key())?;
+        let epoch = self.kv.claim(&what)?;
         Ok(super::Claim { what, epoch })
     }
 

@@ -26,7 +26,7 @@ use super::pg_lease::{self, Lease, Renewals, Standing};
 use super::pg_owners;
 use super::pg_stream::{self, PgStream};
 use super::positions::SharedStream;
-use super::StoreError;
+use super::{Claim, Claimed, StoreError};
 
 /// The schema, one step per version; a database is at version N when the
 /// first N steps have run. Steps are only ever appended.
@@ -178,9 +178,7 @@ impl PgKv {
         if writes.is_empty() {
             return Ok(());
         }
-        let Some(lease) = self.lease.clone() else {
-            return Err(StoreError::Backend("postgres: this store was opened to read only".into()));
-        };
+        let lease = self.writer()?;
         let Split { keys, values, deletes } = split(writes);
         self.run(|pool| async move {
             let mut c = pool.get().await.map_err(backend)?;
@@ -227,6 +225,11 @@ impl PgKv {
             }
             tx.commit().await.map_err(backend)
         })
+    }
+
+    /// This process's lease or writer row, which every write goes under.
+    fn writer(&self) -> Result<Lease, StoreError> {
+        self.lease.clone().ok_or_else(|| StoreError::Backend("postgres: this store was opened to read only".into()))
     }
 
     fn run<T, F>(&self, work: impl FnOnce(Pool) -> F) -> Result<T, StoreError>
@@ -414,15 +417,13 @@ impl Kv for PgKv {
         self.apply_fenced(writes, None)
     }
 
-    fn apply_claimed(&self, writes: Vec<KvWrite>, key: &str, epoch: i64) -> Result<(), StoreError> {
-        self.apply_fenced(writes, Some((key.to_owned(), epoch)))
+    fn apply_claimed(&self, writes: Vec<KvWrite>, claim: &Claim) -> Result<(), StoreError> {
+        self.apply_fenced(writes, Some((claim.what.key(), claim.epoch)))
     }
 
-    fn claim(&self, key: &str) -> Result<i64, StoreError> {
-        let Some(lease) = self.lease.clone() else {
-            return Err(StoreError::Backend("postgres: this store was opened to read only".into()));
-        };
-        let key = key.to_owned();
+    fn claim(&self, what: &Claimed) -> Result<i64, StoreError> {
+        let lease = self.writer()?;
+        let key = what.key();
         self.run(|pool| async move {
             let c = pool.get().await.map_err(backend)?;
             if let Some(row) = c.query_opt(pg_owners::CLAIM, &[&key, &lease.holder]).await.map_err(backend)? {

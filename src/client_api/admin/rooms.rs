@@ -51,7 +51,7 @@ fn view_of(call: &Call, room: &str) -> Result<std::sync::Arc<RoomView>, Failure>
     call.server.rooms.find_view(&id)?.ok_or_else(|| Failure::not_found("Room not found"))
 }
 
-/// Every room's view (rooms resting on disk are woken to be read).
+/// Every room's view (rooms at rest are read from the store, not woken).
 pub(super) fn views(call: &Call) -> Vec<std::sync::Arc<RoomView>> {
     call.server.rooms.ids().iter().filter_map(|id| call.server.rooms.get_view(id)).collect()
 }
