@@ -427,7 +427,7 @@ fn postgres_store_conforms_and_persists() {
     assert_eq!(reopened.list(&room(), 0, 3).unwrap(), vec![ev(0), ev(1), ev(2)]);
     assert!(reopened.user(&user("@a:hub.test")).unwrap().is_some());
     assert_eq!(reopened.destination(&server("a.test")).unwrap().acked, 7);
-    assert_eq!(pg.sql("conformance", "SELECT version FROM lmx_schema"), "5", "the schema is migrated once");
+    assert_eq!(pg.sql("conformance", "SELECT version FROM lmx_schema"), "6", "the schema is migrated once");
 }
 
 #[test]
@@ -437,7 +437,7 @@ fn postgres_store_refuses_a_newer_schema() {
     drop(PgKv::open(&url, None, 1, Access::ReadOnly).unwrap());
     pg.sql("newer", "UPDATE lmx_schema SET version = 99");
     let refused = PgKv::open(&url, None, 1, Access::ReadOnly).err().expect("a newer schema is refused");
-    assert!(matches!(refused, StoreError::NewerSchema { found: 99, supported: 5 }), "{refused}");
+    assert!(matches!(refused, StoreError::NewerSchema { found: 99, supported: 6 }), "{refused}");
     assert!(refused.is_damage(), "nothing retries a newer schema");
 }
 
@@ -560,7 +560,19 @@ fn postgres_rooms_are_written_by_one_process_at_a_time() {
 
     let first = member.claim(Claimed::Room(room())).unwrap();
     assert_eq!(member.claim(Claimed::Room(room())).unwrap(), first, "claiming again keeps the epoch");
-    assert!(elsewhere(serving.claim(Claimed::Room(room()))), "a room another live process holds is refused");
+    match serving.claim(Claimed::Room(room())) {
+        Err(StoreError::Elsewhere(owner)) => assert_eq!(owner.federation_addr, None, "nothing announced yet"),
+        other => panic!("a room another live process holds is refused: {other:?}"),
+    }
+    // The refusal names where the owner serves, once it said so.
+    member.announce("10.0.0.2:8008", "10.0.0.2:8448").unwrap();
+    match serving.claim(Claimed::Room(room())) {
+        Err(StoreError::Elsewhere(owner)) => {
+            assert_eq!(owner.client_addr.as_deref(), Some("10.0.0.2:8008"));
+            assert_eq!(owner.federation_addr.as_deref(), Some("10.0.0.2:8448"));
+        }
+        other => panic!("refused with the owner's addresses: {other:?}"),
+    }
     member.write(claimed(vec![Op::PushCursor(5)], &first)).unwrap();
     assert_eq!(member.push_cursor().unwrap(), Some(5));
     // Each thing is claimed on its own: delivery to a destination too.

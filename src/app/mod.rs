@@ -125,10 +125,6 @@ async fn announce(node: Arc<Node>, at: Option<(String, String)>) {
     }
 }
 
-fn in_data_dir(config: &Config, p: &Option<PathBuf>, default: &str) -> PathBuf {
-    p.clone().unwrap_or_else(|| config.data_dir.join(default))
-}
-
 /// sled locks its directory; a previous instance in this process may still
 /// be releasing it (tests restart servers in place).
 async fn open_store(dir: &Path, cache_bytes: u64) -> anyhow::Result<SledKv> {
@@ -369,11 +365,20 @@ fn give_back_free_memory() {
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         config.validate()?;
-        let name = config.server_name();
         std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
         // The store first: a standby waits there, so only the process that
         // serves creates a missing key in a data directory standbys share.
         let store = open_configured_store(&config).await?;
+        App::build_on(config, store).await
+    }
+
+    /// `build` on a store the caller opened: a PostgreSQL member
+    /// (`Access::Member`) writes its own rooms beside the serving process.
+    /// The data directory (signing key, certificate) must be the serving
+    /// process's.
+    pub async fn build_on(config: Config, store: Arc<dyn Store>) -> anyhow::Result<App> {
+        config.validate()?;
+        let name = config.server_name();
         let key = load_or_create_signing_key(&config.signing_key_path(), &name)?;
         let positions = Positions::open(store.clone())?;
 
@@ -382,8 +387,7 @@ impl App {
             tracing::warn!("federation runs over plain HTTP (federation.insecure_plaintext)");
             None
         } else {
-            let cert = in_data_dir(&config, &fed_conf.tls_cert, "tls/cert.pem");
-            let key_path = in_data_dir(&config, &fed_conf.tls_key, "tls/key.pem");
+            let (cert, key_path) = (config.tls_cert_path(), config.tls_key_path());
             if fed_conf.tls_cert.is_none() {
                 let host = name.host().to_owned();
                 tls::ensure_self_signed(&cert, &key_path, vec![host, "localhost".into(), "127.0.0.1".into()])?;

@@ -145,8 +145,7 @@ impl Setup {
             Mode::Forward => {
                 // The serving process presents this server's certificate,
                 // from the files the processes share: that one is trusted.
-                let cert = super::in_data_dir(config, &fed.tls_cert, "tls/cert.pem");
-                let key = super::in_data_dir(config, &fed.tls_key, "tls/key.pem");
+                let (cert, key) = (config.tls_cert_path(), config.tls_key_path());
                 if cert.exists() && key.exists() {
                     let tls = ServerTls::load(&cert, &key)?;
                     let client = super::tls::pinned_client_config(&cert)?;

@@ -505,6 +505,16 @@ impl Config {
     pub fn signing_key_path(&self) -> PathBuf {
         self.signing_key_path.clone().unwrap_or_else(|| self.data_dir.join("signing.key"))
     }
+
+    /// The federation listener's certificate, which every process of the
+    /// server presents.
+    pub fn tls_cert_path(&self) -> PathBuf {
+        self.federation.tls_cert.clone().unwrap_or_else(|| self.data_dir.join("tls/cert.pem"))
+    }
+
+    pub fn tls_key_path(&self) -> PathBuf {
+        self.federation.tls_key.clone().unwrap_or_else(|| self.data_dir.join("tls/key.pem"))
+    }
 }
 
 #[cfg(test)]

@@ -307,6 +307,12 @@ impl FedHandler {
                 allow(&parts.method, Method::GET)?;
                 return Ok(handlers::keys::version());
             }
+            ["_lmx", "internal", "v1", "rooms", room, "relay"] => {
+                allow(&parts.method, Method::POST)?;
+                let room =
+                    crate::core::ids::RoomId::parse(room).map_err(|_| Failure::InvalidParam("Bad room id".into()))?;
+                return self.relayed(&parts, body, budget, &room).await;
+            }
             _ => {}
         }
         let Some(ep) = endpoint(&parts.method, &segs)? else {
@@ -357,6 +363,29 @@ impl FedHandler {
             Endpoint::QueryProfile => handlers::directory::query_profile(req),
             Endpoint::Hierarchy(room) => handlers::hierarchy::hierarchy(req, &room),
         }?;
+        Ok(crate::http::json_response(StatusCode::OK, &answer))
+    }
+}
+
+impl FedHandler {
+    /// A room command from another process of this server
+    /// (`federation::relay`): only this server's own key may sign it.
+    async fn relayed(
+        &self,
+        parts: &Parts,
+        body: Incoming,
+        budget: BodyBudget,
+        room: &crate::core::ids::RoomId,
+    ) -> Result<Response<Body>, Failure> {
+        let node = &self.node;
+        let claimed = claimed_origin(node, parts).await?;
+        if claimed.origin != node.name {
+            return Err(Failure::forbidden("Only this server's own processes relay room commands"));
+        }
+        let (bytes, _held) = read_body(body, MAX_SEND_BODY, &budget).await?;
+        let command = json_object(&bytes, NumberPolicy::Ieee754, false)?;
+        claimed.verify(node, parts, Some(&Value::Object(command.clone())))?;
+        let answer = super::relay::serve(node, room, &command).await?;
         Ok(crate::http::json_response(StatusCode::OK, &answer))
     }
 }

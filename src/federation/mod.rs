@@ -19,6 +19,7 @@ pub mod node;
 pub mod outbound;
 pub mod policy;
 pub mod queries;
+pub mod relay;
 pub mod remote;
 pub mod room_network;
 pub mod web;

@@ -66,7 +66,7 @@ impl Node {
                 store: store.clone(),
                 positions: positions.clone(),
                 shared_cache: dag.clone(),
-                network: Arc::new(crate::federation::room_network::NodeNetwork(me.clone())),
+                network: Arc::new(crate::federation::room_network::NodeNetwork::new(me.clone())),
                 spawn: Arc::new(move |task| {
                     if let Some(node) = spawner.upgrade() {
                         node.spawn(task);

@@ -5,19 +5,28 @@
 use std::sync::{Arc, Weak};
 
 use crate::core::event::Pdu;
-use crate::core::ids::{EventId, ServerName};
+use crate::core::ids::{EventId, RoomId, ServerName};
 use crate::federation::Node;
 use crate::room::{BoxFuture, RoomError, RoomNetwork, RoomView};
+use crate::store::Owner;
+use serde_json::Value;
 
-pub struct NodeNetwork(pub Weak<Node>);
+pub struct NodeNetwork {
+    node: Weak<Node>,
+    relay_tls: Arc<super::relay::RelayTls>,
+}
 
 fn stopped() -> RoomError {
     RoomError::Remote("the server is stopping".into())
 }
 
 impl NodeNetwork {
+    pub fn new(node: Weak<Node>) -> NodeNetwork {
+        NodeNetwork { node, relay_tls: Default::default() }
+    }
+
     fn node(&self) -> Option<Arc<Node>> {
-        self.0.upgrade()
+        self.node.upgrade()
     }
 }
 
@@ -46,5 +55,13 @@ impl RoomNetwork for NodeNetwork {
 
     fn linearized(&self, server: &ServerName) -> Option<bool> {
         self.node()?.keyring.cached_linearized(server)
+    }
+
+    fn relay(&self, owner: &Owner, room: &RoomId, command: Value) -> BoxFuture<Result<Value, RoomError>> {
+        let (node, tls, owner, room) = (self.node(), self.relay_tls.clone(), owner.clone(), room.clone());
+        Box::pin(async move {
+            let node = node.ok_or_else(stopped)?;
+            super::relay::send(&node, &tls, &owner, &room, command).await
+        })
     }
 }

@@ -12,8 +12,9 @@ use super::machine::snapshot::DagCache;
 use super::machine::Env;
 use super::{RoomError, RoomView};
 use crate::core::event::Pdu;
-use crate::core::ids::{EventId, ServerName};
-use crate::store::{Positions, Store};
+use crate::core::ids::{EventId, RoomId, ServerName};
+use crate::store::{Owner, Positions, Store};
+use serde_json::Value;
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -27,6 +28,9 @@ pub trait RoomNetwork: Send + Sync {
     fn wake(&self, dest: &ServerName);
     /// Whether `server` speaks LM, when known (from its keys).
     fn linearized(&self, server: &ServerName) -> Option<bool>;
+    /// Passes a room command (`relay::encode`) to the process of this
+    /// server that owns the room, and brings its answer back.
+    fn relay(&self, owner: &Owner, room: &RoomId, command: Value) -> BoxFuture<Result<Value, RoomError>>;
 }
 
 /// Runs a task that stops with the server.

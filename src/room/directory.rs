@@ -72,7 +72,7 @@ impl Shelf {
         let Some(Entry::Running(handle)) = map.rooms.get(room) else { return false };
         // Handles are cloned from the map under this lock and the writer's
         // own sender is weak: nobody else can send from here on.
-        if handle.tx.strong_count() != 1 || !inbox.is_empty() {
+        if handle.inbox().is_none_or(|tx| tx.strong_count() != 1) || !inbox.is_empty() {
             return false;
         }
         map.file_resting(room, length, pruned_upto);
@@ -86,7 +86,7 @@ impl Shelf {
     pub(super) fn disown(&self, room: &RoomId, writer: &mpsc::WeakSender<RoomCmd>, length: u64, pruned_upto: u64) {
         let mut map = self.0.lock().expect("poisoned");
         let Some(Entry::Running(handle)) = map.rooms.get(room) else { return };
-        if !writer.upgrade().is_some_and(|tx| handle.tx.same_channel(&tx)) {
+        if !writer.upgrade().is_some_and(|w| handle.inbox().is_some_and(|tx| tx.same_channel(&w))) {
             return;
         }
         if length == 0 {
@@ -180,10 +180,13 @@ impl Rooms {
     }
 
     fn wake(&self, id: &RoomId) -> Result<Option<RoomHandle>, RoomError> {
-        match self.lock().rooms.get(id) {
-            None => return Ok(None),
+        let known = match self.lock().rooms.get(id) {
+            None => false,
             Some(Entry::Running(h)) => return Ok(Some(h.clone())),
-            Some(Entry::Resting { .. }) => {}
+            Some(Entry::Resting { .. }) => true,
+        };
+        if !known && !self.discover(id)? {
+            return Ok(None);
         }
         let turn = self.waking.lock().expect("poisoned").entry(id.clone()).or_default().clone();
         let woken = {
@@ -204,7 +207,29 @@ impl Rooms {
             waking.remove(id);
         }
         drop(turn);
-        woken
+        match woken {
+            Err(RoomError::Elsewhere(owner)) if owner.federation_addr.is_some() => {
+                let view = self.find_view(id)?.ok_or_else(|| RoomError::Storage(format!("{id} is not stored")))?;
+                let (network, spawn) = (self.deps.network.clone(), self.deps.spawn.clone());
+                Ok(Some(RoomHandle::elsewhere(super::OwnedElsewhere { owner, view, network, spawn })))
+            }
+            other => other,
+        }
+    }
+
+    /// A room another process of this server stored after this one
+    /// started (only on a store others write too): filed as resting, so
+    /// it is read, and its commands relayed to its owner, like any other.
+    fn discover(&self, id: &RoomId) -> Result<bool, RoomError> {
+        if self.deps.store.shared_stream().is_none() {
+            return Ok(false);
+        }
+        let Some(record) = self.deps.store.room(id)? else { return Ok(false) };
+        let mut map = self.lock();
+        if !map.rooms.contains_key(id) {
+            map.file_resting(id, record.length, 0);
+        }
+        Ok(true)
     }
 
     fn load(&self, id: &RoomId) -> Result<Option<RoomHandle>, RoomError> {
@@ -239,10 +264,15 @@ impl Rooms {
     /// writer's when it runs here, else read from the store (`views.rs`).
     /// `Err` when a resting room cannot be read back.
     pub fn find_view(&self, id: &RoomId) -> Result<Option<Arc<RoomView>>, RoomError> {
-        let rested = match self.lock().rooms.get(id) {
-            None => return Ok(None),
-            Some(Entry::Running(h)) => return Ok(Some(h.view())),
-            Some(Entry::Resting { rested, .. }) => *rested,
+        let rested = loop {
+            match self.lock().rooms.get(id) {
+                None => {}
+                Some(Entry::Running(h)) => return Ok(Some(h.view())),
+                Some(Entry::Resting { rested, .. }) => break *rested,
+            }
+            if !self.discover(id)? {
+                return Ok(None);
+            }
         };
         match self.resting_views.read(&self.deps.store, id, rested)? {
             Some(view) => Ok(Some(view)),
@@ -267,6 +297,10 @@ impl Rooms {
     /// Whether this server knows the room (running or resting).
     pub fn knows(&self, id: &RoomId) -> bool {
         self.lock().rooms.contains_key(id)
+            || self
+                .discover(id)
+                .inspect_err(|e| tracing::error!(room_id = %id, error = %e, "could not look a room up"))
+                .unwrap_or(false)
     }
 
     /// A running room's view; `None` for a room at rest (not woken) or
@@ -357,6 +391,10 @@ impl Rooms {
     /// the caller's `JoinTurn` for the room.
     pub async fn open_joined(&self, seed: JoinSeed, _turn: &JoinTurn) -> Result<Opened, RoomError> {
         let room = seed.room.clone();
+        // Stored by another process meanwhile: never seeded over.
+        if self.lock().rooms.contains_key(&room) || self.discover(&room)? {
+            return self.wake(&room)?.map(Opened::Existing).ok_or(RoomError::Gone);
+        }
         let claim = self.claim(&room)?;
         let (handle, rx) = {
             let mut map = self.lock();
@@ -418,6 +456,15 @@ mod tests {
         fn wake(&self, _: &crate::core::ids::ServerName) {}
         fn linearized(&self, _: &crate::core::ids::ServerName) -> Option<bool> {
             None
+        }
+        fn relay(
+            &self,
+            owner: &crate::store::Owner,
+            _: &RoomId,
+            _: serde_json::Value,
+        ) -> super::super::BoxFuture<Result<serde_json::Value, RoomError>> {
+            let owner = owner.clone();
+            Box::pin(async { Err(RoomError::Elsewhere(owner)) })
         }
     }
 

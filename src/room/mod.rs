@@ -6,6 +6,7 @@ mod deps;
 mod directory;
 pub mod load;
 pub mod machine;
+pub mod relay;
 #[cfg(test)]
 mod resting_test;
 pub mod snapshot;
@@ -66,27 +67,92 @@ pub enum RoomCmd {
     Purge { keep: u64, reply: Reply<u64> },
 }
 
+/// A room's writer: its inbox here, or the process of this server that
+/// owns the room, to which commands are relayed (`relay.rs`).
 #[derive(Clone)]
 pub struct RoomHandle {
-    tx: mpsc::Sender<RoomCmd>,
-    view: Arc<RwLock<Arc<RoomView>>>,
+    route: Route,
+}
+
+#[derive(Clone)]
+enum Route {
+    Here { tx: mpsc::Sender<RoomCmd>, view: Arc<RwLock<Arc<RoomView>>> },
+    Owner(Arc<OwnedElsewhere>),
+}
+
+/// A room another process of this server writes, as read from the store.
+pub struct OwnedElsewhere {
+    pub owner: crate::store::Owner,
+    view: Arc<RoomView>,
+    network: Arc<dyn RoomNetwork>,
+    spawn: Spawn,
 }
 
 impl RoomHandle {
+    fn here(tx: mpsc::Sender<RoomCmd>, view: Arc<RwLock<Arc<RoomView>>>) -> RoomHandle {
+        RoomHandle { route: Route::Here { tx, view } }
+    }
+
+    fn elsewhere(owned: OwnedElsewhere) -> RoomHandle {
+        RoomHandle { route: Route::Owner(Arc::new(owned)) }
+    }
+
     pub fn view(&self) -> Arc<RoomView> {
-        self.view.read().expect("poisoned").clone()
+        match &self.route {
+            Route::Here { view, .. } => view.read().expect("poisoned").clone(),
+            Route::Owner(o) => o.view.clone(),
+        }
+    }
+
+    /// The other process that owns the room, when it is not written here.
+    pub fn owner(&self) -> Option<&crate::store::Owner> {
+        match &self.route {
+            Route::Here { .. } => None,
+            Route::Owner(o) => Some(&o.owner),
+        }
+    }
+
+    /// The writer's inbox, when it runs here.
+    fn inbox(&self) -> Option<&mpsc::Sender<RoomCmd>> {
+        match &self.route {
+            Route::Here { tx, .. } => Some(tx),
+            Route::Owner(_) => None,
+        }
     }
 
     fn try_send(&self, cmd: RoomCmd) -> Result<(), RoomError> {
-        self.tx.try_send(cmd).map_err(|_| RoomError::Gone)
+        match &self.route {
+            Route::Here { tx, .. } => tx.try_send(cmd).map_err(|_| RoomError::Gone),
+            Route::Owner(o) => Err(RoomError::Elsewhere(o.owner.clone())),
+        }
     }
 
     fn same(&self, other: &RoomHandle) -> bool {
-        self.tx.same_channel(&other.tx)
+        match (&self.route, &other.route) {
+            (Route::Here { tx: a, .. }, Route::Here { tx: b, .. }) => a.same_channel(b),
+            _ => false,
+        }
     }
 
+    /// Hands the command to the writer; its reply comes through the
+    /// command's channel. Relayed to the owner when that is another
+    /// process: the answer comes back the same way.
     pub async fn send(&self, cmd: RoomCmd) -> Result<(), RoomError> {
-        self.tx.send(cmd).await.map_err(|_| RoomError::Gone)
+        let owned = match &self.route {
+            Route::Here { tx, .. } => return tx.send(cmd).await.map_err(|_| RoomError::Gone),
+            Route::Owner(o) => o.clone(),
+        };
+        let Some((body, pending)) = relay::encode(cmd) else {
+            return Err(RoomError::Elsewhere(owned.owner.clone()));
+        };
+        let spawn = owned.spawn.clone();
+        let task = async move {
+            let version = owned.view.version;
+            let answer = owned.network.relay(&owned.owner, &owned.view.room_id, body).await;
+            pending.settle(version, answer);
+        };
+        spawn(Box::pin(task));
+        Ok(())
     }
 
     /// Sends a command built around a reply channel and awaits the reply.

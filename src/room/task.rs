@@ -164,7 +164,7 @@ pub(super) fn spawn_room(deps: &RoomDeps, view: RoomView, shelf: Shelf, pruned_u
     };
     // A root span: the room outlives the request that happened to start it.
     (deps.spawn)(Box::pin(task.run(rx).instrument(span)));
-    RoomHandle { tx, view: shared }
+    RoomHandle::here(tx, shared)
 }
 
 impl RoomTask {

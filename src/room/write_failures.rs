@@ -69,6 +69,15 @@ impl RoomNetwork for NoNetwork {
     fn linearized(&self, _: &ServerName) -> Option<bool> {
         None
     }
+    fn relay(
+        &self,
+        owner: &crate::store::Owner,
+        _: &RoomId,
+        _: serde_json::Value,
+    ) -> super::BoxFuture<Result<serde_json::Value, RoomError>> {
+        let owner = owner.clone();
+        Box::pin(async { Err(RoomError::Elsewhere(owner)) })
+    }
 }
 
 struct Fixture {
@@ -187,13 +196,16 @@ impl Kv for SharedKv {
     }
     fn apply_claimed(&self, writes: Vec<KvWrite>, _: &crate::store::Claim) -> Result<(), StoreError> {
         if self.0.batches_refused.load(Ordering::SeqCst) {
-            return Err(StoreError::Elsewhere("taken over".into()));
+            return Err(StoreError::Elsewhere(crate::store::Owner::unknown("taken over")));
         }
         self.apply(writes)
     }
     fn claim(&self, what: &crate::store::Claimed) -> Result<i64, StoreError> {
         if self.0.claims_refused.load(Ordering::SeqCst) {
-            return Err(StoreError::Elsewhere(format!("{} is owned by another process", what.key())));
+            return Err(StoreError::Elsewhere(crate::store::Owner::unknown(format!(
+                "{} is owned by another process",
+                what.key()
+            ))));
         }
         Ok(1)
     }

@@ -58,7 +58,30 @@ pub enum StoreError {
     /// Another process of this server owns what was claimed (or took it
     /// over).
     #[error("owned by another lmx process: {0}")]
-    Elsewhere(String),
+    Elsewhere(Owner),
+}
+
+/// The process of this server that owns what this one was refused, as the
+/// store knew it then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub describe: String,
+    /// Its client and federation listeners (`host:port`), once announced.
+    pub client_addr: Option<String>,
+    pub federation_addr: Option<String>,
+}
+
+impl Owner {
+    /// An owner whose addresses are not known.
+    pub fn unknown(describe: impl Into<String>) -> Owner {
+        Owner { describe: describe.into(), client_addr: None, federation_addr: None }
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe)
+    }
 }
 
 /// The layout and meaning of stored records. 1: the first (unmarked);

@@ -44,6 +44,9 @@ const MIGRATIONS: &[&str] = &[
     super::pg_stream::MIGRATION,
     // 5: which writing process owns each room and destination.
     super::pg_owners::MIGRATION,
+    // 6: where each writing process serves, so others can reach an owner.
+    "ALTER TABLE lmx_writer ADD COLUMN client_addr text NOT NULL DEFAULT '', \
+     ADD COLUMN federation_addr text NOT NULL DEFAULT ''",
 ];
 
 /// The advisory lock (per database) migrations run under.
@@ -217,11 +220,10 @@ impl PgKv {
             if held.is_none() {
                 lost(&lease, lease.gone());
             }
-            if let (false, Some((key, epoch))) = (owned, &claim) {
-                // Dropping the transaction rolls the writes back.
-                return Err(StoreError::Elsewhere(format!(
-                    "{key} was taken over by another process (this one held epoch {epoch})"
-                )));
+            if let (false, Some((key, _))) = (owned, &claim) {
+                tx.rollback().await.map_err(backend)?;
+                let row = c.query_opt(pg_owners::OWNER, &[key]).await.map_err(backend)?;
+                return Err(StoreError::Elsewhere(pg_owners::owner_in(key, row.as_ref())));
             }
             tx.commit().await.map_err(backend)
         })
@@ -429,11 +431,8 @@ impl Kv for PgKv {
             if let Some(row) = c.query_opt(pg_owners::CLAIM, &[&key, &lease.holder]).await.map_err(backend)? {
                 return Ok(row.get(0));
             }
-            let holder = match c.query_opt(pg_owners::OWNER, &[&key]).await.map_err(backend)? {
-                Some(row) => format!("{} (epoch {})", row.get::<_, String>(0), row.get::<_, i64>(1)),
-                None => "another process".into(),
-            };
-            Err(StoreError::Elsewhere(format!("{key} is owned by {holder}")))
+            let row = c.query_opt(pg_owners::OWNER, &[&key]).await.map_err(backend)?;
+            Err(StoreError::Elsewhere(pg_owners::owner_in(&key, row.as_ref())))
         })
     }
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -441,10 +440,15 @@ impl Kv for PgKv {
     }
 
     fn announce(&self, client: &str, federation: &str) -> Result<(), StoreError> {
-        let Some(lease) = self.lease.clone().filter(|l| l.serving) else { return Ok(()) };
+        let Some(lease) = self.lease.clone() else { return Ok(()) };
         let (session, client, federation) = (self.session.clone(), client.to_owned(), federation.to_owned());
         on(&self.handle, async move {
             let c = session.lock().await;
+            let writer: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&lease.holder, &client, &federation];
+            c.execute(pg_owners::ANNOUNCE, &writer).await.map_err(backend)?;
+            if !lease.serving {
+                return Ok(());
+            }
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
                 [&lease.holder, &lease.epoch, &client, &federation];
             match c.execute(pg_lease::ANNOUNCE, &params).await.map_err(backend)? {

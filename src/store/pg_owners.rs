@@ -29,8 +29,25 @@ pub(super) const CLAIM: &str = "INSERT INTO lmx_owner AS o (what, holder, epoch)
        (SELECT 1 FROM lmx_writer w WHERE w.holder = o.holder AND w.expires_at > now()) \
      RETURNING epoch";
 
-/// Who holds it, for the refusal.
-pub(super) const OWNER: &str = "SELECT holder, epoch FROM lmx_owner WHERE what = $1";
+/// Who holds it and where that process serves, for the refusal (so the
+/// request can be passed on to it).
+pub(super) const OWNER: &str =
+    "SELECT o.holder, o.epoch, coalesce(w.client_addr, ''), coalesce(w.federation_addr, '') \
+     FROM lmx_owner o LEFT JOIN lmx_writer w ON w.holder = o.holder WHERE o.what = $1";
+
+/// The owner in a row `OWNER` read (`None`: no row, the thing is free).
+pub(super) fn owner_in(key: &str, row: Option<&tokio_postgres::Row>) -> super::Owner {
+    let Some(row) = row else { return super::Owner::unknown(format!("{key} is owned by another process")) };
+    let announced = |i: usize| Some(row.get::<_, String>(i)).filter(|a| !a.is_empty());
+    super::Owner {
+        describe: format!("{key} is owned by {} (epoch {})", row.get::<_, String>(0), row.get::<_, i64>(1)),
+        client_addr: announced(2),
+        federation_addr: announced(3),
+    }
+}
+
+/// Where a writing process serves, once its listeners are up.
+pub(super) const ANNOUNCE: &str = "UPDATE lmx_writer SET client_addr = $2, federation_addr = $3 WHERE holder = $1";
 
 /// A share lock: a claim by another process waits until the batch commits.
 pub(super) const FENCE: &str = "SELECT 1 FROM lmx_owner WHERE what = $1 AND holder = $2 AND epoch = $3 FOR SHARE";

@@ -194,8 +194,9 @@ fn room_answer(surface: Surface, e: &RoomError, extra: &mut Map<String, Value>) 
         }
         RoomError::Remote(m) => (S::BAD_GATEWAY, "M_UNKNOWN", m.clone()),
         RoomError::Storage(_) | RoomError::Gone => (S::INTERNAL_SERVER_ERROR, "M_UNKNOWN", INTERNAL.into()),
-        // Until requests are routed to a room's owning process, the caller
-        // is told to come back (the room moves once that process dies).
+        // The process that owns the room could not be reached, or has not
+        // said where it serves: the caller comes back (the room moves once
+        // that process is gone).
         RoomError::Elsewhere(_) => {
             extra.insert("retry_after_ms".into(), json!(1_000));
             (S::SERVICE_UNAVAILABLE, "M_UNKNOWN", e.public_reason())

@@ -69,7 +69,7 @@ pub enum RoomError {
     Gone,
     /// Another process of this server owns the room now.
     #[error("the room is served by another process of this server")]
-    Elsewhere(String),
+    Elsewhere(crate::store::Owner),
 }
 
 impl RoomError {
@@ -86,9 +86,9 @@ impl RoomError {
 
 impl From<StoreError> for RoomError {
     fn from(e: StoreError) -> Self {
-        if let StoreError::Elsewhere(detail) = e {
-            tracing::warn!(detail, "a room is owned by another process");
-            return RoomError::Elsewhere(detail);
+        if let StoreError::Elsewhere(owner) = e {
+            tracing::debug!(owner = %owner, "a room is owned by another process");
+            return RoomError::Elsewhere(owner);
         }
         tracing::error!(error = %e, "storage error in a room");
         RoomError::Storage(e.to_string())

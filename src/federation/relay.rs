@@ -1,0 +1,125 @@
+//! Room commands between processes of this server (`room::relay`): a
+//! process that is refused a room because another one owns it passes the
+//! command to that process's federation listener, signed with the server's
+//! own key; the owner accepts only requests its own key signed, hands the
+//! command to the room's writer and answers what the writer answered.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::TcpStream;
+
+use super::Node;
+use crate::core::ids::RoomId;
+use crate::core::json::Object;
+use crate::room::RoomError;
+use crate::store::Owner;
+use crate::wire::Failure;
+
+/// A room's state before an event can be large; the owner is trusted.
+const MAX_ANSWER: usize = 256 * 1024 * 1024;
+/// The owner may wait for its room's queue and, for a participant's send,
+/// for the hub (`room::relay`).
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn path(room: &RoomId) -> String {
+    format!("/_lmx/internal/v1/rooms/{}/relay", crate::http::encode_segment(room.as_str()))
+}
+
+/// TLS to another process of this server: it presents this server's own
+/// certificate (the processes share its files), which alone is trusted.
+#[derive(Default)]
+pub struct RelayTls(OnceLock<Result<tokio_rustls::TlsConnector, String>>);
+
+impl RelayTls {
+    fn connector(&self, node: &Node) -> Result<tokio_rustls::TlsConnector, String> {
+        self.0
+            .get_or_init(|| {
+                let cert = node.config.tls_cert_path();
+                let config = crate::http::tls::pinned_client_config(&cert).map_err(|e| e.to_string())?;
+                Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+            })
+            .clone()
+    }
+}
+
+fn unreachable(owner: &Owner, why: impl std::fmt::Display) -> RoomError {
+    tracing::warn!(%owner, error = %why, "the process that owns a room did not answer");
+    RoomError::Elsewhere(owner.clone())
+}
+
+/// Sends `command` to the process that owns `room`; its answer, or
+/// `RoomError::Elsewhere` when it cannot be reached (the caller answers
+/// "try again": the room moves once that process is gone).
+pub async fn send(
+    node: &Node,
+    tls: &RelayTls,
+    owner: &Owner,
+    room: &RoomId,
+    command: Value,
+) -> Result<Value, RoomError> {
+    let Some(to) = owner.federation_addr.as_deref() else {
+        return Err(RoomError::Elsewhere(owner.clone()));
+    };
+    let path = path(room);
+    let auth = super::xmatrix::sign_request(&node.key, "POST", &path, node.name.as_str(), Some(&command), false);
+    let body = serde_json::to_vec(&command).map_err(|e| RoomError::Storage(e.to_string()))?;
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(&path)
+        .header(header::HOST, node.name.as_str())
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::AUTHORIZATION, auth)
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| RoomError::Storage(e.to_string()))?;
+    let exchange = async {
+        let tcp = TcpStream::connect(to).await.map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        let resp = if node.config.federation.insecure_plaintext {
+            request(TokioIo::new(tcp), req).await?
+        } else {
+            let name =
+                rustls::pki_types::ServerName::try_from(node.name.host().to_owned()).map_err(|e| e.to_string())?;
+            let tls = tls.connector(node)?.connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
+            request(TokioIo::new(tls), req).await?
+        };
+        let status = resp.status();
+        let bytes = Limited::new(resp.into_body(), MAX_ANSWER).collect().await.map_err(|e| e.to_string())?.to_bytes();
+        if status != StatusCode::OK {
+            return Err(format!("{status}: {}", String::from_utf8_lossy(&bytes[..bytes.len().min(200)])));
+        }
+        serde_json::from_slice::<Value>(&bytes).map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(TIMEOUT, exchange).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(unreachable(owner, e)),
+        Err(_) => Err(unreachable(owner, "no answer in time")),
+    }
+}
+
+async fn request<I>(io: TokioIo<I>, req: Request<Full<Bytes>>) -> Result<http::Response<hyper::body::Incoming>, String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    sender.send_request(req).await.map_err(|e| e.to_string())
+}
+
+/// The owner's side, for a request this server's own key signed: the
+/// command handed to the room's writer here, and its answer. A room this
+/// process does not own (it moved meanwhile) is refused, never relayed on.
+pub async fn serve(node: &Arc<Node>, room: &RoomId, body: &Object) -> Result<Value, Failure> {
+    let handle = node.rooms.find(room)?.ok_or(Failure::NotFound("This process does not know the room".into()))?;
+    if let Some(owner) = handle.owner() {
+        return Err(RoomError::Elsewhere(owner.clone()).into());
+    }
+    let (cmd, awaiting) = crate::room::relay::decode(handle.view().version, body).map_err(Failure::BadJson)?;
+    handle.send(cmd).await?;
+    Ok(awaiting.answer().await)
+}
