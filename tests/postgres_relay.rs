@@ -1,14 +1,15 @@
 //! Two processes of one server writing at once on one PostgreSQL database:
-//! the serving process and a member beside it. A room lives on the process
-//! that created it; the other finds it in the store, reads it there, and
-//! relays its users' commands for it to the owner, whose writer appends
-//! them. Once the owner leaves, the room is taken over.
+//! the serving process and a member beside it (`storage.postgres.member`).
+//! A room lives on the process that created it; the other finds it in the
+//! store, reads it there, and relays its users' commands for it to the
+//! owner, whose writer appends them. The member passes everything that is
+//! not about one room on to the serving process. Once the owner leaves,
+//! the room is taken over.
 
 mod common;
 
 use common::postgres::{on_postgres, Postgres};
 use common::*;
-use lmx::store::Access;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,21 +30,28 @@ async fn a_room_owned_by_another_process_is_written_there_through_relayed_comman
     member_config.federation.tls_key = Some(config.tls_key_path());
     member_config.federation.listen = "127.0.0.1:0".parse().unwrap();
     member_config.client.listen = "127.0.0.1:0".parse().unwrap();
-    let term = member_config.storage.postgres.lease_term();
-    let store = lmx::app::open_postgres(&member_config, Access::Member { term }).await.expect("a member opens");
-    let mut member = Server::start_on(member_config, std::sync::Arc::new(store)).await;
+    member_config.storage.postgres.member = true;
+    let mut member = Server::start(member_config).await;
 
     let alice = serving.client().register("alice").await;
+    // Registering is per server: the member passes it on.
     let bob = member.client().register("bob").await;
     let room = bob.create_room(json!({"preset": "public_chat"})).await;
-    let owner_of = |room: &str| pg.sql("relay", &format!("SELECT epoch FROM lmx_owner WHERE what = 'room {room}'"));
-    assert_eq!(owner_of(&room), "1", "the member created the room and owns it");
+    // The room's epoch, and whether the serving process (the lease's
+    // holder) owns it.
+    let owner_of = |room: &str| {
+        let q = format!(
+            "SELECT o.epoch || ' ' || (o.holder = l.holder) FROM lmx_owner o, lmx_lease l WHERE o.what = 'room {room}'"
+        );
+        pg.sql("relay", &q)
+    };
+    assert_eq!(owner_of(&room), "1 false", "the member created the room and owns it");
 
     // The serving process did not know the room when it started: it finds
     // it in the store, and relays alice's join and message to the member.
     assert_eq!(alice.join(&room, "hub.test").await.status, 200);
     let sent = alice.send_ok(&room, "a1", "from the serving process").await;
-    assert_eq!(owner_of(&room), "1", "the room stayed with the member");
+    assert_eq!(owner_of(&room), "1 false", "the room stayed with the member");
     let ids = bob.history_ids(&room).await;
     assert!(ids.contains(&sent), "the owner's list has the relayed event: {ids:?}");
     let bobs = bob.send_ok(&room, "b1", "from the member").await;
@@ -51,6 +59,11 @@ async fn a_room_owned_by_another_process_is_written_there_through_relayed_comman
     assert!(ids.contains(&bobs) && ids.contains(&sent), "the serving process reads the room: {ids:?}");
     let list = member.list(&room);
     assert_eq!(list.iter().filter(|e| e.as_str() == sent).count(), 1, "the relayed event is in the owner's list once");
+    // Sync is per user: the member passes it on, and the serving process
+    // reads what either process wrote from the shared stream.
+    let seen = bob.sync_until(&room, |evs| bodies(evs).iter().any(|b| b == "from the serving process")).await;
+    assert!(bodies(&seen).iter().any(|b| b == "from the member"), "{:?}", bodies(&seen));
+    alice.sync_until(&room, |evs| bodies(evs).iter().any(|b| b == "from the member")).await;
     // A relayed send is idempotent per transaction, as a local one.
     let again = alice.send_ok(&room, "a1", "from the serving process").await;
     assert_eq!(again, sent);
@@ -64,7 +77,7 @@ async fn a_room_owned_by_another_process_is_written_there_through_relayed_comman
     // room over from the store.
     member.stop().await;
     let after = alice.send_ok(&room, "a2", "after the member left").await;
-    assert_eq!(owner_of(&room), "2", "taken over under a new epoch");
+    assert_eq!(owner_of(&room), "2 true", "taken over under a new epoch");
     let ids = alice.history_ids(&room).await;
     for id in [&sent, &bobs, &after] {
         assert_eq!(ids.iter().filter(|e| e == &id).count(), 1, "{id} once, in order");

@@ -23,6 +23,7 @@ use crate::federation::policy::AddressPolicy;
 use crate::federation::Node;
 use crate::http::observe::{Health, Observed};
 mod forward;
+pub mod member;
 mod standby;
 
 use crate::http::{serve, tls, Handler, Limits, SharedLimits};
@@ -150,7 +151,9 @@ pub async fn open_configured_store(config: &Config) -> anyhow::Result<Arc<dyn St
         Backend::Sled => Ok(Arc::new(open_checked_store(config).await?)),
         Backend::Postgres => {
             let term = config.storage.postgres.lease_term();
-            Ok(Arc::new(open_postgres(config, Access::Serving { term }).await?))
+            let access =
+                if config.storage.postgres.member { Access::Member { term } } else { Access::Serving { term } };
+            Ok(Arc::new(open_postgres(config, access).await?))
         }
     }
 }
@@ -221,6 +224,23 @@ pub async fn open_postgres(config: &Config, access: Access) -> anyhow::Result<Kv
         _ => {}
     }
     Ok(store)
+}
+
+/// Waits until a serving process has said where it serves.
+async fn wait_for_serving_process(store: &Arc<dyn Store>) -> anyhow::Result<()> {
+    let mut said = false;
+    loop {
+        let reader = store.clone();
+        let holder = tokio::task::spawn_blocking(move || reader.lease_holder()).await??;
+        if holder.as_ref().is_some_and(|h| h.client_addr.is_some()) {
+            return Ok(());
+        }
+        if !said {
+            tracing::info!("member: waiting for a serving process to start");
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Opens the sled store and checks it against the commit record before
@@ -299,8 +319,19 @@ fn health_of(node: &Arc<Node>, listeners: usize) -> Arc<Health> {
     Health::new(listeners, store_check)
 }
 
-/// Starts push delivery, its tasks stopping with the server's.
-fn start_push(node: &Arc<Node>) -> Arc<crate::push::Push> {
+/// How a member passes federation requests on: over TLS to the serving
+/// process, which presents the certificate the processes share.
+fn member_federation_hop(config: &Config) -> anyhow::Result<forward::Hop> {
+    if config.federation.insecure_plaintext {
+        return Ok(forward::Hop::Plain);
+    }
+    let client = tls::pinned_client_config(&config.tls_cert_path())?;
+    let name = rustls::pki_types::ServerName::try_from(config.server_name().host().to_owned())?;
+    Ok(forward::Hop::Tls { connector: tokio_rustls::TlsConnector::from(Arc::new(client)), name })
+}
+
+/// Push delivery, its tasks (when `sending`) stopping with the server's.
+fn push_for(node: &Arc<Node>, sending: bool) -> Arc<crate::push::Push> {
     let weak = Arc::downgrade(node);
     let push = crate::push::Push::new(crate::push::PushDeps {
         name: node.name.clone(),
@@ -314,7 +345,9 @@ fn start_push(node: &Arc<Node>) -> Arc<crate::push::Push> {
             }
         }),
     });
-    push.start();
+    if sending {
+        push.start();
+    }
     push
 }
 
@@ -369,15 +402,11 @@ impl App {
         // The store first: a standby waits there, so only the process that
         // serves creates a missing key in a data directory standbys share.
         let store = open_configured_store(&config).await?;
-        App::build_on(config, store).await
-    }
-
-    /// `build` on a store the caller opened: a PostgreSQL member
-    /// (`Access::Member`) writes its own rooms beside the serving process.
-    /// The data directory (signing key, certificate) must be the serving
-    /// process's.
-    pub async fn build_on(config: Config, store: Arc<dyn Store>) -> anyhow::Result<App> {
-        config.validate()?;
+        if config.storage.postgres.member {
+            // The serving process makes the signing key and certificate
+            // the processes share; it has once it says where it serves.
+            wait_for_serving_process(&store).await?;
+        }
         let name = config.server_name();
         let key = load_or_create_signing_key(&config.signing_key_path(), &name)?;
         let positions = Positions::open(store.clone())?;
@@ -459,15 +488,30 @@ impl App {
             let proxies = self.node.config.client.trusted_proxies.clone();
             Arc::new(Observed { inner, health: health.clone(), listener, proxies })
         };
-        let fed_handler = observed(Arc::new(FedHandler { node: self.node.clone() }), "federation");
-        let push = start_push(&self.node);
+        let member = self.node.config.storage.postgres.member;
+        // A member's push notifications are sent by the serving process,
+        // which reads every process's events from the shared stream.
+        let push = push_for(&self.node, !member);
         let client_deps = Arc::new(client_deps(&self.node, push));
         let client = Arc::new(ClientHandler::new(client_deps, self.reload.rates.clone()));
+        let (mut fed_handler, mut client_handler): (Arc<dyn Handler>, Arc<dyn Handler>) =
+            (Arc::new(FedHandler { node: self.node.clone() }), client.clone());
+        let mut tasks = Vec::new();
+        if member {
+            let following = member::Following::new();
+            tasks.push(tokio::spawn(following.clone().keep_following(self.node.store.clone(), stop_rx.clone())));
+            let limits = self.reload.http.current();
+            let in_flight = forward::InFlight::new(limits.max_connections, limits.max_connections_per_ip);
+            let retry = self.node.config.storage.postgres.lease_secs;
+            let hop = member_federation_hop(&self.node.config)?;
+            fed_handler = member::MemberHandler::new(fed_handler, Some(hop), following.clone(), in_flight.clone(), retry);
+            client_handler = member::MemberHandler::new(client_handler, None, following, in_flight, retry);
+        }
         let limits = self.reload.http.clone();
-        let mut tasks = vec![
-            tokio::spawn(serve(self.federation, self.tls.clone(), fed_handler, limits.clone(), stop_rx.clone())),
-            tokio::spawn(serve(self.client, None, observed(client.clone(), "client"), limits.clone(), stop_rx.clone())),
-        ];
+        let fed_handler = observed(fed_handler, "federation");
+        tasks.push(tokio::spawn(serve(self.federation, self.tls.clone(), fed_handler, limits.clone(), stop_rx.clone())));
+        let client_handler = observed(client_handler, "client");
+        tasks.push(tokio::spawn(serve(self.client, None, client_handler, limits.clone(), stop_rx.clone())));
         if let Some(listener) = self.admin {
             let handler = observed(Arc::new(AdminHandler::new(client)), "admin");
             tasks.push(tokio::spawn(serve(listener, None, handler, limits.clone(), stop_rx.clone())));

@@ -234,6 +234,9 @@ pub struct Postgres {
     pub lease_secs: u64,
     /// What a process does while another serves the database.
     pub standby: Standby,
+    /// A member never takes the lease: it writes rooms of its own beside
+    /// the serving process from the start (`app/member.rs`).
+    pub member: bool,
     /// The host other processes reach this one at when it serves (with
     /// the listeners' ports). Default: the listen address when it names
     /// one, else this machine's host name.
@@ -369,6 +372,7 @@ impl Default for Config {
                     pool_size: 16,
                     lease_secs: 10,
                     standby: Standby::Wait,
+                    member: false,
                     advertise_host: None,
                 },
             },
@@ -435,6 +439,8 @@ pub enum ConfigError {
     AdminToken(usize),
     #[error("storage.backend is \"postgres\": set storage.postgres.url or storage.postgres.url_file")]
     PostgresUrl,
+    #[error("storage.postgres.member needs storage.backend = \"postgres\"")]
+    MemberNeedsPostgres,
     #[error("--option {0:?}: expected key=value with a dotted key")]
     Option(String),
 }
@@ -473,6 +479,9 @@ impl Config {
         }
         if self.storage.backend == Backend::Postgres && self.storage.postgres.url.is_none() {
             return Err(ConfigError::PostgresUrl);
+        }
+        if self.storage.postgres.member && self.storage.backend != Backend::Postgres {
+            return Err(ConfigError::MemberNeedsPostgres);
         }
         if self.admin.token.as_ref().is_some_and(|t| t.trim().len() < MIN_ADMIN_TOKEN) {
             return Err(ConfigError::AdminToken(MIN_ADMIN_TOKEN));

@@ -51,6 +51,11 @@ pub trait Kv: Send + Sync + 'static {
     fn announce(&self, _client: &str, _federation: &str) -> Result<(), StoreError> {
         Ok(())
     }
+    /// The process holding a shared store's lease; `None` for a store
+    /// without one.
+    fn lease_holder(&self) -> Result<Option<super::LeaseHolder>, StoreError> {
+        Ok(None)
+    }
     /// The stream's positions, when other processes may write to the same
     /// store; `None`: this process is its only writer.
     fn shared_stream(&self) -> Option<Arc<dyn SharedStream>> {

@@ -636,6 +636,10 @@ impl<K: Kv> Store for KvStore<K> {
         self.kv.announce(client, federation)
     }
 
+    fn lease_holder(&self) -> StoreResult<Option<super::LeaseHolder>> {
+        self.kv.lease_holder()
+    }
+
     fn shared_stream(&self) -> Option<Arc<dyn SharedStream>> {
         self.kv.shared_stream()
     }

@@ -650,6 +650,8 @@ pub trait Store: Send + Sync + 'static {
     fn size_on_disk(&self) -> u64;
     /// Tells other processes of the same store where this one serves.
     fn announce(&self, client: &str, federation: &str) -> StoreResult<()>;
+    /// The process holding a shared store's lease, when one does.
+    fn lease_holder(&self) -> StoreResult<Option<LeaseHolder>>;
     /// See `Kv::shared_stream`.
     fn shared_stream(&self) -> Option<Arc<dyn SharedStream>>;
 }

@@ -460,6 +460,10 @@ impl Kv for PgKv {
         })
     }
 
+    fn lease_holder(&self) -> Result<Option<super::LeaseHolder>, StoreError> {
+        PgKv::lease_holder(self)
+    }
+
     fn shared_stream(&self) -> Option<Arc<dyn SharedStream>> {
         self.stream.clone().map(|s| s as Arc<dyn SharedStream>)
     }

@@ -205,25 +205,12 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn start(config: Config) -> Server {
-        Server::started(config, None).await
-    }
-
-    /// A server on a store the test opened (a PostgreSQL member).
-    pub async fn start_on(config: Config, store: Arc<dyn lmx::store::Store>) -> Server {
-        Server::started(config, Some(store)).await
-    }
-
-    async fn started(mut config: Config, store: Option<Arc<dyn lmx::store::Store>>) -> Server {
+    pub async fn start(mut config: Config) -> Server {
         // `LMX_LOG=debug cargo test …` shows the servers' logs.
         if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("LMX_LOG") {
             let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
         }
-        let app = match store {
-            None => App::build(config.clone()).await,
-            Some(store) => App::build_on(config.clone(), store).await,
-        }
-        .expect("server starts");
+        let app = App::build(config.clone()).await.expect("server starts");
         let bound = app.addresses();
         // A restart keeps the client port.
         config.client.listen = bound.client;
