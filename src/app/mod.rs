@@ -504,12 +504,19 @@ impl App {
             let in_flight = forward::InFlight::new(limits.max_connections, limits.max_connections_per_ip);
             let retry = self.node.config.storage.postgres.lease_secs;
             let hop = member_federation_hop(&self.node.config)?;
-            fed_handler = member::MemberHandler::new(fed_handler, Some(hop), following.clone(), in_flight.clone(), retry);
+            fed_handler =
+                member::MemberHandler::new(fed_handler, Some(hop), following.clone(), in_flight.clone(), retry);
             client_handler = member::MemberHandler::new(client_handler, None, following, in_flight, retry);
         }
         let limits = self.reload.http.clone();
         let fed_handler = observed(fed_handler, "federation");
-        tasks.push(tokio::spawn(serve(self.federation, self.tls.clone(), fed_handler, limits.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(serve(
+            self.federation,
+            self.tls.clone(),
+            fed_handler,
+            limits.clone(),
+            stop_rx.clone(),
+        )));
         let client_handler = observed(client_handler, "client");
         tasks.push(tokio::spawn(serve(self.client, None, client_handler, limits.clone(), stop_rx.clone())));
         if let Some(listener) = self.admin {
