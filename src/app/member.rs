@@ -36,14 +36,15 @@ pub fn serves_here(method: &Method, path: &str, federation: bool) -> bool {
         ["_matrix", "client", "v3" | "r0", rest @ ..] => rest,
         _ => return false,
     };
-    match (method, rest) {
-        (&Method::POST, ["createRoom"]) => true,
-        (&Method::PUT, ["rooms", _, "send" | "state" | "redact", ..]) => true,
-        (&Method::GET, ["rooms", _, "messages" | "members" | "joined_members" | "state" | "event" | "context", ..]) => {
-            true
-        }
-        _ => false,
-    }
+    matches!(
+        (method, rest),
+        (&Method::POST, ["createRoom"])
+            | (&Method::PUT, ["rooms", _, "send" | "state" | "redact", ..])
+            | (
+                &Method::GET,
+                ["rooms", _, "messages" | "members" | "joined_members" | "state" | "event" | "context", ..]
+            )
+    )
 }
 
 /// Where the serving process said it serves.
