@@ -7,6 +7,7 @@
 
 mod failover;
 pub mod http;
+mod members;
 mod pg;
 pub mod scenarios;
 pub mod servers;
@@ -84,6 +85,11 @@ pub struct Args {
     /// clients are spread over all of them.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
     pub processes: u16,
+    /// With `--processes`: the processes beyond the first are members
+    /// (`storage.postgres.member`) that write rooms of their own, the rooms
+    /// created round the processes, instead of forwarding standbys.
+    #[arg(long)]
+    pub members: bool,
     /// The failover scenario's `storage.postgres.lease_secs` (default: lmx's).
     #[arg(long)]
     pub lease_secs: Option<u64>,
@@ -172,7 +178,12 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
         for rooms in pick(&args.rooms, size.local_rooms) {
             for clients in pick(&args.clients, size.local_clients) {
                 let events = args.events.unwrap_or(size.local_events);
-                rows.push(scenarios::local(&w, clients, rooms, events, args.processes).await?);
+                let row = if args.members {
+                    members::local(&w, clients, rooms, events, args.processes).await?
+                } else {
+                    scenarios::local(&w, clients, rooms, events, args.processes).await?
+                };
+                rows.push(row);
             }
         }
         section("Scenario 1: local sends on a hub", rows, &mut all);

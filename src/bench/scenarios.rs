@@ -107,12 +107,12 @@ pub(super) fn usages(procs: &[&dyn Measured]) -> Vec<Usage> {
     procs.iter().map(|p| p.usage()).collect()
 }
 
-async fn registered(mut c: Conn, name: &str) -> anyhow::Result<Conn> {
+pub(super) async fn registered(mut c: Conn, name: &str) -> anyhow::Result<Conn> {
     c.register(name).await?;
     Ok(c)
 }
 
-async fn create_room(c: &mut Conn) -> anyhow::Result<String> {
+pub(super) async fn create_room(c: &mut Conn) -> anyhow::Result<String> {
     let v = c.ok("POST", "/_matrix/client/v3/createRoom", Some(&json!({"preset": "public_chat"}))).await?;
     Ok(v["room_id"].as_str().unwrap_or_default().to_owned())
 }
@@ -129,7 +129,7 @@ async fn send(c: &mut Conn, room: &str, txn: &str, body: &str) -> anyhow::Result
 
 /// `clients` users, each with its own connection, sending `events`
 /// messages in all, round-robin over `rooms`; closed loop.
-async fn send_load(
+pub(super) async fn send_load(
     clients: Vec<Conn>,
     rooms: &[String],
     events: u64,

@@ -187,6 +187,17 @@ impl Lmx {
     /// Process `n` of this server (on PostgreSQL), with addresses of its
     /// own, standing by and forwarding to the serving one; started once it
     /// answers through it.
+    /// Another process of this server that writes rooms of its own
+    /// (`storage.postgres.member`).
+    pub async fn member_replica(&self, n: u16) -> anyhow::Result<Lmx> {
+        let mut config = self.config.clone();
+        anyhow::ensure!(config.storage.backend == crate::config::Backend::Postgres, "members need PostgreSQL");
+        config.storage.postgres.member = true;
+        config.client.listen = ([127, 0, 0, 1], free_port()?).into();
+        config.federation.listen = ([127, 0, 0, 1], free_port()?).into();
+        Lmx::start(config, &format!("{}-{n}", self.label)).await
+    }
+
     pub async fn forwarding_replica(&self, n: u16) -> anyhow::Result<Lmx> {
         let mut config = self.config.clone();
         anyhow::ensure!(config.storage.backend == crate::config::Backend::Postgres, "replicas need PostgreSQL");

@@ -4,12 +4,14 @@
 //! own key; the owner accepts only requests its own key signed, hands the
 //! command to the room's writer and answers what the writer answered.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http2;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -31,14 +33,22 @@ pub fn path(room: &RoomId) -> String {
     format!("/_lmx/internal/v1/rooms/{}/relay", crate::http::encode_segment(room.as_str()))
 }
 
-/// TLS to another process of this server: it presents this server's own
-/// certificate (the processes share its files), which alone is trusted.
-#[derive(Default)]
-pub struct RelayTls(OnceLock<Result<tokio_rustls::TlsConnector, String>>);
+type Sender = http2::SendRequest<Full<Bytes>>;
 
-impl RelayTls {
+/// Connections to the other processes of this server: one HTTP/2
+/// connection per process, shared by every command relayed to it and made
+/// again once it fails. Over TLS, the other process presents this server's
+/// own certificate (the processes share its files), which alone is trusted.
+#[derive(Default)]
+pub struct Relays {
+    tls: OnceLock<Result<tokio_rustls::TlsConnector, String>>,
+    /// By address; as many as processes have announced themselves.
+    open: Mutex<HashMap<String, Sender>>,
+}
+
+impl Relays {
     fn connector(&self, node: &Node) -> Result<tokio_rustls::TlsConnector, String> {
-        self.0
+        self.tls
             .get_or_init(|| {
                 let cert = node.config.tls_cert_path();
                 let config = crate::http::tls::pinned_client_config(&cert).map_err(|e| e.to_string())?;
@@ -46,6 +56,37 @@ impl RelayTls {
             })
             .clone()
     }
+
+    async fn sender(&self, node: &Node, to: &str) -> Result<Sender, String> {
+        if let Some(s) = self.open.lock().expect("poisoned").get(to).filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        let tcp = TcpStream::connect(to).await.map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        let sender = if node.config.federation.insecure_plaintext {
+            handshake(TokioIo::new(tcp)).await?
+        } else {
+            let name =
+                rustls::pki_types::ServerName::try_from(node.name.host().to_owned()).map_err(|e| e.to_string())?;
+            let tls = self.connector(node)?.connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
+            handshake(TokioIo::new(tls)).await?
+        };
+        self.open.lock().expect("poisoned").insert(to.to_owned(), sender.clone());
+        Ok(sender)
+    }
+
+    fn failed(&self, to: &str) {
+        self.open.lock().expect("poisoned").remove(to);
+    }
+}
+
+async fn handshake<I>(io: TokioIo<I>) -> Result<Sender, String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(sender)
 }
 
 fn unreachable(owner: &Owner, why: impl std::fmt::Display) -> RoomError {
@@ -58,7 +99,7 @@ fn unreachable(owner: &Owner, why: impl std::fmt::Display) -> RoomError {
 /// "try again": the room moves once that process is gone).
 pub async fn send(
     node: &Node,
-    tls: &RelayTls,
+    relays: &Relays,
     owner: &Owner,
     room: &RoomId,
     command: Value,
@@ -69,25 +110,18 @@ pub async fn send(
     let path = path(room);
     let auth = super::xmatrix::sign_request(&node.key, "POST", &path, node.name.as_str(), Some(&command), false);
     let body = serde_json::to_vec(&command).map_err(|e| RoomError::Storage(e.to_string()))?;
+    let scheme = if node.config.federation.insecure_plaintext { "http" } else { "https" };
     let req = Request::builder()
         .method(Method::POST)
-        .uri(&path)
-        .header(header::HOST, node.name.as_str())
+        .uri(format!("{scheme}://{}{path}", node.name))
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::AUTHORIZATION, auth)
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| RoomError::Storage(e.to_string()))?;
     let exchange = async {
-        let tcp = TcpStream::connect(to).await.map_err(|e| e.to_string())?;
-        let _ = tcp.set_nodelay(true);
-        let resp = if node.config.federation.insecure_plaintext {
-            request(TokioIo::new(tcp), req).await?
-        } else {
-            let name =
-                rustls::pki_types::ServerName::try_from(node.name.host().to_owned()).map_err(|e| e.to_string())?;
-            let tls = tls.connector(node)?.connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
-            request(TokioIo::new(tls), req).await?
-        };
+        let mut sender = relays.sender(node, to).await?;
+        sender.ready().await.map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
         let bytes = Limited::new(resp.into_body(), MAX_ANSWER).collect().await.map_err(|e| e.to_string())?.to_bytes();
         if status != StatusCode::OK {
@@ -95,20 +129,15 @@ pub async fn send(
         }
         serde_json::from_slice::<Value>(&bytes).map_err(|e| e.to_string())
     };
+    let failed = |why: String| {
+        relays.failed(to);
+        Err(unreachable(owner, why))
+    };
     match tokio::time::timeout(TIMEOUT, exchange).await {
         Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(e)) => Err(unreachable(owner, e)),
-        Err(_) => Err(unreachable(owner, "no answer in time")),
+        Ok(Err(e)) => failed(e),
+        Err(_) => failed("no answer in time".into()),
     }
-}
-
-async fn request<I>(io: TokioIo<I>, req: Request<Full<Bytes>>) -> Result<http::Response<hyper::body::Incoming>, String>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    sender.send_request(req).await.map_err(|e| e.to_string())
 }
 
 /// The owner's side, for a request this server's own key signed: the

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 pub struct NodeNetwork {
     node: Weak<Node>,
-    relay_tls: Arc<super::relay::RelayTls>,
+    relays: Arc<super::relay::Relays>,
 }
 
 fn stopped() -> RoomError {
@@ -22,7 +22,7 @@ fn stopped() -> RoomError {
 
 impl NodeNetwork {
     pub fn new(node: Weak<Node>) -> NodeNetwork {
-        NodeNetwork { node, relay_tls: Default::default() }
+        NodeNetwork { node, relays: Default::default() }
     }
 
     fn node(&self) -> Option<Arc<Node>> {
@@ -58,10 +58,10 @@ impl RoomNetwork for NodeNetwork {
     }
 
     fn relay(&self, owner: &Owner, room: &RoomId, command: Value) -> BoxFuture<Result<Value, RoomError>> {
-        let (node, tls, owner, room) = (self.node(), self.relay_tls.clone(), owner.clone(), room.clone());
+        let (node, relays, owner, room) = (self.node(), self.relays.clone(), owner.clone(), room.clone());
         Box::pin(async move {
             let node = node.ok_or_else(stopped)?;
-            super::relay::send(&node, &tls, &owner, &room, command).await
+            super::relay::send(&node, &relays, &owner, &room, command).await
         })
     }
 }
