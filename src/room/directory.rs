@@ -27,7 +27,7 @@ use super::views::RestingViews;
 use super::{JoinSeed, RoomCmd, RoomDeps, RoomError, RoomHandle, RoomView};
 use crate::core::event::RoomVersion;
 use crate::core::ids::{EventId, RoomId};
-use crate::store::{Claim, Claimed};
+use crate::store::{Claim, Claimed, Owner};
 
 /// The outcome of opening a joined room.
 pub enum Opened {
@@ -114,10 +114,29 @@ pub struct Rooms {
     deps: RoomDeps,
     map: Shelf,
     /// Resting rooms as readers see them (`views.rs`).
-    resting_views: RestingViews,
+    resting_views: Arc<RestingViews>,
     joining: Arc<Mutex<JoinLocks>>,
     waking: Mutex<WakeLocks>,
+    /// Rooms found owned by another live process, and when: commands for
+    /// them are relayed without asking the store each time (a refused
+    /// claim takes the owner row's lock, so it waits for the owner's
+    /// batches in flight).
+    elsewhere: Arc<Mutex<HashMap<RoomId, OwnedBy>>>,
 }
+
+/// A room's owner as found, when, and the room's version.
+#[derive(Clone)]
+struct OwnedBy {
+    owner: Owner,
+    at: std::time::Instant,
+    version: &'static RoomVersion,
+}
+
+/// How long a room found owned elsewhere is taken to stay there; a room
+/// whose owner went is claimed again after at most this.
+const OWNER_KEPT: std::time::Duration = std::time::Duration::from_secs(1);
+/// Rooms remembered as owned elsewhere, at most.
+const OWNERS_KEPT: usize = 4096;
 
 /// Held while one local user joins a room hubbed elsewhere.
 pub struct JoinTurn {
@@ -142,11 +161,12 @@ impl Drop for JoinTurn {
 impl Rooms {
     pub fn new(deps: RoomDeps) -> Self {
         Rooms {
-            resting_views: RestingViews::new(&deps.store),
+            resting_views: Arc::new(RestingViews::new(&deps.store)),
             deps,
             map: Shelf::default(),
             joining: Arc::default(),
             waking: Mutex::default(),
+            elsewhere: Arc::default(),
         }
     }
 
@@ -188,6 +208,10 @@ impl Rooms {
         if !known && !self.discover(id)? {
             return Ok(None);
         }
+        let kept = self.elsewhere.lock().expect("poisoned").get(id).filter(|o| o.at.elapsed() < OWNER_KEPT).cloned();
+        if let Some(owned) = kept {
+            return Ok(Some(self.relaying(id, owned)));
+        }
         let turn = self.waking.lock().expect("poisoned").entry(id.clone()).or_default().clone();
         let woken = {
             // Blocks like the load it waits for: a load is synchronous. The
@@ -209,12 +233,57 @@ impl Rooms {
         drop(turn);
         match woken {
             Err(RoomError::Elsewhere(owner)) if owner.federation_addr.is_some() => {
-                let view = self.find_view(id)?.ok_or_else(|| RoomError::Storage(format!("{id} is not stored")))?;
-                let (network, spawn) = (self.deps.network.clone(), self.deps.spawn.clone());
-                Ok(Some(RoomHandle::elsewhere(super::OwnedElsewhere { owner, view, network, spawn })))
+                let record =
+                    self.deps.store.room(id)?.ok_or_else(|| RoomError::Storage(format!("{id} is not stored")))?;
+                let version = RoomVersion::find(&record.room_version)
+                    .ok_or_else(|| RoomError::Storage(format!("{id} has an unknown version")))?;
+                let owned = OwnedBy { owner, at: std::time::Instant::now(), version };
+                let mut kept = self.elsewhere.lock().expect("poisoned");
+                if kept.len() >= OWNERS_KEPT {
+                    kept.retain(|_, o| o.at.elapsed() < OWNER_KEPT);
+                }
+                if kept.len() < OWNERS_KEPT {
+                    kept.insert(id.clone(), owned.clone());
+                }
+                drop(kept);
+                Ok(Some(self.relaying(id, owned)))
             }
             other => other,
         }
+    }
+
+    /// A handle that relays to the room's owner; its view is read from
+    /// the store when first asked for.
+    fn relaying(&self, id: &RoomId, owned: OwnedBy) -> RoomHandle {
+        let rested = match self.lock().rooms.get(id) {
+            Some(Entry::Resting { rested, .. }) => *rested,
+            _ => 0,
+        };
+        let (views, store, room, version) =
+            (self.resting_views.clone(), self.deps.store.clone(), id.clone(), owned.version);
+        let me = self.deps.env.key.server().clone();
+        let read = Box::new(move || match views.read(&store, &room, rested) {
+            Ok(Some(view)) => view,
+            other => {
+                tracing::error!(room_id = %room, outcome = ?other.err(), "a room owned elsewhere could not be read");
+                Arc::new(RoomView::empty(room.clone(), version, me.clone()))
+            }
+        });
+        let (kept, room) = (self.elsewhere.clone(), id.clone());
+        let moved = Box::new(move || {
+            kept.lock().expect("poisoned").remove(&room);
+        });
+        let (network, spawn) = (self.deps.network.clone(), self.deps.spawn.clone());
+        RoomHandle::elsewhere(super::OwnedElsewhere {
+            owner: owned.owner,
+            room_id: id.clone(),
+            version,
+            view: Default::default(),
+            read,
+            moved,
+            network,
+            spawn,
+        })
     }
 
     /// A room another process of this server stored after this one

@@ -80,10 +80,19 @@ enum Route {
     Owner(Arc<OwnedElsewhere>),
 }
 
-/// A room another process of this server writes, as read from the store.
+/// A room another process of this server writes.
 pub struct OwnedElsewhere {
     pub owner: crate::store::Owner,
-    view: Arc<RoomView>,
+    room_id: crate::core::ids::RoomId,
+    version: &'static crate::core::event::RoomVersion,
+    /// The room as stored, read at the first use (a relayed send needs
+    /// none; reading a busy room's state for each would cost more than
+    /// relaying it).
+    view: std::sync::OnceLock<Arc<RoomView>>,
+    read: Box<dyn Fn() -> Arc<RoomView> + Send + Sync>,
+    /// Called when the owner could not be reached or no longer owns the
+    /// room: the next use asks the store again.
+    moved: Box<dyn Fn() + Send + Sync>,
     network: Arc<dyn RoomNetwork>,
     spawn: Spawn,
 }
@@ -100,7 +109,7 @@ impl RoomHandle {
     pub fn view(&self) -> Arc<RoomView> {
         match &self.route {
             Route::Here { view, .. } => view.read().expect("poisoned").clone(),
-            Route::Owner(o) => o.view.clone(),
+            Route::Owner(o) => o.view.get_or_init(|| (o.read)()).clone(),
         }
     }
 
@@ -147,9 +156,12 @@ impl RoomHandle {
         };
         let spawn = owned.spawn.clone();
         let task = async move {
-            let version = owned.view.version;
-            let answer = owned.network.relay(&owned.owner, &owned.view.room_id, body).await;
-            pending.settle(version, answer);
+            let answer = owned.network.relay(&owned.owner, &owned.room_id, body).await;
+            let elsewhere = |v: &serde_json::Value| v["error"]["kind"] == "elsewhere";
+            if matches!(&answer, Err(RoomError::Elsewhere(_))) || answer.as_ref().is_ok_and(elsewhere) {
+                (owned.moved)();
+            }
+            pending.settle(owned.version, answer);
         };
         spawn(Box::pin(task));
         Ok(())
