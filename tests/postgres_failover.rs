@@ -127,36 +127,10 @@ async fn a_standby_takes_over_after_kill_9_and_nothing_acknowledged_is_lost() {
     // Every acknowledged event once, in the order acknowledged, per room;
     // and the participant converges on all of it.
     let acked = acked.lock().unwrap().clone();
-    for (r, room) in rooms.iter().enumerate() {
-        let mine: Vec<&String> = acked.iter().filter(|(i, _)| *i == r).map(|(_, e)| e).collect();
-        let seen = alice.history_ids(room).await;
-        let at: Vec<usize> = mine
-            .iter()
-            .map(|e| {
-                assert_eq!(seen.iter().filter(|s| s == e).count(), 1, "{e} acknowledged, stored once");
-                seen.iter().position(|s| s == *e).unwrap()
-            })
-            .collect();
-        assert!(at.windows(2).all(|w| w[0] < w[1]), "room {r} keeps the acknowledged order");
-    }
-    let has_all = |c: Client, rooms: Vec<String>, acked: Vec<(usize, String)>| async move {
-        for (r, room) in rooms.iter().enumerate() {
-            let seen = c.history_ids(room).await;
-            if !acked.iter().filter(|(i, _)| *i == r).all(|(_, e)| seen.contains(e)) {
-                return false;
-            }
-        }
-        true
-    };
-    eventually_async("the participant has every acknowledged event", || {
-        has_all(bob.clone(), rooms.clone(), acked.clone())
-    })
-    .await;
+    assert_acknowledged_once_in_order(&alice, &rooms, &acked).await;
+    converges_on("the participant has every acknowledged event", &bob, &rooms, &acked).await;
     if let Some(carol) = &carol {
-        eventually_async("Synapse has every acknowledged event of the mixed rooms", || {
-            has_all(carol.clone(), rooms[..MIXED].to_vec(), acked.clone())
-        })
-        .await;
+        converges_on("Synapse has every acknowledged event of the mixed rooms", carol, &rooms[..MIXED], &acked).await;
     }
     // Delivery to each server in the rooms moved with them.
     let destinations = |held_by: &str| {

@@ -103,11 +103,6 @@ impl Following {
             }
         }
     }
-
-    /// Whether the serving process has said where it serves.
-    pub fn known(&self) -> bool {
-        self.upstream.read().expect("poisoned").client.is_some()
-    }
 }
 
 impl MemberHandler {

@@ -406,6 +406,19 @@ impl App {
             // The serving process makes the signing key and certificate
             // the processes share; it has once it says where it serves.
             wait_for_serving_process(&store).await?;
+            // A member never makes an identity of its own: other servers
+            // and the other processes know the server by these.
+            let mut shared = vec![("signing key", config.signing_key_path())];
+            if !config.federation.insecure_plaintext {
+                shared.push(("TLS certificate", config.tls_cert_path()));
+            }
+            for (what, path) in shared {
+                anyhow::ensure!(
+                    path.exists(),
+                    "member: the server's {what} is not at {}; give it the serving process's",
+                    path.display()
+                );
+            }
         }
         let name = config.server_name();
         let key = load_or_create_signing_key(&config.signing_key_path(), &name)?;

@@ -7,7 +7,7 @@
 
 mod failover;
 pub mod http;
-mod members;
+mod local;
 mod pg;
 pub mod scenarios;
 pub mod servers;
@@ -179,9 +179,9 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
             for clients in pick(&args.clients, size.local_clients) {
                 let events = args.events.unwrap_or(size.local_events);
                 let row = if args.members {
-                    members::local(&w, clients, rooms, events, args.processes).await?
+                    local::members(&w, clients, rooms, events, args.processes).await?
                 } else {
-                    scenarios::local(&w, clients, rooms, events, args.processes).await?
+                    local::standbys(&w, clients, rooms, events, args.processes).await?
                 };
                 rows.push(row);
             }

@@ -185,38 +185,6 @@ pub(super) async fn users_in_rooms(
     Ok((users, ids))
 }
 
-/// Scenario 1: local sends on a hub; with `processes` > 1, the hub is
-/// that many processes on its database, the clients spread over them.
-pub async fn local(w: &Workdir, clients: usize, rooms: usize, events: u64, processes: u16) -> anyhow::Result<Row> {
-    let net = w.net("local", &["hub"])?;
-    let hub = net.start("hub", Mode::Hub).await?;
-    let mut standbys = Vec::new();
-    for n in 2..=processes {
-        standbys.push(hub.forwarding_replica(n).await?);
-    }
-    // Standbys first, so one client goes through a forwarding process.
-    let addresses: Vec<_> = standbys.iter().map(|s| s.client).chain(std::iter::once(hub.client)).collect();
-    let next = AtomicU64::new(0);
-    let spread = || Conn::new(addresses[next.fetch_add(1, Ordering::Relaxed) as usize % addresses.len()]);
-    let (users, ids) = users_in_rooms(spread, clients, rooms, "u").await?;
-    let mut label = format!("local sends, {clients} client(s), {rooms} room(s)");
-    if processes > 1 {
-        label.push_str(&format!(", {processes} processes"));
-    }
-    let procs: Vec<&dyn Measured> =
-        std::iter::once(&hub as &dyn Measured).chain(standbys.iter().map(|s| s as &dyn Measured)).collect();
-    for p in &procs {
-        reset_peak(p.pid());
-    }
-    let before = usages(&procs);
-    let progress = Progress::start(label.clone(), events);
-    let (lat, elapsed) = send_load(users, &ids, events, "m", progress.counter()).await?;
-    drop(progress);
-    let mut row = Row::new(label, events, elapsed, &lat);
-    row.processes = figures(&procs, &before, events);
-    Ok(row)
-}
-
 /// Scenario 5a: the same workload on Synapse.
 pub async fn synapse_local(w: &Workdir, python: &std::path::Path, clients: usize, events: u64) -> anyhow::Result<Row> {
     let s = Synapse::start(python, &w.next("synapse-local"), "synapse").await?;

@@ -184,9 +184,6 @@ impl Lmx {
         }
     }
 
-    /// Process `n` of this server (on PostgreSQL), with addresses of its
-    /// own, standing by and forwarding to the serving one; started once it
-    /// answers through it.
     /// Another process of this server that writes rooms of its own
     /// (`storage.postgres.member`).
     pub async fn member_replica(&self, n: u16) -> anyhow::Result<Lmx> {
@@ -198,6 +195,9 @@ impl Lmx {
         Lmx::start(config, &format!("{}-{n}", self.label)).await
     }
 
+    /// Process `n` of this server (on PostgreSQL), with addresses of its
+    /// own, standing by and forwarding to the serving one; started once it
+    /// answers through it.
     pub async fn forwarding_replica(&self, n: u16) -> anyhow::Result<Lmx> {
         let mut config = self.config.clone();
         anyhow::ensure!(config.storage.backend == crate::config::Backend::Postgres, "replicas need PostgreSQL");

@@ -28,6 +28,16 @@ const MAX_ANSWER: usize = 256 * 1024 * 1024;
 /// The owner may wait for its room's queue and, for a participant's send,
 /// for the hub (`room::relay`).
 const TIMEOUT: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// Why a relay got no answer from the room's writer.
+enum Failed {
+    /// No connection, or it broke: the owner may be gone.
+    Transport(String),
+    /// The owner answered, but not with its writer's answer.
+    Refused(StatusCode, String),
+}
 
 pub fn path(room: &RoomId) -> String {
     format!("/_lmx/internal/v1/rooms/{}/relay", crate::http::encode_segment(room.as_str()))
@@ -61,16 +71,19 @@ impl Relays {
         if let Some(s) = self.open.lock().expect("poisoned").get(to).filter(|s| !s.is_closed()) {
             return Ok(s.clone());
         }
-        let tcp = TcpStream::connect(to).await.map_err(|e| e.to_string())?;
-        let _ = tcp.set_nodelay(true);
-        let sender = if node.config.federation.insecure_plaintext {
-            handshake(TokioIo::new(tcp)).await?
-        } else {
+        let connect = async {
+            let tcp = TcpStream::connect(to).await.map_err(|e| e.to_string())?;
+            let _ = tcp.set_nodelay(true);
+            if node.config.federation.insecure_plaintext {
+                return handshake(TokioIo::new(tcp)).await;
+            }
             let name =
                 rustls::pki_types::ServerName::try_from(node.name.host().to_owned()).map_err(|e| e.to_string())?;
             let tls = self.connector(node)?.connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
-            handshake(TokioIo::new(tls)).await?
+            handshake(TokioIo::new(tls)).await
         };
+        let sender =
+            tokio::time::timeout(CONNECT_TIMEOUT, connect).await.map_err(|_| "connect timed out".to_owned())??;
         self.open.lock().expect("poisoned").insert(to.to_owned(), sender.clone());
         Ok(sender)
     }
@@ -84,7 +97,14 @@ async fn handshake<I>(io: TokioIo<I>) -> Result<Sender, String>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, conn) = http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.map_err(|e| e.to_string())?;
+    // Pings find a connection to a process that went away without closing.
+    let (sender, conn) = http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE)
+        .handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     Ok(sender)
 }
@@ -119,24 +139,35 @@ pub async fn send(
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| RoomError::Storage(e.to_string()))?;
     let exchange = async {
-        let mut sender = relays.sender(node, to).await?;
-        sender.ready().await.map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let transport = |e: String| Failed::Transport(e);
+        let mut sender = relays.sender(node, to).await.map_err(transport)?;
+        sender.ready().await.map_err(|e| transport(e.to_string()))?;
+        let resp = sender.send_request(req).await.map_err(|e| transport(e.to_string()))?;
         let status = resp.status();
-        let bytes = Limited::new(resp.into_body(), MAX_ANSWER).collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let bytes = Limited::new(resp.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| transport(e.to_string()))?
+            .to_bytes();
         if status != StatusCode::OK {
-            return Err(format!("{status}: {}", String::from_utf8_lossy(&bytes[..bytes.len().min(200)])));
+            return Err(Failed::Refused(status, String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned()));
         }
-        serde_json::from_slice::<Value>(&bytes).map_err(|e| e.to_string())
+        serde_json::from_slice::<Value>(&bytes).map_err(|e| Failed::Refused(status, e.to_string()))
     };
-    let failed = |why: String| {
+    let gone = |why: String| {
         relays.failed(to);
         Err(unreachable(owner, why))
     };
     match tokio::time::timeout(TIMEOUT, exchange).await {
         Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(e)) => failed(e),
-        Err(_) => failed("no answer in time".into()),
+        Ok(Err(Failed::Transport(e))) => gone(e),
+        Err(_) => gone("no answer in time".into()),
+        // It no longer owns the room (it moved meanwhile): come back.
+        Ok(Err(Failed::Refused(StatusCode::SERVICE_UNAVAILABLE, _))) => Err(RoomError::Elsewhere(owner.clone())),
+        Ok(Err(Failed::Refused(status, why))) => {
+            tracing::error!(%owner, %status, error = why, "the process that owns a room refused a relayed command");
+            Err(RoomError::Storage(format!("the owning process answered {status}")))
+        }
     }
 }
 
@@ -150,5 +181,5 @@ pub async fn serve(node: &Arc<Node>, room: &RoomId, body: &Object) -> Result<Val
     }
     let (cmd, awaiting) = crate::room::relay::decode(handle.view().version, body).map_err(Failure::BadJson)?;
     handle.send(cmd).await?;
-    Ok(awaiting.answer().await)
+    Ok(awaiting.answer(Duration::from_millis(node.config.client.send_wait_ms)).await)
 }

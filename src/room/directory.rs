@@ -273,16 +273,13 @@ impl Rooms {
         let moved = Box::new(move || {
             kept.lock().expect("poisoned").remove(&room);
         });
-        let (network, spawn) = (self.deps.network.clone(), self.deps.spawn.clone());
         RoomHandle::elsewhere(super::OwnedElsewhere {
             owner: owned.owner,
             room_id: id.clone(),
             version,
-            view: Default::default(),
             read,
             moved,
-            network,
-            spawn,
+            network: self.deps.network.clone(),
         })
     }
 

@@ -85,16 +85,14 @@ pub struct OwnedElsewhere {
     pub owner: crate::store::Owner,
     room_id: crate::core::ids::RoomId,
     version: &'static crate::core::event::RoomVersion,
-    /// The room as stored, read at the first use (a relayed send needs
-    /// none; reading a busy room's state for each would cost more than
-    /// relaying it).
-    view: std::sync::OnceLock<Arc<RoomView>>,
+    /// The room as stored, read each time it is asked for (a relayed send
+    /// needs none; reading a busy room's state for each would cost more
+    /// than relaying it).
     read: Box<dyn Fn() -> Arc<RoomView> + Send + Sync>,
     /// Called when the owner could not be reached or no longer owns the
     /// room: the next use asks the store again.
     moved: Box<dyn Fn() + Send + Sync>,
     network: Arc<dyn RoomNetwork>,
-    spawn: Spawn,
 }
 
 impl RoomHandle {
@@ -109,7 +107,7 @@ impl RoomHandle {
     pub fn view(&self) -> Arc<RoomView> {
         match &self.route {
             Route::Here { view, .. } => view.read().expect("poisoned").clone(),
-            Route::Owner(o) => o.view.get_or_init(|| (o.read)()).clone(),
+            Route::Owner(o) => (o.read)(),
         }
     }
 
@@ -145,7 +143,8 @@ impl RoomHandle {
 
     /// Hands the command to the writer; its reply comes through the
     /// command's channel. Relayed to the owner when that is another
-    /// process: the answer comes back the same way.
+    /// process: the answer comes back the same way, before this returns,
+    /// so one caller's commands reach the owner in the order given.
     pub async fn send(&self, cmd: RoomCmd) -> Result<(), RoomError> {
         let owned = match &self.route {
             Route::Here { tx, .. } => return tx.send(cmd).await.map_err(|_| RoomError::Gone),
@@ -154,16 +153,12 @@ impl RoomHandle {
         let Some((body, pending)) = relay::encode(cmd) else {
             return Err(RoomError::Elsewhere(owned.owner.clone()));
         };
-        let spawn = owned.spawn.clone();
-        let task = async move {
-            let answer = owned.network.relay(&owned.owner, &owned.room_id, body).await;
-            let elsewhere = |v: &serde_json::Value| v["error"]["kind"] == "elsewhere";
-            if matches!(&answer, Err(RoomError::Elsewhere(_))) || answer.as_ref().is_ok_and(elsewhere) {
-                (owned.moved)();
-            }
-            pending.settle(owned.version, answer);
-        };
-        spawn(Box::pin(task));
+        let answer = owned.network.relay(&owned.owner, &owned.room_id, body).await;
+        let elsewhere = |v: &serde_json::Value| v["error"]["kind"] == "elsewhere";
+        if matches!(&answer, Err(RoomError::Elsewhere(_))) || answer.as_ref().is_ok_and(elsewhere) {
+            (owned.moved)();
+        }
+        pending.settle(owned.version, answer);
         Ok(())
     }
 

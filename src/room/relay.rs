@@ -16,11 +16,6 @@ use crate::core::ids::{EventId, UserId};
 use crate::core::json::Object;
 use crate::core::rooms::StateMap;
 
-/// How long the owner waits for a participant's send to come back from
-/// the hub before answering `Pending` (the client retries with its
-/// transaction id, which finds the event once it is there).
-const LOCAL_WAIT: Duration = Duration::from_secs(20);
-
 /// A mixed room's verdict on each event it was offered.
 type Verdicts = Vec<(EventId, Result<Verdict, RoomError>)>;
 
@@ -316,13 +311,16 @@ fn gone<T>(r: Result<Result<T, RoomError>, oneshot::error::RecvError>) -> Result
 }
 
 impl Awaiting {
-    /// The room's answer, as the process that relayed the command reads it.
-    pub async fn answer(self) -> Value {
+    /// The room's answer, as the process that relayed the command reads
+    /// it. A participant's send waits up to `local_wait` for the hub's echo
+    /// (as a client send does), then answers `Pending` (the client retries
+    /// with its transaction id, which finds the event once it is there).
+    pub async fn answer(self, local_wait: Duration) -> Value {
         match self {
             Awaiting::Local(rx) => {
                 let outcome = match gone(rx.await) {
                     Ok(LocalOutcome::Done(id)) => Ok(id),
-                    Ok(LocalOutcome::Waiting { done, .. }) => match tokio::time::timeout(LOCAL_WAIT, done).await {
+                    Ok(LocalOutcome::Waiting { done, .. }) => match tokio::time::timeout(local_wait, done).await {
                         Ok(r) => gone(r),
                         Err(_) => Err(RoomError::Pending),
                     },
@@ -376,7 +374,7 @@ mod tests {
         assert_eq!(draft.content["body"], "hi");
         let id = EventId::parse("$abc").unwrap();
         reply.send(Ok(LocalOutcome::Done(id.clone()))).ok().unwrap();
-        pending.settle(version, Ok(awaiting.answer().await));
+        pending.settle(version, Ok(awaiting.answer(Duration::from_secs(1)).await));
         match asker.await.unwrap() {
             Ok(LocalOutcome::Done(got)) => assert_eq!(got, id),
             _ => panic!("the event id comes back"),
@@ -391,7 +389,7 @@ mod tests {
         let (cmd, awaiting) = decode(version, body.as_object().unwrap()).unwrap();
         let RoomCmd::Local { reply, .. } = cmd else { panic!() };
         reply.send(Err(RoomError::Forbidden("not in the room".into()))).ok().unwrap();
-        pending.settle(version, Ok(awaiting.answer().await));
+        pending.settle(version, Ok(awaiting.answer(Duration::from_secs(1)).await));
         assert!(matches!(asker.await.unwrap(), Err(RoomError::Forbidden(m)) if m == "not in the room"));
 
         // Storage details stay with the owner; an owner that could not be

@@ -533,3 +533,35 @@ pub async fn raw_federation(
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     Answer { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
 }
+
+/// Every acknowledged event (`(room index, event id)`) is in its room once,
+/// in the order acknowledged, as `reader` sees the rooms.
+pub async fn assert_acknowledged_once_in_order(reader: &Client, rooms: &[String], acked: &[(usize, String)]) {
+    for (r, room) in rooms.iter().enumerate() {
+        let seen = reader.history_ids(room).await;
+        let at: Vec<usize> = acked
+            .iter()
+            .filter(|(i, _)| *i == r)
+            .map(|(_, e)| {
+                assert_eq!(seen.iter().filter(|s| *s == e).count(), 1, "{e} acknowledged, stored once");
+                seen.iter().position(|s| s == e).unwrap()
+            })
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "room {r} keeps the acknowledged order");
+    }
+}
+
+/// Waits until `reader` (on another server) has every acknowledged event
+/// of `rooms` (the first of the acknowledged rooms' indexes).
+pub async fn converges_on(what: &str, reader: &Client, rooms: &[String], acked: &[(usize, String)]) {
+    let has_all = || async {
+        for (r, room) in rooms.iter().enumerate() {
+            let seen = reader.history_ids(room).await;
+            if !acked.iter().filter(|(i, _)| *i == r).all(|(_, e)| seen.contains(e)) {
+                return false;
+            }
+        }
+        true
+    };
+    eventually_async(what, has_all).await;
+}
