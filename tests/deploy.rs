@@ -69,6 +69,13 @@ fn merged<'a>(service: &'a Yaml, key: &str) -> &'a Yaml {
     }
 }
 
+/// A service's environment variable, from its own map or the one it
+/// merges in (`<<`).
+fn env_var<'a>(service: &'a Yaml, name: &str) -> Option<&'a str> {
+    let env = merged(service, "environment");
+    env[name].as_str().or_else(|| env["<<"][name].as_str())
+}
+
 #[test]
 fn compose_runs_a_hub_and_two_followers_on_loopback_ports() {
     let docs = yaml("compose.yaml");
@@ -103,10 +110,9 @@ fn compose_runs_three_processes_of_one_server_on_postgres_behind_a_ready_checked
     let mut volumes = Vec::new();
     for name in processes {
         let s = &services[name];
-        let env = merged(s, "environment");
-        assert_eq!(env["LMX_SERVER_NAME"].as_str(), Some("hub:8448"), "{name} serves the one name");
-        assert_eq!(env["LMX_STORAGE__BACKEND"].as_str(), Some("postgres"));
-        let url_file = env["LMX_STORAGE__POSTGRES__URL_FILE"].as_str().expect("the URL from a file");
+        assert_eq!(env_var(s, "LMX_SERVER_NAME"), Some("hub:8448"), "{name} serves the one name");
+        assert_eq!(env_var(s, "LMX_STORAGE__BACKEND"), Some("postgres"));
+        let url_file = env_var(s, "LMX_STORAGE__POSTGRES__URL_FILE").expect("the URL from a file");
         let secret = url_file.rsplit('/').next().unwrap();
         assert!(merged(s, "secrets").as_vec().unwrap().iter().any(|x| x.as_str() == Some(secret)), "{secret} mounted");
         assert!(!docs[0]["secrets"][secret].is_badvalue(), "{secret} is declared");
@@ -145,6 +151,11 @@ fn compose_runs_three_processes_of_one_server_on_postgres_behind_a_ready_checked
         format!("{}={}", key("LMX_CLIENT__TRUSTED_PROXIES"), env["LMX_CLIENT__TRUSTED_PROXIES"].as_str().unwrap()),
     ];
     let config = lmx::config::Config::load_with(None, &options).unwrap().config;
+    // The third process is a member, its variable a key lmx takes.
+    assert_eq!(env_var(&services["lmx1"], "LMX_STORAGE__POSTGRES__MEMBER"), None);
+    let member = env_var(&services["lmx3"], "LMX_STORAGE__POSTGRES__MEMBER").expect("lmx3 is a member");
+    let with_member = [options.to_vec(), vec![format!("{}={member}", key("LMX_STORAGE__POSTGRES__MEMBER"))]].concat();
+    assert!(lmx::config::Config::load_with(None, &with_member).unwrap().config.storage.postgres.member);
     assert_eq!(config.storage.backend, lmx::config::Backend::Postgres);
     assert_eq!(config.storage.postgres.url.as_deref(), Some("postgresql://lmx:pw@postgres/lmx"));
     assert_eq!(config.storage.postgres.standby, lmx::config::Standby::Forward, "standbys forward");

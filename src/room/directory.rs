@@ -253,7 +253,7 @@ impl Rooms {
     }
 
     /// A handle that relays to the room's owner; its view is read from
-    /// the store when first asked for.
+    /// the store each time it is asked for.
     fn relaying(&self, id: &RoomId, owned: OwnedBy) -> RoomHandle {
         let rested = match self.lock().rooms.get(id) {
             Some(Entry::Resting { rested, .. }) => *rested,
