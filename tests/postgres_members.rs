@@ -55,8 +55,10 @@ async fn rooms_spread_over_three_processes_move_when_one_is_killed() {
         None => None,
     };
 
-    // 20 rooms created round the processes (room n on process n % 3); the
-    // first three mixed (version 12), with Synapse in them.
+    // 20 rooms created round the processes (room n on process (n + 1) % 3,
+    // so the first member's room is the first the participant joins, and
+    // that member delivers to it); the first three mixed (version 12), with
+    // Synapse in them.
     const MIXED: usize = 3;
     let mut rooms = Vec::new();
     for n in 0..20 {
@@ -64,7 +66,7 @@ async fn rooms_spread_over_three_processes_move_when_one_is_killed() {
         if n < MIXED {
             create["room_version"] = json!("12");
         }
-        let room = on[n % 3].create_room(create).await;
+        let room = on[(n + 1) % 3].create_room(create).await;
         let joined = bob.join(&room, &hub_name).await;
         assert_eq!(joined.status, 200, "the participant joins room {n}: {}", joined.body);
         if let Some(carol) = carol.as_ref().filter(|_| n < MIXED) {
@@ -75,17 +77,20 @@ async fn rooms_spread_over_three_processes_move_when_one_is_killed() {
     }
     let holders = || pg.sql("members", "SELECT count(DISTINCT holder) FROM lmx_owner WHERE what LIKE 'room %'");
     assert_eq!(holders(), "3", "the rooms are spread over the three processes");
-    let on_killed: Vec<String> = rooms.iter().skip(1).step_by(3).cloned().collect();
 
     // One client sends across the rooms, each send through the next process,
     // retrying a send (same transaction id) until some process takes it.
-    let stop = Arc::new(AtomicBool::new(false));
+    let (stop, paused) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
     let acked = Arc::new(Mutex::new(Vec::<(usize, String)>::new()));
     let writer = {
-        let (on, rooms, stop, acked) = (on.clone(), rooms.clone(), stop.clone(), acked.clone());
+        let (on, rooms, stop, paused, acked) = (on.clone(), rooms.clone(), stop.clone(), paused.clone(), acked.clone());
         tokio::spawn(async move {
             let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) {
+                if paused.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
                 let r = i % rooms.len();
                 let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/w{i}", enc(&rooms[r]));
                 let body = json!({"msgtype": "m.text", "body": format!("w {i}")});
@@ -102,9 +107,35 @@ async fn rooms_spread_over_three_processes_move_when_one_is_killed() {
             }
         })
     };
-    eventually("sends acknowledged before the kill", || acked.lock().unwrap().len() >= 60).await;
+    eventually("sends acknowledged", || acked.lock().unwrap().len() >= 40).await;
+    // The member killed is the one delivering to the participant, with
+    // events queued for it (the participant is down meanwhile): they must
+    // still get there with nothing new to wake delivery, so the writer
+    // pauses across the kill (another process takes the destination up
+    // once the dead one's claim lapses).
+    let delivering = pg.sql(
+        "members",
+        &format!(
+            "SELECT w.client_addr FROM lmx_owner o JOIN lmx_writer w ON w.holder = o.holder \
+             WHERE o.what = 'destination {}'",
+            p1.config.server_name
+        ),
+    );
+    assert_eq!(delivering, members[0].config.client.listen.to_string(), "the first member delivers to the participant");
+    p1.stop();
+    let at_stop = acked.lock().unwrap().len();
+    eventually("sends acknowledged while the participant is down", || acked.lock().unwrap().len() >= at_stop + 20)
+        .await;
+    paused.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     members[0].kill9();
-    let at_kill = acked.lock().unwrap().len();
+    p1.spawn();
+    p1.ready().await;
+    let before_kill = acked.lock().unwrap().clone();
+    converges_on("the participant gets what was queued for it before the kill", &bob, &rooms, &before_kill).await;
+    paused.store(false, Ordering::Relaxed);
+    let on_killed: Vec<String> = rooms.iter().step_by(3).cloned().collect();
+    let at_kill = before_kill.len();
     eventually("sends acknowledged after the kill, in every room", || acked.lock().unwrap().len() >= at_kill + 60)
         .await;
     stop.store(true, Ordering::Relaxed);

@@ -226,6 +226,31 @@ pub async fn open_postgres(config: &Config, access: Access) -> anyhow::Result<Kv
     Ok(store)
 }
 
+/// On a store other processes write too, once a lease term: a worker for
+/// each destination with queued work, so delivery a process that died was
+/// doing is picked up once its claims lapse, even when no new event wakes
+/// it (a worker for a destination another live process delivers to stops
+/// at its claim).
+async fn sweep_delivery(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let every = node.config.storage.postgres.lease_term();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        let store = node.store.clone();
+        match tokio::task::spawn_blocking(move || store.destinations_with_work()).await {
+            Ok(Ok(destinations)) => {
+                for dest in destinations {
+                    node.outbound.wake(&node, &dest);
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not read which destinations have work"),
+            Err(_) => {}
+        }
+    }
+}
+
 /// Waits until a serving process has said where it serves.
 async fn wait_for_serving_process(store: &Arc<dyn Store>) -> anyhow::Result<()> {
     let mut said = false;
@@ -548,6 +573,9 @@ impl App {
         }
         tokio::spawn(announce(self.node.clone(), announced(&self.node.config, &bound)));
         self.node.outbound.resume_all(&self.node)?;
+        if self.node.store.shared_stream().is_some() {
+            tasks.push(tokio::spawn(sweep_delivery(self.node.clone(), stop_rx.clone())));
+        }
         // The commit record guards a sled directory against a torn copy;
         // PostgreSQL keeps its own log.
         let record_path =
