@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::postgres::{on_postgres, Postgres};
 use common::process::Proc;
-use common::synapse::{python, Synapse};
+use common::synapse::started_with_carol;
 use common::*;
 use serde_json::json;
 
@@ -56,15 +56,7 @@ async fn a_standby_takes_over_after_kill_9_and_nothing_acknowledged_is_lost() {
     let mut p1 = Proc::configured(&net, net.config_localhost(free_port()));
     p1.spawn();
     let bob = p1.ready().await.register("bob").await;
-    let mut synapse =
-        python().map(|py| Synapse::new(&py, &net.dir.path().join("synapse"), &net.ca, free_port(), free_port()));
-    if let Some(s) = &mut synapse {
-        s.start().await;
-    }
-    let carol = match &synapse {
-        Some(s) => Some(s.client().register("carol").await),
-        None => None,
-    };
+    let (mut synapse, carol) = started_with_carol(&net).await;
     // 20 rooms; the first three mixed (version 12), with Synapse in them.
     const MIXED: usize = 3;
     let mut rooms = Vec::new();

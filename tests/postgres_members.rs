@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::postgres::{on_postgres, Postgres};
 use common::process::Proc;
-use common::synapse::{python, Synapse};
+use common::synapse::started_with_carol;
 use common::*;
 use serde_json::json;
 
@@ -45,15 +45,7 @@ async fn rooms_spread_over_three_processes_move_when_one_is_killed() {
     let mut p1 = Proc::configured(&net, net.config_localhost(free_port()));
     p1.spawn();
     let bob = p1.ready().await.register("bob").await;
-    let mut synapse =
-        python().map(|py| Synapse::new(&py, &net.dir.path().join("synapse"), &net.ca, free_port(), free_port()));
-    if let Some(s) = &mut synapse {
-        s.start().await;
-    }
-    let carol = match &synapse {
-        Some(s) => Some(s.client().register("carol").await),
-        None => None,
-    };
+    let (mut synapse, carol) = started_with_carol(&net).await;
 
     // 20 rooms created round the processes (room n on process (n + 1) % 3,
     // so the first member's room is the first the participant joins, and

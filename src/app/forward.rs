@@ -143,6 +143,16 @@ pub enum Hop {
     },
 }
 
+impl Hop {
+    /// TLS to another process of this server, which presents the
+    /// certificate the processes share: that one alone is trusted.
+    pub fn to_own_processes(config: &crate::config::Config) -> anyhow::Result<Hop> {
+        let connector = crate::http::tls::pinned_connector(&config.tls_cert_path())?;
+        let name = rustls::pki_types::ServerName::try_from(config.server_name().host().to_owned())?;
+        Ok(Hop::Tls { connector, name })
+    }
+}
+
 pub struct Forwarder {
     hop: Hop,
     in_flight: Arc<InFlight>,

@@ -350,9 +350,7 @@ fn member_federation_hop(config: &Config) -> anyhow::Result<forward::Hop> {
     if config.federation.insecure_plaintext {
         return Ok(forward::Hop::Plain);
     }
-    let client = tls::pinned_client_config(&config.tls_cert_path())?;
-    let name = rustls::pki_types::ServerName::try_from(config.server_name().host().to_owned())?;
-    Ok(forward::Hop::Tls { connector: tokio_rustls::TlsConnector::from(Arc::new(client)), name })
+    forward::Hop::to_own_processes(config)
 }
 
 /// Push delivery, its tasks (when `sending`) stopping with the server's.

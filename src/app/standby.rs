@@ -148,10 +148,7 @@ impl Setup {
                 let (cert, key) = (config.tls_cert_path(), config.tls_key_path());
                 if cert.exists() && key.exists() {
                     let tls = ServerTls::load(&cert, &key)?;
-                    let client = super::tls::pinned_client_config(&cert)?;
-                    let name = rustls::pki_types::ServerName::try_from(config.server_name().host().to_owned())?;
-                    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-                    Some((fed.listen, Some(tls), Hop::Tls { connector, name }))
+                    Some((fed.listen, Some(tls), Hop::to_own_processes(config)?))
                 } else {
                     tracing::info!(cert = %cert.display(), "standby: no TLS certificate yet; federation not forwarded");
                     None

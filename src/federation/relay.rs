@@ -59,11 +59,7 @@ pub struct Relays {
 impl Relays {
     fn connector(&self, node: &Node) -> Result<tokio_rustls::TlsConnector, String> {
         self.tls
-            .get_or_init(|| {
-                let cert = node.config.tls_cert_path();
-                let config = crate::http::tls::pinned_client_config(&cert).map_err(|e| e.to_string())?;
-                Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
-            })
+            .get_or_init(|| crate::http::tls::pinned_connector(&node.config.tls_cert_path()).map_err(|e| e.to_string()))
             .clone()
     }
 

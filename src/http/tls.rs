@@ -120,6 +120,11 @@ pub fn pinned_client_config(cert_file: &Path) -> Result<ClientConfig, TlsError> 
     Ok(c)
 }
 
+/// `pinned_client_config` as a connector.
+pub fn pinned_connector(cert_file: &Path) -> Result<tokio_rustls::TlsConnector, TlsError> {
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(pinned_client_config(cert_file)?)))
+}
+
 /// A certificate checked without roots: the pinned one only, or (with
 /// `federation.trust_self_signed`) any. Handshake signatures are still
 /// checked so the session keys are sound.

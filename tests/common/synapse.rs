@@ -216,3 +216,13 @@ impl Drop for Synapse {
         self.stop();
     }
 }
+
+/// A Synapse started in `net`'s directory with a user `carol` registered,
+/// where one is installed (`python`); else nothing.
+pub async fn started_with_carol(net: &super::Net) -> (Option<Synapse>, Option<Client>) {
+    let Some(py) = python() else { return (None, None) };
+    let mut s = Synapse::new(&py, &net.dir.path().join("synapse"), &net.ca, super::free_port(), super::free_port());
+    s.start().await;
+    let carol = s.client().register("carol").await;
+    (Some(s), Some(carol))
+}
